@@ -1,0 +1,64 @@
+/* main.c: the dsocr command line: dispatches to the verbs in src/cli/. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cli/cli.h"
+#include "dsocr.h"
+
+typedef struct Verb {
+    const char *name;
+    int (*fn)(int argc, char **argv); /* NULL: not built yet */
+    const char *help;
+} Verb;
+
+static const Verb VERBS[] = {
+    {"ocr", NULL, "image or PDF in, markdown / text / JSON out"},
+    {"serve", NULL, "HTTP API on 127.0.0.1:8031 (seed API, OpenAI-compatible API, web page)"},
+    {"pull", NULL, "download the official checkpoint from Hugging Face, resumable and verified"},
+    {"quantize", NULL, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},
+    {"check", NULL, "what hardware is here and which settings fit it"},
+    {"check-model", cli_check_model, "validate a model folder and print a summary of its tensors"},
+    {"bench", NULL, "speed and memory figures as JSON"},
+    {"tokenize", cli_tokenize, "encode JSON strings to token ids (or --decode ids), one per line"},
+};
+#define N_VERBS (sizeof VERBS / sizeof VERBS[0])
+
+const char *cli_default_model_dir(void) {
+    const char *d = getenv("DSOCR_MODEL");
+    return (d && *d) ? d : "models/deepseek-ocr";
+}
+
+static void usage(FILE *f) {
+    fprintf(f, "dsocr %s: DeepSeek-OCR on CPUs and NVIDIA GPUs\n\nusage: dsocr VERB [options]\n\nverbs:\n",
+            DSOCR_VERSION);
+    for (size_t i = 0; i < N_VERBS; i++)
+        fprintf(f, "  %-12s %s%s\n", VERBS[i].name, VERBS[i].help, VERBS[i].fn ? "" : " (not built yet)");
+    fprintf(f, "\n'dsocr VERB --help' describes a verb's options. The model folder defaults to $DSOCR_MODEL,\n"
+               "else ./models/deepseek-ocr.\n");
+}
+
+int main(int argc, char **argv) {
+    if (argc < 2) {
+        usage(stderr);
+        return 2;
+    }
+    if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
+        usage(stdout);
+        return 0;
+    }
+    if (!strcmp(argv[1], "--version")) {
+        printf("dsocr %s\n", DSOCR_VERSION);
+        return 0;
+    }
+    for (size_t i = 0; i < N_VERBS; i++) {
+        if (strcmp(argv[1], VERBS[i].name) != 0) continue;
+        if (!VERBS[i].fn) {
+            fprintf(stderr, "dsocr: '%s' is not built yet in this version (%s)\n", VERBS[i].name, DSOCR_VERSION);
+            return 2;
+        }
+        return VERBS[i].fn(argc - 1, argv + 1);
+    }
+    fprintf(stderr, "dsocr: unknown verb '%s'; 'dsocr --help' lists the verbs\n", argv[1]);
+    return 2;
+}

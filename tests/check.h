@@ -1,0 +1,59 @@
+/* check.h: the unit-test harness. Each test file defines test functions, lists them in main with RUN(),
+ * and ends with `return check_summary();`, which prints "N passed, N failed" on a line of its own.
+ * CHECK records a failure and goes on; REQUIRE records it and returns from the test function. */
+#ifndef DSOCR_CHECK_H
+#define DSOCR_CHECK_H
+
+#include <math.h>
+#include <stdio.h>
+#include <string.h>
+
+static int check_passed_, check_failed_, check_cur_failed_;
+static const char *check_cur_name_ = "";
+
+#define CHECK(c)                                                                                              \
+    do {                                                                                                      \
+        if (!(c)) {                                                                                           \
+            fprintf(stderr, "  FAIL %s (%s:%d): %s\n", check_cur_name_, __FILE__, __LINE__, #c);             \
+            check_cur_failed_ = 1;                                                                            \
+        }                                                                                                     \
+    } while (0)
+#define CHECKF(c, ...)                                                                                        \
+    do {                                                                                                      \
+        if (!(c)) {                                                                                           \
+            fprintf(stderr, "  FAIL %s (%s:%d): %s: ", check_cur_name_, __FILE__, __LINE__, #c);             \
+            fprintf(stderr, __VA_ARGS__);                                                                     \
+            fputc('\n', stderr);                                                                              \
+            check_cur_failed_ = 1;                                                                            \
+        }                                                                                                     \
+    } while (0)
+#define REQUIRE(c)                                                                                            \
+    do {                                                                                                      \
+        if (!(c)) {                                                                                           \
+            fprintf(stderr, "  FAIL %s (%s:%d): %s (fatal)\n", check_cur_name_, __FILE__, __LINE__, #c);     \
+            check_cur_failed_ = 1;                                                                            \
+            return;                                                                                           \
+        }                                                                                                     \
+    } while (0)
+#define CHECK_STR_CONTAINS(hay, needle)                                                                       \
+    CHECKF((hay) && strstr((hay), (needle)), "'%s' does not contain '%s'", (hay) ? (hay) : "(null)", (needle))
+
+#define RUN(fn)                                                                                               \
+    do {                                                                                                      \
+        check_cur_name_ = #fn;                                                                                \
+        check_cur_failed_ = 0;                                                                                \
+        fn();                                                                                                 \
+        if (check_cur_failed_) {                                                                              \
+            check_failed_++;                                                                                  \
+            fprintf(stderr, "FAILED %s\n", #fn);                                                              \
+        } else {                                                                                              \
+            check_passed_++;                                                                                  \
+        }                                                                                                     \
+    } while (0)
+
+static inline int check_summary(void) {
+    printf("%d passed, %d failed\n", check_passed_, check_failed_);
+    return check_failed_ ? 1 : 0;
+}
+
+#endif
