@@ -201,7 +201,7 @@ void ops_conv2d_ref(float *y, const float *x, const OpsConv2d *c, DsW w, DsW bia
 void ops_conv2d_cpu(float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch, size_t scratch_n);
 
 /* ---------------------------------------------------------------------------------------------------------
- * Resampling (spec §5.6), computed in double, stored as fp32.
+ * Resampling (spec §5.6). Bicubic is computed in double, linear in fp32 as torch does; results are fp32.
  * resample_bicubic_aa: torch F.interpolate(mode="bicubic", antialias=True, align_corners=False) on a grid of
  *   C channels: element (c, y, x) of the input at in[c·cs + y·ys + x·xs] (HWC: cs=1, ys=W·C, xs=C; CHW:
  *   cs=H·W, ys=W, xs=1), output with the same layout kind (HWC when hwc != 0, else CHW) and out_h × out_w.
