@@ -10,7 +10,7 @@ CC      ?= cc
 PYTHON  ?= /usr/bin/python3
 OPT     ?= -O2
 CFLAGS  += -std=c17 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -D_GNU_SOURCE -pthread -fopenmp \
-           -Iinclude -Isrc $(shell pkg-config --cflags libcjson 2>/dev/null)
+           -Iinclude -Isrc
 LDLIBS  += -lcjson -lpng -ljpeg -lwebp -lgif -ltiff -lpcre2-8 -lopenblas -lm -lpthread -fopenmp
 BUILD   := build
 
@@ -45,7 +45,7 @@ FUZZ_BIN   := $(FUZZ_SRC:fuzz/fuzz_%.c=$(BUILD)/fuzz/fuzz_%)
 BENCH_SRC  := $(wildcard bench/bench_*.c)
 BENCH_BIN  := $(BENCH_SRC:bench/%.c=$(BUILD)/bench/%)
 
-.PHONY: all test fuzz bench deps run clean format
+.PHONY: all test test-bins fuzz bench deps run clean format
 all: dsocr
 
 dsocr: $(CLI_OBJ) $(BUILD)/libdsocr.a
@@ -95,8 +95,11 @@ $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsocr.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -o $@ $< $(BUILD)/libdsocr.a $(LDLIBS)
 
-test: dsocr $(TEST_BIN) $(TOOL_BIN) $(REPLAY_BIN)
+test: deps
+	$(MAKE) dsocr test-bins
 	tests/run.sh
+
+test-bins: $(TEST_BIN) $(TOOL_BIN) $(REPLAY_BIN)
 
 fuzz: $(FUZZ_BIN)
 bench: dsocr $(BENCH_BIN)
@@ -104,8 +107,9 @@ bench: dsocr $(BENCH_BIN)
 deps:
 	scripts/install-deps.sh
 
-run: deps dsocr
-	./dsocr serve
+run: deps
+	$(MAKE) dsocr
+	scripts/run.sh
 
 format:
 	clang-format -i $(wildcard src/*.c src/*.h src/*/*.c src/*/*.h include/*.h tests/*.c tests/*.h fuzz/*.c bench/*.c)

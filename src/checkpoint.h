@@ -1,0 +1,78 @@
+/* checkpoint.h: a model folder's weights: finds the safetensors shards (one file, or several listed by
+ * model.safetensors.index.json), maps them, converts an fp32 checkpoint once into a bf16 cache file, and checks
+ * every tensor the model needs by name, dtype and shape against the list derived from config.json.
+ * It knows tensor names and shapes, not what the model does with them (model.c). */
+#ifndef DSOCR_CHECKPOINT_H
+#define DSOCR_CHECKPOINT_H
+
+#include "config.h"
+#include "safetensors.h"
+
+typedef enum CkComponent {
+    CK_SAM = 0,
+    CK_CLIP,
+    CK_PROJECTOR,  /* projector Linear, image_newline, view_seperator */
+    CK_DEC_ATTN,   /* q/k/v/o projections */
+    CK_DENSE_MLP,  /* layers before first_k_dense_replace */
+    CK_ROUTED,     /* routed experts */
+    CK_SHARED,     /* shared experts */
+    CK_ROUTER,     /* MoE gates */
+    CK_NORMS,      /* decoder RMSNorm weights */
+    CK_EMBED,
+    CK_LM_HEAD,
+    CK_N_COMPONENTS
+} CkComponent;
+const char *checkpoint_component_name(CkComponent c);
+
+/* One tensor the model expects. */
+typedef struct CkExpected {
+    char name[96];
+    int ndim;
+    int64_t shape[4];
+    CkComponent comp;
+} CkExpected;
+
+/* The full list of tensors config c implies (2,710 for the official config). Caller frees *out. */
+DsocrStatus checkpoint_expected(const ModelConfig *c, CkExpected **out, int *n, DsError *e);
+
+typedef struct CkTensor {
+    const StTensor *st;   /* in one of the shards */
+    CkComponent comp;
+} CkTensor;
+
+typedef struct Checkpoint {
+    ModelConfig config;
+    StFile *shards;
+    int n_shards;
+    char **shard_paths;
+    CkExpected *expected; /* sorted by name; expected[i] is described by tensors[i] */
+    CkTensor *tensors;
+    int n_tensors;
+    int converted;        /* 1 when the weights come from a bf16 cache made from an fp32 checkpoint */
+    char cache_path[1024];
+} Checkpoint;
+
+typedef struct CheckpointOptions {
+    void (*log)(void *user, const char *line); /* progress messages (conversion), may be NULL */
+    void *log_user;
+    const char *cache_dir; /* where an fp32 checkpoint's bf16 cache goes; NULL = the model folder, else
+                              $XDG_CACHE_HOME/dsocr or ~/.cache/dsocr when the folder is read-only */
+} CheckpointOptions;
+
+/* Opens and validates a model folder. On failure the message lists the problems found (missing, extra and
+ * misshapen tensors by name with expected and actual shapes; corrupt files by path and cause). */
+DsocrStatus checkpoint_open(const char *dir, const CheckpointOptions *opt, Checkpoint *ck, DsError *e);
+void checkpoint_close(Checkpoint *ck);
+/* The tensor with this name, or NULL. */
+const StTensor *checkpoint_get(const Checkpoint *ck, const char *name);
+
+/* Totals over the checkpoint. */
+typedef struct CkSummary {
+    uint64_t params, bytes;
+    int n_tensors;
+    uint64_t comp_params[CK_N_COMPONENTS], comp_bytes[CK_N_COMPONENTS];
+    int dtype_count[16];
+} CkSummary;
+void checkpoint_summary(const Checkpoint *ck, CkSummary *s);
+
+#endif
