@@ -13,7 +13,8 @@
  *   - Results never depend on the number of threads: work is split over output rows/columns (or independent
  *     heads/query blocks), a reduction is never split across threads, and blockings are fixed constants.
  *   - Nothing here calls malloc except kvcache_new/kvcache_free. Scratch is either a bounded stack tile
- *     (<= 320 KiB per thread, documented per op) or caller-provided with a function telling its size.
+ *     (<= 256 KiB per thread, documented per op; layernorm/rmsnorm keep the widened weights, <= 128 KiB, on the
+ *     calling thread's stack) or caller-provided with a function telling its size.
  *   - Internal invariants (shapes, dtypes the caller promised) are checked with DS_ASSERT; these ops never see
  *     outside input directly.
  *   - The first _cpu call that uses OpenBLAS sets OpenBLAS to one thread (openblas_set_num_threads(1)): our
@@ -114,7 +115,8 @@ int ops_argmax(const float *x, int n);
  *   relpos_h: [2·grid_h − 1, head_dim], relpos_w: [2·grid_w − 1, head_dim], fp32 (already resized, spec §5.1),
  *   shared by all heads. The bias is computed on the fly, never as a dense [T, T] array.
  * _ref: two passes with the full score row; _cpu: flash-style streaming softmax over 128-key blocks, 64-query
- *   blocks, sgemm for q·kᵀ and p·v, ~90 KiB of stack per thread; threads split over (batch, head, query block). */
+ *   blocks, sgemm for q·kᵀ and p·v, ~160 KiB of stack per thread; threads split over (batch, head, query block).
+ *   (_cpu falls back to _ref for head_dim > 256 or a grid side > 128.) */
 typedef struct OpsAttention {
     float *out;                /* [n_batch·tq, ldo] */
     const float *q, *k, *v;    /* [n_batch·tq, ldq], [n_batch·tk, ldk], [n_batch·tk, ldv] */
@@ -184,15 +186,16 @@ void ops_rope_neox_ref(float *x, int ld, int T, int n_heads, int head_dim, const
 void ops_rope_neox_cpu(float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta, int flags);
 
 /* ---------------------------------------------------------------------------------------------------------
- * Conv2d on HWC data: x [H, W, I] fp32 → y [Ho, Wo, O] fp32, Ho = (H + 2·pad − kh)/stride + 1 (same for W),
- *   zero padding, weights [O, I, kh, kw] (bf16 or f32), bias [O] optional.
+ * Conv2d on HWC data: x [in_h, in_w, in_c] fp32 → y [Ho, Wo, out_c] fp32, Ho = (in_h + 2·pad − kh)/stride + 1,
+ *   Wo likewise; zero padding, weights [out_c, in_c, kh, kw] (bf16 or f32), bias [out_c] optional.
  *   y[oy, ox, o] = b[o] + Σ_{i,ky,kx} w[o,i,ky,kx] · x[oy·stride − pad + ky, ox·stride − pad + kx, i]
  * _cpu: im2col (rows in (i, ky, kx) order, matching the weight rows) of as many output pixels as fit in the
  *   caller's scratch, then ops_linear_cpu. A 1×1 stride-1 unpadded conv needs no scratch (scratch may be NULL).
- *   ops_conv2d_scratch_floats gives the size that does everything in one pass (Ho·Wo·I·kh·kw floats, 0 for 1×1);
- *   any size >= I·kh·kw floats works (smaller = more passes). _ref ignores scratch. */
+ *   ops_conv2d_scratch_floats gives the size that does everything in one pass (Ho·Wo·in_c·kh·kw floats, 0 for 1×1);
+ *   any size >= in_c·kh·kw floats works (smaller = more passes). _ref ignores scratch. */
 typedef struct OpsConv2d {
-    int H, W, I, O, kh, kw, stride, pad;
+    int in_h, in_w, in_c, out_c; /* input [in_h, in_w, in_c] HWC, output channels */
+    int kh, kw, stride, pad;
 } OpsConv2d;
 int ops_conv2d_out_h(const OpsConv2d *c);
 int ops_conv2d_out_w(const OpsConv2d *c);

@@ -1,34 +1,569 @@
-/* ops_cpu.c: the fast CPU versions of the ops in ops.h (OpenMP threads, SIMD-friendly loops, OpenBLAS).
- * Each must equal its _ref up to floating-point summation order, and not depend on the number of threads. */
+/* ops_cpu.c: the fast CPU versions of the ops in ops.h: OpenMP threads, AVX2/FMA kernels chosen at run time
+ * (with a portable fallback), OpenBLAS sgemm on widened weight tiles.
+ *
+ * Each op equals its _ref up to floating-point summation order and never depends on the number of threads:
+ * threads only ever split output rows/columns or independent (batch, head, query block) tasks, and every
+ * blocking below is a fixed constant or a function of the shapes alone. Stack use is bounded (see ops.h). */
+#include <cblas.h>
+#include <immintrin.h>
+#include <math.h>
+#include <omp.h>
+#include <pthread.h>
+
 #include "ops.h"
 
+void openblas_set_num_threads(int num_threads);
+
+static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
+static void blas_init(void) { openblas_set_num_threads(1); }
+static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
+
+static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+
+/* Work below this many elements runs on the calling thread only (a parallel region costs microseconds). */
+enum { PAR_MIN = 1 << 14 };
+
+/* Widens n weights starting at element off into dst (fp32). */
+static void w_widen(float *dst, DsW w, size_t off, int n) {
+    if (w.dtype == DS_BF16) {
+        const uint16_t *s = (const uint16_t *)w.data + off;
+        for (int i = 0; i < n; i++) {
+            uint32_t u = (uint32_t)s[i] << 16;
+            memcpy(&dst[i], &u, 4);
+        }
+    } else if (w.dtype == DS_F32) {
+        memcpy(dst, (const float *)w.data + off, (size_t)n * sizeof(float));
+    } else {
+        for (int i = 0; i < n; i++) dst[i] = ds_w_get(w, off + i);
+    }
+}
+
+/* ================================================ linear ================================================ */
+
+/* Direct GEMV for a few rows: out[m] = x[m]·w_row for m < MR. K summed in 16-wide lanes, then horizontally. */
+#define GEMV_DEFINE(NAME, MR, WT, LOADW)                                                                          \
+    __attribute__((target("avx2,fma"))) static inline void NAME(float *out, const float *x, int ldx,           \
+                                                                const WT *w, int K) {                           \
+        __m256 a0[MR], a1[MR];                                                                                  \
+        for (int m = 0; m < MR; m++) a0[m] = a1[m] = _mm256_setzero_ps();                                       \
+        int k = 0;                                                                                              \
+        for (; k + 16 <= K; k += 16) {                                                                          \
+            __m256 w0, w1;                                                                                      \
+            LOADW(w + k, w0, w1);                                                                               \
+            for (int m = 0; m < MR; m++) {                                                                      \
+                a0[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (size_t)m * ldx + k), w0, a0[m]);                   \
+                a1[m] = _mm256_fmadd_ps(_mm256_loadu_ps(x + (size_t)m * ldx + k + 8), w1, a1[m]);               \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int m = 0; m < MR; m++) {                                                                          \
+            __m256 s = _mm256_add_ps(a0[m], a1[m]);                                                             \
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));                      \
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
+            float r = _mm_cvtss_f32(h);                                                                         \
+            for (int kk = k; kk < K; kk++) r += x[(size_t)m * ldx + kk] * WSCALAR(w[kk]);                     \
+            out[m] = r;                                                                                         \
+        }                                                                                                       \
+    }
+
+#define LOAD_BF16(p, w0, w1)                                                                                    \
+    do {                                                                                                        \
+        __m256i wi_ = _mm256_loadu_si256((const __m256i *)(p));                                                 \
+        w0 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_castsi256_si128(wi_)), 16));   \
+        w1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm256_extracti128_si256(wi_, 1)), 16)); \
+    } while (0)
+#define LOAD_F32(p, w0, w1)                                                                                     \
+    do {                                                                                                        \
+        w0 = _mm256_loadu_ps(p);                                                                                \
+        w1 = _mm256_loadu_ps((p) + 8);                                                                          \
+    } while (0)
+
+#define WSCALAR(v) bf16_to_f32(v)
+GEMV_DEFINE(gemv1_bf16, 1, uint16_t, LOAD_BF16)
+GEMV_DEFINE(gemv2_bf16, 2, uint16_t, LOAD_BF16)
+GEMV_DEFINE(gemv3_bf16, 3, uint16_t, LOAD_BF16)
+GEMV_DEFINE(gemv4_bf16, 4, uint16_t, LOAD_BF16)
+#undef WSCALAR
+#define WSCALAR(v) (v)
+GEMV_DEFINE(gemv1_f32, 1, float, LOAD_F32)
+GEMV_DEFINE(gemv2_f32, 2, float, LOAD_F32)
+GEMV_DEFINE(gemv3_f32, 3, float, LOAD_F32)
+GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
+#undef WSCALAR
+
+/* out[m] = x[m]·row(n) for m < mr (<= 4), any weight dtype. */
+static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int avx2) {
+    if (avx2 && w.dtype == DS_BF16) {
+        const uint16_t *wr = (const uint16_t *)w.data + (size_t)n * K;
+        switch (mr) {
+        case 1: gemv1_bf16(out, x, ldx, wr, K); return;
+        case 2: gemv2_bf16(out, x, ldx, wr, K); return;
+        case 3: gemv3_bf16(out, x, ldx, wr, K); return;
+        default: gemv4_bf16(out, x, ldx, wr, K); return;
+        }
+    }
+    if (avx2 && w.dtype == DS_F32) {
+        const float *wr = (const float *)w.data + (size_t)n * K;
+        switch (mr) {
+        case 1: gemv1_f32(out, x, ldx, wr, K); return;
+        case 2: gemv2_f32(out, x, ldx, wr, K); return;
+        case 3: gemv3_f32(out, x, ldx, wr, K); return;
+        default: gemv4_f32(out, x, ldx, wr, K); return;
+        }
+    }
+    for (int m = 0; m < mr; m++) {
+        float acc[8] = {0};
+        int k = 0;
+        for (; k + 8 <= K; k += 8)
+            for (int l = 0; l < 8; l++) acc[l] += x[(size_t)m * ldx + k + l] * ds_w_get(w, (size_t)n * K + k + l);
+        float r = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+        for (; k < K; k++) r += x[(size_t)m * ldx + k] * ds_w_get(w, (size_t)n * K + k);
+        out[m] = r;
+    }
+}
+
+enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 256 };
+
+static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
+    int avx2 = cpu_avx2();
+    int nblk = (N + GEMV_NB - 1) / GEMV_NB;
+#pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
+    for (int bi = 0; bi < nblk; bi++) {
+        int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
+        for (int n = bi * GEMV_NB; n < n1; n++) {
+            float b = bias.data ? ds_w_get(bias, n) : 0.0f;
+            for (int m0 = 0; m0 < M; m0 += 4) {
+                int mr = M - m0 < 4 ? M - m0 : 4;
+                float r[4];
+                gemv_rows(r, x + (size_t)m0 * ldx, ldx, mr, w, n, K, avx2);
+                for (int m = 0; m < mr; m++) {
+                    float *o = &y[(size_t)(m0 + m) * ldy + n];
+                    *o = (flags & OPS_ACCUM) ? *o + (r[m] + b) : r[m] + b;
+                }
+            }
+        }
+    }
+}
+
+/* Tiles of GEMM_MB rows × GEMM_NB outputs; each task widens its weight tile GEMM_KB columns at a time into a
+ * 256 KiB stack buffer and accumulates with sgemm. */
+static void linear_gemm(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
+    blas_ready();
+    int mt = (M + GEMM_MB - 1) / GEMM_MB, nt = (N + GEMM_NB - 1) / GEMM_NB;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < mt * nt; t++) {
+        int m0 = (t / nt) * GEMM_MB, n0 = (t % nt) * GEMM_NB;
+        int mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB, nb = N - n0 < GEMM_NB ? N - n0 : GEMM_NB;
+        float *yt = y + (size_t)m0 * ldy + n0;
+        const float *xt = x + (size_t)m0 * ldx;
+        if (w.dtype == DS_F32) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, K, 1.0f, xt, ldx,
+                        (const float *)w.data + (size_t)n0 * K, K, (flags & OPS_ACCUM) ? 1.0f : 0.0f, yt, ldy);
+        } else {
+            float tile[GEMM_NB * GEMM_KB] __attribute__((aligned(64)));
+            for (int k0 = 0; k0 < K; k0 += GEMM_KB) {
+                int kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
+                for (int n = 0; n < nb; n++) w_widen(tile + (size_t)n * kb, w, (size_t)(n0 + n) * K + k0, kb);
+                float beta = (k0 > 0 || (flags & OPS_ACCUM)) ? 1.0f : 0.0f;
+                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, kb, 1.0f, xt + k0, ldx, tile, kb, beta,
+                            yt, ldy);
+            }
+        }
+        if (bias.data) {
+            float bv[GEMM_NB];
+            w_widen(bv, bias, n0, nb);
+            for (int m = 0; m < mb; m++)
+                for (int n = 0; n < nb; n++) yt[(size_t)m * ldy + n] += bv[n];
+        }
+    }
+}
+
 void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
-    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags);
+    DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
+    if (M == 0) return;
+    if (M < GEMV_MAX_M)
+        linear_gemv(y, ldy, x, ldx, M, K, w, N, bias, flags);
+    else
+        linear_gemm(y, ldy, x, ldx, M, K, w, N, bias, flags);
 }
+
+/* ================================================ norms ================================================= */
+
+enum { NORM_MAX = 16384 };
+
 void ops_layernorm_cpu(float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW b, float eps) {
-    ops_layernorm_ref(y, ldy, x, ldx, M, n, w, b, eps);
+    DS_ASSERT(M >= 0 && n > 0 && w.data);
+    if (n > NORM_MAX) {
+        ops_layernorm_ref(y, ldy, x, ldx, M, n, w, b, eps);
+        return;
+    }
+    float wf[NORM_MAX], bf[NORM_MAX];
+    w_widen(wf, w, 0, n);
+    if (b.data)
+        w_widen(bf, b, 0, n);
+    else
+        memset(bf, 0, sizeof(float) * n);
+#pragma omp parallel for schedule(static) if ((size_t)M * n >= PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * ldx;
+        float *yr = y + (size_t)m * ldy;
+        double mean = 0, var = 0;
+        for (int i = 0; i < n; i++) mean += xr[i];
+        mean /= n;
+        for (int i = 0; i < n; i++) var += (xr[i] - mean) * (xr[i] - mean);
+        var /= n;
+        float mf = (float)mean, inv = (float)(1.0 / sqrt(var + eps));
+        for (int i = 0; i < n; i++) yr[i] = (xr[i] - mf) * inv * wf[i] + bf[i];
+    }
 }
+
 void ops_rmsnorm_cpu(float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps, int flags) {
-    ops_rmsnorm_ref(y, ldy, x, ldx, M, n, w, eps, flags);
+    DS_ASSERT(M >= 0 && n > 0 && w.data);
+    if (n > NORM_MAX) {
+        ops_rmsnorm_ref(y, ldy, x, ldx, M, n, w, eps, flags);
+        return;
+    }
+    float wf[NORM_MAX];
+    w_widen(wf, w, 0, n);
+#pragma omp parallel for schedule(static) if ((size_t)M * n >= PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * ldx;
+        float *yr = y + (size_t)m * ldy;
+        double ss = 0;
+        for (int i = 0; i < n; i++) ss += (double)xr[i] * xr[i];
+        float r = (float)(1.0 / sqrt(ss / n + eps));
+        if (flags & OPS_BF16) {
+            for (int i = 0; i < n; i++) yr[i] = bf16_round(bf16_round(xr[i] * r) * wf[i]);
+        } else {
+            for (int i = 0; i < n; i++) yr[i] = xr[i] * r * wf[i];
+        }
+    }
 }
-void ops_gelu_cpu(float *out, const float *x, size_t n) { ops_gelu_ref(out, x, n); }
-void ops_quick_gelu_cpu(float *out, const float *x, size_t n) { ops_quick_gelu_ref(out, x, n); }
+
+/* ============================================== elementwise ============================================= */
+
+void ops_gelu_cpu(float *out, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+}
+
+void ops_quick_gelu_cpu(float *out, const float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+}
+
 void ops_silu_mul_cpu(float *out, const float *g, const float *u, size_t n, int flags) {
-    ops_silu_mul_ref(out, g, u, n, flags);
+    if (flags & OPS_BF16) {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (size_t i = 0; i < n; i++) out[i] = bf16_round(bf16_round(g[i] / (1.0f + expf(-g[i]))) * u[i]);
+    } else {
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+        for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+    }
 }
-void ops_add_cpu(float *out, const float *a, const float *b, size_t n) { ops_add_ref(out, a, b, n); }
-void ops_scale_add_cpu(float *y, float s, const float *x, size_t n) { ops_scale_add_ref(y, s, x, n); }
-void ops_round_bf16_cpu(float *x, size_t n) { ops_round_bf16_ref(x, n); }
-void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) { ops_softmax_ref(y, ldy, x, ldx, M, n); }
-void ops_attention_cpu(const OpsAttention *a) { ops_attention_ref(a); }
-void ops_attention_kv_cpu(const OpsAttentionKv *a) { ops_attention_kv_ref(a); }
+
+void ops_add_cpu(float *out, const float *a, const float *b, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN)
+    for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void ops_scale_add_cpu(float *y, float s, const float *x, size_t n) {
+#pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN)
+    for (size_t i = 0; i < n; i++) y[i] += s * x[i];
+}
+
+void ops_round_bf16_cpu(float *x, size_t n) {
+#pragma omp parallel for schedule(static) if (n >= 4 * PAR_MIN)
+    for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
+}
+
+void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) {
+    DS_ASSERT(M >= 0 && n > 0);
+#pragma omp parallel for schedule(static) if ((size_t)M * n >= PAR_MIN)
+    for (int m = 0; m < M; m++) {
+        const float *xr = x + (size_t)m * ldx;
+        float *yr = y + (size_t)m * ldy;
+        float mx = -INFINITY;
+        for (int i = 0; i < n; i++) mx = xr[i] > mx ? xr[i] : mx;
+        double sum = 0;
+        for (int i = 0; i < n; i++) {
+            float e = expf(xr[i] - mx);
+            yr[i] = e;
+            sum += e;
+        }
+        float inv = (float)(1.0 / sum);
+        for (int i = 0; i < n; i++) yr[i] *= inv;
+    }
+}
+
+/* =============================================== attention ============================================== */
+
+enum { ATT_QB = 64, ATT_KB = 128, ATT_DMAX = 256, ATT_GMAX = 128 };
+
+/* One (batch, head, query block) task of the flash-style attention. */
+static void attn_task(const OpsAttention *a, int b, int h, int i0) {
+    int D = a->head_dim, nq = a->tq - i0 < ATT_QB ? a->tq - i0 : ATT_QB;
+    const float *q = a->q + (size_t)(b * a->tq + i0) * a->ldq + h * D;
+    const float *k = a->k + (size_t)b * a->tk * a->ldk + h * D;
+    const float *v = a->v + (size_t)b * a->tk * a->ldv + h * D;
+    float S[ATT_QB * ATT_KB], O[ATT_QB * ATT_DMAX], mrow[ATT_QB], lrow[ATT_QB];
+    float rq[ATT_QB * 2 * ATT_GMAX]; /* per query row: [grid_h] rel-pos terms along h, then [grid_w] along w */
+    int gh = a->grid_h, gw = a->grid_w, rel = a->relpos_h != NULL;
+    if (rel) {
+        for (int r = 0; r < nq; r++) {
+            int i = i0 + r, i1 = i / gw, j1 = i % gw;
+            const float *qr = q + (size_t)r * a->ldq;
+            float *o = rq + (size_t)r * (gh + gw);
+            for (int i2 = 0; i2 < gh; i2++) {
+                const float *t = a->relpos_h + (size_t)(i1 - i2 + gh - 1) * D;
+                float s = 0;
+                for (int c = 0; c < D; c++) s += qr[c] * t[c];
+                o[i2] = s;
+            }
+            for (int j2 = 0; j2 < gw; j2++) {
+                const float *t = a->relpos_w + (size_t)(j1 - j2 + gw - 1) * D;
+                float s = 0;
+                for (int c = 0; c < D; c++) s += qr[c] * t[c];
+                o[gh + j2] = s;
+            }
+        }
+    }
+    for (int r = 0; r < nq; r++) {
+        mrow[r] = -INFINITY;
+        lrow[r] = 0;
+    }
+    memset(O, 0, sizeof(float) * nq * D);
+    int kend = a->tk;
+    if (a->causal && a->q_offset + i0 + nq < kend) kend = a->q_offset + i0 + nq;
+    for (int j0 = 0; j0 < kend; j0 += ATT_KB) {
+        int nk = kend - j0 < ATT_KB ? kend - j0 : ATT_KB;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, nk, D, a->scale, q, a->ldq, k + (size_t)j0 * a->ldk,
+                    a->ldk, 0.0f, S, ATT_KB);
+        for (int r = 0; r < nq; r++) {
+            float *s = S + (size_t)r * ATT_KB;
+            if (rel) {
+                const float *rh = rq + (size_t)r * (gh + gw), *rw = rh + gh;
+                for (int jj = 0; jj < nk; jj++) {
+                    int j = j0 + jj;
+                    s[jj] += rh[j / gw] + rw[j % gw];
+                }
+            }
+            int nvis = nk;
+            if (a->causal) {
+                int last = a->q_offset + i0 + r; /* last visible key */
+                nvis = last - j0 + 1;
+                if (nvis > nk) nvis = nk;
+                if (nvis < 0) nvis = 0;
+            }
+            float bmax = -INFINITY;
+            for (int jj = 0; jj < nvis; jj++) bmax = s[jj] > bmax ? s[jj] : bmax;
+            float mnew = bmax > mrow[r] ? bmax : mrow[r];
+            float corr = mnew == -INFINITY ? 1.0f : expf(mrow[r] - mnew);
+            float sum = 0;
+            for (int jj = 0; jj < nvis; jj++) {
+                s[jj] = expf(s[jj] - mnew);
+                sum += s[jj];
+            }
+            for (int jj = nvis; jj < nk; jj++) s[jj] = 0;
+            lrow[r] = lrow[r] * corr + sum;
+            mrow[r] = mnew;
+            if (corr != 1.0f)
+                for (int c = 0; c < D; c++) O[(size_t)r * D + c] *= corr;
+        }
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, nq, D, nk, 1.0f, S, ATT_KB, v + (size_t)j0 * a->ldv,
+                    a->ldv, 1.0f, O, D);
+    }
+    for (int r = 0; r < nq; r++) {
+        float inv = 1.0f / lrow[r];
+        float *o = a->out + (size_t)(b * a->tq + i0 + r) * a->ldo + h * D;
+        for (int c = 0; c < D; c++) o[c] = O[(size_t)r * D + c] * inv;
+    }
+}
+
+void ops_attention_cpu(const OpsAttention *a) {
+    DS_ASSERT(a->n_batch >= 0 && a->tq >= 0 && a->tk > 0 && a->n_heads > 0 && a->head_dim > 0);
+    int width = a->n_heads * a->head_dim;
+    DS_ASSERT(a->ldq >= width && a->ldk >= width && a->ldv >= width && a->ldo >= width);
+    if (a->head_dim > ATT_DMAX || (a->relpos_h && (a->grid_h > ATT_GMAX || a->grid_w > ATT_GMAX))) {
+        ops_attention_ref(a);
+        return;
+    }
+    if (a->relpos_h) DS_ASSERT(a->relpos_w && a->tq == a->grid_h * a->grid_w && a->tk == a->tq);
+    if (a->causal) DS_ASSERT(a->q_offset >= 0);
+    blas_ready();
+    int qblocks = (a->tq + ATT_QB - 1) / ATT_QB;
+    int ntask = a->n_batch * a->n_heads * qblocks;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < ntask; t++) {
+        int qb = t % qblocks, h = (t / qblocks) % a->n_heads, b = t / (qblocks * a->n_heads);
+        attn_task(a, b, h, qb * ATT_QB);
+    }
+}
+
+/* ====================================== attention over the KV cache ===================================== */
+
+__attribute__((target("avx2,fma"))) static float dot_f32_bf16_avx2(const float *x, const uint16_t *w, int K) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m256 w0, w1;
+        LOAD_BF16(w + k, w0, w1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+    }
+    __m256 s = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float r = _mm_cvtss_f32(h);
+    for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
+    return r;
+}
+
+static float dot_f32_bf16(const float *x, const uint16_t *w, int K, int avx2) {
+    if (avx2) return dot_f32_bf16_avx2(x, w, K);
+    float r = 0;
+    for (int k = 0; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
+    return r;
+}
+
+/* acc[c] = acc[c]·corr + Σ_j p[j]·v_j[c] over n rows of bf16 v. */
+static void kv_accum(float *acc, int D, float corr, const float *p, const uint16_t *v0, size_t vstride, int n) {
+    for (int c = 0; c < D; c++) acc[c] *= corr;
+    for (int j = 0; j < n; j++) {
+        const uint16_t *vr = v0 + (size_t)j * vstride;
+        float pj = p[j];
+        for (int c = 0; c < D; c++) acc[c] += pj * bf16_to_f32(vr[c]);
+    }
+}
+
+void ops_attention_kv_cpu(const OpsAttentionKv *a) {
+    DS_ASSERT(a->n >= 0 && a->n_heads > 0 && a->head_dim > 0 && a->head_dim <= 512);
+    DS_ASSERT(a->n_heads * a->head_dim == a->kv->width && a->ldq >= a->kv->width && a->ldo >= a->kv->width);
+    DS_ASSERT(a->layer >= 0 && a->layer < a->kv->n_layers && a->pos && a->tables);
+    const KvCache *kv = a->kv;
+    int D = a->head_dim, bs = kv->block_size, avx2 = cpu_avx2();
+    DS_ASSERT(bs <= 1024);
+    int ntask = a->n * a->n_heads;
+#pragma omp parallel for schedule(dynamic, 1) if (ntask > 1)
+    for (int t = 0; t < ntask; t++) {
+        int r = t / a->n_heads, h = t % a->n_heads;
+        const int32_t *table = a->tables[a->seq ? a->seq[r] : 0];
+        int nk = a->pos[r] + 1;
+        DS_ASSERT(nk > 0);
+        const float *q = a->q + (size_t)r * a->ldq + h * D;
+        float acc[512], p[1024], m = -INFINITY, l = 0;
+        memset(acc, 0, sizeof(float) * D);
+        for (int j0 = 0; j0 < nk; j0 += bs) {
+            int blk = table[j0 / bs], n = nk - j0 < bs ? nk - j0 : bs;
+            DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
+            const uint16_t *kb = kv->data + ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + h * D;
+            const uint16_t *vb = kv->data + ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + h * D;
+            float bmax = -INFINITY;
+            for (int j = 0; j < n; j++) {
+                p[j] = a->scale * dot_f32_bf16(q, kb + (size_t)j * kv->width, D, avx2);
+                bmax = p[j] > bmax ? p[j] : bmax;
+            }
+            float mnew = bmax > m ? bmax : m;
+            float corr = expf(m - mnew), sum = 0;
+            for (int j = 0; j < n; j++) {
+                p[j] = expf(p[j] - mnew);
+                sum += p[j];
+            }
+            l = l * corr + sum;
+            m = mnew;
+            kv_accum(acc, D, corr, p, vb, kv->width, n);
+        }
+        float *o = a->out + (size_t)r * a->ldo + h * D;
+        for (int c = 0; c < D; c++) o[c] = acc[c] / l;
+    }
+}
+
+/* ================================================= RoPE ================================================= */
+
 void ops_rope_neox_cpu(float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta, int flags) {
-    ops_rope_neox_ref(x, ld, T, n_heads, head_dim, pos, theta, flags);
+    DS_ASSERT(head_dim > 0 && head_dim % 2 == 0 && head_dim <= 1024 && ld >= n_heads * head_dim);
+    int half = head_dim / 2;
+    float inv[512];
+    for (int i = 0; i < half; i++) inv[i] = 1.0f / powf(theta, (float)(2 * i) / (float)head_dim);
+#pragma omp parallel for schedule(static) if ((size_t)T * ld >= PAR_MIN)
+    for (int t = 0; t < T; t++) {
+        float cs[512], sn[512];
+        for (int i = 0; i < half; i++) {
+            float ang = (float)pos[t] * inv[i];
+            cs[i] = cosf(ang);
+            sn[i] = sinf(ang);
+            if (flags & OPS_BF16) {
+                cs[i] = bf16_round(cs[i]);
+                sn[i] = bf16_round(sn[i]);
+            }
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *r = x + (size_t)t * ld + h * head_dim;
+            if (flags & OPS_BF16) {
+                for (int i = 0; i < half; i++) {
+                    float x1 = r[i], x2 = r[i + half];
+                    r[i] = bf16_round(bf16_round(x1 * cs[i]) + bf16_round(-x2 * sn[i]));
+                    r[i + half] = bf16_round(bf16_round(x2 * cs[i]) + bf16_round(x1 * sn[i]));
+                }
+            } else {
+                for (int i = 0; i < half; i++) {
+                    float x1 = r[i], x2 = r[i + half];
+                    r[i] = x1 * cs[i] - x2 * sn[i];
+                    r[i + half] = x2 * cs[i] + x1 * sn[i];
+                }
+            }
+        }
+    }
 }
+
+/* ================================================ conv2d ================================================ */
+
 void ops_conv2d_cpu(float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch, size_t scratch_n) {
-    ops_conv2d_ref(y, x, c, w, bias, scratch, scratch_n);
+    DS_ASSERT(c->in_h > 0 && c->in_w > 0 && c->in_c > 0 && c->out_c > 0 && c->kh > 0 && c->kw > 0 && c->stride > 0 && c->pad >= 0);
+    int Ho = ops_conv2d_out_h(c), Wo = ops_conv2d_out_w(c);
+    DS_ASSERT(Ho > 0 && Wo > 0);
+    int P = Ho * Wo, Kc = c->in_c * c->kh * c->kw;
+    if (c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad == 0) {
+        ops_linear_cpu(y, c->out_c, x, c->in_c, P, c->in_c, w, c->out_c, bias, 0);
+        return;
+    }
+    DS_ASSERT(scratch && scratch_n >= (size_t)Kc);
+    size_t rows = scratch_n / (size_t)Kc;
+    int chunk = rows < (size_t)P ? (int)rows : P;
+    for (int p0 = 0; p0 < P; p0 += chunk) {
+        int np = P - p0 < chunk ? P - p0 : chunk;
+#pragma omp parallel for schedule(static) if ((size_t)np * Kc >= PAR_MIN)
+        for (int pp = 0; pp < np; pp++) {
+            int oy = (p0 + pp) / Wo, ox = (p0 + pp) % Wo;
+            float *col = scratch + (size_t)pp * Kc;
+            for (int i = 0; i < c->in_c; i++)
+                for (int ky = 0; ky < c->kh; ky++) {
+                    int iy = oy * c->stride - c->pad + ky;
+                    for (int kx = 0; kx < c->kw; kx++) {
+                        int ix = ox * c->stride - c->pad + kx;
+                        *col++ = (iy < 0 || iy >= c->in_h || ix < 0 || ix >= c->in_w)
+                                     ? 0.0f
+                                     : x[((size_t)iy * c->in_w + ix) * c->in_c + i];
+                    }
+                }
+        }
+        ops_linear_cpu(y + (size_t)p0 * c->out_c, c->out_c, scratch, Kc, np, Kc, w, c->out_c, bias, 0);
+    }
 }
+
+/* ================================================== MoE ================================================= */
+
 void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, DsW gate, DsW up, DsW down,
                         int flags, float *scratch) {
-    ops_expert_ffn_ref(y, x, M, d_model, d_ff, gate, up, down, flags, scratch);
+    float *g = scratch, *u = scratch + (size_t)M * d_ff;
+    ops_linear_cpu(g, d_ff, x, d_model, M, d_model, gate, d_ff, ds_w_none(), 0);
+    ops_linear_cpu(u, d_ff, x, d_model, M, d_model, up, d_ff, ds_w_none(), 0);
+    if (flags & OPS_BF16) {
+        ops_round_bf16_cpu(g, (size_t)M * d_ff);
+        ops_round_bf16_cpu(u, (size_t)M * d_ff);
+    }
+    ops_silu_mul_cpu(g, g, u, (size_t)M * d_ff, flags);
+    ops_linear_cpu(y, d_model, g, d_ff, M, d_ff, down, d_model, ds_w_none(), 0);
+    if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)M * d_model);
 }

@@ -306,34 +306,34 @@ void ops_rope_neox_ref(float *x, int ld, int T, int n_heads, int head_dim, const
 
 /* ---- conv2d ---- */
 
-int ops_conv2d_out_h(const OpsConv2d *c) { return (c->H + 2 * c->pad - c->kh) / c->stride + 1; }
-int ops_conv2d_out_w(const OpsConv2d *c) { return (c->W + 2 * c->pad - c->kw) / c->stride + 1; }
+int ops_conv2d_out_h(const OpsConv2d *c) { return (c->in_h + 2 * c->pad - c->kh) / c->stride + 1; }
+int ops_conv2d_out_w(const OpsConv2d *c) { return (c->in_w + 2 * c->pad - c->kw) / c->stride + 1; }
 
 size_t ops_conv2d_scratch_floats(const OpsConv2d *c) {
     if (c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad == 0) return 0;
-    return (size_t)ops_conv2d_out_h(c) * ops_conv2d_out_w(c) * c->I * c->kh * c->kw;
+    return (size_t)ops_conv2d_out_h(c) * ops_conv2d_out_w(c) * c->in_c * c->kh * c->kw;
 }
 
 void ops_conv2d_ref(float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch, size_t scratch_n) {
-    DS_ASSERT(c->H > 0 && c->W > 0 && c->I > 0 && c->O > 0 && c->kh > 0 && c->kw > 0 && c->stride > 0 && c->pad >= 0);
+    DS_ASSERT(c->in_h > 0 && c->in_w > 0 && c->in_c > 0 && c->out_c > 0 && c->kh > 0 && c->kw > 0 && c->stride > 0 && c->pad >= 0);
     int Ho = ops_conv2d_out_h(c), Wo = ops_conv2d_out_w(c);
     DS_ASSERT(Ho > 0 && Wo > 0);
     for (int oy = 0; oy < Ho; oy++)
         for (int ox = 0; ox < Wo; ox++)
-            for (int o = 0; o < c->O; o++) {
+            for (int o = 0; o < c->out_c; o++) {
                 double acc = bias.data ? ds_w_get(bias, o) : 0.0;
-                for (int i = 0; i < c->I; i++)
+                for (int i = 0; i < c->in_c; i++)
                     for (int ky = 0; ky < c->kh; ky++) {
                         int iy = oy * c->stride - c->pad + ky;
-                        if (iy < 0 || iy >= c->H) continue;
+                        if (iy < 0 || iy >= c->in_h) continue;
                         for (int kx = 0; kx < c->kw; kx++) {
                             int ix = ox * c->stride - c->pad + kx;
-                            if (ix < 0 || ix >= c->W) continue;
-                            acc += (double)x[((size_t)iy * c->W + ix) * c->I + i] *
-                                   ds_w_get(w, (((size_t)o * c->I + i) * c->kh + ky) * c->kw + kx);
+                            if (ix < 0 || ix >= c->in_w) continue;
+                            acc += (double)x[((size_t)iy * c->in_w + ix) * c->in_c + i] *
+                                   ds_w_get(w, (((size_t)o * c->in_c + i) * c->kh + ky) * c->kw + kx);
                         }
                     }
-                y[((size_t)oy * Wo + ox) * c->O + o] = (float)acc;
+                y[((size_t)oy * Wo + ox) * c->out_c + o] = (float)acc;
             }
 }
 
