@@ -48,6 +48,16 @@ static inline DsW ds_w_none(void) {
 /* Element i of a weight, widened to float (for reference code and small vectors such as norm weights). */
 float ds_w_get(DsW w, size_t i);
 
+/* OpenBLAS (Debian's DYNAMIC_ARCH build) picks its kernels when it loads, from the CPUID model. Under some
+ * hypervisors the model is generic and it falls back to its "Prescott" (SSE3) kernels, 4-5x slower than this
+ * CPU allows; only the OPENBLAS_CORETYPE environment variable, read at load time, changes that.
+ * ops_blas_coretype: the core OpenBLAS uses (e.g. "SkylakeX", "Prescott").
+ * ops_blas_better_coretype: the OPENBLAS_CORETYPE value this CPU's features allow ("SkylakeX" with AVX-512
+ *   F/BW/DQ/VL, "Haswell" with AVX2+FMA) when OpenBLAS chose something weaker and the variable is unset; else
+ *   NULL. A program's main may set it and re-exec itself (bench_ops does; so could the CLI). */
+const char *ops_blas_coretype(void);
+const char *ops_blas_better_coretype(void);
+
 /* ---------------------------------------------------------------------------------------------------------
  * Linear: Y[M, N] = X[M, K] · W[N, K]^T (+ bias[N]) (+ Y if flags & OPS_ACCUM).
  *   x: [M, ldx] (ldx >= K), y: [M, ldy] (ldy >= N), W: [N, K] contiguous, bias: [N] bf16 or f32 or absent.

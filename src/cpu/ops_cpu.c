@@ -9,10 +9,30 @@
 #include <math.h>
 #include <omp.h>
 #include <pthread.h>
+#include <stdlib.h>
+#include <strings.h>
 
 #include "ops.h"
 
 void openblas_set_num_threads(int num_threads);
+char *openblas_get_corename(void);
+
+const char *ops_blas_coretype(void) { return openblas_get_corename(); }
+
+const char *ops_blas_better_coretype(void) {
+    if (getenv("OPENBLAS_CORETYPE")) return NULL;
+    const char *core = openblas_get_corename();
+    int avx512 = __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+                 __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl");
+    int avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    static const char *weak[] = {"Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Sandybridge", "Atom",
+                                 "Katmai", "Coppermine", "Northwood", "Banias", "Unknown"};
+    int is_weak = !core;
+    for (size_t i = 0; core && i < sizeof weak / sizeof weak[0]; i++) is_weak |= !strcasecmp(core, weak[i]);
+    if (avx512 && (is_weak || !strcasecmp(core, "Haswell") || !strcasecmp(core, "Zen"))) return "SkylakeX";
+    if (avx2 && is_weak) return "Haswell";
+    return NULL;
+}
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
 static void blas_init(void) { openblas_set_num_threads(1); }
