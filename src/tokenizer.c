@@ -57,7 +57,8 @@ typedef struct AddedTok {
 
 typedef struct VSlot {
     uint32_t hash;
-    int32_t id; /* -1 empty */
+    int32_t id;        /* -1 empty */
+    uint32_t off, len; /* the token's string in the arena (a copy, to spare a cache miss) */
 } VSlot;
 
 typedef struct MSlot {
@@ -214,9 +215,24 @@ static size_t utf8_valid_prefix(const uint8_t *s, size_t n) {
 /* ---------------------------------------------------------------- small helpers */
 
 static uint32_t hash_bytes(const char *s, size_t n) {
-    uint32_t h = 2166136261u;
-    for (size_t i = 0; i < n; i++) h = (h ^ (uint8_t)s[i]) * 16777619u;
-    return h ? h : 1;
+    uint64_t h = 0x9E3779B97F4A7C15ull ^ (n * 0xff51afd7ed558ccdull);
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+        h ^= h >> 29;
+        s += 8;
+        n -= 8;
+    }
+    if (n) {
+        uint64_t w = 0;
+        memcpy(&w, s, n);
+        h = (h ^ w) * 0xc4ceb9fe1a85ec53ull;
+    }
+    h ^= h >> 32;
+    h *= 0xff51afd7ed558ccdull;
+    h ^= h >> 29;
+    return (uint32_t)h;
 }
 
 static uint64_t hash_u64(uint64_t x) {
@@ -292,14 +308,17 @@ static const char *quote(const char *s, size_t n, char *out, size_t cap) {
 
 /* ---------------------------------------------------------------- vocab and merges */
 
-static int32_t vocab_find(const Tokenizer *t, const char *s, size_t n) {
+static int32_t vocab_find_h(const Tokenizer *t, const char *s, size_t n, uint32_t h) {
     if (!t->vhash) return -1;
-    uint32_t h = hash_bytes(s, n);
     for (size_t i = h & t->vmask;; i = (i + 1) & t->vmask) {
         const VSlot *v = &t->vhash[i];
         if (v->id < 0) return -1;
-        if (v->hash == h && t->tok_len[v->id] == n && !memcmp(t->arena + t->tok_off[v->id], s, n)) return v->id;
+        if (v->hash == h && v->len == n && !memcmp(t->arena + v->off, s, n)) return v->id;
     }
+}
+
+static int32_t vocab_find(const Tokenizer *t, const char *s, size_t n) {
+    return vocab_find_h(t, s, n, hash_bytes(s, n));
 }
 
 typedef struct VocabEntry {
@@ -307,9 +326,9 @@ typedef struct VocabEntry {
     int32_t id;
 } VocabEntry;
 
-/* Builds the id tables and the vocab hash from entries (any order). max_added_id: largest added-token id. */
-static DsocrStatus vocab_build(Tokenizer *t, const VocabEntry *ve, size_t n, int32_t max_added_id, DsError *e) {
-    int32_t max_id = max_added_id;
+/* Builds the id tables and the vocab hash from entries (any order). */
+static DsocrStatus vocab_build(Tokenizer *t, const VocabEntry *ve, size_t n, DsError *e) {
+    int32_t max_id = -1;
     for (size_t i = 0; i < n; i++)
         if (ve[i].id > max_id) max_id = ve[i].id;
     t->n_ids = max_id + 1;
@@ -324,36 +343,38 @@ static DsocrStatus vocab_build(Tokenizer *t, const VocabEntry *ve, size_t n, int
     for (size_t i = 0; i < nid; i++) t->tok_len[i] = TK_NONE;
     for (size_t i = 0; i < cap; i++) t->vhash[i].id = -1;
     char q1[64], q2[64];
+    uint32_t *hs = malloc((n ? n : 1) * sizeof *hs);
+    if (!hs) return ds_fail(e, DSOCR_E_NOMEM, "out of memory for the vocab");
+    for (size_t k = 0; k < n; k++) hs[k] = hash_bytes(t->arena + ve[k].off, ve[k].len);
+    DsocrStatus st = DSOCR_OK;
     for (size_t k = 0; k < n; k++) {
         const VocabEntry *v = &ve[k];
         const char *s = t->arena + v->off;
-        if (t->tok_len[v->id] != TK_NONE)
-            return ds_fail(e, DSOCR_E_FORMAT, "model.vocab: id %d is given to both \"%s\" and \"%s\"", v->id,
-                           quote(t->arena + t->tok_off[v->id], t->tok_len[v->id], q1, sizeof q1),
-                           quote(s, v->len, q2, sizeof q2));
-        uint32_t h = hash_bytes(s, v->len);
+        if (k + 16 < n) __builtin_prefetch(&t->vhash[hs[k + 16] & t->vmask], 1);
+        if (t->tok_len[v->id] != TK_NONE) {
+            st = ds_fail(e, DSOCR_E_FORMAT, "model.vocab: id %d is given to both \"%s\" and \"%s\"", v->id,
+                         quote(t->arena + t->tok_off[v->id], t->tok_len[v->id], q1, sizeof q1),
+                         quote(s, v->len, q2, sizeof q2));
+            break;
+        }
+        uint32_t h = hs[k];
         size_t i = h & t->vmask;
         for (;; i = (i + 1) & t->vmask) {
             VSlot *sl = &t->vhash[i];
             if (sl->id < 0) break;
-            if (sl->hash == h && t->tok_len[sl->id] == v->len && !memcmp(t->arena + t->tok_off[sl->id], s, v->len))
-                return ds_fail(e, DSOCR_E_FORMAT, "model.vocab: token \"%s\" appears twice (ids %d and %d)",
-                               quote(s, v->len, q1, sizeof q1), sl->id, v->id);
+            if (sl->hash == h && sl->len == v->len && !memcmp(t->arena + sl->off, s, v->len)) {
+                st = ds_fail(e, DSOCR_E_FORMAT, "model.vocab: token \"%s\" appears twice (ids %d and %d)",
+                             quote(s, v->len, q1, sizeof q1), sl->id, v->id);
+                break;
+            }
         }
-        t->vhash[i].hash = h;
-        t->vhash[i].id = v->id;
+        if (st) break;
+        t->vhash[i] = (VSlot){h, v->id, v->off, v->len};
         t->tok_off[v->id] = v->off;
         t->tok_len[v->id] = v->len;
     }
-    for (int b = 0; b < 256; b++) {
-        t->byte_id[b] = vocab_find(t, t->bl[b].u, t->bl[b].n);
-        if (t->byte_id[b] < 0)
-            return ds_fail(e, DSOCR_E_FORMAT,
-                           "model.vocab lacks the byte-level symbol U+%04X for byte 0x%02x (only complete byte-level "
-                           "BPE vocabularies are supported)",
-                           byte_to_cp(b), b);
-    }
-    return DSOCR_OK;
+    free(hs);
+    return st;
 }
 
 static const MSlot *merge_find(const Tokenizer *t, int32_t a, int32_t b) {
@@ -388,20 +409,36 @@ static int merge_grow(Tokenizer *t, size_t want) {
     return 0;
 }
 
-/* Adds merge number `rank` joining a and b. where names the merge in messages. Later duplicates win, as in HF. */
+/* Later duplicates win, as in HF. */
+static void merge_insert(Tokenizer *t, uint64_t key, uint32_t rank, int32_t ir);
+
+/* Adds merge number `rank` joining a and b (hab: their hashes, or NULL). With out_key, the merge is only resolved
+ * to its key and result id, for the caller to merge_insert. */
 static DsocrStatus merge_add(Tokenizer *t, const char *a, size_t an, const char *b, size_t bn, size_t rank,
-                             Buf *scratch, DsError *e) {
+                             const uint32_t *hab, Buf *scratch, int64_t *delta, uint64_t *out_key,
+                             int32_t *out_result, DsError *e) {
     char q1[64], q2[64];
-    int32_t ia = vocab_find(t, a, an), ib = vocab_find(t, b, bn);
+    int32_t ia = vocab_find_h(t, a, an, hab ? hab[0] : hash_bytes(a, an));
+    int32_t ib = vocab_find_h(t, b, bn, hab ? hab[1] : hash_bytes(b, bn));
     if (ia < 0 || ib < 0) {
         const char *s = ia < 0 ? a : b;
         size_t sn = ia < 0 ? an : bn;
         return ds_fail(e, DSOCR_E_FORMAT, "model.merges[%zu]: \"%s\" is not in the vocab", rank,
                        quote(s, sn, q1, sizeof q1));
     }
-    scratch->n = 0;
-    if (buf_put(scratch, a, an) || buf_put(scratch, b, bn)) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-    int32_t ir = vocab_find(t, scratch->p, scratch->n);
+    /* BPE vocabularies usually list merge results in rank order (DeepSeek-V3: id = rank + 259), so try the id
+     * the previous merge predicts before hashing. */
+    int64_t g = (int64_t)rank + *delta;
+    int32_t ir = -1;
+    if (g >= 0 && g < t->n_ids && t->tok_len[g] == an + bn && !memcmp(t->arena + t->tok_off[g], a, an) &&
+        !memcmp(t->arena + t->tok_off[g] + an, b, bn)) {
+        ir = (int32_t)g;
+    } else {
+        scratch->n = 0;
+        if (buf_put(scratch, a, an) || buf_put(scratch, b, bn)) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+        ir = vocab_find(t, scratch->p, scratch->n);
+        *delta = (int64_t)ir - (int64_t)rank;
+    }
     if (ir < 0)
         return ds_fail(e, DSOCR_E_FORMAT, "model.merges[%zu] \"%s\" + \"%s\": the result is not in the vocab", rank,
                        quote(a, an, q1, sizeof q1), quote(b, bn, q2, sizeof q2));
@@ -409,13 +446,22 @@ static DsocrStatus merge_add(Tokenizer *t, const char *a, size_t an, const char 
     if (t->n_merges + 1 > (t->mmask + 1) / 2 || !t->mhash)
         if (merge_grow(t, (t->n_merges + 1) * 2)) return ds_fail(e, DSOCR_E_NOMEM, "out of memory for the merges");
     uint64_t key = ((uint64_t)(uint32_t)ia << 32) | (uint32_t)ib;
+    if (out_key) { /* the caller inserts it later (batched) */
+        *out_key = key;
+        *out_result = ir;
+        return DSOCR_OK;
+    }
+    merge_insert(t, key, (uint32_t)rank, ir);
+    return DSOCR_OK;
+}
+
+static void merge_insert(Tokenizer *t, uint64_t key, uint32_t rank, int32_t ir) {
     size_t i = hash_u64(key) & t->mmask;
     while (t->mhash[i].key != UINT64_MAX && t->mhash[i].key != key) i = (i + 1) & t->mmask;
     if (t->mhash[i].key == UINT64_MAX) t->n_merges++;
     t->mhash[i].key = key;
-    t->mhash[i].rank = (uint32_t)rank;
+    t->mhash[i].rank = rank;
     t->mhash[i].result = ir;
-    return DSOCR_OK;
 }
 
 /* ---------------------------------------------------------------- added tokens */
@@ -579,6 +625,25 @@ done:
 
 /* Fills the per-id decode tables once the vocab and the added tokens are in. */
 static DsocrStatus finish(Tokenizer *t, DsError *e) {
+    for (int b = 0; b < 256; b++) {
+        t->byte_id[b] = vocab_find(t, t->bl[b].u, t->bl[b].n);
+        if (t->byte_id[b] < 0)
+            return ds_fail(e, DSOCR_E_FORMAT,
+                           "model.vocab lacks the byte-level symbol U+%04X for byte 0x%02x (only complete byte-level "
+                           "BPE vocabularies are supported)",
+                           byte_to_cp(b), b);
+    }
+    for (size_t k = 0; k < t->n_added; k++) {
+        if (t->added[k].id < t->n_ids) continue;
+        int32_t old = t->n_ids;
+        t->n_ids = t->added[k].id + 1;
+        uint32_t *o = realloc(t->tok_off, (size_t)t->n_ids * sizeof *o);
+        if (o) t->tok_off = o;
+        uint32_t *l = o ? realloc(t->tok_len, (size_t)t->n_ids * sizeof *l) : NULL;
+        if (!l) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+        t->tok_len = l;
+        for (int32_t i = old; i < t->n_ids; i++) t->tok_len[i] = TK_NONE;
+    }
     size_t nid = (size_t)t->n_ids;
     t->dec_off = malloc(nid * sizeof *t->dec_off);
     t->dec_len = malloc(nid * sizeof *t->dec_len);
@@ -610,19 +675,30 @@ static DsocrStatus finish(Tokenizer *t, DsError *e) {
         /* Byte-level decode when every character is in the alphabet, else the raw UTF-8 (HF ByteLevel). */
         tmp.n = 0;
         const uint8_t *s = (const uint8_t *)t->arena + off;
+        uint32_t q = 0;
+        while (q < len && s[q] >= 0x21 && s[q] <= 0x7E) q++;
+        if (q == len) { /* printable ASCII stands for itself */
+            t->dec_off[id] = off;
+            t->dec_len[id] = len;
+            continue;
+        }
+        if (buf_reserve(&tmp, len)) goto nomem;
         int all = 1;
-        for (uint32_t i = 0; i < len;) {
-            int k = utf8_class(s + i, len - i);
-            uint32_t cp = k > 0 ? utf8_decode(s + i, k) : UINT32_MAX;
+        uint8_t *d = (uint8_t *)tmp.p;
+        for (uint32_t i = 0; i < len;) { /* the alphabet is U+0021..U+0143: one or two UTF-8 bytes */
+            uint32_t cp;
+            if (s[i] < 0x80) cp = s[i++];
+            else if (s[i] >= 0xC2 && s[i] <= 0xC5 && i + 1 < len && (s[i + 1] & 0xC0) == 0x80)
+                cp = ((uint32_t)(s[i] & 0x1F) << 6) | (s[i + 1] & 0x3F), i += 2;
+            else cp = UINT32_MAX;
             int bb = cp < 0x144 ? t->cp_byte[cp] : -1;
             if (bb < 0) {
                 all = 0;
                 break;
             }
-            uint8_t byte = (uint8_t)bb;
-            if (buf_put(&tmp, &byte, 1)) goto nomem;
-            i += (uint32_t)k;
+            *d++ = (uint8_t)bb;
         }
+        tmp.n = (size_t)(d - (uint8_t *)tmp.p);
         if (!all || (tmp.n == len && !memcmp(tmp.p, t->arena + off, len))) {
             t->dec_off[id] = off;
             t->dec_len[id] = len;
@@ -659,13 +735,6 @@ void tokenizer_free(Tokenizer *t) {
     free(t);
 }
 
-static int32_t max_added_id(const Tokenizer *t) {
-    int32_t m = -1;
-    for (size_t i = 0; i < t->n_added; i++)
-        if (t->added[i].id > m) m = t->added[i].id;
-    return m;
-}
-
 DsocrStatus tokenizer_new(const TokenizerParts *p, Tokenizer **out, DsError *e) {
     *out = NULL;
     if (!p || (p->n_vocab && !p->vocab) || (p->n_merges && !p->merges) || (p->n_added && !p->added) ||
@@ -697,18 +766,19 @@ DsocrStatus tokenizer_new(const TokenizerParts *p, Tokenizer **out, DsError *e) 
         }
         ve[nv++] = (VocabEntry){off, (uint32_t)n, (int32_t)i};
     }
-    if ((st = vocab_build(t, ve, nv, max_added_id(t), e))) goto fail;
+    if ((st = vocab_build(t, ve, nv, e))) goto fail;
     if (merge_grow(t, p->n_merges + 1)) {
         st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
         goto fail;
     }
+    int64_t delta = 0;
     for (size_t r = 0; r < p->n_merges; r++) {
         const char *a = p->merges[2 * r], *b = p->merges[2 * r + 1];
         if (!a || !b) {
             st = ds_fail(e, DSOCR_E_FORMAT, "merges[%zu]: missing half", r);
             goto fail;
         }
-        if ((st = merge_add(t, a, strlen(a), b, strlen(b), r, &scratch, e))) goto fail;
+        if ((st = merge_add(t, a, strlen(a), b, strlen(b), r, NULL, &scratch, &delta, NULL, NULL, e))) goto fail;
     }
     const char *const *rx = p->split_regexes ? p->split_regexes : DEEPSEEK_V3_SPLITS;
     size_t nrx = p->split_regexes ? p->n_split_regexes : sizeof DEEPSEEK_V3_SPLITS / sizeof *DEEPSEEK_V3_SPLITS;
@@ -769,6 +839,15 @@ static DsocrStatus js_string(Js *j, Buf *out) {
     j->p++;
     for (;;) {
         const char *s = j->p;
+        while (j->end - j->p >= 8) { /* eight plain bytes at a time: no '"', no '\\', no control byte */
+            uint64_t w;
+            memcpy(&w, j->p, 8);
+            const uint64_t ones = 0x0101010101010101ull, highs = 0x8080808080808080ull;
+            uint64_t q = w ^ (ones * '"'), b = w ^ (ones * '\\');
+            uint64_t hit = ((q - ones) & ~q) | ((b - ones) & ~b) | ((w - ones * 0x20) & ~w);
+            if (hit & highs) break;
+            j->p += 8;
+        }
         while (j->p < j->end && *j->p != '"' && *j->p != '\\' && (uint8_t)*j->p >= 0x20) j->p++;
         if (out && j->p > s && buf_put(out, s, (size_t)(j->p - s))) return ds_fail(j->e, DSOCR_E_NOMEM, "out of memory");
         if (j->p >= j->end) return js_err(j, "unterminated string");
@@ -851,7 +930,9 @@ static DsocrStatus js_skip(Js *j, int depth) {
     }
     const char *s = j->p;
     if (c == '-' || (c >= '0' && c <= '9')) {
-        while (j->p < j->end && *j->p && strchr("+-0123456789.eE", *j->p)) j->p++;
+        while (j->p < j->end && ((*j->p >= '0' && *j->p <= '9') || *j->p == '.' || *j->p == 'e' || *j->p == 'E' ||
+                                 *j->p == '+' || *j->p == '-'))
+            j->p++;
         return DSOCR_OK;
     }
     static const char *const words[] = {"true", "false", "null"};
@@ -889,7 +970,7 @@ static int js_next(Js *j, char close, DsocrStatus *st) {
 }
 
 /* Parses model.vocab {"token": id, ...} into the arena and builds the vocab. */
-static DsocrStatus parse_vocab(Tokenizer *t, Js *j, int32_t max_added, DsError *e) {
+static DsocrStatus parse_vocab(Tokenizer *t, Js *j, DsError *e) {
     DsocrStatus st = DSOCR_OK;
     VocabEntry *ve = NULL;
     size_t n = 0, cap = 0;
@@ -939,7 +1020,7 @@ static DsocrStatus parse_vocab(Tokenizer *t, Js *j, int32_t max_added, DsError *
         if (r == 0) break;
     }
 build:
-    st = vocab_build(t, ve, n, max_added, e);
+    st = vocab_build(t, ve, n, e);
 out:
     free(ve);
     free(key.p);
@@ -947,9 +1028,40 @@ out:
 }
 
 /* Parses model.merges: ["a b", ...] or [["a","b"], ...]. */
+typedef struct MergeText {
+    size_t aoff, an, boff, bn, rank; /* the two halves, in a batch buffer */
+} MergeText;
+
+#define MERGE_BATCH 32
+
+/* Adds a batch of merges: hashes and prefetches every vocab slot first, so the lookups overlap their misses. */
+static DsocrStatus merge_batch(Tokenizer *t, const MergeText *m, size_t k, const Buf *sb, Buf *scratch,
+                               int64_t *delta, DsError *e) {
+    uint32_t h[2 * MERGE_BATCH];
+    for (size_t i = 0; i < k; i++) {
+        h[2 * i] = hash_bytes(sb->p + m[i].aoff, m[i].an);
+        h[2 * i + 1] = hash_bytes(sb->p + m[i].boff, m[i].bn);
+        __builtin_prefetch(&t->vhash[h[2 * i] & t->vmask]);
+        __builtin_prefetch(&t->vhash[h[2 * i + 1] & t->vmask]);
+    }
+    uint64_t key[MERGE_BATCH];
+    int32_t res[MERGE_BATCH];
+    for (size_t i = 0; i < k; i++) {
+        DsocrStatus st = merge_add(t, sb->p + m[i].aoff, m[i].an, sb->p + m[i].boff, m[i].bn, m[i].rank, &h[2 * i],
+                                   scratch, delta, &key[i], &res[i], e);
+        if (st) return st;
+        __builtin_prefetch(&t->mhash[hash_u64(key[i]) & t->mmask], 1);
+    }
+    for (size_t i = 0; i < k; i++) merge_insert(t, key[i], (uint32_t)m[i].rank, res[i]);
+    return DSOCR_OK;
+}
+
+/* Parses model.merges: ["a b", ...] or [["a","b"], ...]. */
 static DsocrStatus parse_merges(Tokenizer *t, Js *j, DsError *e) {
     DsocrStatus st = DSOCR_OK;
-    Buf a = {0}, b = {0}, scratch = {0};
+    Buf sb = {0}, scratch = {0};
+    MergeText batch[MERGE_BATCH];
+    size_t nb = 0;
     js_ws(j);
     if (j->p >= j->end || *j->p != '[')
         return ds_fail(e, DSOCR_E_FORMAT, "model.merges is not an array (byte %zu)", (size_t)(j->p - j->base));
@@ -959,46 +1071,58 @@ static DsocrStatus parse_merges(Tokenizer *t, Js *j, DsError *e) {
         j->p++;
         return DSOCR_OK;
     }
-    /* Size the hash from the byte count: each merge takes at least 5 bytes ("a b",). */
-    if (merge_grow(t, (size_t)(j->end - j->p) / 12 + 16)) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    /* Size the hash once: every merge has at least two quotes before the end of the input. */
+    size_t quotes = 0;
+    for (const char *q = j->p; q < j->end; q++) quotes += *q == '"';
+    if (merge_grow(t, quotes / 2 + 16)) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    int64_t delta = 0;
     for (size_t rank = 0;; rank++) {
         js_ws(j);
-        a.n = b.n = 0;
-        const char *ap, *bp;
-        size_t an, bn;
+        MergeText *m = &batch[nb];
+        m->rank = rank;
+        m->aoff = sb.n;
         if (j->p < j->end && *j->p == '"') {
-            if ((st = js_string(j, &a))) goto out;
-            char *sp = a.n ? memchr(a.p, ' ', a.n) : NULL;
+            if ((st = js_string(j, &sb))) goto out;
+            char *a = sb.p ? sb.p + m->aoff : NULL, *sp = NULL;
+            int spaces = 0;
+            for (char *c = a, *end = sb.p + sb.n; c && c < end; c++)
+                if (*c == ' ') spaces++, sp = sp ? sp : c;
             char q[64];
-            if (!sp || memchr(sp + 1, ' ', a.n - (size_t)(sp + 1 - a.p))) {
+            if (spaces != 1) {
                 st = ds_fail(e, DSOCR_E_FORMAT, "model.merges[%zu] \"%s\" is not two tokens separated by one space",
-                             rank, quote(a.p ? a.p : "", a.n, q, sizeof q));
+                             rank, quote(a ? a : "", sb.n - m->aoff, q, sizeof q));
                 goto out;
             }
-            ap = a.p;
-            an = (size_t)(sp - a.p);
-            bp = sp + 1;
-            bn = a.n - an - 1;
+            m->an = (size_t)(sp - a);
+            m->boff = m->aoff + m->an + 1;
+            m->bn = sb.n - m->boff;
         } else if (j->p < j->end && *j->p == '[') {
             j->p++;
             js_ws(j);
-            if ((st = js_string(j, &a))) goto pair_err;
+            if ((st = js_string(j, &sb))) goto pair_err;
+            m->an = sb.n - m->aoff;
+            m->boff = sb.n;
             if ((st = js_expect(j, ',', "expected ','"))) goto pair_err;
             js_ws(j);
-            if ((st = js_string(j, &b))) goto pair_err;
+            if ((st = js_string(j, &sb))) goto pair_err;
+            m->bn = sb.n - m->boff;
             if ((st = js_expect(j, ']', "expected ']' after two strings"))) goto pair_err;
-            ap = a.p ? a.p : "";
-            an = a.n;
-            bp = b.p ? b.p : "";
-            bn = b.n;
         } else {
             st = ds_fail(e, DSOCR_E_FORMAT, "model.merges[%zu] is neither a string nor an array (byte %zu)", rank,
                          (size_t)(j->p - j->base));
             goto out;
         }
-        if ((st = merge_add(t, ap, an, bp, bn, rank, &scratch, e))) goto out;
         int r = js_next(j, ']', &st);
         if (r < 0) goto out;
+        if (++nb == MERGE_BATCH || r == 0) {
+            if (!sb.p && buf_reserve(&sb, 1)) {
+                st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+                goto out;
+            }
+            if ((st = merge_batch(t, batch, nb, &sb, &scratch, &delta, e))) goto out;
+            nb = 0;
+            sb.n = 0;
+        }
         if (r == 0) break;
         continue;
     pair_err:
@@ -1006,8 +1130,7 @@ static DsocrStatus parse_merges(Tokenizer *t, Js *j, DsError *e) {
         goto out;
     }
 out:
-    free(a.p);
-    free(b.p);
+    free(sb.p);
     free(scratch.p);
     return st;
 }
@@ -1143,7 +1266,7 @@ DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer *
     DsocrStatus st = DSOCR_OK;
     Slice added = {0}, norm = {0}, pre = {0}, dec = {0}, vocab = {0}, merges = {0}, mtype = {0}, dropout = {0},
           ign = {0}, cont = {0}, suffix = {0};
-    int have_model = 0;
+    int have_model = 0, merges_done = 0;
     cJSON *c = NULL;
     Buf key = {0};
     /* Pass 1: find the sections (syntax-checked while skipping). */
@@ -1172,10 +1295,19 @@ DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer *
                         if (buf_put(&key, "", 1)) goto nomem;
                         js_ws(&j);
                         const char *ms = j.p;
-                        if ((st = js_skip(&j, 1))) goto fail;
+                        int is_vocab = !strcmp(key.p, "vocab"), is_merges = !strcmp(key.p, "merges");
+                        if ((is_vocab && vocab.p) || (is_merges && merges.p)) {
+                            st = ds_fail(e, DSOCR_E_FORMAT, "model.%s appears twice", key.p);
+                            goto fail;
+                        }
+                        /* The big arrays are parsed in place (merges only once the vocab is in). */
+                        if (is_vocab) st = parse_vocab(t, &j, e);
+                        else if (is_merges && vocab.p) st = parse_merges(t, &j, e), merges_done = 1;
+                        else st = js_skip(&j, 1);
+                        if (st) goto fail;
                         Slice s = {ms, (size_t)(j.p - ms)};
-                        if (!strcmp(key.p, "vocab")) vocab = s;
-                        else if (!strcmp(key.p, "merges")) merges = s;
+                        if (is_vocab) vocab = s;
+                        else if (is_merges) merges = s;
                         else if (!strcmp(key.p, "type")) mtype = s;
                         else if (!strcmp(key.p, "dropout")) dropout = s;
                         else if (!strcmp(key.p, "ignore_merges")) ign = s;
@@ -1275,11 +1407,11 @@ DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer *
         if ((st = small_json(added.p, added.n, "added_tokens", &c, e)) || (st = parse_added(t, c, e))) goto fail;
         cJSON_Delete(c), c = NULL;
     }
-    /* Pass 3: the big arrays with our own scanner. */
-    Js jv = {vocab.p, vocab.p + vocab.n, json, e};
-    if ((st = parse_vocab(t, &jv, max_added_id(t), e))) goto fail;
-    Js jm = {merges.p, merges.p + merges.n, json, e};
-    if ((st = parse_merges(t, &jm, e))) goto fail;
+    /* Merges that came before the vocab in the file. */
+    if (!merges_done) {
+        Js jm = {merges.p, merges.p + merges.n, json, e};
+        if ((st = parse_merges(t, &jm, e))) goto fail;
+    }
     if ((st = finish(t, e))) goto fail;
     free(key.p);
     *out = t;

@@ -501,14 +501,21 @@ static void test_malformed_json(void) {
     expect_load_error("{\"added_tokens\":[]}", DSOCR_E_FORMAT, "no \"model\"");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":[],\"merges\":[]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false}}",
                       DSOCR_E_FORMAT, "model.vocab is not an object");
-    expect_load_error("{\"model\":{\"type\":\"WordPiece\",\"vocab\":{},\"merges\":[]}}", DSOCR_E_UNSUPPORTED,
-                      "WordPiece");
-    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},\"normalizer\":{\"type\":\"NFC\"}}",
-                      DSOCR_E_UNSUPPORTED, "NFC");
-    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"Metaspace\"}}",
-                      DSOCR_E_UNSUPPORTED, "Metaspace");
-    expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{},\"merges\":[]},\"pre_tokenizer\":null}",
-                      DSOCR_E_UNSUPPORTED, "ByteLevel");
+    char *j = mini_json("[]", "[]", NULL, "{\"type\":\"WordPiece\"}", NULL);
+    expect_load_error(j, DSOCR_E_UNSUPPORTED, "WordPiece");
+    free(j);
+    j = mini_json("[]", "[]", NULL, NULL, "{\"type\":\"Metaspace\"}");
+    expect_load_error(j, DSOCR_E_UNSUPPORTED, "Metaspace");
+    free(j);
+    j = mini_json("[]", "[]", NULL, NULL, "null");
+    expect_load_error(j, DSOCR_E_UNSUPPORTED, "no ByteLevel stage");
+    char *nfc = strstr(j, "\"normalizer\":null");
+    REQUIRE(nfc);
+    char *j2 = NULL;
+    REQUIRE(asprintf(&j2, "%.*s\"normalizer\":{\"type\":\"NFC\"}%s", (int)(nfc - j), j, nfc + strlen("\"normalizer\":null")) > 0);
+    expect_load_error(j2, DSOCR_E_UNSUPPORTED, "NFC");
+    free(j2);
+    free(j);
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":0},\"merges\":[]}, \"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false}}",
                       DSOCR_E_FORMAT, "byte-level symbol");
     expect_load_error("{\"model\":{\"type\":\"BPE\",\"vocab\":{\"a\":-1},\"merges\":[]},\"pre_tokenizer\":{\"type\":\"ByteLevel\",\"add_prefix_space\":false}}", DSOCR_E_FORMAT,
@@ -544,7 +551,7 @@ static void test_malformed_json(void) {
         {"[\"ab\"]", "[]", NULL, NULL, "{\"type\":\"ByteLevel\",\"add_prefix_space\":true}", "add_prefix_space"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
-        char *j = mini_json(cases[i].vocab, cases[i].merges, cases[i].added, cases[i].model, cases[i].pre);
+        j = mini_json(cases[i].vocab, cases[i].merges, cases[i].added, cases[i].model, cases[i].pre);
         t = NULL;
         memset(&e, 0, sizeof e);
         DsocrStatus st = tokenizer_load_json_buffer(j, strlen(j), &t, &e);
