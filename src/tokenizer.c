@@ -996,8 +996,9 @@ static DsocrStatus parse_vocab(Tokenizer *t, Js *j, DsError *e) {
         while (j->p < j->end && *j->p >= '0' && *j->p <= '9' && v < TK_MAX_ID) v = v * 10 + (*j->p++ - '0'), digits++;
         char q[64];
         if (!digits || v >= TK_MAX_ID || (j->p < j->end && *j->p && strchr("-+.eE0123456789", *j->p))) {
-            st = ds_fail(e, DSOCR_E_FORMAT, "model.vocab: token \"%s\" has id \"%.12s\": ids must be integers 0..%d",
-                         quote(key.p, key.n, q, sizeof q), s, TK_MAX_ID - 1);
+            int shown = j->end - s < 12 ? (int)(j->end - s) : 12;
+            st = ds_fail(e, DSOCR_E_FORMAT, "model.vocab: token \"%s\" has id \"%.*s\": ids must be integers 0..%d",
+                         quote(key.p, key.n, q, sizeof q), shown, s, TK_MAX_ID - 1);
             goto out;
         }
         if (n == cap) {
@@ -1454,10 +1455,10 @@ int32_t tokenizer_token_id(const Tokenizer *t, const char *token) {
 
 /* ---------------------------------------------------------------- encode */
 
-typedef struct HeapItem {
-    uint32_t rank, pos;
-    int32_t left, right; /* ids of the pair when pushed: a stale item no longer matches */
-} HeapItem;
+/* A candidate merge: (rank << 32) | position of its left symbol, so that integer order is BPE order (lowest rank,
+ * then leftmost). An item is stale when the pair now at its position no longer has its rank; a rank names one
+ * pair, so an item whose rank still matches is exactly the merge a fresh item would describe. */
+typedef uint64_t HeapItem;
 
 typedef struct Enc {
     const Tokenizer *t;
@@ -1483,15 +1484,24 @@ static int emit(Enc *c, int32_t id) {
     return 0;
 }
 
-static inline int heap_less(const HeapItem *a, const HeapItem *b) {
-    return a->rank < b->rank || (a->rank == b->rank && a->pos < b->pos);
+static void heap_sift_down(HeapItem *h, size_t n, size_t i) {
+    HeapItem x = h[i];
+    for (;;) {
+        size_t l = 2 * i + 1;
+        if (l >= n) break;
+        size_t m = (l + 1 < n && h[l + 1] < h[l]) ? l + 1 : l;
+        if (h[m] >= x) break;
+        h[i] = h[m];
+        i = m;
+    }
+    h[i] = x;
 }
 
 static void heap_push(HeapItem *h, size_t *n, HeapItem it) {
     size_t i = (*n)++;
     while (i > 0) {
         size_t p = (i - 1) / 2;
-        if (!heap_less(&it, &h[p])) break;
+        if (it >= h[p]) break;
         h[i] = h[p];
         i = p;
     }
@@ -1499,17 +1509,11 @@ static void heap_push(HeapItem *h, size_t *n, HeapItem it) {
 }
 
 static HeapItem heap_pop(HeapItem *h, size_t *n) {
-    HeapItem top = h[0], last = h[--*n];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1;
-        if (l >= *n) break;
-        size_t m = (l + 1 < *n && heap_less(&h[l + 1], &h[l])) ? l + 1 : l;
-        if (!heap_less(&h[m], &last)) break;
-        h[i] = h[m];
-        i = m;
+    HeapItem top = h[0];
+    if (--*n) {
+        h[0] = h[*n];
+        heap_sift_down(h, *n, 0);
     }
-    if (*n) h[i] = last;
     return top;
 }
 
@@ -1517,7 +1521,7 @@ static void try_push(Enc *c, size_t *hn, int32_t pos) {
     int32_t nx = c->next[pos];
     if (nx < 0) return;
     const MSlot *m = merge_find(c->t, c->sym[pos], c->sym[nx]);
-    if (m) heap_push(c->heap, hn, (HeapItem){m->rank, (uint32_t)pos, c->sym[pos], c->sym[nx]});
+    if (m) heap_push(c->heap, hn, ((uint64_t)m->rank << 32) | (uint32_t)pos);
 }
 
 /* BPE of one piece (raw bytes), appending the ids. */
@@ -1559,12 +1563,17 @@ static DsocrStatus bpe_piece(Enc *c, const uint8_t *s, size_t n) {
         c->next[i] = i + 1 < n ? (int32_t)i + 1 : -1;
     }
     size_t hn = 0;
-    for (size_t i = 0; i + 1 < n; i++) try_push(c, &hn, (int32_t)i);
+    for (size_t i = 0; i + 1 < n; i++) { /* all first pairs, then heapify: O(n) */
+        const MSlot *m = merge_find(t, c->sym[i], c->sym[i + 1]);
+        if (m) c->heap[hn++] = ((uint64_t)m->rank << 32) | (uint32_t)i;
+    }
+    for (size_t i = hn / 2; i-- > 0;) heap_sift_down(c->heap, hn, i);
     while (hn) {
         HeapItem it = heap_pop(c->heap, &hn);
-        int32_t pos = (int32_t)it.pos, nx = c->next[pos];
-        if (c->sym[pos] != it.left || nx < 0 || c->sym[nx] != it.right) continue; /* stale */
-        const MSlot *m = merge_find(t, it.left, it.right);
+        int32_t pos = (int32_t)(uint32_t)it, nx = c->next[pos];
+        if (c->sym[pos] < 0 || nx < 0) continue; /* stale: absorbed, or now last */
+        const MSlot *m = merge_find(t, c->sym[pos], c->sym[nx]);
+        if (!m || m->rank != (uint32_t)(it >> 32)) continue; /* stale: the pair here changed */
         c->sym[pos] = m->result;
         c->sym[nx] = -1;
         int32_t nn = c->next[nx];
@@ -1775,7 +1784,7 @@ static DsocrStatus stream_run(TokenizerStream *s, const int32_t *id, int final, 
         return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     s->n_held = s->raw.n - used; /* at most 3: an unfinished character */
     DS_ASSERT(s->n_held < sizeof s->held);
-    memcpy(s->held, s->raw.p + used, s->n_held);
+    if (s->n_held) memcpy(s->held, s->raw.p + used, s->n_held);
     *text = s->out.p;
     *len = s->out.n;
     return DSOCR_OK;
