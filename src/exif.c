@@ -68,13 +68,10 @@ static int value_orientation(unsigned type, const uint8_t *d, int le) {
     return (int)v;
 }
 
-/* Orientation of an EXIF block; *present = 1 when IFD0 holds a loadable 0x0112 entry (whatever its value). */
-static int exif_orientation_ex(const uint8_t *data, size_t len, int *present) {
+/* Orientation of a TIFF-structured block (no "Exif" prefix); *present = 1 when IFD0 holds a loadable 0x0112
+ * entry (whatever its value). */
+int exif_orientation_tiff(const uint8_t *data, size_t len, int *present) {
     *present = 0;
-    if (len >= 6 && !memcmp(data, "Exif\0\0", 6)) {
-        data += 6;
-        len -= 6;
-    }
     if (len < 8) return 0;
     int le;
     if (!memcmp(data, "MM\0*", 4) || !memcmp(data, "MM*\0", 4))
@@ -115,14 +112,18 @@ static int exif_orientation_ex(const uint8_t *data, size_t len, int *present) {
     return value_orientation(best_type, best, le);
 }
 
+int exif_orientation_present(const uint8_t *data, size_t len, int *present) {
+    if (len >= 6 && !memcmp(data, "Exif\0\0", 6)) {
+        data += 6;
+        len -= 6;
+    }
+    return exif_orientation_tiff(data, len, present);
+}
+
 int exif_orientation(const uint8_t *data, size_t len) {
     int present;
     if (!data) return 0;
-    return exif_orientation_ex(data, len, &present);
-}
-
-int exif_orientation_present(const uint8_t *data, size_t len, int *present) {
-    return exif_orientation_ex(data, len, present);
+    return exif_orientation_present(data, len, &present);
 }
 
 static int hexval(int c) {
@@ -165,7 +166,7 @@ int exif_orientation_from_raw_profile(const char *text, size_t len, int *present
         }
     }
     if (hi >= 0) return -1;
-    return exif_orientation_ex(buf, n < keep_max ? n : keep_max, present);
+    return exif_orientation_present(buf, n < keep_max ? n : keep_max, present);
 }
 
 int exif_orientation_from_xmp(const char *text, size_t len) {

@@ -31,6 +31,9 @@ void image_cmyk_to_rgb(const uint8_t *cmyk, uint8_t *rgb, size_t n);
 /* exif_orientation, also telling whether IFD0 holds a loadable 0x0112 entry at all (*present), which decides
  * whether Pillow looks at XMP. */
 int exif_orientation_present(const uint8_t *data, size_t len, int *present);
+/* The same without stripping an "Exif\0\0" prefix: Pillow prepends one to a PNG eXIf chunk itself, so a chunk
+ * that already carries one does not parse. */
+int exif_orientation_tiff(const uint8_t *data, size_t len, int *present);
 /* Orientation from a PNG "Raw profile type exif" text (an ImageMagick hex dump): -1 when the dump is malformed
  * (Pillow's getexif raises, so no orientation applies), else as exif_orientation_present. */
 int exif_orientation_from_raw_profile(const char *text, size_t len, int *present);

@@ -409,7 +409,7 @@ DsocrStatus image_decode_png(const uint8_t *b, size_t n, const ImageDecodeOption
     png_scan_text(png, info, &txt);
     if (!exif_early && end_ok) png_scan_text(png, end_info, &txt);
     if (exif) {
-        orient = exif_orientation_present(exif, exif_len, &present);
+        orient = exif_orientation_tiff(exif, exif_len, &present);
     } else if (txt.raw) {
         orient = exif_orientation_from_raw_profile(txt.raw, txt.raw_len, &present);
         if (orient < 0) {
@@ -883,7 +883,11 @@ DsocrStatus image_decode_tiff(const uint8_t *b, size_t n, const ImageDecodeOptio
         return tiff_fail(t, &src, e, what);
     }
     TIFFClose(t);
-    /* Pillow reads the orientation from the first IFD with its EXIF loader: the file is one EXIF block. */
-    r->orientation = exif_orientation(b, n);
+    /* Pillow reads the orientation from the first IFD with its EXIF loader (the file is one EXIF block). Pillow
+     * 9.4 then applies it twice: TiffImageFile.load_end transposes by the tag, and exif_transpose transposes the
+     * loaded image again. Orientations 2-5 and 7 are involutions (net: unchanged); 6 and 8 end up rotated by
+     * 180 degrees. We reproduce the reference (tests/py/test_image_pillow.py checks all eight). */
+    int orient = exif_orientation(b, n);
+    r->orientation = orient == 6 || orient == 8 ? 3 : 0;
     return DSOCR_OK;
 }
