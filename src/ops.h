@@ -151,18 +151,22 @@ void ops_attention_cpu(const OpsAttention *a);
  * table[p / block_size], slot p % block_size. Allocating blocks to sequences is the caller's business (a free
  * list in the session); the cache itself is a plain pool. */
 typedef struct KvCache {
-    uint16_t *data;  /* bf16 [n_blocks][n_layers][2][block_size][width] */
+    void *data;      /* [n_blocks][n_layers][2][block_size][width] of dtype */
+    DsDtype dtype;   /* DS_BF16 (the default) or DS_F32 (the exact yardstick for --precision fp32) */
     int n_layers, width, block_size, n_blocks;
 } KvCache;
 
-/* Allocates the pool (the only malloc in this module); DSOCR_E_NOMEM / DSOCR_E_INVALID_ARG with a message. */
+/* Allocates a bf16 pool (the only malloc in this module); DSOCR_E_NOMEM / DSOCR_E_INVALID_ARG with a message. */
 DsocrStatus kvcache_new(KvCache *kv, int n_layers, int width, int block_size, int n_blocks, DsError *e);
+/* The same with an element type: DS_BF16 or DS_F32. */
+DsocrStatus kvcache_new_typed(KvCache *kv, int n_layers, int width, int block_size, int n_blocks, DsDtype dtype,
+                              DsError *e);
 void kvcache_free(KvCache *kv);
-/* Bytes kvcache_new would allocate (0 on overflow). */
+/* Bytes a bf16 pool of this shape takes (0 on overflow); twice that for DS_F32. */
 size_t kvcache_bytes(int n_layers, int width, int block_size, int n_blocks);
 
 /* Writes n rows of k and v (fp32 [n, ldk] / [n, ldv], post-RoPE) for positions pos0 .. pos0+n−1 of the sequence
- * with block table `table`, rounding to bf16. */
+ * with block table `table`, rounding to bf16 in a bf16 pool. */
 void kv_write(KvCache *kv, int layer, const int32_t *table, int pos0, int n, const float *k, int ldk, const float *v,
               int ldv);
 

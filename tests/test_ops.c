@@ -286,11 +286,12 @@ static void test_attention_causal(void) {
     }
 }
 
-static void test_kv_cache(void) {
+static void kv_case(DsDtype dt) {
     int L = 2, H = 2, D = 24, W = H * D, bs = 16, T = 75, layer = 1;
     KvCache kv;
     DsError e = {0};
-    REQUIRE(kvcache_new(&kv, L, W, bs, 12, &e) == DSOCR_OK);
+    REQUIRE(kvcache_new_typed(&kv, L, W, bs, 12, dt, &e) == DSOCR_OK);
+    CHECK(kv.dtype == dt);
     CHECK(kvcache_new(&(KvCache){0}, 0, W, bs, 1, &e) == DSOCR_E_INVALID_ARG && strstr(e.msg, "KV cache"));
     int32_t tab0[5] = {7, 2, 9, 0, 4}, tab1[5] = {1, 11, 3, 5, 6};
     const int32_t *tables[2] = {tab0, tab1};
@@ -300,8 +301,10 @@ static void test_kv_cache(void) {
     kv_write(&kv, layer, tab0, 40, T - 40, k0 + (size_t)40 * W, W, v0 + (size_t)40 * W, W);
     kv_write(&kv, layer, tab1, 0, T, k1, W, v1, W);
     kv_write(&kv, 0, tab0, 0, T, v1, W, k1, W); /* another layer's data must not leak in */
-    ops_round_bf16_ref(k0, (size_t)T * W), ops_round_bf16_ref(v0, (size_t)T * W);
-    ops_round_bf16_ref(k1, (size_t)T * W), ops_round_bf16_ref(v1, (size_t)T * W);
+    if (dt == DS_BF16) { /* the bf16 pool rounds what it stores; the fp32 pool keeps it exactly */
+        ops_round_bf16_ref(k0, (size_t)T * W), ops_round_bf16_ref(v0, (size_t)T * W);
+        ops_round_bf16_ref(k1, (size_t)T * W), ops_round_bf16_ref(v1, (size_t)T * W);
+    }
     /* decode-style rows of both sequences */
     enum { R = 5 };
     int32_t pos[R] = {0, 15, 16, 74, 40}, seq[R] = {0, 1, 0, 1, 0};
@@ -334,6 +337,15 @@ static void test_kv_cache(void) {
     CHECK(kv.data == NULL);
     free(k0), free(v0), free(k1), free(v1), free(q), free(o0), free(o1), free(od), free(pp), free(qp), free(p0),
         free(p1);
+}
+
+static void test_kv_cache(void) { kv_case(DS_BF16); }
+static void test_kv_cache_f32(void) {
+    kv_case(DS_F32);
+    KvCache kv;
+    DsError e = {0};
+    CHECK(kvcache_new_typed(&kv, 1, 8, 4, 2, DS_I32, &e) == DSOCR_E_INVALID_ARG);
+    CHECK_STR_CONTAINS(e.msg, "element type");
 }
 
 /* ---------------------------------------------------------------------------------------------------------- */
@@ -608,6 +620,7 @@ int main(void) {
     RUN(test_attention_relpos);
     RUN(test_attention_causal);
     RUN(test_kv_cache);
+    RUN(test_kv_cache_f32);
     RUN(test_rope);
     RUN(test_conv2d);
     RUN(test_resample);

@@ -5,6 +5,7 @@
 
 int cli_check_model(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
+int cli_ocr(int argc, char **argv);
 
 /* Default model folder: $DSOCR_MODEL, else ./models/deepseek-ocr. */
 const char *cli_default_model_dir(void);

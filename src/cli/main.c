@@ -13,7 +13,7 @@ typedef struct Verb {
 } Verb;
 
 static const Verb VERBS[] = {
-    {"ocr", NULL, "image or PDF in, markdown / text / JSON out"},
+    {"ocr", cli_ocr, "image or PDF in, markdown / text / JSON out"},
     {"serve", NULL, "HTTP API on 127.0.0.1:8031 (seed API, OpenAI-compatible API, web page)"},
     {"pull", NULL, "download the official checkpoint from Hugging Face, resumable and verified"},
     {"quantize", NULL, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},

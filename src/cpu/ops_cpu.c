@@ -457,6 +457,22 @@ static void kv_accum(float *acc, int D, float corr, const float *p, const uint16
     }
 }
 
+/* The same for an fp32 pool. */
+static void kv_accum_f32(float *acc, int D, float corr, const float *p, const float *v0, size_t vstride, int n) {
+    for (int c = 0; c < D; c++) acc[c] *= corr;
+    for (int j = 0; j < n; j++) {
+        const float *vr = v0 + (size_t)j * vstride;
+        float pj = p[j];
+        for (int c = 0; c < D; c++) acc[c] += pj * vr[c];
+    }
+}
+
+static float dot_f32(const float *x, const float *y, int K) {
+    float r = 0;
+    for (int k = 0; k < K; k++) r += x[k] * y[k];
+    return r;
+}
+
 void ops_attention_kv_cpu(const OpsAttentionKv *a) {
     DS_ASSERT(a->n >= 0 && a->n_heads > 0 && a->head_dim > 0 && a->head_dim <= 512);
     DS_ASSERT(a->n_heads * a->head_dim == a->kv->width && a->ldq >= a->kv->width && a->ldo >= a->kv->width);
@@ -477,11 +493,14 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
         for (int j0 = 0; j0 < nk; j0 += bs) {
             int blk = table[j0 / bs], n = nk - j0 < bs ? nk - j0 : bs;
             DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
-            const uint16_t *kb = kv->data + ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + h * D;
-            const uint16_t *vb = kv->data + ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + h * D;
+            size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
+            size_t vo = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + (size_t)h * D;
+            const int f32 = kv->dtype == DS_F32;
             float bmax = -INFINITY;
             for (int j = 0; j < n; j++) {
-                p[j] = a->scale * dot_f32_bf16(q, kb + (size_t)j * kv->width, D, avx2);
+                size_t kj = ko + (size_t)j * kv->width;
+                p[j] = a->scale * (f32 ? dot_f32(q, (const float *)kv->data + kj, D)
+                                       : dot_f32_bf16(q, (const uint16_t *)kv->data + kj, D, avx2));
                 bmax = p[j] > bmax ? p[j] : bmax;
             }
             float mnew = bmax > m ? bmax : m;
@@ -492,7 +511,10 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
             }
             l = l * corr + sum;
             m = mnew;
-            kv_accum(acc, D, corr, p, vb, kv->width, n);
+            if (f32)
+                kv_accum_f32(acc, D, corr, p, (const float *)kv->data + vo, kv->width, n);
+            else
+                kv_accum(acc, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
         }
         float *o = a->out + (size_t)r * a->ldo + h * D;
         for (int c = 0; c < D; c++) o[c] = acc[c] / l;

@@ -197,13 +197,22 @@ size_t kvcache_bytes(int n_layers, int width, int block_size, int n_blocks) {
 }
 
 DsocrStatus kvcache_new(KvCache *kv, int n_layers, int width, int block_size, int n_blocks, DsError *e) {
+    return kvcache_new_typed(kv, n_layers, width, block_size, n_blocks, DS_BF16, e);
+}
+
+DsocrStatus kvcache_new_typed(KvCache *kv, int n_layers, int width, int block_size, int n_blocks, DsDtype dtype,
+                              DsError *e) {
     memset(kv, 0, sizeof *kv);
     size_t bytes = kvcache_bytes(n_layers, width, block_size, n_blocks);
+    if (dtype != DS_BF16 && dtype != DS_F32)
+        return ds_fail(e, DSOCR_E_INVALID_ARG, "KV cache: element type %s (bf16 or f32)", ds_dtype_name(dtype));
+    if (dtype == DS_F32 && !ds_mul_ok(bytes, 2, &bytes)) bytes = 0;
     if (!bytes)
         return ds_fail(e, DSOCR_E_INVALID_ARG, "KV cache: bad shape (%d layers, width %d, %d-token blocks, %d blocks)",
                        n_layers, width, block_size, n_blocks);
     kv->data = calloc(1, bytes);
     if (!kv->data) return ds_fail(e, DSOCR_E_NOMEM, "KV cache: cannot allocate %zu bytes", bytes);
+    kv->dtype = dtype;
     kv->n_layers = n_layers;
     kv->width = width;
     kv->block_size = block_size;
@@ -217,22 +226,33 @@ void kvcache_free(KvCache *kv) {
     memset(kv, 0, sizeof *kv);
 }
 
-/* Address of the k (kv_idx 0) or v (1) row of position pos in the sequence with block table `table`. */
-static inline uint16_t *kv_row(const KvCache *kv, int layer, const int32_t *table, int pos, int kv_idx) {
+/* Element offset of the k (kv_idx 0) or v (1) row of position pos in the sequence with block table `table`. */
+static inline size_t kv_row(const KvCache *kv, int layer, const int32_t *table, int pos, int kv_idx) {
     int32_t blk = table[pos / kv->block_size];
     DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
     size_t row = ((size_t)(blk * kv->n_layers + layer) * 2 + kv_idx) * kv->block_size + pos % kv->block_size;
-    return kv->data + row * kv->width;
+    return row * kv->width;
+}
+
+/* Element i of the pool, widened. */
+static inline float kv_get(const KvCache *kv, size_t i) {
+    return kv->dtype == DS_F32 ? ((const float *)kv->data)[i] : bf16_to_f32(((const uint16_t *)kv->data)[i]);
 }
 
 void kv_write(KvCache *kv, int layer, const int32_t *table, int pos0, int n, const float *k, int ldk, const float *v,
               int ldv) {
     DS_ASSERT(layer >= 0 && layer < kv->n_layers && pos0 >= 0 && n >= 0);
     for (int t = 0; t < n; t++) {
-        uint16_t *kr = kv_row(kv, layer, table, pos0 + t, 0), *vr = kv_row(kv, layer, table, pos0 + t, 1);
+        size_t kr = kv_row(kv, layer, table, pos0 + t, 0), vr = kv_row(kv, layer, table, pos0 + t, 1);
+        if (kv->dtype == DS_F32) {
+            memcpy((float *)kv->data + kr, k + (size_t)t * ldk, sizeof(float) * (size_t)kv->width);
+            memcpy((float *)kv->data + vr, v + (size_t)t * ldv, sizeof(float) * (size_t)kv->width);
+            continue;
+        }
+        uint16_t *kd = (uint16_t *)kv->data + kr, *vd = (uint16_t *)kv->data + vr;
         for (int c = 0; c < kv->width; c++) {
-            kr[c] = f32_to_bf16(k[(size_t)t * ldk + c]);
-            vr[c] = f32_to_bf16(v[(size_t)t * ldv + c]);
+            kd[c] = f32_to_bf16(k[(size_t)t * ldk + c]);
+            vd[c] = f32_to_bf16(v[(size_t)t * ldv + c]);
         }
     }
 }
@@ -255,20 +275,20 @@ void ops_attention_kv_ref(const OpsAttentionKv *a) {
             const float *qr = a->q + (size_t)r * a->ldq + h * D;
             double mx = -INFINITY, sum = 0;
             for (int j = 0; j < nk; j++) {
-                const uint16_t *kr = kv_row(a->kv, a->layer, table, j, 0) + h * D;
+                size_t kr = kv_row(a->kv, a->layer, table, j, 0) + (size_t)h * D;
                 double dot = 0;
-                for (int c = 0; c < D; c++) dot += (double)qr[c] * bf16_to_f32(kr[c]);
+                for (int c = 0; c < D; c++) dot += (double)qr[c] * kv_get(a->kv, kr + c);
                 mx = a->scale * dot > mx ? a->scale * dot : mx;
             }
             for (int c = 0; c < D; c++) acc[c] = 0;
             for (int j = 0; j < nk; j++) {
-                const uint16_t *kr = kv_row(a->kv, a->layer, table, j, 0) + h * D;
-                const uint16_t *vr = kv_row(a->kv, a->layer, table, j, 1) + h * D;
+                size_t kr = kv_row(a->kv, a->layer, table, j, 0) + (size_t)h * D;
+                size_t vr = kv_row(a->kv, a->layer, table, j, 1) + (size_t)h * D;
                 double dot = 0;
-                for (int c = 0; c < D; c++) dot += (double)qr[c] * bf16_to_f32(kr[c]);
+                for (int c = 0; c < D; c++) dot += (double)qr[c] * kv_get(a->kv, kr + c);
                 double p = exp(a->scale * dot - mx);
                 sum += p;
-                for (int c = 0; c < D; c++) acc[c] += p * bf16_to_f32(vr[c]);
+                for (int c = 0; c < D; c++) acc[c] += p * kv_get(a->kv, vr + c);
             }
             float *o = a->out + (size_t)r * a->ldo + h * D;
             for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / sum);

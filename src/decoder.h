@@ -1,0 +1,37 @@
+/* decoder.h: the DeepSeek-V2 MoE decoder (spec §7): RMSNorm, plain multi-head attention with NeoX RoPE over a
+ * bf16 block KV cache, layer 0 dense SwiGLU, MoE layers (softmax router, top-k without renormalisation, shared
+ * experts), final norm and lm_head. Works on a chunk of token rows with their own positions: prefill is a few
+ * chunks, a decode step is a chunk of one row.
+ * What it is not: generation policy (engine.c), the image encoder (vision.c). */
+#ifndef DSOCR_DECODER_H
+#define DSOCR_DECODER_H
+
+#include "model.h"
+
+typedef struct DecoderWork DecoderWork;
+
+/* Working memory for chunks of up to max_rows rows. */
+DsocrStatus decoder_work_new(const Model *m, int max_rows, DecoderWork **out, DsError *e);
+void decoder_work_free(DecoderWork *w);
+size_t decoder_work_bytes(const Model *m, int max_rows);
+
+/* x [n, hidden]: the embedded input rows, replaced by the final hidden states. pos [n]: their positions;
+ * table: the sequence's KV block table (positions 0..max(pos) must have blocks). Keys/values are written to kv
+ * and every row attends causally to positions 0..pos[r]. logits: when non-NULL, the lm_head output of the last
+ * row ([vocab]). bf16: the official rounding points. dump_dir: write layerL.{out,router_logits,experts}. */
+typedef struct DecoderStep {
+    float *x;
+    int n;
+    const int32_t *pos;
+    const int32_t *table;
+    KvCache *kv;
+    int bf16;
+    float *logits;
+    const char *dump_dir;
+} DecoderStep;
+DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s, DsError *e);
+
+/* Embeds ids [n] into x [n, hidden] (rows of model.embed_tokens). */
+void decoder_embed(const Model *m, const int32_t *ids, int n, float *x);
+
+#endif

@@ -1,0 +1,76 @@
+/* dump.c: see dump.h. */
+#include "dump.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+DsocrStatus dump_write(const char *dir, const char *name, int dtype, int ndim, const int64_t *shape,
+                       const void *data, DsError *e) {
+    if (!dir) return DSOCR_OK;
+    static const size_t esz[] = {4, 2, 4, 1, 8};
+    if (dtype < 0 || dtype > 4 || ndim < 0 || ndim > 8) return ds_fail(e, DSOCR_E_INVALID_ARG, "bad dump call");
+    char path[2048];
+    snprintf(path, sizeof path, "%s/%s.bin", dir, name);
+    FILE *f = fopen(path, "wb");
+    if (!f) return ds_fail(e, DSOCR_E_IO, "%s: cannot create: %s", path, strerror(errno));
+    uint32_t hdr[2] = {(uint32_t)dtype, (uint32_t)ndim};
+    size_t n = 1;
+    int ok = fwrite("DSDUMP01", 1, 8, f) == 8 && fwrite(hdr, 4, 2, f) == 2;
+    for (int i = 0; ok && i < ndim; i++) {
+        uint64_t d = (uint64_t)shape[i];
+        ok = fwrite(&d, 8, 1, f) == 1;
+        n *= (size_t)shape[i];
+    }
+    if (ok && n) ok = fwrite(data, esz[dtype], n, f) == n;
+    if (fclose(f) != 0) ok = 0;
+    return ok ? DSOCR_OK : ds_fail(e, DSOCR_E_IO, "%s: write failed", path);
+}
+
+DsocrStatus dump_f32(const char *dir, const char *name, const float *x, int64_t d0, int64_t d1, int64_t d2,
+                     DsError *e) {
+    int64_t s[3] = {d0, d1, d2};
+    int nd = d2 ? 3 : d1 ? 2 : 1;
+    return dump_write(dir, name, DUMP_F32, nd, s, x, e);
+}
+
+DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *e) {
+    *out = NULL;
+    *n = 0;
+    char *buf;
+    size_t len;
+    DsocrStatus st = ds_read_file(path, 1u << 30, &buf, &len, e);
+    if (st) return st;
+    uint32_t dt, nd;
+    if (len < 16 || memcmp(buf, "DSDUMP01", 8)) {
+        free(buf);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: not a DSDUMP01 file", path);
+    }
+    memcpy(&dt, buf + 8, 4);
+    memcpy(&nd, buf + 12, 4);
+    if (dt != DUMP_I32 || nd > 8 || len < 16 + 8 * (size_t)nd) {
+        free(buf);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: not an i32 dump", path);
+    }
+    uint64_t cnt = 1;
+    for (uint32_t i = 0; i < nd; i++) {
+        uint64_t d;
+        memcpy(&d, buf + 16 + 8 * i, 8);
+        if (d > (1u << 28) || __builtin_mul_overflow(cnt, d, &cnt)) cnt = UINT64_MAX;
+    }
+    size_t off = 16 + 8 * (size_t)nd;
+    if (cnt > (1u << 28) || len - off != cnt * 4) {
+        free(buf);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: size does not match its shape", path);
+    }
+    int32_t *v = malloc(cnt * 4 + 4);
+    if (!v) {
+        free(buf);
+        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    }
+    memcpy(v, buf + off, cnt * 4);
+    free(buf);
+    *out = v;
+    *n = (int64_t)cnt;
+    return DSOCR_OK;
+}

@@ -1,0 +1,567 @@
+/* engine.c: the public API (include/dsocr.h): model and session lifetimes and one OCR run: decode the image,
+ * plan and encode its views, lay out the image-token block, build the prompt, prefill, then greedy generation
+ * with the profile's no-repeat n-gram guard, streaming text through the callback.
+ * Memory: everything a run needs is allocated by dsocr_session_new for the worst case the session accepts;
+ * a run allocates only the decoded image and its views (sized by the input), the result, and debug dumps. */
+#include "engine.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "decoder.h"
+#include "dump.h"
+#include "model.h"
+#include "ngram.h"
+#include "vision.h"
+
+#define KV_BLOCK 16
+#define PREFILL_CHUNK 256
+#define MAX_VIEW_SIDE 1280
+
+struct DsocrModel {
+    Model *m;
+    int threads;
+};
+
+struct DsocrSession {
+    const DsocrModel *model;
+    int max_context;
+    VisionWork *vw;
+    DecoderWork *dw;
+    KvCache kv;
+    int32_t *table;     /* [n_blocks] identity block table of the one sequence */
+    float *feat;        /* [max_context, D] view outputs before layout */
+    float *emb;         /* [max_context, D] the prompt's input rows */
+    float *chw;         /* [3, MAX_VIEW_SIDE, MAX_VIEW_SIDE] one normalised view */
+    float *logits;      /* [V] */
+    float *masked;      /* [V] logits after the n-gram ban */
+    int32_t *seq;       /* [max_context] prompt + generated ids */
+    TokenizerStream *stream;
+    char err[1024];
+};
+
+/* ---- small helpers ---- */
+
+static DsocrStatus fail(DsocrSession *s, DsocrStatus st, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static DsocrStatus fail(DsocrSession *s, DsocrStatus st, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    va_end(ap);
+    return st;
+}
+
+static void progress(const DsocrOcrOptions *o, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void progress(const DsocrOcrOptions *o, const char *fmt, ...) {
+    if (!o->on_progress) return;
+    char line[256];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(line, sizeof line, fmt, ap);
+    va_end(ap);
+    o->on_progress(o->user, line);
+}
+
+static int cancelled(const DsocrOcrOptions *o) { return o->cancel && *o->cancel; }
+
+const char *engine_compat_name(DsocrCompat c) { return c == DSOCR_COMPAT_VLLM ? "vllm" : "hf"; }
+
+/* ---- model ---- */
+
+void dsocr_model_options_default(DsocrModelOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->device = "cpu";
+}
+
+typedef struct LogCtx {
+    const DsocrModelOptions *o;
+} LogCtx;
+
+static void model_log(void *user, const char *line) {
+    const DsocrModelOptions *o = user;
+    if (o && o->log) o->log(o->log_user, line);
+}
+
+DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, DsocrModel **out, char *err,
+                             size_t errlen) {
+    DsocrModelOptions def;
+    dsocr_model_options_default(&def);
+    if (!opt) opt = &def;
+    *out = NULL;
+    if (err && errlen) err[0] = 0;
+    DsError e = {0};
+    if (opt->device && strcmp(opt->device, "cpu") && strcmp(opt->device, "auto")) {
+        ds_fail(&e, DSOCR_E_UNSUPPORTED, "device \"%s\" is not available in this build (only \"cpu\")", opt->device);
+        if (err && errlen) snprintf(err, errlen, "%s", e.msg);
+        return e.code;
+    }
+    DsocrModel *dm = calloc(1, sizeof *dm);
+    if (!dm) {
+        if (err && errlen) snprintf(err, errlen, "out of memory");
+        return DSOCR_E_NOMEM;
+    }
+    CheckpointOptions co = {.log = model_log, .log_user = (void *)opt};
+    DsocrStatus st = model_load(dir, &co, &dm->m, &e);
+    if (st) {
+        free(dm);
+        if (err && errlen) snprintf(err, errlen, "%s", e.msg);
+        return st;
+    }
+    dm->threads = opt->threads > 0 ? opt->threads : omp_get_num_procs();
+    *out = dm;
+    return DSOCR_OK;
+}
+
+void dsocr_model_free(DsocrModel *m) {
+    if (!m) return;
+    model_free(m->m);
+    free(m);
+}
+
+/* ---- session ---- */
+
+void dsocr_session_options_default(DsocrSessionOptions *o) { memset(o, 0, sizeof *o); }
+
+void dsocr_session_free(DsocrSession *s) {
+    if (!s) return;
+    vision_work_free(s->vw);
+    decoder_work_free(s->dw);
+    kvcache_free(&s->kv);
+    free(s->table);
+    free(s->feat);
+    free(s->emb);
+    free(s->chw);
+    free(s->logits);
+    free(s->masked);
+    free(s->seq);
+    if (s->stream) tokenizer_stream_free(s->stream);
+    free(s);
+}
+
+DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *opt, DsocrSession **out, char *err,
+                              size_t errlen) {
+    *out = NULL;
+    if (err && errlen) err[0] = 0;
+    DsocrSessionOptions def;
+    dsocr_session_options_default(&def);
+    if (!opt) opt = &def;
+    const Model *m = dm->m;
+    const ModelConfig *c = &m->cfg;
+    DsError e = {0};
+    DsocrStatus st = DSOCR_OK;
+    DsocrSession *s = calloc(1, sizeof *s);
+    if (!s) {
+        st = ds_fail(&e, DSOCR_E_NOMEM, "out of memory");
+        goto fail;
+    }
+    s->model = dm;
+    s->max_context = opt->max_context > 0 ? opt->max_context : c->max_position_embeddings;
+    if (s->max_context > c->max_position_embeddings) s->max_context = c->max_position_embeddings;
+    const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
+    if ((st = vision_work_new(m, MAX_VIEW_SIDE, &s->vw, &e))) goto fail;
+    if ((st = decoder_work_new(m, PREFILL_CHUNK, &s->dw, &e))) goto fail;
+    /* sized for fp32 elements; each run uses it as bf16 (--precision bf16) or fp32 (the exact fp32 path) */
+    if ((st = kvcache_new_typed(&s->kv, c->num_hidden_layers, D, KV_BLOCK, nb, DS_F32, &e))) goto fail;
+    if ((st = tokenizer_stream_new(m->tok, 0, &s->stream, &e))) goto fail;
+    s->table = malloc(sizeof(int32_t) * (size_t)nb);
+    s->feat = malloc(sizeof(float) * (size_t)T * D);
+    s->emb = malloc(sizeof(float) * (size_t)T * D);
+    s->chw = malloc(sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
+    s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
+    s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
+    s->seq = malloc(sizeof(int32_t) * (size_t)T);
+    if (!s->table || !s->feat || !s->emb || !s->chw || !s->logits || !s->masked || !s->seq) {
+        st = ds_fail(&e, DSOCR_E_NOMEM, "out of memory for a session with a %d-token context", T);
+        goto fail;
+    }
+    for (int i = 0; i < nb; i++) s->table[i] = i;
+    *out = s;
+    return DSOCR_OK;
+fail:
+    dsocr_session_free(s);
+    if (err && errlen) snprintf(err, errlen, "%s", e.msg);
+    return st;
+}
+
+const char *dsocr_session_error(const DsocrSession *s) { return s ? s->err : "no session"; }
+
+/* ---- options ---- */
+
+void dsocr_ocr_options_default(DsocrOcrOptions *o) {
+    memset(o, 0, sizeof *o);
+    o->mode = "gundam";
+    o->prompt = "markdown";
+    o->compat = DSOCR_COMPAT_HF;
+    o->no_repeat_ngram = -1;
+    o->ngram_window = -1;
+    o->precision = DSOCR_PRECISION_FP32;
+}
+
+int engine_prompt_text(const char *name, char *buf, size_t n) {
+    static const struct {
+        const char *name, *text;
+    } P[] = {
+        {"markdown", "<image>\n<|grounding|>Convert the document to markdown."},
+        {"ocr", "<image>\n<|grounding|>OCR this image."},
+        {"free", "<image>\nFree OCR."},
+        {"figure", "<image>\nParse the figure."},
+        {"describe", "<image>\nDescribe this image in detail."},
+    };
+    if (!name) name = "markdown";
+    for (size_t i = 0; i < sizeof P / sizeof P[0]; i++)
+        if (!strcmp(name, P[i].name)) return snprintf(buf, n, "%s", P[i].text) < (int)n ? 0 : -1;
+    if (!strncmp(name, "locate:", 7))
+        return snprintf(buf, n, "<image>\nLocate <|ref|>%s<|/ref|> in the image.", name + 7) < (int)n ? 0 : -1;
+    if (!strncmp(name, "raw:", 4)) return snprintf(buf, n, "%s", name + 4) < (int)n ? 0 : -1;
+    return -1;
+}
+
+DsocrStatus engine_mode(const DsocrOcrOptions *opt, ImageMode *m, char *err, size_t errlen) {
+    DsError e = {0};
+    if (opt->mode) {
+        if (image_mode_by_name(opt->mode, m) != 0) {
+            snprintf(err, errlen, "unknown mode \"%s\" (tiny, small, base, large, gundam)", opt->mode);
+            return DSOCR_E_INVALID_ARG;
+        }
+    } else {
+        m->base_size = opt->base_size;
+        m->image_size = opt->image_size;
+        m->crop_mode = opt->crop_mode ? 1 : 0;
+    }
+    DsocrStatus st = image_mode_check(m, &e);
+    if (st) snprintf(err, errlen, "%s", e.msg);
+    return st;
+}
+
+void dsocr_result_free(DsocrResult *r) {
+    if (!r) return;
+    free(r->text);
+    free(r->tokens);
+    memset(r, 0, sizeof *r);
+}
+
+/* ---- one run ---- */
+
+/* Lays the encoded views (s->feat: tiles row-major, then the global view, each n² rows) out into dst as the
+ * spec §5.5 block: local big-grid rows each + newline, global rows each + newline, the separator. */
+static int layout_block(const Model *m, const ImagePlan *p, const float *feat, float *dst) {
+    const int D = m->cfg.hidden_size, nl = p->n_tile, ng = p->n_global;
+    float *o = dst;
+    for (int ty = 0; ty < p->th; ty++)
+        for (int i = 0; i < nl; i++) {
+            for (int tx = 0; tx < p->tw; tx++) {
+                const float *tile = feat + (size_t)(ty * p->tw + tx) * nl * nl * D;
+                memcpy(o, tile + (size_t)i * nl * D, sizeof(float) * (size_t)nl * D);
+                o += (size_t)nl * D;
+            }
+            for (int d = 0; d < D; d++) o[d] = ds_w_get(m->image_newline, (size_t)d);
+            o += D;
+        }
+    const float *g = feat + (size_t)p->n_tiles * nl * nl * D;
+    for (int r = 0; r < ng; r++) {
+        memcpy(o, g + (size_t)r * ng * D, sizeof(float) * (size_t)ng * D);
+        o += (size_t)ng * D;
+        for (int d = 0; d < D; d++) o[d] = ds_w_get(m->image_newline, (size_t)d);
+        o += D;
+    }
+    for (int d = 0; d < D; d++) o[d] = ds_w_get(m->view_seperator, (size_t)d);
+    o += D;
+    return (int)((o - dst) / D);
+}
+
+/* Appends text to a growing buffer. */
+typedef struct Buf {
+    char *p;
+    size_t n, cap;
+} Buf;
+
+static int buf_add(Buf *b, const char *s, size_t n) {
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap * 2 : 4096;
+        while (nc < b->n + n + 1) nc *= 2;
+        char *np = realloc(b->p, nc);
+        if (!np) return -1;
+        b->p = np;
+        b->cap = nc;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+    return 0;
+}
+
+DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
+                       const EngineDebug *dbg, DsocrResult *out) {
+    memset(out, 0, sizeof *out);
+    s->err[0] = 0;
+    DsocrOcrOptions def;
+    dsocr_ocr_options_default(&def);
+    if (!opt) opt = &def;
+    EngineDebug nodbg = {0};
+    if (!dbg) dbg = &nodbg;
+    const Model *m = s->model->m;
+    const ModelConfig *c = &m->cfg;
+    const int D = c->hidden_size, V = c->vocab_size, bf16 = opt->precision == DSOCR_PRECISION_BF16;
+    const char *dd = dbg->dump_dir;
+    omp_set_num_threads(opt->threads > 0 ? opt->threads : s->model->threads);
+    s->kv.dtype = bf16 ? DS_BF16 : DS_F32;
+    DsError e = {0};
+    DsocrStatus st = DSOCR_OK;
+    DsImage im = {0}, *views = NULL;
+    int32_t *before = NULL, *after = NULL;
+    size_t n_before = 0, n_after = 0;
+    Buf text = {0};
+    int n_views = 0;
+    ImagePlan plan;
+
+    /* options */
+    ImageMode mode;
+    char msg[512];
+    if ((st = engine_mode(opt, &mode, msg, sizeof msg))) return fail(s, st, "%s", msg);
+    const int vllm = opt->compat == DSOCR_COMPAT_VLLM;
+    const int ngram = opt->no_repeat_ngram >= 0 ? opt->no_repeat_ngram : (vllm ? 30 : 20);
+    const int window = opt->ngram_window >= 0 ? opt->ngram_window : (vllm ? 90 : 0);
+    char prompt[4096];
+    if (engine_prompt_text(opt->prompt, prompt, sizeof prompt) != 0)
+        return fail(s, DSOCR_E_INVALID_ARG,
+                    "unknown or too long prompt \"%.64s\" (markdown, ocr, free, figure, describe, locate:TEXT, "
+                    "raw:TEXT)",
+                    opt->prompt ? opt->prompt : "");
+    /* the HF path strips the prompt; a prompt without <image> gets the image first; several are refused */
+    char *pr = prompt;
+    if (!vllm) {
+        while (*pr == ' ' || *pr == '\n' || *pr == '\t' || *pr == '\r') pr++;
+        size_t L = strlen(pr);
+        while (L && (pr[L - 1] == ' ' || pr[L - 1] == '\n' || pr[L - 1] == '\t' || pr[L - 1] == '\r')) pr[--L] = 0;
+    }
+    const char *tag = strstr(pr, "<image>");
+    if (tag && strstr(tag + 7, "<image>"))
+        return fail(s, DSOCR_E_INVALID_ARG, "the prompt has several <image> tags; dsocr takes one image per prompt");
+    const char *b_txt = tag ? pr : "", *a_txt = tag ? tag + 7 : pr;
+    size_t b_len = tag ? (size_t)(tag - pr) : 0;
+    if (!tag) a_txt = pr; /* no tag: the image goes first, then the whole prompt */
+
+    /* image -> views -> features */
+    double t0 = ds_now();
+    ImageDecodeOptions dop = {.alpha_white = vllm};
+    if ((st = image_decode(image, image_len, &dop, &im, &e))) {
+        fail(s, st, "%s", e.msg);
+        goto done;
+    }
+    if ((st = image_plan(im.w, im.h, &mode, vllm ? IMAGE_MAX_TILES_VLLM : IMAGE_MAX_TILES_HF, &plan, &e))) {
+        fail(s, st, "%s", e.msg);
+        goto done;
+    }
+    if ((st = tokenizer_encode(m->tok, b_txt, b_len, &before, &n_before, &e)) ||
+        (st = tokenizer_encode(m->tok, a_txt, strlen(a_txt), &after, &n_after, &e))) {
+        fail(s, st, "prompt: %s", e.msg);
+        goto done;
+    }
+    const int n_prompt = 1 + (int)n_before + plan.n_slots + (int)n_after;
+    if (n_prompt + 1 > s->max_context) {
+        st = fail(s, DSOCR_E_TOO_LONG, "the prompt needs %d tokens (%d for the image) but the context holds %d",
+                  n_prompt, plan.n_slots, s->max_context);
+        goto done;
+    }
+    views = calloc((size_t)plan.n_views, sizeof *views);
+    if (!views) {
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto done;
+    }
+    if ((st = image_make_views(&im, &plan, views, &e))) {
+        fail(s, st, "%s", e.msg);
+        goto done;
+    }
+    n_views = plan.n_views;
+    size_t feat_rows = 0;
+    for (int v = 0; v < plan.n_views; v++) {
+        if (cancelled(opt)) {
+            st = fail(s, DSOCR_E_CANCELLED, "cancelled");
+            goto done;
+        }
+        const int is_global = v == plan.n_tiles, side = views[v].w, n = side / 64;
+        char vname[32];
+        if (is_global)
+            snprintf(vname, sizeof vname, "global");
+        else
+            snprintf(vname, sizeof vname, "tile%d", v);
+        progress(opt, "vision %d/%d views (%s, %d px)", v + 1, plan.n_views, vname, side);
+        image_normalize(&views[v], s->chw);
+        if (dd) {
+            char nm[64];
+            int64_t sh[3] = {side, side, 3};
+            snprintf(nm, sizeof nm, "%s.pixels", vname);
+            if ((st = dump_write(dd, nm, DUMP_U8, 3, sh, views[v].rgb, &e))) break;
+            snprintf(nm, sizeof nm, "%s.input", vname);
+            if ((st = dump_f32(dd, nm, s->chw, 3, side, side, &e))) break;
+        }
+        VisionOptions vo = {.bf16 = bf16, .dump_dir = dd, .view_name = vname};
+        if ((st = vision_encode(m, s->vw, s->chw, side, &vo, s->feat + feat_rows * D, &e))) break;
+        feat_rows += (size_t)n * n;
+    }
+    if (st) {
+        fail(s, st, "%s", e.msg);
+        goto done;
+    }
+    out->seconds_vision = ds_now() - t0;
+
+    /* prompt ids and input rows */
+    int T = 0;
+    s->seq[T++] = c->bos_token_id;
+    for (size_t i = 0; i < n_before; i++) s->seq[T++] = before[i];
+    const int img0 = T;
+    for (int i = 0; i < plan.n_slots; i++) s->seq[T++] = m->image_token_id;
+    for (size_t i = 0; i < n_after; i++) s->seq[T++] = after[i];
+    DS_ASSERT(T == n_prompt);
+    decoder_embed(m, s->seq, T, s->emb);
+    int laid = layout_block(m, &plan, s->feat, s->emb + (size_t)img0 * D);
+    DS_ASSERT(laid == plan.n_slots);
+    if (dd) {
+        int64_t sh[1] = {T};
+        if ((st = dump_write(dd, "prompt_ids", DUMP_I32, 1, sh, s->seq, &e)) ||
+            (st = dump_f32(dd, "image_embeds", s->emb + (size_t)img0 * D, plan.n_slots, D, 0, &e))) {
+            fail(s, st, "%s", e.msg);
+            goto done;
+        }
+    }
+    out->n_prompt = T;
+    out->n_views = plan.n_views;
+
+    /* prefill (in chunks; one chunk when dumping so each layer's output is one tensor) */
+    t0 = ds_now();
+    progress(opt, "prefill %d tokens", T);
+    DecoderWork *dw = s->dw, *dump_dw = NULL;
+    int chunk = PREFILL_CHUNK;
+    if (dd && T > PREFILL_CHUNK) {
+        if ((st = decoder_work_new(m, T, &dump_dw, &e))) {
+            fail(s, st, "%s", e.msg);
+            goto done;
+        }
+        dw = dump_dw;
+        chunk = T;
+    }
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)s->max_context);
+    if (!pos) {
+        decoder_work_free(dump_dw);
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < s->max_context; i++) pos[i] = i;
+    for (int r0 = 0; r0 < T && !st; r0 += chunk) {
+        int n = T - r0 < chunk ? T - r0 : chunk;
+        DecoderStep ds = {.x = s->emb + (size_t)r0 * D, .n = n, .pos = pos + r0, .table = s->table, .kv = &s->kv,
+                          .bf16 = bf16, .logits = r0 + n == T ? s->logits : NULL, .dump_dir = dd};
+        st = decoder_forward(m, dw, &ds, &e);
+    }
+    decoder_work_free(dump_dw);
+    if (st) {
+        free(pos);
+        fail(s, st, "%s", e.msg);
+        goto done;
+    }
+    out->seconds_prefill = ds_now() - t0;
+
+    /* generation */
+    t0 = ds_now();
+    const int max_new = opt->max_tokens > 0 ? opt->max_tokens : s->max_context - T;
+    int32_t *gen = malloc(sizeof(int32_t) * (size_t)(max_new + 1));
+    float *step_logits = NULL;
+    if (dd) step_logits = malloc(sizeof(float) * (size_t)V * (size_t)(dbg->n_force > 0 ? dbg->n_force : max_new));
+    if (!gen || (dd && !step_logits)) {
+        free(gen);
+        free(step_logits);
+        free(pos);
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto done;
+    }
+    const int32_t white[2] = {m->td_id, m->td_close_id};
+    tokenizer_stream_flush(s->stream, &(const char *){NULL}, &(size_t){0}, NULL); /* reset */
+    int n_gen = 0;
+    out->stop = DSOCR_STOP_LENGTH;
+    for (;;) {
+        if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
+        if (n_gen >= max_new || T + n_gen >= s->max_context) break;
+        if (step_logits) memcpy(step_logits + (size_t)n_gen * V, s->logits, sizeof(float) * (size_t)V);
+        memcpy(s->masked, s->logits, sizeof(float) * (size_t)V);
+        if (vllm)
+            ngram_ban(s->masked, V, gen, n_gen, ngram, window, white, 2);
+        else
+            ngram_ban(s->masked, V, s->seq, T + n_gen, ngram, window, NULL, 0);
+        int tok = dbg->n_force > 0 ? dbg->force_ids[n_gen] : ops_argmax(s->masked, V);
+        if (tok == c->eos_token_id && !opt->ignore_eos && dbg->n_force <= 0) {
+            out->stop = DSOCR_STOP_EOS;
+            break;
+        }
+        gen[n_gen++] = tok;
+        s->seq[T + n_gen - 1] = tok;
+        const char *piece = NULL;
+        size_t plen = 0;
+        if (tokenizer_stream_push(s->stream, tok, &piece, &plen, &e) != DSOCR_OK) plen = 0;
+        if (plen && buf_add(&text, piece, plen)) {
+            st = fail(s, DSOCR_E_NOMEM, "out of memory");
+            break;
+        }
+        if (opt->on_token && opt->on_token(opt->user, tok, piece ? piece : "", plen)) {
+            out->stop = DSOCR_STOP_CALLBACK;
+            break;
+        }
+        if (cancelled(opt)) {
+            out->stop = DSOCR_STOP_CANCEL;
+            break;
+        }
+        if (n_gen % 16 == 0) {
+            double dt = ds_now() - t0;
+            progress(opt, "decode %d tokens, %.1f tok/s", n_gen, dt > 0 ? n_gen / dt : 0.0);
+        }
+        if (n_gen >= max_new || T + n_gen >= s->max_context) break;
+        if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
+        decoder_embed(m, &gen[n_gen - 1], 1, s->emb);
+        DecoderStep ds = {.x = s->emb, .n = 1, .pos = pos + T + n_gen - 1, .table = s->table, .kv = &s->kv,
+                          .bf16 = bf16, .logits = s->logits, .dump_dir = NULL};
+        if ((st = decoder_forward(m, s->dw, &ds, &e))) {
+            fail(s, st, "%s", e.msg);
+            break;
+        }
+    }
+    const char *tail = NULL;
+    size_t tlen = 0;
+    if (tokenizer_stream_flush(s->stream, &tail, &tlen, &e) == DSOCR_OK && tlen) buf_add(&text, tail, tlen);
+    out->seconds_decode = ds_now() - t0;
+    if (!st && dd) {
+        int64_t sh[2] = {n_gen, V};
+        if ((st = dump_write(dd, "generated", DUMP_I32, 1, sh, gen, &e)) ||
+            (st = dump_write(dd, "logits", DUMP_F32, 2, sh, step_logits, &e)))
+            fail(s, st, "%s", e.msg);
+    }
+    free(step_logits);
+    free(pos);
+    if (st) {
+        free(gen);
+        goto done;
+    }
+    out->tokens = gen;
+    out->n_tokens = n_gen;
+    out->text = text.p ? text.p : calloc(1, 1);
+    out->text_len = text.n;
+    text.p = NULL;
+    if (out->stop == DSOCR_STOP_CANCEL) st = DSOCR_OK;
+done:
+    free(text.p);
+    free(before);
+    free(after);
+    if (views) {
+        for (int v = 0; v < n_views; v++) image_free(&views[v]);
+        free(views);
+    }
+    image_free(&im);
+    if (st) dsocr_result_free(out);
+    return st;
+}
+
+DsocrStatus dsocr_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
+                      DsocrResult *out) {
+    return engine_ocr(s, image, image_len, opt, NULL, out);
+}

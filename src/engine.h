@@ -1,0 +1,28 @@
+/* engine.h: internals of the public API (engine.c) that the command line and tests use: stage dumps and
+ * teacher forcing. Not part of include/dsocr.h. */
+#ifndef DSOCR_ENGINE_H
+#define DSOCR_ENGINE_H
+
+#include "dsocr.h"
+#include "image.h"
+
+typedef struct EngineDebug {
+    const char *dump_dir;        /* write every stage (tools/reference/DUMP.md names); NULL: none */
+    const int32_t *force_ids;    /* teacher forcing: feed these tokens instead of the argmax */
+    int n_force;                 /* generation stops after n_force steps */
+} EngineDebug;
+
+DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
+                       const EngineDebug *dbg, DsocrResult *out);
+
+/* The prompt text for a prompt name (markdown, ocr, free, figure, describe, locate:TEXT, raw:TEXT) into buf;
+ * -1 for an unknown name. */
+int engine_prompt_text(const char *name, char *buf, size_t n);
+
+/* Resolves the mode / sizes of opt into m; DSOCR_E_INVALID_ARG with a message for bad values. */
+DsocrStatus engine_mode(const DsocrOcrOptions *opt, ImageMode *m, char *err, size_t errlen);
+
+/* The profile's name ("hf" or "vllm"). */
+const char *engine_compat_name(DsocrCompat c);
+
+#endif

@@ -1,0 +1,82 @@
+/* model.h: the loaded model: the checkpoint's tensors as typed weight structs named after the checkpoint, plus
+ * the tokenizer and the special ids the engine needs. Immutable after model_load and shared by sessions.
+ * What it is not: no forward pass (vision.c, decoder.c) and no request state (engine.c). */
+#ifndef DSOCR_MODEL_H
+#define DSOCR_MODEL_H
+
+#include "checkpoint.h"
+#include "ops.h"
+#include "tokenizer.h"
+
+typedef struct SamBlock {
+    DsW norm1_w, norm1_b, norm2_w, norm2_b; /* [W] */
+    DsW qkv_w, qkv_b;                       /* [3W, W], [3W] */
+    DsW proj_w, proj_b;                     /* [W, W], [W] */
+    const StTensor *rel_pos_h, *rel_pos_w;  /* [2·window−1 or 2·G−1, head_dim] */
+    DsW lin1_w, lin1_b, lin2_w, lin2_b;     /* [M, W], [M], [W, M], [W] */
+    int global;                             /* 1: global attention */
+} SamBlock;
+
+typedef struct SamWeights {
+    const StTensor *pos_embed;              /* [1, G, G, W], G = image_size / patch */
+    DsW patch_w, patch_b;                   /* [W, 3, P, P], [W] */
+    SamBlock *blocks;                       /* [layers] */
+    DsW neck0_w;                            /* [O, W, 1, 1] */
+    DsW neck1_w, neck1_b;                   /* [O] */
+    DsW neck2_w;                            /* [O, O, 3, 3] */
+    DsW neck3_w, neck3_b;                   /* [O] */
+    DsW net2_w, net3_w;                     /* [D0, O, 3, 3], [D1, D0, 3, 3] */
+} SamWeights;
+
+typedef struct ClipLayer {
+    DsW ln1_w, ln1_b, ln2_w, ln2_b;         /* [CW] */
+    DsW qkv_w, qkv_b;                       /* [3CW, CW], [3CW] */
+    DsW out_w, out_b;                       /* [CW, CW], [CW] */
+    DsW fc1_w, fc1_b, fc2_w, fc2_b;         /* [CM, CW], [CM], [CW, CM], [CW] */
+} ClipLayer;
+
+typedef struct ClipWeights {
+    DsW class_embedding;                    /* [CW] */
+    const StTensor *position_embedding;     /* [1 + np², CW] */
+    DsW pre_ln_w, pre_ln_b;                 /* [CW] */
+    ClipLayer *layers;
+} ClipWeights;
+
+typedef struct Expert {
+    DsW gate, up, down;                     /* [F, D], [F, D], [D, F] */
+} Expert;
+
+typedef struct DecLayer {
+    DsW input_norm, post_norm;              /* [D] */
+    DsW q, k, v, o;                         /* [D, D] */
+    int moe;
+    Expert dense;                           /* layer < first_k_dense_replace: width intermediate_size */
+    DsW router;                             /* [E, D] */
+    Expert *experts;                        /* [E], width moe_intermediate_size */
+    Expert shared;                          /* width moe_intermediate_size · n_shared_experts (gate NULL if none) */
+} DecLayer;
+
+typedef struct Model {
+    Checkpoint ck;
+    ModelConfig cfg;
+    Tokenizer *tok;
+    SamWeights sam;
+    ClipWeights clip;
+    DsW proj_w, proj_b;                     /* [D, CW + D1], [D] */
+    DsW image_newline, view_seperator;      /* [D] */
+    DsW embed;                              /* [V, D] */
+    DsW lm_head;                            /* [V, D] */
+    DsW final_norm;                         /* [D] */
+    DecLayer *layers;
+    int image_token_id;                     /* <image> = 128815 */
+    int td_id, td_close_id;                 /* <td>, </td> (the vLLM n-gram whitelist) */
+} Model;
+
+/* Loads a model folder: checkpoint (validated), tokenizer.json, weight structs. */
+DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **out, DsError *e);
+void model_free(Model *m);
+
+/* A tensor's data widened to fp32 (n = numel floats) into out. */
+void model_tensor_to_f32(const StTensor *t, float *out);
+
+#endif

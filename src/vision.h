@@ -1,0 +1,29 @@
+/* vision.h: the DeepEncoder (spec §5): SAM ViT-B with windowed/global attention and decomposed relative
+ * positions, neck and strided convolutions; CLIP-L body fed with SAM's features; the linear projector.
+ * One view at a time; the caller assembles views into the image-token block (engine.c).
+ * What it is not: preprocessing (image.c), the token layout (engine.c). */
+#ifndef DSOCR_VISION_H
+#define DSOCR_VISION_H
+
+#include "model.h"
+
+/* Working memory for views up to max_side px, sized once (vision_work_new) and reused. */
+typedef struct VisionWork VisionWork;
+
+DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsError *e);
+void vision_work_free(VisionWork *w);
+/* Bytes held by a VisionWork for max_side. */
+size_t vision_work_bytes(const Model *m, int max_side);
+
+typedef struct VisionOptions {
+    int bf16;              /* 1: the official bf16 rounding points (spec §12, §16) */
+    const char *dump_dir;  /* write the stage dumps of this view (NULL: none) */
+    const char *view_name; /* dump name prefix ("global", "tile0", ...) */
+} VisionOptions;
+
+/* Encodes one view: chw [3, side, side] normalised pixels -> out [n², hidden] projected features, n = side/64
+ * (row-major over the n × n grid). side must be a multiple of 64 and <= the work's max_side. */
+DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int side, const VisionOptions *o,
+                          float *out, DsError *e);
+
+#endif
