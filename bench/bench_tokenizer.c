@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "tokenizer.h"
@@ -45,6 +46,13 @@ static void machine_name(char *out, size_t cap) {
     snprintf(out, cap, "%s: %s (%ld cores)", host, cpu, sysconf(_SC_NPROCESSORS_ONLN));
 }
 
+/* CPU seconds of this process: unlike wall time, not stretched by other processes waiting for the cores. */
+static double cpu_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return (double)ts.tv_sec + 1e-9 * (double)ts.tv_nsec;
+}
+
 typedef struct Text {
     char *s;
     size_t n;
@@ -65,16 +73,18 @@ int main(int argc, char **argv) {
     if (runs < 1 || runs > 1000) runs = 10;
     DsError e = {0};
     double *load_ms = calloc((size_t)runs, sizeof *load_ms), *mbs = calloc((size_t)runs, sizeof *mbs);
+    double *load_cpu_ms = calloc((size_t)runs, sizeof *load_cpu_ms);
     Tokenizer *t = NULL;
     for (int r = 0; r < runs; r++) {
         tokenizer_free(t);
         t = NULL;
-        double t0 = ds_now();
+        double t0 = ds_now(), c0 = cpu_now();
         if (tokenizer_load_json(tok_path, &t, &e)) {
             fprintf(stderr, "bench_tokenizer: %s\n", e.msg);
             return 1;
         }
         load_ms[r] = (ds_now() - t0) * 1e3;
+        load_cpu_ms[r] = (cpu_now() - c0) * 1e3;
     }
     double load_runs[1000];
     memcpy(load_runs, load_ms, (size_t)runs * sizeof *load_ms);
@@ -148,6 +158,9 @@ int main(int argc, char **argv) {
     cJSON_AddNumberToObject(o, "runs", runs);
     cJSON_AddNumberToObject(o, "load_ms_median", median(load_ms, runs));
     cJSON_AddItemToObject(o, "load_ms_runs", cJSON_CreateDoubleArray(load_runs, runs));
+    cJSON_AddNumberToObject(o, "load_cpu_ms_median", median(load_cpu_ms, runs));
+    double la[3] = {0};
+    if (getloadavg(la, 3) > 0) cJSON_AddNumberToObject(o, "loadavg_1min_at_end", la[0]);
     cJSON_AddNumberToObject(o, "encode_texts", (double)nt);
     cJSON_AddNumberToObject(o, "encode_bytes", (double)bytes);
     cJSON_AddNumberToObject(o, "encode_tokens", (double)tokens);
@@ -162,6 +175,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < nt; i++) free(texts[i].s);
     free(texts);
     free(load_ms);
+    free(load_cpu_ms);
     free(mbs);
     tokenizer_free(t);
     return 0;

@@ -91,6 +91,7 @@ def main():
     ap.add_argument("--c-bench", help="path of build/bench/bench_tokenizer: run it too and combine")
     ap.add_argument("--out", help="write the combined JSON here (needs --c-bench)")
     a = ap.parse_args()
+    load_before = os.getloadavg()[0]
     hf = hf_bench(a.tokenizer, a.texts, a.runs)
     if not a.c_bench:
         print(json.dumps(hf, indent=2))
@@ -102,6 +103,8 @@ def main():
         "bench": "tokenizer",
         "machine": c["machine"],
         "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "loadavg_1min_before": load_before,
+        "note": "wall-clock figures on a shared 2-core machine: see loadavg for how busy it was",
         "command": " ".join([os.path.basename(sys.executable), *sys.argv]),
         "c": c,
         "hf": hf,
