@@ -147,8 +147,8 @@ def init_tensor(name, shape, c, seed, stress=False):
         return mat(1.0 / math.sqrt(shape[1]))
     if base.endswith("o_proj.weight"):
         return mat(0.8 / math.sqrt(shape[1]))
-    if base.endswith("mlp.gate.weight"):
-        return mat(1.5 / math.sqrt(shape[1]))
+    if base.endswith("mlp.gate.weight"):   # router logit std 0.5*log2(E): 1.5 for 8 experts, 3 for 64
+        return mat(0.5 * math.log2(max(shape[0], 2)) / math.sqrt(shape[1]))
     if base.endswith("gate_proj.weight") or base.endswith("up_proj.weight"):
         return mat(1.0 / math.sqrt(shape[1]))
     if base.endswith("down_proj.weight"):
