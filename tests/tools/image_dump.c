@@ -7,7 +7,9 @@
  *        "tw th tile_side global_side global_direct n_slots n_views\n" then each view (tiles row-major, then
  *        global): rgb [S][S][3] bytes, or with --norm float32 [3][S][S]
  *   image_dump grid W H T MIN MAX                          "tw th\n"
+ *   image_dump grid -          the same for each "W H T MIN MAX" line of stdin
  *   image_dump fit W H S                                   "nw nh x0 y0\n"
+ *   image_dump fit -           the same for each "W H S" line of stdin
  *   image_dump exif FILE                                   "orientation\n" of a raw EXIF block
  */
 #include <stdio.h>
@@ -43,6 +45,22 @@ int main(int argc, char **argv) {
         return 2;
     }
     const char *cmd = argv[1];
+    if (!strcmp(cmd, "grid") && argc == 3 && !strcmp(argv[2], "-")) {
+        int w, h, t, lo, hi, tw, th;
+        while (scanf("%d %d %d %d %d", &w, &h, &t, &lo, &hi) == 5) {
+            image_grid(w, h, t, lo, hi, &tw, &th);
+            printf("%d %d\n", tw, th);
+        }
+        return 0;
+    }
+    if (!strcmp(cmd, "fit") && argc == 3 && !strcmp(argv[2], "-")) {
+        int w, h, s, nw, nh, x0, y0;
+        while (scanf("%d %d %d", &w, &h, &s) == 3) {
+            image_fit_size(w, h, s, &nw, &nh, &x0, &y0);
+            printf("%d %d %d %d\n", nw, nh, x0, y0);
+        }
+        return 0;
+    }
     if (!strcmp(cmd, "grid") && argc == 7) {
         int tw, th;
         image_grid(atoi(argv[2]), atoi(argv[3]), atoi(argv[4]), atoi(argv[5]), atoi(argv[6]), &tw, &th);
