@@ -1264,6 +1264,8 @@ DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer *
     Tokenizer *t = calloc(1, sizeof *t);
     if (!t) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     bytelevel_init(t);
+    /* the strings take about half the file: reserve once rather than copy on every doubling */
+    if (len / 2 < UINT32_MAX && (t->arena = malloc(len / 2 + 1))) t->arena_cap = len / 2 + 1;
     DsocrStatus st = DSOCR_OK;
     Slice added = {0}, norm = {0}, pre = {0}, dec = {0}, vocab = {0}, merges = {0}, mtype = {0}, dropout = {0},
           ign = {0}, cont = {0}, suffix = {0};
