@@ -99,7 +99,12 @@ test: deps
 	$(MAKE) dsocr test-bins
 	tests/run.sh
 
-test-bins: $(TEST_BIN) $(TOOL_BIN) $(REPLAY_BIN)
+test-bins: $(TEST_BIN) $(TOOL_BIN) $(REPLAY_BIN) $(BUILD)/tests/header_c99.o
+
+# The public header on its own, as strict C99 (no GNU extensions, no other headers).
+$(BUILD)/tests/header_c99.o: include/dsocr.h
+	@mkdir -p $(dir $@)
+	$(CC) -x c -std=c99 -pedantic-errors -Wall -Wextra -Werror -c -o $@ include/dsocr.h
 
 fuzz: $(FUZZ_BIN)
 bench: dsocr $(BENCH_BIN)

@@ -146,11 +146,7 @@ static void cpu_name(char *out, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    const char *core = ops_blas_better_coretype();
-    if (core && setenv("OPENBLAS_CORETYPE", core, 1) == 0) {
-        execv("/proc/self/exe", argv); /* OpenBLAS reads the variable only when it loads */
-        unsetenv("OPENBLAS_CORETYPE");
-    }
+    ops_blas_reexec_if_better(argv);
     quick = argc > 1 && !strcmp(argv[1], "--quick");
     char cpu[256];
     cpu_name(cpu, sizeof cpu);

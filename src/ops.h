@@ -57,6 +57,10 @@ float ds_w_get(DsW w, size_t i);
  *   NULL. A program's main may set it and re-exec itself (bench_ops does; so could the CLI). */
 const char *ops_blas_coretype(void);
 const char *ops_blas_better_coretype(void);
+/* For a program's main: when ops_blas_better_coretype() names a better core type, sets OPENBLAS_CORETYPE and
+ * re-executes the program with the same argv (OpenBLAS reads the variable only when it loads); returns when
+ * there is nothing better or the re-exec failed. */
+void ops_blas_reexec_if_better(char **argv);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Linear: Y[M, N] = X[M, K] · W[N, K]^T (+ bias[N]) (+ Y if flags & OPS_ACCUM).

@@ -36,7 +36,10 @@ static const char *check_cur_name_ = "";
         }                                                                                                     \
     } while (0)
 #define CHECK_STR_CONTAINS(hay, needle)                                                                       \
-    CHECKF((hay) && strstr((hay), (needle)), "'%s' does not contain '%s'", (hay) ? (hay) : "(null)", (needle))
+    do {                                                                                                      \
+        const char *hay_ = (hay);                                                                             \
+        CHECKF(hay_ && strstr(hay_, (needle)), "'%s' does not contain '%s'", hay_ ? hay_ : "(null)", (needle)); \
+    } while (0)
 
 #define RUN(fn)                                                                                               \
     do {                                                                                                      \

@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "dsocr.h"
+#include "ops.h"
 
 typedef struct Verb {
     const char *name;
@@ -39,6 +40,7 @@ static void usage(FILE *f) {
 }
 
 int main(int argc, char **argv) {
+    ops_blas_reexec_if_better(argv); /* OpenBLAS picks weak kernels on some virtual CPUs */
     if (argc < 2) {
         usage(stderr);
         return 2;

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <unistd.h>
 
 #include "ops.h"
 
@@ -32,6 +33,14 @@ const char *ops_blas_better_coretype(void) {
     if (avx512 && (is_weak || !strcasecmp(core, "Haswell") || !strcasecmp(core, "Zen"))) return "SkylakeX";
     if (avx2 && is_weak) return "Haswell";
     return NULL;
+}
+
+void ops_blas_reexec_if_better(char **argv) {
+    const char *core = ops_blas_better_coretype();
+    if (core && setenv("OPENBLAS_CORETYPE", core, 1) == 0) {
+        execv("/proc/self/exe", argv);
+        unsetenv("OPENBLAS_CORETYPE");
+    }
 }
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
