@@ -57,7 +57,10 @@ const char *image_format_name(ImageFormat f) {
 DsocrStatus image_check_dims(const char *fmt, long long w, long long h, double bytes_per_pixel, size_t len,
                              double max_ratio, long long max_pixels, DsError *e) {
     if (w < 1 || h < 1) return ds_fail(e, DSOCR_E_IMAGE, "%s: image has no pixels (%lldx%lld)", fmt, w, h);
-    if (w > (1LL << 30) || h > (1LL << 30) || w * h > max_pixels)
+    if (w > (1LL << 30) || h > (1LL << 30))
+        return ds_fail(e, DSOCR_E_IMAGE, "%s: image is %lldx%lld, more than the limit of %lld pixels", fmt, w, h,
+                       max_pixels);
+    if (w * h > max_pixels)
         return ds_fail(e, DSOCR_E_IMAGE, "%s: image is %lldx%lld = %lld pixels, more than the limit of %lld",
                        fmt, w, h, w * h, max_pixels);
     if (max_ratio > 0) {

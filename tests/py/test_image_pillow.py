@@ -557,4 +557,15 @@ def test_bad_files_give_errors(tmp_path):
         p = tmp_path / name
         p.write_bytes(data)
         r = tool("decode", p, check=False)
-        assert r.returncode == 1 and r.stderr.startswith(b"error: "), (name, r.stderr)
+        # one line from us, nothing printed by the libraries
+        assert r.returncode == 1 and r.stderr.startswith(b"error: ") and r.stderr.count(b"\n") == 1, (name, r.stderr)
+        assert r.stdout == b""
+    # each library's own error path: a valid header followed by garbage
+    for name in ("small.png", "portrait.jpg"):
+        data = bytearray(open(os.path.join(IMAGES, name), "rb").read())
+        for i in range(len(data) // 3, len(data) - 20, 97):
+            data[i] ^= 0x5A
+        p = tmp_path / ("garbled_" + name)
+        p.write_bytes(bytes(data))
+        r = tool("decode", p, check=False)
+        assert r.stderr.count(b"\n") <= 1 and (r.returncode == 0 or r.stderr.startswith(b"error: ")), r.stderr
