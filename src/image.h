@@ -18,7 +18,12 @@
  *  - alpha_white (the vLLM profile, R8): any transparency (RGBA, LA, palette tRNS, grey/RGB colour key, GIF
  *    transparent index) is composited on white as Pillow's `paste(img, mask=alpha)` onto a white RGB canvas does;
  *    otherwise alpha is dropped as `convert("RGB")` does. EXIF orientation is applied in both profiles.
- *  - Images are always encoded (R11: the reference's "pixel sum is 0" skip is not replicated). */
+ *  - Images are always encoded (R11: the reference's "pixel sum is 0" skip is not replicated).
+ *  - Pillow 9.4 quirks reproduced because the reference has them: a TIFF orientation is applied twice (net:
+ *    180 degrees for 6 and 8, nothing for the others); a PNG eXIf chunk that already starts with "Exif\0\0"
+ *    does not parse; palette indices past the palette read as grey (i, i, i); BMP RLE as Pillow's decoder
+ *    reads it. Animated WebP is refused (Pillow would take its first frame); BigTIFF EXIF gives no
+ *    orientation. */
 #ifndef DSOCR_IMAGE_H
 #define DSOCR_IMAGE_H
 
