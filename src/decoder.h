@@ -15,15 +15,19 @@ DsocrStatus decoder_work_new(const Model *m, int max_rows, DecoderWork **out, Ds
 void decoder_work_free(DecoderWork *w);
 size_t decoder_work_bytes(const Model *m, int max_rows);
 
-/* x [n, hidden]: the embedded input rows, replaced by the final hidden states. pos [n]: their positions;
- * table: the sequence's KV block table (positions 0..max(pos) must have blocks). Keys/values are written to kv
- * and every row attends causally to positions 0..pos[r]. logits: when non-NULL, the lm_head output of the last
- * row ([vocab]). bf16: the official rounding points. dump_dir: write layerL.{out,router_logits,experts}. */
+/* x [n, hidden] (backend memory): the embedded input rows, replaced by the final hidden states. The rows sit at
+ * consecutive positions pos0 .. pos0+n−1; pos_dev: those positions in backend memory. table: the sequence's KV
+ * block table on the host, tables_dev: a backend array holding the backend copy of it (for attention_kv).
+ * Keys/values are written to kv and every row attends causally to positions 0..its own. logits: when non-NULL, a
+ * backend buffer receiving the lm_head output of the last row ([vocab]). bf16: the official rounding points.
+ * dump_dir: write layerL.{attn,out,router_logits,experts}. */
 typedef struct DecoderStep {
     float *x;
     int n;
-    const int32_t *pos;
+    int pos0;
+    const int32_t *pos_dev;
     const int32_t *table;
+    const int32_t *const *tables_dev;
     KvCache *kv;
     int bf16;
     float *logits;
@@ -31,7 +35,7 @@ typedef struct DecoderStep {
 } DecoderStep;
 DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s, DsError *e);
 
-/* Embeds ids [n] into x [n, hidden] (rows of model.embed_tokens). */
+/* Embeds ids [n] (host) into x [n, hidden] (backend memory; rows of model.embed_tokens). */
 void decoder_embed(const Model *m, const int32_t *ids, int n, float *x);
 
 #endif

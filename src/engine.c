@@ -5,8 +5,10 @@
  * a run allocates only the decoded image and its views (sized by the input), the result, and debug dumps. */
 #include "engine.h"
 
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
+#include <sys/stat.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -23,6 +25,7 @@
 
 struct DsocrModel {
     Model *m;
+    Backend *be; /* where the weights live and the runs compute */
     int threads;
 };
 
@@ -31,13 +34,18 @@ struct DsocrSession {
     int max_context;
     VisionWork *vw;
     DecoderWork *dw;
-    KvCache kv;
-    int32_t *table;     /* [n_blocks] identity block table of the one sequence */
-    float *feat;        /* [max_context, D] view outputs before layout */
-    float *emb;         /* [max_context, D] the prompt's input rows */
-    float *chw;         /* [3, MAX_VIEW_SIDE, MAX_VIEW_SIDE] one normalised view */
-    float *logits;      /* [V] */
-    float *masked;      /* [V] logits after the n-gram ban */
+    Backend *be;
+    KvCache kv;         /* data in backend memory */
+    int32_t *table;     /* [n_blocks] identity block table of the one sequence (host) */
+    int32_t *table_dev; /* the same in backend memory */
+    int32_t **tables_dev; /* backend array {table_dev} */
+    int32_t *pos_dev;   /* [max_context] positions 0.. in backend memory */
+    float *feat;        /* [max_context, D] view outputs before layout (backend) */
+    float *emb;         /* [max_context, D] the prompt's input rows (backend) */
+    float *chw;         /* [3, MAX_VIEW_SIDE, MAX_VIEW_SIDE] one normalised view (host) */
+    float *logits_dev;  /* [V] (backend) */
+    float *logits;      /* [V] host copy */
+    float *masked;      /* [V] logits after the n-gram ban (host) */
     int32_t *seq;       /* [max_context] prompt + generated ids */
     TokenizerStream *stream;
     char err[1024];
@@ -93,20 +101,39 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
     *out = NULL;
     if (err && errlen) err[0] = 0;
     DsError e = {0};
-    if (opt->device && strcmp(opt->device, "cpu") && strcmp(opt->device, "auto")) {
-        ds_fail(&e, DSOCR_E_UNSUPPORTED, "device \"%s\" is not available in this build (only \"cpu\")", opt->device);
+    const char *dev = opt->device ? opt->device : "cpu";
+    if (strcmp(dev, "cpu") && strcmp(dev, "cuda") && strcmp(dev, "auto")) {
+        ds_fail(&e, DSOCR_E_INVALID_ARG, "device \"%s\": use cpu, cuda or auto", dev);
         if (err && errlen) snprintf(err, errlen, "%s", e.msg);
         return e.code;
     }
+    Backend *be = backend_cpu();
+    if (strcmp(dev, "cpu")) {
+        DsError ce = {0};
+        Backend *cb = backend_cuda_new(0, &ce);
+        if (cb) {
+            be = cb;
+        } else if (!strcmp(dev, "cuda")) {
+            if (err && errlen) snprintf(err, errlen, "%s", ce.msg);
+            return ce.code ? ce.code : DSOCR_E_DEVICE;
+        } else if (opt->log) {
+            char line[700];
+            snprintf(line, sizeof line, "no GPU in use (%s); running on the CPU", ce.msg);
+            opt->log(opt->log_user, line);
+        }
+    }
     DsocrModel *dm = calloc(1, sizeof *dm);
     if (!dm) {
+        if (be != backend_cpu()) backend_cuda_free(be);
         if (err && errlen) snprintf(err, errlen, "out of memory");
         return DSOCR_E_NOMEM;
     }
+    dm->be = be;
     CheckpointOptions co = {.log = model_log, .log_user = (void *)opt};
     DsocrStatus st = model_load(dir, &co, &dm->m, &e);
+    if (!st) st = model_place(dm->m, be, &e);
     if (st) {
-        free(dm);
+        dsocr_model_free(dm);
         if (err && errlen) snprintf(err, errlen, "%s", e.msg);
         return st;
     }
@@ -118,6 +145,7 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
 void dsocr_model_free(DsocrModel *m) {
     if (!m) return;
     model_free(m->m);
+    if (m->be && m->be != backend_cpu()) backend_cuda_free(m->be);
     free(m);
 }
 
@@ -129,10 +157,11 @@ void dsocr_session_free(DsocrSession *s) {
     if (!s) return;
     vision_work_free(s->vw);
     decoder_work_free(s->dw);
-    kvcache_free(&s->kv);
+    Backend *be = s->be;
+    void *dev[] = {s->kv.data, s->table_dev, s->tables_dev, s->pos_dev, s->feat, s->emb, s->logits_dev};
+    for (size_t i = 0; be && i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) be->free(be, dev[i]);
     free(s->table);
-    free(s->feat);
-    free(s->emb);
     free(s->chw);
     free(s->logits);
     free(s->masked);
@@ -158,26 +187,43 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
         goto fail;
     }
     s->model = dm;
+    Backend *be = s->be = dm->be;
     s->max_context = opt->max_context > 0 ? opt->max_context : c->max_position_embeddings;
     if (s->max_context > c->max_position_embeddings) s->max_context = c->max_position_embeddings;
     const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
     if ((st = vision_work_new(m, MAX_VIEW_SIDE, &s->vw, &e))) goto fail;
     if ((st = decoder_work_new(m, PREFILL_CHUNK, &s->dw, &e))) goto fail;
-    /* sized for fp32 elements; each run uses it as bf16 (--precision bf16) or fp32 (the exact fp32 path) */
-    if ((st = kvcache_new_typed(&s->kv, c->num_hidden_layers, D, KV_BLOCK, nb, DS_F32, &e))) goto fail;
+    /* the KV pool is sized for fp32 elements; each run uses it as bf16 (--precision bf16) or fp32 (the exact
+     * fp32 path) */
+    size_t kv_bytes = 2 * kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb);
+    s->kv = (KvCache){.data = kv_bytes ? be->alloc(be, kv_bytes) : NULL, .dtype = DS_F32,
+                      .n_layers = c->num_hidden_layers, .width = D, .block_size = KV_BLOCK, .n_blocks = nb};
     if ((st = tokenizer_stream_new(m->tok, 0, &s->stream, &e))) goto fail;
     s->table = malloc(sizeof(int32_t) * (size_t)nb);
-    s->feat = malloc(sizeof(float) * (size_t)T * D);
-    s->emb = malloc(sizeof(float) * (size_t)T * D);
+    s->table_dev = be->alloc(be, sizeof(int32_t) * (size_t)nb);
+    s->tables_dev = be->alloc(be, sizeof(int32_t *));
+    s->pos_dev = be->alloc(be, sizeof(int32_t) * (size_t)T);
+    s->feat = be->alloc(be, sizeof(float) * (size_t)T * D);
+    s->emb = be->alloc(be, sizeof(float) * (size_t)T * D);
+    s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
     s->chw = malloc(sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->seq = malloc(sizeof(int32_t) * (size_t)T);
-    if (!s->table || !s->feat || !s->emb || !s->chw || !s->logits || !s->masked || !s->seq) {
-        st = ds_fail(&e, DSOCR_E_NOMEM, "out of memory for a session with a %d-token context", T);
+    int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
+    if (!s->kv.data || !s->table || !s->table_dev || !s->tables_dev || !s->pos_dev || !s->feat || !s->emb ||
+        !s->logits_dev || !s->chw || !s->logits || !s->masked || !s->seq || !pos) {
+        free(pos);
+        st = ds_fail(&e, DSOCR_E_NOMEM, "out of %s memory for a session with a %d-token context", be->name, T);
         goto fail;
     }
+    be->memset0(be, s->kv.data, kv_bytes);
     for (int i = 0; i < nb; i++) s->table[i] = i;
+    for (int i = 0; i < T; i++) pos[i] = i;
+    be->upload(be, s->table_dev, s->table, sizeof(int32_t) * (size_t)nb);
+    be->upload(be, s->tables_dev, &s->table_dev, sizeof(int32_t *));
+    be->upload(be, s->pos_dev, pos, sizeof(int32_t) * (size_t)T);
+    free(pos);
     *out = s;
     return DSOCR_OK;
 fail:
@@ -248,28 +294,40 @@ void dsocr_result_free(DsocrResult *r) {
 /* Lays the encoded views (s->feat: tiles row-major, then the global view, each n² rows) out into dst as the
  * spec §5.5 block: local big-grid rows each + newline, global rows each + newline, the separator. */
 static int layout_block(const Model *m, const ImagePlan *p, const float *feat, float *dst) {
+    Backend *be = m->be;
     const int D = m->cfg.hidden_size, nl = p->n_tile, ng = p->n_global;
     float *o = dst;
     for (int ty = 0; ty < p->th; ty++)
         for (int i = 0; i < nl; i++) {
             for (int tx = 0; tx < p->tw; tx++) {
                 const float *tile = feat + (size_t)(ty * p->tw + tx) * nl * nl * D;
-                memcpy(o, tile + (size_t)i * nl * D, sizeof(float) * (size_t)nl * D);
+                be->copy(be, o, tile + (size_t)i * nl * D, sizeof(float) * (size_t)nl * D);
                 o += (size_t)nl * D;
             }
-            for (int d = 0; d < D; d++) o[d] = ds_w_get(m->image_newline, (size_t)d);
+            be->fill_rows(be, o, 1, m->image_newline, D);
             o += D;
         }
     const float *g = feat + (size_t)p->n_tiles * nl * nl * D;
     for (int r = 0; r < ng; r++) {
-        memcpy(o, g + (size_t)r * ng * D, sizeof(float) * (size_t)ng * D);
+        be->copy(be, o, g + (size_t)r * ng * D, sizeof(float) * (size_t)ng * D);
         o += (size_t)ng * D;
-        for (int d = 0; d < D; d++) o[d] = ds_w_get(m->image_newline, (size_t)d);
+        be->fill_rows(be, o, 1, m->image_newline, D);
         o += D;
     }
-    for (int d = 0; d < D; d++) o[d] = ds_w_get(m->view_seperator, (size_t)d);
+    be->fill_rows(be, o, 1, m->view_seperator, D);
     o += D;
     return (int)((o - dst) / D);
+}
+
+/* Downloads a backend buffer [d0, d1] and dumps it. */
+static DsocrStatus dump_backend(Backend *be, const char *dd, const char *name, const float *buf, int64_t d0,
+                                int64_t d1, DsError *e) {
+    float *h = malloc(sizeof(float) * (size_t)d0 * (size_t)d1 + 4);
+    if (!h) return ds_fail(e, DSOCR_E_NOMEM, "out of memory for a dump");
+    be->download(be, h, buf, sizeof(float) * (size_t)d0 * (size_t)d1);
+    DsocrStatus st = dump_f32(dd, name, h, d0, d1, 0, e);
+    free(h);
+    return st;
 }
 
 /* Appends text to a growing buffer. */
@@ -343,6 +401,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     const char *b_txt = tag ? pr : "", *a_txt = tag ? tag + 7 : pr;
     size_t b_len = tag ? (size_t)(tag - pr) : 0;
     if (!tag) a_txt = pr; /* no tag: the image goes first, then the whole prompt */
+
+    if (dd && mkdir(dd, 0755) != 0 && errno != EEXIST)
+        return fail(s, DSOCR_E_IO, "%s: cannot create the dump folder: %s", dd, strerror(errno));
 
     /* image -> views -> features */
     double t0 = ds_now();
@@ -422,7 +483,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     if (dd) {
         int64_t sh[1] = {T};
         if ((st = dump_write(dd, "prompt_ids", DUMP_I32, 1, sh, s->seq, &e)) ||
-            (st = dump_f32(dd, "image_embeds", s->emb + (size_t)img0 * D, plan.n_slots, D, 0, &e))) {
+            (st = dump_backend(s->be, dd, "image_embeds", s->emb + (size_t)img0 * D, plan.n_slots, D, &e))) {
             fail(s, st, "%s", e.msg);
             goto done;
         }
@@ -443,25 +504,19 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         dw = dump_dw;
         chunk = T;
     }
-    int32_t *pos = malloc(sizeof(int32_t) * (size_t)s->max_context);
-    if (!pos) {
-        decoder_work_free(dump_dw);
-        st = fail(s, DSOCR_E_NOMEM, "out of memory");
-        goto done;
-    }
-    for (int i = 0; i < s->max_context; i++) pos[i] = i;
     for (int r0 = 0; r0 < T && !st; r0 += chunk) {
         int n = T - r0 < chunk ? T - r0 : chunk;
-        DecoderStep ds = {.x = s->emb + (size_t)r0 * D, .n = n, .pos = pos + r0, .table = s->table, .kv = &s->kv,
-                          .bf16 = bf16, .logits = r0 + n == T ? s->logits : NULL, .dump_dir = dd};
+        DecoderStep ds = {.x = s->emb + (size_t)r0 * D, .n = n, .pos0 = r0, .pos_dev = s->pos_dev + r0,
+                          .table = s->table, .tables_dev = (const int32_t *const *)s->tables_dev, .kv = &s->kv,
+                          .bf16 = bf16, .logits = r0 + n == T ? s->logits_dev : NULL, .dump_dir = dd};
         st = decoder_forward(m, dw, &ds, &e);
     }
     decoder_work_free(dump_dw);
     if (st) {
-        free(pos);
         fail(s, st, "%s", e.msg);
         goto done;
     }
+    s->be->download(s->be, s->logits, s->logits_dev, sizeof(float) * (size_t)V);
     out->seconds_prefill = ds_now() - t0;
 
     /* generation */
@@ -473,7 +528,6 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     if (!gen || (dd && !step_logits)) {
         free(gen);
         free(step_logits);
-        free(pos);
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
         goto done;
     }
@@ -519,12 +573,15 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         if (n_gen >= max_new || T + n_gen >= s->max_context) break;
         if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
         decoder_embed(m, &gen[n_gen - 1], 1, s->emb);
-        DecoderStep ds = {.x = s->emb, .n = 1, .pos = pos + T + n_gen - 1, .table = s->table, .kv = &s->kv,
-                          .bf16 = bf16, .logits = s->logits, .dump_dir = NULL};
+        const int p = T + n_gen - 1;
+        DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = p, .pos_dev = s->pos_dev + p, .table = s->table,
+                          .tables_dev = (const int32_t *const *)s->tables_dev, .kv = &s->kv, .bf16 = bf16,
+                          .logits = s->logits_dev, .dump_dir = NULL};
         if ((st = decoder_forward(m, s->dw, &ds, &e))) {
             fail(s, st, "%s", e.msg);
             break;
         }
+        s->be->download(s->be, s->logits, s->logits_dev, sizeof(float) * (size_t)V);
     }
     const char *tail = NULL;
     size_t tlen = 0;
@@ -537,7 +594,6 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
             fail(s, st, "%s", e.msg);
     }
     free(step_logits);
-    free(pos);
     if (st) {
         free(gen);
         goto done;

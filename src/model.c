@@ -5,16 +5,19 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-static DsW W(const Model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static DsW W(const Model *m, const char *fmt, ...) {
+/* Binds *slot to the tensor named by fmt (validated by checkpoint_open, so it exists) and records it. */
+static void bw(Model *m, DsW *slot, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void bw(Model *m, DsW *slot, const char *fmt, ...) {
     char name[160];
     va_list ap;
     va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
     va_end(ap);
     const StTensor *t = checkpoint_get(&m->ck, name);
-    DS_ASSERT(t); /* validated by checkpoint_open */
-    return ds_w(t->data, t->dtype);
+    DS_ASSERT(t);
+    *slot = ds_w(t->data, t->dtype);
+    DS_ASSERT(m->n_bound < m->cap_bound);
+    m->bound[m->n_bound++] = (BoundWeight){slot, t};
 }
 
 static const StTensor *T(const Model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -39,91 +42,95 @@ static void bind(Model *m) {
     const char *sp = "model.sam_model.";
     SamWeights *s = &m->sam;
     s->pos_embed = T(m, "%spos_embed", sp);
-    s->patch_w = W(m, "%spatch_embed.proj.weight", sp);
-    s->patch_b = W(m, "%spatch_embed.proj.bias", sp);
+    bw(m, &s->patch_w, "%spatch_embed.proj.weight", sp);
+    bw(m, &s->patch_b, "%spatch_embed.proj.bias", sp);
     for (int b = 0; b < c->sam.layers; b++) {
         SamBlock *k = &s->blocks[b];
-        k->norm1_w = W(m, "%sblocks.%d.norm1.weight", sp, b);
-        k->norm1_b = W(m, "%sblocks.%d.norm1.bias", sp, b);
-        k->norm2_w = W(m, "%sblocks.%d.norm2.weight", sp, b);
-        k->norm2_b = W(m, "%sblocks.%d.norm2.bias", sp, b);
-        k->qkv_w = W(m, "%sblocks.%d.attn.qkv.weight", sp, b);
-        k->qkv_b = W(m, "%sblocks.%d.attn.qkv.bias", sp, b);
-        k->proj_w = W(m, "%sblocks.%d.attn.proj.weight", sp, b);
-        k->proj_b = W(m, "%sblocks.%d.attn.proj.bias", sp, b);
+        bw(m, &k->norm1_w, "%sblocks.%d.norm1.weight", sp, b);
+        bw(m, &k->norm1_b, "%sblocks.%d.norm1.bias", sp, b);
+        bw(m, &k->norm2_w, "%sblocks.%d.norm2.weight", sp, b);
+        bw(m, &k->norm2_b, "%sblocks.%d.norm2.bias", sp, b);
+        bw(m, &k->qkv_w, "%sblocks.%d.attn.qkv.weight", sp, b);
+        bw(m, &k->qkv_b, "%sblocks.%d.attn.qkv.bias", sp, b);
+        bw(m, &k->proj_w, "%sblocks.%d.attn.proj.weight", sp, b);
+        bw(m, &k->proj_b, "%sblocks.%d.attn.proj.bias", sp, b);
         k->rel_pos_h = T(m, "%sblocks.%d.attn.rel_pos_h", sp, b);
         k->rel_pos_w = T(m, "%sblocks.%d.attn.rel_pos_w", sp, b);
-        k->lin1_w = W(m, "%sblocks.%d.mlp.lin1.weight", sp, b);
-        k->lin1_b = W(m, "%sblocks.%d.mlp.lin1.bias", sp, b);
-        k->lin2_w = W(m, "%sblocks.%d.mlp.lin2.weight", sp, b);
-        k->lin2_b = W(m, "%sblocks.%d.mlp.lin2.bias", sp, b);
+        bw(m, &k->lin1_w, "%sblocks.%d.mlp.lin1.weight", sp, b);
+        bw(m, &k->lin1_b, "%sblocks.%d.mlp.lin1.bias", sp, b);
+        bw(m, &k->lin2_w, "%sblocks.%d.mlp.lin2.weight", sp, b);
+        bw(m, &k->lin2_b, "%sblocks.%d.mlp.lin2.bias", sp, b);
         k->global = config_sam_is_global(c, b);
     }
-    s->neck0_w = W(m, "%sneck.0.weight", sp);
-    s->neck1_w = W(m, "%sneck.1.weight", sp);
-    s->neck1_b = W(m, "%sneck.1.bias", sp);
-    s->neck2_w = W(m, "%sneck.2.weight", sp);
-    s->neck3_w = W(m, "%sneck.3.weight", sp);
-    s->neck3_b = W(m, "%sneck.3.bias", sp);
-    s->net2_w = W(m, "%snet_2.weight", sp);
-    s->net3_w = W(m, "%snet_3.weight", sp);
+    bw(m, &s->neck0_w, "%sneck.0.weight", sp);
+    bw(m, &s->neck1_w, "%sneck.1.weight", sp);
+    bw(m, &s->neck1_b, "%sneck.1.bias", sp);
+    bw(m, &s->neck2_w, "%sneck.2.weight", sp);
+    bw(m, &s->neck3_w, "%sneck.3.weight", sp);
+    bw(m, &s->neck3_b, "%sneck.3.bias", sp);
+    bw(m, &s->net2_w, "%snet_2.weight", sp);
+    bw(m, &s->net3_w, "%snet_3.weight", sp);
 
     const char *cp = "model.vision_model.";
     ClipWeights *k = &m->clip;
-    k->class_embedding = W(m, "%sembeddings.class_embedding", cp);
+    bw(m, &k->class_embedding, "%sembeddings.class_embedding", cp);
     k->position_embedding = T(m, "%sembeddings.position_embedding.weight", cp);
-    k->pre_ln_w = W(m, "%spre_layrnorm.weight", cp);
-    k->pre_ln_b = W(m, "%spre_layrnorm.bias", cp);
+    bw(m, &k->pre_ln_w, "%spre_layrnorm.weight", cp);
+    bw(m, &k->pre_ln_b, "%spre_layrnorm.bias", cp);
     for (int i = 0; i < c->clip.layers; i++) {
         ClipLayer *l = &k->layers[i];
         const char *lp = "transformer.layers";
-        l->ln1_w = W(m, "%s%s.%d.layer_norm1.weight", cp, lp, i);
-        l->ln1_b = W(m, "%s%s.%d.layer_norm1.bias", cp, lp, i);
-        l->ln2_w = W(m, "%s%s.%d.layer_norm2.weight", cp, lp, i);
-        l->ln2_b = W(m, "%s%s.%d.layer_norm2.bias", cp, lp, i);
-        l->qkv_w = W(m, "%s%s.%d.self_attn.qkv_proj.weight", cp, lp, i);
-        l->qkv_b = W(m, "%s%s.%d.self_attn.qkv_proj.bias", cp, lp, i);
-        l->out_w = W(m, "%s%s.%d.self_attn.out_proj.weight", cp, lp, i);
-        l->out_b = W(m, "%s%s.%d.self_attn.out_proj.bias", cp, lp, i);
-        l->fc1_w = W(m, "%s%s.%d.mlp.fc1.weight", cp, lp, i);
-        l->fc1_b = W(m, "%s%s.%d.mlp.fc1.bias", cp, lp, i);
-        l->fc2_w = W(m, "%s%s.%d.mlp.fc2.weight", cp, lp, i);
-        l->fc2_b = W(m, "%s%s.%d.mlp.fc2.bias", cp, lp, i);
+        bw(m, &l->ln1_w, "%s%s.%d.layer_norm1.weight", cp, lp, i);
+        bw(m, &l->ln1_b, "%s%s.%d.layer_norm1.bias", cp, lp, i);
+        bw(m, &l->ln2_w, "%s%s.%d.layer_norm2.weight", cp, lp, i);
+        bw(m, &l->ln2_b, "%s%s.%d.layer_norm2.bias", cp, lp, i);
+        bw(m, &l->qkv_w, "%s%s.%d.self_attn.qkv_proj.weight", cp, lp, i);
+        bw(m, &l->qkv_b, "%s%s.%d.self_attn.qkv_proj.bias", cp, lp, i);
+        bw(m, &l->out_w, "%s%s.%d.self_attn.out_proj.weight", cp, lp, i);
+        bw(m, &l->out_b, "%s%s.%d.self_attn.out_proj.bias", cp, lp, i);
+        bw(m, &l->fc1_w, "%s%s.%d.mlp.fc1.weight", cp, lp, i);
+        bw(m, &l->fc1_b, "%s%s.%d.mlp.fc1.bias", cp, lp, i);
+        bw(m, &l->fc2_w, "%s%s.%d.mlp.fc2.weight", cp, lp, i);
+        bw(m, &l->fc2_b, "%s%s.%d.mlp.fc2.bias", cp, lp, i);
     }
-    m->proj_w = W(m, "model.projector.layers.weight");
-    m->proj_b = W(m, "model.projector.layers.bias");
-    m->image_newline = W(m, "model.image_newline");
-    m->view_seperator = W(m, "model.view_seperator");
-    m->embed = W(m, "model.embed_tokens.weight");
-    m->lm_head = W(m, "lm_head.weight");
-    m->final_norm = W(m, "model.norm.weight");
+    bw(m, &m->proj_w, "model.projector.layers.weight");
+    bw(m, &m->proj_b, "model.projector.layers.bias");
+    bw(m, &m->image_newline, "model.image_newline");
+    bw(m, &m->view_seperator, "model.view_seperator");
+    bw(m, &m->embed, "model.embed_tokens.weight");
+    bw(m, &m->lm_head, "lm_head.weight");
+    bw(m, &m->final_norm, "model.norm.weight");
     for (int i = 0; i < c->num_hidden_layers; i++) {
         DecLayer *l = &m->layers[i];
         const char *lp = "model.layers";
-        l->input_norm = W(m, "%s.%d.input_layernorm.weight", lp, i);
-        l->post_norm = W(m, "%s.%d.post_attention_layernorm.weight", lp, i);
-        l->q = W(m, "%s.%d.self_attn.q_proj.weight", lp, i);
-        l->k = W(m, "%s.%d.self_attn.k_proj.weight", lp, i);
-        l->v = W(m, "%s.%d.self_attn.v_proj.weight", lp, i);
-        l->o = W(m, "%s.%d.self_attn.o_proj.weight", lp, i);
+        bw(m, &l->input_norm, "%s.%d.input_layernorm.weight", lp, i);
+        bw(m, &l->post_norm, "%s.%d.post_attention_layernorm.weight", lp, i);
+        bw(m, &l->q, "%s.%d.self_attn.q_proj.weight", lp, i);
+        bw(m, &l->k, "%s.%d.self_attn.k_proj.weight", lp, i);
+        bw(m, &l->v, "%s.%d.self_attn.v_proj.weight", lp, i);
+        bw(m, &l->o, "%s.%d.self_attn.o_proj.weight", lp, i);
         l->moe = config_layer_is_moe(c, i);
         if (!l->moe) {
-            l->dense.gate = W(m, "%s.%d.mlp.gate_proj.weight", lp, i);
-            l->dense.up = W(m, "%s.%d.mlp.up_proj.weight", lp, i);
-            l->dense.down = W(m, "%s.%d.mlp.down_proj.weight", lp, i);
+            bw(m, &l->dense.gate, "%s.%d.mlp.gate_proj.weight", lp, i);
+            bw(m, &l->dense.up, "%s.%d.mlp.up_proj.weight", lp, i);
+            bw(m, &l->dense.down, "%s.%d.mlp.down_proj.weight", lp, i);
             continue;
         }
-        l->router = W(m, "%s.%d.mlp.gate.weight", lp, i);
+        bw(m, &l->router, "%s.%d.mlp.gate.weight", lp, i);
         for (int x = 0; x < c->n_routed_experts; x++) {
-            l->experts[x].gate = W(m, "%s.%d.mlp.experts.%d.gate_proj.weight", lp, i, x);
-            l->experts[x].up = W(m, "%s.%d.mlp.experts.%d.up_proj.weight", lp, i, x);
-            l->experts[x].down = W(m, "%s.%d.mlp.experts.%d.down_proj.weight", lp, i, x);
+            bw(m, &l->experts[x].gate, "%s.%d.mlp.experts.%d.gate_proj.weight", lp, i, x);
+            bw(m, &l->experts[x].up, "%s.%d.mlp.experts.%d.up_proj.weight", lp, i, x);
+            bw(m, &l->experts[x].down, "%s.%d.mlp.experts.%d.down_proj.weight", lp, i, x);
         }
         if (c->n_shared_experts > 0) {
-            l->shared.gate = W(m, "%s.%d.mlp.shared_experts.gate_proj.weight", lp, i);
-            l->shared.up = W(m, "%s.%d.mlp.shared_experts.up_proj.weight", lp, i);
-            l->shared.down = W(m, "%s.%d.mlp.shared_experts.down_proj.weight", lp, i);
+            bw(m, &l->shared.gate, "%s.%d.mlp.shared_experts.gate_proj.weight", lp, i);
+            bw(m, &l->shared.up, "%s.%d.mlp.shared_experts.up_proj.weight", lp, i);
+            bw(m, &l->shared.down, "%s.%d.mlp.shared_experts.down_proj.weight", lp, i);
         }
+        l->moe_w = (BackendMoe){.router = l->router, .experts = l->experts, .shared = l->shared,
+                                .n_experts = c->n_routed_experts, .top_k = c->num_experts_per_tok,
+                                .d_model = c->hidden_size, .d_ff = c->moe_intermediate_size,
+                                .d_shared = c->moe_intermediate_size * c->n_shared_experts};
     }
 }
 
@@ -156,7 +163,14 @@ DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **ou
             goto fail;
         }
     }
+    m->cap_bound = m->ck.n_tensors;
+    m->bound = calloc((size_t)m->cap_bound + 1, sizeof *m->bound);
+    if (!m->bound) {
+        st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+        goto fail;
+    }
     bind(m);
+    m->be = backend_cpu();
     m->image_token_id = tokenizer_token_id(m->tok, "<image>");
     m->td_id = tokenizer_token_id(m->tok, "<td>");
     m->td_close_id = tokenizer_token_id(m->tok, "</td>");
@@ -171,8 +185,56 @@ fail:
     return st;
 }
 
+size_t model_weight_bytes(const Model *m) {
+    size_t b = 0;
+    for (int i = 0; i < m->n_bound; i++) b += m->bound[i].t->end - m->bound[i].t->begin;
+    return b;
+}
+
+/* MoE layer handles copy the router and shared DsW by value: refresh them after the slots move. */
+static void refresh_moe(Model *m) {
+    for (int i = 0; i < m->cfg.num_hidden_layers; i++) {
+        DecLayer *l = &m->layers[i];
+        if (!l->moe) continue;
+        l->moe_w.router = l->router;
+        l->moe_w.shared = l->shared;
+    }
+}
+
+DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
+    if (be == m->be) return DSOCR_OK;
+    DS_ASSERT(m->be == backend_cpu() && !m->placed);
+    m->placed = calloc((size_t)m->n_bound + 1, sizeof *m->placed);
+    if (!m->placed) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    for (int i = 0; i < m->n_bound; i++) {
+        const StTensor *t = m->bound[i].t;
+        size_t n = t->end - t->begin;
+        void *p = be->alloc(be, n ? n : 1);
+        if (!p) {
+            for (int j = 0; j < m->n_placed; j++) be->free(be, m->placed[j]);
+            free(m->placed);
+            m->placed = NULL;
+            m->n_placed = 0;
+            m->n_bound = 0;
+            bind(m); /* back to the host copies */
+            refresh_moe(m);
+            return ds_fail(e, DSOCR_E_NOMEM, "the %s backend has no room for the weights (%.2f GiB needed)",
+                           be->name, (double)model_weight_bytes(m) / (1u << 30));
+        }
+        be->upload(be, p, t->data, n);
+        m->placed[m->n_placed++] = p;
+        m->bound[i].slot->data = p;
+    }
+    refresh_moe(m);
+    m->be = be;
+    return DSOCR_OK;
+}
+
 void model_free(Model *m) {
     if (!m) return;
+    for (int i = 0; i < m->n_placed; i++) m->be->free(m->be, m->placed[i]);
+    free(m->placed);
+    free(m->bound);
     if (m->layers)
         for (int i = 0; i < m->cfg.num_hidden_layers; i++) free(m->layers[i].experts);
     free(m->layers);

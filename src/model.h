@@ -4,6 +4,7 @@
 #ifndef DSOCR_MODEL_H
 #define DSOCR_MODEL_H
 
+#include "backend.h"
 #include "checkpoint.h"
 #include "ops.h"
 #include "tokenizer.h"
@@ -42,9 +43,7 @@ typedef struct ClipWeights {
     ClipLayer *layers;
 } ClipWeights;
 
-typedef struct Expert {
-    DsW gate, up, down;                     /* [F, D], [F, D], [D, F] */
-} Expert;
+typedef BackendExpert Expert;               /* gate, up [F, D]; down [D, F] */
 
 typedef struct DecLayer {
     DsW input_norm, post_norm;              /* [D] */
@@ -54,7 +53,14 @@ typedef struct DecLayer {
     DsW router;                             /* [E, D] */
     Expert *experts;                        /* [E], width moe_intermediate_size */
     Expert shared;                          /* width moe_intermediate_size · n_shared_experts (gate NULL if none) */
+    BackendMoe moe_w;                       /* the MoE layer as the backend takes it (points at the above) */
 } DecLayer;
+
+/* A weight slot bound to its checkpoint tensor (model_place replaces slot->data by a backend copy). */
+typedef struct BoundWeight {
+    DsW *slot;
+    const StTensor *t;
+} BoundWeight;
 
 typedef struct Model {
     Checkpoint ck;
@@ -68,12 +74,22 @@ typedef struct Model {
     DsW lm_head;                            /* [V, D] */
     DsW final_norm;                         /* [D] */
     DecLayer *layers;
+    BoundWeight *bound;                     /* every DsW above, with its tensor */
+    int n_bound, cap_bound;
+    Backend *be;                            /* where the weights live (the CPU backend: the checkpoint's mmap) */
+    void **placed;                          /* backend copies made by model_place, freed by model_free */
+    int n_placed;
     int image_token_id;                     /* <image> = 128815 */
     int td_id, td_close_id;                 /* <td>, </td> (the vLLM n-gram whitelist) */
 } Model;
 
-/* Loads a model folder: checkpoint (validated), tokenizer.json, weight structs. */
+/* Loads a model folder: checkpoint (validated), tokenizer.json, weight structs (host, the CPU backend's). */
 DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **out, DsError *e);
+/* Copies every weight into backend be's memory (nothing to do for the CPU backend); DSOCR_E_NOMEM with the
+ * amount when it does not fit. */
+DsocrStatus model_place(Model *m, Backend *be, DsError *e);
+/* Bytes of all weights. */
+size_t model_weight_bytes(const Model *m);
 void model_free(Model *m);
 
 /* A tensor's data widened to fp32 (n = numel floats) into out. */

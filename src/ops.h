@@ -142,6 +142,8 @@ typedef struct OpsAttention {
     const float *relpos_h;     /* [2·grid_h−1, head_dim] or NULL */
     const float *relpos_w;     /* [2·grid_w−1, head_dim] (with relpos_h) */
     int grid_h, grid_w;        /* with relpos_h: tq == tk == grid_h·grid_w */
+    int bf16_bias;             /* with relpos_h: round each of the two terms, then their sum, to bf16 (the
+                                  official bf16 run builds the bias as a bf16 tensor) */
 } OpsAttention;
 void ops_attention_ref(const OpsAttention *a);
 void ops_attention_cpu(const OpsAttention *a);

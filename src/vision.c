@@ -1,5 +1,6 @@
-/* vision.c: see vision.h. Activations are HWC / row-major fp32 throughout: a SAM feature map [g, g, C] is the
- * same memory as g² token rows of C channels. */
+/* vision.c: see vision.h. Runs on the model's backend (m->be): activations are backend buffers, HWC / row-major
+ * fp32 throughout (a SAM feature map [g, g, C] is the same memory as g² token rows of C channels). Position tables
+ * are resampled on the host (they depend only on the view size) and uploaded. */
 #include "vision.h"
 
 #include <math.h>
@@ -11,17 +12,17 @@
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
 
 struct VisionWork {
+    Backend *be;
     int max_side, max_g, max_rows;
+    /* backend buffers */
+    float *chw;            /* [3, S, S] input */
     float *hwc;            /* [S, S, 3] */
     float *x, *y;          /* [max_rows, W] residual stream, normed */
     float *qkv;            /* [max_rows, 3W] */
     float *att;            /* [max_rows, W] */
     float *big;            /* max(MLP_CHUNK·M, max_rows·W): MLP hidden, windowed projection */
     float *pos;            /* [g, g, W] resampled pos_embed for pos_side */
-    int pos_side;
-    float *pos_src;        /* [G, G, W] the table widened */
     float *rel_h, *rel_w;  /* [2·max_g−1, hd] resized tables */
-    float *rel_src;        /* [max(rows of any table), hd] */
     float *conv;           /* im2col scratch */
     size_t conv_n;
     float *neck_a, *neck_b; /* [g², O] */
@@ -30,337 +31,382 @@ struct VisionWork {
     int max_tok;           /* 1 + n² */
     float *cx, *cy, *cqkv, *catt, *cmlp; /* CLIP [max_tok, CW / 3CW / CW / CM] */
     float *cpos;           /* [max_tok, CW] */
-    int cpos_n;
-    float *cpos_src;       /* [np², CW] */
     float *feat;           /* [n², CW + D1] */
+    int pos_side, cpos_n;
+    /* host buffers */
+    float *h_pos_src;      /* [G, G, W] the table widened */
+    float *h_pos;          /* [max_g, max_g, W] resample output */
+    float *h_rel_src, *h_rel; /* [relmax, hd] */
+    float *h_cpos_src;     /* [1 + np², CW] */
+    float *h_cpos;         /* [max_tok, CW] */
 };
 
 static int ceil_to(int a, int m) { return (a + m - 1) / m * m; }
 
-static void sizes(const Model *m, int max_side, int *g, int *rows) {
-    const SamConfig *s = &m->cfg.sam;
-    *g = max_side / s->patch_size;
-    int gp = ceil_to(*g, s->window_size);
-    *rows = gp * gp > *g * *g ? gp * gp : *g * *g;
+typedef struct Sizes {
+    size_t W, g, rows, n, tok, CW, big, G, hd, np, relmax, O, D0, D1, CM, M, F, S;
+} Sizes;
+
+static Sizes sizes(const Model *m, int max_side) {
+    const ModelConfig *c = &m->cfg;
+    const SamConfig *s = &c->sam;
+    Sizes z;
+    z.S = (size_t)max_side;
+    z.W = (size_t)s->width;
+    z.g = (size_t)(max_side / s->patch_size);
+    size_t gp = (size_t)ceil_to((int)z.g, s->window_size);
+    z.rows = gp * gp > z.g * z.g ? gp * gp : z.g * z.g;
+    z.n = z.g / 4;
+    z.tok = 1 + z.n * z.n;
+    z.CW = (size_t)c->clip.width;
+    z.M = (size_t)s->mlp_dim;
+    z.big = (size_t)MLP_CHUNK * z.M;
+    if (z.big < z.rows * z.W) z.big = z.rows * z.W;
+    z.G = (size_t)(s->image_size / s->patch_size);
+    z.hd = z.W / (size_t)s->heads;
+    z.np = (size_t)(c->clip.image_size / c->clip.patch_size);
+    z.relmax = 2 * z.G > 2 * (size_t)s->window_size ? 2 * z.G : 2 * (size_t)s->window_size;
+    if (z.relmax < 2 * z.g) z.relmax = 2 * z.g;
+    z.O = (size_t)s->out_chans;
+    z.D0 = (size_t)s->downsample_channels[0];
+    z.D1 = (size_t)s->downsample_channels[1];
+    z.CM = (size_t)c->clip.mlp_dim;
+    z.F = (size_t)c->projector_input_dim;
+    return z;
 }
 
 size_t vision_work_bytes(const Model *m, int max_side) {
-    const ModelConfig *c = &m->cfg;
-    const SamConfig *s = &c->sam;
-    int g, rows;
-    sizes(m, max_side, &g, &rows);
-    size_t W = (size_t)s->width, n = (size_t)g / 4, tok = 1 + n * n, CW = (size_t)c->clip.width;
-    size_t big = (size_t)MLP_CHUNK * (size_t)s->mlp_dim;
-    if (big < (size_t)rows * W) big = (size_t)rows * W;
-    size_t G = (size_t)(s->image_size / s->patch_size), hd = W / (size_t)s->heads;
-    size_t np = (size_t)(c->clip.image_size / c->clip.patch_size);
-    size_t f = (size_t)max_side * max_side * 3 + (size_t)rows * W * 4 + (size_t)rows * 3 * W + big +
-               (size_t)g * g * W + G * G * W + 2 * (2 * (size_t)g + 2 * G) * hd + (2 * G + 2 * 64) * hd +
-               CONV_SCRATCH_CAP + 2 * (size_t)g * g * s->out_chans + (size_t)(g / 2) * (g / 2) * s->downsample_channels[0] +
-               n * n * s->downsample_channels[1] + tok * CW * 4 + tok * 3 * CW + tok * (size_t)c->clip.mlp_dim +
-               np * np * CW + n * n * (size_t)c->projector_input_dim;
+    Sizes z = sizes(m, max_side);
+    size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big + z.g * z.g * z.W +
+               2 * z.relmax * z.hd + CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
+               z.n * z.n * z.D1 + z.tok * z.CW * 5 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F;
     return f * sizeof(float);
 }
 
 DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsError *e) {
     *out = NULL;
-    const ModelConfig *c = &m->cfg;
-    const SamConfig *s = &c->sam;
     if (max_side % 64 || max_side < 64)
         return ds_fail(e, DSOCR_E_INVALID_ARG, "view side %d is not a positive multiple of 64", max_side);
     VisionWork *w = calloc(1, sizeof *w);
     if (!w) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-    int g, rows;
-    sizes(m, max_side, &g, &rows);
+    Backend *be = m->be;
+    w->be = be;
+    Sizes z = sizes(m, max_side);
     w->max_side = max_side;
-    w->max_g = g;
-    w->max_rows = rows;
-    size_t W = (size_t)s->width, n = (size_t)g / 4, CW = (size_t)c->clip.width;
-    size_t hd = W / (size_t)s->heads, G = (size_t)(s->image_size / s->patch_size);
-    size_t np = (size_t)(c->clip.image_size / c->clip.patch_size);
-    size_t big = (size_t)MLP_CHUNK * (size_t)s->mlp_dim;
-    if (big < (size_t)rows * W) big = (size_t)rows * W;
-    size_t relmax = 2 * G > 2 * (size_t)s->window_size ? 2 * G : 2 * (size_t)s->window_size;
-    if (relmax < 2 * (size_t)g) relmax = 2 * (size_t)g;
-    w->max_tok = (int)(1 + n * n);
+    w->max_g = (int)z.g;
+    w->max_rows = (int)z.rows;
+    w->max_tok = (int)z.tok;
     w->conv_n = CONV_SCRATCH_CAP;
 #define A(field, count)                                                                                       \
     do {                                                                                                      \
+        if (!(w->field = be->alloc(be, sizeof(float) * (size_t)(count) + 64))) goto oom;                     \
+    } while (0)
+#define H(field, count)                                                                                       \
+    do {                                                                                                      \
         if (!(w->field = malloc(sizeof(float) * (size_t)(count) + 64))) goto oom;                            \
     } while (0)
-    A(hwc, (size_t)max_side * max_side * 3);
-    A(x, (size_t)rows * W);
-    A(y, (size_t)rows * W);
-    A(qkv, (size_t)rows * 3 * W);
-    A(att, (size_t)rows * W);
-    A(big, big);
-    A(pos, (size_t)g * g * W);
-    A(pos_src, G * G * W);
-    A(rel_h, relmax * hd);
-    A(rel_w, relmax * hd);
-    A(rel_src, relmax * hd);
+    A(chw, 3 * z.S * z.S);
+    A(hwc, 3 * z.S * z.S);
+    A(x, z.rows * z.W);
+    A(y, z.rows * z.W);
+    A(qkv, z.rows * 3 * z.W);
+    A(att, z.rows * z.W);
+    A(big, z.big);
+    A(pos, z.g * z.g * z.W);
+    A(rel_h, z.relmax * z.hd);
+    A(rel_w, z.relmax * z.hd);
     A(conv, w->conv_n);
-    A(neck_a, (size_t)g * g * s->out_chans);
-    A(neck_b, (size_t)g * g * s->out_chans);
-    A(net2, (size_t)(g / 2) * (g / 2) * s->downsample_channels[0]);
-    A(sam, n * n * s->downsample_channels[1]);
-    A(cx, (size_t)w->max_tok * CW);
-    A(cy, (size_t)w->max_tok * CW);
-    A(cqkv, (size_t)w->max_tok * 3 * CW);
-    A(catt, (size_t)w->max_tok * CW);
-    A(cmlp, (size_t)w->max_tok * c->clip.mlp_dim);
-    A(cpos, (size_t)w->max_tok * CW);
-    A(cpos_src, (np * np + 1) * CW);
-    A(feat, n * n * c->projector_input_dim);
+    A(neck_a, z.g * z.g * z.O);
+    A(neck_b, z.g * z.g * z.O);
+    A(net2, (z.g / 2) * (z.g / 2) * z.D0);
+    A(sam, z.n * z.n * z.D1);
+    A(cx, z.tok * z.CW);
+    A(cy, z.tok * z.CW);
+    A(cqkv, z.tok * 3 * z.CW);
+    A(catt, z.tok * z.CW);
+    A(cmlp, z.tok * z.CM);
+    A(cpos, z.tok * z.CW);
+    A(feat, z.n * z.n * z.F);
+    H(h_pos_src, z.G * z.G * z.W);
+    H(h_pos, z.g * z.g * z.W);
+    H(h_rel_src, z.relmax * z.hd);
+    H(h_rel, z.relmax * z.hd);
+    H(h_cpos_src, (z.np * z.np + 1) * z.CW);
+    H(h_cpos, z.tok * z.CW);
 #undef A
-    model_tensor_to_f32(m->sam.pos_embed, w->pos_src);
-    model_tensor_to_f32(m->clip.position_embedding, w->cpos_src);
+#undef H
+    model_tensor_to_f32(m->sam.pos_embed, w->h_pos_src);
+    model_tensor_to_f32(m->clip.position_embedding, w->h_cpos_src);
     *out = w;
     return DSOCR_OK;
 oom:
     vision_work_free(w);
-    return ds_fail(e, DSOCR_E_NOMEM, "out of memory for the vision working memory (%zu MiB for %d-px views)",
-                   vision_work_bytes(m, max_side) >> 20, max_side);
+    return ds_fail(e, DSOCR_E_NOMEM, "out of %s memory for the vision working memory (%zu MiB for %d-px views)",
+                   be->name, vision_work_bytes(m, max_side) >> 20, max_side);
 }
 
 void vision_work_free(VisionWork *w) {
     if (!w) return;
-    float *bufs[] = {w->hwc,    w->x,      w->y,    w->qkv,  w->att,  w->big,  w->pos,  w->pos_src,
-                     w->rel_h,  w->rel_w,  w->rel_src, w->conv, w->neck_a, w->neck_b, w->net2, w->sam,
-                     w->cx,     w->cy,     w->cqkv, w->catt, w->cmlp, w->cpos, w->cpos_src, w->feat};
-    for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
+    Backend *be = w->be;
+    float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->pos,
+                    w->rel_h,  w->rel_w,  w->conv, w->neck_a, w->neck_b, w->net2, w->sam, w->cx,
+                    w->cy,     w->cqkv,   w->catt, w->cmlp, w->cpos, w->feat};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        if (dev[i]) be->free(be, dev[i]);
+    float *host[] = {w->h_pos_src, w->h_pos, w->h_rel_src, w->h_rel, w->h_cpos_src, w->h_cpos};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     free(w);
 }
 
-static void rnd(int bf16, float *x, size_t n) {
-    if (bf16) ops_round_bf16_cpu(x, n);
+/* ---- helpers over the backend ---- */
+
+typedef struct Ctx {
+    const Model *m;
+    VisionWork *w;
+    Backend *be;
+    int bf16;
+    const char *dd, *vn;
+    DsError *e;
+} Ctx;
+
+static void rnd(Ctx *c, float *x, size_t n) {
+    if (c->bf16) c->be->round_bf16(c->be, x, n);
 }
 
-/* A rel-pos table [rows, hd] resized (when rows != 2·len−1) to [2·len−1, hd] into dst, fp32, then rounded to
- * bf16 in both precisions: the official code casts the resized table back to the parameter dtype. */
-static void relpos_table(const StTensor *t, int len, int bf16, float *src, float *dst) {
-    int rows = (int)t->shape[0], hd = (int)t->shape[1], want = 2 * len - 1;
-    model_tensor_to_f32(t, src);
-    if (rows == want) {
-        memcpy(dst, src, sizeof(float) * (size_t)rows * hd);
-        return;
-    }
-    ops_resample_linear_1d(dst, src, rows, want, hd);
-    ops_round_bf16_cpu(dst, (size_t)want * hd);
-}
-
-/* Dumps an HWC map [n, n, C] in the reference's CHW layout, through tmp ([C·n·n] floats). */
-static DsocrStatus dump_chw(const char *dd, const char *name, const float *hwc, int n, int C, float *tmp,
-                            DsError *e) {
-    for (int t = 0; t < n * n; t++)
-        for (int ch = 0; ch < C; ch++) tmp[(size_t)ch * n * n + t] = hwc[(size_t)t * C + ch];
-    return dump_f32(dd, name, tmp, C, n, n, e);
-}
-
-static void layernorm(float *y, const float *x, int M, int n, DsW w, DsW b, float eps, int bf16) {
-    ops_layernorm_cpu(y, n, x, n, M, n, w, b, eps);
-    rnd(bf16, y, (size_t)M * n);
-}
-
-static void linear(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b, int bf16) {
-    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, b, 0);
-    if (bf16)
-        for (int i = 0; i < M; i++) ops_round_bf16_cpu(y + (size_t)i * ldy, (size_t)N);
-}
-
-static void conv(VisionWork *w, float *y, const float *x, int H, int I, int O, int k, int stride, int pad, DsW wt,
-                 DsW b, int bf16) {
-    OpsConv2d c = {.in_h = H, .in_w = H, .in_c = I, .out_c = O, .kh = k, .kw = k, .stride = stride, .pad = pad};
-    ops_conv2d_cpu(y, x, &c, wt, b, w->conv, w->conv_n);
-    int ho = ops_conv2d_out_h(&c);
-    rnd(bf16, y, (size_t)ho * ho * O);
-}
-
-/* MLP over M rows in chunks: x += fc2(act(fc1(norm(x)))) where norm output is in y. */
-static void mlp(VisionWork *w, float *x, const float *y, int M, int D, int F, DsW w1, DsW b1, DsW w2, DsW b2,
-                int quick, int bf16, float *tmp_out, int residual_bf16) {
-    for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
-        int m = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
-        linear(w->big, F, y + (size_t)r0 * D, D, m, D, w1, F, b1, bf16);
-        if (quick)
-            ops_quick_gelu_cpu(w->big, w->big, (size_t)m * F);
+static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b) {
+    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, 0);
+    if (c->bf16) { /* contiguous when ldy == N */
+        if (ldy == N)
+            c->be->round_bf16(c->be, y, (size_t)M * N);
         else
-            ops_gelu_cpu(w->big, w->big, (size_t)m * F);
-        rnd(bf16, w->big, (size_t)m * F);
-        linear(tmp_out, D, w->big, F, m, F, w2, D, b2, bf16);
-        ops_add_cpu(x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)m * D);
-        rnd(residual_bf16, x + (size_t)r0 * D, (size_t)m * D);
+            for (int i = 0; i < M; i++) c->be->round_bf16(c->be, y + (size_t)i * ldy, (size_t)N);
     }
 }
 
-static DsocrStatus sam_forward(const Model *m, VisionWork *w, const float *chw, int side, const VisionOptions *o,
-                               DsError *e) {
-    const SamConfig *s = &m->cfg.sam;
-    const int bf16 = o->bf16, W = s->width, P = s->patch_size, g = side / P, G = s->image_size / P;
-    const int heads = s->heads, hd = W / heads, ws = s->window_size, M = s->mlp_dim;
-    const char *dd = o->dump_dir;
+static void layernorm(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {
+    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, eps, 0);
+    rnd(c, y, (size_t)M * n);
+}
+
+/* SAM's LayerNorm2d (per position over channels); bf16 mode follows autocast: bf16 mean and x − mean, fp32
+ * statistics and output (the next convolution rounds its input). */
+static void layernorm2d(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b) {
+    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, 1e-6f, c->bf16 ? OPS_BF16 : 0);
+    rnd(c, y, (size_t)M * n);
+}
+
+static void conv(Ctx *c, float *y, const float *x, int H, int I, int O, int k, int stride, int pad, DsW wt, DsW b) {
+    OpsConv2d cv = {.in_h = H, .in_w = H, .in_c = I, .out_c = O, .kh = k, .kw = k, .stride = stride, .pad = pad};
+    c->be->conv2d(c->be, y, x, &cv, wt, b, c->w->conv, c->w->conv_n);
+    int ho = ops_conv2d_out_h(&cv);
+    rnd(c, y, (size_t)ho * ho * O);
+}
+
+/* Dumps a backend buffer of n floats under the view's name prefix, in HWC/rows as given (shape d0 × d1 × d2). */
+static DsocrStatus dump_rows(Ctx *c, const char *stage, const float *buf, int64_t d0, int64_t d1, int64_t d2) {
+    if (!c->dd) return DSOCR_OK;
+    size_t n = (size_t)d0 * (size_t)(d1 ? d1 : 1) * (size_t)(d2 ? d2 : 1);
+    float *h = malloc(sizeof(float) * n + 4);
+    if (!h) return ds_fail(c->e, DSOCR_E_NOMEM, "out of memory for a dump");
+    c->be->download(c->be, h, buf, sizeof(float) * n);
     char nm[96];
+    snprintf(nm, sizeof nm, "%s.%s", c->vn, stage);
+    DsocrStatus st = dump_f32(c->dd, nm, h, d0, d1, d2, c->e);
+    free(h);
+    return st;
+}
+
+/* Dumps an HWC map [n, n, C] in the reference's CHW layout. */
+static DsocrStatus dump_chw(Ctx *c, const char *stage, const float *hwc, int n, int C) {
+    if (!c->dd) return DSOCR_OK;
+    size_t N = (size_t)n * n * C;
+    float *h = malloc(sizeof(float) * N * 2 + 4);
+    if (!h) return ds_fail(c->e, DSOCR_E_NOMEM, "out of memory for a dump");
+    c->be->download(c->be, h, hwc, sizeof(float) * N);
+    float *t = h + N;
+    for (int i = 0; i < n * n; i++)
+        for (int ch = 0; ch < C; ch++) t[(size_t)ch * n * n + i] = h[(size_t)i * C + ch];
+    char nm[96];
+    snprintf(nm, sizeof nm, "%s.%s", c->vn, stage);
+    DsocrStatus st = dump_f32(c->dd, nm, t, C, n, n, c->e);
+    free(h);
+    return st;
+}
+
+/* A rel-pos table [rows, hd] resized (when rows != 2·len−1) to [2·len−1, hd] on the host, rounded to bf16 in both
+ * precisions (the official code casts the resized table back to the parameter dtype), uploaded to dst. */
+static void relpos_table(Ctx *c, const StTensor *t, int len, float *dst) {
+    VisionWork *w = c->w;
+    int rows = (int)t->shape[0], hd = (int)t->shape[1], want = 2 * len - 1;
+    model_tensor_to_f32(t, w->h_rel_src);
+    const float *src = w->h_rel_src;
+    if (rows != want) {
+        ops_resample_linear_1d(w->h_rel, w->h_rel_src, rows, want, hd);
+        ops_round_bf16_cpu(w->h_rel, (size_t)want * hd);
+        src = w->h_rel;
+    }
+    c->be->upload(c->be, dst, src, sizeof(float) * (size_t)want * hd);
+}
+
+/* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input); tmp_out: [MLP_CHUNK, D] scratch. */
+static void mlp(Ctx *c, float *x, const float *y, int M, int D, int F, DsW w1, DsW b1, DsW w2, DsW b2, int quick,
+                float *tmp_out, int residual_round) {
+    VisionWork *w = c->w;
+    for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
+        int mm = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
+        linear(c, w->big, F, y + (size_t)r0 * D, D, mm, D, w1, F, b1);
+        if (quick)
+            c->be->quick_gelu(c->be, w->big, w->big, (size_t)mm * F);
+        else
+            c->be->gelu(c->be, w->big, w->big, (size_t)mm * F);
+        rnd(c, w->big, (size_t)mm * F);
+        linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2);
+        c->be->add(c->be, x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)mm * D);
+        if (residual_round) rnd(c, x + (size_t)r0 * D, (size_t)mm * D);
+    }
+}
+
+static DsocrStatus sam_forward(Ctx *c, int side) {
+    const Model *m = c->m;
+    VisionWork *w = c->w;
+    Backend *be = c->be;
+    const SamConfig *s = &m->cfg.sam;
+    const int W = s->width, P = s->patch_size, g = side / P, G = s->image_size / P;
+    const int heads = s->heads, hd = W / heads, ws = s->window_size, M = s->mlp_dim;
+    DsocrStatus st;
     /* CHW -> HWC, patch embed (conv P×P stride P) */
-    for (int c = 0; c < 3; c++)
-        for (int i = 0; i < side * side; i++) w->hwc[(size_t)i * 3 + c] = chw[(size_t)c * side * side + i];
-    conv(w, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b, bf16);
-    /* absolute position, resampled to g × g when g != G (bicubic AA), cached per side */
+    be->chw_to_hwc(be, w->hwc, w->chw, side);
+    conv(c, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b);
+    /* absolute position, resampled to g × g when g != G (bicubic AA in fp32, back to bf16), cached per side */
     if (w->pos_side != side) {
-        if (g == G) {
-            memcpy(w->pos, w->pos_src, sizeof(float) * (size_t)g * g * W);
-        } else { /* resampled in fp32, cast back to bf16 (both precisions, as the official code) */
-            ops_resample_bicubic_aa(w->pos, w->pos_src, W, G, G, g, g, 1);
-            ops_round_bf16_cpu(w->pos, (size_t)g * g * W);
+        const float *src = w->h_pos_src;
+        if (g != G) {
+            ops_resample_bicubic_aa(w->h_pos, w->h_pos_src, W, G, G, g, g, 1);
+            ops_round_bf16_cpu(w->h_pos, (size_t)g * g * W);
+            src = w->h_pos;
         }
+        be->upload(be, w->pos, src, sizeof(float) * (size_t)g * g * W);
         w->pos_side = side;
     }
-    ops_add_cpu(w->x, w->x, w->pos, (size_t)g * g * W);
-    rnd(bf16, w->x, (size_t)g * g * W);
-    snprintf(nm, sizeof nm, "%s.sam_patch", o->view_name);
-    if (dump_f32(dd, nm, w->x, g, g, W, e)) return e ? e->code : DSOCR_E_IO;
+    be->add(be, w->x, w->x, w->pos, (size_t)g * g * W);
+    rnd(c, w->x, (size_t)g * g * W);
+    if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
 
     const float scale = 1.0f / sqrtf((float)hd);
     for (int b = 0; b < s->layers; b++) {
         const SamBlock *k = &m->sam.blocks[b];
-        layernorm(w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f, bf16);
-        if (k->global) {
-            relpos_table(k->rel_pos_h, g, bf16, w->rel_src, w->rel_h);
-            relpos_table(k->rel_pos_w, g, bf16, w->rel_src, w->rel_w);
-            linear(w->qkv, 3 * W, w->y, W, g * g, W, k->qkv_w, 3 * W, k->qkv_b, bf16);
-            OpsAttention a = {.out = w->att, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W,
-                              .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .n_batch = 1, .tq = g * g, .tk = g * g,
-                              .n_heads = heads, .head_dim = hd, .scale = scale, .relpos_h = w->rel_h,
-                              .relpos_w = w->rel_w, .grid_h = g, .grid_w = g};
-            ops_attention_cpu(&a);
-            rnd(bf16, w->att, (size_t)g * g * W);
-            linear(w->big, W, w->att, W, g * g, W, k->proj_w, W, k->proj_b, bf16);
-            ops_add_cpu(w->x, w->x, w->big, (size_t)g * g * W);
-        } else {
-            /* zero-pad to Gp on the bottom/right after the norm, split into ws × ws windows (row-major) */
-            int gp = ceil_to(g, ws), nw = gp / ws, R = nw * nw * ws * ws;
-            relpos_table(k->rel_pos_h, ws, bf16, w->rel_src, w->rel_h);
-            relpos_table(k->rel_pos_w, ws, bf16, w->rel_src, w->rel_w);
-            float *win = w->att; /* [R, W] windows, then reused for the attention output via qkv rows */
-            memset(win, 0, sizeof(float) * (size_t)R * W);
-            for (int i = 0; i < g; i++)
-                for (int j = 0; j < g; j++) {
-                    int wi = (i / ws) * nw + j / ws, t = (i % ws) * ws + j % ws;
-                    memcpy(win + ((size_t)wi * ws * ws + t) * W, w->y + ((size_t)i * g + j) * W,
-                           sizeof(float) * W);
-                }
-            linear(w->qkv, 3 * W, win, W, R, W, k->qkv_w, 3 * W, k->qkv_b, bf16);
-            OpsAttention a = {.out = win, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W,
-                              .ldq = 3 * W, .ldk = 3 * W, .ldv = 3 * W, .n_batch = nw * nw, .tq = ws * ws,
-                              .tk = ws * ws, .n_heads = heads, .head_dim = hd, .scale = scale,
-                              .relpos_h = w->rel_h, .relpos_w = w->rel_w, .grid_h = ws, .grid_w = ws};
-            ops_attention_cpu(&a);
-            rnd(bf16, win, (size_t)R * W);
-            linear(w->big, W, win, W, R, W, k->proj_w, W, k->proj_b, bf16);
-            for (int i = 0; i < g; i++)
-                for (int j = 0; j < g; j++) {
-                    int wi = (i / ws) * nw + j / ws, t = (i % ws) * ws + j % ws;
-                    float *xr = w->x + ((size_t)i * g + j) * W;
-                    ops_add_cpu(xr, xr, w->big + ((size_t)wi * ws * ws + t) * W, (size_t)W);
-                }
+        layernorm(c, w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f);
+        const int gl = k->global, len = gl ? g : ws;
+        const int gp = ceil_to(g, ws), nw = gp / ws, R = gl ? g * g : nw * nw * ws * ws;
+        relpos_table(c, k->rel_pos_h, len, w->rel_h);
+        relpos_table(c, k->rel_pos_w, len, w->rel_w);
+        /* windowed blocks: zero-pad to Gp after the norm and split into ws × ws windows (row-major) */
+        const float *in = w->y;
+        if (!gl) {
+            be->window_partition(be, w->att, w->y, g, W, ws);
+            in = w->att;
         }
-        rnd(bf16, w->x, (size_t)g * g * W);
-        layernorm(w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f, bf16);
-        mlp(w, w->x, w->y, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, bf16, w->att, bf16);
-        if (dd) {
-            snprintf(nm, sizeof nm, "%s.sam_block%d", o->view_name, b);
-            if (dump_f32(dd, nm, w->x, g, g, W, e)) return e ? e->code : DSOCR_E_IO;
+        linear(c, w->qkv, 3 * W, in, W, R, W, k->qkv_w, 3 * W, k->qkv_b);
+        OpsAttention a = {.out = w->att, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W, .ldq = 3 * W,
+                          .ldk = 3 * W, .ldv = 3 * W, .n_batch = gl ? 1 : nw * nw, .tq = gl ? g * g : ws * ws,
+                          .tk = gl ? g * g : ws * ws, .n_heads = heads, .head_dim = hd, .scale = scale,
+                          .relpos_h = w->rel_h, .relpos_w = w->rel_w, .grid_h = len, .grid_w = len,
+                          .bf16_bias = c->bf16};
+        be->attention(be, &a);
+        rnd(c, w->att, (size_t)R * W);
+        linear(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b);
+        if (gl)
+            be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
+        else
+            be->window_unpartition_add(be, w->x, w->big, g, W, ws);
+        rnd(c, w->x, (size_t)g * g * W);
+        layernorm(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
+        mlp(c, w->x, w->y, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1);
+        if (c->dd) {
+            char stage[32];
+            snprintf(stage, sizeof stage, "sam_block%d", b);
+            if ((st = dump_rows(c, stage, w->x, g, g, W))) return st;
         }
     }
     /* neck: 1×1 conv W->O, LayerNorm2d, 3×3 conv, LayerNorm2d; then net_2, net_3 (3×3 stride 2) */
     const int O = s->out_chans, D0 = s->downsample_channels[0], D1 = s->downsample_channels[1];
     const DsW none = ds_w_none();
-    conv(w, w->neck_a, w->x, g, W, O, 1, 1, 0, m->sam.neck0_w, none, bf16);
-    layernorm(w->neck_a, w->neck_a, g * g, O, m->sam.neck1_w, m->sam.neck1_b, 1e-6f, bf16);
-    conv(w, w->neck_b, w->neck_a, g, O, O, 3, 1, 1, m->sam.neck2_w, none, bf16);
-    layernorm(w->neck_b, w->neck_b, g * g, O, m->sam.neck3_w, m->sam.neck3_b, 1e-6f, bf16);
-    if (dd) {
-        snprintf(nm, sizeof nm, "%s.sam_neck", o->view_name);
-        DsocrStatus st = dump_chw(dd, nm, w->neck_b, g, O, w->big, e);
-        if (st) return st;
-    }
-    conv(w, w->net2, w->neck_b, g, O, D0, 3, 2, 1, m->sam.net2_w, none, bf16);
-    conv(w, w->sam, w->net2, (g + 1) / 2, D0, D1, 3, 2, 1, m->sam.net3_w, none, bf16);
+    conv(c, w->neck_a, w->x, g, W, O, 1, 1, 0, m->sam.neck0_w, none);
+    layernorm2d(c, w->neck_a, w->neck_a, g * g, O, m->sam.neck1_w, m->sam.neck1_b);
+    conv(c, w->neck_b, w->neck_a, g, O, O, 3, 1, 1, m->sam.neck2_w, none);
+    layernorm2d(c, w->neck_b, w->neck_b, g * g, O, m->sam.neck3_w, m->sam.neck3_b);
+    if ((st = dump_chw(c, "sam_neck", w->neck_b, g, O))) return st;
+    conv(c, w->net2, w->neck_b, g, O, D0, 3, 2, 1, m->sam.net2_w, none);
+    conv(c, w->sam, w->net2, (g + 1) / 2, D0, D1, 3, 2, 1, m->sam.net3_w, none);
     return DSOCR_OK;
 }
 
-static DsocrStatus clip_forward(const Model *m, VisionWork *w, int n, const VisionOptions *o) {
-    const ClipConfig *c = &m->cfg.clip;
-    const int CW = c->width, T = 1 + n * n, heads = c->heads, hd = CW / heads, np = c->image_size / c->patch_size;
-    const int D1 = m->cfg.sam.downsample_channels[1], bf16 = o->bf16;
+static void clip_forward(Ctx *c, int n) {
+    const Model *m = c->m;
+    VisionWork *w = c->w;
+    Backend *be = c->be;
+    const ClipConfig *k = &m->cfg.clip;
+    const int CW = k->width, T = 1 + n * n, heads = k->heads, hd = CW / heads, np = k->image_size / k->patch_size;
+    const int D1 = m->cfg.sam.downsample_channels[1];
     /* tokens: CLS then the SAM map row-major */
-    for (int i = 0; i < CW; i++) w->cx[i] = ds_w_get(m->clip.class_embedding, (size_t)i);
-    memcpy(w->cx + CW, w->sam, sizeof(float) * (size_t)n * n * D1);
+    be->fill_rows(be, w->cx, 1, m->clip.class_embedding, CW);
+    be->copy_rows(be, w->cx + CW, CW, w->sam, D1, n * n, CW);
     if (w->cpos_n != n) {
-        memcpy(w->cpos, w->cpos_src, sizeof(float) * CW);
+        memcpy(w->h_cpos, w->h_cpos_src, sizeof(float) * CW);
         if (n == np) {
-            memcpy(w->cpos + CW, w->cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
+            memcpy(w->h_cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
         } else {
-            ops_resample_bicubic_aa(w->cpos + CW, w->cpos_src + CW, CW, np, np, n, n, 1);
-            ops_round_bf16_cpu(w->cpos + CW, (size_t)n * n * CW);
+            ops_resample_bicubic_aa(w->h_cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
+            ops_round_bf16_cpu(w->h_cpos + CW, (size_t)n * n * CW);
         }
+        be->upload(be, w->cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
         w->cpos_n = n;
     }
-    ops_add_cpu(w->cx, w->cx, w->cpos, (size_t)T * CW);
-    rnd(bf16, w->cx, (size_t)T * CW);
+    be->add(be, w->cx, w->cx, w->cpos, (size_t)T * CW);
+    rnd(c, w->cx, (size_t)T * CW);
     /* pre_layrnorm; from here the residual stream stays fp32 in both modes (spec §16 R4) */
-    ops_layernorm_cpu(w->cx, CW, w->cx, CW, T, CW, m->clip.pre_ln_w, m->clip.pre_ln_b, 1e-5f);
+    be->layernorm(be, w->cx, CW, w->cx, CW, T, CW, m->clip.pre_ln_w, m->clip.pre_ln_b, 1e-5f, 0);
     const float scale = 1.0f / sqrtf((float)hd);
-    for (int l = 0; l < c->layers; l++) {
+    for (int l = 0; l < k->layers; l++) {
         const ClipLayer *L = &m->clip.layers[l];
-        layernorm(w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f, bf16);
-        linear(w->cqkv, 3 * CW, w->cy, CW, T, CW, L->qkv_w, 3 * CW, L->qkv_b, bf16);
+        layernorm(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
+        linear(c, w->cqkv, 3 * CW, w->cy, CW, T, CW, L->qkv_w, 3 * CW, L->qkv_b);
         OpsAttention a = {.out = w->catt, .q = w->cqkv, .k = w->cqkv + CW, .v = w->cqkv + 2 * CW, .ldo = CW,
                           .ldq = 3 * CW, .ldk = 3 * CW, .ldv = 3 * CW, .n_batch = 1, .tq = T, .tk = T,
                           .n_heads = heads, .head_dim = hd, .scale = scale};
-        ops_attention_cpu(&a);
-        rnd(bf16, w->catt, (size_t)T * CW);
-        linear(w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, bf16);
-        ops_add_cpu(w->cx, w->cx, w->cy, (size_t)T * CW);
-        layernorm(w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f, bf16);
-        linear(w->cmlp, c->mlp_dim, w->cy, CW, T, CW, L->fc1_w, c->mlp_dim, L->fc1_b, bf16);
-        ops_quick_gelu_cpu(w->cmlp, w->cmlp, (size_t)T * c->mlp_dim);
-        rnd(bf16, w->cmlp, (size_t)T * c->mlp_dim);
-        linear(w->cy, CW, w->cmlp, c->mlp_dim, T, c->mlp_dim, L->fc2_w, CW, L->fc2_b, bf16);
-        ops_add_cpu(w->cx, w->cx, w->cy, (size_t)T * CW);
+        be->attention(be, &a);
+        rnd(c, w->catt, (size_t)T * CW);
+        linear(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b);
+        be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        layernorm(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
+        linear(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b);
+        be->quick_gelu(be, w->cmlp, w->cmlp, (size_t)T * k->mlp_dim);
+        rnd(c, w->cmlp, (size_t)T * k->mlp_dim);
+        linear(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b);
+        be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
     }
-    return DSOCR_OK;
 }
 
 DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int side, const VisionOptions *o,
                           float *out, DsError *e) {
-    const ModelConfig *c = &m->cfg;
+    const ModelConfig *cf = &m->cfg;
     if (side % 64 || side > w->max_side || side < 64)
         return ds_fail(e, DSOCR_E_INVALID_ARG, "view side %d: must be a multiple of 64 up to %d", side, w->max_side);
     VisionOptions def = {0};
     if (!o) o = &def;
-    const char *dd = o->dump_dir, *vn = o->view_name ? o->view_name : "view";
-    VisionOptions oo = *o;
-    oo.view_name = vn;
-    DsocrStatus st = sam_forward(m, w, chw, side, &oo, e);
+    Ctx c = {.m = m, .w = w, .be = w->be, .bf16 = o->bf16, .dd = o->dump_dir,
+             .vn = o->view_name ? o->view_name : "view", .e = e};
+    w->be->upload(w->be, w->chw, chw, sizeof(float) * 3 * (size_t)side * side);
+    DsocrStatus st = sam_forward(&c, side);
     if (st) return st;
-    const int n = side / 64, D1 = c->sam.downsample_channels[1], CW = c->clip.width, T = 1 + n * n;
-    char nm[96];
-    if (dd) { /* the reference dumps SAM's output as [C, n, n] (NCHW) */
-        snprintf(nm, sizeof nm, "%s.sam", vn);
-        if ((st = dump_chw(dd, nm, w->sam, n, D1, w->big, e))) return st;
-    }
-    clip_forward(m, w, n, &oo);
-    snprintf(nm, sizeof nm, "%s.clip", vn);
-    if ((st = dump_f32(dd, nm, w->cx, T, CW, 0, e))) return st;
+    const int n = side / 64, D1 = cf->sam.downsample_channels[1], CW = cf->clip.width, T = 1 + n * n;
+    if ((st = dump_chw(&c, "sam", w->sam, n, D1))) return st; /* the reference dumps [C, n, n] */
+    clip_forward(&c, n);
+    if ((st = dump_rows(&c, "clip", w->cx, T, CW, 0))) return st;
     /* projector over concat(CLIP[1:], SAM) */
-    const int F = c->projector_input_dim, D = c->hidden_size;
-    for (int t = 0; t < n * n; t++) {
-        memcpy(w->feat + (size_t)t * F, w->cx + (size_t)(1 + t) * CW, sizeof(float) * CW);
-        memcpy(w->feat + (size_t)t * F + CW, w->sam + (size_t)t * D1, sizeof(float) * D1);
-    }
-    rnd(o->bf16, w->feat, (size_t)n * n * F);
-    linear(out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b, o->bf16);
-    snprintf(nm, sizeof nm, "%s.proj", vn);
-    if ((st = dump_f32(dd, nm, out, n * n, D, 0, e))) return st;
-    return DSOCR_OK;
+    const int F = cf->projector_input_dim, D = cf->hidden_size;
+    w->be->concat_cols(w->be, w->feat, w->cx + CW, CW, CW, w->sam, D1, D1, n * n);
+    rnd(&c, w->feat, (size_t)n * n * F);
+    linear(&c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b);
+    return dump_rows(&c, "proj", out, n * n, D, 0);
 }

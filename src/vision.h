@@ -21,7 +21,8 @@ typedef struct VisionOptions {
     const char *view_name; /* dump name prefix ("global", "tile0", ...) */
 } VisionOptions;
 
-/* Encodes one view: chw [3, side, side] normalised pixels -> out [n², hidden] projected features, n = side/64
+/* Encodes one view: chw [3, side, side] normalised pixels (host memory) -> out [n², hidden] projected features
+ * (backend memory), n = side/64
  * (row-major over the n × n grid). side must be a multiple of 64 and <= the work's max_side. */
 DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int side, const VisionOptions *o,
                           float *out, DsError *e);

@@ -347,13 +347,13 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
                 const float *t = a->relpos_h + (size_t)(i1 - i2 + gh - 1) * D;
                 float s = 0;
                 for (int c = 0; c < D; c++) s += qr[c] * t[c];
-                o[i2] = s;
+                o[i2] = a->bf16_bias ? bf16_round(s) : s;
             }
             for (int j2 = 0; j2 < gw; j2++) {
                 const float *t = a->relpos_w + (size_t)(j1 - j2 + gw - 1) * D;
                 float s = 0;
                 for (int c = 0; c < D; c++) s += qr[c] * t[c];
-                o[gh + j2] = s;
+                o[gh + j2] = a->bf16_bias ? bf16_round(s) : s;
             }
         }
     }
@@ -372,10 +372,16 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
             float *s = S + (size_t)r * ATT_KB;
             if (rel) {
                 const float *rh = rq + (size_t)r * (gh + gw), *rw = rh + gh;
-                for (int jj = 0; jj < nk; jj++) {
-                    int j = j0 + jj;
-                    s[jj] += rh[j / gw] + rw[j % gw];
-                }
+                if (a->bf16_bias)
+                    for (int jj = 0; jj < nk; jj++) {
+                        int j = j0 + jj;
+                        s[jj] += bf16_round(rh[j / gw] + rw[j % gw]);
+                    }
+                else
+                    for (int jj = 0; jj < nk; jj++) {
+                        int j = j0 + jj;
+                        s[jj] += rh[j / gw] + rw[j % gw];
+                    }
             }
             int nvis = nk;
             if (a->causal) {

@@ -141,7 +141,15 @@ static double attn_score_ref(const OpsAttention *a, const float *qr, const float
         int i1 = i / a->grid_w, j1 = i % a->grid_w, i2 = j / a->grid_w, j2 = j % a->grid_w;
         const float *rh = a->relpos_h + (size_t)(i1 - i2 + a->grid_h - 1) * D;
         const float *rw = a->relpos_w + (size_t)(j1 - j2 + a->grid_w - 1) * D;
-        for (int c = 0; c < D; c++) s += (double)qr[c] * rh[c] + (double)qr[c] * rw[c];
+        double th = 0, tw = 0;
+        for (int c = 0; c < D; c++) {
+            th += (double)qr[c] * rh[c];
+            tw += (double)qr[c] * rw[c];
+        }
+        if (a->bf16_bias)
+            s += bf16_round(bf16_round((float)th) + bf16_round((float)tw));
+        else
+            s += th + tw;
     }
     return s;
 }

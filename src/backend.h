@@ -1,0 +1,109 @@
+/* backend.h: the table of operations the model code (vision.c, decoder.c, engine.c) runs on, so that the model
+ * is written once for the CPU and CUDA backends. Every pointer an op takes is in the backend's memory space
+ * (host memory for the CPU backend, device memory for CUDA), weights included: a model placed on a backend
+ * holds DsW whose data are the backend's copies (the CPU backend uses the checkpoint's mmap directly).
+ *
+ * Ops have the semantics of the ops.h functions of the same name (shapes, strides, flags, rounding) and run in
+ * order on the backend's stream; only download (and sync) waits for them. The unit is the block where fusion pays:
+ * a whole MoE layer and a whole dense MLP are one op each, so a GPU backend keeps the router's choice on the
+ * device. Small data-movement ops (window partition, row gathers) exist so that the model code never touches
+ * activations directly.
+ *
+ * What it is not: no allocation policy (session code sizes buffers once), no model knowledge beyond the MoE
+ * layer's weights. */
+#ifndef DSOCR_BACKEND_H
+#define DSOCR_BACKEND_H
+
+#include "ops.h"
+
+typedef struct Backend Backend;
+
+/* One MoE layer's weights, in the backend's memory (see model.h DecLayer). */
+typedef struct BackendExpert {
+    DsW gate, up, down; /* [F, D], [F, D], [D, F] */
+} BackendExpert;
+
+typedef struct BackendMoe {
+    DsW router;                  /* [E, D] */
+    const BackendExpert *experts; /* [E] host array of device weight handles */
+    BackendExpert shared;        /* gate.data NULL when there are no shared experts */
+    int n_experts, top_k, d_model, d_ff, d_shared;
+} BackendMoe;
+
+struct Backend {
+    const char *name; /* "cpu", "cuda" */
+    void *ctx;        /* the backend's own state (streams, handles, scratch) */
+
+    /* ---- memory (sizes in bytes). alloc returns NULL when the memory is not there (never aborts). */
+    void *(*alloc)(Backend *b, size_t bytes);
+    void (*free)(Backend *b, void *p);
+    void (*upload)(Backend *b, void *dst, const void *host_src, size_t bytes);
+    void (*download)(Backend *b, void *host_dst, const void *src, size_t bytes); /* waits for queued work */
+    void (*copy)(Backend *b, void *dst, const void *src, size_t bytes);          /* within the backend */
+    void (*memset0)(Backend *b, void *dst, size_t bytes);
+    void (*sync)(Backend *b);
+    /* Bytes currently allocated through alloc, and the peak. */
+    size_t (*allocated)(const Backend *b);
+    size_t (*peak)(const Backend *b);
+
+    /* ---- dense ops (ops.h semantics) */
+    void (*linear)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+                   int flags);
+    /* flags & OPS_BF16: the HF autocast LayerNorm2d rule (spec §16 R4): the mean is rounded to bf16, x − mean is
+     * rounded to bf16, the variance and the output stay fp32. Without it, ops_layernorm semantics. */
+    void (*layernorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                      float eps, int flags);
+    void (*rmsnorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
+                    int flags);
+    void (*gelu)(Backend *b, float *out, const float *x, size_t n);
+    void (*quick_gelu)(Backend *b, float *out, const float *x, size_t n);
+    void (*add)(Backend *b, float *out, const float *a, const float *c, size_t n);
+    void (*round_bf16)(Backend *b, float *x, size_t n);
+    void (*attention)(Backend *b, const OpsAttention *a);     /* pointers inside a are backend memory */
+    void (*attention_kv)(Backend *b, const OpsAttentionKv *a); /* pos/seq/tables: backend memory too */
+    void (*kv_write)(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
+                     int ldk, const float *v, int ldv);         /* table on the host; kv->data backend memory */
+    void (*rope_neox)(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos,
+                      float theta, int flags);                  /* pos: backend memory */
+    void (*conv2d)(Backend *b, float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch,
+                   size_t scratch_n);
+
+    /* ---- blocks */
+    /* y[n, D] = down(SiLU(gate(x)) ⊙ up(x)) (the dense MLP and the shared experts); scratch: 2·n·F floats. */
+    void (*swiglu)(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down, int flags,
+                   float *scratch);
+    /* y[n, D] = Σ_top-k w·Expert(x) + Shared(x) for one MoE layer (spec §7.5; flags & OPS_BF16: router logits and
+     * outputs rounded as the reference). router_logits / experts: when non-NULL, backend buffers [n, E] / [n, k]
+     * that receive the router logits (rounded in bf16 mode) and chosen experts (for dumps). scratch: the floats
+     * moe_scratch_floats(n, m) says. */
+    void (*moe)(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+                int32_t *experts, float *scratch);
+    size_t (*moe_scratch_floats)(int n, const BackendMoe *m);
+
+    /* ---- data movement (row-major fp32 unless said) */
+    /* dst [3, S, S] CHW -> [S, S, 3] HWC */
+    void (*chw_to_hwc)(Backend *b, float *dst, const float *src, int S);
+    /* SAM windows: src [g, g, C] -> dst [nw·nw·ws·ws, C] (zero rows where the window passes the edge, nw = ⌈g/ws⌉) */
+    void (*window_partition)(Backend *b, float *dst, const float *src, int g, int C, int ws);
+    /* x [g, g, C] += the in-image rows of win [nw·nw·ws·ws, C] */
+    void (*window_unpartition_add)(Backend *b, float *x, const float *win, int g, int C, int ws);
+    /* dst[r] = widen(table[ids[r]]) for r < n; ids on the host; table [V, D] */
+    void (*embed)(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D);
+    /* dst[r] = widen(vec) for r < n rows of width D (image_newline, view_seperator, CLS) */
+    void (*fill_rows)(Backend *b, float *dst, int n, DsW vec, int D);
+    /* dst [n, wa + wc]: row r = [a[r] (wa) | c[r] (wc)] with row strides lda, ldc */
+    void (*concat_cols)(Backend *b, float *dst, const float *a, int lda, int wa, const float *c, int ldc, int wc,
+                        int n);
+    /* rows [i, n, rows of width w] copied with strides: dst[r·ldd ..] = src[r·lds ..] */
+    void (*copy_rows)(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w);
+};
+
+/* The CPU backend (src/cpu/backend_cpu.c): host memory, the ops_*_cpu functions. Never NULL. */
+Backend *backend_cpu(void);
+
+/* The CUDA backend (src/cuda/, built when nvcc is found): NULL with a message when no usable GPU is there
+ * (or the build has no CUDA). device: the CUDA device index. */
+Backend *backend_cuda_new(int device, DsError *e);
+void backend_cuda_free(Backend *b);
+
+#endif

@@ -1,0 +1,244 @@
+/* backend_cpu.c: the CPU backend: host memory and the ops_*_cpu functions behind the Backend table
+ * (backend.h). Allocation is counted so that the session can report its footprint like the GPU backend. */
+#include <math.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+
+#include "backend.h"
+
+typedef struct CpuCtx {
+    _Atomic size_t allocated, peak;
+} CpuCtx;
+
+/* Every block carries its size in a 64-byte header (keeps 64-byte alignment of the payload). */
+static void *cpu_alloc(Backend *b, size_t bytes) {
+    CpuCtx *c = b->ctx;
+    size_t total;
+    if (!ds_add_ok(bytes, 64, &total)) return NULL;
+    uint8_t *p = aligned_alloc(64, (total + 63) & ~(size_t)63);
+    if (!p) return NULL;
+    memcpy(p, &bytes, sizeof bytes);
+    size_t now = atomic_fetch_add(&c->allocated, bytes) + bytes, pk = atomic_load(&c->peak);
+    while (now > pk && !atomic_compare_exchange_weak(&c->peak, &pk, now)) {
+    }
+    return p + 64;
+}
+
+static void cpu_free(Backend *b, void *p) {
+    if (!p) return;
+    CpuCtx *c = b->ctx;
+    uint8_t *base = (uint8_t *)p - 64;
+    size_t bytes;
+    memcpy(&bytes, base, sizeof bytes);
+    atomic_fetch_sub(&c->allocated, bytes);
+    free(base);
+}
+
+static void cpu_upload(Backend *b, void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+static void cpu_download(Backend *b, void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+static void cpu_copy(Backend *b, void *dst, const void *src, size_t n) { memmove(dst, src, n); }
+static void cpu_memset0(Backend *b, void *dst, size_t n) { memset(dst, 0, n); }
+static void cpu_sync(Backend *b) {}
+static size_t cpu_allocated(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->allocated); }
+static size_t cpu_peak(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->peak); }
+
+static void cpu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+                       int flags) {
+    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags);
+}
+static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                          float eps, int flags) {
+    if (!(flags & OPS_BF16)) {
+        ops_layernorm_cpu(y, ldy, x, ldx, M, n, w, bias, eps);
+        return;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)M * n > 65536)
+    for (int r = 0; r < M; r++) {
+        const float *xr = x + (size_t)r * ldx;
+        float *yr = y + (size_t)r * ldy;
+        double sum = 0;
+        for (int i = 0; i < n; i++) sum += xr[i];
+        const float u = bf16_round((float)(sum / n));
+        double sq = 0;
+        for (int i = 0; i < n; i++) {
+            float d = bf16_round(xr[i] - u);
+            sq += (double)d * d;
+        }
+        const float inv = 1.0f / sqrtf((float)(sq / n) + eps);
+        for (int i = 0; i < n; i++) {
+            float d = bf16_round(xr[i] - u);
+            yr[i] = d * inv * ds_w_get(w, (size_t)i) + (bias.data ? ds_w_get(bias, (size_t)i) : 0.0f);
+        }
+    }
+}
+static void cpu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
+                        int flags) {
+    ops_rmsnorm_cpu(y, ldy, x, ldx, M, n, w, eps, flags);
+}
+static void cpu_gelu(Backend *b, float *out, const float *x, size_t n) { ops_gelu_cpu(out, x, n); }
+static void cpu_quick_gelu(Backend *b, float *out, const float *x, size_t n) { ops_quick_gelu_cpu(out, x, n); }
+static void cpu_add(Backend *b, float *out, const float *a, const float *c, size_t n) { ops_add_cpu(out, a, c, n); }
+static void cpu_round_bf16(Backend *b, float *x, size_t n) { ops_round_bf16_cpu(x, n); }
+static void cpu_attention(Backend *b, const OpsAttention *a) { ops_attention_cpu(a); }
+static void cpu_attention_kv(Backend *b, const OpsAttentionKv *a) { ops_attention_kv_cpu(a); }
+static void cpu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table, int pos0, int n, const float *k,
+                         int ldk, const float *v, int ldv) {
+    kv_write(kv, layer, table, pos0, n, k, ldk, v, ldv);
+}
+static void cpu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
+                     int flags) {
+    ops_rope_neox_cpu(x, ld, T, n_heads, head_dim, pos, theta, flags);
+}
+static void cpu_conv2d(Backend *b, float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch,
+                       size_t scratch_n) {
+    ops_conv2d_cpu(y, x, c, w, bias, scratch, scratch_n);
+}
+static void cpu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down,
+                       int flags, float *scratch) {
+    ops_expert_ffn_cpu(y, x, n, D, F, gate, up, down, flags, scratch);
+}
+
+/* Scratch layout of cpu_moe: logits [n, E] | idx [n, k] | wts [n, k] | acc [n, D] | xg [n, D] | yg [n, D] |
+ * rows [n] | wg [n] | ffn 2·n·max(F, S). */
+static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
+    size_t F = (size_t)(m->d_ff > m->d_shared ? m->d_ff : m->d_shared);
+    return (size_t)n * ((size_t)m->n_experts + 2 * (size_t)m->top_k + 3 * (size_t)m->d_model + 2 + 2 * F) + 64;
+}
+
+static void cpu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+                    int32_t *experts, float *scratch) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k;
+    float *logits = scratch;
+    int32_t *idx = (int32_t *)(logits + (size_t)n * E);
+    float *wts = (float *)(idx + (size_t)n * K);
+    float *acc = wts + (size_t)n * K, *xg = acc + (size_t)n * D, *yg = xg + (size_t)n * D;
+    int32_t *rows = (int32_t *)(yg + (size_t)n * D);
+    float *wg = (float *)(rows + n), *ffn = wg + n;
+    ops_linear_cpu(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
+    ops_moe_route(logits, E, n, E, K, flags & OPS_BF16, idx, wts);
+    if (router_logits) {
+        memcpy(router_logits, logits, sizeof(float) * (size_t)n * E);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(router_logits, (size_t)n * E);
+    }
+    if (experts) memcpy(experts, idx, sizeof(int32_t) * (size_t)n * K);
+    memset(acc, 0, sizeof(float) * (size_t)n * D);
+    /* group the rows routed to each expert, so only selected experts' weights are read, each once */
+    for (int e = 0; e < E; e++) {
+        int cnt = 0;
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < K; j++)
+                if (idx[r * K + j] == e) {
+                    rows[cnt] = r;
+                    wg[cnt] = wts[r * K + j];
+                    memcpy(xg + (size_t)cnt * D, x + (size_t)r * D, sizeof(float) * D);
+                    cnt++;
+                }
+        if (!cnt) continue;
+        const BackendExpert *ex = &m->experts[e];
+        ops_expert_ffn_cpu(yg, xg, cnt, D, m->d_ff, ex->gate, ex->up, ex->down, flags, ffn);
+        for (int i = 0; i < cnt; i++) ops_scale_add_cpu(acc + (size_t)rows[i] * D, wg[i], yg + (size_t)i * D, (size_t)D);
+    }
+    if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)n * D);
+    if (m->shared.gate.data) {
+        ops_expert_ffn_cpu(y, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, ffn);
+        ops_add_cpu(y, y, acc, (size_t)n * D);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)n * D);
+    } else {
+        memcpy(y, acc, sizeof(float) * (size_t)n * D);
+    }
+}
+
+static void cpu_chw_to_hwc(Backend *b, float *dst, const float *src, int S) {
+    const size_t P = (size_t)S * S;
+    for (int c = 0; c < 3; c++)
+        for (size_t i = 0; i < P; i++) dst[i * 3 + c] = src[(size_t)c * P + i];
+}
+
+static void cpu_window_partition(Backend *b, float *dst, const float *src, int g, int C, int ws) {
+    const int nw = (g + ws - 1) / ws;
+    memset(dst, 0, sizeof(float) * (size_t)nw * nw * ws * ws * C);
+    for (int i = 0; i < g; i++)
+        for (int j = 0; j < g; j++) {
+            size_t wi = (size_t)(i / ws) * nw + j / ws, t = (size_t)(i % ws) * ws + j % ws;
+            memcpy(dst + (wi * ws * ws + t) * C, src + ((size_t)i * g + j) * C, sizeof(float) * C);
+        }
+}
+
+static void cpu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
+    const int nw = (g + ws - 1) / ws;
+    for (int i = 0; i < g; i++)
+        for (int j = 0; j < g; j++) {
+            size_t wi = (size_t)(i / ws) * nw + j / ws, t = (size_t)(i % ws) * ws + j % ws;
+            float *xr = x + ((size_t)i * g + j) * C;
+            ops_add_cpu(xr, xr, win + (wi * ws * ws + t) * C, (size_t)C);
+        }
+}
+
+static void cpu_embed(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D) {
+    for (int r = 0; r < n; r++)
+        for (int i = 0; i < D; i++) dst[(size_t)r * D + i] = ds_w_get(table, (size_t)ids[r] * D + i);
+}
+
+static void cpu_fill_rows(Backend *b, float *dst, int n, DsW vec, int D) {
+    for (int i = 0; i < D; i++) dst[i] = ds_w_get(vec, (size_t)i);
+    for (int r = 1; r < n; r++) memcpy(dst + (size_t)r * D, dst, sizeof(float) * D);
+}
+
+static void cpu_concat_cols(Backend *b, float *dst, const float *a, int lda, int wa, const float *c, int ldc, int wc,
+                            int n) {
+    for (int r = 0; r < n; r++) {
+        memcpy(dst + (size_t)r * (wa + wc), a + (size_t)r * lda, sizeof(float) * wa);
+        memcpy(dst + (size_t)r * (wa + wc) + wa, c + (size_t)r * ldc, sizeof(float) * wc);
+    }
+}
+
+static void cpu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w) {
+    for (int r = 0; r < n; r++) memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, sizeof(float) * w);
+}
+
+static CpuCtx g_cpu_ctx;
+static Backend g_cpu = {
+    .name = "cpu",
+    .ctx = &g_cpu_ctx,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .upload = cpu_upload,
+    .download = cpu_download,
+    .copy = cpu_copy,
+    .memset0 = cpu_memset0,
+    .sync = cpu_sync,
+    .allocated = cpu_allocated,
+    .peak = cpu_peak,
+    .linear = cpu_linear,
+    .layernorm = cpu_layernorm,
+    .rmsnorm = cpu_rmsnorm,
+    .gelu = cpu_gelu,
+    .quick_gelu = cpu_quick_gelu,
+    .add = cpu_add,
+    .round_bf16 = cpu_round_bf16,
+    .attention = cpu_attention,
+    .attention_kv = cpu_attention_kv,
+    .kv_write = cpu_kv_write,
+    .rope_neox = cpu_rope,
+    .conv2d = cpu_conv2d,
+    .swiglu = cpu_swiglu,
+    .moe = cpu_moe,
+    .moe_scratch_floats = cpu_moe_scratch,
+    .chw_to_hwc = cpu_chw_to_hwc,
+    .window_partition = cpu_window_partition,
+    .window_unpartition_add = cpu_window_unpartition_add,
+    .embed = cpu_embed,
+    .fill_rows = cpu_fill_rows,
+    .concat_cols = cpu_concat_cols,
+    .copy_rows = cpu_copy_rows,
+};
+
+Backend *backend_cpu(void) { return &g_cpu; }
+
+#ifndef DSOCR_CUDA
+Backend *backend_cuda_new(int device, DsError *e) {
+    ds_fail(e, DSOCR_E_UNSUPPORTED, "this build has no CUDA backend (rebuild with nvcc present and CUDA=1)");
+    return NULL;
+}
+void backend_cuda_free(Backend *b) {}
+#endif
