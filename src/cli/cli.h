@@ -6,8 +6,13 @@
 int cli_check_model(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
 int cli_ocr(int argc, char **argv);
+int cli_serve(int argc, char **argv);
+int cli_pull(int argc, char **argv);
+int cli_check(int argc, char **argv);
 
-/* Default model folder: $DSOCR_MODEL, else ./models/deepseek-ocr. */
+/* Default model folder: $DSOCR_MODEL, else ./models/deepseek-ocr when it holds a model, else the cache folder
+ * `dsocr pull` fills (pull_cache_dir). When none holds a model it prints, on stderr, the command that fetches
+ * one, and returns ./models/deepseek-ocr (whose loading then fails with the missing file named). */
 const char *cli_default_model_dir(void);
 
 #endif

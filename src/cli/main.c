@@ -1,4 +1,5 @@
 /* main.c: the dsocr command line: dispatches to the verbs in src/cli/. */
+#include <errno.h> /* program_invocation_name */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -6,6 +7,7 @@
 #include "cli/cli.h"
 #include "dsocr.h"
 #include "ops.h"
+#include "pull.h"
 
 typedef struct Verb {
     const char *name;
@@ -15,10 +17,10 @@ typedef struct Verb {
 
 static const Verb VERBS[] = {
     {"ocr", cli_ocr, "image or PDF in, markdown / text / JSON out"},
-    {"serve", NULL, "HTTP API on 127.0.0.1:8031 (seed API, OpenAI-compatible API, web page)"},
-    {"pull", NULL, "download the official checkpoint from Hugging Face, resumable and verified"},
+    {"serve", cli_serve, "HTTP API on 127.0.0.1:8031 (seed API, OpenAI-compatible API, web page)"},
+    {"pull", cli_pull, "download the official checkpoint from Hugging Face, resumable and verified"},
     {"quantize", NULL, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},
-    {"check", NULL, "what hardware is here and which settings fit it"},
+    {"check", cli_check, "what hardware is here and which settings fit it"},
     {"check-model", cli_check_model, "validate a model folder and print a summary of its tensors"},
     {"bench", NULL, "speed and memory figures as JSON"},
     {"tokenize", cli_tokenize, "encode JSON strings to token ids (or --decode ids), one per line"},
@@ -26,8 +28,25 @@ static const Verb VERBS[] = {
 #define N_VERBS (sizeof VERBS / sizeof VERBS[0])
 
 const char *cli_default_model_dir(void) {
+    static char cache[4096];
     const char *d = getenv("DSOCR_MODEL");
-    return (d && *d) ? d : "models/deepseek-ocr";
+    if (d && *d) return d;
+    if (pull_folder_state("models/deepseek-ocr", NULL, 0) != PULL_ABSENT) return "models/deepseek-ocr";
+    char why[512];
+    if (!pull_cache_dir(NULL, cache, sizeof cache)) {
+        PullState st = pull_folder_state(cache, why, sizeof why);
+        if (st == PULL_COMPLETE) return cache;
+        if (st == PULL_INCOMPLETE) {
+            fprintf(stderr, "dsocr: the model in %s is incomplete (%s); '%s pull' finishes the download\n", cache,
+                    why, program_invocation_name);
+            return cache;
+        }
+    }
+    fprintf(stderr,
+            "dsocr: no model found ($DSOCR_MODEL is not set; ./models/deepseek-ocr and %s hold none).\n"
+            "dsocr: '%s pull' downloads %s (6.7 GB) to where ocr, serve and check find it; or give --model DIR.\n",
+            cache[0] ? cache : "the cache folder", program_invocation_name, PULL_DEFAULT_REPO);
+    return "models/deepseek-ocr";
 }
 
 static void usage(FILE *f) {
