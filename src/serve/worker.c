@@ -1,0 +1,359 @@
+/* worker.c: the bounded job queue and the one inference thread. See worker.h. */
+#include "serve/worker.h"
+
+#include <errno.h>
+#include <malloc.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <time.h>
+
+struct Worker {
+    WorkerConfig cfg;
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    Job *head, *tail;
+    int depth;
+    int draining, stop;
+    Job *running;
+    WorkerState state;
+    char load_error[512];
+    long long served;
+    double avg_seconds, load_seconds;
+    DsocrModel *model;
+    DsocrSession *sess;
+};
+
+/* ---- jobs ---- */
+
+Job *job_new(const char *rid, OcrRequest *req) {
+    Job *j = calloc(1, sizeof *j);
+    if (!j) return NULL;
+    pthread_mutex_init(&j->mu, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&j->cv, &ca);
+    pthread_condattr_destroy(&ca);
+    j->refs = 1;
+    snprintf(j->rid, sizeof j->rid, "%s", rid);
+    j->req = *req;
+    memset(req, 0, sizeof *req);
+    return j;
+}
+
+void job_release(Job *j) {
+    if (!j) return;
+    pthread_mutex_lock(&j->mu);
+    int left = --j->refs;
+    pthread_mutex_unlock(&j->mu);
+    if (left > 0) return;
+    api_request_free(&j->req);
+    dsocr_result_free(&j->res);
+    free(j->live);
+    pthread_mutex_destroy(&j->mu);
+    pthread_cond_destroy(&j->cv);
+    free(j);
+}
+
+void job_cancel(Job *j) { __atomic_store_n(&j->cancel, 1, __ATOMIC_RELEASE); }
+
+/* ---- the worker thread ---- */
+
+static void wlog(Worker *w, const char *rid, const char *msg) {
+    if (w->cfg.log) w->cfg.log(rid, "%s", msg);
+}
+
+static void model_log(void *user, const char *line) { wlog(user, "-", line); }
+
+static int on_token(void *user, int id, const char *text, size_t len) {
+    (void)id;
+    Job *j = user;
+    pthread_mutex_lock(&j->mu);
+    j->live_tokens++;
+    if (j->req.stream && len) {
+        if (j->live_len + len + 1 > j->live_cap) {
+            size_t nc = j->live_cap ? j->live_cap * 2 : 1024;
+            while (nc < j->live_len + len + 1) nc *= 2;
+            char *np = realloc(j->live, nc);
+            if (np) {
+                j->live = np;
+                j->live_cap = nc;
+            }
+        }
+        if (j->live_len + len + 1 <= j->live_cap) {
+            memcpy(j->live + j->live_len, text, len);
+            j->live_len += len;
+            j->live[j->live_len] = 0;
+        }
+    }
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+/* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag. */
+static DsocrStatus fake_ocr(Job *j, const DsocrOcrOptions *o, DsocrResult *r) {
+    memset(r, 0, sizeof *r);
+    int n = o->max_tokens > 0 ? o->max_tokens : 4;
+    if (n > 256) n = 256;
+    char *text = malloc((size_t)n * 8 + 1);
+    int *toks = malloc(sizeof(int) * (size_t)n);
+    if (!text || !toks) {
+        free(text);
+        free(toks);
+        return DSOCR_E_NOMEM;
+    }
+    size_t len = 0;
+    r->stop = DSOCR_STOP_LENGTH;
+    for (int i = 0; i < n; i++) {
+        if (*o->cancel) {
+            r->stop = DSOCR_STOP_CANCEL;
+            break;
+        }
+        char piece[16];
+        int pl = snprintf(piece, sizeof piece, "%sw%d", i ? " " : "", i % 100);
+        memcpy(text + len, piece, (size_t)pl);
+        len += (size_t)pl;
+        toks[r->n_tokens++] = 1000 + i;
+        on_token(j, 1000 + i, piece, (size_t)pl);
+    }
+    text[len] = 0;
+    r->text = text;
+    r->text_len = len;
+    r->tokens = toks;
+    r->n_prompt = 8;
+    r->n_views = 1;
+    return DSOCR_OK;
+}
+
+static void run_job(Worker *w, Job *j) {
+    char msg[768];
+    pthread_mutex_lock(&j->mu);
+    j->t_start = ds_now();
+    j->state = JOB_RUNNING;
+    int cancelled = __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&j->mu);
+    DsocrStatus st;
+    DsocrResult res;
+    memset(&res, 0, sizeof res);
+    char err[512] = "";
+    if (cancelled) {
+        st = DSOCR_E_CANCELLED;
+        snprintf(err, sizeof err, "cancelled before it started");
+    } else {
+        DsocrOcrOptions o;
+        dsocr_ocr_options_default(&o);
+        const OcrRequest *q = &j->req;
+        if (q->mode[0]) {
+            o.mode = q->mode;
+        } else {
+            o.mode = NULL;
+            o.base_size = q->base_size;
+            o.image_size = q->image_size;
+            o.crop_mode = q->crop_mode;
+        }
+        size_t pl = strlen(q->prompt);
+        char *name = malloc(pl + 5);
+        if (!name) {
+            st = DSOCR_E_NOMEM;
+            snprintf(err, sizeof err, "out of memory");
+        } else {
+            memcpy(name, "raw:", 4);
+            memcpy(name + 4, q->prompt, pl + 1);
+            o.prompt = name;
+            o.compat = q->compat;
+            o.max_tokens = q->max_tokens > 0 ? q->max_tokens : w->cfg.default_max_tokens;
+            o.on_token = on_token;
+            o.user = j;
+            o.cancel = &j->cancel;
+            o.threads = w->cfg.threads;
+            if (w->cfg.fake) {
+                st = fake_ocr(j, &o, &res);
+                if (st) snprintf(err, sizeof err, "out of memory");
+            } else {
+                st = dsocr_ocr(w->sess, q->image, q->image_len, &o, &res);
+                if (st) snprintf(err, sizeof err, "%s", dsocr_session_error(w->sess));
+            }
+            free(name);
+        }
+    }
+    char saved[RESULTS_NAME_LEN + 1] = "", save_err[256] = "";
+    if (!st && res.stop != DSOCR_STOP_CANCEL && j->req.save_to_file) {
+        DsError e = {0};
+        if (!w->cfg.results)
+            snprintf(save_err, sizeof save_err, "this server has no results folder");
+        else if (results_save(w->cfg.results, res.text, res.text_len, saved, &e))
+            snprintf(save_err, sizeof save_err, "%s", e.msg);
+    }
+    double t_end = ds_now();
+    if (st)
+        snprintf(msg, sizeof msg, "job failed after %.2fs: %s: %s", t_end - j->t_start, dsocr_status_string(st), err);
+    else
+        snprintf(msg, sizeof msg,
+                 "job done in %.2fs (queued %.2fs): %d prompt tokens, %d views, %d generated, stop %s; vision %.2fs, "
+                 "prefill %.2fs, decode %.2fs%s%s",
+                 t_end - j->t_start, j->t_start - j->t_submit, res.n_prompt, res.n_views, res.n_tokens,
+                 res.stop == DSOCR_STOP_EOS      ? "eos"
+                 : res.stop == DSOCR_STOP_LENGTH ? "length"
+                 : res.stop == DSOCR_STOP_CANCEL ? "cancelled"
+                                                 : "callback",
+                 res.seconds_vision, res.seconds_prefill, res.seconds_decode, saved[0] ? "; saved " : "", saved);
+    wlog(w, j->rid, msg);
+    if (save_err[0]) {
+        snprintf(msg, sizeof msg, "result not saved: %s", save_err);
+        wlog(w, j->rid, msg);
+    }
+    pthread_mutex_lock(&j->mu);
+    j->status = st;
+    snprintf(j->err, sizeof j->err, "%s", err);
+    j->res = res;
+    memcpy(j->output_file, saved, sizeof saved);
+    snprintf(j->save_err, sizeof j->save_err, "%s", save_err);
+    j->t_end = t_end;
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    /* the image is not needed any more; the waiting side only reads the result */
+    pthread_mutex_lock(&w->mu);
+    w->running = NULL;
+    w->served++;
+    double dt = t_end - j->t_start;
+    w->avg_seconds = w->served == 1 ? dt : 0.8 * w->avg_seconds + 0.2 * dt;
+    pthread_mutex_unlock(&w->mu);
+}
+
+static void *worker_main(void *arg) {
+    Worker *w = arg;
+    double t0 = ds_now();
+    WorkerState state = WORKER_READY;
+    char err[512] = "";
+    if (!w->cfg.fake) {
+        DsocrModelOptions mo;
+        dsocr_model_options_default(&mo);
+        mo.device = w->cfg.device;
+        mo.threads = w->cfg.threads;
+        mo.log = model_log;
+        mo.log_user = w;
+        if (dsocr_model_load(w->cfg.model_dir, &mo, &w->model, err, sizeof err) != DSOCR_OK ||
+            dsocr_session_new(w->model, NULL, &w->sess, err, sizeof err) != DSOCR_OK)
+            state = WORKER_FAILED;
+    }
+    char msg[640];
+    if (state == WORKER_READY)
+        snprintf(msg, sizeof msg, "model %s ready in %.2fs%s", w->cfg.fake ? "(fake engine)" : w->cfg.model_dir,
+                 ds_now() - t0, w->cfg.fake ? " (no model: every job answers a fixed text)" : "");
+    else
+        snprintf(msg, sizeof msg, "model failed to load: %s", err);
+    wlog(w, "-", msg);
+    pthread_mutex_lock(&w->mu);
+    w->state = state;
+    w->load_seconds = ds_now() - t0;
+    snprintf(w->load_error, sizeof w->load_error, "%s", err);
+    pthread_mutex_unlock(&w->mu);
+    for (;;) {
+        pthread_mutex_lock(&w->mu);
+        while (!w->head && !w->stop) pthread_cond_wait(&w->cv, &w->mu);
+        Job *j = w->head;
+        if (!j) {
+            pthread_mutex_unlock(&w->mu);
+            break;
+        }
+        w->head = j->next;
+        if (!w->head) w->tail = NULL;
+        j->next = NULL;
+        w->depth--;
+        w->running = j;
+        pthread_mutex_unlock(&w->mu);
+        run_job(w, j);
+        job_release(j);
+        malloc_trim(0); /* hand freed pages of large images back, so RSS follows the live data */
+    }
+    dsocr_session_free(w->sess);
+    dsocr_model_free(w->model);
+    w->sess = NULL;
+    w->model = NULL;
+    return NULL;
+}
+
+DsocrStatus worker_start(const WorkerConfig *cfg, Worker **out, DsError *e) {
+    *out = NULL;
+    Worker *w = calloc(1, sizeof *w);
+    if (!w) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    w->cfg = *cfg;
+    if (w->cfg.queue_max < 1) w->cfg.queue_max = 1;
+    pthread_mutex_init(&w->mu, NULL);
+    pthread_cond_init(&w->cv, NULL);
+    w->state = WORKER_LOADING;
+    int rc = pthread_create(&w->th, NULL, worker_main, w);
+    if (rc) {
+        free(w);
+        return ds_fail(e, DSOCR_E_INTERNAL, "cannot start the worker thread: %s", strerror(rc));
+    }
+    *out = w;
+    return DSOCR_OK;
+}
+
+SubmitResult worker_submit(Worker *w, Job *j) {
+    pthread_mutex_lock(&w->mu);
+    SubmitResult r = SUBMIT_OK;
+    if (w->draining)
+        r = SUBMIT_DRAINING;
+    else if (w->state == WORKER_LOADING)
+        r = SUBMIT_LOADING;
+    else if (w->state == WORKER_FAILED)
+        r = SUBMIT_FAILED;
+    else if (w->depth >= w->cfg.queue_max)
+        r = SUBMIT_FULL;
+    if (r == SUBMIT_OK) {
+        pthread_mutex_lock(&j->mu);
+        j->refs++;
+        j->t_submit = ds_now();
+        j->state = JOB_QUEUED;
+        pthread_mutex_unlock(&j->mu);
+        if (w->tail)
+            w->tail->next = j;
+        else
+            w->head = j;
+        w->tail = j;
+        w->depth++;
+        pthread_cond_signal(&w->cv);
+    }
+    pthread_mutex_unlock(&w->mu);
+    return r;
+}
+
+void worker_stats(Worker *w, WorkerStats *s) {
+    pthread_mutex_lock(&w->mu);
+    s->state = w->state;
+    snprintf(s->load_error, sizeof s->load_error, "%s", w->load_error);
+    s->queue_depth = w->depth;
+    s->running = w->running != NULL;
+    s->served = w->served;
+    s->avg_seconds = w->avg_seconds;
+    s->load_seconds = w->load_seconds;
+    pthread_mutex_unlock(&w->mu);
+}
+
+void worker_stop(Worker *w, double timeout_s) {
+    if (!w) return;
+    double t0 = ds_now();
+    pthread_mutex_lock(&w->mu);
+    w->draining = 1;
+    for (;;) {
+        int busy = w->head || w->running;
+        if (!busy || ds_now() - t0 > timeout_s) break;
+        pthread_mutex_unlock(&w->mu);
+        nanosleep(&(struct timespec){0, 20000000}, NULL);
+        pthread_mutex_lock(&w->mu);
+    }
+    for (Job *j = w->head; j; j = j->next) job_cancel(j);
+    if (w->running) job_cancel(w->running);
+    w->stop = 1;
+    pthread_cond_broadcast(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->th, NULL);
+    pthread_mutex_destroy(&w->mu);
+    pthread_cond_destroy(&w->cv);
+    free(w);
+}
