@@ -442,7 +442,8 @@ static DsocrStatus do_page(Ctx *c, int page, const DocEvent *evbase, cJSON **pj,
         oo.on_token = tap_token;
         oo.user = &tap;
         DsocrResult r;
-        DsocrStatus rs = engine_ocr(c->s, bytes, len, &oo, o->dbg, &r);
+        DsocrStatus rs = o->recognize ? o->recognize(o->recognize_user, c->s, bytes, len, &oo, o->dbg, &r)
+                                      : engine_ocr(c->s, bytes, len, &oo, o->dbg, &r);
         if (rs || tap.oom) {
             if (!rs) dsocr_result_free(&r);
             loop_free(&tap.det);
@@ -458,7 +459,7 @@ static DsocrStatus do_page(Ctx *c, int page, const DocEvent *evbase, cJSON **pj,
             if (have_best) break; /* keep what an earlier attempt gave */
             cJSON_Delete(att);
             att = NULL;
-            *pj = failed_page(page, dsocr_session_error(c->s), t_render, t0);
+            *pj = failed_page(page, c->s ? dsocr_session_error(c->s) : "recognition failed", t_render, t0);
             break;
         }
         if (r.stop == DSOCR_STOP_CANCEL) {

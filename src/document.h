@@ -91,6 +91,12 @@ typedef struct DocOptions {
     int loop_stop;          /* 1 (default): a detected loop stops generation; 0: the detector is off */
     PdfOptions pdf;
     const char *model_id;   /* names the model in the resume fingerprint (e.g. its folder) */
+    /* The recogniser: NULL = engine_ocr on the session given to document_run. Another front end (a queue, a
+     * GPU worker) or a test may put its own; it must behave as engine_ocr (on_token per token, a result the
+     * caller frees with dsocr_result_free, the session's error message on failure when s is not NULL). */
+    DsocrStatus (*recognize)(void *user, DsocrSession *s, const void *image, size_t len, const DsocrOcrOptions *o,
+                             const EngineDebug *dbg, DsocrResult *out);
+    void *recognize_user;
     void (*on_event)(void *user, const DocEvent *ev);
     void *event_user;
 } DocOptions;

@@ -8,7 +8,7 @@ void loop_options_default(LoopOptions *o) {
     o->max_period = 256;
     o->min_repeats = 10;
     o->min_span = 200;
-    o->min_match = 0.95;
+    o->min_match = 0.85;
     o->check_every = 8;
 }
 

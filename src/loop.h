@@ -17,7 +17,7 @@ typedef struct LoopOptions {
     int max_period;   /* longest repeated unit in tokens (default 256) */
     int min_repeats;  /* repetitions of the unit (default 10) */
     int min_span;     /* tokens the repetition must cover at least (default 200) */
-    double min_match; /* fraction of positions equal to the one p earlier (default 0.95) */
+    double min_match; /* fraction of positions equal to the one p earlier (default 0.85) */
     int check_every;  /* test every this many tokens (default 8) */
 } LoopOptions;
 
