@@ -5,30 +5,34 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* Binds *slot to the tensor named by fmt (validated by checkpoint_open, so it exists) and records it. */
-static void bw(Model *m, DsW *slot, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
-static void bw(Model *m, DsW *slot, const char *fmt, ...) {
+/* The tensor named by fmt/ap (validated by checkpoint_open, so it exists). */
+static const StTensor *tensor_v(const Model *m, const char *fmt, va_list ap) {
     char name[160];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(name, sizeof name, fmt, ap);
-    va_end(ap);
     const StTensor *t = checkpoint_get(&m->ck, name);
     DS_ASSERT(t);
+    return t;
+}
+
+/* Binds *slot to the tensor named by fmt and records it (model_place moves recorded slots). */
+static void bw(Model *m, DsW *slot, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+static void bw(Model *m, DsW *slot, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    const StTensor *t = tensor_v(m, fmt, ap);
+    va_end(ap);
     *slot = ds_w(t->data, t->dtype);
     DS_ASSERT(m->n_bound < m->cap_bound);
     m->bound[m->n_bound++] = (BoundWeight){slot, t};
 }
 
+/* A tensor used on the host only (position tables resampled per view size). */
 static const StTensor *T(const Model *m, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static const StTensor *T(const Model *m, const char *fmt, ...) {
-    char name[160];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(name, sizeof name, fmt, ap);
+    const StTensor *t = tensor_v(m, fmt, ap);
     va_end(ap);
-    const StTensor *t = checkpoint_get(&m->ck, name);
-    DS_ASSERT(t);
     return t;
 }
 

@@ -44,13 +44,15 @@ def main():
     page(700, 1000, 2).save(os.path.join(HERE, "portrait.jpg"), quality=90)
     page(2000, 300, 3).save(os.path.join(HERE, "wide.png"))
     img = page(500, 760, 4, "RGBA")
-    a = img.split()[3].load()
+    alpha = img.getchannel("A")
+    a = alpha.load()
     for y in range(0, 120):
         for x in range(0, 500):
             a[x, y] = 0  # transparent band at the top (its stored RGB stays)
     for y in range(300, 400):
         for x in range(100, 300):
             a[x, y] = 128
+    img.putalpha(alpha)
     exif = Image.Exif()
     exif[0x0112] = 6
     img.save(os.path.join(HERE, "exif_rgba.png"), exif=exif.tobytes())

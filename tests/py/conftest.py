@@ -1,9 +1,7 @@
-"""Fixtures for the Python-driven tests of the C engine: random checkpoints (tiny, tiny --stress) written once
-per session by the reference generator, and paths."""
+"""Paths for the Python-driven tests of the C engine (the tiny checkpoints come from the repository's
+conftest.py)."""
 import os
 import sys
-
-import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
@@ -18,18 +16,16 @@ torch.set_num_threads(2)
 DSOCR = os.path.join(REPO, "dsocr")
 IMAGES = {n: os.path.join(REPO, "tests", "images", n) for n in ("small.png", "portrait.jpg", "wide.png", "exif_rgba.png")}
 
-
-@pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory):
-    import make_checkpoint
-    d = str(tmp_path_factory.mktemp("tiny"))
-    make_checkpoint.write_checkpoint("tiny", d, seed=1)
-    return d
+import pytest  # noqa: E402
 
 
 @pytest.fixture(scope="session")
-def stress_model(tmp_path_factory):
-    import make_checkpoint
-    d = str(tmp_path_factory.mktemp("tiny_stress"))
-    make_checkpoint.write_checkpoint("tiny", d, seed=2, stress=True)
-    return d
+def tiny_model(tiny_ckpt):
+    """The tiny random checkpoint (alias of the shared tiny_ckpt)."""
+    return tiny_ckpt
+
+
+@pytest.fixture(scope="session")
+def stress_model(stress_ckpt):
+    """The tiny --stress random checkpoint (alias of the shared stress_ckpt)."""
+    return stress_ckpt

@@ -1,5 +1,5 @@
-"""Shared fixtures of the reference tests: the tiny and tiny --stress checkpoints (written once per session into
-pytest's temp dir), the tokenizer, and paths."""
+"""Fixtures of the reference tests: the tokenizer and paths (the tiny checkpoints come from the repository's
+conftest.py, shared with tests/py)."""
 import os
 import sys
 
@@ -15,22 +15,6 @@ import torch  # noqa: E402
 torch.set_num_threads(2)
 
 IMAGES = {n: os.path.join(REPO, "tests", "images", n) for n in ("small.png", "portrait.jpg", "wide.png", "exif_rgba.png")}
-
-
-@pytest.fixture(scope="session")
-def tiny_ckpt(tmp_path_factory):
-    import make_checkpoint
-    d = str(tmp_path_factory.mktemp("tiny"))
-    make_checkpoint.write_checkpoint("tiny", d, seed=1)
-    return d
-
-
-@pytest.fixture(scope="session")
-def stress_ckpt(tmp_path_factory):
-    import make_checkpoint
-    d = str(tmp_path_factory.mktemp("tiny_stress"))
-    make_checkpoint.write_checkpoint("tiny", d, seed=1, stress=True)
-    return d
 
 
 @pytest.fixture(scope="session")
