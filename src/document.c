@@ -672,54 +672,119 @@ static const char *jstr(const cJSON *o, const char *k) {
     return cJSON_IsString(v) ? v->valuestring : "";
 }
 
-/* Appends s to a growing buffer (NULL b->p on failure marks out of memory). */
-typedef struct Out {
-    char *p;
-    size_t n, cap;
-    int oom;
-} Out;
-static void out_add(Out *b, const char *s) {
-    size_t l = strlen(s);
-    if (b->oom) return;
-    if (b->n + l + 1 > b->cap) {
-        size_t nc = b->cap ? b->cap * 2 : 4096;
-        while (nc < b->n + l + 1) nc *= 2;
-        char *np = realloc(b->p, nc);
-        if (!np) {
-            b->oom = 1;
-            return;
-        }
-        b->p = np;
-        b->cap = nc;
-    }
-    memcpy(b->p + b->n, s, l + 1);
-    b->n += l;
+/* The page object of page pg: from the records on disk (out_dir) or from memory. Caller deletes. */
+static cJSON *load_page(const Ctx *c, const cJSON *mem, int pg) {
+    if (!c->o->out_dir) return cJSON_Duplicate(mem, 1);
+    char path[5000];
+    snprintf(path, sizeof path, "%s/%04d.json", c->pages_dir, pg);
+    char *txt = NULL;
+    size_t n;
+    if (ds_read_file(path, DOC_MAX_RECORD_BYTES, &txt, &n, NULL)) return NULL;
+    cJSON *rec = cJSON_ParseWithLength(txt, n);
+    free(txt);
+    cJSON *p = rec ? cJSON_DetachItemFromObjectCaseSensitive(rec, "page") : NULL;
+    cJSON_Delete(rec);
+    return p;
 }
 
-static DsocrStatus write_joined(const char *path, const cJSON *pages, const char *key, const char *sep, DsError *e) {
-    Out b = {0};
-    const cJSON *p;
-    int first = 1;
-    out_add(&b, "");
-    cJSON_ArrayForEach(p, pages) {
-        if (!first) out_add(&b, sep);
-        first = 0;
-        if (!strcmp(jstr(p, "status"), "failed") && !strcmp(key, "markdown")) {
-            char m[800];
-            const cJSON *pg = cJSON_GetObjectItemCaseSensitive(p, "page");
-            snprintf(m, sizeof m, "<!-- page %d failed: %.600s -->", pg ? pg->valueint : 0, jstr(p, "error"));
-            out_add(&b, m);
+/* A file written piece by piece to a temporary name, renamed when complete. */
+typedef struct Sink {
+    FILE *f;
+    char path[4200], tmp[4300];
+} Sink;
+
+static DsocrStatus sink_open(Sink *k, const char *path, DsError *e) {
+    snprintf(k->path, sizeof k->path, "%s", path);
+    snprintf(k->tmp, sizeof k->tmp, "%s.tmp%ld", path, (long)getpid());
+    k->f = fopen(k->tmp, "wb");
+    return k->f ? DSOCR_OK : ds_fail(e, DSOCR_E_IO, "cannot write %s: %s", path, strerror(errno));
+}
+
+static DsocrStatus sink_close(Sink *k, int ok, DsError *e) {
+    if (!k->f) return DSOCR_OK;
+    int bad = ferror(k->f) || fflush(k->f) || fsync(fileno(k->f));
+    bad |= fclose(k->f) != 0;
+    k->f = NULL;
+    if (!ok || bad || rename(k->tmp, k->path)) {
+        unlink(k->tmp);
+        return ok ? ds_fail(e, DSOCR_E_IO, "cannot write %s: %s", k->path, strerror(errno)) : DSOCR_OK;
+    }
+    return DSOCR_OK;
+}
+
+/* Writes the per-document files from the page objects, one page in memory at a time. */
+static DsocrStatus assemble(const Ctx *c, cJSON *doc, const cJSON *pages, DsError *e) {
+    const DocOptions *o = c->o;
+    static const struct {
+        unsigned fmt;
+        const char *ext, *key, *sep;
+    } J[] = {{DOC_FMT_MD, "md", "markdown", DOC_PAGE_SPLIT},
+             {DOC_FMT_RAW, "raw.md", "raw", DOC_PAGE_SPLIT},
+             {DOC_FMT_TXT, "txt", "text", "\n\f\n"},
+             {DOC_FMT_JSON, "json", NULL, ","}};
+    Sink k[4] = {0};
+    DsocrStatus st = DSOCR_OK;
+    char *head = NULL, *tail = NULL;
+    for (int j = 0; j < 4 && !st; j++) {
+        if (!(o->formats & J[j].fmt)) continue;
+        char path[4200];
+        snprintf(path, sizeof path, "%s/%s.%s", o->out_dir, o->out_stem, J[j].ext);
+        st = sink_open(&k[j], path, e);
+    }
+    if (!st && k[3].f) { /* the document object with its pages array spliced in */
+        cJSON *shell = cJSON_Duplicate(doc, 1);
+        if (shell) cJSON_ReplaceItemInObjectCaseSensitive(shell, "pages", cJSON_CreateArray());
+        char *txt = shell ? cJSON_PrintUnformatted(shell) : NULL;
+        cJSON_Delete(shell);
+        char *at = txt ? strstr(txt, "\"pages\":[]") : NULL;
+        if (!at) {
+            free(txt);
+            st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
         } else {
-            out_add(&b, jstr(p, key));
+            at += strlen("\"pages\":[");
+            tail = strdup(at);
+            *at = 0;
+            head = txt;
+            fputs(head, k[3].f);
         }
     }
-    out_add(&b, "\n");
-    if (b.oom) {
-        free(b.p);
-        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    const cJSON *stub;
+    int first = 1;
+    cJSON_ArrayForEach(stub, pages) {
+        if (st) break;
+        const cJSON *pgn = cJSON_GetObjectItemCaseSensitive(stub, "page");
+        cJSON *p = load_page(c, stub, pgn ? pgn->valueint : 0);
+        if (!p) {
+            st = ds_fail(e, DSOCR_E_IO, "%s: the record of page %d cannot be read back", c->d->name,
+                         pgn ? pgn->valueint : 0);
+            break;
+        }
+        for (int j = 0; j < 3; j++) {
+            if (!k[j].f) continue;
+            if (!first) fputs(J[j].sep, k[j].f);
+            if (j == 0 && !strcmp(jstr(p, "status"), "failed"))
+                fprintf(k[j].f, "<!-- page %d failed: %.600s -->", pgn->valueint, jstr(p, "error"));
+            else
+                fputs(jstr(p, J[j].key), k[j].f);
+        }
+        if (k[3].f) {
+            char *t = cJSON_PrintUnformatted(p);
+            if (!t) st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+            else fprintf(k[3].f, "%s%s", first ? "" : ",", t);
+            free(t);
+        }
+        cJSON_Delete(p);
+        first = 0;
     }
-    DsocrStatus st = document_write_file(path, b.p, b.n, e);
-    free(b.p);
+    for (int j = 0; j < 3; j++)
+        if (k[j].f) fputs("\n", k[j].f);
+    if (k[3].f && tail) fputs(tail, k[3].f);
+    for (int j = 0; j < 4; j++) {
+        DsocrStatus s2 = sink_close(&k[j], !st, e);
+        if (!st) st = s2;
+    }
+    free(head);
+    free(tail);
     return st;
 }
 
@@ -818,7 +883,8 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
                 free(txt);
             }
         }
-        const char *stt = jstr(pj, "status");
+        char stt[16];
+        snprintf(stt, sizeof stt, "%s", jstr(pj, "status"));
         counts[!strcmp(stt, "ok") ? 0 : !strcmp(stt, "retried") ? 1 : !strcmp(stt, "incomplete") ? 2 : 3]++;
         ev.kind = DOC_EV_PAGE_DONE;
         ev.cached = cached;
@@ -827,8 +893,16 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
         ev.seconds = ds_now() - t0;
         ev.message = !strcmp(stt, "failed") ? jstr(pj, "error") : NULL;
         ev.page_json = pj;
-        cJSON_AddItemToArray(pages, pj);
         if (!st) emit(&c, &ev);
+        if (o->out_dir) { /* the record on disk holds the page; memory stays flat over any number of pages */
+            cJSON *stub = cJSON_CreateObject();
+            cJSON_AddNumberToObject(stub, "page", pg);
+            cJSON_AddStringToObject(stub, "status", stt);
+            cJSON_AddItemToArray(pages, stub);
+            cJSON_Delete(pj);
+        } else {
+            cJSON_AddItemToArray(pages, pj);
+        }
         idx++;
     }
     free(sel);
@@ -838,28 +912,7 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
     cJSON_AddNumberToObject(sm, "incomplete", counts[2]);
     cJSON_AddNumberToObject(sm, "failed", counts[3]);
     cJSON_AddNumberToObject(sm, "seconds", ms(ds_now() - t_all));
-    if (!st && o->out_dir) {
-        char path[5000];
-        if (!st && (o->formats & DOC_FMT_MD)) {
-            snprintf(path, sizeof path, "%s/%s.md", o->out_dir, o->out_stem);
-            st = write_joined(path, pages, "markdown", DOC_PAGE_SPLIT, e);
-        }
-        if (!st && (o->formats & DOC_FMT_RAW)) {
-            snprintf(path, sizeof path, "%s/%s.raw.md", o->out_dir, o->out_stem);
-            st = write_joined(path, pages, "raw", DOC_PAGE_SPLIT, e);
-        }
-        if (!st && (o->formats & DOC_FMT_TXT)) {
-            snprintf(path, sizeof path, "%s/%s.txt", o->out_dir, o->out_stem);
-            st = write_joined(path, pages, "text", "\n\f\n", e);
-        }
-        if (!st && (o->formats & DOC_FMT_JSON)) {
-            snprintf(path, sizeof path, "%s/%s.json", o->out_dir, o->out_stem);
-            char *txt = cJSON_Print(doc);
-            if (!txt) st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-            else st = document_write_file(path, txt, strlen(txt), e);
-            free(txt);
-        }
-    }
+    if (!st && o->out_dir) st = assemble(&c, doc, pages, e);
     if (st || !json) cJSON_Delete(doc);
     else *json = doc;
     return st;

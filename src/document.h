@@ -120,7 +120,9 @@ int document_page_count(const Document *d);
 int document_is_pdf(const Document *d);
 
 /* Runs every selected page in order and returns the document object (schema docs/json-schema.json) in *json
- * (caller frees with cJSON_Delete; may be NULL when not wanted). Writes the files listed above when out_dir is
+ * (caller frees with cJSON_Delete; json may be NULL when not wanted). With out_dir, its "pages" array holds
+ * only {"page", "status"} per page (the full pages are in S.json and the records: memory stays flat whatever
+ * the page count); without, the full page objects. Writes the files listed above when out_dir is
  * set. Pages that fail are in the result with status "failed"; the run itself fails only for a bad option,
  * an unwritable output, cancellation (DSOCR_E_CANCELLED: complete pages keep their records) or no memory. */
 DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSON **json, DsError *e);
