@@ -16,7 +16,7 @@ BUILD   := build
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)
 CUDA    ?= $(if $(NVCC),1,0)
-CUDA_ARCH ?= 80 90
+CUDA_ARCH ?= 75 80 86 89 90
 CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
 HDRS     := $(wildcard include/*.h src/*.h src/*/*.h)
@@ -106,6 +106,13 @@ $(BUILD)/tests/header_c99.o: include/dsocr.h
 	@mkdir -p $(dir $@)
 	$(CC) -x c -std=c99 -pedantic-errors -Wall -Wextra -Werror -c -o $@ include/dsocr.h
 
+# GPU tests (need a CUDA GPU, so not part of `make test`): every tests/cuda/*.c, run one after another.
+CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(BUILD)/tests/cuda/%,$(wildcard tests/cuda/*.c))
+.PHONY: test-cuda test-cuda-bins
+test-cuda-bins: $(CUDA_TEST_BIN)
+test-cuda: test-cuda-bins
+	@set -e; for t in $(CUDA_TEST_BIN); do echo "== $$t"; $$t; done
+
 fuzz: $(FUZZ_BIN)
 bench: dsocr $(BENCH_BIN)
 
@@ -115,6 +122,17 @@ deps:
 run: deps
 	$(MAKE) dsocr
 	scripts/run.sh
+
+# make install PREFIX=/usr/local (default) [DESTDIR=staging]: the dsocr binary, which needs no other file
+# (models live in the per-user cache `dsocr pull` fills, or wherever --model / $DSOCR_MODEL point).
+PREFIX  ?= /usr/local
+.PHONY: install uninstall
+install: dsocr
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 755 dsocr $(DESTDIR)$(PREFIX)/bin/dsocr
+
+uninstall:
+	rm -f $(DESTDIR)$(PREFIX)/bin/dsocr
 
 format:
 	clang-format -i $(wildcard src/*.c src/*.h src/*/*.c src/*/*.h include/*.h tests/*.c tests/*.h fuzz/*.c bench/*.c)

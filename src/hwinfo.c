@@ -258,6 +258,9 @@ int hwinfo_parse_size(const char *s, uint64_t *out) {
     return 0;
 }
 
+/* The oldest GPUs the Makefile's default CUDA_ARCH targets (sm_75). */
+#define HW_MIN_CC 75
+
 static void gib(char *buf, size_t n, uint64_t b) { snprintf(buf, n, "%.1f GiB", (double)b / (1ull << 30)); }
 
 int hwinfo_recommend(const HwInfo *h, const HwModelNeeds *n, uint64_t gpu_budget, HwSetting out[HW_N_SETTINGS],
@@ -323,10 +326,10 @@ int hwinfo_recommend(const HwInfo *h, const HwModelNeeds *n, uint64_t gpu_budget
             if (!g) {
                 s->fits = 0;
                 snprintf(s->why, sizeof s->why, "no GPU");
-            } else if (!g->bf16) {
+            } else if (g->cc_major * 10 + g->cc_minor < HW_MIN_CC) {
                 s->fits = 0;
-                snprintf(s->why, sizeof s->why, "%s has compute capability %d.%d; dsocr's CUDA code needs 8.0+",
-                         g->name, g->cc_major, g->cc_minor);
+                snprintf(s->why, sizeof s->why, "%s has compute capability %d.%d; dsocr's CUDA build targets %d.%d+",
+                         g->name, g->cc_major, g->cc_minor, HW_MIN_CC / 10, HW_MIN_CC % 10);
             } else if (s->gpu_bytes > budget) {
                 s->fits = 0;
                 gib(a, sizeof a, s->gpu_bytes);

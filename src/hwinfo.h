@@ -19,7 +19,7 @@ typedef struct HwGpu {
     uint64_t total_bytes;
     uint64_t free_bytes; /* as the driver reports it after creating a context; valid when free_known */
     int free_known;
-    int bf16; /* native bf16 arithmetic (compute capability 8.0 or later) */
+    int bf16; /* native bf16 arithmetic (compute capability 8.0 or later; older GPUs emulate it) */
 } HwGpu;
 
 typedef struct HwInfo {

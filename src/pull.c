@@ -1106,7 +1106,7 @@ DsocrStatus pull_model(const PullOptions *opt, char *dir_out, size_t n, DsError 
     x.mem_max = 64u << 20;
     long code = 0;
     CURLcode rc = CURLE_OK;
-    int retries = o.retries < 0 ? 5 : o.retries;
+    int retries = o.retries < 0 ? 2 : o.retries < 2 ? o.retries : 2; /* no network: say so within seconds */
     double delay = o.retry_delay > 0 ? o.retry_delay : 1.0;
     for (int attempt = 0;; attempt++) {
         x.mem_len = 0;
