@@ -6,6 +6,7 @@
 #include <arpa/inet.h>
 #include <cjson/cJSON.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <malloc.h>
 #include <microhttpd.h>
 #include <netdb.h>
@@ -875,6 +876,16 @@ static void on_completed(void *cls, struct MHD_Connection *c, void **con_cls, en
 
 /* ---- start and stop ---- */
 
+static int sig_pipe[2] = {-1, -1};
+
+static void on_signal(int sig) {
+    int saved = errno;
+    unsigned char b = (unsigned char)sig;
+    if (write(sig_pipe[1], &b, 1) < 0) {
+    }
+    errno = saved;
+}
+
 void serve_config_default(ServeConfig *c) {
     memset(c, 0, sizeof *c);
     c->device = "cpu";
@@ -910,12 +921,19 @@ int serve_run(const ServeConfig *cfg) {
     struct MHD_Daemon *d = NULL;
     DsError e = {0};
 
-    /* signals: blocked in every thread; the main thread waits for them */
-    sigset_t set;
-    sigemptyset(&set);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGINT);
-    pthread_sigmask(SIG_BLOCK, &set, NULL);
+    /* signals: a handler (run by whichever thread gets them: libraries start threads of their own before main)
+     * writes the signal number to a pipe the main thread reads */
+    if (pipe2(sig_pipe, O_CLOEXEC) != 0) {
+        fprintf(stderr, "dsocr serve: pipe: %s\n", strerror(errno));
+        goto out;
+    }
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sa.sa_flags = SA_RESTART;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
     if (cfg->results_dir && *cfg->results_dir && results_open(cfg->results_dir, cfg->results_max, &s->results, &e)) {
@@ -933,10 +951,11 @@ int serve_run(const ServeConfig *cfg) {
     }
     unsigned flags = MHD_USE_THREAD_PER_CONNECTION | MHD_USE_POLL_INTERNAL_THREAD | MHD_USE_ERROR_LOG;
     if (ai->ai_family == AF_INET6) flags |= MHD_USE_IPv6;
-    d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_SOCK_ADDR, ai->ai_addr,
-                         MHD_OPTION_CONNECTION_LIMIT, (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT,
-                         (unsigned)120, MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_EXTERNAL_LOGGER,
-                         mhd_log, s, MHD_OPTION_THREAD_STACK_SIZE, (size_t)(512 * 1024), MHD_OPTION_END);
+    d = MHD_start_daemon(flags, (uint16_t)cfg->port, NULL, NULL, on_request, s, MHD_OPTION_EXTERNAL_LOGGER, mhd_log,
+                         s, MHD_OPTION_SOCK_ADDR, ai->ai_addr, MHD_OPTION_CONNECTION_LIMIT,
+                         (unsigned)cfg->max_connections, MHD_OPTION_CONNECTION_TIMEOUT, (unsigned)120,
+                         MHD_OPTION_NOTIFY_COMPLETED, on_completed, s, MHD_OPTION_THREAD_STACK_SIZE,
+                         (size_t)(512 * 1024), MHD_OPTION_END);
     freeaddrinfo(ai);
     if (!d) {
         fprintf(stderr, "dsocr serve: cannot listen on %s:%d: %s\n", cfg->host, cfg->port,
@@ -963,8 +982,8 @@ int serve_run(const ServeConfig *cfg) {
         fprintf(stderr, "dsocr serve: %s\n", e.msg);
         goto out;
     }
-    int sig = 0;
-    while (sigwait(&set, &sig) != 0) {
+    unsigned char sig = 0;
+    while (read(sig_pipe[0], &sig, 1) != 1 && errno == EINTR) {
     }
     slog("-", "%s: refusing new requests, finishing the running and queued ones (up to %.0f s)",
          sig == SIGTERM ? "SIGTERM" : "SIGINT", cfg->drain_s);
@@ -986,6 +1005,10 @@ out:
     results_close(s->results);
     sem_destroy(&s->decode_sem);
     pthread_mutex_destroy(&s->mu);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGINT, SIG_DFL);
+    for (int i = 0; i < 2; i++)
+        if (sig_pipe[i] >= 0) close(sig_pipe[i]), sig_pipe[i] = -1;
     if (rc == 0) slog("-", "stopped");
     free(s);
     return rc;
