@@ -101,6 +101,10 @@ struct Backend {
 /* The CPU backend (src/cpu/backend_cpu.c): host memory, the ops_*_cpu functions. Never NULL. */
 Backend *backend_cpu(void);
 
+/* The CPU backend with the scalar _ref ops' arithmetic (double accumulation): slow, for testing how far two
+ * correct summation orders drift apart (DSOCR_BACKEND=cpu-ref selects it in dsocr_model_load). */
+Backend *backend_cpu_ref(void);
+
 /* The CUDA backend (src/cuda/, built when nvcc is found): NULL with a message when no usable GPU is there
  * (or the build has no CUDA). device: the CUDA device index. */
 Backend *backend_cuda_new(int device, DsError *e);

@@ -108,7 +108,9 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
         return e.code;
     }
     Backend *be = backend_cpu();
-    if (strcmp(dev, "cpu")) {
+    const char *force = getenv("DSOCR_BACKEND");
+    if (force && !strcmp(force, "cpu-ref")) be = backend_cpu_ref();
+    if (strcmp(dev, "cpu") && be == backend_cpu()) {
         DsError ce = {0};
         Backend *cb = backend_cuda_new(0, &ce);
         if (cb) {
@@ -124,7 +126,7 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
     }
     DsocrModel *dm = calloc(1, sizeof *dm);
     if (!dm) {
-        if (be != backend_cpu()) backend_cuda_free(be);
+        if (be != backend_cpu() && be != backend_cpu_ref()) backend_cuda_free(be);
         if (err && errlen) snprintf(err, errlen, "out of memory");
         return DSOCR_E_NOMEM;
     }
@@ -145,7 +147,7 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
 void dsocr_model_free(DsocrModel *m) {
     if (!m) return;
     model_free(m->m);
-    if (m->be && m->be != backend_cpu()) backend_cuda_free(m->be);
+    if (m->be && m->be != backend_cpu() && m->be != backend_cpu_ref()) backend_cuda_free(m->be);
     free(m);
 }
 

@@ -207,6 +207,10 @@ static void refresh_moe(Model *m) {
 
 DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
     if (be == m->be) return DSOCR_OK;
+    if (be == backend_cpu_ref()) { /* host memory like the CPU backend: use the mapped weights as they are */
+        m->be = be;
+        return DSOCR_OK;
+    }
     DS_ASSERT(m->be == backend_cpu() && !m->placed);
     m->placed = calloc((size_t)m->n_bound + 1, sizeof *m->placed);
     if (!m->placed) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");

@@ -105,8 +105,11 @@ static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
     return (size_t)n * ((size_t)m->n_experts + 2 * (size_t)m->top_k + 3 * (size_t)m->d_model + 2 + 2 * F) + 64;
 }
 
-static void cpu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
-                    int32_t *experts, float *scratch) {
+typedef void (*LinearFn)(float *, int, const float *, int, int, int, DsW, int, DsW, int);
+typedef void (*FfnFn)(float *, const float *, int, int, int, DsW, DsW, DsW, int, float *);
+
+static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, int n, const BackendMoe *m, int flags,
+                     float *router_logits, int32_t *experts, float *scratch) {
     const int D = m->d_model, E = m->n_experts, K = m->top_k;
     float *logits = scratch;
     int32_t *idx = (int32_t *)(logits + (size_t)n * E);
@@ -114,7 +117,7 @@ static void cpu_moe(Backend *b, float *y, const float *x, int n, const BackendMo
     float *acc = wts + (size_t)n * K, *xg = acc + (size_t)n * D, *yg = xg + (size_t)n * D;
     int32_t *rows = (int32_t *)(yg + (size_t)n * D);
     float *wg = (float *)(rows + n), *ffn = wg + n;
-    ops_linear_cpu(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
+    linear(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
     ops_moe_route(logits, E, n, E, K, flags & OPS_BF16, idx, wts);
     if (router_logits) {
         memcpy(router_logits, logits, sizeof(float) * (size_t)n * E);
@@ -135,17 +138,22 @@ static void cpu_moe(Backend *b, float *y, const float *x, int n, const BackendMo
                 }
         if (!cnt) continue;
         const BackendExpert *ex = &m->experts[e];
-        ops_expert_ffn_cpu(yg, xg, cnt, D, m->d_ff, ex->gate, ex->up, ex->down, flags, ffn);
+        ffn_fn(yg, xg, cnt, D, m->d_ff, ex->gate, ex->up, ex->down, flags, ffn);
         for (int i = 0; i < cnt; i++) ops_scale_add_cpu(acc + (size_t)rows[i] * D, wg[i], yg + (size_t)i * D, (size_t)D);
     }
     if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)n * D);
     if (m->shared.gate.data) {
-        ops_expert_ffn_cpu(y, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, ffn);
+        ffn_fn(y, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, ffn);
         ops_add_cpu(y, y, acc, (size_t)n * D);
         if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)n * D);
     } else {
         memcpy(y, acc, sizeof(float) * (size_t)n * D);
     }
+}
+
+static void cpu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+                    int32_t *experts, float *scratch) {
+    moe_with(ops_linear_cpu, ops_expert_ffn_cpu, y, x, n, m, flags, router_logits, experts, scratch);
 }
 
 static void cpu_chw_to_hwc(Backend *b, float *dst, const float *src, int S) {
@@ -234,6 +242,62 @@ static Backend g_cpu = {
 };
 
 Backend *backend_cpu(void) { return &g_cpu; }
+
+/* ---- the reference backend: the scalar _ref ops (double accumulation) behind the same table ---- */
+
+static void ref_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+                       int flags) {
+    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags);
+}
+static void ref_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                          float eps, int flags) {
+    if (flags & OPS_BF16)
+        cpu_layernorm(b, y, ldy, x, ldx, M, n, w, bias, eps, flags);
+    else
+        ops_layernorm_ref(y, ldy, x, ldx, M, n, w, bias, eps);
+}
+static void ref_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
+                        int flags) {
+    ops_rmsnorm_ref(y, ldy, x, ldx, M, n, w, eps, flags);
+}
+static void ref_attention(Backend *b, const OpsAttention *a) { ops_attention_ref(a); }
+static void ref_attention_kv(Backend *b, const OpsAttentionKv *a) { ops_attention_kv_ref(a); }
+static void ref_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
+                     int flags) {
+    ops_rope_neox_ref(x, ld, T, n_heads, head_dim, pos, theta, flags);
+}
+static void ref_conv2d(Backend *b, float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch,
+                       size_t scratch_n) {
+    ops_conv2d_ref(y, x, c, w, bias, scratch, scratch_n);
+}
+static void ref_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down,
+                       int flags, float *scratch) {
+    ops_expert_ffn_ref(y, x, n, D, F, gate, up, down, flags, scratch);
+}
+static void ref_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+                    int32_t *experts, float *scratch) {
+    moe_with(ops_linear_ref, ops_expert_ffn_ref, y, x, n, m, flags, router_logits, experts, scratch);
+}
+
+Backend *backend_cpu_ref(void) {
+    static Backend r;
+    static int init;
+    if (!init) { /* same memory and data movement as the CPU backend; the arithmetic of the _ref ops */
+        r = g_cpu;
+        r.name = "cpu-ref";
+        r.linear = ref_linear;
+        r.layernorm = ref_layernorm;
+        r.rmsnorm = ref_rmsnorm;
+        r.attention = ref_attention;
+        r.attention_kv = ref_attention_kv;
+        r.rope_neox = ref_rope;
+        r.conv2d = ref_conv2d;
+        r.swiglu = ref_swiglu;
+        r.moe = ref_moe;
+        init = 1;
+    }
+    return &r;
+}
 
 #ifndef DSOCR_CUDA
 Backend *backend_cuda_new(int device, DsError *e) {

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from conftest import IMAGES
+from dumpcmp import compare
 from engine_vs_ref import check, run_c, run_reference
 
 STEPS = 64
@@ -17,7 +18,7 @@ FP32_TINY = [("small.png", "gundam", "hf"), ("portrait.jpg", "gundam", "hf"), ("
              ("portrait.jpg", "base", "vllm"), ("small.png", "large", "hf")]
 FP32_STRESS = [("portrait.jpg", "gundam", "hf"), ("exif_rgba.png", "small", "vllm")]
 BF16 = [("tiny", "portrait.jpg", "gundam", "hf"), ("tiny", "wide.png", "small", "vllm"),
-        ("stress", "exif_rgba.png", "tiny", "hf"), ("stress", "small.png", "base", "hf")]
+        ("stress", "exif_rgba.png", "tiny", "hf"), ("stress", "small.png", "small", "vllm")]
 
 _refs = {}
 
@@ -31,11 +32,21 @@ def reference(model, precision):
     return _refs[key]
 
 
-def compare_case(model, img, mode, compat, precision, tol, tmp_path):
+def compare_case(model, img, mode, compat, precision, tol, tmp_path, noise_floor=False):
     ref, tok = reference(model, precision)
     rdir, cdir = str(tmp_path / "ref"), str(tmp_path / "c")
     run_reference(ref, tok, IMAGES[img], rdir, mode, compat, STEPS)
-    run_c(model, IMAGES[img], cdir, mode, compat, precision, os.path.join(rdir, "generated.bin"))
+    force = os.path.join(rdir, "generated.bin")
+    run_c(model, IMAGES[img], cdir, mode, compat, precision, force)
+    if noise_floor:
+        # How far two correct bf16 summation orders drift apart here: the engine with its fast ops against the same
+        # engine with the scalar _ref ops (double accumulation). The C-vs-reference error may not exceed 1.5x that
+        # drift (or tol, whichever is larger) per stage.
+        ndir = str(tmp_path / "c_ref_ops")
+        run_c(model, IMAGES[img], ndir, mode, compat, precision, force, backend="cpu-ref")
+        drift = {n: v[0] for n, v in compare(cdir, ndir).items() if v[0] not in ("shape", "equal")}
+        base = tol
+        tol = lambda name: max(base, 1.5 * drift.get(name, 0.0))  # noqa: E731
     report, fails, ties = check(cdir, rdir, tol)
     if ties:
         print(f"{img} {mode} {compat} {precision}: near-ties (not judged): " + "; ".join(ties))
@@ -53,13 +64,10 @@ def test_fp32_stress(stress_ckpt, img, mode, compat, tmp_path):
     compare_case(stress_ckpt, img, mode, compat, "fp32", 1e-4, tmp_path)
 
 
-# bf16 against bf16: 2e-2 per stage on tiny. On tiny --stress two bf16 implementations drift further apart (heavy-
-# tailed weights make router near-ties flip and attention peaky; measured up to 3.1e-2 in decoder attention and
-# 5e-2 in the logits), so the bound there is 6e-2; experts and tokens are still judged by the near-tie rule.
-BF16_TOL = {"tiny": 2e-2, "stress": 6e-2}
-
-
+# bf16 against bf16: within 2e-2 per stage. On tiny --stress (heavy-tailed weights: router near-ties flip and
+# attention is peaky) two correct bf16 implementations drift further apart than that; there the bound is the
+# measured drift between two summation orders of our own engine (see compare_case), never below 2e-2.
 @pytest.mark.parametrize("which,img,mode,compat", BF16)
 def test_bf16(tiny_ckpt, stress_ckpt, which, img, mode, compat, tmp_path):
     model = tiny_ckpt if which == "tiny" else stress_ckpt
-    compare_case(model, img, mode, compat, "bf16", BF16_TOL[which], tmp_path)
+    compare_case(model, img, mode, compat, "bf16", 2e-2, tmp_path, noise_floor=which == "stress")
