@@ -257,6 +257,19 @@ static char *replace_all(char *s, const char *a, const char *b) {
     return str_take(&o);
 }
 
+/* Runs of three or more newlines become two (the PDF script's two single passes can leave three). */
+static char *collapse_newlines(char *t) {
+    if (!t) return NULL;
+    char *w = t;
+    int run = 0;
+    for (const char *r = t; *r; r++) {
+        run = *r == '\n' ? run + 1 : 0;
+        if (run <= 2) *w++ = *r;
+    }
+    *w = 0;
+    return t;
+}
+
 /* Plain text from cleaned markdown: image links dropped, leading '#'s of headings dropped, HTML tags removed
  * (</td>/</th> become a tab, </tr>, <br> and </p> a newline), runs of 3+ newlines become two. */
 static char *plain_text(const char *md) {
@@ -296,9 +309,8 @@ static char *plain_text(const char *md) {
     }
     char *t = str_take(&o);
     if (!t) return NULL;
-    for (int k = 0; k < 8; k++) t = replace_all(t, "\t\n", "\n");
-    t = replace_all(t, "\n\n\n\n", "\n\n");
-    t = replace_all(t, "\n\n\n", "\n\n");
+    while (t && strstr(t, "\t\n")) t = replace_all(t, "\t\n", "\n");
+    t = collapse_newlines(t);
     if (!t) return NULL;
     size_t st, n = postprocess_trim(t, strlen(t), &st);
     char *r = dup_trim(t + st, n);
@@ -386,8 +398,7 @@ DsocrStatus postprocess_page(const char *raw, size_t len, const PpOptions *o, Pp
     char *t = str_take(&md);
     t = replace_all(t, "\\coloneqq", ":=");
     t = replace_all(t, "\\eqqcolon", "=:");
-    t = replace_all(t, "\n\n\n\n", "\n\n");
-    t = replace_all(t, "\n\n\n", "\n\n");
+    t = collapse_newlines(t);
     if (!t) goto oom;
     size_t st, tn = postprocess_trim(t, strlen(t), &st);
     out->markdown = dup_trim(t + st, tn);

@@ -17,7 +17,8 @@
  *  - An image ref gets one link and one crop per box, numbered per page (the official idx/k counters disagree
  *    when a ref holds several boxes).
  *  - The newline collapsing of the PDF script runs on every page (the script only runs it on pages that have a
- *    non-image block, R14). */
+ *    non-image block, R14) and to the end: no run of three or more newlines is left (the script's two single
+ *    replace passes can leave three). */
 #ifndef DSOCR_POSTPROCESS_H
 #define DSOCR_POSTPROCESS_H
 
