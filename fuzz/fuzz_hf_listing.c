@@ -26,7 +26,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     if (strlen(l.commit) >= sizeof l.commit || strlen(l.license) >= sizeof l.license) abort();
     for (int i = 0; i < l.n_files; i++) {
         const PullFile *f = &l.files[i];
-        if (!f->path || !pull_path_safe(f->path) || strstr(f->path, "..") == f->path) abort();
+        if (!f->path || !pull_path_safe(f->path)) abort();
         if (!hex_ok(f->sha256, 64) || !hex_ok(f->git_oid, 40)) abort();
     }
     unsigned char *sel = malloc(l.n_files ? (size_t)l.n_files : 1);
