@@ -1093,7 +1093,7 @@ DsocrStatus pull_model(const PullOptions *opt, char *dir_out, size_t n, DsError 
     char rev_enc[1024], url[4096];
     if (url_escape(rev_enc, sizeof rev_enc, revision, 0))
         return ds_fail(e, DSOCR_E_INVALID_ARG, "the revision name is too long");
-    snprintf(url, sizeof url, "%s/api/models/%s/revision/%s?blobs=true", endpoint, repo, rev_enc);
+    snprintf(url, sizeof url, "%s/api/models/%s/revision/%s?blobs=True", endpoint, repo, rev_enc);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) return ds_fail(e, DSOCR_E_IO, "cannot start libcurl");
 
     DsocrStatus st = DSOCR_OK;

@@ -1,7 +1,7 @@
 /* pull.h: `dsocr pull`: downloads a model folder from the Hugging Face Hub (or a mirror) with libcurl.
  *
  * What it talks to (the Hub's public HTTP API, the same one huggingface_hub uses):
- *   GET {endpoint}/api/models/{repo}/revision/{revision}?blobs=true
+ *   GET {endpoint}/api/models/{repo}/revision/{revision}?blobs=True
  *       the revision's commit ("sha"), model card data ("cardData.license") and every file ("siblings":
  *       rfilename, size, blobId = git blob sha1, lfs.sha256 for files stored with Git LFS)
  *   GET {endpoint}/{repo}/resolve/{commit}/{path}
@@ -67,7 +67,7 @@ typedef struct PullListing {
 } PullListing;
 
 /* Parses a listing in either of the Hub's two shapes: the model-info object of
- * /api/models/{repo}/revision/{rev}?blobs=true ({"sha", "cardData", "siblings": [{"rfilename", "size", "blobId",
+ * /api/models/{repo}/revision/{rev}?blobs=True ({"sha", "cardData", "siblings": [{"rfilename", "size", "blobId",
  * "lfs": {"sha256", "size"}}]}) or the array of /api/models/{repo}/tree/{rev} ([{"type", "path", "size", "oid",
  * "lfs": {"oid", "size"}}], directories skipped). A malformed document, a file without a size, a hash that is
  * not hex of the right length, or an unsafe path is refused with a message naming it. Free with

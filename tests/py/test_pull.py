@@ -85,7 +85,7 @@ def test_clean_download_then_ocr(hub, tmp_path):
     n1 = len(hub.requests)
     r2 = pull(hub, tmp_path, "test/tiny", "--dir", d)
     assert r2.returncode == 0 and "nothing to download" in r2.stderr, r2.stderr
-    assert [p for s, _, p, _ in hub.requests[n1:]] == ["/api/models/test/tiny/revision/main?blobs=true"]
+    assert [p for s, _, p, _ in hub.requests[n1:]] == ["/api/models/test/tiny/revision/main?blobs=True"]
     n2 = len(hub.requests)
     r3 = pull(hub, tmp_path, "test/tiny", "--dir", d, "--if-missing")
     assert r3.returncode == 0 and len(hub.requests) == n2
