@@ -189,18 +189,23 @@ static void child_message(const char *err, char *msg, size_t n) {
     else snprintf(msg, n, "%.*s", (int)(bl > 300 ? 300 : bl), best);
 }
 
-/* Parses `mutool pages` output: <page pagenum="N"> ... <MediaBox l= b= r= t= /> ... </page>. */
-static DsocrStatus parse_mutool_pages(PdfDoc *d, const char *s, DsError *e) {
+DsocrStatus pdf_parse_listing(const char *s, int *n_pages, unsigned char **exists, double **size_pt, DsError *e) {
+    *n_pages = 0;
+    *exists = NULL;
+    *size_pt = NULL;
     int maxp = 0;
     for (const char *p = s; (p = strstr(p, "<page pagenum=\"")); p++) {
         long v = strtol(p + 15, NULL, 10);
         if (v > maxp && v <= PDF_MAX_PAGES) maxp = (int)v;
     }
-    if (maxp < 1) return ds_fail(e, DSOCR_E_FORMAT, "%s: no pages", d->path);
-    d->n_pages = maxp;
-    d->exists = calloc((size_t)maxp, 1);
-    d->size_pt = calloc((size_t)maxp * 2, sizeof(double));
-    if (!d->exists || !d->size_pt) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    if (maxp < 1) return ds_fail(e, DSOCR_E_FORMAT, "no pages");
+    unsigned char *ex = calloc((size_t)maxp, 1);
+    double *sz = calloc((size_t)maxp * 2, sizeof(double));
+    if (!ex || !sz) {
+        free(ex);
+        free(sz);
+        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    }
     for (const char *p = s; (p = strstr(p, "<page pagenum=\"")); p++) {
         long v = strtol(p + 15, NULL, 10);
         if (v < 1 || v > maxp) continue;
@@ -208,12 +213,16 @@ static DsocrStatus parse_mutool_pages(PdfDoc *d, const char *s, DsError *e) {
         const char *mb = strstr(p, "<MediaBox ");
         if (!end || !mb || mb > end) continue;
         double l = 0, b = 0, r = 0, t = 0;
-        if (sscanf(mb, "<MediaBox l=\"%lf\" b=\"%lf\" r=\"%lf\" t=\"%lf\"", &l, &b, &r, &t) == 4) {
-            d->exists[v - 1] = 1;
-            d->size_pt[2 * (v - 1)] = fabs(r - l);
-            d->size_pt[2 * (v - 1) + 1] = fabs(t - b);
+        if (sscanf(mb, "<MediaBox l=\"%lf\" b=\"%lf\" r=\"%lf\" t=\"%lf\"", &l, &b, &r, &t) == 4 && isfinite(l) &&
+            isfinite(b) && isfinite(r) && isfinite(t)) {
+            ex[v - 1] = 1;
+            sz[2 * (v - 1)] = fabs(r - l);
+            sz[2 * (v - 1) + 1] = fabs(t - b);
         }
     }
+    *n_pages = maxp;
+    *exists = ex;
+    *size_pt = sz;
     return DSOCR_OK;
 }
 
@@ -261,7 +270,10 @@ DsocrStatus pdf_open(const char *path, const PdfOptions *opt, PdfDoc **out, DsEr
             st = ds_fail(e, DSOCR_E_FORMAT, "%s: not a readable PDF (mutool: %s)", path, msg);
             goto fail;
         }
-        if ((st = parse_mutool_pages(d, txt, e))) goto fail;
+        if ((st = pdf_parse_listing(txt, &d->n_pages, &d->exists, &d->size_pt, e))) {
+            ds_error_prefix(e, "%s", path);
+            goto fail;
+        }
     } else {
         char info[1024];
         const char *slash = strrchr(d->exe, '/');

@@ -50,6 +50,11 @@ const char *pdf_renderer_name(const PdfDoc *d);
  * renderer's message when the page cannot be drawn, DSOCR_E_IO on timeout or when a limit was hit. */
 DsocrStatus pdf_render(PdfDoc *d, int page, int dpi, char **png, size_t *len, DsError *e);
 
+/* Parses the output of `mutool pages` (text written by a child that read a hostile file): the page count (the
+ * largest pagenum, at most 100000), which pages have a MediaBox ([n] 0/1) and their sizes in points ([n][2]);
+ * fresh arrays (caller frees). DSOCR_E_FORMAT when no page is listed. Exposed for the fuzz target. */
+DsocrStatus pdf_parse_listing(const char *text, int *n_pages, unsigned char **exists, double **size_pt, DsError *e);
+
 /* Runs argv (argv[0] an absolute path) with the limits of opt; collects stdout (at most max_output bytes; more
  * is an error) and the first 4 KiB of stderr. *status: the exit status, or 128 + signal. Exposed for tests. */
 DsocrStatus pdf_run_child(char *const argv[], const PdfOptions *opt, char **out, size_t *out_len, char *err,
