@@ -70,7 +70,7 @@ DsocrStatus results_open(const char *dir, int max, ResultsStore **out, DsError *
     } else if (dfd >= 0) {
         close(dfd);
     }
-    qsort(found, (size_t)nf, sizeof *found, cmp_names);
+    if (nf) qsort(found, (size_t)nf, sizeof *found, cmp_names);
     rs->cap = (nf > max ? nf : max) + 1;
     rs->names = calloc((size_t)rs->cap, sizeof *rs->names);
     if (!rs->names) {
