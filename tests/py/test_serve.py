@@ -465,3 +465,11 @@ def test_sigterm_drains(tiny_model, tmp_path):
     assert st == 200 and j["success"] is True
     assert s.stop() == 0
     assert "SIGTERM" in s.text() and "stopped" in s.text()
+
+
+def test_page_c_is_generated_from_page_html():
+    import subprocess
+    import sys
+    from serveutil import REPO
+    r = subprocess.run([sys.executable, os.path.join(REPO, "src", "serve", "gen_page.py"), "--check"])
+    assert r.returncode == 0, "src/serve/page.c is out of date: run src/serve/gen_page.py"
