@@ -11,7 +11,7 @@ PYTHON  ?= /usr/bin/python3
 OPT     ?= -O2
 CFLAGS  += -std=c17 $(OPT) -g -Wall -Wextra -Werror -Wno-unused-parameter -Wno-format-truncation -D_GNU_SOURCE -pthread -fopenmp \
            -Iinclude -Isrc
-LDLIBS  += -lmicrohttpd -lcurl -lcjson -lpng -ljpeg -lwebp -lgif -ltiff -lpcre2-8 -lopenblas -lm -lpthread -fopenmp
+LDLIBS  += -lmicrohttpd -lcurl -lcrypto -lcjson -lpng -ljpeg -lwebp -lgif -ltiff -lpcre2-8 -lopenblas -lm -lpthread -fopenmp
 BUILD   := build
 
 NVCC    ?= $(shell command -v nvcc 2>/dev/null)

@@ -3,7 +3,7 @@
 set -e
 PKGS="build-essential pkg-config clang libclang-rt-14-dev libcjson-dev libpng-dev libjpeg62-turbo-dev libwebp-dev \
 libgif-dev libtiff-dev libpcre2-dev libopenblas-dev libmicrohttpd-dev python3 python3-torch python3-pil \
-python3-numpy python3-pytest python3-regex curl ca-certificates libcurl4-openssl-dev mupdf-tools libtasn1-doc chromium"
+python3-numpy python3-pytest python3-regex curl ca-certificates libcurl4-openssl-dev libssl-dev mupdf-tools libtasn1-doc chromium"
 missing=""
 for p in $PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"

@@ -1,5 +1,5 @@
 /* pull.c: Hugging Face downloads for `dsocr pull` (see pull.h for the endpoints and the folder contract):
- * SHA-256 / SHA-1 written from FIPS 180-4, the listing parser (untrusted JSON), file selection, the per-user
+ * SHA-256 / SHA-1 through libcrypto, the listing parser (untrusted JSON), file selection, the per-user
  * cache folder, and resumable, verified transfers over libcurl. */
 #include "pull.h"
 
@@ -10,6 +10,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <openssl/evp.h>
 #include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -20,130 +21,87 @@
 #include <time.h>
 #include <unistd.h>
 
-/* ---- SHA-256 ---- */
+/* ---- hashes: OpenSSL's libcrypto (SHA-NI / AVX2 code paths: the hash keeps up with a fast link) ---- */
 
-static const uint32_t K256[64] = {
-    0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-    0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-    0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-    0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-    0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-    0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-    0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-    0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2};
-
-static inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
-static inline uint32_t rotl(uint32_t x, int n) { return (x << n) | (x >> (32 - n)); }
-static inline uint32_t be32(const uint8_t *p) {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+static void *md_new(const char *name) {
+    EVP_MD_CTX *c = EVP_MD_CTX_new();
+    DS_ASSERT(c != NULL);
+    DS_ASSERT(EVP_DigestInit_ex(c, !strcmp(name, "sha256") ? EVP_sha256() : EVP_sha1(), NULL) == 1);
+    return c;
 }
 
-static void sha256_block(uint32_t h[8], const uint8_t *p) {
-    uint32_t w[64];
-    for (int i = 0; i < 16; i++) w[i] = be32(p + 4 * i);
-    for (int i = 16; i < 64; i++) {
-        uint32_t s0 = rotr(w[i - 15], 7) ^ rotr(w[i - 15], 18) ^ (w[i - 15] >> 3);
-        uint32_t s1 = rotr(w[i - 2], 17) ^ rotr(w[i - 2], 19) ^ (w[i - 2] >> 10);
-        w[i] = w[i - 16] + s0 + w[i - 7] + s1;
-    }
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4], f = h[5], g = h[6], k = h[7];
-    for (int i = 0; i < 64; i++) {
-        uint32_t t1 = k + (rotr(e, 6) ^ rotr(e, 11) ^ rotr(e, 25)) + ((e & f) ^ (~e & g)) + K256[i] + w[i];
-        uint32_t t2 = (rotr(a, 2) ^ rotr(a, 13) ^ rotr(a, 22)) + ((a & b) ^ (a & c) ^ (b & c));
-        k = g, g = f, f = e, e = d + t1, d = c, c = b, b = a, a = t1 + t2;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e, h[5] += f, h[6] += g, h[7] += k;
+static void md_hex(void *ctx, char *hex) {
+    unsigned char d[EVP_MAX_MD_SIZE];
+    unsigned n = 0;
+    DS_ASSERT(EVP_DigestFinal_ex(ctx, d, &n) == 1);
+    EVP_MD_CTX_free(ctx);
+    for (unsigned i = 0; i < n; i++) snprintf(hex + 2 * i, 3, "%02x", d[i]);
 }
 
-void pull_sha256_init(PullSha256 *s) {
-    static const uint32_t h0[8] = {0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a,
-                                   0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19};
-    memcpy(s->h, h0, sizeof h0);
-    s->len = 0;
-    s->n = 0;
-}
-
-/* Shared Merkle-Damgard buffering for both hashes. */
-static void md_update(uint8_t buf[64], size_t *n, uint64_t *len, const uint8_t *p, size_t len_in, void *h,
-                      void (*block)(void *h, const uint8_t *p)) {
-    *len += len_in;
-    if (*n) {
-        size_t take = 64 - *n < len_in ? 64 - *n : len_in;
-        memcpy(buf + *n, p, take);
-        *n += take, p += take, len_in -= take;
-        if (*n < 64) return;
-        block(h, buf);
-        *n = 0;
-    }
-    for (; len_in >= 64; p += 64, len_in -= 64) block(h, p);
-    memcpy(buf, p, len_in);
-    *n = len_in;
-}
-
-static void sha256_block_v(void *h, const uint8_t *p) { sha256_block(h, p); }
-
+void pull_sha256_init(PullSha256 *s) { s->ctx = md_new("sha256"); }
 void pull_sha256_update(PullSha256 *s, const void *data, size_t len) {
-    md_update(s->buf, &s->n, &s->len, data, len, s->h, sha256_block_v);
+    DS_ASSERT(EVP_DigestUpdate(s->ctx, data, len) == 1);
 }
-
-/* Pads per FIPS 180-4 (0x80, zeros, 64-bit big-endian bit length) and runs the last block(s). */
-static void md_pad(uint8_t buf[64], size_t n, uint64_t len, void *h, void (*block)(void *h, const uint8_t *p)) {
-    uint64_t bits = len * 8;
-    buf[n++] = 0x80;
-    if (n > 56) {
-        memset(buf + n, 0, 64 - n);
-        block(h, buf);
-        n = 0;
-    }
-    memset(buf + n, 0, 56 - n);
-    for (int i = 0; i < 8; i++) buf[56 + i] = (uint8_t)(bits >> (56 - 8 * i));
-    block(h, buf);
-}
-
-static void hex_words(const uint32_t *h, int n, char *out) {
-    for (int i = 0; i < n; i++) snprintf(out + 8 * i, 9, "%08x", h[i]);
-}
-
 void pull_sha256_final(PullSha256 *s, char hex[65]) {
-    md_pad(s->buf, s->n, s->len, s->h, sha256_block_v);
-    hex_words(s->h, 8, hex);
+    md_hex(s->ctx, hex);
+    s->ctx = NULL;
 }
-
-/* ---- SHA-1 (git blob ids of the small files stored in git itself) ---- */
-
-static void sha1_block(void *hv, const uint8_t *p) {
-    uint32_t *h = hv, w[80];
-    for (int i = 0; i < 16; i++) w[i] = be32(p + 4 * i);
-    for (int i = 16; i < 80; i++) w[i] = rotl(w[i - 3] ^ w[i - 8] ^ w[i - 14] ^ w[i - 16], 1);
-    uint32_t a = h[0], b = h[1], c = h[2], d = h[3], e = h[4];
-    for (int i = 0; i < 80; i++) {
-        uint32_t f, k;
-        if (i < 20)
-            f = (b & c) | (~b & d), k = 0x5a827999;
-        else if (i < 40)
-            f = b ^ c ^ d, k = 0x6ed9eba1;
-        else if (i < 60)
-            f = (b & c) | (b & d) | (c & d), k = 0x8f1bbcdc;
-        else
-            f = b ^ c ^ d, k = 0xca62c1d6;
-        uint32_t t = rotl(a, 5) + f + e + k + w[i];
-        e = d, d = c, c = rotl(b, 30), b = a, a = t;
-    }
-    h[0] += a, h[1] += b, h[2] += c, h[3] += d, h[4] += e;
-}
-
-void pull_sha1_init(PullSha1 *s) {
-    static const uint32_t h0[5] = {0x67452301, 0xefcdab89, 0x98badcfe, 0x10325476, 0xc3d2e1f0};
-    memcpy(s->h, h0, sizeof h0);
-    s->len = 0;
-    s->n = 0;
-}
-void pull_sha1_update(PullSha1 *s, const void *data, size_t len) {
-    md_update(s->buf, &s->n, &s->len, data, len, s->h, sha1_block);
-}
+void pull_sha1_init(PullSha1 *s) { s->ctx = md_new("sha1"); }
+void pull_sha1_update(PullSha1 *s, const void *data, size_t len) { DS_ASSERT(EVP_DigestUpdate(s->ctx, data, len) == 1); }
 void pull_sha1_final(PullSha1 *s, char hex[41]) {
-    md_pad(s->buf, s->n, s->len, s->h, sha1_block);
-    hex_words(s->h, 5, hex);
+    md_hex(s->ctx, hex);
+    s->ctx = NULL;
+}
+void pull_sha256_abandon(PullSha256 *s) {
+    EVP_MD_CTX_free(s->ctx);
+    s->ctx = NULL;
+}
+void pull_sha1_abandon(PullSha1 *s) {
+    EVP_MD_CTX_free(s->ctx);
+    s->ctx = NULL;
+}
+
+/* The one hash a file is checked with: the git blob sha1 ("blob SIZE\0" + bytes) of a file stored in git, else
+ * the sha256 of its bytes (LFS files). */
+typedef struct FileHash {
+    int git;
+    PullSha256 sha;
+    PullSha1 sha1;
+    int live;
+} FileHash;
+
+static void fh_init(FileHash *h, int git, uint64_t size) {
+    h->git = git;
+    h->live = 1;
+    if (!git) {
+        pull_sha256_init(&h->sha);
+        return;
+    }
+    pull_sha1_init(&h->sha1);
+    char hdr[48];
+    int hl = snprintf(hdr, sizeof hdr, "blob %llu", (unsigned long long)size);
+    pull_sha1_update(&h->sha1, hdr, (size_t)hl + 1);
+}
+static void fh_update(FileHash *h, const void *p, size_t n) {
+    if (h->git)
+        pull_sha1_update(&h->sha1, p, n);
+    else
+        pull_sha256_update(&h->sha, p, n);
+}
+static void fh_final(FileHash *h, char hex[65]) {
+    if (h->git)
+        pull_sha1_final(&h->sha1, hex);
+    else
+        pull_sha256_final(&h->sha, hex);
+    h->live = 0;
+}
+static void fh_abandon(FileHash *h) {
+    if (!h->live) return;
+    if (h->git)
+        pull_sha1_abandon(&h->sha1);
+    else
+        pull_sha256_abandon(&h->sha);
+    h->live = 0;
 }
 
 /* ---- listing ---- */
@@ -515,9 +473,7 @@ typedef struct Xfer {
     uint64_t written; /* bytes of this response written */
     uint64_t total;   /* expected full size */
     int started, too_big, write_errno;
-    PullSha256 sha;
-    PullSha1 sha1;
-    int use_sha1;
+    FileHash hash;
     /* an error body (HTTP >= 400) kept for messages */
     char body[512];
     size_t body_len;
@@ -613,13 +569,9 @@ static size_t on_file(char *p, size_t size, size_t nmemb, void *user) {
                 return 0;
             }
             x->offset = 0;
-            pull_sha256_init(&x->sha);
-            pull_sha1_init(&x->sha1);
-            if (x->use_sha1) {
-                char hdr[48];
-                int hl = snprintf(hdr, sizeof hdr, "blob %llu", (unsigned long long)x->total);
-                pull_sha1_update(&x->sha1, hdr, (size_t)hl + 1);
-            }
+            int git = x->hash.git;
+            fh_abandon(&x->hash);
+            fh_init(&x->hash, git, x->total);
         }
     }
     if (x->offset + x->written + len > x->total) {
@@ -635,8 +587,7 @@ static size_t on_file(char *p, size_t size, size_t nmemb, void *user) {
         }
         done += (size_t)w;
     }
-    pull_sha256_update(&x->sha, p, len);
-    if (x->use_sha1) pull_sha1_update(&x->sha1, p, len);
+    fh_update(&x->hash, p, len);
     x->written += len;
     return len;
 }
@@ -817,45 +768,32 @@ static void human(char *buf, size_t n, uint64_t b) {
         snprintf(buf, n, "%llu B", (unsigned long long)b);
 }
 
-/* Hashes a whole file; sha1 of the git blob form ("blob SIZE\0" + bytes) when git = 1. */
+/* Hashes a whole file with its FileHash kind (git = 1: git blob sha1). */
 static int hash_file(const char *path, int git, uint64_t size, char *hex) {
     int fd = open(path, O_RDONLY);
     if (fd < 0) return -1;
-    PullSha256 s;
-    PullSha1 s1;
-    pull_sha256_init(&s);
-    pull_sha1_init(&s1);
-    if (git) {
-        char hdr[48];
-        int hl = snprintf(hdr, sizeof hdr, "blob %llu", (unsigned long long)size);
-        pull_sha1_update(&s1, hdr, (size_t)hl + 1);
-    }
-    char *buf = malloc(1 << 16);
+    char *buf = malloc(1 << 20);
     if (!buf) {
         close(fd);
         return -1;
     }
+    FileHash h;
+    fh_init(&h, git, size);
+    int rc = 0;
     for (;;) {
-        ssize_t r = read(fd, buf, sizeof buf);
+        ssize_t r = read(fd, buf, 1 << 20);
         if (r < 0 && errno == EINTR) continue;
-        if (r < 0) {
-            free(buf);
-            close(fd);
-            return -1;
-        }
-        if (r == 0) break;
-        if (git)
-            pull_sha1_update(&s1, buf, (size_t)r);
-        else
-            pull_sha256_update(&s, buf, (size_t)r);
+        if (r < 0) rc = -1;
+        if (r <= 0) break;
+        fh_update(&h, buf, (size_t)r);
     }
     free(buf);
     close(fd);
-    if (git)
-        pull_sha1_final(&s1, hex);
+    if (rc)
+        fh_abandon(&h);
     else
-        pull_sha256_final(&s, hex);
-    return 0;
+        fh_final(&h, hex);
+    return rc;
 }
 
 /* The pull record: every selected file with its size and hash; complete = 1 once all are in place. */
@@ -943,15 +881,8 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
         Xfer x;
         memset(&x, 0, sizeof x);
         x.fd = fd, x.offset = have, x.total = f->size, x.opt = o, x.name = f->path;
-        x.use_sha1 = git;
         x.t0 = x.last = ds_now();
-        pull_sha256_init(&x.sha);
-        pull_sha1_init(&x.sha1);
-        if (git) {
-            char hdr[48];
-            int hl = snprintf(hdr, sizeof hdr, "blob %llu", (unsigned long long)f->size);
-            pull_sha1_update(&x.sha1, hdr, (size_t)hl + 1);
-        }
+        fh_init(&x.hash, git, f->size);
         if (have) { /* the bytes already here go into the hash first */
             resumed_any = 1;
             char tb[32];
@@ -961,6 +892,7 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
             char *buf = malloc(1 << 20);
             if (!buf) {
                 close(fd);
+                fh_abandon(&x.hash);
                 return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
             }
             uint64_t left = have;
@@ -968,13 +900,13 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
             while (left) {
                 ssize_t r = pread(fd, buf, left < (1u << 20) ? (size_t)left : (1u << 20), pos);
                 if (r <= 0) break;
-                pull_sha256_update(&x.sha, buf, (size_t)r);
-                if (git) pull_sha1_update(&x.sha1, buf, (size_t)r);
+                fh_update(&x.hash, buf, (size_t)r);
                 left -= (uint64_t)r, pos += r;
             }
             free(buf);
             if (left) {
                 close(fd);
+                fh_abandon(&x.hash);
                 return ds_fail(e, DSOCR_E_IO, "cannot read %s", part);
             }
         }
@@ -984,6 +916,8 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
         else code = 206; /* nothing left to fetch: only the check */
         int sync_fail = fsync(fd) != 0;
         close(fd);
+        char hex[65];
+        fh_final(&x.hash, hex); /* every path below ends this attempt */
         uint64_t got = x.offset + x.written;
         if (rc == CURLE_WRITE_ERROR && x.write_errno == ENOSPC) {
             struct statvfs vs;
@@ -1035,11 +969,6 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
                            f->path, endpoint, attempt + 1, hb, part);
         }
         if (sync_fail) return ds_fail(e, DSOCR_E_IO, "cannot write %s: %s", part, strerror(errno));
-        char hex[65];
-        if (git)
-            pull_sha1_final(&x.sha1, hex);
-        else
-            pull_sha256_final(&x.sha, hex);
         const char *want = git ? f->git_oid : f->sha256;
         if (want[0] && strcmp(hex, want)) {
             unlink(part);

@@ -30,26 +30,24 @@
 #define PULL_DEFAULT_ENDPOINT "https://huggingface.co"
 #define PULL_MARKER ".dsocr-pull.json"
 
-/* ---- hashes (FIPS 180-4), used to verify downloads ---- */
+/* ---- hashes (SHA-256, SHA-1), used to verify downloads ---- */
+/* A running hash: init, any number of updates, then final (which frees it and writes lowercase hex, NUL
+ * included) or abandon (frees it without a result). */
 typedef struct PullSha256 {
-    uint32_t h[8];
-    uint64_t len; /* bytes hashed so far */
-    uint8_t buf[64];
-    size_t n;
+    void *ctx;
 } PullSha256;
 void pull_sha256_init(PullSha256 *s);
 void pull_sha256_update(PullSha256 *s, const void *data, size_t len);
-void pull_sha256_final(PullSha256 *s, char hex[65]); /* lowercase hex, NUL-terminated */
+void pull_sha256_final(PullSha256 *s, char hex[65]);
+void pull_sha256_abandon(PullSha256 *s);
 
 typedef struct PullSha1 {
-    uint32_t h[5];
-    uint64_t len;
-    uint8_t buf[64];
-    size_t n;
+    void *ctx;
 } PullSha1;
 void pull_sha1_init(PullSha1 *s);
 void pull_sha1_update(PullSha1 *s, const void *data, size_t len);
 void pull_sha1_final(PullSha1 *s, char hex[41]);
+void pull_sha1_abandon(PullSha1 *s);
 
 /* ---- the repository listing (untrusted bytes from the network) ---- */
 typedef struct PullFile {
