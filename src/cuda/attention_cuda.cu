@@ -1,0 +1,464 @@
+/* attention_cuda.cu: attention on the GPU (ops.h semantics of ops_attention, ops_attention_kv, kv_write).
+ *
+ * attention: a flash-style kernel (streaming softmax over 32-key tiles held in shared memory, fp32 arithmetic).
+ *   TPQ = 1, 2 or 4 threads share a query row, 32 head dimensions each (head_dim <= 128); 128 threads a block.
+ *   The SAM decomposed relative-position bias is computed on the fly: each block first forms, for each of its
+ *   queries, q·Rh[i1 − i2 + gh − 1] for every key row i2 and q·Rw[j1 − j2 + gw − 1] for every key column j2
+ *   ((gh + gw) floats a query, in shared memory); a score then adds two of them (with bf16_bias: each term and
+ *   their sum rounded to bf16, as the official bf16 run's bias tensor). No [T, T] array exists.
+ *   Larger head_dim, or grids whose tables do not fit in shared memory, take a plain two-pass kernel.
+ * attention_kv: one block per (row, head[, key split]) over the block KV cache (bf16 or f32); four warps walk the
+ *   keys, each lane holds head_dim/32 dimensions; few rows (decode) split the keys into 256-key chunks whose
+ *   partial softmax states are merged by a second kernel (flash-decoding), so a single token fills the GPU.
+ * kv_write: the block table is on the host; the block ids a launch needs travel as a kernel parameter. */
+#include <math.h>
+
+#include "cuda/cuda_common.h"
+
+enum { BK = 32, NT = 128, SEG = 36, KV_SPLIT = 256, KVW_BLOCKS = 64 };
+
+struct AttnArgs {
+    float *out;
+    const float *q, *k, *v;
+    int ldo, ldq, ldk, ldv, tq, tk, H, D;
+    float scale;
+    int causal, q_offset;
+    const float *rh, *rw;
+    int gh, gw, bf16_bias;
+};
+
+template <int TPQ>
+static __device__ __forceinline__ float group_sum(float v) {
+#pragma unroll
+    for (int o = TPQ / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+template <int TPQ>
+__global__ void __launch_bounds__(NT) attn_flash_k(AttnArgs a) {
+    constexpr int QPB = NT / TPQ, RS = TPQ * SEG;
+    extern __shared__ float sm[];
+    float *Ks = sm, *Vs = sm + BK * RS, *rel = sm + 2 * BK * RS;
+    const int tid = threadIdx.x, ql = tid / TPQ, part = tid % TPQ, d0 = part * 32;
+    const int qi = blockIdx.x * QPB + ql, b = blockIdx.z, h = blockIdx.y;
+    const bool valid = qi < a.tq;
+    const int qc = valid ? qi : 0;
+    float q[32];
+    const float *qr = a.q + (size_t)(b * a.tq + qc) * a.ldq + (size_t)h * a.D;
+#pragma unroll
+    for (int c = 0; c < 32; c++) q[c] = (valid && d0 + c < a.D) ? qr[d0 + c] : 0.f;
+    if (a.rh) {
+        const int i1 = qc / a.gw, j1 = qc % a.gw;
+        for (int r = 0; r < a.gh + a.gw; r++) {
+            const float *t = r < a.gh ? a.rh + (size_t)(i1 - r + a.gh - 1) * a.D
+                                      : a.rw + (size_t)(j1 - (r - a.gh) + a.gw - 1) * a.D;
+            float s = 0.f;
+#pragma unroll
+            for (int c = 0; c < 32; c++)
+                if (d0 + c < a.D) s += q[c] * t[d0 + c];
+            s = group_sum<TPQ>(s);
+            if (part == 0) rel[r * QPB + ql] = a.bf16_bias ? rbf(s) : s;
+        }
+    }
+    const int qlast = min(a.tq, (int)(blockIdx.x + 1) * QPB) - 1;
+    const int kend = a.causal ? min(a.tk, a.q_offset + qlast + 1) : a.tk;
+    const int qlim = a.causal ? a.q_offset + qi : a.tk; /* last key this query sees */
+    const float *kb = a.k + (size_t)b * a.tk * a.ldk + (size_t)h * a.D;
+    const float *vb = a.v + (size_t)b * a.tk * a.ldv + (size_t)h * a.D;
+    float m = -INFINITY, l = 0.f, acc[32];
+#pragma unroll
+    for (int c = 0; c < 32; c++) acc[c] = 0.f;
+    for (int k0 = 0; k0 < kend; k0 += BK) {
+        __syncthreads();
+        for (int e = tid; e < BK * TPQ * 32; e += NT) {
+            int j = e / (TPQ * 32), d = e % (TPQ * 32), key = k0 + j;
+            float kv = 0.f, vv = 0.f;
+            if (key < a.tk && d < a.D) {
+                kv = kb[(size_t)key * a.ldk + d];
+                vv = vb[(size_t)key * a.ldv + d];
+            }
+            int o = j * RS + (d >> 5) * SEG + (d & 31);
+            Ks[o] = kv;
+            Vs[o] = vv;
+        }
+        __syncthreads();
+        float s[BK], mt = -INFINITY;
+#pragma unroll
+        for (int j = 0; j < BK; j++) {
+            const float4 *kr = (const float4 *)(Ks + j * RS + part * SEG);
+            float dot = 0.f;
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                float4 kv = kr[c];
+                dot += q[4 * c] * kv.x + q[4 * c + 1] * kv.y + q[4 * c + 2] * kv.z + q[4 * c + 3] * kv.w;
+            }
+            dot = group_sum<TPQ>(dot);
+            int key = k0 + j;
+            float sc = -INFINITY;
+            if (key < a.tk && key <= qlim) {
+                sc = dot * a.scale;
+                if (a.rh) {
+                    float bias = rel[(key / a.gw) * QPB + ql] + rel[(a.gh + key % a.gw) * QPB + ql];
+                    sc += a.bf16_bias ? rbf(bias) : bias;
+                }
+            }
+            s[j] = sc;
+            mt = fmaxf(mt, sc);
+        }
+        float mn = fmaxf(m, mt);
+        if (mn == -INFINITY) continue;
+        float corr = expf(m - mn);
+        l *= corr;
+#pragma unroll
+        for (int c = 0; c < 32; c++) acc[c] *= corr;
+#pragma unroll
+        for (int j = 0; j < BK; j++) {
+            float p = expf(s[j] - mn);
+            l += p;
+            const float4 *vr = (const float4 *)(Vs + j * RS + part * SEG);
+#pragma unroll
+            for (int c = 0; c < 8; c++) {
+                float4 vv = vr[c];
+                acc[4 * c] += p * vv.x;
+                acc[4 * c + 1] += p * vv.y;
+                acc[4 * c + 2] += p * vv.z;
+                acc[4 * c + 3] += p * vv.w;
+            }
+        }
+        m = mn;
+    }
+    if (!valid) return;
+    float inv = 1.f / l;
+    float *o = a.out + (size_t)(b * a.tq + qi) * a.ldo + (size_t)h * a.D;
+#pragma unroll
+    for (int c = 0; c < 32; c++)
+        if (d0 + c < a.D) o[d0 + c] = acc[c] * inv;
+}
+
+/* Fallback: one thread per (batch, head, query), two passes, accumulator in local memory (head_dim <= 512). */
+__global__ void attn_plain_k(AttnArgs a, int nb) {
+    size_t total = (size_t)nb * a.H * a.tq;
+    for (size_t idx = blockIdx.x * (size_t)blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % a.tq), h = (int)((idx / a.tq) % a.H), b = (int)(idx / ((size_t)a.tq * a.H));
+        const float *qr = a.q + (size_t)(b * a.tq + i) * a.ldq + (size_t)h * a.D;
+        int nk = a.tk;
+        if (a.causal && a.q_offset + i + 1 < nk) nk = a.q_offset + i + 1;
+        float acc[512];
+        float mx = -INFINITY, sum = 0.f;
+        for (int pass = 0; pass < 2; pass++) {
+            for (int j = 0; j < nk; j++) {
+                const float *kr = a.k + (size_t)(b * a.tk + j) * a.ldk + (size_t)h * a.D;
+                float dot = 0.f;
+                for (int c = 0; c < a.D; c++) dot += qr[c] * kr[c];
+                float s = dot * a.scale;
+                if (a.rh) {
+                    int i1 = i / a.gw, j1 = i % a.gw, i2 = j / a.gw, j2 = j % a.gw;
+                    const float *rh = a.rh + (size_t)(i1 - i2 + a.gh - 1) * a.D;
+                    const float *rw = a.rw + (size_t)(j1 - j2 + a.gw - 1) * a.D;
+                    float th = 0.f, tw = 0.f;
+                    for (int c = 0; c < a.D; c++) {
+                        th += qr[c] * rh[c];
+                        tw += qr[c] * rw[c];
+                    }
+                    s += a.bf16_bias ? rbf(rbf(th) + rbf(tw)) : th + tw;
+                }
+                if (pass == 0) {
+                    mx = fmaxf(mx, s);
+                } else {
+                    float p = expf(s - mx);
+                    sum += p;
+                    const float *vr = a.v + (size_t)(b * a.tk + j) * a.ldv + (size_t)h * a.D;
+                    for (int c = 0; c < a.D; c++) acc[c] += p * vr[c];
+                }
+            }
+            if (pass == 0)
+                for (int c = 0; c < a.D; c++) acc[c] = 0.f;
+        }
+        float *o = a.out + (size_t)(b * a.tq + i) * a.ldo + (size_t)h * a.D;
+        for (int c = 0; c < a.D; c++) o[c] = acc[c] / sum;
+    }
+}
+
+template <int TPQ>
+static bool launch_flash(CudaCtx *c, const AttnArgs &a, int nb) {
+    constexpr int QPB = NT / TPQ;
+    size_t smem = (size_t)2 * BK * TPQ * SEG * sizeof(float);
+    if (a.rh) smem += (size_t)(a.gh + a.gw) * QPB * sizeof(float);
+    if (smem > (size_t)c->smem_optin) return false;
+    if (smem > 48 * 1024) CU_CHECK(cudaFuncSetAttribute(attn_flash_k<TPQ>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    for (int b0 = 0; b0 < nb; b0 += 65535) {
+        AttnArgs s = a;
+        int nc = nb - b0 < 65535 ? nb - b0 : 65535;
+        s.q += (size_t)b0 * a.tq * a.ldq;
+        s.out += (size_t)b0 * a.tq * a.ldo;
+        s.k += (size_t)b0 * a.tk * a.ldk;
+        s.v += (size_t)b0 * a.tk * a.ldv;
+        dim3 grid(cdiv(a.tq, QPB), a.H, nc);
+        attn_flash_k<TPQ><<<grid, NT, smem, c->stream>>>(s);
+        CU_LAUNCHED();
+    }
+    return true;
+}
+
+void cu_attention(Backend *b, const OpsAttention *o) {
+    DS_ASSERT(o->n_batch >= 0 && o->tq >= 0 && o->tk > 0 && o->n_heads > 0 && o->head_dim > 0 && o->head_dim <= 512);
+    int width = o->n_heads * o->head_dim;
+    DS_ASSERT(o->ldq >= width && o->ldk >= width && o->ldv >= width && o->ldo >= width);
+    if (o->relpos_h) {
+        DS_ASSERT(o->relpos_w && o->grid_h > 0 && o->grid_w > 0);
+        DS_ASSERT(o->tq == o->grid_h * o->grid_w && o->tk == o->tq);
+    }
+    if (o->causal) DS_ASSERT(o->q_offset >= 0);
+    if (o->n_batch == 0 || o->tq == 0) return;
+    CudaCtx *c = cctx(b);
+    AttnArgs a;
+    a.out = o->out;
+    a.q = o->q;
+    a.k = o->k;
+    a.v = o->v;
+    a.ldo = o->ldo;
+    a.ldq = o->ldq;
+    a.ldk = o->ldk;
+    a.ldv = o->ldv;
+    a.tq = o->tq;
+    a.tk = o->tk;
+    a.H = o->n_heads;
+    a.D = o->head_dim;
+    a.scale = o->scale;
+    a.causal = o->causal;
+    a.q_offset = o->q_offset;
+    a.rh = o->relpos_h;
+    a.rw = o->relpos_h ? o->relpos_w : NULL;
+    a.gh = o->relpos_h ? o->grid_h : 0;
+    a.gw = o->relpos_h ? o->grid_w : 1;
+    a.bf16_bias = o->relpos_h ? o->bf16_bias : 0;
+    bool done = false;
+    if (a.D <= 32)
+        done = launch_flash<1>(c, a, o->n_batch);
+    else if (a.D <= 64)
+        done = launch_flash<2>(c, a, o->n_batch);
+    else if (a.D <= 128)
+        done = launch_flash<4>(c, a, o->n_batch);
+    if (!done) {
+        size_t total = (size_t)o->n_batch * a.H * a.tq;
+        attn_plain_k<<<cdiv(total, 128), 128, 0, c->stream>>>(a, o->n_batch);
+        CU_LAUNCHED();
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Attention over the block KV cache. */
+
+struct KvArgs {
+    float *out;
+    const float *q;
+    int ldo, ldq;
+    const int32_t *pos, *seq;
+    const int32_t *const *tables;
+    const void *data;
+    int bf16, L, width, bs, layer, H, D, nsplit;
+    float scale;
+    float *part; /* [n][H][nsplit][D + 2] when nsplit > 1 */
+};
+
+template <int DPL>
+__global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
+    __shared__ float sm_m[4], sm_l[4], sm_acc[4][DPL * 32];
+    const int r = blockIdx.x, h = blockIdx.y, sp = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int nk = a.pos[r] + 1;
+    int j0 = 0, j1 = nk;
+    if (a.nsplit > 1) {
+        j0 = sp * KV_SPLIT;
+        j1 = min(nk, j0 + KV_SPLIT);
+        if (j0 >= j1) return;
+    }
+    const int32_t *table = a.tables[a.seq ? a.seq[r] : 0];
+    const int dl = lane * DPL;
+    float q[DPL], acc[DPL];
+    const float *qr = a.q + (size_t)r * a.ldq + (size_t)h * a.D;
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        q[i] = dl + i < a.D ? qr[dl + i] : 0.f;
+        acc[i] = 0.f;
+    }
+    float m = -INFINITY, l = 0.f;
+    for (int j = j0 + warp; j < j1; j += 4) {
+        int blk = table[j / a.bs];
+        size_t row = ((size_t)(blk * a.L + a.layer) * 2 * a.bs + j % a.bs) * a.width + (size_t)h * a.D;
+        size_t vrow = row + (size_t)a.bs * a.width;
+        float kv[DPL], vv[DPL];
+        if (a.bf16) {
+            const uint16_t *d = (const uint16_t *)a.data;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) {
+                kv[i] = dl + i < a.D ? bf2f(d[row + dl + i]) : 0.f;
+                vv[i] = dl + i < a.D ? bf2f(d[vrow + dl + i]) : 0.f;
+            }
+        } else {
+            const float *d = (const float *)a.data;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) {
+                kv[i] = dl + i < a.D ? d[row + dl + i] : 0.f;
+                vv[i] = dl + i < a.D ? d[vrow + dl + i] : 0.f;
+            }
+        }
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) dot += q[i] * kv[i];
+        float s = warp_sum(dot) * a.scale;
+        float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);
+        l = l * corr + p;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + p * vv[i];
+        m = mn;
+    }
+    if (lane == 0) {
+        sm_m[warp] = m;
+        sm_l[warp] = l;
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; i++) sm_acc[warp][dl + i] = acc[i];
+    __syncthreads();
+    if (warp) return;
+    float M = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3])), L = 0.f, f[4];
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        f[w] = sm_m[w] == -INFINITY ? 0.f : expf(sm_m[w] - M);
+        L += sm_l[w] * f[w];
+    }
+    float o[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++)
+        o[i] = sm_acc[0][dl + i] * f[0] + sm_acc[1][dl + i] * f[1] + sm_acc[2][dl + i] * f[2] + sm_acc[3][dl + i] * f[3];
+    if (a.nsplit == 1) {
+        float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            if (dl + i < a.D) out[dl + i] = o[i] / L;
+    } else {
+        float *p = a.part + ((size_t)(r * a.H + h) * a.nsplit + sp) * (a.D + 2);
+        if (lane == 0) {
+            p[0] = M;
+            p[1] = L;
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            if (dl + i < a.D) p[2 + dl + i] = o[i];
+    }
+}
+
+/* Merges the key splits of attn_kv_k: grid (n, H); 128 threads over head_dim. */
+__global__ void attn_kv_merge_k(KvArgs a) {
+    const int r = blockIdx.x, h = blockIdx.y;
+    const int ns = (a.pos[r] + 1 + KV_SPLIT - 1) / KV_SPLIT;
+    const float *p = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
+    float M = -INFINITY;
+    for (int s = 0; s < ns; s++) M = fmaxf(M, p[(size_t)s * (a.D + 2)]);
+    float L = 0.f;
+    for (int s = 0; s < ns; s++) L += p[(size_t)s * (a.D + 2) + 1] * expf(p[(size_t)s * (a.D + 2)] - M);
+    for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
+        float o = 0.f;
+        for (int s = 0; s < ns; s++) o += p[(size_t)s * (a.D + 2) + 2 + d] * expf(p[(size_t)s * (a.D + 2)] - M);
+        a.out[(size_t)r * a.ldo + (size_t)h * a.D + d] = o / L;
+    }
+}
+
+void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {
+    const KvCache *kv = o->kv;
+    DS_ASSERT(o->n >= 0 && o->n_heads > 0 && o->head_dim > 0 && o->head_dim <= 512);
+    DS_ASSERT(o->n_heads * o->head_dim == kv->width && o->ldq >= kv->width && o->ldo >= kv->width);
+    DS_ASSERT(o->layer >= 0 && o->layer < kv->n_layers && o->pos && o->tables);
+    DS_ASSERT(kv->dtype == DS_BF16 || kv->dtype == DS_F32);
+    if (o->n == 0) return;
+    CudaCtx *c = cctx(b);
+    KvArgs a;
+    a.out = o->out;
+    a.q = o->q;
+    a.ldo = o->ldo;
+    a.ldq = o->ldq;
+    a.pos = o->pos;
+    a.seq = o->seq;
+    a.tables = o->tables;
+    a.data = kv->data;
+    a.bf16 = kv->dtype == DS_BF16;
+    a.L = kv->n_layers;
+    a.width = kv->width;
+    a.bs = kv->block_size;
+    a.layer = o->layer;
+    a.H = o->n_heads;
+    a.D = o->head_dim;
+    a.scale = o->scale;
+    a.part = c->part;
+    size_t pool = (size_t)kv->n_blocks * kv->block_size, ns = (pool + KV_SPLIT - 1) / KV_SPLIT;
+    size_t rows_heads = (size_t)o->n * o->n_heads;
+    a.nsplit = 1;
+    if (ns > 1 && rows_heads < (size_t)2 * c->n_sm && ns <= 65535 && rows_heads * ns * (a.D + 2) <= c->part_floats)
+        a.nsplit = (int)ns;
+    DS_ASSERT(o->n_heads <= 65535);
+    dim3 grid(o->n, o->n_heads, a.nsplit);
+    if (a.D <= 32)
+        attn_kv_k<1><<<grid, 128, 0, c->stream>>>(a);
+    else if (a.D <= 64)
+        attn_kv_k<2><<<grid, 128, 0, c->stream>>>(a);
+    else if (a.D <= 128)
+        attn_kv_k<4><<<grid, 128, 0, c->stream>>>(a);
+    else if (a.D <= 256)
+        attn_kv_k<8><<<grid, 128, 0, c->stream>>>(a);
+    else
+        attn_kv_k<16><<<grid, 128, 0, c->stream>>>(a);
+    CU_LAUNCHED();
+    if (a.nsplit > 1) {
+        attn_kv_merge_k<<<dim3(o->n, o->n_heads), 128, 0, c->stream>>>(a);
+        CU_LAUNCHED();
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * kv_write */
+
+struct KvwIds {
+    int32_t id[KVW_BLOCKS];
+};
+
+__global__ void kv_write_k(void *data, int bf16, int L, int width, int bs, int layer, int pos0, int n, int first,
+                           KvwIds ids, const float *k, int ldk, const float *v, int ldv) {
+    size_t total = (size_t)n * width;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int t = (int)(i / width), c = (int)(i % width), p = pos0 + t;
+        int blk = ids.id[p / bs - first];
+        size_t kr = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + c, vr = kr + (size_t)bs * width;
+        float kv = k[(size_t)t * ldk + c], vv = v[(size_t)t * ldv + c];
+        if (bf16) {
+            ((uint16_t *)data)[kr] = f2bf(kv);
+            ((uint16_t *)data)[vr] = f2bf(vv);
+        } else {
+            ((float *)data)[kr] = kv;
+            ((float *)data)[vr] = vv;
+        }
+    }
+}
+
+void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
+                 int ldk, const float *v, int ldv) {
+    DS_ASSERT(layer >= 0 && layer < kv->n_layers && pos0 >= 0 && n >= 0);
+    DS_ASSERT(kv->dtype == DS_BF16 || kv->dtype == DS_F32);
+    const int bs = kv->block_size;
+    for (int p = pos0; p < pos0 + n;) {
+        int first = p / bs, end = (first + KVW_BLOCKS) * bs;
+        if (end > pos0 + n) end = pos0 + n;
+        KvwIds ids;
+        memset(&ids, 0, sizeof ids);
+        for (int i = 0; i <= (end - 1) / bs - first; i++) {
+            ids.id[i] = table_host[first + i];
+            DS_ASSERT(ids.id[i] >= 0 && ids.id[i] < kv->n_blocks);
+        }
+        size_t total = (size_t)(end - p) * kv->width;
+        unsigned grid = cdiv(total, 256);
+        if (grid > 65535 * 8) grid = 65535 * 8;
+        kv_write_k<<<grid, 256, 0, cctx(b)->stream>>>(kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, bs, layer,
+                                                      p, end - p, first, ids, k + (size_t)(p - pos0) * ldk, ldk,
+                                                      v + (size_t)(p - pos0) * ldv, ldv);
+        CU_LAUNCHED();
+        p = end;
+    }
+}

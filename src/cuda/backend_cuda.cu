@@ -1,0 +1,872 @@
+/* backend_cuda.cu: the CUDA backend object (backend.h): one stream, one cuBLAS handle, one counting allocator,
+ * and the dense ops: linear (cuBLAS tensor cores for many rows, a bf16-reading GEMV kernel for few), norms,
+ * elementwise ops, RoPE, conv2d (im2col + linear), the SwiGLU block and the data-movement ops.
+ * Attention lives in attention_cuda.cu, the MoE layer in moe_cuda.cu.
+ * Semantics are those of the ops.h functions of the same name (tests/cuda/test_cuda.c checks them against the
+ * _ref ops). Ops are queued on the stream; download and sync wait. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "cuda/cuda_common.h"
+
+enum { XB_ELEMS = 16 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8 };
+
+void cuda_fatal(const char *file, int line, const char *what, const char *why) {
+    fprintf(stderr, "dsocr: CUDA error at %s:%d: %s: %s\n", file, line, what, why);
+    abort();
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Memory: every device byte goes through cu_alloc, which keeps a pointer -> size table for the counters. */
+
+static size_t ptr_hash(const void *p, size_t cap) { return (size_t)(((uintptr_t)p >> 8) * 0x9e3779b97f4a7c15ull) & (cap - 1); }
+
+static int table_put(CudaCtx *c, void *p, size_t bytes) {
+    if ((c->alloc_n + 1) * 2 > c->alloc_cap) {
+        size_t ncap = c->alloc_cap ? c->alloc_cap * 2 : 256;
+        CudaAlloc *t = (CudaAlloc *)calloc(ncap, sizeof *t);
+        if (!t) return -1;
+        for (size_t i = 0; i < c->alloc_cap; i++) {
+            if (!c->allocs[i].p) continue;
+            size_t h = ptr_hash(c->allocs[i].p, ncap);
+            while (t[h].p) h = (h + 1) & (ncap - 1);
+            t[h] = c->allocs[i];
+        }
+        free(c->allocs);
+        c->allocs = t;
+        c->alloc_cap = ncap;
+    }
+    size_t h = ptr_hash(p, c->alloc_cap);
+    while (c->allocs[h].p) h = (h + 1) & (c->alloc_cap - 1);
+    c->allocs[h].p = p;
+    c->allocs[h].bytes = bytes;
+    c->alloc_n++;
+    return 0;
+}
+
+/* Removes p from the table (backward-shift deletion); returns its size, or (size_t)-1 when unknown. */
+static size_t table_take(CudaCtx *c, void *p) {
+    if (!c->alloc_cap) return (size_t)-1;
+    size_t h = ptr_hash(p, c->alloc_cap);
+    while (c->allocs[h].p && c->allocs[h].p != p) h = (h + 1) & (c->alloc_cap - 1);
+    if (!c->allocs[h].p) return (size_t)-1;
+    size_t bytes = c->allocs[h].bytes;
+    size_t i = h;
+    for (size_t j = (i + 1) & (c->alloc_cap - 1); c->allocs[j].p; j = (j + 1) & (c->alloc_cap - 1)) {
+        size_t k = ptr_hash(c->allocs[j].p, c->alloc_cap);
+        /* move j into the hole at i when its home k is not cyclically in (i, j] */
+        if ((j > i && (k <= i || k > j)) || (j < i && (k <= i && k > j))) {
+            c->allocs[i] = c->allocs[j];
+            i = j;
+        }
+    }
+    c->allocs[i].p = NULL;
+    c->allocs[i].bytes = 0;
+    c->alloc_n--;
+    return bytes;
+}
+
+static void *cu_alloc(Backend *b, size_t bytes) {
+    CudaCtx *c = cctx(b);
+    if (bytes == 0) bytes = 1;
+    void *p = NULL;
+    if (cudaMalloc(&p, bytes) != cudaSuccess) {
+        (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
+        return NULL;
+    }
+    pthread_mutex_lock(&c->mu);
+    int bad = table_put(c, p, bytes);
+    if (!bad) {
+        c->allocated += bytes;
+        if (c->allocated > c->peak) c->peak = c->allocated;
+    }
+    pthread_mutex_unlock(&c->mu);
+    if (bad) {
+        cudaFree(p);
+        return NULL;
+    }
+    return p;
+}
+
+static void cu_free(Backend *b, void *p) {
+    if (!p) return;
+    CudaCtx *c = cctx(b);
+    pthread_mutex_lock(&c->mu);
+    size_t bytes = table_take(c, p);
+    if (bytes != (size_t)-1) c->allocated -= bytes;
+    pthread_mutex_unlock(&c->mu);
+    DS_ASSERT(bytes != (size_t)-1 && "cuda free of a pointer this backend did not allocate");
+    CU_CHECK(cudaFree(p));
+}
+
+static void cu_upload(Backend *b, void *dst, const void *src, size_t bytes) {
+    if (bytes) CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, cctx(b)->stream));
+}
+static void cu_download(Backend *b, void *dst, const void *src, size_t bytes) {
+    CudaCtx *c = cctx(b);
+    if (bytes) CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+}
+static void cu_copy(Backend *b, void *dst, const void *src, size_t bytes) {
+    if (bytes) CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, cctx(b)->stream));
+}
+static void cu_memset0(Backend *b, void *dst, size_t bytes) {
+    if (bytes) CU_CHECK(cudaMemsetAsync(dst, 0, bytes, cctx(b)->stream));
+}
+static void cu_sync(Backend *b) { CU_CHECK(cudaStreamSynchronize(cctx(b)->stream)); }
+static size_t cu_allocated(const Backend *b) {
+    CudaCtx *c = (CudaCtx *)b->ctx;
+    pthread_mutex_lock(&c->mu);
+    size_t v = c->allocated;
+    pthread_mutex_unlock(&c->mu);
+    return v;
+}
+static size_t cu_peak(const Backend *b) {
+    CudaCtx *c = (CudaCtx *)b->ctx;
+    pthread_mutex_lock(&c->mu);
+    size_t v = c->peak;
+    pthread_mutex_unlock(&c->mu);
+    return v;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * GEMV: y[m, n] (+)= x[m, :]·w[n, :] (+ bias[n]) for few rows. One warp per output column n reads the weight row
+ * once per GEMV_ROWS rows, 16 bytes per lane per step when K and the pointers allow; fp32 arithmetic. */
+
+struct GemvArgs {
+    float *y;
+    const float *x;
+    const void *w, *bias;
+    int ldy, ldx, M, K, N, wdt, bdt, accum, round, vec;
+};
+
+template <int R>
+__global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
+    int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (n >= a.N) return;
+    int m0 = blockIdx.y * R, nr = min(R, a.M - m0);
+    float acc[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = 0.f;
+    const float *x0 = a.x + (size_t)m0 * a.ldx;
+    if (a.vec && a.wdt == DS_BF16) {
+        const uint4 *wr = (const uint4 *)((const uint16_t *)a.w + (size_t)n * a.K);
+        for (int k8 = lane; k8 < a.K / 8; k8 += 32) {
+            uint4 q = __ldg(wr + k8);
+            float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
+                           __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
+                           __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
+                           __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    const float4 *xr = (const float4 *)(x0 + (size_t)r * a.ldx) + 2 * k8;
+                    float4 u = xr[0], v = xr[1];
+                    acc[r] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
+                              v.z * wv[6] + v.w * wv[7];
+                }
+            }
+        }
+    } else if (a.vec) {
+        const float4 *wr = (const float4 *)((const float *)a.w + (size_t)n * a.K);
+        for (int k4 = lane; k4 < a.K / 4; k4 += 32) {
+            float4 q = __ldg(wr + k4);
+#pragma unroll
+            for (int r = 0; r < R; r++) {
+                if (r < nr) {
+                    float4 u = ((const float4 *)(x0 + (size_t)r * a.ldx))[k4];
+                    acc[r] += u.x * q.x + u.y * q.y + u.z * q.z + u.w * q.w;
+                }
+            }
+        }
+    } else {
+        for (int k = lane; k < a.K; k += 32) {
+            float wv = wget(a.w, a.wdt, (size_t)n * a.K + k);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (r < nr) acc[r] += x0[(size_t)r * a.ldx + k] * wv;
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    if (lane < nr) {
+        float v = 0.f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r == lane) v = acc[r];
+        if (a.bias) v += wget(a.bias, a.bdt, n);
+        float *o = a.y + (size_t)(m0 + lane) * a.ldy + n;
+        if (a.accum) v += *o;
+        if (a.round) v = rbf(v);
+        *o = v;
+    }
+}
+
+void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
+             int round_bf16) {
+    DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
+    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32);
+    if (M == 0) return;
+    GemvArgs a;
+    a.y = y;
+    a.x = x;
+    a.w = w.data;
+    a.bias = bias.data;
+    a.ldy = ldy;
+    a.ldx = ldx;
+    a.M = M;
+    a.K = K;
+    a.N = N;
+    a.wdt = w.dtype;
+    a.bdt = bias.dtype;
+    a.accum = flags & OPS_ACCUM;
+    a.round = round_bf16;
+    int step = w.dtype == DS_BF16 ? 8 : 4;
+    a.vec = K % step == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w.data & 15) == 0;
+    for (int m0 = 0; m0 < M; m0 += 65535 * GEMV_ROWS) {
+        GemvArgs c = a;
+        c.x = x + (size_t)m0 * ldx;
+        c.y = y + (size_t)m0 * ldy;
+        c.M = M - m0 < 65535 * GEMV_ROWS ? M - m0 : 65535 * GEMV_ROWS;
+        dim3 grid(cdiv(N, WARPS), cdiv(c.M, GEMV_ROWS));
+        if (c.M == 1)
+            gemv_k<1><<<grid, WARPS * 32, 0, cctx(b)->stream>>>(c);
+        else if (c.M <= 4)
+            gemv_k<4><<<dim3(grid.x, cdiv(c.M, 4)), WARPS * 32, 0, cctx(b)->stream>>>(c);
+        else
+            gemv_k<GEMV_ROWS><<<grid, WARPS * 32, 0, cctx(b)->stream>>>(c);
+        CU_LAUNCHED();
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Linear through cuBLAS. */
+
+__global__ void to_bf16_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
+    size_t n = (size_t)M * K;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t m = i / K, k = i % K;
+        float v = x[m * ldx + k];
+        uint16_t h = f2bf(v);
+        hi[i] = h;
+        if (lo) lo[i] = f2bf(v - bf2f(h));
+    }
+}
+
+__global__ void add_bias_k(float *y, int ldy, int M, int N, const void *bias, int bdt) {
+    size_t n = (size_t)M * N;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        size_t m = i / N, c = i % N;
+        y[m * ldy + c] += wget(bias, bdt, c);
+    }
+}
+
+static unsigned grid_for(size_t n) {
+    size_t g = (n + 255) / 256;
+    return (unsigned)(g < 1 ? 1 : g > 65535 * 8 ? 65535 * 8 : g);
+}
+
+void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+               int flags) {
+    DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
+    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32);
+    if (M == 0) return;
+    if (M <= GEMV_ROWS) {
+        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags, 0);
+        return;
+    }
+    CudaCtx *c = cctx(b);
+    const float one = 1.f, zero = 0.f;
+    const float *beta0 = (flags & OPS_ACCUM) ? &one : &zero;
+    if (w.dtype == DS_F32) {
+        /* fp32 GEMM, TF32 off (the handle's math mode is CUBLAS_DEFAULT_MATH, the compute type pedantic-free 32F) */
+        CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w.data, CUDA_R_32F, K, x,
+                                  CUDA_R_32F, ldx, beta0, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+    } else {
+        size_t per = c->exact_gemm ? c->xb_elems / 2 : c->xb_elems;
+        int rows = (int)(per / (size_t)K);
+        DS_ASSERT(rows >= 1);
+        for (int m0 = 0; m0 < M; m0 += rows) {
+            int mc = M - m0 < rows ? M - m0 : rows;
+            uint16_t *hi = c->xb, *lo = c->exact_gemm ? c->xb + per : NULL;
+            to_bf16_k<<<grid_for((size_t)mc * K), 256, 0, c->stream>>>(hi, lo, x + (size_t)m0 * ldx, ldx, mc, K);
+            CU_LAUNCHED();
+            CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, mc, K, &one, w.data, CUDA_R_16BF, K, hi,
+                                      CUDA_R_16BF, K, beta0, y + (size_t)m0 * ldy, CUDA_R_32F, ldy,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+            if (lo)
+                CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, mc, K, &one, w.data, CUDA_R_16BF, K,
+                                          lo, CUDA_R_16BF, K, &one, y + (size_t)m0 * ldy, CUDA_R_32F, ldy,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+    }
+    if (bias.data) {
+        add_bias_k<<<grid_for((size_t)M * N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype);
+        CU_LAUNCHED();
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Norms: one block per row. */
+
+static __device__ float block_sum(float v, float *sh) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    float t = 0.f;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
+
+/* flags & OPS_BF16: the autocast LayerNorm2d rule of backend.h (mean and x − mean rounded to bf16). */
+__global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt,
+                            const void *bias, int bdt, float eps, int bf) {
+    __shared__ float sh[32];
+    const float *xr = x + (size_t)blockIdx.x * ldx;
+    float *yr = y + (size_t)blockIdx.x * ldy;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
+    float mean = block_sum(s, sh) / n;
+    if (bf) mean = rbf(mean);
+    float v = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float d = xr[i] - mean;
+        if (bf) d = rbf(d);
+        v += d * d;
+    }
+    float var = block_sum(v, sh) / n;
+    float inv = 1.f / sqrtf(var + eps);
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float d = xr[i] - mean;
+        if (bf) d = rbf(d);
+        float o = __fmul_rn(__fmul_rn(d, inv), wget(w, wdt, i));
+        if (bias) o = __fadd_rn(o, wget(bias, bdt, i));
+        yr[i] = o;
+    }
+}
+
+__global__ void rmsnorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt, float eps,
+                          int bf) {
+    __shared__ float sh[32];
+    const float *xr = x + (size_t)blockIdx.x * ldx;
+    float *yr = y + (size_t)blockIdx.x * ldy;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i] * xr[i];
+    float r = (float)(1.0 / sqrt((double)block_sum(s, sh) / n + eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * r;
+        if (bf) v = rbf(v);
+        v *= wget(w, wdt, i);
+        if (bf) v = rbf(v);
+        yr[i] = v;
+    }
+}
+
+static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
+
+static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                         float eps, int flags) {
+    DS_ASSERT(M >= 0 && n > 0 && w.data);
+    if (M == 0) return;
+    layernorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data, bias.dtype,
+                                                            eps, flags & OPS_BF16);
+    CU_LAUNCHED();
+}
+
+static void cu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
+                       int flags) {
+    DS_ASSERT(M >= 0 && n > 0 && w.data);
+    if (M == 0) return;
+    rmsnorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, eps, flags & OPS_BF16);
+    CU_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Elementwise. */
+
+#define GRID_STRIDE(i, n)                                                                                     \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+__global__ void gelu_k(float *o, const float *x, size_t n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        o[i] = 0.5f * v * erfcf(v * -0.70710678118654752f); /* 1 + erf(x) without cancellation for x << 0 */
+    }
+}
+__global__ void quick_gelu_k(float *o, const float *x, size_t n) {
+    GRID_STRIDE(i, n) {
+        float v = x[i];
+        o[i] = v / (1.f + expf(-1.702f * v));
+    }
+}
+__global__ void add_k(float *o, const float *a, const float *c, size_t n) { GRID_STRIDE(i, n) o[i] = a[i] + c[i]; }
+__global__ void round_k(float *x, size_t n) { GRID_STRIDE(i, n) x[i] = rbf(x[i]); }
+/* SwiGLU combine (ops_silu_mul): g = SiLU(g)·u with the optional bf16 rounding points. */
+__global__ void silu_mul_k(float *g, const float *u, size_t n, int bf) {
+    GRID_STRIDE(i, n) {
+        float gv = g[i];
+        float s = gv / (1.f + expf(-gv));
+        if (bf) s = rbf(s);
+        float v = s * u[i];
+        g[i] = bf ? rbf(v) : v;
+    }
+}
+
+static void cu_gelu(Backend *b, float *out, const float *x, size_t n) {
+    if (!n) return;
+    gelu_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(out, x, n);
+    CU_LAUNCHED();
+}
+static void cu_quick_gelu(Backend *b, float *out, const float *x, size_t n) {
+    if (!n) return;
+    quick_gelu_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(out, x, n);
+    CU_LAUNCHED();
+}
+static void cu_add(Backend *b, float *out, const float *a, const float *c, size_t n) {
+    if (!n) return;
+    add_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(out, a, c, n);
+    CU_LAUNCHED();
+}
+void cu_round_bf16(Backend *b, float *x, size_t n) {
+    if (!n) return;
+    round_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(x, n);
+    CU_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * RoPE (NeoX). One thread per (row, frequency); angles as the reference computes them in fp32, with cos/sin and
+ * the power taken in double so they round to the nearest float as glibc's do; the products are not fused into
+ * FMAs (the C reference rounds each one). */
+
+__global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
+    int half = hd / 2;
+    size_t n = (size_t)T * half;
+    GRID_STRIDE(idx, n) {
+        int t = (int)(idx / half), i = (int)(idx % half);
+        float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)hd));
+        float ang = (float)pos[t] * inv;
+        float c = (float)cos((double)ang), s = (float)sin((double)ang);
+        if (bf) {
+            c = rbf(c);
+            s = rbf(s);
+        }
+        for (int h = 0; h < n_heads; h++) {
+            float *r = x + (size_t)t * ld + (size_t)h * hd;
+            float x1 = r[i], x2 = r[i + half];
+            if (bf) {
+                r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
+                r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
+            } else {
+                r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+                r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+            }
+        }
+    }
+}
+
+static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
+                    int flags) {
+    DS_ASSERT(head_dim > 0 && head_dim % 2 == 0 && ld >= n_heads * head_dim);
+    if (T <= 0) return;
+    size_t n = (size_t)T * (head_dim / 2);
+    rope_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(x, ld, T, n_heads, head_dim, pos, theta, flags & OPS_BF16);
+    CU_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Conv2d: im2col into the caller's scratch (rows in (i, ky, kx) order), then linear. */
+
+__global__ void im2col_k(float *col, const float *x, int in_h, int in_w, int in_c, int kh, int kw, int stride, int pad,
+                         int Wo, int p0, int np) {
+    int K = in_c * kh * kw;
+    size_t n = (size_t)np * K;
+    GRID_STRIDE(idx, n) {
+        int p = p0 + (int)(idx / K), kk = (int)(idx % K);
+        int i = kk / (kh * kw), ky = (kk / kw) % kh, kx = kk % kw;
+        int oy = p / Wo, ox = p % Wo;
+        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+        col[idx] = (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) ? x[((size_t)iy * in_w + ix) * in_c + i] : 0.f;
+    }
+}
+
+static void cu_conv2d(Backend *b, float *y, const float *x, const OpsConv2d *c, DsW w, DsW bias, float *scratch,
+                      size_t scratch_n) {
+    DS_ASSERT(c->in_h > 0 && c->in_w > 0 && c->in_c > 0 && c->out_c > 0 && c->kh > 0 && c->kw > 0 && c->stride > 0 &&
+              c->pad >= 0);
+    int Ho = ops_conv2d_out_h(c), Wo = ops_conv2d_out_w(c), P = Ho * Wo, K = c->in_c * c->kh * c->kw;
+    DS_ASSERT(Ho > 0 && Wo > 0);
+    if (c->kh == 1 && c->kw == 1 && c->stride == 1 && c->pad == 0) {
+        cu_linear(b, y, c->out_c, x, c->in_c, P, K, w, c->out_c, bias, 0);
+        return;
+    }
+    DS_ASSERT(scratch && scratch_n >= (size_t)K);
+    size_t chunk = scratch_n / K;
+    if (chunk > (size_t)P) chunk = P;
+    for (int p0 = 0; p0 < P; p0 += (int)chunk) {
+        int np = P - p0 < (int)chunk ? P - p0 : (int)chunk;
+        im2col_k<<<grid_for((size_t)np * K), 256, 0, cctx(b)->stream>>>(scratch, x, c->in_h, c->in_w, c->in_c, c->kh,
+                                                                       c->kw, c->stride, c->pad, Wo, p0, np);
+        CU_LAUNCHED();
+        cu_linear(b, y + (size_t)p0 * c->out_c, c->out_c, scratch, K, np, K, w, c->out_c, bias, 0);
+    }
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * SwiGLU block (ops_expert_ffn semantics). */
+
+void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down, int flags,
+               float *scratch) {
+    if (n <= 0) return;
+    int bf = flags & OPS_BF16;
+    float *g = scratch, *u = scratch + (size_t)n * F;
+    if (n <= GEMV_ROWS) { /* decode: the GEMV kernels round their outputs themselves */
+        cu_gemv(b, g, F, x, D, n, D, gate, F, ds_w_none(), 0, bf);
+        cu_gemv(b, u, F, x, D, n, D, up, F, ds_w_none(), 0, bf);
+        silu_mul_k<<<grid_for((size_t)n * F), 256, 0, cctx(b)->stream>>>(g, u, (size_t)n * F, bf);
+        CU_LAUNCHED();
+        cu_gemv(b, y, D, g, F, n, F, down, D, ds_w_none(), 0, bf);
+        return;
+    }
+    cu_linear(b, g, F, x, D, n, D, gate, F, ds_w_none(), 0);
+    cu_linear(b, u, F, x, D, n, D, up, F, ds_w_none(), 0);
+    if (bf) {
+        cu_round_bf16(b, g, (size_t)n * F);
+        cu_round_bf16(b, u, (size_t)n * F);
+    }
+    silu_mul_k<<<grid_for((size_t)n * F), 256, 0, cctx(b)->stream>>>(g, u, (size_t)n * F, bf);
+    CU_LAUNCHED();
+    cu_linear(b, y, D, g, F, n, F, down, D, ds_w_none(), 0);
+    if (bf) cu_round_bf16(b, y, (size_t)n * D);
+}
+
+static size_t cu_moe_scratch(int n, const BackendMoe *m) { return cu_moe_scratch_floats(n, m); }
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Data movement. */
+
+__global__ void chw_to_hwc_k(float *dst, const float *src, int S) {
+    size_t n = (size_t)3 * S * S;
+    GRID_STRIDE(i, n) {
+        size_t pix = i / 3;
+        int c = (int)(i % 3);
+        dst[i] = src[(size_t)c * S * S + pix];
+    }
+}
+
+__global__ void window_partition_k(float *dst, const float *src, int g, int C, int ws, int nw) {
+    size_t n = (size_t)nw * nw * ws * ws * C;
+    GRID_STRIDE(i, n) {
+        size_t r = i / C;
+        int c = (int)(i % C);
+        int win = (int)(r / (ws * ws)), t = (int)(r % (ws * ws));
+        int gy = (win / nw) * ws + t / ws, gx = (win % nw) * ws + t % ws;
+        dst[i] = (gy < g && gx < g) ? src[((size_t)gy * g + gx) * C + c] : 0.f;
+    }
+}
+
+__global__ void window_unpartition_add_k(float *x, const float *win, int g, int C, int ws, int nw) {
+    size_t n = (size_t)g * g * C;
+    GRID_STRIDE(i, n) {
+        size_t pix = i / C;
+        int c = (int)(i % C);
+        int gy = (int)(pix / g), gx = (int)(pix % g);
+        size_t r = ((size_t)(gy / ws) * nw + gx / ws) * ws * ws + (size_t)(gy % ws) * ws + gx % ws;
+        x[i] += win[r * C + c];
+    }
+}
+
+enum { EMBED_IDS = 512 };
+struct EmbedIds {
+    int32_t id[EMBED_IDS];
+};
+
+__global__ void embed_k(float *dst, EmbedIds ids, int n, const void *table, int dt, int D) {
+    size_t total = (size_t)n * D;
+    GRID_STRIDE(i, total) {
+        int r = (int)(i / D), c = (int)(i % D);
+        dst[i] = wget(table, dt, (size_t)ids.id[r] * D + c);
+    }
+}
+
+__global__ void fill_rows_k(float *dst, int n, const void *vec, int dt, int D) {
+    size_t total = (size_t)n * D;
+    GRID_STRIDE(i, total) dst[i] = wget(vec, dt, i % D);
+}
+
+static void cu_chw_to_hwc(Backend *b, float *dst, const float *src, int S) {
+    DS_ASSERT(S > 0);
+    chw_to_hwc_k<<<grid_for((size_t)3 * S * S), 256, 0, cctx(b)->stream>>>(dst, src, S);
+    CU_LAUNCHED();
+}
+static void cu_window_partition(Backend *b, float *dst, const float *src, int g, int C, int ws) {
+    DS_ASSERT(g > 0 && C > 0 && ws > 0);
+    int nw = (g + ws - 1) / ws;
+    window_partition_k<<<grid_for((size_t)nw * nw * ws * ws * C), 256, 0, cctx(b)->stream>>>(dst, src, g, C, ws, nw);
+    CU_LAUNCHED();
+}
+static void cu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
+    DS_ASSERT(g > 0 && C > 0 && ws > 0);
+    int nw = (g + ws - 1) / ws;
+    window_unpartition_add_k<<<grid_for((size_t)g * g * C), 256, 0, cctx(b)->stream>>>(x, win, g, C, ws, nw);
+    CU_LAUNCHED();
+}
+static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D) {
+    DS_ASSERT(n >= 0 && D > 0 && table.data);
+    for (int r0 = 0; r0 < n; r0 += EMBED_IDS) {
+        int nc = n - r0 < EMBED_IDS ? n - r0 : EMBED_IDS;
+        EmbedIds ids;
+        memset(&ids, 0, sizeof ids);
+        for (int i = 0; i < nc; i++) {
+            DS_ASSERT(ids_host[r0 + i] >= 0);
+            ids.id[i] = ids_host[r0 + i];
+        }
+        embed_k<<<grid_for((size_t)nc * D), 256, 0, cctx(b)->stream>>>(dst + (size_t)r0 * D, ids, nc, table.data,
+                                                                       table.dtype, D);
+        CU_LAUNCHED();
+    }
+}
+static void cu_fill_rows(Backend *b, float *dst, int n, DsW vec, int D) {
+    DS_ASSERT(n >= 0 && D > 0 && vec.data);
+    if (!n) return;
+    fill_rows_k<<<grid_for((size_t)n * D), 256, 0, cctx(b)->stream>>>(dst, n, vec.data, vec.dtype, D);
+    CU_LAUNCHED();
+}
+static void copy2d(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w) {
+    if (n <= 0 || w <= 0) return;
+    CU_CHECK(cudaMemcpy2DAsync(dst, (size_t)ldd * 4, src, (size_t)lds * 4, (size_t)w * 4, (size_t)n,
+                               cudaMemcpyDeviceToDevice, cctx(b)->stream));
+}
+static void cu_concat_cols(Backend *b, float *dst, const float *a, int lda, int wa, const float *c, int ldc, int wc,
+                           int n) {
+    copy2d(b, dst, wa + wc, a, lda, n, wa);
+    copy2d(b, dst + wa, wa + wc, c, ldc, n, wc);
+}
+static void cu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w) {
+    DS_ASSERT(ldd >= w && lds >= w);
+    copy2d(b, dst, ldd, src, lds, n, w);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * The backend object. */
+
+extern "C" Backend *backend_cuda_new(int device, DsError *e) {
+    int n_dev = 0;
+    cudaError_t err = cudaGetDeviceCount(&n_dev);
+    if (err != cudaSuccess || n_dev == 0) {
+        (void)cudaGetLastError();
+        ds_fail(e, DSOCR_E_UNSUPPORTED, "no CUDA device (%s)", err != cudaSuccess ? cudaGetErrorString(err) : "none found");
+        return NULL;
+    }
+    if (device < 0 || device >= n_dev) {
+        ds_fail(e, DSOCR_E_INVALID_ARG, "CUDA device %d: there are %d", device, n_dev);
+        return NULL;
+    }
+    Backend *b = (Backend *)calloc(1, sizeof *b);
+    CudaCtx *c = (CudaCtx *)calloc(1, sizeof *c);
+    cudaDeviceProp prop;
+    if (!b || !c) goto nomem;
+    b->ctx = c;
+    pthread_mutex_init(&c->mu, NULL);
+    c->device = device;
+    if (cudaSetDevice(device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) goto cuda_fail;
+    snprintf(c->name, sizeof c->name, "%s", prop.name);
+    c->cc = prop.major * 10 + prop.minor;
+    c->n_sm = prop.multiProcessorCount;
+    c->smem_optin = (int)prop.sharedMemPerBlockOptin;
+    if (c->cc < 75) {
+        ds_fail(e, DSOCR_E_UNSUPPORTED, "CUDA device %d (%s) has compute capability %d.%d; this build needs 7.5+",
+                device, prop.name, prop.major, prop.minor);
+        goto fail;
+    }
+    if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) goto cuda_fail;
+    if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
+        ds_fail(e, DSOCR_E_NOMEM, "cuBLAS could not start on CUDA device %d", device);
+        goto fail;
+    }
+    cublasSetStream(c->blas, c->stream);
+    cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    b->name = "cuda";
+    b->alloc = cu_alloc;
+    b->free = cu_free;
+    b->upload = cu_upload;
+    b->download = cu_download;
+    b->copy = cu_copy;
+    b->memset0 = cu_memset0;
+    b->sync = cu_sync;
+    b->allocated = cu_allocated;
+    b->peak = cu_peak;
+    b->linear = cu_linear;
+    b->layernorm = cu_layernorm;
+    b->rmsnorm = cu_rmsnorm;
+    b->gelu = cu_gelu;
+    b->quick_gelu = cu_quick_gelu;
+    b->add = cu_add;
+    b->round_bf16 = cu_round_bf16;
+    b->attention = cu_attention;
+    b->attention_kv = cu_attention_kv;
+    b->kv_write = cu_kv_write;
+    b->rope_neox = cu_rope;
+    b->conv2d = cu_conv2d;
+    b->swiglu = cu_swiglu;
+    b->moe = cu_moe;
+    b->moe_scratch_floats = cu_moe_scratch;
+    b->chw_to_hwc = cu_chw_to_hwc;
+    b->window_partition = cu_window_partition;
+    b->window_unpartition_add = cu_window_unpartition_add;
+    b->embed = cu_embed;
+    b->fill_rows = cu_fill_rows;
+    b->concat_cols = cu_concat_cols;
+    b->copy_rows = cu_copy_rows;
+    c->xb_elems = XB_ELEMS;
+    c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
+    c->part_floats = PART_FLOATS;
+    c->part = (float *)cu_alloc(b, c->part_floats * sizeof(float));
+    if (!c->xb || !c->part) {
+        ds_fail(e, DSOCR_E_NOMEM, "CUDA device %d: cannot allocate %zu MiB of scratch", device,
+                (c->xb_elems * 2 + c->part_floats * 4) >> 20);
+        goto fail;
+    }
+    return b;
+nomem:
+    ds_fail(e, DSOCR_E_NOMEM, "out of host memory");
+    goto fail;
+cuda_fail:
+    ds_fail(e, DSOCR_E_UNSUPPORTED, "CUDA device %d: %s", device, cudaGetErrorString(cudaGetLastError()));
+fail:
+    backend_cuda_free(b);
+    if (!b) free(c);
+    return NULL;
+}
+
+extern "C" void backend_cuda_free(Backend *b) {
+    if (!b) return;
+    CudaCtx *c = cctx(b);
+    if (c) {
+        if (c->stream) cudaStreamSynchronize(c->stream);
+        for (size_t i = 0; i < c->alloc_cap; i++)
+            if (c->allocs[i].p) cudaFree(c->allocs[i].p);
+        free(c->allocs);
+        if (c->blas) cublasDestroy(c->blas);
+        if (c->stream) cudaStreamDestroy(c->stream);
+        pthread_mutex_destroy(&c->mu);
+        free(c);
+    }
+    free(b);
+}
+
+extern "C" void backend_cuda_set_exact_gemm(Backend *b, int on) { cctx(b)->exact_gemm = on != 0; }
+extern "C" const char *backend_cuda_device_name(const Backend *b) { return ((CudaCtx *)b->ctx)->name; }
+extern "C" int backend_cuda_sm_count(const Backend *b) { return ((CudaCtx *)b->ctx)->n_sm; }
+extern "C" int backend_cuda_compute_capability(const Backend *b) { return ((CudaCtx *)b->ctx)->cc; }
+extern "C" void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total) {
+    size_t f = 0, t = 0;
+    CU_CHECK(cudaSetDevice(((CudaCtx *)b->ctx)->device));
+    CU_CHECK(cudaMemGetInfo(&f, &t));
+    *used = t - f;
+    *total = t;
+}
+
+static int cmp_double(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+extern "C" double backend_cuda_time(Backend *b, void (*fn)(void *), void *arg, int reps) {
+    CudaCtx *c = cctx(b);
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    fn(arg);
+    CU_CHECK(cudaEventRecord(e0, c->stream));
+    for (int i = 0; i < reps; i++) fn(arg);
+    CU_CHECK(cudaEventRecord(e1, c->stream));
+    CU_CHECK(cudaEventSynchronize(e1));
+    float ms = 0;
+    CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    return ms * 1e-3 / (reps > 0 ? reps : 1);
+}
+
+__global__ void fill_rand_bf16_k(uint16_t *p, size_t n, uint32_t seed) {
+    GRID_STRIDE(i, n) {
+        uint32_t h = (uint32_t)i * 2654435761u ^ seed;
+        h ^= h >> 15;
+        h *= 2246822519u;
+        h ^= h >> 13;
+        p[i] = f2bf(((h & 0xffff) / 32768.f - 1.f));
+    }
+}
+
+extern "C" int backend_cuda_gemm_ceiling(Backend *b, int n, int reps, double *tflops) {
+    CudaCtx *c = cctx(b);
+    size_t el = (size_t)n * n;
+    uint16_t *A = (uint16_t *)cu_alloc(b, el * 2), *B = (uint16_t *)cu_alloc(b, el * 2),
+             *C = (uint16_t *)cu_alloc(b, el * 2);
+    if (!A || !B || !C) {
+        cu_free(b, A), cu_free(b, B), cu_free(b, C);
+        return -1;
+    }
+    fill_rand_bf16_k<<<grid_for(el), 256, 0, c->stream>>>(A, el, 1);
+    fill_rand_bf16_k<<<grid_for(el), 256, 0, c->stream>>>(B, el, 2);
+    CU_LAUNCHED();
+    const float one = 1.f, zero = 0.f;
+    double *t = (double *)calloc(reps, sizeof *t);
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    for (int i = -2; i < reps; i++) {
+        CU_CHECK(cudaEventRecord(e0, c->stream));
+        CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_N, CUBLAS_OP_N, n, n, n, &one, A, CUDA_R_16BF, n, B, CUDA_R_16BF,
+                                  n, &zero, C, CUDA_R_16BF, n, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        CU_CHECK(cudaEventRecord(e1, c->stream));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 0) t[i] = ms * 1e-3;
+    }
+    qsort(t, reps, sizeof *t, cmp_double);
+    *tflops = 2.0 * n * (double)n * n / t[reps / 2] * 1e-12;
+    free(t);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cu_free(b, A), cu_free(b, B), cu_free(b, C);
+    cu_sync(b);
+    return 0;
+}
+
+extern "C" int backend_cuda_copy_ceiling(Backend *b, size_t bytes, int reps, double *gbps) {
+    CudaCtx *c = cctx(b);
+    void *A = cu_alloc(b, bytes), *B = cu_alloc(b, bytes);
+    if (!A || !B) {
+        cu_free(b, A), cu_free(b, B);
+        return -1;
+    }
+    CU_CHECK(cudaMemsetAsync(A, 1, bytes, c->stream));
+    double *t = (double *)calloc(reps, sizeof *t);
+    cudaEvent_t e0, e1;
+    CU_CHECK(cudaEventCreate(&e0));
+    CU_CHECK(cudaEventCreate(&e1));
+    for (int i = -2; i < reps; i++) {
+        CU_CHECK(cudaEventRecord(e0, c->stream));
+        CU_CHECK(cudaMemcpyAsync(B, A, bytes, cudaMemcpyDeviceToDevice, c->stream));
+        CU_CHECK(cudaEventRecord(e1, c->stream));
+        CU_CHECK(cudaEventSynchronize(e1));
+        float ms;
+        CU_CHECK(cudaEventElapsedTime(&ms, e0, e1));
+        if (i >= 0) t[i] = ms * 1e-3;
+    }
+    qsort(t, reps, sizeof *t, cmp_double);
+    *gbps = 2.0 * bytes / t[reps / 2] * 1e-9;
+    free(t);
+    cudaEventDestroy(e0);
+    cudaEventDestroy(e1);
+    cu_free(b, A), cu_free(b, B);
+    cu_sync(b);
+    return 0;
+}

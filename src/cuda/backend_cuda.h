@@ -1,0 +1,34 @@
+/* backend_cuda.h: CUDA-only extras beside the Backend table (backend.h): precision knobs, device facts and the
+ * ceilings the benchmark measures. Plain C; the table itself comes from backend_cuda_new (backend.h).
+ * What it is not: model code never needs these (it sees only Backend *). */
+#ifndef DSOCR_BACKEND_CUDA_H
+#define DSOCR_BACKEND_CUDA_H
+
+#include <stddef.h>
+
+#include "backend.h"
+
+/* Linear with bf16 weights and more than 8 rows runs on the tensor cores with the activations rounded to bf16
+ * (exact when they already are, as in the bf16 model). on != 0: the activations are split into hi + lo bf16 parts
+ * and multiplied twice, giving about 16 mantissa bits (the fp32 yardstick mode). Default off. */
+void backend_cuda_set_exact_gemm(Backend *b, int on);
+
+/* The device's name ("NVIDIA H100 80GB HBM3"), multiprocessor count and compute capability (e.g. 90). */
+const char *backend_cuda_device_name(const Backend *b);
+int backend_cuda_sm_count(const Backend *b);
+int backend_cuda_compute_capability(const Backend *b);
+
+/* Driver's view of device memory in bytes: total and used by everything on the card (cudaMemGetInfo). */
+void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total);
+
+/* Ceilings for the benchmark, measured on this card: cuBLAS bf16 x bf16 -> bf16 GEMM (fp32 accumulation) of
+ * side n in TFLOP/s (median of reps), and a device-to-device copy of `bytes` in GB/s counting bytes read plus
+ * written. Return 0, or -1 when the buffers do not fit (nothing measured). */
+int backend_cuda_gemm_ceiling(Backend *b, int n, int reps, double *tflops);
+int backend_cuda_copy_ceiling(Backend *b, size_t bytes, int reps, double *gbps);
+
+/* Seconds between two events recorded around fn(arg) run reps times on the backend's stream, divided by reps
+ * (after one warm-up call). For the benchmark's per-op figures. */
+double backend_cuda_time(Backend *b, void (*fn)(void *), void *arg, int reps);
+
+#endif

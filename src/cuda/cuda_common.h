@@ -1,0 +1,98 @@
+/* cuda_common.h: what the CUDA backend's .cu files share: the context behind Backend.ctx, error checks, bf16 bit
+ * helpers and the entry points each file provides to the table in backend_cuda.cu. Included only by .cu files.
+ * Errors: a failed CUDA or cuBLAS call inside an op is a broken invariant (sticky device error) and aborts with
+ * file:line; allocation failures are not (alloc returns NULL). */
+#ifndef DSOCR_CUDA_COMMON_H
+#define DSOCR_CUDA_COMMON_H
+
+#ifndef _Noreturn
+#define _Noreturn [[noreturn]] /* util.h is C17; this is its C++ spelling */
+#endif
+extern "C" {
+#include "backend.h"
+#include "cuda/backend_cuda.h"
+}
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+#include <pthread.h>
+#include <stdint.h>
+
+[[noreturn]] void cuda_fatal(const char *file, int line, const char *what, const char *why);
+#define CU_CHECK(x)                                                                                           \
+    do {                                                                                                      \
+        cudaError_t err_ = (x);                                                                               \
+        if (err_ != cudaSuccess) cuda_fatal(__FILE__, __LINE__, #x, cudaGetErrorString(err_));               \
+    } while (0)
+#define CU_LAUNCHED() CU_CHECK(cudaGetLastError())
+#define CUBLAS_CHECK(x)                                                                                       \
+    do {                                                                                                      \
+        cublasStatus_t st_ = (x);                                                                             \
+        if (st_ != CUBLAS_STATUS_SUCCESS) cuda_fatal(__FILE__, __LINE__, #x, cublasGetStatusString(st_));    \
+    } while (0)
+
+typedef struct CudaAlloc {
+    void *p;
+    size_t bytes;
+} CudaAlloc;
+
+typedef struct CudaCtx {
+    int device, cc, n_sm, smem_optin;
+    char name[256];
+    cudaStream_t stream;
+    cublasHandle_t blas;
+    pthread_mutex_t mu;     /* guards the allocation table and counters */
+    CudaAlloc *allocs;      /* open-addressing table keyed by pointer */
+    size_t alloc_cap, alloc_n, allocated, peak;
+    uint16_t *xb;           /* [xb_elems] bf16 activations for tensor-core GEMMs */
+    size_t xb_elems;
+    float *part;            /* [part_floats] attention_kv split partials */
+    size_t part_floats;
+    int exact_gemm;
+} CudaCtx;
+
+static inline CudaCtx *cctx(Backend *b) { return (CudaCtx *)b->ctx; }
+
+/* Widening and rounding on raw bits (no bf16 arithmetic: sm_75 has none). */
+static __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
+static __device__ __forceinline__ uint16_t f2bf(float f) {
+    uint32_t u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (uint16_t)((u >> 16) | 0x40);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+static __device__ __forceinline__ float rbf(float f) { return bf2f(f2bf(f)); }
+/* Element i of a weight of dtype dt (DS_BF16 or DS_F32). */
+static __device__ __forceinline__ float wget(const void *w, int dt, size_t i) {
+    return dt == DS_BF16 ? bf2f(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+static __device__ __forceinline__ float warp_sum(float v) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+static __device__ __forceinline__ float warp_max(float v) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
+
+/* backend_cuda.cu */
+void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+               int flags);
+/* The GEMV path (fp32 arithmetic, weights read once per 8 rows) for any M; optional row gathers. */
+void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
+             int round_bf16);
+void cu_round_bf16(Backend *b, float *x, size_t n);
+void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down, int flags,
+               float *scratch);
+/* attention_cuda.cu */
+void cu_attention(Backend *b, const OpsAttention *a);
+void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
+void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
+                 int ldk, const float *v, int ldv);
+/* moe_cuda.cu */
+void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+            int32_t *experts, float *scratch);
+size_t cu_moe_scratch_floats(int n, const BackendMoe *m);
+
+#endif

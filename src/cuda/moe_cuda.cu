@@ -1,0 +1,290 @@
+/* moe_cuda.cu: one MoE layer on the GPU (backend.h moe; the CPU backend's cpu_moe is the same function), with
+ * no host round trip: the router's choice stays on the device.
+ *   1. router logits [n, E] by the fp32 GEMV kernel (exact fp32 arithmetic: a near-tie must break as on the CPU);
+ *   2. route_k: ops_moe_route per row (bf16-rounded logits in bf16 mode, fp32 softmax, greedy top-k, lowest index
+ *      on ties), one thread a row;
+ *   3. bucket_k: counts per expert, offsets, and each (row, slot) pair's place in the expert-sorted pair list;
+ *   4. gateup_k / down_k: grouped products over a grid of (output columns, expert); a block whose expert got no
+ *      rows returns at once, so only the selected experts' weights are read; one warp per output column, up to 4
+ *      of the expert's rows per pass over the weight row; the SwiGLU rounding points of ops_expert_ffn;
+ *   5. the shared experts through the SwiGLU block;
+ *   6. combine_k: per row, Σ w·y over its experts in ascending expert order, fp32, as the CPU accumulates;
+ *      rounded in bf16 mode; plus the shared output.
+ * The expert weight pointers travel as kernel parameters (up to 256 experts; > 4 KiB of parameters needs
+ * Volta+ and CUDA 12.1+, which every target here has). */
+#include "cuda/cuda_common.h"
+
+enum { MAXE = 256, MAXK = 16, MW = 8, MR = 4 };
+
+struct MoeSlots {
+    float *logits, *wts, *h, *ysl, *shared, *sw;
+    int32_t *idx, *off, *pair_row, *pos_of;
+};
+
+static size_t up4(size_t n) { return (n + 3) & ~(size_t)3; }
+
+/* Scratch layout (float offsets, each part 16-byte aligned): logits [n, E] | idx [n·k] | wts [n·k] | off [E + 1] |
+ * pair_row [n·k] | pos_of [n·k] | h [n·k, F] | ysl [n·k, D] | shared [n, D] | sw [2·n·S] (shared SwiGLU). */
+static size_t moe_layout(float *p, int n, const BackendMoe *m, MoeSlots *s) {
+    size_t nk = (size_t)n * m->top_k, o = 0;
+    s->logits = p + o, o += up4((size_t)n * m->n_experts);
+    s->idx = (int32_t *)(p + o), o += up4(nk);
+    s->wts = p + o, o += up4(nk);
+    s->off = (int32_t *)(p + o), o += up4((size_t)m->n_experts + 1);
+    s->pair_row = (int32_t *)(p + o), o += up4(nk);
+    s->pos_of = (int32_t *)(p + o), o += up4(nk);
+    s->h = p + o, o += up4(nk * m->d_ff);
+    s->ysl = p + o, o += up4(nk * m->d_model);
+    s->shared = p + o, o += up4((size_t)n * m->d_model);
+    s->sw = p + o;
+    return o + (m->shared.gate.data ? 2 * (size_t)n * m->d_shared : 0);
+}
+
+size_t cu_moe_scratch_floats(int n, const BackendMoe *m) {
+    static float dummy[4];
+    MoeSlots s;
+    return moe_layout(dummy, n, m, &s);
+}
+
+__global__ void route_k(const float *logits, int n, int E, int K, int bf, int32_t *idx, float *wts, float *out_logits,
+                        int32_t *out_experts) {
+    int r = blockIdx.x * blockDim.x + threadIdx.x;
+    if (r >= n) return;
+    const float *l = logits + (size_t)r * E;
+    float p[MAXE];
+    unsigned char taken[MAXE];
+    float mx = -INFINITY, sum = 0.f;
+    for (int e = 0; e < E; e++) {
+        p[e] = bf ? rbf(l[e]) : l[e];
+        if (out_logits) out_logits[(size_t)r * E + e] = p[e];
+        mx = p[e] > mx ? p[e] : mx;
+    }
+    for (int e = 0; e < E; e++) {
+        p[e] = expf(p[e] - mx);
+        sum += p[e];
+    }
+    for (int e = 0; e < E; e++) {
+        p[e] /= sum;
+        taken[e] = 0;
+    }
+    for (int j = 0; j < K; j++) {
+        int best = -1;
+        for (int e = 0; e < E; e++)
+            if (!taken[e] && (best < 0 || p[e] > p[best])) best = e;
+        taken[best] = 1;
+        idx[(size_t)r * K + j] = best;
+        wts[(size_t)r * K + j] = p[best];
+        if (out_experts) out_experts[(size_t)r * K + j] = best;
+    }
+}
+
+__global__ void bucket_k(const int32_t *idx, int nk, int K, int E, int32_t *off, int32_t *pair_row, int32_t *pos_of) {
+    __shared__ int cnt[MAXE + 1], cur[MAXE];
+    for (int e = threadIdx.x; e <= E; e += blockDim.x) cnt[e] = 0;
+    __syncthreads();
+    for (int i = threadIdx.x; i < nk; i += blockDim.x) atomicAdd(&cnt[idx[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int acc = 0;
+        for (int e = 0; e < E; e++) {
+            int c = cnt[e];
+            cur[e] = acc;
+            off[e] = acc;
+            acc += c;
+        }
+        off[E] = acc;
+    }
+    __syncthreads();
+    /* the order inside an expert's range does not matter: each pair's product depends only on its own row */
+    for (int i = threadIdx.x; i < nk; i += blockDim.x) {
+        int p = atomicAdd(&cur[idx[i]], 1);
+        pair_row[p] = i / K;
+        pos_of[i] = p;
+    }
+}
+
+struct UpPtrs {
+    const void *gate[MAXE], *up[MAXE];
+};
+struct DownPtrs {
+    const void *down[MAXE];
+};
+struct GroupArgs {
+    const float *x;           /* gate/up: the layer input [n, D]; down: h [n·k, F] */
+    float *y;                 /* gate/up: h [n·k, F]; down: ysl [n·k, D] */
+    const int32_t *off, *pair_row;
+    int K, N, wdt, bf, vec;   /* K: reduction length, N: output columns */
+};
+
+/* acc[r] += x_r · w over K for up to MR rows (rows r >= nr skipped). */
+static __device__ __forceinline__ void dot_rows(float *acc, const float *const *xr, int nr, const void *w, int wdt,
+                                                int K, int vec, int lane) {
+    if (vec && wdt == DS_BF16) {
+        const uint4 *wr = (const uint4 *)w;
+        for (int k8 = lane; k8 < K / 8; k8 += 32) {
+            uint4 q = __ldg(wr + k8);
+            float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
+                           __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
+                           __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
+                           __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
+#pragma unroll
+            for (int r = 0; r < MR; r++)
+                if (r < nr) {
+                    const float4 *x4 = (const float4 *)xr[r] + 2 * k8;
+                    float4 u = x4[0], v = x4[1];
+                    acc[r] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
+                              v.z * wv[6] + v.w * wv[7];
+                }
+        }
+    } else {
+        for (int k = lane; k < K; k += 32) {
+            float wv = wget(w, wdt, k);
+#pragma unroll
+            for (int r = 0; r < MR; r++)
+                if (r < nr) acc[r] += xr[r][k] * wv;
+        }
+    }
+}
+
+__global__ void __launch_bounds__(MW * 32) gateup_k(GroupArgs a, UpPtrs w) {
+    const int e = blockIdx.y, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int p0 = a.off[e], cnt = a.off[e + 1] - p0;
+    if (cnt == 0 || f >= a.N) return;
+    size_t wo = (size_t)f * a.K * (a.wdt == DS_BF16 ? 2 : 4);
+    const void *wg = (const char *)w.gate[e] + wo, *wu = (const char *)w.up[e] + wo;
+    for (int i0 = 0; i0 < cnt; i0 += MR) {
+        int nr = min(MR, cnt - i0);
+        const float *xr[MR];
+#pragma unroll
+        for (int r = 0; r < MR; r++) xr[r] = a.x + (size_t)a.pair_row[p0 + i0 + min(r, nr - 1)] * a.K;
+        float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
+        dot_rows(g, xr, nr, wg, a.wdt, a.K, a.vec, lane);
+        dot_rows(u, xr, nr, wu, a.wdt, a.K, a.vec, lane);
+#pragma unroll
+        for (int r = 0; r < MR; r++) {
+            float gv = warp_sum(g[r]), uv = warp_sum(u[r]);
+            if (lane == 0 && r < nr) {
+                if (a.bf) {
+                    gv = rbf(gv);
+                    uv = rbf(uv);
+                }
+                float s = gv / (1.f + expf(-gv));
+                if (a.bf) s = rbf(s);
+                float v = s * uv;
+                a.y[(size_t)(p0 + i0 + r) * a.N + f] = a.bf ? rbf(v) : v;
+            }
+        }
+    }
+}
+
+__global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
+    const int e = blockIdx.y, d = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int p0 = a.off[e], cnt = a.off[e + 1] - p0;
+    if (cnt == 0 || d >= a.N) return;
+    const void *wd = (const char *)w.down[e] + (size_t)d * a.K * (a.wdt == DS_BF16 ? 2 : 4);
+    for (int i0 = 0; i0 < cnt; i0 += MR) {
+        int nr = min(MR, cnt - i0);
+        const float *xr[MR];
+#pragma unroll
+        for (int r = 0; r < MR; r++) xr[r] = a.x + (size_t)(p0 + i0 + min(r, nr - 1)) * a.K;
+        float acc[MR] = {0.f, 0.f, 0.f, 0.f};
+        dot_rows(acc, xr, nr, wd, a.wdt, a.K, a.vec, lane);
+#pragma unroll
+        for (int r = 0; r < MR; r++) {
+            float v = warp_sum(acc[r]);
+            if (lane == 0 && r < nr) a.y[(size_t)(p0 + i0 + r) * a.N + d] = a.bf ? rbf(v) : v;
+        }
+    }
+}
+
+__global__ void combine_k(float *y, const float *ysl, const float *shared, const int32_t *idx, const float *wts,
+                          const int32_t *pos_of, int n, int D, int K, int bf) {
+    size_t total = (size_t)n * D;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int r = (int)(i / D), d = (int)(i % D);
+        int ord[MAXK];
+        for (int j = 0; j < K; j++) { /* insertion sort of the row's slots by expert id */
+            int t = j;
+            while (t > 0 && idx[(size_t)r * K + ord[t - 1]] > idx[(size_t)r * K + j]) {
+                ord[t] = ord[t - 1];
+                t--;
+            }
+            ord[t] = j;
+        }
+        float acc = 0.f;
+        for (int j = 0; j < K; j++) {
+            size_t s = (size_t)r * K + ord[j];
+            acc = __fadd_rn(acc, __fmul_rn(wts[s], ysl[(size_t)pos_of[s] * D + d]));
+        }
+        if (bf) acc = rbf(acc);
+        if (shared) {
+            acc = shared[i] + acc;
+            if (bf) acc = rbf(acc);
+        }
+        y[i] = acc;
+    }
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+            int32_t *experts, float *scratch) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k, F = m->d_ff, bf = flags & OPS_BF16;
+    DS_ASSERT(E > 0 && E <= MAXE && K > 0 && K <= E && K <= MAXK && D > 0 && F > 0 && n >= 0);
+    if (n == 0) return;
+    CudaCtx *c = cctx(b);
+    MoeSlots s;
+    moe_layout(scratch, n, m, &s);
+    const int nk = n * K;
+    cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
+    route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
+    CU_LAUNCHED();
+    bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of);
+    CU_LAUNCHED();
+
+    int wdt = m->experts[0].gate.dtype;
+    DS_ASSERT(wdt == DS_BF16 || wdt == DS_F32);
+    int vec_ok = (wdt == DS_BF16 ? D % 8 == 0 && F % 8 == 0 : D % 4 == 0 && F % 4 == 0) && aligned16(x) &&
+                 aligned16(s.h);
+    UpPtrs up;
+    DownPtrs down;
+    memset(&up, 0, sizeof up);
+    memset(&down, 0, sizeof down);
+    for (int e = 0; e < E; e++) {
+        const BackendExpert *ex = &m->experts[e];
+        DS_ASSERT(ex->gate.data && ex->up.data && ex->down.data);
+        DS_ASSERT((int)ex->gate.dtype == wdt && (int)ex->up.dtype == wdt && (int)ex->down.dtype == wdt);
+        up.gate[e] = ex->gate.data;
+        up.up[e] = ex->up.data;
+        down.down[e] = ex->down.data;
+        vec_ok = vec_ok && aligned16(ex->gate.data) && aligned16(ex->up.data) && aligned16(ex->down.data);
+    }
+    GroupArgs g;
+    g.off = s.off;
+    g.pair_row = s.pair_row;
+    g.wdt = wdt;
+    g.bf = bf;
+    g.vec = vec_ok;
+    g.x = x;
+    g.y = s.h;
+    g.K = D;
+    g.N = F;
+    gateup_k<<<dim3(cdiv(F, MW), E), MW * 32, 0, c->stream>>>(g, up);
+    CU_LAUNCHED();
+    g.x = s.h;
+    g.y = s.ysl;
+    g.K = F;
+    g.N = D;
+    down_k<<<dim3(cdiv(D, MW), E), MW * 32, 0, c->stream>>>(g, down);
+    CU_LAUNCHED();
+    const float *shared = NULL;
+    if (m->shared.gate.data) {
+        cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
+        shared = s.shared;
+    }
+    size_t total = (size_t)n * D;
+    unsigned grid = cdiv(total, 256);
+    if (grid > 65535 * 8) grid = 65535 * 8;
+    combine_k<<<grid, 256, 0, c->stream>>>(y, s.ysl, shared, s.idx, s.wts, s.pos_of, n, D, K, bf);
+    CU_LAUNCHED();
+}

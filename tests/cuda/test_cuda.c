@@ -1,0 +1,651 @@
+/* test_cuda.c: every op of the CUDA backend against the CPU reference (_ref ops of ops.h, or the CPU backend's
+ * table for the ops that only exist there) on random inputs, odd sizes included. Outputs are poisoned with NaN
+ * before each op, so an element the GPU never wrote fails. Each case prints its error; the thresholds are:
+ *   fp32 arithmetic (GEMV, fp32 GEMM, norms, attention, data movement): relative L2 <= 2e-5 (exact for copies);
+ *   bf16 tensor-core GEMMs with fp32 activations rounded to bf16: relative L2 <= 6e-3; split hi+lo: <= 1e-4;
+ *   ops with bf16 rounding points (OPS_BF16): relative L2 <= 4e-3 (a 1-ulp bf16 flip where a value sits on a
+ *   rounding boundary is allowed; a wrong rounding rule gives errors far larger).
+ * Needs a CUDA GPU; prints "N passed, N failed" (N counts test functions). Built by `make test-cuda`. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "backend.h"
+#include "check.h"
+#include "cuda/backend_cuda.h"
+#include "ops.h"
+
+static Backend *B;
+
+static uint64_t rng_state = 0x2545f4914f6cdd1dull;
+static float frand(void) { /* uniform in [-1, 1) */
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return (float)((rng_state >> 40) * (1.0 / (1ull << 23)) - 1.0);
+}
+static float *rnd(size_t n, float s) {
+    float *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = s * frand();
+    return p;
+}
+static uint16_t *rnd_bf16(size_t n, float s) {
+    uint16_t *p = malloc((n ? n : 1) * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = f32_to_bf16(s * frand());
+    return p;
+}
+/* A device copy of n bytes of host memory. */
+static void *dev(const void *h, size_t bytes) {
+    void *d = B->alloc(B, bytes ? bytes : 4);
+    if (!d) {
+        fprintf(stderr, "device allocation of %zu bytes failed\n", bytes);
+        exit(2);
+    }
+    if (bytes) B->upload(B, d, h, bytes);
+    return d;
+}
+/* A device buffer of n floats filled with NaN (poison). */
+static float *dev_nan(size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    for (size_t i = 0; i < n; i++) h[i] = NAN;
+    float *d = dev(h, n * sizeof *h);
+    free(h);
+    return d;
+}
+static float *down(const float *d, size_t n) {
+    float *h = malloc((n ? n : 1) * sizeof *h);
+    B->download(B, h, d, n * sizeof *h);
+    return h;
+}
+/* ‖a − b‖ / ‖b‖ (NaN anywhere gives +inf). */
+static double rel_l2(const float *a, const float *b, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (a[i] != a[i] || b[i] != b[i]) return INFINITY;
+        double d = (double)a[i] - b[i];
+        num += d * d;
+        den += (double)b[i] * b[i];
+    }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+/* Relative L2 over rows of width w taken from buffers with row strides lda/ldb. */
+static double rel_l2_rows(const float *a, int lda, const float *b, int ldb, int rows, int w) {
+    double num = 0, den = 0;
+    for (int r = 0; r < rows; r++)
+        for (int c = 0; c < w; c++) {
+            float x = a[(size_t)r * lda + c], y = b[(size_t)r * ldb + c];
+            if (x != x || y != y) return INFINITY;
+            num += ((double)x - y) * ((double)x - y);
+            den += (double)y * y;
+        }
+    return den > 0 ? sqrt(num / den) : sqrt(num);
+}
+static int exact_eq(const float *a, const float *b, size_t n) {
+    return memcmp(a, b, n * sizeof *a) == 0;
+}
+#define EXPECT_ERR(err, tol, ...)                                                                             \
+    do {                                                                                                      \
+        char what_[200];                                                                                      \
+        snprintf(what_, sizeof what_, __VA_ARGS__);                                                           \
+        double e_ = (err);                                                                                    \
+        printf("  %-60s rel_l2 %.3g%s\n", what_, e_, e_ <= (tol) ? "" : "  <-- FAIL");                        \
+        CHECKF(e_ <= (tol), "%s: %.3g > %.3g", what_, e_, (double)(tol));                                     \
+    } while (0)
+
+/* ---------------------------------------------------------------------------------------------------------- */
+
+static void test_memory(void) {
+    size_t a0 = B->allocated(B), p0 = B->peak(B);
+    void *p = B->alloc(B, 1000), *q = B->alloc(B, 3 << 20);
+    REQUIRE(p && q);
+    CHECK(B->allocated(B) == a0 + 1000 + (3 << 20));
+    CHECK(B->peak(B) >= B->allocated(B) && B->peak(B) >= p0);
+    B->free(B, p);
+    CHECK(B->allocated(B) == a0 + (3 << 20));
+    size_t pk = B->peak(B);
+    void *huge = B->alloc(B, (size_t)1 << 50); /* a petabyte: must fail cleanly */
+    CHECK(huge == NULL);
+    CHECK(B->allocated(B) == a0 + (3 << 20) && B->peak(B) == pk);
+    /* the backend still works after a failed allocation */
+    float h[5] = {1, 2, 3, 4, 5}, r[5];
+    B->upload(B, q, h, sizeof h);
+    B->round_bf16(B, q, 5);
+    B->download(B, r, q, sizeof r);
+    CHECK(exact_eq(h, r, 5));
+    B->free(B, q);
+    CHECK(B->allocated(B) == a0);
+    size_t used = 0, total = 0;
+    backend_cuda_mem_info(B, &used, &total);
+    CHECK(total > 0 && used > 0 && used <= total);
+    printf("  device %s, %d SMs, cc %d, %zu MiB used of %zu\n", backend_cuda_device_name(B), backend_cuda_sm_count(B),
+           backend_cuda_compute_capability(B), used >> 20, total >> 20);
+}
+
+static void linear_case(int M, int K, int N, int wdt, int bias_kind, int accum, int exact, int x_bf16) {
+    int ldx = K % 8 == 0 ? K + 8 : K + 3, ldy = N + 2; /* K % 8 == 0: the GEMV's 16-byte loads */
+    float *x = rnd((size_t)M * ldx, 1.0f);
+    if (x_bf16)
+        for (size_t i = 0; i < (size_t)M * ldx; i++) x[i] = bf16_round(x[i]);
+    size_t wbytes = (size_t)N * K * (wdt == DS_BF16 ? 2 : 4);
+    void *wh = wdt == DS_BF16 ? (void *)rnd_bf16((size_t)N * K, 0.5f) : (void *)rnd((size_t)N * K, 0.5f);
+    void *bh = bias_kind == 1 ? (void *)rnd_bf16(N, 1.0f) : (void *)rnd(N, 1.0f);
+    DsW w = ds_w(wh, wdt), bias = bias_kind ? ds_w(bh, bias_kind == 1 ? DS_BF16 : DS_F32) : ds_w_none();
+    float *y0 = rnd((size_t)M * ldy, 1.0f);
+    float *yr = malloc((size_t)M * ldy * sizeof(float) + 4);
+    memcpy(yr, y0, (size_t)M * ldy * sizeof(float));
+    ops_linear_ref(yr, ldy, x, ldx, M, K, w, N, bias, accum ? OPS_ACCUM : 0);
+    float *dx = dev(x, (size_t)M * ldx * 4), *dy = dev(y0, (size_t)M * ldy * 4);
+    void *dw = dev(wh, wbytes), *db = dev(bh, (size_t)N * (bias_kind == 1 ? 2 : 4));
+    if (!accum) { /* poison the outputs (the gaps between rows keep y0) */
+        float *nanrow = malloc((size_t)N * 4);
+        for (int i = 0; i < N; i++) nanrow[i] = NAN;
+        for (int m = 0; m < M; m++) B->upload(B, dy + (size_t)m * ldy, nanrow, (size_t)N * 4);
+        free(nanrow);
+    }
+    backend_cuda_set_exact_gemm(B, exact);
+    B->linear(B, dy, ldy, dx, ldx, M, K, ds_w(dw, wdt), N, bias_kind ? ds_w(db, bias.dtype) : ds_w_none(),
+              accum ? OPS_ACCUM : 0);
+    backend_cuda_set_exact_gemm(B, 0);
+    float *yg = down(dy, (size_t)M * ldy);
+    double tol = 2e-5;
+    if (wdt == DS_BF16 && M > 8 && !x_bf16) tol = exact ? 1e-4 : 6e-3;
+    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * ldy), tol, "linear M%d K%d N%d %s bias%d accum%d exact%d xbf16%d", M, K, N,
+               wdt == DS_BF16 ? "bf16" : "f32", bias_kind, accum, exact, x_bf16);
+    B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
+    free(x), free(wh), free(bh), free(y0), free(yr), free(yg);
+}
+
+static void test_linear(void) {
+    static const int shapes[][3] = {{1, 1, 1},    {1, 37, 5},     {2, 100, 33},  {3, 64, 17},    {4, 16, 300},
+                                    {5, 129, 31}, {8, 1280, 70},  {9, 64, 64},   {15, 300, 19},  {16, 300, 257},
+                                    {17, 513, 300}, {130, 40, 7}, {200, 257, 513}, {33, 1, 9},   {64, 768, 256}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int v = 0; v < 4; v++) {
+            int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+            linear_case(M, K, N, v & 1 ? DS_F32 : DS_BF16, v == 3 ? 0 : (v & 1) + 1, v & 2, 0, 0);
+        }
+    linear_case(130, 256, 96, DS_BF16, 1, 0, 1, 0);
+    linear_case(77, 1280, 200, DS_BF16, 0, 1, 1, 0);
+    linear_case(77, 1280, 200, DS_BF16, 0, 0, 0, 1); /* bf16 activations: tensor cores are exact up to sum order */
+}
+
+static void test_norms(void) {
+    static const int shapes[][2] = {{1, 1}, {3, 7}, {17, 768}, {5, 1025}, {2, 1280}, {40, 256}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
+        for (int v = 0; v < 4; v++) {
+            int M = shapes[s][0], n = shapes[s][1], ld = n + 5, bf = v & 1, wbf = v & 2;
+            float *x = rnd((size_t)M * ld, 2.0f);
+            for (size_t i = 0; i < (size_t)M * ld; i++) x[i] += 0.3f;
+            void *wh = wbf ? (void *)rnd_bf16(n, 1.0f) : (void *)rnd(n, 1.0f);
+            void *bh = wbf ? (void *)rnd_bf16(n, 0.5f) : (void *)rnd(n, 0.5f);
+            DsW w = ds_w(wh, wbf ? DS_BF16 : DS_F32), bb = ds_w(bh, w.dtype);
+            size_t wb = (size_t)n * (wbf ? 2 : 4);
+            float *dx = dev(x, (size_t)M * ld * 4), *dyl = dev_nan((size_t)M * ld), *dyr = dev_nan((size_t)M * ld);
+            void *dw = dev(wh, wb), *db = dev(bh, wb);
+            float *yl = malloc((size_t)M * ld * 4), *yr = malloc((size_t)M * ld * 4);
+            if (bf)
+                backend_cpu()->layernorm(backend_cpu(), yl, ld, x, ld, M, n, w, bb, 1e-6f, OPS_BF16);
+            else
+                ops_layernorm_ref(yl, ld, x, ld, M, n, w, bb, 1e-6f);
+            ops_rmsnorm_ref(yr, ld, x, ld, M, n, w, 1e-6f, bf ? OPS_BF16 : 0);
+            B->layernorm(B, dyl, ld, dx, ld, M, n, ds_w(dw, w.dtype), ds_w(db, w.dtype), 1e-6f, bf ? OPS_BF16 : 0);
+            B->rmsnorm(B, dyr, ld, dx, ld, M, n, ds_w(dw, w.dtype), 1e-6f, bf ? OPS_BF16 : 0);
+            float *gl = down(dyl, (size_t)M * ld), *gr = down(dyr, (size_t)M * ld);
+            double tol = bf ? 4e-3 : 2e-5;
+            EXPECT_ERR(rel_l2_rows(gl, ld, yl, ld, M, n), tol, "layernorm M%d n%d bf16rule%d wbf16%d", M, n, bf, !!wbf);
+            EXPECT_ERR(rel_l2_rows(gr, ld, yr, ld, M, n), tol, "rmsnorm M%d n%d bf16%d wbf16%d", M, n, bf, !!wbf);
+            /* in place */
+            B->rmsnorm(B, dx, ld, dx, ld, M, n, ds_w(dw, w.dtype), 1e-6f, bf ? OPS_BF16 : 0);
+            float *gi = down(dx, (size_t)M * ld);
+            EXPECT_ERR(rel_l2_rows(gi, ld, yr, ld, M, n), tol, "rmsnorm in place M%d n%d", M, n);
+            B->free(B, dx), B->free(B, dyl), B->free(B, dyr), B->free(B, dw), B->free(B, db);
+            free(x), free(wh), free(bh), free(yl), free(yr), free(gl), free(gr), free(gi);
+        }
+}
+
+static void test_elementwise(void) {
+    static const size_t sizes[] = {1, 31, 1000, 100003};
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+        size_t n = sizes[s];
+        float *x = rnd(n, 4.0f), *c = rnd(n, 3.0f), *r = malloc(n * 4);
+        float *dx = dev(x, n * 4), *dc = dev(c, n * 4), *dout = dev_nan(n);
+        ops_gelu_ref(r, x, n);
+        B->gelu(B, dout, dx, n);
+        float *g = down(dout, n);
+        EXPECT_ERR(rel_l2(g, r, n), 2e-6, "gelu n%zu", n);
+        free(g);
+        ops_quick_gelu_ref(r, x, n);
+        B->quick_gelu(B, dout, dx, n);
+        g = down(dout, n);
+        EXPECT_ERR(rel_l2(g, r, n), 2e-6, "quick_gelu n%zu", n);
+        free(g);
+        ops_add_ref(r, x, c, n);
+        B->add(B, dc, dx, dc, n); /* in place on the second operand */
+        g = down(dc, n);
+        CHECKF(exact_eq(g, r, n), "add n%zu", n);
+        free(g);
+        memcpy(r, x, n * 4);
+        r[0] = NAN;
+        if (n > 2) r[1] = INFINITY, r[2] = 3.0e38f;
+        B->upload(B, dx, r, n * 4);
+        ops_round_bf16_ref(r, n);
+        B->round_bf16(B, dx, n);
+        g = down(dx, n);
+        int same = 1;
+        for (size_t i = 0; i < n; i++) same &= (g[i] == r[i]) || (g[i] != g[i] && r[i] != r[i]);
+        CHECKF(same, "round_bf16 n%zu", n);
+        printf("  add/round_bf16 n%zu exact\n", n);
+        free(g);
+        B->free(B, dx), B->free(B, dc), B->free(B, dout);
+        free(x), free(c), free(r);
+    }
+}
+
+static void test_rope(void) {
+    static const int cases[][3] = {{1, 1, 2}, {7, 3, 128}, {33, 10, 128}, {5, 2, 6}};
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++)
+        for (int bf = 0; bf < 2; bf++) {
+            int T = cases[s][0], H = cases[s][1], hd = cases[s][2], ld = H * hd + 4;
+            float *x = rnd((size_t)T * ld, 2.0f);
+            if (bf)
+                for (size_t i = 0; i < (size_t)T * ld; i++) x[i] = bf16_round(x[i]);
+            int32_t *pos = malloc(T * sizeof *pos);
+            for (int t = 0; t < T; t++) pos[t] = t == 0 ? 0 : (int)((frand() + 1) * 4000);
+            float *dx = dev(x, (size_t)T * ld * 4);
+            int32_t *dp = dev(pos, T * sizeof *pos);
+            ops_rope_neox_ref(x, ld, T, H, hd, pos, 10000.f, bf ? OPS_BF16 : 0);
+            B->rope_neox(B, dx, ld, T, H, hd, dp, 10000.f, bf ? OPS_BF16 : 0);
+            float *g = down(dx, (size_t)T * ld);
+            EXPECT_ERR(rel_l2(g, x, (size_t)T * ld), bf ? 4e-3 : 2e-5, "rope T%d H%d hd%d bf16%d", T, H, hd, bf);
+            B->free(B, dx), B->free(B, dp);
+            free(x), free(pos), free(g);
+        }
+}
+
+typedef struct AttCase {
+    int nb, tq, tk, H, D, causal, q_off, gh, gw, fused, bf16_bias;
+} AttCase;
+
+static void attention_case(AttCase c) {
+    int W = c.H * c.D, ld = c.fused ? 3 * W + 1 : W + 3;
+    size_t qrows = (size_t)c.nb * c.tq, krows = (size_t)c.nb * c.tk;
+    /* fused: q, k, v are column slices of one [rows, 3W+1] buffer (tq == tk) */
+    float *qkv = rnd((c.fused ? qrows : qrows + 2 * krows) * ld, 1.5f);
+    float *q = qkv, *k = c.fused ? qkv + W : qkv + qrows * ld, *v = c.fused ? qkv + 2 * W : k + krows * ld;
+    float *rh = c.gh ? rnd((size_t)(2 * c.gh - 1) * c.D, 0.5f) : NULL, *rw = c.gh ? rnd((size_t)(2 * c.gw - 1) * c.D, 0.5f) : NULL;
+    int ldo = W + 1;
+    float *ref = malloc(qrows * ldo * 4);
+    for (size_t i = 0; i < qrows * ldo; i++) ref[i] = 0;
+    OpsAttention a = {.out = ref, .q = q, .k = k, .v = v, .ldo = ldo, .ldq = ld, .ldk = ld, .ldv = ld,
+                      .n_batch = c.nb, .tq = c.tq, .tk = c.tk, .n_heads = c.H, .head_dim = c.D,
+                      .scale = 1.0f / sqrtf((float)c.D), .causal = c.causal, .q_offset = c.q_off,
+                      .relpos_h = rh, .relpos_w = rw, .grid_h = c.gh, .grid_w = c.gw, .bf16_bias = c.bf16_bias};
+    ops_attention_ref(&a);
+    size_t qkv_n = (c.fused ? qrows : qrows + 2 * krows) * ld;
+    float *dqkv = dev(qkv, qkv_n * 4), *dout = dev_nan(qrows * ldo);
+    float *drh = c.gh ? dev(rh, (size_t)(2 * c.gh - 1) * c.D * 4) : NULL;
+    float *drw = c.gh ? dev(rw, (size_t)(2 * c.gw - 1) * c.D * 4) : NULL;
+    OpsAttention d = a;
+    d.out = dout;
+    d.q = dqkv;
+    d.k = dqkv + (k - qkv);
+    d.v = dqkv + (v - qkv);
+    d.relpos_h = drh;
+    d.relpos_w = drw;
+    B->attention(B, &d);
+    float *g = down(dout, qrows * ldo);
+    /* bf16 bias: a term on a bf16 rounding boundary may round the other way (fp32 vs double sums) */
+    EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.bf16_bias ? 1e-3 : 2e-5,
+               "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d", c.nb, c.tq, c.tk, c.H, c.D,
+               c.causal, c.q_off, c.gh, c.gw, c.bf16_bias);
+    B->free(B, dqkv), B->free(B, dout);
+    if (drh) B->free(B, drh), B->free(B, drw);
+    free(qkv), free(rh), free(rw), free(ref), free(g);
+}
+
+static void test_attention(void) {
+    AttCase cases[] = {
+        {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0},   /* CLIP-like, fused qkv */
+        {3, 196, 196, 2, 64, 0, 0, 14, 14, 1, 0}, /* SAM windows with rel-pos */
+        {1, 63, 63, 2, 64, 0, 0, 9, 7, 1, 0},     /* rel-pos on an odd, non-square grid */
+        {2, 37, 50, 2, 128, 1, 13, 0, 0, 0, 0},   /* causal with offset, decoder head size */
+        {1, 70, 70, 2, 128, 1, 0, 0, 0, 1, 0},    /* causal prefill */
+        {2, 5, 300, 1, 40, 0, 0, 0, 0, 0, 0},     /* odd head_dim */
+        {1, 33, 33, 3, 20, 0, 0, 0, 0, 0, 0},     /* one thread a query */
+        {1, 17, 9, 2, 200, 0, 0, 0, 0, 0, 0},     /* head_dim > 128: plain kernel */
+        {1, 1, 1, 1, 64, 0, 0, 0, 0, 0, 0},
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0}, /* SAM global at 640 px, one head */
+        {2, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1}, /* bf16 bias (the official bf16 run) */
+        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 1},    /* bf16 bias in the plain kernel */
+        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 0},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
+}
+
+static void kv_case(int dtype, int H, int D, int bs, int n_blocks, int n_rows, int two_seqs) {
+    int L = 2, width = H * D, layer = 1;
+    KvCache host;
+    DsError e;
+    REQUIRE(kvcache_new_typed(&host, L, width, bs, n_blocks, dtype, &e) == DSOCR_OK);
+    size_t pool = kvcache_bytes(L, width, bs, n_blocks) * (dtype == DS_F32 ? 2 : 1);
+    /* two sequences over a shuffled block list */
+    int32_t *perm = malloc(n_blocks * sizeof *perm);
+    for (int i = 0; i < n_blocks; i++) perm[i] = i;
+    for (int i = n_blocks - 1; i > 0; i--) {
+        int j = (int)((frand() + 1) * 0.5 * (i + 1)) % (i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int half = two_seqs ? n_blocks / 2 : n_blocks;
+    const int32_t *tab0 = perm, *tab1 = two_seqs ? perm + half : perm;
+    int cap0 = half * bs, cap1 = (n_blocks - half) * bs;
+    /* fill every position of both sequences: seq 0 in two writes, seq 1 in one */
+    int capm = cap0 > cap1 ? cap0 : cap1;
+    float *kk = rnd((size_t)capm * width, 1.0f), *vv = rnd((size_t)capm * width, 1.0f);
+    void *dkvdata = B->alloc(B, pool);
+    REQUIRE(dkvdata);
+    B->memset0(B, dkvdata, pool);
+    KvCache dkv = host;
+    dkv.data = dkvdata;
+    float *dk = dev(kk, (size_t)capm * width * 4), *dv = dev(vv, (size_t)capm * width * 4);
+    int split = cap0 / 3;
+    kv_write(&host, layer, tab0, 0, split, kk, width, vv, width);
+    kv_write(&host, layer, tab0, split, cap0 - split, kk + (size_t)split * width, width, vv + (size_t)split * width, width);
+    B->kv_write(B, &dkv, layer, tab0, 0, split, dk, width, dv, width);
+    B->kv_write(B, &dkv, layer, tab0, split, cap0 - split, dk + (size_t)split * width, width, dv + (size_t)split * width,
+                width);
+    if (two_seqs) {
+        kv_write(&host, layer, tab1, 0, cap1, kk, width, vv, width);
+        B->kv_write(B, &dkv, layer, tab1, 0, cap1, dk, width, dv, width);
+    }
+    void *pool_back = malloc(pool);
+    B->download(B, pool_back, dkvdata, pool);
+    CHECKF(memcmp(pool_back, host.data, pool) == 0, "kv_write pool differs (%s H%d D%d bs%d)",
+           dtype == DS_BF16 ? "bf16" : "f32", H, D, bs);
+    /* queries: rows at random positions of random sequences, the last row at the end of sequence 0 */
+    int ldq = width + 3;
+    float *q = rnd((size_t)n_rows * ldq, 1.0f);
+    int32_t *pos = malloc(n_rows * sizeof *pos), *seq = malloc(n_rows * sizeof *seq);
+    for (int r = 0; r < n_rows; r++) {
+        seq[r] = two_seqs && r % 2;
+        int cap = seq[r] ? cap1 : cap0;
+        pos[r] = r == n_rows - 1 ? cap - 1 : (int)((frand() + 1) * 0.5 * cap) % cap;
+    }
+    if (!two_seqs) seq[0] = 0;
+    const int32_t *tables[2] = {tab0, tab1};
+    float *ref = malloc((size_t)n_rows * width * 4);
+    OpsAttentionKv a = {.out = ref, .q = q, .ldo = width, .ldq = ldq, .n = n_rows, .pos = pos,
+                        .seq = two_seqs ? seq : NULL, .tables = tables, .kv = &host, .layer = layer,
+                        .n_heads = H, .head_dim = D, .scale = 1.0f / sqrtf((float)D)};
+    ops_attention_kv_ref(&a);
+    int32_t *dt0 = dev(tab0, half * 4), *dt1 = two_seqs ? dev(tab1, (n_blocks - half) * 4) : dt0;
+    const int32_t *dtabs_h[2] = {dt0, dt1};
+    void *dtabs = dev(dtabs_h, sizeof dtabs_h);
+    float *dq = dev(q, (size_t)n_rows * ldq * 4), *dout = dev_nan((size_t)n_rows * width);
+    int32_t *dpos = dev(pos, n_rows * 4), *dseq = dev(seq, n_rows * 4);
+    OpsAttentionKv d = a;
+    d.out = dout;
+    d.q = dq;
+    d.pos = dpos;
+    d.seq = two_seqs ? dseq : NULL;
+    d.tables = (const int32_t *const *)dtabs;
+    d.kv = &dkv;
+    B->attention_kv(B, &d);
+    float *g = down(dout, (size_t)n_rows * width);
+    EXPECT_ERR(rel_l2(g, ref, (size_t)n_rows * width), 2e-5, "attention_kv %s H%d D%d bs%d blocks%d rows%d seqs%d",
+               dtype == DS_BF16 ? "bf16" : "f32", H, D, bs, n_blocks, n_rows, two_seqs + 1);
+    B->free(B, dkvdata), B->free(B, dk), B->free(B, dv), B->free(B, dt0), B->free(B, dtabs);
+    if (two_seqs) B->free(B, dt1);
+    B->free(B, dq), B->free(B, dout), B->free(B, dpos), B->free(B, dseq);
+    kvcache_free(&host);
+    free(perm), free(kk), free(vv), free(pool_back), free(q), free(pos), free(seq), free(ref), free(g);
+}
+
+static void test_kv(void) {
+    kv_case(DS_BF16, 3, 128, 16, 7, 5, 1);
+    kv_case(DS_F32, 3, 128, 16, 7, 5, 1);
+    kv_case(DS_BF16, 10, 128, 64, 32, 1, 0);   /* decode at ~2000 tokens: split keys */
+    kv_case(DS_BF16, 2, 40, 5, 9, 300, 1);     /* many rows (prefill-like), odd head_dim and block size */
+    kv_case(DS_F32, 2, 64, 16, 40, 7, 1);      /* split keys, two sequences */
+    kv_case(DS_F32, 1, 256, 3, 11, 2, 0);
+    kv_case(DS_BF16, 1, 300, 8, 4, 3, 1);      /* head_dim > 256 */
+}
+
+static void conv_case(int in_h, int in_w, int in_c, int out_c, int k, int stride, int pad, int wdt, int with_bias,
+                      size_t scratch_n, int exact) {
+    OpsConv2d c = {in_h, in_w, in_c, out_c, k, k, stride, pad};
+    int Ho = ops_conv2d_out_h(&c), Wo = ops_conv2d_out_w(&c);
+    size_t xn = (size_t)in_h * in_w * in_c, wn = (size_t)out_c * in_c * k * k, yn = (size_t)Ho * Wo * out_c;
+    float *x = rnd(xn, 1.0f);
+    void *wh = wdt == DS_BF16 ? (void *)rnd_bf16(wn, 0.3f) : (void *)rnd(wn, 0.3f);
+    float *bh = rnd(out_c, 1.0f), *ref = malloc(yn * 4);
+    ops_conv2d_ref(ref, x, &c, ds_w(wh, wdt), with_bias ? ds_w(bh, DS_F32) : ds_w_none(), NULL, 0);
+    float *dx = dev(x, xn * 4), *dy = dev_nan(yn), *db = dev(bh, out_c * 4), *ds = dev_nan(scratch_n ? scratch_n : 1);
+    void *dw = dev(wh, wn * (wdt == DS_BF16 ? 2 : 4));
+    backend_cuda_set_exact_gemm(B, exact);
+    B->conv2d(B, dy, dx, &c, ds_w(dw, wdt), with_bias ? ds_w(db, DS_F32) : ds_w_none(), scratch_n ? ds : NULL, scratch_n);
+    backend_cuda_set_exact_gemm(B, 0);
+    float *g = down(dy, yn);
+    double tol = wdt == DS_BF16 && Ho * Wo > 8 ? (exact ? 1e-4 : 6e-3) : 2e-5;
+    EXPECT_ERR(rel_l2(g, ref, yn), tol, "conv2d %dx%dx%d->%d k%d s%d p%d %s bias%d scratch%zu exact%d", in_h, in_w, in_c,
+               out_c, k, stride, pad, wdt == DS_BF16 ? "bf16" : "f32", with_bias, scratch_n, exact);
+    B->free(B, dx), B->free(B, dy), B->free(B, db), B->free(B, ds), B->free(B, dw);
+    free(x), free(wh), free(bh), free(ref), free(g);
+}
+
+static void test_conv2d(void) {
+    conv_case(48, 32, 3, 24, 16, 16, 0, DS_BF16, 1, 6 * 768, 0); /* patch embed */
+    conv_case(48, 32, 3, 24, 16, 16, 0, DS_F32, 1, 768, 0);      /* one pixel a pass */
+    conv_case(9, 7, 5, 6, 3, 1, 1, DS_BF16, 0, 63 * 45, 0);
+    conv_case(9, 7, 5, 6, 3, 1, 1, DS_BF16, 0, 100, 1);
+    conv_case(11, 13, 8, 16, 3, 2, 1, DS_F32, 0, 1000, 0);
+    conv_case(6, 5, 12, 7, 1, 1, 0, DS_BF16, 1, 0, 0);           /* 1x1: no scratch */
+    conv_case(2, 2, 4, 3, 3, 2, 1, DS_BF16, 0, 36, 0);           /* one output pixel: GEMV */
+}
+
+static void test_swiglu(void) {
+    static const int cases[][3] = {{1, 40, 24}, {5, 64, 48}, {37, 40, 24}, {3, 1280, 896}};
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++)
+        for (int bf = 0; bf < 2; bf++) {
+            int n = cases[s][0], D = cases[s][1], F = cases[s][2];
+            float *x = rnd((size_t)n * D, 1.0f);
+            if (bf)
+                for (size_t i = 0; i < (size_t)n * D; i++) x[i] = bf16_round(x[i]);
+            uint16_t *g = rnd_bf16((size_t)F * D, 0.2f), *u = rnd_bf16((size_t)F * D, 0.2f), *dn = rnd_bf16((size_t)D * F, 0.2f);
+            float *ref = malloc((size_t)n * D * 4), *scr = malloc(2 * (size_t)n * F * 4);
+            ops_expert_ffn_ref(ref, x, n, D, F, ds_w(g, DS_BF16), ds_w(u, DS_BF16), ds_w(dn, DS_BF16), bf ? OPS_BF16 : 0, scr);
+            float *dx = dev(x, (size_t)n * D * 4), *dy = dev_nan((size_t)n * D), *ds = dev_nan(2 * (size_t)n * F);
+            void *dg = dev(g, (size_t)F * D * 2), *du = dev(u, (size_t)F * D * 2), *dd = dev(dn, (size_t)F * D * 2);
+            B->swiglu(B, dy, dx, n, D, F, ds_w(dg, DS_BF16), ds_w(du, DS_BF16), ds_w(dd, DS_BF16), bf ? OPS_BF16 : 0, ds);
+            float *out = down(dy, (size_t)n * D);
+            double tol = bf ? 4e-3 : n > 8 ? 6e-3 : 2e-5;
+            EXPECT_ERR(rel_l2(out, ref, (size_t)n * D), tol, "swiglu n%d D%d F%d bf16%d", n, D, F, bf);
+            B->free(B, dx), B->free(B, dy), B->free(B, ds), B->free(B, dg), B->free(B, du), B->free(B, dd);
+            free(x), free(g), free(u), free(dn), free(ref), free(scr), free(out);
+        }
+}
+
+/* The MoE layer on the host from _ref ops (the cpu_moe recipe): returns y, logits (rounded in bf16 mode), idx. */
+static void moe_ref(float *y, float *logits, int32_t *idx, const float *x, int n, const BackendMoe *m, int flags) {
+    int D = m->d_model, E = m->n_experts, K = m->top_k;
+    float *wts = malloc((size_t)n * K * 4), *acc = calloc((size_t)n * D, 4), *yg = malloc((size_t)D * 4);
+    float *scr = malloc(2 * (size_t)(m->d_ff > m->d_shared ? m->d_ff : m->d_shared) * n * 4);
+    ops_linear_ref(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
+    ops_moe_route(logits, E, n, E, K, flags, idx, wts);
+    if (flags & OPS_BF16) ops_round_bf16_ref(logits, (size_t)n * E);
+    for (int e = 0; e < E; e++)
+        for (int r = 0; r < n; r++)
+            for (int j = 0; j < K; j++)
+                if (idx[r * K + j] == e) {
+                    ops_expert_ffn_ref(yg, x + (size_t)r * D, 1, D, m->d_ff, m->experts[e].gate, m->experts[e].up,
+                                       m->experts[e].down, flags, scr);
+                    ops_scale_add_ref(acc + (size_t)r * D, wts[r * K + j], yg, D);
+                }
+    if (flags & OPS_BF16) ops_round_bf16_ref(acc, (size_t)n * D);
+    if (m->shared.gate.data) {
+        ops_expert_ffn_ref(y, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, scr);
+        ops_add_ref(y, y, acc, (size_t)n * D);
+        if (flags & OPS_BF16) ops_round_bf16_ref(y, (size_t)n * D);
+    } else {
+        memcpy(y, acc, (size_t)n * D * 4);
+    }
+    free(wts), free(acc), free(yg), free(scr);
+}
+
+static void moe_case(int n, int E, int K, int D, int F, int S, int bf, int wdt) {
+    size_t es = wdt == DS_BF16 ? 2 : 4;
+    BackendMoe hm = {.n_experts = E, .top_k = K, .d_model = D, .d_ff = F, .d_shared = S};
+    BackendMoe dm = hm;
+    BackendExpert *he = calloc(E, sizeof *he), *de = calloc(E, sizeof *de);
+    void *bufs[1024];
+    int nb = 0;
+#define MKW(hw, dw, count, scale)                                                                             \
+    do {                                                                                                      \
+        void *h_ = wdt == DS_BF16 ? (void *)rnd_bf16((count), (scale)) : (void *)rnd((count), (scale));       \
+        bufs[nb++] = h_;                                                                                      \
+        hw = ds_w(h_, wdt);                                                                                   \
+        dw = ds_w(dev(h_, (size_t)(count) * es), wdt);                                                        \
+    } while (0)
+    MKW(hm.router, dm.router, (size_t)E * D, 0.5f);
+    for (int e = 0; e < E; e++) {
+        MKW(he[e].gate, de[e].gate, (size_t)F * D, 0.2f);
+        MKW(he[e].up, de[e].up, (size_t)F * D, 0.2f);
+        MKW(he[e].down, de[e].down, (size_t)D * F, 0.2f);
+    }
+    if (S) {
+        MKW(hm.shared.gate, dm.shared.gate, (size_t)S * D, 0.2f);
+        MKW(hm.shared.up, dm.shared.up, (size_t)S * D, 0.2f);
+        MKW(hm.shared.down, dm.shared.down, (size_t)D * S, 0.2f);
+    }
+#undef MKW
+    hm.experts = he;
+    dm.experts = de;
+    float *x = rnd((size_t)n * D, 1.0f);
+    if (bf)
+        for (size_t i = 0; i < (size_t)n * D; i++) x[i] = bf16_round(x[i]);
+    float *y = malloc((size_t)n * D * 4), *lg = malloc((size_t)n * E * 4);
+    int32_t *idx = malloc((size_t)n * K * 4);
+    moe_ref(y, lg, idx, x, n, &hm, bf ? OPS_BF16 : 0);
+    size_t sn = B->moe_scratch_floats(n, &dm);
+    float *dx = dev(x, (size_t)n * D * 4), *dy = dev_nan((size_t)n * D), *dl = dev_nan((size_t)n * E), *ds = dev_nan(sn);
+    int32_t *di = (int32_t *)dev_nan((size_t)n * K);
+    B->moe(B, dy, dx, n, &dm, bf ? OPS_BF16 : 0, dl, di, ds);
+    float *gy = down(dy, (size_t)n * D), *gl = down(dl, (size_t)n * E);
+    int32_t *gi = malloc((size_t)n * K * 4);
+    B->download(B, gi, di, (size_t)n * K * 4);
+    int same = memcmp(gi, idx, (size_t)n * K * 4) == 0;
+    double tol = bf ? 4e-3 : (S && n > 8 && wdt == DS_BF16) ? 6e-3 : 2e-5;
+    EXPECT_ERR(rel_l2(gy, y, (size_t)n * D), tol, "moe n%d E%d k%d D%d F%d shared%d bf16%d %s", n, E, K, D, F, S, bf,
+               wdt == DS_BF16 ? "bf16" : "f32");
+    EXPECT_ERR(rel_l2(gl, lg, (size_t)n * E), bf ? 4e-3 : 2e-5, "moe router logits n%d", n);
+    CHECKF(same, "moe expert choice differs (n%d E%d k%d)", n, E, K);
+    B->free(B, dx), B->free(B, dy), B->free(B, dl), B->free(B, ds), B->free(B, di);
+    B->free(B, (void *)dm.router.data);
+    for (int e = 0; e < E; e++)
+        B->free(B, (void *)de[e].gate.data), B->free(B, (void *)de[e].up.data), B->free(B, (void *)de[e].down.data);
+    if (S)
+        B->free(B, (void *)dm.shared.gate.data), B->free(B, (void *)dm.shared.up.data),
+            B->free(B, (void *)dm.shared.down.data);
+    for (int i = 0; i < nb; i++) free(bufs[i]);
+    free(he), free(de), free(x), free(y), free(lg), free(idx), free(gy), free(gl), free(gi);
+}
+
+static void test_moe(void) {
+    moe_case(1, 13, 4, 40, 24, 48, 0, DS_BF16);
+    moe_case(1, 13, 4, 40, 24, 48, 1, DS_BF16);
+    moe_case(3, 16, 6, 64, 32, 0, 0, DS_BF16);
+    moe_case(50, 13, 4, 40, 24, 48, 1, DS_BF16);
+    moe_case(50, 13, 4, 40, 24, 48, 0, DS_BF16);
+    moe_case(7, 9, 2, 33, 17, 20, 0, DS_F32); /* odd sizes: scalar loads */
+    moe_case(2, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* the model's shapes */
+}
+
+static void test_data_movement(void) {
+    Backend *C = backend_cpu();
+    /* chw_to_hwc */
+    int S = 5;
+    float *src = rnd(3 * S * S, 1.0f), *r = malloc(3 * S * S * 4);
+    C->chw_to_hwc(C, r, src, S);
+    float *ds = dev(src, 3 * S * S * 4), *dd = dev_nan(3 * S * S);
+    B->chw_to_hwc(B, dd, ds, S);
+    float *g = down(dd, 3 * S * S);
+    CHECKF(exact_eq(g, r, 3 * S * S), "chw_to_hwc");
+    B->free(B, ds), B->free(B, dd), free(src), free(r), free(g);
+    /* window partition / unpartition */
+    int gsz = 9, Cc = 3, ws = 4, nw = 3;
+    size_t wn = (size_t)nw * nw * ws * ws * Cc, xn = (size_t)gsz * gsz * Cc;
+    float *x = rnd(xn, 1.0f), *win = malloc(wn * 4), *win2 = rnd(wn, 1.0f), *x2 = malloc(xn * 4);
+    C->window_partition(C, win, x, gsz, Cc, ws);
+    float *dx = dev(x, xn * 4), *dw = dev_nan(wn);
+    B->window_partition(B, dw, dx, gsz, Cc, ws);
+    g = down(dw, wn);
+    CHECKF(exact_eq(g, win, wn), "window_partition");
+    free(g);
+    memcpy(x2, x, xn * 4);
+    C->window_unpartition_add(C, x2, win2, gsz, Cc, ws);
+    B->upload(B, dw, win2, wn * 4);
+    B->window_unpartition_add(B, dx, dw, gsz, Cc, ws);
+    g = down(dx, xn);
+    CHECKF(exact_eq(g, x2, xn), "window_unpartition_add");
+    B->free(B, dx), B->free(B, dw), free(x), free(win), free(win2), free(x2), free(g);
+    /* embed (more ids than one launch carries) and fill_rows */
+    int V = 50, D = 7, n = 1100;
+    uint16_t *tab = rnd_bf16((size_t)V * D, 1.0f);
+    int32_t *ids = malloc(n * 4);
+    for (int i = 0; i < n; i++) ids[i] = (int)((frand() + 1) * 0.5 * V) % V;
+    float *e1 = malloc((size_t)n * D * 4);
+    C->embed(C, e1, ids, n, ds_w(tab, DS_BF16), D);
+    void *dtab = dev(tab, (size_t)V * D * 2);
+    float *de = dev_nan((size_t)n * D);
+    B->embed(B, de, ids, n, ds_w(dtab, DS_BF16), D);
+    g = down(de, (size_t)n * D);
+    CHECKF(exact_eq(g, e1, (size_t)n * D), "embed");
+    free(g);
+    C->fill_rows(C, e1, 13, ds_w(tab + 3 * D, DS_BF16), D);
+    B->fill_rows(B, de, 13, ds_w((uint16_t *)dtab + 3 * D, DS_BF16), D);
+    g = down(de, (size_t)13 * D);
+    CHECKF(exact_eq(g, e1, (size_t)13 * D), "fill_rows");
+    free(g);
+    B->free(B, dtab), B->free(B, de), free(tab), free(ids), free(e1);
+    /* concat_cols and copy_rows with strides */
+    int rows = 17, wa = 5, wc = 3, lda = 9, ldc = 4;
+    float *a = rnd((size_t)rows * lda, 1.0f), *c = rnd((size_t)rows * ldc, 1.0f), *o = malloc((size_t)rows * (wa + wc) * 4);
+    C->concat_cols(C, o, a, lda, wa, c, ldc, wc, rows);
+    float *da = dev(a, (size_t)rows * lda * 4), *dc = dev(c, (size_t)rows * ldc * 4), *dout = dev_nan((size_t)rows * (wa + wc));
+    B->concat_cols(B, dout, da, lda, wa, dc, ldc, wc, rows);
+    g = down(dout, (size_t)rows * (wa + wc));
+    CHECKF(exact_eq(g, o, (size_t)rows * (wa + wc)), "concat_cols");
+    free(g);
+    float *cr = malloc((size_t)rows * lda * 4);
+    memcpy(cr, a, (size_t)rows * lda * 4);
+    C->copy_rows(C, cr, lda, c, ldc, rows, 3);
+    B->copy_rows(B, da, lda, dc, ldc, rows, 3);
+    g = down(da, (size_t)rows * lda);
+    CHECKF(exact_eq(g, cr, (size_t)rows * lda), "copy_rows");
+    printf("  data movement: chw_to_hwc, window_partition, window_unpartition_add, embed, fill_rows, concat_cols, "
+           "copy_rows compared bit for bit\n");
+    B->free(B, da), B->free(B, dc), B->free(B, dout), free(a), free(c), free(o), free(cr), free(g);
+}
+
+int main(void) {
+    DsError e = {0};
+    B = backend_cuda_new(0, &e);
+    if (!B) {
+        fprintf(stderr, "test_cuda: no CUDA backend: %s\n", e.msg);
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    RUN(test_memory);
+    RUN(test_linear);
+    RUN(test_norms);
+    RUN(test_elementwise);
+    RUN(test_rope);
+    RUN(test_attention);
+    RUN(test_kv);
+    RUN(test_conv2d);
+    RUN(test_swiglu);
+    RUN(test_moe);
+    RUN(test_data_movement);
+    printf("  device memory: %zu bytes allocated at the end (scratch), peak %zu\n", B->allocated(B), B->peak(B));
+    backend_cuda_free(B);
+    return check_summary();
+}
