@@ -270,6 +270,24 @@ static char *collapse_newlines(char *t) {
     return t;
 }
 
+/* Tabs at the end of a line (after the last cell of a row) are dropped, in one pass. */
+static char *drop_tabs_before_newlines(char *t) {
+    if (!t) return NULL;
+    char *w = t;
+    for (const char *r = t; *r;) {
+        const char *q = r;
+        while (*q == '\t') q++;
+        if (q > r && (*q == '\n' || !*q)) {
+            r = q;
+            continue;
+        }
+        while (r < q) *w++ = *r++;
+        if (*r) *w++ = *r++;
+    }
+    *w = 0;
+    return t;
+}
+
 /* Plain text from cleaned markdown: image links dropped, leading '#'s of headings dropped, HTML tags removed
  * (</td>/</th> become a tab, </tr>, <br> and </p> a newline), runs of 3+ newlines become two. */
 static char *plain_text(const char *md) {
@@ -309,8 +327,7 @@ static char *plain_text(const char *md) {
     }
     char *t = str_take(&o);
     if (!t) return NULL;
-    while (t && strstr(t, "\t\n")) t = replace_all(t, "\t\n", "\n");
-    t = collapse_newlines(t);
+    t = collapse_newlines(drop_tabs_before_newlines(t));
     if (!t) return NULL;
     size_t st, n = postprocess_trim(t, strlen(t), &st);
     char *r = dup_trim(t + st, n);
