@@ -36,6 +36,14 @@ static int cmp_names(const void *a, const void *b) { return strcmp(a, b); }
 DsocrStatus results_open(const char *dir, int max, ResultsStore **out, DsError *e) {
     *out = NULL;
     if (max < 1) return ds_fail(e, DSOCR_E_INVALID_ARG, "the results cap must be at least 1");
+    char path[4096];
+    snprintf(path, sizeof path, "%s", dir);
+    for (char *q = path + 1; *q; q++) /* the parents first */
+        if (*q == '/') {
+            *q = 0;
+            if (mkdir(path, 0700) != 0 && errno != EEXIST) break;
+            *q = '/';
+        }
     if (mkdir(dir, 0700) != 0 && errno != EEXIST)
         return ds_fail(e, DSOCR_E_IO, "cannot create the results folder %s: %s", dir, strerror(errno));
     int fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

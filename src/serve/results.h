@@ -16,7 +16,7 @@
 
 typedef struct ResultsStore ResultsStore;
 
-/* Opens (creating it when missing, mode 0700) the folder dir with a cap of max files (>= 1). */
+/* Opens (creating it and its parents when missing, mode 0700) the folder dir with a cap of max files (>= 1). */
 DsocrStatus results_open(const char *dir, int max, ResultsStore **out, DsError *e);
 void results_close(ResultsStore *rs);
 

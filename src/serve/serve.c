@@ -900,7 +900,7 @@ void serve_config_default(ServeConfig *c) {
     c->default_max_tokens = 0;
     c->timeout_s = 600;
     c->drain_s = 60;
-    c->results_dir = "results";
+    c->results_dir = NULL; /* serve_run picks $XDG_CACHE_HOME/dsocr/results, else ~/.cache/dsocr/results */
     c->results_max = 1000;
 }
 
@@ -936,6 +936,18 @@ int serve_run(const ServeConfig *cfg) {
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    char results_dir[4096];
+    if (!cfg->results_dir) {
+        const char *xdg = getenv("XDG_CACHE_HOME"), *home = getenv("HOME");
+        if (xdg && *xdg)
+            snprintf(results_dir, sizeof results_dir, "%s/dsocr/results", xdg);
+        else if (home && *home)
+            snprintf(results_dir, sizeof results_dir, "%s/.cache/dsocr/results", home);
+        else
+            snprintf(results_dir, sizeof results_dir, "dsocr-results");
+        s->cfg.results_dir = results_dir;
+        cfg = &s->cfg;
+    }
     if (cfg->results_dir && *cfg->results_dir && results_open(cfg->results_dir, cfg->results_max, &s->results, &e)) {
         fprintf(stderr, "dsocr serve: %s\n", e.msg);
         goto out;

@@ -26,7 +26,7 @@ typedef struct ServeConfig {
     int default_max_tokens; /* when a request names none; 0 = until the context is full */
     double timeout_s;       /* per request, from arrival to answer; 504 after it */
     double drain_s;         /* on SIGTERM, how long running and queued requests may take */
-    const char *results_dir;
+    const char *results_dir; /* NULL = $XDG_CACHE_HOME/dsocr/results (else ~/.cache/...); "" = never save */
     int results_max;
     const char *api_key; /* NULL or "" = no key */
     int fake_engine;     /* tests: no model, every job answers a fixed text */

@@ -123,9 +123,11 @@ def asan_dsocr():
                   if f.endswith(".c"))
     lib = os.path.join(REPO, "build", "asan", "libdsocr.a")
     if not os.path.exists(out) or any(os.path.getmtime(p) > os.path.getmtime(out) for p in srcs + [lib]):
+        # the libraries as the Makefile links them
+        libs = subprocess.run(["make", "-s", "CUDA=0", "--eval=print-serve-ldlibs: ; @echo $(CPU_LDLIBS)",
+                               "print-serve-ldlibs"], cwd=REPO, capture_output=True, text=True).stdout.split()
         cmd = ["cc", "-std=c17", "-O1", "-g", "-D_GNU_SOURCE", "-pthread", "-fopenmp", "-fsanitize=address,undefined",
-               "-fno-sanitize-recover=all", "-Iinclude", "-Isrc", "-o", out] + srcs + [lib] + \
-              "-lmicrohttpd -lcurl -lcjson -lpng -ljpeg -lwebp -lgif -ltiff -lpcre2-8 -lopenblas -lm -lpthread".split()
+               "-fno-sanitize-recover=all", "-Iinclude", "-Isrc", "-o", out] + srcs + [lib] + libs
         r = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
         assert r.returncode == 0, r.stderr[-3000:]
     return out
