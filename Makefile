@@ -21,6 +21,7 @@ CUDA_HOME ?= $(patsubst %/bin/nvcc,%,$(NVCC))
 
 HDRS     := $(wildcard include/*.h src/*.h src/*/*.h)
 LIB_SRC  := $(wildcard src/*.c src/cpu/*.c src/serve/*.c)
+CPU_LIB_SRC := $(LIB_SRC) src/nocuda/cuda_stub.c
 LIB_OBJ  := $(LIB_SRC:%.c=$(BUILD)/%.o)
 CLI_SRC  := $(wildcard src/cli/*.c)
 CLI_OBJ  := $(CLI_SRC:%.c=$(BUILD)/%.o)
@@ -33,6 +34,8 @@ LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.o)
 LDLIBS   += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublas -lcudart -lstdc++
 NVFLAGS  := -O3 -std=c++17 -Iinclude -Isrc -Xcompiler -Wall,-Werror -DDSOCR_CUDA=1 \
             $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
+else
+LIB_OBJ  += $(BUILD)/src/nocuda/cuda_stub.o
 endif
 
 TEST_SRC   := $(wildcard tests/test_*.c)
@@ -74,7 +77,7 @@ $(BUILD)/tests/tools/%: tests/tools/%.c $(BUILD)/libdsocr.a
 # Corpus replays run under AddressSanitizer and UBSan with gcc, against a sanitized CPU-only copy of the
 # library; the libFuzzer builds need clang.
 SAN      := -fsanitize=address,undefined -fno-sanitize-recover=all
-ASAN_OBJ := $(LIB_SRC:%.c=$(BUILD)/asan/%.o)
+ASAN_OBJ := $(CPU_LIB_SRC:%.c=$(BUILD)/asan/%.o)
 $(BUILD)/asan/%.o: %.c $(HDRS)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPU_CFLAGS) -O1 $(SAN) -c -o $@ $<
@@ -87,9 +90,9 @@ $(BUILD)/fuzz/replay_%: fuzz/fuzz_%.c fuzz/replay.c $(BUILD)/asan/libdsocr.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CPU_CFLAGS) -O1 $(SAN) -o $@ $< fuzz/replay.c $(BUILD)/asan/libdsocr.a $(CPU_LDLIBS)
 
-$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(LIB_SRC)
+$(BUILD)/fuzz/fuzz_%: fuzz/fuzz_%.c $(CPU_LIB_SRC)
 	@mkdir -p $(dir $@)
-	clang $(filter-out -Werror,$(CPU_CFLAGS)) -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(LIB_SRC) $(CPU_LDLIBS)
+	clang $(filter-out -Werror,$(CPU_CFLAGS)) -O1 -fsanitize=fuzzer,address,undefined -o $@ $< $(CPU_LIB_SRC) $(CPU_LDLIBS)
 
 $(BUILD)/bench/%: bench/%.c $(BUILD)/libdsocr.a
 	@mkdir -p $(dir $@)

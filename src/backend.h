@@ -109,5 +109,7 @@ Backend *backend_cpu_ref(void);
  * (or the build has no CUDA). device: the CUDA device index. */
 Backend *backend_cuda_new(int device, DsError *e);
 void backend_cuda_free(Backend *b);
+/* 1 when this build has the CUDA backend compiled in (src/cuda/), 0 otherwise (src/nocuda/cuda_stub.c). */
+int backend_cuda_built(void);
 
 #endif

@@ -141,22 +141,8 @@ DsocrStatus document_write_file(const char *path, const void *data, size_t len, 
 
 /* mkdir -p of path's folders (and of path itself when dir_too). */
 static DsocrStatus make_dirs(const char *path, int dir_too, DsError *e) {
-    char b[4096];
-    if ((size_t)snprintf(b, sizeof b, "%s", path) >= sizeof b) return ds_fail(e, DSOCR_E_IO, "path too long");
-    size_t n = strlen(b);
-    if (!dir_too) {
-        char *s = strrchr(b, '/');
-        if (!s) return DSOCR_OK;
-        *s = 0;
-        n = strlen(b);
-    }
-    for (size_t i = 1; i <= n; i++) {
-        if (b[i] != '/' && b[i] != 0) continue;
-        char c = b[i];
-        b[i] = 0;
-        if (mkdir(b, 0755) && errno != EEXIST) return ds_fail(e, DSOCR_E_IO, "cannot create folder %s: %s", b, strerror(errno));
-        b[i] = c;
-    }
+    if (ds_mkdirs(path, dir_too))
+        return ds_fail(e, DSOCR_E_IO, "cannot create the folders of %s: %s", path, strerror(errno));
     return DSOCR_OK;
 }
 

@@ -404,7 +404,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     size_t b_len = tag ? (size_t)(tag - pr) : 0;
     if (!tag) a_txt = pr; /* no tag: the image goes first, then the whole prompt */
 
-    if (dd && mkdir(dd, 0755) != 0 && errno != EEXIST)
+    if (dd && ds_mkdirs(dd, 1))
         return fail(s, DSOCR_E_IO, "%s: cannot create the dump folder: %s", dd, strerror(errno));
 
     /* image -> views -> features */

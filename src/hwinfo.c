@@ -2,6 +2,8 @@
  * settings advice of `dsocr check`. See hwinfo.h. */
 #include "hwinfo.h"
 
+#include "backend.h"
+
 #include <ctype.h>
 #include <dlfcn.h>
 #include <sched.h>
@@ -207,9 +209,7 @@ static void probe_gpus(HwInfo *h) {
 
 void hwinfo_probe(HwInfo *h, int gpus) {
     memset(h, 0, sizeof *h);
-#ifdef DSOCR_CUDA
-    h->cuda_build = 1;
-#endif
+    h->cuda_build = backend_cuda_built();
     probe_cpu(h);
     probe_ram(h);
     if (gpus)

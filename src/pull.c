@@ -437,26 +437,6 @@ out:
     return state;
 }
 
-/* mkdir -p for the folders above and including path's parent (or path itself with self = 1). */
-static int mkdirs(const char *path, int self) {
-    char buf[PATH_MAX];
-    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) return -1;
-    if (!self) {
-        char *slash = strrchr(buf, '/');
-        if (!slash) return 0;
-        *slash = 0;
-    }
-    for (char *p = buf + 1;; p++) {
-        if (*p == '/' || *p == 0) {
-            char c = *p;
-            *p = 0;
-            if (mkdir(buf, 0755) && errno != EEXIST) return -1;
-            *p = c;
-            if (!c) break;
-        }
-    }
-    return 0;
-}
 
 /* ---- HTTP ---- */
 
@@ -863,7 +843,7 @@ static DsocrStatus fetch_file(const Http *h, const PullOptions *o, const char *e
         url_escape(penc, sizeof penc, f->path, 1))
         return ds_fail(e, DSOCR_E_IO, "%s: path too long", f->path);
     snprintf(url, sizeof url, "%s/%s/resolve/%s/%s", endpoint, repo, rev_enc, penc);
-    if (mkdirs(final, 0)) return ds_fail(e, DSOCR_E_IO, "cannot create the folder for %s: %s", final, strerror(errno));
+    if (ds_mkdirs(final, 0)) return ds_fail(e, DSOCR_E_IO, "cannot create the folder for %s: %s", final, strerror(errno));
     int git = !f->sha256[0] && f->git_oid[0];
     int resumed_any = 0;
     int retries = o->retries < 0 ? 5 : o->retries;
@@ -1079,7 +1059,7 @@ DsocrStatus pull_model(const PullOptions *opt, char *dir_out, size_t n, DsError 
     say(&o, "licence: %s (from the model card of %s%s%s); by downloading you accept it", l.license[0] ? l.license : "not stated",
         repo, l.commit[0] ? " at commit " : "", l.commit);
 
-    if (mkdirs(dir, 1)) {
+    if (ds_mkdirs(dir, 1)) {
         st = ds_fail(e, DSOCR_E_IO, "cannot create %s: %s", dir, strerror(errno));
         goto out;
     }

@@ -121,6 +121,28 @@ DsocrStatus ds_read_file(const char *path, size_t max_bytes, char **out, size_t 
     return DSOCR_OK;
 }
 
+int ds_mkdirs(const char *path, int self) {
+    char buf[4096];
+    if (snprintf(buf, sizeof buf, "%s", path) >= (int)sizeof buf) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    if (!self) {
+        char *slash = strrchr(buf, '/');
+        if (!slash) return 0;
+        *slash = 0;
+    }
+    for (char *p = buf + 1;; p++) {
+        if (*p != '/' && *p != 0) continue;
+        char c = *p;
+        *p = 0;
+        if (mkdir(buf, 0755) != 0 && errno != EEXIST) return -1;
+        *p = c;
+        if (!c) break;
+    }
+    return 0;
+}
+
 float fp16_to_f32(uint16_t h) {
     uint32_t s = (uint32_t)(h & 0x8000u) << 16, ex = (h >> 10) & 0x1f, m = h & 0x3ff, u;
     if (ex == 0) {

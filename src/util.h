@@ -37,6 +37,10 @@ typedef struct DsMap {
 DsocrStatus ds_map_file(const char *path, DsMap *out, DsError *e);
 void ds_map_free(DsMap *m);
 
+/* mkdir -p: creates path (self = 1) or the folder that holds it (self = 0), with missing parents.
+ * Returns 0, or -1 with errno set. */
+int ds_mkdirs(const char *path, int self);
+
 /* Reads a whole file into a fresh NUL-terminated buffer (caller frees). max_bytes guards against absurd files. */
 DsocrStatus ds_read_file(const char *path, size_t max_bytes, char **out, size_t *len, DsError *e);
 

@@ -47,6 +47,7 @@ static void usage(FILE *f) {
             "  --max-tokens N       new tokens at most per page (default: until the context is full)\n"
             "  --ignore-eos         keep generating past end-of-sequence (turns the loop detector off)\n"
             "  --threads N          CPU threads (default: all cores)\n"
+            "  --device D           cpu, cuda, or auto (default: a GPU when there is one, else the CPU)\n"
             "  --precision P        fp32 (default on the CPU) or bf16 (the official rounding points)\n"
             "  --dump DIR           write every stage in the reference's dump format\n"
             "  --force-ids FILE     teacher forcing: feed the ids of this i32 dump (e.g. a reference's\n"
@@ -242,7 +243,12 @@ static void on_event(void *user, const DocEvent *ev) {
         fflush(stdout);
         p->any_page = 1;
     }
-    if (p->quiet) return;
+    if (p->quiet) { /* quiet drops progress, never errors */
+        if (!strcmp(ev->status, "failed"))
+            fprintf(stderr, "dsocr: %s page %d: failed%s%s\n", ev->source, ev->page, ev->message ? ": " : "",
+                    ev->message ? ev->message : "");
+        return;
+    }
     if (p->tty) {
         if (ev->message || strcmp(ev->status, "ok") != 0) {
             clear_bar(p);
@@ -308,6 +314,7 @@ int cli_ocr(int argc, char **argv) {
     DsocrOcrOptions *o = &d.ocr;
     const char *model = NULL, *dump = NULL, *force = NULL, *out_dir = NULL, *formats = NULL;
     int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0;
+    const char *device = "auto";
     const char **args = calloc((size_t)argc + 1, sizeof *args);
     int n_args = 0;
     if (!args) return 1;
@@ -376,6 +383,10 @@ int cli_ocr(int argc, char **argv) {
             o->ignore_eos = 1;
         } else if (!strcmp(a, "--threads")) {
             INT(threads);
+        } else if (!strcmp(a, "--device")) {
+            NEED();
+            if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) BAD("--device must be cpu, cuda or auto");
+            device = v;
         } else if (!strcmp(a, "--precision")) {
             NEED();
             if (!strcmp(v, "fp32")) o->precision = DSOCR_PRECISION_FP32;
@@ -507,6 +518,7 @@ int cli_ocr(int argc, char **argv) {
     DsocrModelOptions mo;
     dsocr_model_options_default(&mo);
     mo.threads = threads;
+    mo.device = device;
     mo.log = log_line;
     if (!model) model = cli_default_model_dir();
     d.model_id = model;

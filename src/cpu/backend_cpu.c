@@ -298,11 +298,3 @@ Backend *backend_cpu_ref(void) {
     }
     return &r;
 }
-
-#ifndef DSOCR_CUDA
-Backend *backend_cuda_new(int device, DsError *e) {
-    ds_fail(e, DSOCR_E_UNSUPPORTED, "this build has no CUDA backend (rebuild with nvcc present and CUDA=1)");
-    return NULL;
-}
-void backend_cuda_free(Backend *b) {}
-#endif

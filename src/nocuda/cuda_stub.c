@@ -1,0 +1,13 @@
+/* cuda_stub.c: the CUDA backend's entry points in a build without CUDA (compiled instead of src/cuda/ when nvcc
+ * is absent or CUDA=0, and into the sanitizer and fuzzing builds). */
+#include "backend.h"
+
+int backend_cuda_built(void) { return 0; }
+
+Backend *backend_cuda_new(int device, DsError *e) {
+    (void)device;
+    ds_fail(e, DSOCR_E_UNSUPPORTED, "this build has no CUDA backend (rebuild with nvcc present and CUDA=1)");
+    return NULL;
+}
+
+void backend_cuda_free(Backend *b) { (void)b; }

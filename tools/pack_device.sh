@@ -1,0 +1,19 @@
+#!/bin/sh
+# Packs ./dsocr (built here with CUDA) and the Debian shared libraries it needs into .devrun/ for the GPU machine
+# of the device tool (which has CUDA and PyTorch but not our Debian libraries). .devrun/ is git-ignored.
+set -e
+cd "$(dirname "$0")/.."
+make -j2 dsocr >/dev/null
+# the CUDA runtime and cuBLAS are the device's own (its PyTorch ships them); the rest comes from here
+rm -rf .devrun && mkdir -p .devrun/lib
+cp dsocr .devrun/
+ldd ./dsocr | awk '/=> \//{print $3}' | while read -r lib; do
+    case "$(basename "$lib")" in
+    libc.so*|libm.so*|libpthread.so*|libdl.so*|librt.so*|ld-linux*|libresolv*|libstdc++*|libgcc_s*|libcuda.so*|libcublas*) ;;
+    *) cp -L "$lib" .devrun/lib/ ;;
+    esac
+done
+# large libraries travel compressed (the working tree that travels is capped); gpu_run.sh unpacks them
+find .devrun/lib -size +4M -exec gzip -9 {} \;
+grep -qx '/.devrun/' .git/info/exclude 2>/dev/null || echo '/.devrun/' >> .git/info/exclude
+du -sh .devrun
