@@ -22,8 +22,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "document.h"
 #include "image.h"
 #include "serve/api.h"
+#include "serve/docapi.h"
 #include "serve/page.h"
 #include "serve/results.h"
 #include "serve/worker.h"
@@ -47,7 +49,7 @@ typedef struct Server {
 } Server;
 
 typedef enum {
-    R_ROOT, R_HEALTH, R_OCR, R_OCR_B64, R_RESULTS, R_CLEANUP, R_CHAT, R_MODELS, R_NOT_FOUND, R_METHOD
+    R_ROOT, R_HEALTH, R_OCR, R_OCR_B64, R_RESULTS, R_CLEANUP, R_CHAT, R_MODELS, R_DOC, R_NOT_FOUND, R_METHOD
 } Route;
 
 typedef struct Req {
@@ -250,7 +252,7 @@ static Route route_of(const char *method, const char *url, int *v1) {
         int post;
     } T[] = {{"/", R_ROOT, 0},          {"/health", R_HEALTH, 0},           {"/ocr", R_OCR, 1},
              {"/ocr-base64", R_OCR_B64, 1}, {"/cleanup", R_CLEANUP, 1},         {"/v1/chat/completions", R_CHAT, 1},
-             {"/v1/models", R_MODELS, 0}};
+             {"/v1/models", R_MODELS, 0},   {"/v1/ocr", R_DOC, 1}};
     for (size_t i = 0; i < sizeof T / sizeof T[0]; i++)
         if (!strcmp(url, T[i].path)) return (T[i].post ? post : get) ? T[i].r : R_METHOD;
     if (!strncmp(url, "/results/", 9)) return get ? R_RESULTS : R_METHOD;
@@ -270,6 +272,8 @@ static cJSON *endpoints_json(void) {
     cJSON_AddStringToObject(e, "/cleanup", "POST: release cached memory");
     cJSON_AddStringToObject(e, "/v1/chat/completions", "OpenAI-compatible chat completions (stream supported)");
     cJSON_AddStringToObject(e, "/v1/models", "OpenAI-compatible model list");
+    cJSON_AddStringToObject(e, "/v1/ocr", "POST multipart/form-data: a PDF or image (file) + the options of dsocr ocr "
+                                         "-> the document JSON; stream=true: server-sent events per page");
     return e;
 }
 
@@ -416,6 +420,13 @@ static enum MHD_Result respond_job(Req *r, struct MHD_Connection *c, Job *j) {
         char msg[1024];
         unsigned code = job_error(j, msg, sizeof msg);
         return respond_error(r, c, code, NULL, NULL, "%s", msg);
+    }
+    if (r->route == R_DOC) {
+        snprintf(r->note, sizeof r->note, "%d pages, %d tokens in %.2fs", j->doc_pages, j->live_tokens,
+                 j->t_end - j->t_start);
+        cJSON *doc = j->doc_json;
+        j->doc_json = NULL; /* the job is done: only this thread reads it now */
+        return respond_json(r, c, 200, doc, NULL, NULL);
     }
     snprintf(r->note, sizeof r->note, "%d tokens in %.2fs", j->res.n_tokens, j->t_end - j->t_start);
     cJSON *out;
@@ -593,6 +604,73 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     }
 }
 
+/* Waits (j->mu held on entry and return) until the job has new live bytes past st->live_off or is done; 1 when
+ * the client went away (then j->mu is not held and the job is cancelled). */
+static int stream_wait(Stream *st, Job *j) {
+    while (j->state != JOB_DONE && j->live_len == st->live_off) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += WAIT_SLICE_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        if (j->state == JOB_DONE || j->live_len != st->live_off) break;
+        pthread_mutex_unlock(&j->mu);
+        if (client_gone(st->fd)) {
+            job_cancel(j);
+            st->gone = 1;
+            slog(st->rid, "client disconnected during the stream: request cancelled");
+            return 1;
+        }
+        if (ds_now() - st->t0 > st->srv->cfg.timeout_s) job_cancel(j);
+        pthread_mutex_lock(&j->mu);
+    }
+    return 0;
+}
+
+/* POST /v1/ocr with stream: the page events the worker wrote into live (already server-sent events), then
+ * "event: done" with the document object, or "event: error". */
+static ssize_t doc_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
+    (void)pos;
+    Stream *st = cls;
+    Job *j = st->job;
+    for (;;) {
+        if (st->out_off < st->out_len) {
+            size_t n = st->out_len - st->out_off;
+            if (n > max) n = max;
+            memcpy(buf, st->out + st->out_off, n);
+            st->out_off += n;
+            return (ssize_t)n;
+        }
+        if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
+        pthread_mutex_lock(&j->mu);
+        if (stream_wait(st, j)) return MHD_CONTENT_READER_END_WITH_ERROR;
+        size_t from = st->live_off, to = j->live_len;
+        int done = j->state == JOB_DONE;
+        int rc = to > from ? stream_add(st, j->live + from, to - from) : 0;
+        pthread_mutex_unlock(&j->mu);
+        if (rc) return MHD_CONTENT_READER_END_WITH_ERROR;
+        st->live_off = to;
+        if (!done) continue;
+        cJSON *ev = cJSON_CreateObject();
+        if (j->status != DSOCR_OK) {
+            char msg[1024];
+            unsigned code = job_error(j, msg, sizeof msg);
+            cJSON_AddStringToObject(ev, "event", "error");
+            cJSON_AddStringToObject(ev, "detail", msg);
+            cJSON_AddNumberToObject(ev, "code", code);
+            slog(st->rid, "stream ended with an error: %u %s", code, msg);
+            stream_add(st, "event: error\n", 13);
+        } else {
+            cJSON_AddStringToObject(ev, "event", "done");
+            cJSON_AddItemToObject(ev, "document", j->doc_json);
+            j->doc_json = NULL; /* the job is done: only this thread reads it now */
+            stream_add(st, "event: done\n", 12);
+        }
+        if (stream_event(st, ev)) return MHD_CONTENT_READER_END_WITH_ERROR;
+        st->finished = 1;
+    }
+}
+
 static void stream_free(void *cls) {
     Stream *st = cls;
     if (!st->finished) {
@@ -603,6 +681,8 @@ static void stream_free(void *cls) {
     free(st->out);
     free(st);
 }
+
+static enum MHD_Result submit_and_answer(Req *r, struct MHD_Connection *c, Job *j);
 
 /* Validates, queues and answers one OCR request (the request is consumed). */
 static enum MHD_Result run_ocr(Req *r, struct MHD_Connection *c, OcrRequest *q) {
@@ -638,6 +718,14 @@ static enum MHD_Result run_ocr(Req *r, struct MHD_Connection *c, OcrRequest *q) 
         api_request_free(q);
         return respond_error(r, c, 507, NULL, NULL, "out of memory");
     }
+    return submit_and_answer(r, c, j);
+}
+
+/* Queues j (the caller's reference is consumed) and answers: 429/503 when it cannot be queued, else a stream
+ * or the full answer once the job is done, cancelling the job when the client goes away or time runs out. */
+static enum MHD_Result submit_and_answer(Req *r, struct MHD_Connection *c, Job *j) {
+    Server *s = r->srv;
+    WorkerStats ws;
     SubmitResult sr = worker_submit(s->worker, j);
     if (sr != SUBMIT_OK) {
         job_release(j);
@@ -656,7 +744,8 @@ static enum MHD_Result run_ocr(Req *r, struct MHD_Connection *c, OcrRequest *q) 
     s->inflight++;
     pthread_mutex_unlock(&s->mu);
     r->job_held = 1;
-    if (r->route == R_CHAT && j->req.stream) {
+    int doc_stream = r->route == R_DOC && j->dreq.stream;
+    if ((r->route == R_CHAT && j->req.stream) || doc_stream) {
         Stream *st = calloc(1, sizeof *st);
         if (!st) {
             job_cancel(j);
@@ -670,8 +759,8 @@ static enum MHD_Result run_ocr(Req *r, struct MHD_Connection *c, OcrRequest *q) 
         st->fd = r->fd;
         st->t0 = r->t0;
         st->created = time(NULL);
-        struct MHD_Response *resp = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, 16384, stream_read, st,
-                                                                      stream_free);
+        struct MHD_Response *resp = MHD_create_response_from_callback(
+            MHD_SIZE_UNKNOWN, 16384, doc_stream ? doc_stream_read : stream_read, st, stream_free);
         if (!resp) {
             stream_free(st);
             return MHD_NO;
@@ -722,6 +811,80 @@ static enum MHD_Result run_ocr(Req *r, struct MHD_Connection *c, OcrRequest *q) 
     return ret;
 }
 
+/* POST /v1/ocr: parse the form, open the document here (a PDF's pages are listed by the renderer: a broken
+ * PDF is a 400 with its message before anything is queued; an image must decode within --max-pixels), check
+ * the page selection against the page count, then queue it for the worker, which runs document_run. */
+static enum MHD_Result handle_document(Req *r, struct MHD_Connection *c) {
+    Server *s = r->srv;
+    DocRequest q;
+    docapi_request_init(&q);
+    DsError e = {0};
+    DsocrStatus st = docapi_parse(MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_CONTENT_TYPE),
+                                  r->body, r->len, &s->lim, &q, &e);
+    free(r->body); /* the request holds its own copy now */
+    r->body = NULL;
+    r->len = r->cap = 0;
+    if (!st && !q.stream) {
+        const char *accept = MHD_lookup_connection_value(c, MHD_HEADER_KIND, MHD_HTTP_HEADER_ACCEPT);
+        q.stream = accept && accept_q(accept, "text/event-stream", 0) > 0;
+    }
+    if (st) {
+        docapi_request_free(&q);
+        return respond_error(r, c, st == DSOCR_E_NOMEM ? 507 : 400, NULL, NULL, "%s", e.msg);
+    }
+    WorkerStats ws;
+    worker_stats(s->worker, &ws);
+    if (s->draining || ws.state != WORKER_READY) {
+        docapi_request_free(&q);
+        if (s->draining) return respond_error(r, c, 503, NULL, NULL, "the server is shutting down");
+        if (ws.state == WORKER_LOADING) return respond_error(r, c, 503, "Retry-After", "5", "the model is loading");
+        return respond_error(r, c, 503, NULL, NULL, "the model failed to load: %s", ws.load_error);
+    }
+    DocOptions o;
+    document_options_default(&o);
+    if (s->cfg.max_pixels > 0 && s->cfg.max_pixels < o.pdf.max_pixels) o.pdf.max_pixels = s->cfg.max_pixels;
+    Document *doc = NULL;
+    unsigned code = 0;
+    char msg[1024] = "";
+    while (sem_wait(&s->decode_sem) != 0 && errno == EINTR) {
+    }
+    st = document_open_buffer(q.file, q.file_len, q.filename, &o, &doc, &e);
+    if (st) {
+        code = st == DSOCR_E_NOMEM ? 507 : st == DSOCR_E_IO || st == DSOCR_E_INTERNAL ? 500 : 400;
+        snprintf(msg, sizeof msg, "%s", e.msg);
+    } else if (!document_is_pdf(doc)) {
+        ImageDecodeOptions dop = {.alpha_white = q.compat == DSOCR_COMPAT_VLLM, .max_pixels = s->cfg.max_pixels};
+        DsImage im = {0};
+        if (image_decode(q.file, q.file_len, &dop, &im, &e)) code = 400, snprintf(msg, sizeof msg, "%s", e.msg);
+        image_free(&im);
+    } else {
+        int np = document_page_count(doc);
+        unsigned char *sel = malloc((size_t)np + 1);
+        char pe[512];
+        if (!sel)
+            code = 507, snprintf(msg, sizeof msg, "out of memory");
+        else if (document_parse_pages(q.pages[0] ? q.pages : NULL, np, sel, pe, sizeof pe) < 0)
+            code = 400, snprintf(msg, sizeof msg, "pages: %s", pe);
+        free(sel);
+    }
+    sem_post(&s->decode_sem);
+    free(q.file); /* the document holds its own copy */
+    q.file = NULL;
+    q.file_len = 0;
+    if (code) {
+        document_close(doc);
+        docapi_request_free(&q);
+        return respond_error(r, c, code, NULL, NULL, "%s", msg);
+    }
+    Job *j = job_new_doc(r->rid, &q, doc);
+    if (!j) {
+        document_close(doc);
+        docapi_request_free(&q);
+        return respond_error(r, c, 507, NULL, NULL, "out of memory");
+    }
+    return submit_and_answer(r, c, j);
+}
+
 static enum MHD_Result dispatch(Req *r, struct MHD_Connection *c, const char *url) {
     Server *s = r->srv;
     OcrRequest q;
@@ -746,6 +909,7 @@ static enum MHD_Result dispatch(Req *r, struct MHD_Connection *c, const char *ur
         api_request_init_chat(&q);
         st = api_parse_chat(r->body, r->len, &s->lim, &q, &e);
         break;
+    case R_DOC: return handle_document(r, c);
     default: return respond_error(r, c, 404, NULL, NULL, "Not Found");
     }
     free(r->body); /* the request holds its own copies now */
@@ -761,7 +925,7 @@ static enum MHD_Result dispatch(Req *r, struct MHD_Connection *c, const char *ur
 
 /* ---- the libmicrohttpd callbacks ---- */
 
-static int has_body_route(Route rt) { return rt == R_OCR || rt == R_OCR_B64 || rt == R_CHAT; }
+static int has_body_route(Route rt) { return rt == R_OCR || rt == R_OCR_B64 || rt == R_CHAT || rt == R_DOC; }
 
 static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const char *url, const char *method,
                                   const char *version, const char *upload_data, size_t *upload_data_size,

@@ -42,6 +42,17 @@ Job *job_new(const char *rid, OcrRequest *req) {
     return j;
 }
 
+Job *job_new_doc(const char *rid, DocRequest *req, Document *doc) {
+    OcrRequest none;
+    memset(&none, 0, sizeof none);
+    Job *j = job_new(rid, &none);
+    if (!j) return NULL;
+    j->dreq = *req;
+    memset(req, 0, sizeof *req);
+    j->doc = doc;
+    return j;
+}
+
 void job_release(Job *j) {
     if (!j) return;
     pthread_mutex_lock(&j->mu);
@@ -50,6 +61,9 @@ void job_release(Job *j) {
     if (left > 0) return;
     api_request_free(&j->req);
     dsocr_result_free(&j->res);
+    document_close(j->doc);
+    docapi_request_free(&j->dreq);
+    cJSON_Delete(j->doc_json);
     free(j->live);
     pthread_mutex_destroy(&j->mu);
     pthread_cond_destroy(&j->cv);
@@ -66,34 +80,37 @@ static void wlog(Worker *w, const char *rid, const char *msg) {
 
 static void model_log(void *user, const char *line) { wlog(user, "-", line); }
 
+/* Appends len bytes to the job's live buffer (j->mu held); a failed allocation drops them. */
+static void live_append(Job *j, const char *text, size_t len) {
+    if (j->live_len + len + 1 > j->live_cap) {
+        size_t nc = j->live_cap ? j->live_cap * 2 : 1024;
+        while (nc < j->live_len + len + 1) nc *= 2;
+        char *np = realloc(j->live, nc);
+        if (np) {
+            j->live = np;
+            j->live_cap = nc;
+        }
+    }
+    if (j->live_len + len + 1 <= j->live_cap) {
+        memcpy(j->live + j->live_len, text, len);
+        j->live_len += len;
+        j->live[j->live_len] = 0;
+    }
+}
+
 static int on_token(void *user, int id, const char *text, size_t len) {
     (void)id;
     Job *j = user;
     pthread_mutex_lock(&j->mu);
     j->live_tokens++;
-    if (j->req.stream && len) {
-        if (j->live_len + len + 1 > j->live_cap) {
-            size_t nc = j->live_cap ? j->live_cap * 2 : 1024;
-            while (nc < j->live_len + len + 1) nc *= 2;
-            char *np = realloc(j->live, nc);
-            if (np) {
-                j->live = np;
-                j->live_cap = nc;
-            }
-        }
-        if (j->live_len + len + 1 <= j->live_cap) {
-            memcpy(j->live + j->live_len, text, len);
-            j->live_len += len;
-            j->live[j->live_len] = 0;
-        }
-    }
+    if (j->req.stream && len) live_append(j, text, len);
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     return 0;
 }
 
 /* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag. */
-static DsocrStatus fake_ocr(Job *j, const DsocrOcrOptions *o, DsocrResult *r) {
+static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r) {
     memset(r, 0, sizeof *r);
     int n = o->max_tokens > 0 ? o->max_tokens : 4;
     if (n > 256) n = 256;
@@ -116,7 +133,7 @@ static DsocrStatus fake_ocr(Job *j, const DsocrOcrOptions *o, DsocrResult *r) {
         memcpy(text + len, piece, (size_t)pl);
         len += (size_t)pl;
         toks[r->n_tokens++] = 1000 + i;
-        on_token(j, 1000 + i, piece, (size_t)pl);
+        if (o->on_token) o->on_token(o->user, 1000 + i, piece, (size_t)pl);
     }
     text[len] = 0;
     r->text = text;
@@ -126,6 +143,8 @@ static DsocrStatus fake_ocr(Job *j, const DsocrOcrOptions *o, DsocrResult *r) {
     r->n_views = 1;
     return DSOCR_OK;
 }
+
+static void job_ended(Worker *w, Job *j, double t_end);
 
 static void run_job(Worker *w, Job *j) {
     char msg[768];
@@ -169,7 +188,7 @@ static void run_job(Worker *w, Job *j) {
             o.cancel = &j->cancel;
             o.threads = w->cfg.threads;
             if (w->cfg.fake) {
-                st = fake_ocr(j, &o, &res);
+                st = fake_ocr(&o, &res);
                 if (st) snprintf(err, sizeof err, "out of memory");
             } else {
                 st = dsocr_ocr(w->sess, q->image, q->image_len, &o, &res);
@@ -214,13 +233,160 @@ static void run_job(Worker *w, Job *j) {
     j->state = JOB_DONE;
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
-    /* the image is not needed any more; the waiting side only reads the result */
+    job_ended(w, j, t_end);
+}
+
+/* ---- document jobs (POST /v1/ocr) ---- */
+
+typedef struct DocCtx {
+    Worker *w;
+    Job *j;
+} DocCtx;
+
+static int doc_on_token(void *user, int id, const char *text, size_t len) {
+    (void)id;
+    (void)text;
+    (void)len;
+    Job *j = user;
+    pthread_mutex_lock(&j->mu);
+    j->live_tokens++;
+    pthread_mutex_unlock(&j->mu);
+    return 0;
+}
+
+/* One page event: a log line, and with stream a server-sent event "event: NAME\ndata: {...}\n\n" in live. */
+static void doc_on_event(void *user, const DocEvent *ev) {
+    DocCtx *c = user;
+    Job *j = c->j;
+    const char *name = ev->kind == DOC_EV_PAGE_START ? "page_start" : ev->kind == DOC_EV_RETRY ? "page_retry"
+                                                                                            : "page_done";
+    char msg[640];
+    if (ev->kind == DOC_EV_PAGE_DONE) {
+        snprintf(msg, sizeof msg, "page %d (%d/%d): %s, %d tokens, %.2fs%s%s", ev->page, ev->index + 1, ev->n_pages,
+                 ev->status ? ev->status : "?", ev->tokens, ev->seconds, ev->message ? ": " : "",
+                 ev->message ? ev->message : "");
+        wlog(c->w, j->rid, msg);
+    } else if (ev->kind == DOC_EV_RETRY) {
+        snprintf(msg, sizeof msg, "page %d retried: %s", ev->page, ev->message ? ev->message : "");
+        wlog(c->w, j->rid, msg);
+    }
+    char *txt = NULL;
+    if (j->dreq.stream) {
+        cJSON *o = cJSON_CreateObject();
+        cJSON_AddStringToObject(o, "event", name);
+        cJSON_AddNumberToObject(o, "page", ev->page);
+        cJSON_AddNumberToObject(o, "index", ev->index);
+        cJSON_AddNumberToObject(o, "n_pages", ev->n_pages);
+        if (ev->kind == DOC_EV_RETRY) cJSON_AddStringToObject(o, "message", ev->message ? ev->message : "");
+        if (ev->kind == DOC_EV_PAGE_DONE) {
+            cJSON_AddStringToObject(o, "status", ev->status ? ev->status : "failed");
+            cJSON_AddNumberToObject(o, "tokens", ev->tokens);
+            cJSON_AddNumberToObject(o, "seconds", ev->seconds);
+            if (ev->page_json) cJSON_AddItemToObject(o, "result", cJSON_Duplicate(ev->page_json, 1));
+        }
+        txt = cJSON_PrintUnformatted(o);
+        cJSON_Delete(o);
+    }
+    pthread_mutex_lock(&j->mu);
+    if (ev->kind == DOC_EV_PAGE_DONE) j->doc_pages++;
+    if (txt) {
+        live_append(j, "event: ", 7);
+        live_append(j, name, strlen(name));
+        live_append(j, "\ndata: ", 7);
+        live_append(j, txt, strlen(txt));
+        live_append(j, "\n\n", 2);
+    }
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    free(txt);
+}
+
+/* The fake engine as a document recogniser (tests of the HTTP layer without a model). */
+static DsocrStatus fake_recognize(void *user, DsocrSession *s, const void *image, size_t len,
+                                  const DsocrOcrOptions *o, const EngineDebug *dbg, DsocrResult *out) {
+    (void)user;
+    (void)s;
+    (void)image;
+    (void)len;
+    (void)dbg;
+    return fake_ocr(o, out);
+}
+
+/* Bookkeeping when a job ends. */
+static void job_ended(Worker *w, Job *j, double t_end) {
     pthread_mutex_lock(&w->mu);
     w->running = NULL;
     w->served++;
     double dt = t_end - j->t_start;
     w->avg_seconds = w->served == 1 ? dt : 0.8 * w->avg_seconds + 0.2 * dt;
     pthread_mutex_unlock(&w->mu);
+}
+
+static void run_doc_job(Worker *w, Job *j) {
+    pthread_mutex_lock(&j->mu);
+    j->t_start = ds_now();
+    j->state = JOB_RUNNING;
+    int cancelled = __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE);
+    pthread_mutex_unlock(&j->mu);
+    DsocrStatus st;
+    char err[512] = "";
+    cJSON *json = NULL;
+    if (cancelled) {
+        st = DSOCR_E_CANCELLED;
+        snprintf(err, sizeof err, "cancelled before it started");
+    } else {
+        const DocRequest *q = &j->dreq;
+        DocOptions o;
+        document_options_default(&o);
+        if (q->mode[0]) {
+            o.ocr.mode = q->mode;
+        } else {
+            o.ocr.mode = NULL;
+            o.ocr.base_size = q->base_size;
+            o.ocr.image_size = q->image_size;
+            o.ocr.crop_mode = q->crop_mode;
+        }
+        o.ocr.prompt = q->prompt;
+        o.ocr.compat = q->compat;
+        o.ocr.max_tokens = q->max_tokens > 0 ? q->max_tokens : w->cfg.default_max_tokens;
+        o.ocr.on_token = doc_on_token;
+        o.ocr.user = j;
+        o.ocr.cancel = &j->cancel;
+        o.ocr.threads = w->cfg.threads;
+        o.dpi = q->dpi;
+        o.pages = q->pages[0] ? q->pages : NULL;
+        o.retries = q->retries;
+        o.model_id = w->cfg.model_dir;
+        DocCtx ctx = {w, j};
+        o.on_event = doc_on_event;
+        o.event_user = &ctx;
+        if (w->cfg.fake) o.recognize = fake_recognize;
+        DsError e = {0};
+        st = document_run(w->sess, j->doc, &o, &json, &e);
+        if (st) snprintf(err, sizeof err, "%s", e.msg);
+    }
+    double t_end = ds_now();
+    char msg[768];
+    if (st)
+        snprintf(msg, sizeof msg, "document %s failed after %.2fs (%d pages done): %s: %s", j->dreq.filename,
+                 t_end - j->t_start, j->doc_pages, dsocr_status_string(st), err);
+    else
+        snprintf(msg, sizeof msg, "document %s done in %.2fs (queued %.2fs): %d pages, %d tokens", j->dreq.filename,
+                 t_end - j->t_start, j->t_start - j->t_submit, j->doc_pages, j->live_tokens);
+    wlog(w, j->rid, msg);
+    if (st) {
+        cJSON_Delete(json);
+        json = NULL;
+    }
+    pthread_mutex_lock(&j->mu);
+    j->status = st;
+    snprintf(j->err, sizeof j->err, "%s", err);
+    j->doc_json = json;
+    j->t_end = t_end;
+    j->state = JOB_DONE;
+    pthread_cond_broadcast(&j->cv);
+    pthread_mutex_unlock(&j->mu);
+    job_ended(w, j, t_end);
 }
 
 static void *worker_main(void *arg) {
@@ -265,7 +431,10 @@ static void *worker_main(void *arg) {
         w->depth--;
         w->running = j;
         pthread_mutex_unlock(&w->mu);
-        run_job(w, j);
+        if (j->doc)
+            run_doc_job(w, j);
+        else
+            run_job(w, j);
         job_release(j);
         malloc_trim(0); /* hand freed pages of large images back, so RSS follows the live data */
     }

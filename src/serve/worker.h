@@ -6,6 +6,10 @@
  * client that disconnects (job_cancel + job_release) never frees a job the worker is running. The worker
  * checks the job's cancel flag before starting it, and the engine checks it between tokens and tiles.
  *
+ * A document job (POST /v1/ocr) carries an opened Document (opened and checked by the HTTP thread, then handed
+ * over: only the worker touches it until the job is released) and runs document_run on the worker's session;
+ * with stream set, every page event is appended to `live` as a server-sent event, ready to send.
+ *
  * The model is loaded by the worker thread after the server starts listening (so /health can answer 503
  * "loading" meanwhile). A fake engine (WorkerConfig.fake) answers every job with a short text and no model:
  * for tests of the HTTP layer that must run thousands of requests quickly. */
@@ -14,7 +18,9 @@
 
 #include <pthread.h>
 
+#include "document.h"
 #include "serve/api.h"
+#include "serve/docapi.h"
 #include "serve/results.h"
 
 typedef enum { JOB_QUEUED = 0, JOB_RUNNING = 1, JOB_DONE = 2 } JobState;
@@ -38,11 +44,19 @@ typedef struct Job {
     char output_file[RESULTS_NAME_LEN + 1]; /* "" when not saved */
     char save_err[256];                     /* why saving failed, "" otherwise */
     double t_submit, t_start, t_end;
+    /* document jobs only (doc != NULL) */
+    Document *doc;
+    DocRequest dreq;
+    cJSON *doc_json; /* the document object once done */
+    int doc_pages;   /* pages finished so far */
     struct Job *next;
 } Job;
 
 /* A fresh job taking ownership of *req (req is zeroed); refs = 1. NULL when out of memory. */
 Job *job_new(const char *rid, OcrRequest *req);
+/* A document job taking ownership of *req (zeroed) and doc; refs = 1. NULL when out of memory (then doc and
+ * *req are left to the caller). */
+Job *job_new_doc(const char *rid, DocRequest *req, Document *doc);
 void job_release(Job *j);
 void job_cancel(Job *j);
 
