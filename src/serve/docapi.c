@@ -47,6 +47,7 @@ static DsocrStatus field_text(const MultipartPart *p, char *v, size_t cap, DsErr
     return DSOCR_OK;
 }
 
+/* One option field; *custom gets bit 1 for a size field, bit 2 for mode. */
 static DsocrStatus one_field(DocRequest *r, const MultipartPart *p, const ApiLimits *lim, int *custom,
                              DsError *e) {
     const char *n = p->name;
@@ -78,15 +79,16 @@ static DsocrStatus one_field(DocRequest *r, const MultipartPart *p, const ApiLim
         if (image_mode_by_name(v, &m) != 0)
             return ds_fail(e, DSOCR_E_INVALID_ARG, "unknown mode \"%.40s\" (tiny, small, base, large, gundam)", v);
         snprintf(r->mode, sizeof r->mode, "%s", v);
+        *custom |= 2;
     } else if (!strcmp(n, "base_size") || !strcmp(n, "image_size") || !strcmp(n, "max_tokens") ||
                !strcmp(n, "dpi") || !strcmp(n, "retries")) {
         if (int_value(v, &x)) return ds_fail(e, DSOCR_E_INVALID_ARG, "%s must be an integer, not \"%.40s\"", n, v);
         if (!strcmp(n, "base_size")) {
             r->base_size = x;
-            *custom = 1;
+            *custom |= 1;
         } else if (!strcmp(n, "image_size")) {
             r->image_size = x;
-            *custom = 1;
+            *custom |= 1;
         } else if (!strcmp(n, "max_tokens")) {
             if (x < 1) return ds_fail(e, DSOCR_E_INVALID_ARG, "max_tokens must be at least 1");
             if (lim && lim->max_tokens_cap && x > lim->max_tokens_cap)
@@ -105,7 +107,7 @@ static DsocrStatus one_field(DocRequest *r, const MultipartPart *p, const ApiLim
             return ds_fail(e, DSOCR_E_INVALID_ARG, "%s must be a boolean (true/false), not \"%.40s\"", n, v);
         if (n[0] == 'c') {
             r->crop_mode = b;
-            *custom = 1;
+            *custom |= 1;
         } else {
             r->stream = b;
         }
@@ -177,8 +179,8 @@ DsocrStatus docapi_parse(const char *content_type, const uint8_t *body, size_t l
         goto done;
     }
     if (!r->filename[0]) snprintf(r->filename, sizeof r->filename, "upload");
-    if (custom) {
-        if (r->mode[0] && strcmp(r->mode, "gundam") != 0) {
+    if (custom & 1) {
+        if (custom & 2) {
             st = ds_fail(e, DSOCR_E_INVALID_ARG, "give either mode or base_size/image_size/crop_mode, not both");
             goto done;
         }
