@@ -96,6 +96,24 @@ struct Backend {
                         int n);
     /* rows [i, n, rows of width w] copied with strides: dst[r·ldd ..] = src[r·lds ..] */
     void (*copy_rows)(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w);
+
+    /* ---- device-position variants (capturable: nothing about the step is read on the host) */
+    /* embed with ids [n] in backend memory */
+    void (*embed_dev)(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D);
+    /* kv_write of n rows at positions pos[0..n) (backend memory) of the sequence whose block table is tables[0]
+     * (a backend array holding a backend pointer, as attention_kv's tables) */
+    void (*kv_write_dev)(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
+                         const float *k, int ldk, const float *v, int ldv);
+
+    /* ---- replay of a recorded op sequence (CUDA graphs). NULL on backends without it (the CPU): callers then
+     * run the ops directly. Between graph_begin and graph_end, ops are recorded, not run (no download or sync in
+     * between); graph_end returns a replayable handle, or NULL when recording failed (then nothing ran: run the
+     * ops directly). A recording keeps every pointer and scalar it saw: only the contents of buffers may change
+     * between replays. graph_begin returns 0 when recording started. */
+    int (*graph_begin)(Backend *b);
+    void *(*graph_end)(Backend *b);
+    void (*graph_launch)(Backend *b, void *graph);
+    void (*graph_free)(Backend *b, void *graph);
 };
 
 /* The CPU backend (src/cpu/backend_cpu.c): host memory, the ops_*_cpu functions. Never NULL. */

@@ -103,6 +103,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     if (n < 1 || n > w->max_rows) return ds_fail(e, DSOCR_E_INVALID_ARG, "decoder chunk of %d rows", n);
     float *x = s->x;
     DsocrStatus st = DSOCR_OK;
+    if (s->ids_dev) be->embed_dev(be, x, s->ids_dev, n, m->embed, D);
     char nm[64];
 #define RND(p, cnt)                                                                                           \
     do {                                                                                                      \
@@ -119,7 +120,10 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         RND(w->v, (size_t)n * D);
         be->rope_neox(be, w->q, D, n, H, hd, s->pos_dev, theta, fl);
         be->rope_neox(be, w->k, D, n, H, hd, s->pos_dev, theta, fl);
-        be->kv_write(be, s->kv, l, s->table, s->pos0, n, w->k, D, w->v, D);
+        if (s->table)
+            be->kv_write(be, s->kv, l, s->table, s->pos0, n, w->k, D, w->v, D);
+        else
+            be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, w->k, D, w->v, D);
         OpsAttentionKv a = {.out = w->att, .q = w->q, .ldo = D, .ldq = D, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
                             .scale = 1.0f / sqrtf((float)hd)};

@@ -18,7 +18,9 @@ size_t decoder_work_bytes(const Model *m, int max_rows);
 /* x [n, hidden] (backend memory): the embedded input rows, replaced by the final hidden states. The rows sit at
  * consecutive positions pos0 .. pos0+n−1; pos_dev: those positions in backend memory. table: the sequence's KV
  * block table on the host, tables_dev: a backend array holding the backend copy of it (for attention_kv).
- * Keys/values are written to kv and every row attends causally to positions 0..its own. logits: when non-NULL, a
+ * Device-position mode (a step that can be recorded once and replayed, backend.h graph_begin): table NULL, pos0
+ * ignored, the positions only in pos_dev; ids_dev, when non-NULL, holds the n input ids in backend memory and x
+ * is first filled with their embeddings. Keys/values are written to kv and every row attends causally to positions 0..its own. logits: when non-NULL, a
  * backend buffer receiving the lm_head output of the last row ([vocab]). bf16: the official rounding points.
  * dump_dir: write layerL.{attn,out,router_logits,experts}. */
 typedef struct DecoderStep {
@@ -28,6 +30,7 @@ typedef struct DecoderStep {
     const int32_t *pos_dev;
     const int32_t *table;
     const int32_t *const *tables_dev;
+    const int32_t *ids_dev;
     KvCache *kv;
     int bf16;
     float *logits;

@@ -47,6 +47,11 @@ struct DsocrSession {
     float *logits;      /* [V] host copy */
     float *masked;      /* [V] logits after the n-gram ban (host) */
     int32_t *seq;       /* [max_context] prompt + generated ids */
+    int32_t *step_dev;  /* [2] backend: the decode step's input id and position */
+    int32_t step_host[2];
+    void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
+    int graph_bf16;     /* the precision it was recorded for (the KV cache's dtype follows it) */
+    int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly (for timing comparisons) */
     TokenizerStream *stream;
     char err[1024];
 };
@@ -160,7 +165,8 @@ void dsocr_session_free(DsocrSession *s) {
     vision_work_free(s->vw);
     decoder_work_free(s->dw);
     Backend *be = s->be;
-    void *dev[] = {s->kv.data, s->table_dev, s->tables_dev, s->pos_dev, s->feat, s->emb, s->logits_dev};
+    if (s->graph) be->graph_free(be, s->graph);
+    void *dev[] = {s->kv.data, s->table_dev, s->tables_dev, s->pos_dev, s->feat, s->emb, s->logits_dev, s->step_dev};
     for (size_t i = 0; be && i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
     free(s->table);
@@ -208,13 +214,16 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->feat = be->alloc(be, sizeof(float) * (size_t)T * D);
     s->emb = be->alloc(be, sizeof(float) * (size_t)T * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
+    s->step_dev = be->alloc(be, sizeof(int32_t) * 2);
+    const char *ng = getenv("DSOCR_NO_GRAPH");
+    s->no_graph = ng && *ng && *ng != '0';
     s->chw = malloc(sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->seq = malloc(sizeof(int32_t) * (size_t)T);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
     if (!s->kv.data || !s->table || !s->table_dev || !s->tables_dev || !s->pos_dev || !s->feat || !s->emb ||
-        !s->logits_dev || !s->chw || !s->logits || !s->masked || !s->seq || !pos) {
+        !s->logits_dev || !s->step_dev || !s->chw || !s->logits || !s->masked || !s->seq || !pos) {
         free(pos);
         st = ds_fail(&e, DSOCR_E_NOMEM, "out of %s memory for a session with a %d-token context", be->name, T);
         goto fail;
@@ -351,6 +360,40 @@ static int buf_add(Buf *b, const char *s, size_t n) {
     b->n += n;
     b->p[b->n] = 0;
     return 0;
+}
+
+/* One decode step: the row of token id `tok` at position `pos` through the decoder, logits into s->logits_dev.
+ * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
+ * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
+ * one launch per token instead of a few hundred. */
+static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, DsError *e) {
+    Backend *be = s->be;
+    const Model *m = s->model->m;
+    s->step_host[0] = tok;
+    s->step_host[1] = pos;
+    be->upload(be, s->step_dev, s->step_host, sizeof s->step_host);
+    DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = pos, .pos_dev = s->step_dev + 1, .table = NULL,
+                      .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev, .kv = &s->kv,
+                      .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
+    if (!be->graph_begin || s->no_graph) return decoder_forward(m, s->dw, &ds, e);
+    if (s->graph && s->graph_bf16 != bf16) {
+        be->graph_free(be, s->graph);
+        s->graph = NULL;
+    }
+    if (!s->graph) {
+        if (be->graph_begin(be) != 0) return decoder_forward(m, s->dw, &ds, e);
+        DsocrStatus st = decoder_forward(m, s->dw, &ds, e);
+        void *g = be->graph_end(be);
+        if (st) {
+            if (g) be->graph_free(be, g);
+            return st;
+        }
+        if (!g) return decoder_forward(m, s->dw, &ds, e); /* recording failed: nothing ran */
+        s->graph = g;
+        s->graph_bf16 = bf16;
+    }
+    be->graph_launch(be, s->graph);
+    return DSOCR_OK;
 }
 
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
@@ -574,12 +617,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         }
         if (n_gen >= max_new || T + n_gen >= s->max_context) break;
         if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
-        decoder_embed(m, &gen[n_gen - 1], 1, s->emb);
-        const int p = T + n_gen - 1;
-        DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = p, .pos_dev = s->pos_dev + p, .table = s->table,
-                          .tables_dev = (const int32_t *const *)s->tables_dev, .kv = &s->kv, .bf16 = bf16,
-                          .logits = s->logits_dev, .dump_dir = NULL};
-        if ((st = decoder_forward(m, s->dw, &ds, &e))) {
+        if ((st = decode_step(s, gen[n_gen - 1], T + n_gen - 1, bf16, &e))) {
             fail(s, st, "%s", e.msg);
             break;
         }

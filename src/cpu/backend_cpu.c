@@ -85,6 +85,11 @@ static void cpu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *tabl
                          int ldk, const float *v, int ldv) {
     kv_write(kv, layer, table, pos0, n, k, ldk, v, ldv);
 }
+static void cpu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos,
+                             int n, const float *k, int ldk, const float *v, int ldv) {
+    for (int t = 0; t < n; t++)
+        kv_write(kv, layer, tables[0], pos[t], 1, k + (size_t)t * ldk, ldk, v + (size_t)t * ldv, ldv);
+}
 static void cpu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
                      int flags) {
     ops_rope_neox_cpu(x, ld, T, n_heads, head_dim, pos, theta, flags);
@@ -227,6 +232,7 @@ static Backend g_cpu = {
     .attention = cpu_attention,
     .attention_kv = cpu_attention_kv,
     .kv_write = cpu_kv_write,
+    .kv_write_dev = cpu_kv_write_dev,
     .rope_neox = cpu_rope,
     .conv2d = cpu_conv2d,
     .swiglu = cpu_swiglu,
@@ -236,6 +242,7 @@ static Backend g_cpu = {
     .window_partition = cpu_window_partition,
     .window_unpartition_add = cpu_window_unpartition_add,
     .embed = cpu_embed,
+    .embed_dev = cpu_embed,
     .fill_rows = cpu_fill_rows,
     .concat_cols = cpu_concat_cols,
     .copy_rows = cpu_copy_rows,

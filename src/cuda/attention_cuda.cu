@@ -462,3 +462,38 @@ void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, 
         p = end;
     }
 }
+
+/* kv_write with the positions and the block table read on the device (capturable in a graph). */
+__global__ void kv_write_dev_k(void *data, int bf16, int L, int width, int bs, int layer, int n, int n_blocks,
+                               const int32_t *const *tables, const int32_t *pos, const float *k, int ldk,
+                               const float *v, int ldv) {
+    size_t total = (size_t)n * width;
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
+        int t = (int)(i / width), c = (int)(i % width), p = pos[t];
+        int blk = tables[0][p / bs];
+        if (p < 0 || blk < 0 || blk >= n_blocks) continue; /* the host checks positions; never write outside */
+        size_t kr = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + c, vr = kr + (size_t)bs * width;
+        float kv = k[(size_t)t * ldk + c], vv = v[(size_t)t * ldv + c];
+        if (bf16) {
+            ((uint16_t *)data)[kr] = f2bf(kv);
+            ((uint16_t *)data)[vr] = f2bf(vv);
+        } else {
+            ((float *)data)[kr] = kv;
+            ((float *)data)[vr] = vv;
+        }
+    }
+}
+
+void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
+                     const float *k, int ldk, const float *v, int ldv) {
+    DS_ASSERT(layer >= 0 && layer < kv->n_layers && n >= 0 && tables && pos);
+    DS_ASSERT(kv->dtype == DS_BF16 || kv->dtype == DS_F32);
+    if (n == 0) return;
+    size_t total = (size_t)n * kv->width;
+    unsigned grid = cdiv(total, 256);
+    if (grid > 65535 * 8) grid = 65535 * 8;
+    kv_write_dev_k<<<grid, 256, 0, cctx(b)->stream>>>(kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width,
+                                                      kv->block_size, layer, n, kv->n_blocks, tables, pos, k, ldk,
+                                                      v, ldv);
+    CU_LAUNCHED();
+}

@@ -593,6 +593,14 @@ __global__ void embed_k(float *dst, EmbedIds ids, int n, const void *table, int 
     }
 }
 
+__global__ void embed_dev_k(float *dst, const int32_t *ids, int n, const void *table, int dt, int D) {
+    size_t total = (size_t)n * D;
+    GRID_STRIDE(i, total) {
+        int r = (int)(i / D), c = (int)(i % D);
+        dst[i] = wget(table, dt, (size_t)ids[r] * D + c);
+    }
+}
+
 __global__ void fill_rows_k(float *dst, int n, const void *vec, int dt, int D) {
     size_t total = (size_t)n * D;
     GRID_STRIDE(i, total) dst[i] = wget(vec, dt, i % D);
@@ -630,6 +638,12 @@ static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW
         CU_LAUNCHED();
     }
 }
+static void cu_embed_dev(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D) {
+    DS_ASSERT(n >= 0 && D > 0 && table.data && ids);
+    if (!n) return;
+    embed_dev_k<<<grid_for((size_t)n * D), 256, 0, cctx(b)->stream>>>(dst, ids, n, table.data, table.dtype, D);
+    CU_LAUNCHED();
+}
 static void cu_fill_rows(Backend *b, float *dst, int n, DsW vec, int D) {
     DS_ASSERT(n >= 0 && D > 0 && vec.data);
     if (!n) return;
@@ -649,6 +663,38 @@ static void cu_concat_cols(Backend *b, float *dst, const float *a, int lda, int 
 static void cu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int lds, int n, int w) {
     DS_ASSERT(ldd >= w && lds >= w);
     copy2d(b, dst, ldd, src, lds, n, w);
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Graphs: stream capture (this thread's calls only) into an instantiated cudaGraphExec_t. */
+
+static int cu_graph_begin(Backend *b) {
+    if (cudaStreamBeginCapture(cctx(b)->stream, cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
+    return 0;
+}
+static void *cu_graph_end(Backend *b) {
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t x = NULL;
+    if (cudaStreamEndCapture(cctx(b)->stream, &g) != cudaSuccess || !g) {
+        (void)cudaGetLastError();
+        if (g) cudaGraphDestroy(g);
+        return NULL;
+    }
+    cudaError_t err = cudaGraphInstantiate(&x, g, 0);
+    cudaGraphDestroy(g);
+    if (err != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return (void *)x;
+}
+static void cu_graph_launch(Backend *b, void *g) { CU_CHECK(cudaGraphLaunch((cudaGraphExec_t)g, cctx(b)->stream)); }
+static void cu_graph_free(Backend *b, void *g) {
+    (void)b;
+    if (g) CU_CHECK(cudaGraphExecDestroy((cudaGraphExec_t)g));
 }
 
 /* ---------------------------------------------------------------------------------------------------------
@@ -722,6 +768,12 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->fill_rows = cu_fill_rows;
     b->concat_cols = cu_concat_cols;
     b->copy_rows = cu_copy_rows;
+    b->embed_dev = cu_embed_dev;
+    b->kv_write_dev = cu_kv_write_dev;
+    b->graph_begin = cu_graph_begin;
+    b->graph_end = cu_graph_end;
+    b->graph_launch = cu_graph_launch;
+    b->graph_free = cu_graph_free;
     c->xb_elems = XB_ELEMS;
     c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
     c->part_floats = PART_FLOATS;

@@ -90,6 +90,8 @@ void cu_attention(Backend *b, const OpsAttention *a);
 void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
 void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                  int ldk, const float *v, int ldv);
+void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
+                     const float *k, int ldk, const float *v, int ldv);
 /* moe_cuda.cu */
 void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
             int32_t *experts, float *scratch);
