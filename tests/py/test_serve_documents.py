@@ -16,6 +16,7 @@ import pytest
 
 from schema_lite import validate
 from serveutil import REPO, Server, image_bytes, multipart, sse_events
+from test_serve_memory import asan_dsocr  # noqa: F401  (the fixture building the ASan server)
 
 SCHEMA = json.load(open(os.path.join(REPO, "docs", "json-schema.json")))
 KEY = "doc-test-key"
@@ -247,3 +248,60 @@ def test_queue_full_is_429_and_accepted_requests_are_answered(srv):
     st, _, doc = got["b"]
     assert st == 200 and doc["pages"][0]["page"] == 1, doc
     assert health(srv)["status"] == "healthy"
+
+
+def test_root_lists_the_endpoint(srv):
+    st, _, j = srv.json("GET", "/", headers={"Accept": "application/json"})
+    assert st == 200 and "/v1/ocr" in j["endpoints"], j
+
+
+def test_disconnect_cancels_without_stream(srv):
+    before = len(srv.text())
+    body, ctype = multipart(dict(FAST, max_tokens="4"), {"file": ("quiet.pdf", make_pdf(12), "application/pdf")})
+    c = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+    c.request("POST", "/v1/ocr", body=body, headers=dict(AUTH, **{"Content-Type": ctype}))
+    deadline = time.time() + 60
+    while time.time() < deadline and not re.search(r"page 1 \(1/12\)", srv.text()[before:]):
+        time.sleep(0.05)
+    c.sock.shutdown(2)
+    c.close()
+    while time.time() < deadline and not re.search(r"document quiet\.pdf (failed|done)", srv.text()[before:]):
+        time.sleep(0.1)
+    log = srv.text()[before:]
+    m = re.search(r"document quiet\.pdf failed after [\d.]+s \((\d+) pages done\): cancelled", log)
+    assert m and int(m.group(1)) < 12, log[-3000:]
+    assert "client disconnected: request cancelled" in log
+
+
+def test_leak_sanitizer(asan_dsocr, tiny_model, tmp_path):
+    """The ASan build of the server (the fixture of test_serve_memory.py) over document requests, one cancelled
+    by a disconnect: no leak, no error."""
+    binary = asan_dsocr
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=1:abort_on_error=0:exitcode=23",
+               LSAN_OPTIONS="exitcode=23", OPENBLAS_NUM_THREADS="1")
+    s = Server(["--model", tiny_model, "--results-dir", "", "--threads", "1"], str(tmp_path / "log"),
+               binary=binary, env=env)
+    try:
+        st, _, doc = s.post_form("/v1/ocr", FAST, {"file": ("two.pdf", PDF2, "application/pdf")})
+        assert st == 200 and len(doc["pages"]) == 2, doc
+        broken = b"%PDF-1.4\n" + bytes(range(256))
+        st, _, _ = s.post_form("/v1/ocr", FAST, {"file": ("b.pdf", broken, "application/pdf")})
+        assert st == 400
+        st, _, _ = s.post_form("/v1/ocr", dict(FAST, pages="9"), {"file": ("two.pdf", PDF2, "application/pdf")})
+        assert st == 400
+        body, ctype = multipart(dict(FAST, stream="true"), {"file": ("s.pdf", make_pdf(6), "application/pdf")})
+        c = http.client.HTTPConnection("127.0.0.1", s.port, timeout=120)
+        c.request("POST", "/v1/ocr", body=body, headers={"Content-Type": ctype})
+        r = c.getresponse()
+        for d in sse_events(r):
+            if json.loads(d)["event"] == "page_done":
+                break
+        c.sock.shutdown(2)
+        c.close()
+        st, _, doc = s.post_form("/v1/ocr", dict(FAST, stream="false"), {"file": ("i.png", PNG, "image/png")})
+        assert st == 200 and doc["kind"] == "image", doc
+    finally:
+        rc = s.stop(timeout=120)
+    log = s.text()
+    assert "LeakSanitizer" not in log and "AddressSanitizer" not in log and "runtime error" not in log, log[-5000:]
+    assert rc == 0, log[-3000:]
