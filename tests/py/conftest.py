@@ -1,22 +1,8 @@
-"""Paths for the Python-driven tests of the C engine (the tiny checkpoints come from the repository's
-conftest.py)."""
-import os
-import sys
+"""Fixtures of the Python-driven tests of the C engine (the tiny checkpoints come from the repository's
+conftest.py; shared paths are in tpaths.py)."""
+import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REPO = os.path.dirname(os.path.dirname(HERE))
-REF = os.path.join(REPO, "tools", "reference")
-sys.path.insert(0, REF)
-sys.path.insert(0, HERE)
-
-import torch  # noqa: E402
-
-torch.set_num_threads(2)
-
-DSOCR = os.path.join(REPO, "dsocr")
-IMAGES = {n: os.path.join(REPO, "tests", "images", n) for n in ("small.png", "portrait.jpg", "wide.png", "exif_rgba.png")}
-
-import pytest  # noqa: E402
+import tpaths  # noqa: F401  (puts tools/reference on sys.path)
 
 
 @pytest.fixture(scope="session")

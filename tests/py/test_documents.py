@@ -15,7 +15,7 @@ import sys
 
 import pytest
 
-from conftest import DSOCR, IMAGES, REPO
+from tpaths import DSOCR, IMAGES, REPO
 from schema_lite import validate
 
 SCHEMA = json.load(open(os.path.join(REPO, "docs", "json-schema.json")))

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from conftest import IMAGES
+from tpaths import IMAGES
 from dumpcmp import compare
 from engine_vs_ref import check, run_c, run_reference
 

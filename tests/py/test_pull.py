@@ -10,7 +10,7 @@ import subprocess
 
 import pytest
 
-from conftest import DSOCR, IMAGES, REPO
+from tpaths import DSOCR, IMAGES, REPO
 from hf_mock import COMMIT, Hub
 
 EXTRA = {"LICENSE": "MIT License\n\nCopyright (c) test\n", "README.md": "---\nlicense: mit\n---\n# tiny\n",

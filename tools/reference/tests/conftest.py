@@ -1,20 +1,10 @@
-"""Fixtures of the reference tests: the tokenizer and paths (the tiny checkpoints come from the repository's
-conftest.py, shared with tests/py)."""
+"""Fixtures of the reference tests: the tokenizer (the tiny checkpoints come from the repository's conftest.py,
+shared with tests/py; shared paths are in rpaths.py)."""
 import os
-import sys
 
 import pytest
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-REF = os.path.dirname(HERE)
-REPO = os.path.dirname(os.path.dirname(REF))
-sys.path.insert(0, REF)
-
-import torch  # noqa: E402
-
-torch.set_num_threads(2)
-
-IMAGES = {n: os.path.join(REPO, "tests", "images", n) for n in ("small.png", "portrait.jpg", "wide.png", "exif_rgba.png")}
+from rpaths import REPO
 
 
 @pytest.fixture(scope="session")

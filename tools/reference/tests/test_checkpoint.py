@@ -8,7 +8,7 @@ import struct
 
 import torch
 
-from conftest import REPO
+from rpaths import REPO
 import make_checkpoint as mc
 from config import load_config, tensor_plan
 from st_io import SafeTensors, read_header

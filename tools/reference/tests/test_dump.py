@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import IMAGES, REF
+from rpaths import IMAGES, REF
 from st_io import read_dump, read_dump_dir, write_dump
 
 

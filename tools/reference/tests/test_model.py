@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from conftest import IMAGES
+from rpaths import IMAGES
 from model import Reference
 from pipeline import banned_tokens, generate
 from realism import measure

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageOps
 
-from conftest import IMAGES
+from rpaths import IMAGES
 from preprocess import (MODES, grid_candidates, load_image, make_views, normalize, pick_grid, plan, resolve_mode,
                         slot_count)
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from conftest import REPO
+from rpaths import REPO
 from pipeline import IMAGE_ID, build_ids
 from tokenizer import Tokenizer
 
