@@ -387,6 +387,12 @@ static cJSON *usage_json(const DsocrResult *res) {
     return u;
 }
 
+/* The start of a job's --timeout clock (j->mu held): the request's arrival, or for a document the latest page
+ * event, so that the limit applies per page however long the document. */
+static double timeout_base(const Job *j, double t_arrival) {
+    return j->doc && j->t_progress > t_arrival ? j->t_progress : t_arrival;
+}
+
 /* The HTTP status and message for a finished job that failed (or was cancelled). */
 static unsigned job_error(const Job *j, char *msg, size_t n) {
     if (j->status == DSOCR_OK || j->status == DSOCR_E_CANCELLED) {
@@ -552,6 +558,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
             if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
             pthread_cond_timedwait(&j->cv, &j->mu, &ts);
             if (j->state == JOB_DONE || j->live_len != st->live_off) break;
+            double base = timeout_base(j, st->t0);
             pthread_mutex_unlock(&j->mu);
             if (client_gone(st->fd)) {
                 job_cancel(j);
@@ -559,7 +566,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
                 slog(st->rid, "client disconnected during the stream: request cancelled");
                 return MHD_CONTENT_READER_END_WITH_ERROR;
             }
-            if (ds_now() - st->t0 > st->srv->cfg.timeout_s) job_cancel(j);
+            if (ds_now() - base > st->srv->cfg.timeout_s) job_cancel(j);
             pthread_mutex_lock(&j->mu);
         }
         size_t from = st->live_off, to = j->live_len;
@@ -614,6 +621,7 @@ static int stream_wait(Stream *st, Job *j) {
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
         if (j->state == JOB_DONE || j->live_len != st->live_off) break;
+        double base = timeout_base(j, st->t0);
         pthread_mutex_unlock(&j->mu);
         if (client_gone(st->fd)) {
             job_cancel(j);
@@ -621,7 +629,7 @@ static int stream_wait(Stream *st, Job *j) {
             slog(st->rid, "client disconnected during the stream: request cancelled");
             return 1;
         }
-        if (ds_now() - st->t0 > st->srv->cfg.timeout_s) job_cancel(j);
+        if (ds_now() - base > st->srv->cfg.timeout_s) job_cancel(j);
         pthread_mutex_lock(&j->mu);
     }
     return 0;
@@ -647,9 +655,10 @@ static ssize_t doc_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         size_t from = st->live_off, to = j->live_len;
         int done = j->state == JOB_DONE;
         int rc = to > from ? stream_add(st, j->live + from, to - from) : 0;
+        if (!rc) j->live_len = 0; /* everything the worker wrote is now ours: its buffer is reused */
         pthread_mutex_unlock(&j->mu);
         if (rc) return MHD_CONTENT_READER_END_WITH_ERROR;
-        st->live_off = to;
+        st->live_off = 0;
         if (!done) continue;
         cJSON *ev = cJSON_CreateObject();
         if (j->status != DSOCR_OK) {
@@ -785,6 +794,7 @@ static enum MHD_Result submit_and_answer(Req *r, struct MHD_Connection *c, Job *
         if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
         pthread_cond_timedwait(&j->cv, &j->mu, &ts);
         if (j->state == JOB_DONE) break;
+        double base = timeout_base(j, r->t0);
         pthread_mutex_unlock(&j->mu);
         if (client_gone(r->fd)) {
             job_cancel(j);
@@ -793,7 +803,7 @@ static enum MHD_Result submit_and_answer(Req *r, struct MHD_Connection *c, Job *
             job_release(j);
             return MHD_NO;
         }
-        if (ds_now() - r->t0 > s->cfg.timeout_s) {
+        if (ds_now() - base > s->cfg.timeout_s) {
             job_cancel(j);
             timed_out = 1;
             pthread_mutex_lock(&j->mu);

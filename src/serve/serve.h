@@ -1,6 +1,7 @@
 /* serve.h: `dsocr serve`: the HTTP server (libmicrohttpd) in front of one loaded model: the seed API (/, /health,
  * /ocr, /ocr-base64, /results/{file}, /cleanup), an OpenAI-compatible API (/v1/chat/completions with
- * server-sent events, /v1/models) and the web page. docs/api.md documents every endpoint.
+ * server-sent events, /v1/models), the document endpoint (/v1/ocr: PDFs and images through document.h, the
+ * document JSON or events per page) and the web page. docs/api.md documents every endpoint.
  *
  * Threads: libmicrohttpd runs one thread per connection (so a handler may wait for its job, and a slow client
  * holds only its own thread); those threads parse, validate (limits, the image decodes) and queue jobs; one
@@ -24,7 +25,7 @@ typedef struct ServeConfig {
     size_t max_prompt;      /* prompt bytes at most */
     int max_tokens_cap;     /* a request's max_tokens at most; 0 = no cap */
     int default_max_tokens; /* when a request names none; 0 = until the context is full */
-    double timeout_s;       /* per request, from arrival to answer; 504 after it */
+    double timeout_s;       /* per request, from arrival to answer (documents: per page); 504 after it */
     double drain_s;         /* on SIGTERM, how long running and queued requests may take */
     const char *results_dir; /* NULL = $XDG_CACHE_HOME/dsocr/results (else ~/.cache/...); "" = never save */
     int results_max;

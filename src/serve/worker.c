@@ -288,6 +288,7 @@ static void doc_on_event(void *user, const DocEvent *ev) {
         cJSON_Delete(o);
     }
     pthread_mutex_lock(&j->mu);
+    j->t_progress = ds_now();
     if (ev->kind == DOC_EV_PAGE_DONE) j->doc_pages++;
     if (txt) {
         live_append(j, "event: ", 7);

@@ -49,6 +49,7 @@ typedef struct Job {
     DocRequest dreq;
     cJSON *doc_json; /* the document object once done */
     int doc_pages;   /* pages finished so far */
+    double t_progress; /* when the latest page event came (0 before any): a document's timeout runs from it */
     struct Job *next;
 } Job;
 

@@ -227,8 +227,8 @@ def test_disconnect_cancels_between_pages(srv):
 
 
 def test_queue_full_is_429_and_accepted_requests_are_answered(srv):
-    # A runs (a 6-page document), B waits in the queue (--queue 1), C is refused
-    c, r = open_stream(srv, dict(FAST, max_tokens="4", stream="true"), data=make_pdf(6))
+    # A runs (a 3-page document), B waits in the queue (--queue 1), C is refused
+    c, r = open_stream(srv, dict(FAST, stream="true"), data=make_pdf(3))
     evs = sse_events(r)
     first = json.loads(next(evs))
     assert first["event"] == "page_start"
@@ -243,7 +243,7 @@ def test_queue_full_is_429_and_accepted_requests_are_answered(srv):
     assert int(h["retry-after"]) >= 1
     rest = [json.loads(d) for d in evs]
     c.close()
-    assert rest[-1]["event"] == "done" and len(rest[-1]["document"]["pages"]) == 6
+    assert rest[-1]["event"] == "done" and len(rest[-1]["document"]["pages"]) == 3
     t.join(60)
     st, _, doc = got["b"]
     assert st == 200 and doc["pages"][0]["page"] == 1, doc
@@ -305,3 +305,22 @@ def test_leak_sanitizer(asan_dsocr, tiny_model, tmp_path):
     log = s.text()
     assert "LeakSanitizer" not in log and "AddressSanitizer" not in log and "runtime error" not in log, log[-5000:]
     assert rc == 0, log[-3000:]
+
+
+def test_timeout_applies_per_page(srv, tiny_model, tmp_path):
+    """--timeout bounds each page of a document, not the whole document: a document that takes longer than the
+    limit in all still completes when its pages are quick. The limit is set from a measured page time."""
+    import math
+    st, _, one = post_doc(srv, dict(FAST, pages="1"))
+    assert st == 200, one
+    t1 = max(one["summary"]["seconds"], 0.05)
+    limit = max(1, math.ceil(4 * t1))
+    n = math.ceil(1.5 * limit / t1) + 1
+    s = Server(["--model", tiny_model, "--results-dir", "", "--threads", "2", "--timeout", str(limit)],
+               str(tmp_path / "log"))
+    try:
+        st, _, doc = s.post_form("/v1/ocr", FAST, {"file": ("long.pdf", make_pdf(n), "application/pdf")})
+        assert st == 200 and len(doc["pages"]) == n, doc
+        assert doc["summary"]["seconds"] > limit, (doc["summary"], limit)  # the whole took longer than --timeout
+    finally:
+        assert s.stop() == 0, s.text()
