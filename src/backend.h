@@ -55,6 +55,9 @@ struct Backend {
                       float eps, int flags);
     void (*rmsnorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
                     int flags);
+    /* The residual step and the next norm in one: x[M, n] = x + r (rounded to bf16 when flags & OPS_BF16, as add
+     * then round_bf16), then y[M, n] = rmsnorm(x) (rows contiguous, ld = n). */
+    void (*add_rmsnorm)(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps, int flags);
     void (*gelu)(Backend *b, float *out, const float *x, size_t n);
     void (*quick_gelu)(Backend *b, float *out, const float *x, size_t n);
     void (*add)(Backend *b, float *out, const float *a, const float *c, size_t n);

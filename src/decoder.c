@@ -111,7 +111,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     } while (0)
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const DecLayer *L = &m->layers[l];
-        be->rmsnorm(be, w->a, D, x, D, n, D, L->input_norm, eps, fl);
+        if (l == 0) be->rmsnorm(be, w->a, D, x, D, n, D, L->input_norm, eps, fl); /* later: the previous add_rmsnorm */
         be->linear(be, w->q, D, w->a, D, n, D, L->q, D, ds_w_none(), 0);
         be->linear(be, w->k, D, w->a, D, n, D, L->k, D, ds_w_none(), 0);
         be->linear(be, w->v, D, w->a, D, n, D, L->v, D, ds_w_none(), 0);
@@ -135,9 +135,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             snprintf(nm, sizeof nm, "layer%d.attn", l);
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->tmp, n, D, e))) return st;
         }
-        be->add(be, x, x, w->tmp, (size_t)n * D);
-        RND(x, (size_t)n * D);
-        be->rmsnorm(be, w->a, D, x, D, n, D, L->post_norm, eps, fl);
+        be->add_rmsnorm(be, w->a, x, w->tmp, n, D, L->post_norm, eps, fl);
         if (L->moe) {
             be->moe(be, w->tmp, w->a, n, &L->moe_w, fl, s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL,
                     w->scratch);
@@ -151,8 +149,12 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up, L->dense.down, fl,
                        w->scratch);
         }
-        be->add(be, x, x, w->tmp, (size_t)n * D);
-        RND(x, (size_t)n * D);
+        if (l + 1 < c->num_hidden_layers) {
+            be->add_rmsnorm(be, w->a, x, w->tmp, n, D, m->layers[l + 1].input_norm, eps, fl);
+        } else {
+            be->add(be, x, x, w->tmp, (size_t)n * D);
+            RND(x, (size_t)n * D);
+        }
         if (s->dump_dir) {
             snprintf(nm, sizeof nm, "layer%d.out", l);
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, x, n, D, e))) return st;

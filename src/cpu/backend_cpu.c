@@ -85,6 +85,13 @@ static void cpu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *tabl
                          int ldk, const float *v, int ldv) {
     kv_write(kv, layer, table, pos0, n, k, ldk, v, ldv);
 }
+/* add_rmsnorm through the table's own add, round_bf16 and rmsnorm (so cpu-ref keeps its rmsnorm arithmetic) */
+static void cpu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps,
+                            int flags) {
+    b->add(b, x, x, r, (size_t)M * n);
+    if (flags & OPS_BF16) b->round_bf16(b, x, (size_t)M * n);
+    b->rmsnorm(b, y, n, x, n, M, n, w, eps, flags);
+}
 static void cpu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos,
                              int n, const float *k, int ldk, const float *v, int ldv) {
     for (int t = 0; t < n; t++)
@@ -225,6 +232,7 @@ static Backend g_cpu = {
     .linear = cpu_linear,
     .layernorm = cpu_layernorm,
     .rmsnorm = cpu_rmsnorm,
+    .add_rmsnorm = cpu_add_rmsnorm,
     .gelu = cpu_gelu,
     .quick_gelu = cpu_quick_gelu,
     .add = cpu_add,

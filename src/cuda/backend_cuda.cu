@@ -367,6 +367,30 @@ __global__ void rmsnorm_k(float *y, int ldy, const float *x, int ldx, int n, con
     }
 }
 
+/* x = x + r (bf16-rounded with bf), then rmsnorm_k's arithmetic on the new row: the same thread owns the same
+ * elements in both passes, so no barrier is needed between the write of x and its reads. */
+__global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const void *w, int wdt, float eps, int bf) {
+    __shared__ float sh[32];
+    float *xr = x + (size_t)blockIdx.x * n;
+    const float *rr = res + (size_t)blockIdx.x * n;
+    float *yr = y + (size_t)blockIdx.x * n;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] + rr[i];
+        if (bf) v = rbf(v);
+        xr[i] = v;
+        s += v * v;
+    }
+    float r = (float)(1.0 / sqrt((double)block_sum(s, sh) / n + eps));
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = xr[i] * r;
+        if (bf) v = rbf(v);
+        v *= wget(w, wdt, i);
+        if (bf) v = rbf(v);
+        yr[i] = v;
+    }
+}
+
 static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
 
 static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
@@ -383,6 +407,14 @@ static void cu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, i
     DS_ASSERT(M >= 0 && n > 0 && w.data);
     if (M == 0) return;
     rmsnorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, eps, flags & OPS_BF16);
+    CU_LAUNCHED();
+}
+
+static void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps,
+                           int flags) {
+    DS_ASSERT(M >= 0 && n > 0 && w.data);
+    if (M == 0) return;
+    add_rmsnorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, x, r, n, w.data, w.dtype, eps, flags & OPS_BF16);
     CU_LAUNCHED();
 }
 
@@ -749,6 +781,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->linear = cu_linear;
     b->layernorm = cu_layernorm;
     b->rmsnorm = cu_rmsnorm;
+    b->add_rmsnorm = cu_add_rmsnorm;
     b->gelu = cu_gelu;
     b->quick_gelu = cu_quick_gelu;
     b->add = cu_add;

@@ -3,28 +3,32 @@
  *   1. router logits [n, E] by the fp32 GEMV kernel (exact fp32 arithmetic: a near-tie must break as on the CPU);
  *   2. route_k: ops_moe_route per row (bf16-rounded logits in bf16 mode, fp32 softmax, greedy top-k, lowest index
  *      on ties), one thread a row;
- *   3. bucket_k: counts per expert, offsets, and each (row, slot) pair's place in the expert-sorted pair list;
- *   4. gateup_k / down_k: grouped products over a grid of (output columns, expert); a block whose expert got no
- *      rows returns at once, so only the selected experts' weights are read; one warp per output column, up to 4
- *      of the expert's rows per pass over the weight row; the SwiGLU rounding points of ops_expert_ffn;
- *   5. the shared experts through the SwiGLU block;
+ *   3. bucket_k: counts per expert, offsets, each (row, slot) pair's place in the expert-sorted pair list, and
+ *      the list of experts that got rows; for up to 64 rows (decode) 2 and 3 are one kernel, route_bucket_k, with
+ *      a warp a row;
+ *   4. gateup_k / down_k: grouped products over a grid of (output columns, expert with rows), min(n·k, E) expert
+ *      slots, so only the selected experts' weights are read; one warp per output column, up to 4 of the
+ *      expert's rows per pass over the weight row; the SwiGLU rounding points of ops_expert_ffn;
+ *   5. the shared experts: for up to 8 rows one more expert slot of the same two kernels (every row, their own
+ *      width; the arithmetic of the SwiGLU block's GEMV path), otherwise the SwiGLU block;
  *   6. combine_k: per row, Σ w·y over its experts in ascending expert order, fp32, as the CPU accumulates;
  *      rounded in bf16 mode; plus the shared output.
+ * One token: GEMV, route_bucket_k, gateup_k, down_k, combine_k (5 launches).
  * The expert weight pointers travel as kernel parameters (up to 256 experts; > 4 KiB of parameters needs
  * Volta+ and CUDA 12.1+, which every target here has). */
 #include "cuda/cuda_common.h"
 
-enum { MAXE = 256, MAXK = 16, MW = 8, MR = 4 };
+enum { MAXE = 256, MAXK = 16, MW = 8, MR = 4, FUSE_SHARED_ROWS = 8 };
 
 struct MoeSlots {
     float *logits, *wts, *h, *ysl, *shared, *sw;
-    int32_t *idx, *off, *pair_row, *pos_of;
+    int32_t *idx, *off, *pair_row, *pos_of, *act;
 };
 
 static size_t up4(size_t n) { return (n + 3) & ~(size_t)3; }
 
 /* Scratch layout (float offsets, each part 16-byte aligned): logits [n, E] | idx [n·k] | wts [n·k] | off [E + 1] |
- * pair_row [n·k] | pos_of [n·k] | h [n·k, F] | ysl [n·k, D] | shared [n, D] | sw [2·n·S] (shared SwiGLU). */
+ * pair_row [n·k] | pos_of [n·k] | act [E] (the experts with rows, ascending, then −1s) | h [n·k, F] | ysl [n·k, D] | shared [n, D] | sw [2·n·S] (shared SwiGLU). */
 static size_t moe_layout(float *p, int n, const BackendMoe *m, MoeSlots *s) {
     size_t nk = (size_t)n * m->top_k, o = 0;
     s->logits = p + o, o += up4((size_t)n * m->n_experts);
@@ -33,6 +37,7 @@ static size_t moe_layout(float *p, int n, const BackendMoe *m, MoeSlots *s) {
     s->off = (int32_t *)(p + o), o += up4((size_t)m->n_experts + 1);
     s->pair_row = (int32_t *)(p + o), o += up4(nk);
     s->pos_of = (int32_t *)(p + o), o += up4(nk);
+    s->act = (int32_t *)(p + o), o += up4((size_t)m->n_experts);
     s->h = p + o, o += up4(nk * m->d_ff);
     s->ysl = p + o, o += up4(nk * m->d_model);
     s->shared = p + o, o += up4((size_t)n * m->d_model);
@@ -78,21 +83,99 @@ __global__ void route_k(const float *logits, int n, int E, int K, int bf, int32_
     }
 }
 
-__global__ void bucket_k(const int32_t *idx, int nk, int K, int E, int32_t *off, int32_t *pair_row, int32_t *pos_of) {
+/* route_k and bucket_k in one block for few rows (decode): one warp a row (warp max, the exponentials in shared
+ * memory, their sum in expert order by one lane as route_k, greedy top-k by warp argmax with the lowest index on
+ * ties), then the bucketing of bucket_k. Bit for bit what route_k + bucket_k give. */
+enum { RB_MAX_ROWS = 64 };
+__global__ void __launch_bounds__(1024) route_bucket_k(const float *logits, int n, int E, int K, int bf, int32_t *idx,
+                                                       float *wts, float *out_logits, int32_t *out_experts,
+                                                       int32_t *off, int32_t *pair_row, int32_t *pos_of,
+                                                       int32_t *act) {
+    __shared__ float ex[32][MAXE];
+    __shared__ int cnt[MAXE + 1], cur[MAXE];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    for (int e = threadIdx.x; e <= E; e += blockDim.x) cnt[e] = 0;
+    for (int r = warp; r < n; r += blockDim.x / 32) {
+        const float *l = logits + (size_t)r * E;
+        float *p = ex[warp];
+        float mx = -INFINITY;
+        for (int e = lane; e < E; e += 32) {
+            float v = bf ? rbf(l[e]) : l[e];
+            if (out_logits) out_logits[(size_t)r * E + e] = v;
+            p[e] = v;
+            mx = v > mx ? v : mx;
+        }
+        mx = warp_max(mx);
+        for (int e = lane; e < E; e += 32) p[e] = expf(p[e] - mx);
+        __syncwarp();
+        float sum = 0.f;
+        if (lane == 0)
+            for (int e = 0; e < E; e++) sum += p[e];
+        sum = __shfl_sync(0xffffffffu, sum, 0);
+        for (int e = lane; e < E; e += 32) p[e] /= sum;
+        __syncwarp();
+        unsigned taken = 0; /* bit j: expert lane + 32·j */
+        for (int j = 0; j < K; j++) {
+            float bv = 0.f;
+            int be = -1;
+            for (int e = lane, jj = 0; e < E; e += 32, jj++)
+                if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
+            for (int o = 16; o > 0; o >>= 1) {
+                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+                int oe = __shfl_xor_sync(0xffffffffu, be, o);
+                if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
+            }
+            be = __shfl_sync(0xffffffffu, be, 0);
+            if ((be & 31) == lane) taken |= 1u << (be / 32);
+            if (lane == 0) {
+                idx[(size_t)r * K + j] = be;
+                wts[(size_t)r * K + j] = p[be];
+                if (out_experts) out_experts[(size_t)r * K + j] = be;
+            }
+        }
+        __syncwarp();
+    }
+    __syncthreads();
+    const int nk = n * K;
+    for (int i = threadIdx.x; i < nk; i += blockDim.x) atomicAdd(&cnt[idx[i]], 1);
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        int acc = 0, na = 0;
+        for (int e = 0; e < E; e++) {
+            cur[e] = acc;
+            off[e] = acc;
+            acc += cnt[e];
+            if (cnt[e]) act[na++] = e;
+        }
+        off[E] = acc;
+        while (na < E) act[na++] = -1;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < nk; i += blockDim.x) {
+        int p = atomicAdd(&cur[idx[i]], 1);
+        pair_row[p] = i / K;
+        pos_of[i] = p;
+    }
+}
+
+__global__ void bucket_k(const int32_t *idx, int nk, int K, int E, int32_t *off, int32_t *pair_row, int32_t *pos_of,
+                         int32_t *act) {
     __shared__ int cnt[MAXE + 1], cur[MAXE];
     for (int e = threadIdx.x; e <= E; e += blockDim.x) cnt[e] = 0;
     __syncthreads();
     for (int i = threadIdx.x; i < nk; i += blockDim.x) atomicAdd(&cnt[idx[i]], 1);
     __syncthreads();
     if (threadIdx.x == 0) {
-        int acc = 0;
+        int acc = 0, na = 0;
         for (int e = 0; e < E; e++) {
             int c = cnt[e];
             cur[e] = acc;
             off[e] = acc;
             acc += c;
+            if (c) act[na++] = e;
         }
         off[E] = acc;
+        while (na < E) act[na++] = -1;
     }
     __syncthreads();
     /* the order inside an expert's range does not matter: each pair's product depends only on its own row */
@@ -105,15 +188,24 @@ __global__ void bucket_k(const int32_t *idx, int nk, int K, int E, int32_t *off,
 
 struct UpPtrs {
     const void *gate[MAXE], *up[MAXE];
+    const void *sgate, *sup; /* the shared experts (blockIdx.y == E when fused) */
 };
 struct DownPtrs {
     const void *down[MAXE];
+    const void *sdown;
 };
+/* With fused shared experts (few rows), the grid has one more expert index, E, that runs the shared SwiGLU over
+ * every row: gate/up from x into sy [n, sN]; down from sx [n, sK] into sy [n, N]. */
 struct GroupArgs {
     const float *x;           /* gate/up: the layer input [n, D]; down: h [n·k, F] */
     float *y;                 /* gate/up: h [n·k, F]; down: ysl [n·k, D] */
     const int32_t *off, *pair_row;
+    const int32_t *act;       /* blockIdx.y -> expert (the experts with rows first; −1: nothing to do) */
     int K, N, wdt, bf, vec;   /* K: reduction length, N: output columns */
+    int E, n, sK, sN;         /* E: the shared experts' blockIdx.y (−1: not fused); their rows, reduction length
+                                 and output columns */
+    const float *sx;
+    float *sy;
 };
 
 /* acc[r] += x_r · w over K for up to MR rows (rows r >= nr skipped). */
@@ -147,16 +239,22 @@ static __device__ __forceinline__ void dot_rows(float *acc, const float *const *
 }
 
 __global__ void __launch_bounds__(MW * 32) gateup_k(GroupArgs a, UpPtrs w) {
-    const int e = blockIdx.y, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int p0 = a.off[e], cnt = a.off[e + 1] - p0;
-    if (cnt == 0 || f >= a.N) return;
+    const int sh = (int)blockIdx.y == a.E, e = sh ? 0 : a.act[blockIdx.y];
+    const int f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (e < 0) return;
+    const int N = sh ? a.sN : a.N, p0 = sh ? 0 : a.off[e], cnt = sh ? a.n : a.off[e + 1] - p0;
+    if (cnt == 0 || f >= N) return;
     size_t wo = (size_t)f * a.K * (a.wdt == DS_BF16 ? 2 : 4);
-    const void *wg = (const char *)w.gate[e] + wo, *wu = (const char *)w.up[e] + wo;
+    const void *wg = (const char *)(sh ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(sh ? w.sup : w.up[e]) + wo;
+    float *y = sh ? a.sy : a.y;
     for (int i0 = 0; i0 < cnt; i0 += MR) {
         int nr = min(MR, cnt - i0);
         const float *xr[MR];
 #pragma unroll
-        for (int r = 0; r < MR; r++) xr[r] = a.x + (size_t)a.pair_row[p0 + i0 + min(r, nr - 1)] * a.K;
+        for (int r = 0; r < MR; r++) {
+            int i = p0 + i0 + min(r, nr - 1);
+            xr[r] = a.x + (size_t)(sh ? i : a.pair_row[i]) * a.K;
+        }
         float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
         dot_rows(g, xr, nr, wg, a.wdt, a.K, a.vec, lane);
         dot_rows(u, xr, nr, wu, a.wdt, a.K, a.vec, lane);
@@ -171,28 +269,32 @@ __global__ void __launch_bounds__(MW * 32) gateup_k(GroupArgs a, UpPtrs w) {
                 float s = gv / (1.f + expf(-gv));
                 if (a.bf) s = rbf(s);
                 float v = s * uv;
-                a.y[(size_t)(p0 + i0 + r) * a.N + f] = a.bf ? rbf(v) : v;
+                y[(size_t)(p0 + i0 + r) * N + f] = a.bf ? rbf(v) : v;
             }
         }
     }
 }
 
 __global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
-    const int e = blockIdx.y, d = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int p0 = a.off[e], cnt = a.off[e + 1] - p0;
+    const int sh = (int)blockIdx.y == a.E, e = sh ? 0 : a.act[blockIdx.y];
+    const int d = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (e < 0) return;
+    const int p0 = sh ? 0 : a.off[e], cnt = sh ? a.n : a.off[e + 1] - p0, K = sh ? a.sK : a.K;
     if (cnt == 0 || d >= a.N) return;
-    const void *wd = (const char *)w.down[e] + (size_t)d * a.K * (a.wdt == DS_BF16 ? 2 : 4);
+    const void *wd = (const char *)(sh ? w.sdown : w.down[e]) + (size_t)d * K * (a.wdt == DS_BF16 ? 2 : 4);
+    const float *x = sh ? a.sx : a.x;
+    float *y = sh ? a.sy : a.y;
     for (int i0 = 0; i0 < cnt; i0 += MR) {
         int nr = min(MR, cnt - i0);
         const float *xr[MR];
 #pragma unroll
-        for (int r = 0; r < MR; r++) xr[r] = a.x + (size_t)(p0 + i0 + min(r, nr - 1)) * a.K;
+        for (int r = 0; r < MR; r++) xr[r] = x + (size_t)(p0 + i0 + min(r, nr - 1)) * K;
         float acc[MR] = {0.f, 0.f, 0.f, 0.f};
-        dot_rows(acc, xr, nr, wd, a.wdt, a.K, a.vec, lane);
+        dot_rows(acc, xr, nr, wd, a.wdt, K, a.vec, lane);
 #pragma unroll
         for (int r = 0; r < MR; r++) {
             float v = warp_sum(acc[r]);
-            if (lane == 0 && r < nr) a.y[(size_t)(p0 + i0 + r) * a.N + d] = a.bf ? rbf(v) : v;
+            if (lane == 0 && r < nr) y[(size_t)(p0 + i0 + r) * a.N + d] = a.bf ? rbf(v) : v;
         }
     }
 }
@@ -237,10 +339,18 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     moe_layout(scratch, n, m, &s);
     const int nk = n * K;
     cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
-    route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
-    CU_LAUNCHED();
-    bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of);
-    CU_LAUNCHED();
+    if (n <= RB_MAX_ROWS) {
+        route_bucket_k<<<1, 1024, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts, s.off,
+                                                  s.pair_row, s.pos_of, s.act);
+        CU_LAUNCHED();
+    } else {
+        route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
+        CU_LAUNCHED();
+        bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of, s.act);
+        CU_LAUNCHED();
+    }
+    const int S = m->d_shared, has_shared = m->shared.gate.data != NULL;
+    const int fuse = has_shared && n <= FUSE_SHARED_ROWS; /* shared experts as one more group in the products */
 
     int wdt = m->experts[0].gate.dtype;
     DS_ASSERT(wdt == DS_BF16 || wdt == DS_F32);
@@ -259,26 +369,44 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
         down.down[e] = ex->down.data;
         vec_ok = vec_ok && aligned16(ex->gate.data) && aligned16(ex->up.data) && aligned16(ex->down.data);
     }
+    if (fuse) {
+        const BackendExpert *sx = &m->shared;
+        DS_ASSERT((int)sx->gate.dtype == wdt && (int)sx->up.dtype == wdt && (int)sx->down.dtype == wdt);
+        up.sgate = sx->gate.data;
+        up.sup = sx->up.data;
+        down.sdown = sx->down.data;
+        vec_ok = vec_ok && (wdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
+                 aligned16(sx->gate.data) && aligned16(sx->up.data) && aligned16(sx->down.data);
+    }
     GroupArgs g;
     g.off = s.off;
     g.pair_row = s.pair_row;
     g.wdt = wdt;
     g.bf = bf;
     g.vec = vec_ok;
+    const int ny = nk < E ? nk : E; /* at most nk experts have rows: the grid covers only those */
+    g.act = s.act;
+    g.E = fuse ? ny : -1;
+    g.n = n;
     g.x = x;
     g.y = s.h;
     g.K = D;
     g.N = F;
-    gateup_k<<<dim3(cdiv(F, MW), E), MW * 32, 0, c->stream>>>(g, up);
+    g.sN = S;
+    g.sy = s.sw;
+    gateup_k<<<dim3(cdiv(fuse && S > F ? S : F, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, up);
     CU_LAUNCHED();
     g.x = s.h;
     g.y = s.ysl;
     g.K = F;
     g.N = D;
-    down_k<<<dim3(cdiv(D, MW), E), MW * 32, 0, c->stream>>>(g, down);
+    g.sK = S;
+    g.sx = s.sw;
+    g.sy = s.shared;
+    down_k<<<dim3(cdiv(D, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, down);
     CU_LAUNCHED();
-    const float *shared = NULL;
-    if (m->shared.gate.data) {
+    const float *shared = fuse ? s.shared : NULL;
+    if (has_shared && !fuse) {
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
         shared = s.shared;
     }

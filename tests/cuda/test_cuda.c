@@ -626,6 +626,27 @@ static void test_data_movement(void) {
     B->free(B, da), B->free(B, dc), B->free(B, dout), free(a), free(c), free(o), free(cr), free(g);
 }
 
+/* add_rmsnorm against the CPU backend's (add, round, rmsnorm): the updated residual and the normed rows. */
+static void test_add_rmsnorm(void) {
+    Backend *C = backend_cpu();
+    static const int shapes[][2] = {{1, 1280}, {3, 7}, {5, 1025}, {40, 256}};
+    for (size_t sidx = 0; sidx < sizeof shapes / sizeof shapes[0]; sidx++)
+        for (int bf = 0; bf < 2; bf++) {
+            int M = shapes[sidx][0], n = shapes[sidx][1];
+            size_t N = (size_t)M * n;
+            float *x = rnd(N, 2.0f), *r = rnd(N, 1.0f), *w = rnd(n, 1.0f), *y = malloc(N * 4);
+            float *dx = dev(x, N * 4), *dr = dev(r, N * 4), *dy = dev_nan(N);
+            DsW hw = ds_w(w, DS_F32), dw = ds_w(dev(w, (size_t)n * 4), DS_F32);
+            C->add_rmsnorm(C, y, x, r, M, n, hw, 1e-6f, bf ? OPS_BF16 : 0);
+            B->add_rmsnorm(B, dy, dx, dr, M, n, dw, 1e-6f, bf ? OPS_BF16 : 0);
+            float *gx = down(dx, N), *gy = down(dy, N);
+            CHECKF(exact_eq(gx, x, N), "add_rmsnorm residual M%d n%d bf16%d", M, n, bf);
+            EXPECT_ERR(rel_l2(gy, y, N), bf ? 4e-3 : 2e-5, "add_rmsnorm M%d n%d bf16%d", M, n, bf);
+            B->free(B, dx), B->free(B, dr), B->free(B, dy), B->free(B, (void *)dw.data);
+            free(x), free(r), free(w), free(y), free(gx), free(gy);
+        }
+}
+
 /* The device-position ops (embed_dev, kv_write_dev) against their host-argument versions, and a recorded graph of
  * a small decode-like step (embed from a device id, rmsnorm, kv_write at a device position) replayed for several
  * (id, position) pairs uploaded in between, against the same ops run directly. */
@@ -718,6 +739,7 @@ int main(void) {
     RUN(test_moe);
     RUN(test_data_movement);
     RUN(test_decode_graph);
+    RUN(test_add_rmsnorm);
     printf("  device memory: %zu bytes allocated at the end (scratch), peak %zu\n", B->allocated(B), B->peak(B));
     backend_cuda_free(B);
     return check_summary();
