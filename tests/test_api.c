@@ -35,7 +35,7 @@ static void test_load_errors(void) {
     DsocrModelOptions o;
     dsocr_model_options_default(&o);
     o.device = "tpu";
-    CHECK(dsocr_model_load("data/model", &o, &m, err, sizeof err) == DSOCR_E_UNSUPPORTED);
+    CHECK(dsocr_model_load("data/model", &o, &m, err, sizeof err) == DSOCR_E_INVALID_ARG);
     CHECK_STR_CONTAINS(err, "tpu");
     /* a folder with the official config but no weights */
     CHECK(dsocr_model_load("data/model", NULL, &m, err, sizeof err) != DSOCR_OK);
