@@ -29,7 +29,7 @@ pydirs=()
 for d in tests/py tools/reference/tests; do [ -d "$d" ] && pydirs+=("$d"); done
 if [ ${#pydirs[@]} -gt 0 ]; then
     log=build/logs/pytest.log
-    "$PY" -m pytest -q -p no:cacheprovider "${pydirs[@]}" >"$log" 2>&1; rc=$?
+    "$PY" -m pytest -q -p no:cacheprovider --durations=15 "${pydirs[@]}" >"$log" 2>&1; rc=$?
     line=$(grep -E '[0-9]+ (passed|failed)' "$log" | tail -n 1)
     p=$(echo "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); f=$(echo "$line" | grep -oE '[0-9]+ (failed|error)' | awk '{s+=$1} END{print s+0}')
     echo "${p:-0} passed, ${f:-0} failed" >>"$log"
