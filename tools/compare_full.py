@@ -72,7 +72,7 @@ def main():
         t_ref = time.time() - t
         t = time.time()
         run_c(model, os.path.join(REPO, "tests", "images", img), cdir, mode, "hf", "fp32",
-              os.path.join(rdir, "generated.bin"), threads=a.threads)
+              os.path.join(rdir, "generated.bin"), threads=a.threads, timeout=7200)
         t_c = time.time() - t
         lines, fails, ties = check(cdir, rdir, 1e-3)
         ok = ok and not fails

@@ -28,7 +28,7 @@ def run_reference(ref, tok, image, outdir, mode, compat, steps, extra=None):
                     **extra)
 
 
-def run_c(model, image, outdir, mode, compat, precision, force, threads=2, extra_args=(), backend=None):
+def run_c(model, image, outdir, mode, compat, precision, force, threads=2, extra_args=(), backend=None, timeout=600):
     os.makedirs(outdir, exist_ok=True)
     env = dict(os.environ)
     if backend:
@@ -38,7 +38,7 @@ def run_c(model, image, outdir, mode, compat, precision, force, threads=2, extra
     if mode:
         cmd += ["--mode", mode]
     cmd += list(extra_args) + [image]
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
     assert p.returncode == 0, f"dsocr failed: {p.stderr[-2000:]}"
     return p
 
