@@ -64,6 +64,19 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
                              size_t errlen);
 void dsocr_model_free(DsocrModel *m);
 
+/* Where a model runs and what it holds there. */
+typedef struct DsocrDeviceInfo {
+    char device[16];     /* "cpu" or "cuda" */
+    char gpu_name[128];  /* "" on the CPU */
+    uint64_t gpu_total;  /* the driver's view of the card in bytes (0 on the CPU) */
+    uint64_t gpu_used;   /* everything in use on the card, other processes included (0 on the CPU) */
+    uint64_t allocated;  /* bytes dsocr holds on the device now (weights, sessions) */
+    uint64_t peak;       /* the most it has held */
+} DsocrDeviceInfo;
+
+/* Fills out for model m; safe to call from any thread while m is in use. */
+void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out);
+
 /* ---- session ---- */
 
 typedef struct DsocrSessionOptions {

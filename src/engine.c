@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "cuda/backend_cuda.h"
 #include "decoder.h"
 #include "dump.h"
 #include "model.h"
@@ -154,6 +155,22 @@ void dsocr_model_free(DsocrModel *m) {
     model_free(m->m);
     if (m->be && m->be != backend_cpu() && m->be != backend_cpu_ref()) backend_cuda_free(m->be);
     free(m);
+}
+
+void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
+    memset(out, 0, sizeof *out);
+    Backend *be = m->be;
+    const int cuda = be != backend_cpu() && be != backend_cpu_ref();
+    snprintf(out->device, sizeof out->device, "%s", cuda ? "cuda" : "cpu");
+    out->allocated = be->allocated(be);
+    out->peak = be->peak(be);
+    if (cuda) {
+        size_t used = 0, total = 0;
+        backend_cuda_mem_info(be, &used, &total);
+        out->gpu_used = used;
+        out->gpu_total = total;
+        snprintf(out->gpu_name, sizeof out->gpu_name, "%s", backend_cuda_device_name(be));
+    }
 }
 
 /* ---- session ---- */

@@ -185,6 +185,14 @@ static void test_memory_flat(void) {
     CHECKF(after - before < 2048, "resident memory grew by %ld KiB over 30 runs", after - before);
 }
 
+static void test_device_info(void) {
+    DsocrDeviceInfo d;
+    memset(&d, 0x5a, sizeof d);
+    dsocr_model_device_info(g_model, &d);
+    CHECK(!strcmp(d.device, "cpu") && d.gpu_name[0] == 0 && d.gpu_total == 0 && d.gpu_used == 0);
+    CHECK(d.allocated > 0 && d.peak >= d.allocated); /* the session's buffers */
+}
+
 int main(void) {
     if (setup() != 0) {
         fprintf(stderr, "setup failed\n");
@@ -197,6 +205,7 @@ int main(void) {
     RUN(test_threads_same);
     RUN(test_callback_and_cancel);
     RUN(test_memory_flat);
+    RUN(test_device_info);
     dsocr_session_free(g_sess);
     dsocr_model_free(g_model);
     free(g_png);

@@ -1,6 +1,6 @@
 /* cuda_stub.c: the CUDA backend's entry points in a build without CUDA (compiled instead of src/cuda/ when nvcc
  * is absent or CUDA=0, and into the sanitizer and fuzzing builds). */
-#include "backend.h"
+#include "cuda/backend_cuda.h"
 
 int backend_cuda_built(void) { return 0; }
 
@@ -11,3 +11,13 @@ Backend *backend_cuda_new(int device, DsError *e) {
 }
 
 void backend_cuda_free(Backend *b) { (void)b; }
+
+const char *backend_cuda_device_name(const Backend *b) {
+    (void)b;
+    return "";
+}
+
+void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total) {
+    (void)b;
+    *used = *total = 0;
+}

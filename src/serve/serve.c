@@ -303,6 +303,12 @@ static enum MHD_Result handle_root(Req *r, struct MHD_Connection *c) {
     return respond_json(r, c, 200, j, NULL, NULL);
 }
 
+/* Bytes as the seed prints them: "3.52 GB" (10^9 bytes). */
+static const char *gb(char *b, size_t n, uint64_t bytes) {
+    snprintf(b, n, "%.2f GB", (double)bytes / 1e9);
+    return b;
+}
+
 static enum MHD_Result handle_health(Req *r, struct MHD_Connection *c) {
     Server *s = r->srv;
     WorkerStats ws;
@@ -314,8 +320,16 @@ static enum MHD_Result handle_health(Req *r, struct MHD_Connection *c) {
     cJSON_AddStringToObject(j, "status", s->draining ? "draining" : "healthy");
     cJSON_AddBoolToObject(j, "model_loaded", 1);
     cJSON_AddBoolToObject(j, "tokenizer_loaded", 1);
-    cJSON_AddStringToObject(j, "device", "cpu");
+    cJSON_AddStringToObject(j, "device", ws.dev.device[0] ? ws.dev.device : "cpu");
     cJSON_AddStringToObject(j, "mode", SEED_MODE_DESC);
+    if (!strcmp(ws.dev.device, "cuda")) { /* the seed's GPU fields, as strings like "3.52 GB" */
+        char b[32];
+        cJSON_AddStringToObject(j, "gpu_name", ws.dev.gpu_name);
+        cJSON_AddStringToObject(j, "gpu_memory_total", gb(b, sizeof b, ws.dev.gpu_total));
+        cJSON_AddStringToObject(j, "gpu_memory_allocated", gb(b, sizeof b, ws.dev.allocated));
+        cJSON_AddStringToObject(j, "gpu_memory_reserved", gb(b, sizeof b, ws.dev.peak));
+        cJSON_AddStringToObject(j, "gpu_memory_free", gb(b, sizeof b, ws.dev.gpu_total - ws.dev.gpu_used));
+    }
     cJSON_AddNumberToObject(j, "queue_depth", ws.queue_depth + ws.running);
     cJSON_AddNumberToObject(j, "requests_served", (double)ws.served);
     cJSON_AddNumberToObject(j, "uptime_s", (double)(long long)(ds_now() - s->t_start));
@@ -336,10 +350,14 @@ static enum MHD_Result handle_results(Req *r, struct MHD_Connection *c, const ch
 
 static enum MHD_Result handle_cleanup(Req *r, struct MHD_Connection *c) {
     malloc_trim(0);
+    WorkerStats ws;
+    worker_stats(r->srv->worker, &ws);
+    const int gpu = !strcmp(ws.dev.device, "cuda");
+    char b[32];
     cJSON *j = cJSON_CreateObject();
     cJSON_AddStringToObject(j, "message", "Cleanup completed (freed heap pages returned to the system)");
-    cJSON_AddStringToObject(j, "gpu_memory_allocated", "0.00 GB");
-    cJSON_AddStringToObject(j, "gpu_memory_reserved", "0.00 GB");
+    cJSON_AddStringToObject(j, "gpu_memory_allocated", gb(b, sizeof b, gpu ? ws.dev.allocated : 0));
+    cJSON_AddStringToObject(j, "gpu_memory_reserved", gb(b, sizeof b, gpu ? ws.dev.peak : 0));
     return respond_json(r, c, 200, j, NULL, NULL);
 }
 

@@ -502,6 +502,8 @@ void worker_stats(Worker *w, WorkerStats *s) {
     s->served = w->served;
     s->avg_seconds = w->avg_seconds;
     s->load_seconds = w->load_seconds;
+    memset(&s->dev, 0, sizeof s->dev);
+    if (w->model) dsocr_model_device_info(w->model, &s->dev);
     pthread_mutex_unlock(&w->mu);
 }
 

@@ -103,6 +103,7 @@ typedef struct WorkerStats {
     long long served;       /* jobs finished (any outcome) */
     double avg_seconds;     /* running average time of a job, for Retry-After */
     double load_seconds;
+    DsocrDeviceInfo dev;    /* where the model runs (zeroed until it is loaded) */
 } WorkerStats;
 void worker_stats(Worker *w, WorkerStats *st);
 

@@ -70,6 +70,7 @@ def test_health(srv):
     assert st == 200, j
     assert j["status"] == "healthy" and j["model_loaded"] is True and j["tokenizer_loaded"] is True
     assert j["device"] == "cpu" and isinstance(j["mode"], str)
+    assert "gpu_name" not in j and "gpu_memory_total" not in j   # GPU fields only when serving on a GPU
     assert isinstance(j["queue_depth"], int) and isinstance(j["requests_served"], int)
     assert isinstance(j["uptime_s"], (int, float)) and j["uptime_s"] >= 0
     assert h["x-request-id"]
