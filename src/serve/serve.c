@@ -547,18 +547,21 @@ static cJSON *stream_chunk(Stream *st, const char *role, const char *content, si
     return j;
 }
 
+/* Hands up to max bytes of the stream's pending output to libmicrohttpd. */
+static ssize_t stream_drain(Stream *st, char *buf, size_t max) {
+    size_t n = st->out_len - st->out_off;
+    if (n > max) n = max;
+    memcpy(buf, st->out + st->out_off, n);
+    st->out_off += n;
+    return (ssize_t)n;
+}
+
 static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     (void)pos;
     Stream *st = cls;
     Job *j = st->job;
     for (;;) {
-        if (st->out_off < st->out_len) {
-            size_t n = st->out_len - st->out_off;
-            if (n > max) n = max;
-            memcpy(buf, st->out + st->out_off, n);
-            st->out_off += n;
-            return (ssize_t)n;
-        }
+        if (st->out_off < st->out_len) return stream_drain(st, buf, max);
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         if (!st->sent_role) {
             cJSON *ch = stream_chunk(st, "assistant", "", 0, NULL);
@@ -660,13 +663,7 @@ static ssize_t doc_stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
     Stream *st = cls;
     Job *j = st->job;
     for (;;) {
-        if (st->out_off < st->out_len) {
-            size_t n = st->out_len - st->out_off;
-            if (n > max) n = max;
-            memcpy(buf, st->out + st->out_off, n);
-            st->out_off += n;
-            return (ssize_t)n;
-        }
+        if (st->out_off < st->out_len) return stream_drain(st, buf, max);
         if (st->finished) return MHD_CONTENT_READER_END_OF_STREAM;
         pthread_mutex_lock(&j->mu);
         if (stream_wait(st, j)) return MHD_CONTENT_READER_END_WITH_ERROR;
