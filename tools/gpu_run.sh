@@ -10,7 +10,8 @@ cp .devrun/dsocr ./dsocr
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-./dsocr check --json > "$OUT/check-gpu.json" 2>&1 || true
+./dsocr check --json > "$OUT/check-gpu.json" 2> /dev/null || true
+./dsocr check --json --gpu-mem 2G > "$OUT/check-gpu-2g.json" 2> /dev/null || true
 # smoke test on the tiny model first: GPU against CPU, bf16, dumps compared
 python3 tools/reference/make_checkpoint.py --config tiny --seed 1 --out /tmp/tiny > /dev/null
 PYTHONUNBUFFERED=1 timeout 120 python3 tools/gpu_parity.py --model /tmp/tiny --out "$OUT/gpu-vs-cpu-tiny.json" \
