@@ -16,7 +16,11 @@ STEPS = 64
 FP32_TINY = [("small.png", "gundam", "hf"), ("portrait.jpg", "gundam", "hf"), ("wide.png", "gundam", "vllm"),
              ("exif_rgba.png", "gundam", "vllm"), ("exif_rgba.png", "tiny", "hf"), ("wide.png", "small", "hf"),
              ("portrait.jpg", "base", "vllm"), ("small.png", "large", "hf")]
-FP32_STRESS = [("portrait.jpg", "gundam", "hf"), ("exif_rgba.png", "small", "vllm")]
+# (large mode on the stress weights is left out: there the 80x80 position table, resampled in double here and in
+# fp32 by torch, lands on the other side of a bf16 rounding boundary in a few elements, and the stress SAM grows
+# that to 3.7e-4 by its output; tracked in the issue notes)
+FP32_STRESS = [("portrait.jpg", "gundam", "hf"), ("exif_rgba.png", "small", "vllm"), ("small.png", "tiny", "hf"),
+               ("wide.png", "base", "vllm")]
 BF16 = [("tiny", "portrait.jpg", "gundam", "hf"), ("tiny", "wide.png", "small", "vllm"),
         ("stress", "exif_rgba.png", "tiny", "hf"), ("stress", "small.png", "small", "vllm")]
 
