@@ -1124,6 +1124,9 @@ int serve_run(const ServeConfig *cfg) {
     sigaction(SIGTERM, &sa, NULL);
     sigaction(SIGINT, &sa, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* one thread per connection: cap glibc's per-thread malloc arenas so that many short-lived connection threads
+     * do not each grow a heap of their own (memory must not creep with the number of requests) */
+    mallopt(M_ARENA_MAX, 2);
 
     char results_dir[4096];
     if (!cfg->results_dir) {
@@ -1206,8 +1209,9 @@ out:
     results_close(s->results);
     sem_destroy(&s->decode_sem);
     pthread_mutex_destroy(&s->mu);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGINT, SIG_DFL);
+    /* shutting down already: a repeated SIGTERM/SIGINT during teardown must not turn a clean exit into a kill */
+    signal(SIGTERM, SIG_IGN);
+    signal(SIGINT, SIG_IGN);
     for (int i = 0; i < 2; i++)
         if (sig_pipe[i] >= 0) close(sig_pipe[i]), sig_pipe[i] = -1;
     if (rc == 0) slog("-", "stopped");
