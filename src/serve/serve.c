@@ -547,6 +547,30 @@ static cJSON *stream_chunk(Stream *st, const char *role, const char *content, si
     return j;
 }
 
+/* Waits (j->mu held on entry and return) until the job has new live bytes past st->live_off or is done; 1 when
+ * the client went away (then j->mu is not held and the job is cancelled). */
+static int stream_wait(Stream *st, Job *j) {
+    while (j->state != JOB_DONE && j->live_len == st->live_off) {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        ts.tv_nsec += WAIT_SLICE_MS * 1000000L;
+        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
+        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
+        if (j->state == JOB_DONE || j->live_len != st->live_off) break;
+        double base = timeout_base(j, st->t0);
+        pthread_mutex_unlock(&j->mu);
+        if (client_gone(st->fd)) {
+            job_cancel(j);
+            st->gone = 1;
+            slog(st->rid, "client disconnected during the stream: request cancelled");
+            return 1;
+        }
+        if (ds_now() - base > st->srv->cfg.timeout_s) job_cancel(j);
+        pthread_mutex_lock(&j->mu);
+    }
+    return 0;
+}
+
 /* Hands up to max bytes of the stream's pending output to libmicrohttpd. */
 static ssize_t stream_drain(Stream *st, char *buf, size_t max) {
     size_t n = st->out_len - st->out_off;
@@ -572,24 +596,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         }
         /* wait for text or the end, watching the client and the clock */
         pthread_mutex_lock(&j->mu);
-        while (j->state != JOB_DONE && j->live_len == st->live_off) {
-            struct timespec ts;
-            clock_gettime(CLOCK_MONOTONIC, &ts);
-            ts.tv_nsec += WAIT_SLICE_MS * 1000000L;
-            if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-            pthread_cond_timedwait(&j->cv, &j->mu, &ts);
-            if (j->state == JOB_DONE || j->live_len != st->live_off) break;
-            double base = timeout_base(j, st->t0);
-            pthread_mutex_unlock(&j->mu);
-            if (client_gone(st->fd)) {
-                job_cancel(j);
-                st->gone = 1;
-                slog(st->rid, "client disconnected during the stream: request cancelled");
-                return MHD_CONTENT_READER_END_WITH_ERROR;
-            }
-            if (ds_now() - base > st->srv->cfg.timeout_s) job_cancel(j);
-            pthread_mutex_lock(&j->mu);
-        }
+        if (stream_wait(st, j)) return MHD_CONTENT_READER_END_WITH_ERROR;
         size_t from = st->live_off, to = j->live_len;
         int done = j->state == JOB_DONE;
         char *delta = NULL;
@@ -630,30 +637,6 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max) {
         stream_add(st, "data: [DONE]\n\n", 14);
         st->finished = 1;
     }
-}
-
-/* Waits (j->mu held on entry and return) until the job has new live bytes past st->live_off or is done; 1 when
- * the client went away (then j->mu is not held and the job is cancelled). */
-static int stream_wait(Stream *st, Job *j) {
-    while (j->state != JOB_DONE && j->live_len == st->live_off) {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        ts.tv_nsec += WAIT_SLICE_MS * 1000000L;
-        if (ts.tv_nsec >= 1000000000L) ts.tv_sec++, ts.tv_nsec -= 1000000000L;
-        pthread_cond_timedwait(&j->cv, &j->mu, &ts);
-        if (j->state == JOB_DONE || j->live_len != st->live_off) break;
-        double base = timeout_base(j, st->t0);
-        pthread_mutex_unlock(&j->mu);
-        if (client_gone(st->fd)) {
-            job_cancel(j);
-            st->gone = 1;
-            slog(st->rid, "client disconnected during the stream: request cancelled");
-            return 1;
-        }
-        if (ds_now() - base > st->srv->cfg.timeout_s) job_cancel(j);
-        pthread_mutex_lock(&j->mu);
-    }
-    return 0;
 }
 
 /* POST /v1/ocr with stream: the page events the worker wrote into live (already server-sent events), then
