@@ -23,6 +23,10 @@ typedef enum DsDtype {
     DS_I32,
     DS_I64,
     DS_BOOL,
+    /* Block-quantised weights (src/quant.h; ggml's layouts, so GGUF files interoperate). Never in a safetensors
+     * file: they come from GGUF files or from quantising at load. Rows of K elements are K/32 blocks. */
+    DS_Q8_0,
+    DS_Q4_0,
 } DsDtype;
 
 /* Bytes per element (0 for unknown). */
