@@ -25,6 +25,10 @@ size_t ds_dtype_size(DsDtype t) {
 const char *ds_dtype_name(DsDtype t) {
     for (size_t i = 0; i < N_DTYPES; i++)
         if (DTYPES[i].t == t) return DTYPES[i].name;
+    /* Block types have names (GGUF's spelling) but no element size and no safetensors spelling: they are not in
+     * DTYPES, so ds_dtype_parse never yields them from a file and the writer refuses them. */
+    if (t == DS_Q8_0) return "Q8_0";
+    if (t == DS_Q4_0) return "Q4_0";
     return "unknown";
 }
 
@@ -269,6 +273,11 @@ DsocrStatus safetensors_write_header(FILE *f, const StWriteTensor *t, int n, con
     }
     uint64_t off = 0;
     for (int i = 0; i < n; i++) {
+        if (!ds_dtype_size(t[i].dtype)) {
+            cJSON_Delete(root);
+            return ds_fail(e, DSOCR_E_INVALID_ARG, "safetensors: tensor '%s': dtype %s cannot be written",
+                           t[i].name, ds_dtype_name(t[i].dtype));
+        }
         cJSON *o = cJSON_AddObjectToObject(root, t[i].name);
         if (!o) break;
         cJSON_AddStringToObject(o, "dtype", ds_dtype_name(t[i].dtype));

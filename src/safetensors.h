@@ -29,9 +29,10 @@ typedef enum DsDtype {
     DS_Q4_0,
 } DsDtype;
 
-/* Bytes per element (0 for unknown). */
+/* Bytes per element (0 for unknown, and for the block types: their size is per row, quant_row_bytes). */
 size_t ds_dtype_size(DsDtype t);
-/* The safetensors spelling ("BF16", "F32", ...). */
+/* The safetensors spelling ("BF16", "F32", ...); "Q8_0" / "Q4_0" for the block types (never parsed, never
+ * written to a safetensors file). */
 const char *ds_dtype_name(DsDtype t);
 /* Parses a safetensors dtype string; DS_DTYPE_UNKNOWN when not recognised. */
 DsDtype ds_dtype_parse(const char *s);
