@@ -31,7 +31,9 @@
 #include "util.h"
 
 /* A weight (or bias) operand: data as stored, and its element type. data == NULL means "absent" (for biases).
- * Supported dtypes: DS_BF16 and DS_F32 (quantised block types will be added here). */
+ * Supported dtypes: DS_BF16 and DS_F32; a linear weight (ops_linear_*, hence expert_ffn) may also be DS_Q8_0 or
+ * DS_Q4_0 (src/quant.h): [N, K] as N rows of K/32 blocks, K a multiple of 32. Element i of a block-type weight is
+ * element i % 32 of block i / 32 (rows hold whole blocks), so ds_w_get works on them too. */
 typedef struct DsW {
     const void *data;
     DsDtype dtype;
@@ -65,13 +67,19 @@ void ops_blas_reexec_if_better(char **argv);
 /* ---------------------------------------------------------------------------------------------------------
  * Linear: Y[M, N] = X[M, K] · W[N, K]^T (+ bias[N]) (+ Y if flags & OPS_ACCUM).
  *   x: [M, ldx] (ldx >= K), y: [M, ldy] (ldy >= N), W: [N, K] contiguous, bias: [N] bf16 or f32 or absent.
+ *   W may be Q8_0 / Q4_0 (K a multiple of 32): Y = X · dequant(W)^T with fp32 activations (X is never quantised).
  *   y must not overlap x. M may be 0.
- * _cpu: M < 16 uses a direct bf16/f32 GEMV (weights read once per 4 rows); larger M widens 256x256 weight tiles
- *   into a stack buffer (256 KiB per thread) and calls sgemm on them. Summation order inside one output differs
- *   from _ref (K is summed in 256-wide tiles), but never depends on the thread count. */
+ * _cpu: M < 16 uses a direct GEMV on the stored weights (bf16/f32, or on the blocks: int8 / nibbles widened in
+ *   registers, one fp32 FMA per weight, scaled once per block; weights read once per 4 rows); larger M widens
+ *   (dequantises) 256x256 weight tiles into a stack buffer (256 KiB per thread) and calls sgemm on them.
+ *   Summation order inside one output differs from _ref (K is summed in 256-wide tiles, or per 32-block), but
+ *   never depends on the thread count. */
 enum { OPS_ACCUM = 1 };
 void ops_linear_ref(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags);
 void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags);
+/* For tests: on != 0 makes ops_linear_cpu's GEMV use its portable kernels instead of the AVX2 ones (not to be
+ * toggled while ops run). */
+void ops_cpu_force_scalar(int on);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Norms. x, y: [M, ld] rows of width n; y may equal x (in place). Weights [n] bf16 or f32.

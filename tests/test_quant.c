@@ -1,11 +1,16 @@
 /* test_quant.c: the Q8_0 / Q4_0 reference quantisers and dequantisers (src/quant.c): row sizes, blocks worked
  * out by hand (scales, rounding of halves, Q4_0's clamp and nibble order), zero blocks, error bounds on random
- * data, odd numbers of rows and blocks, and re-quantising dequantised weights giving the same bytes. */
+ * data, odd numbers of rows and blocks, and re-quantising dequantised weights giving the same bytes.
+ * Then the kernels on blocks: ops_linear_cpu (AVX2 and portable GEMV, dequantised-tile GEMM) and expert_ffn
+ * against their _ref on random inputs with odd shapes, a product worked out by hand, and bit-identical results
+ * with 1, 2 and 3 threads. */
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check.h"
+#include "ops.h"
 #include "quant.h"
 
 static uint64_t rng_state = 0x2545f4914f6cdd1dull;
@@ -193,6 +198,172 @@ static void test_rows_dispatch_idempotent(void) {
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------- */
+
+static float *rnd(size_t n, float s) {
+    float *p = malloc(n * sizeof *p);
+    for (size_t i = 0; i < n; i++) p[i] = s * frand();
+    return p;
+}
+/* An [N, K] weight of random floats (scale s), quantised to dt; caller frees. */
+static void *rnd_q(DsDtype dt, int N, int K, float s) {
+    float *f = rnd((size_t)N * K, s);
+    void *q = malloc(quant_row_bytes(dt, K) * N);
+    quant_row_ref(dt, q, f, (int64_t)N * K);
+    free(f);
+    return q;
+}
+/* Largest |a − b| / (atol + rtol·|b|) over n elements (<= 1 passes; NaN fails). */
+static double err_ratio(const float *a, const float *b, size_t n, double atol, double rtol) {
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / (atol + rtol * fabs(b[i]));
+        if (!(d <= worst)) worst = d;
+    }
+    return worst;
+}
+
+/* x = 1 and w with known integer values: y is exact in every path (sums of small integers). */
+static void test_linear_q_exact(void) {
+    enum { K = 64, N = 3 };
+    float wf[N * K], x[2 * K], y[2 * N], want[2 * N];
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) wf[n * K + k] = (float)((n * 5 + k * 3) % 15 - 7); /* in [−7, 7] */
+    for (int n = 0; n < N; n++) wf[n * K] = -8.0f, wf[n * K + 32] = -8.0f; /* Q4_0 d = 1, Q8_0 d = 8/127 */
+    for (int k = 0; k < K; k++) x[k] = 1.0f, x[K + k] = (float)(k % 4) - 1.5f;
+    for (int m = 0; m < 2; m++)
+        for (int n = 0; n < N; n++) {
+            double a = 0;
+            for (int k = 0; k < K; k++) a += (double)x[m * K + k] * wf[n * K + k];
+            want[m * N + n] = (float)a;
+        }
+    BlockQ4_0 q4[N * K / QK];
+    quant_q4_0_ref(q4, wf, N * K);
+    for (int scalar = 0; scalar < 2; scalar++) {
+        ops_cpu_force_scalar(scalar);
+        for (int M = 1; M <= 2; M++) {
+            ops_linear_cpu(y, N, x, K, M, K, ds_w(q4, DS_Q4_0), N, ds_w_none(), 0);
+            for (int i = 0; i < M * N; i++) CHECKF(y[i] == want[i], "q4 scalar %d y[%d] = %g, want %g", scalar, i, y[i], want[i]);
+        }
+    }
+    ops_cpu_force_scalar(0);
+    ops_linear_ref(y, N, x, K, 2, K, ds_w(q4, DS_Q4_0), N, ds_w_none(), 0);
+    for (int i = 0; i < 2 * N; i++) CHECKF(y[i] == want[i], "q4 ref y[%d] = %g, want %g", i, y[i], want[i]);
+    /* Q8_0 with d = 1: amax 127 in each block */
+    for (int n = 0; n < N; n++) wf[n * K] = 127.0f, wf[n * K + 32] = -127.0f;
+    BlockQ8_0 q8[N * K / QK];
+    quant_q8_0_ref(q8, wf, N * K);
+    for (int m = 0; m < 2; m++)
+        for (int n = 0; n < N; n++) {
+            double a = 0;
+            for (int k = 0; k < K; k++) a += (double)x[m * K + k] * wf[n * K + k];
+            want[m * N + n] = (float)a;
+        }
+    for (int scalar = 0; scalar < 2; scalar++) {
+        ops_cpu_force_scalar(scalar);
+        ops_linear_cpu(y, N, x, K, 2, K, ds_w(q8, DS_Q8_0), N, ds_w_none(), 0);
+        for (int i = 0; i < 2 * N; i++) CHECKF(y[i] == want[i], "q8 scalar %d y[%d] = %g, want %g", scalar, i, y[i], want[i]);
+    }
+    ops_cpu_force_scalar(0);
+}
+
+/* ops_linear_cpu on Q8_0 / Q4_0 weights against ops_linear_ref: GEMV (M < 16, AVX2 and portable) and GEMM
+ * (M >= 16: dequantised tiles + sgemm), with and without bias and OPS_ACCUM, padded row strides. */
+static void test_linear_q_vs_ref(void) {
+    static const int shapes[][3] = {{1, 32, 1},    {1, 96, 7},     {1, 1280, 33},  {2, 160, 19},  {3, 64, 257},
+                                    {4, 320, 5},   {5, 896, 31},   {15, 288, 300}, {16, 32, 9},   {37, 544, 130},
+                                    {130, 96, 17}, {3, 1280, 1},   {17, 2048, 3}};
+    for (size_t si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        int M = shapes[si][0], K = shapes[si][1], N = shapes[si][2];
+        for (int variant = 0; variant < 8; variant++) {
+            DsDtype dt = variant & 1 ? DS_Q4_0 : DS_Q8_0;
+            int accum = variant & 2, with_bias = variant & 4;
+            int ldx = K + 3, ldy = N + 2;
+            float *x = rnd((size_t)M * ldx, 1.0f), *bd = rnd(N, 1.0f);
+            void *wd = rnd_q(dt, N, K, 0.5f);
+            DsW w = ds_w(wd, dt), b = with_bias ? ds_w(bd, DS_F32) : ds_w_none();
+            float *y0 = rnd((size_t)M * ldy, 1.0f), *y1 = malloc((size_t)M * ldy * sizeof(float));
+            float *y2 = malloc((size_t)M * ldy * sizeof(float));
+            memcpy(y1, y0, (size_t)M * ldy * sizeof(float));
+            memcpy(y2, y0, (size_t)M * ldy * sizeof(float));
+            ops_linear_ref(y0, ldy, x, ldx, M, K, w, N, b, accum ? OPS_ACCUM : 0);
+            ops_linear_cpu(y1, ldy, x, ldx, M, K, w, N, b, accum ? OPS_ACCUM : 0);
+            ops_cpu_force_scalar(1);
+            ops_linear_cpu(y2, ldy, x, ldx, M, K, w, N, b, accum ? OPS_ACCUM : 0);
+            ops_cpu_force_scalar(0);
+            double worst = 0, worst2 = 0;
+            int pad_ok = 1;
+            for (int m = 0; m < M; m++) {
+                double e = err_ratio(y1 + (size_t)m * ldy, y0 + (size_t)m * ldy, N, 2e-6 * K + 1e-6, 1e-5);
+                double e2 = err_ratio(y2 + (size_t)m * ldy, y0 + (size_t)m * ldy, N, 2e-6 * K + 1e-6, 1e-5);
+                worst = e > worst ? e : worst;
+                worst2 = e2 > worst2 ? e2 : worst2;
+                pad_ok &= memcmp(y1 + (size_t)m * ldy + N, y0 + (size_t)m * ldy + N, 2 * sizeof(float)) == 0;
+            }
+            CHECKF(worst <= 1, "%s M=%d K=%d N=%d variant %d: error ratio %g", ds_dtype_name(dt), M, K, N, variant,
+                   worst);
+            CHECKF(worst2 <= 1, "%s M=%d K=%d N=%d variant %d (portable): error ratio %g", ds_dtype_name(dt), M, K, N,
+                   variant, worst2);
+            CHECKF(pad_ok, "M=%d K=%d N=%d: wrote past N in a row", M, K, N);
+            free(x), free(bd), free(wd), free(y0), free(y1), free(y2);
+        }
+    }
+}
+
+/* The dense MLP / expert block (swiglu and moe run it) on quantised weights, both rounding modes. */
+static void test_expert_ffn_q(void) {
+    int d = 96, ff = 64;
+    for (int t = 0; t < 2; t++) {
+        DsDtype dt = t ? DS_Q4_0 : DS_Q8_0;
+        void *g = rnd_q(dt, ff, d, 0.3f), *u = rnd_q(dt, ff, d, 0.3f), *dn = rnd_q(dt, d, ff, 0.3f);
+        for (int rows = 1; rows <= 37; rows += 18)
+            for (int fl = 0; fl < 2; fl++) {
+                float *x = rnd((size_t)rows * d, 1.0f), *y0 = calloc((size_t)rows * d, 4), *y1 = calloc((size_t)rows * d, 4);
+                float *s = malloc(ops_expert_ffn_scratch_floats(rows, ff) * 4);
+                ops_expert_ffn_ref(y0, x, rows, d, ff, ds_w(g, dt), ds_w(u, dt), ds_w(dn, dt), fl, s);
+                ops_expert_ffn_cpu(y1, x, rows, d, ff, ds_w(g, dt), ds_w(u, dt), ds_w(dn, dt), fl, s);
+                CHECKF(err_ratio(y1, y0, (size_t)rows * d, fl ? 2e-2 : 1e-5, fl ? 2e-2 : 1e-5) <= 1,
+                       "%s ffn rows %d flags %d", ds_dtype_name(dt), rows, fl);
+                if (fl)
+                    for (int i = 0; i < rows * d; i++) CHECK(y1[i] == bf16_round(y1[i]));
+                free(x), free(y0), free(y1), free(s);
+            }
+        free(g), free(u), free(dn);
+    }
+}
+
+/* Q8_0 and Q4_0 GEMV and GEMM outputs with n threads, concatenated into out. */
+static size_t run_q(float *out, int nthreads) {
+    omp_set_num_threads(nthreads);
+    rng_state = 777;
+    size_t off = 0;
+    int Ms[3] = {1, 5, 150}, K = 800, N = 530;
+    for (int t = 0; t < 2; t++) {
+        DsDtype dt = t ? DS_Q4_0 : DS_Q8_0;
+        void *w = rnd_q(dt, N, K, 0.5f);
+        for (int i = 0; i < 3; i++) {
+            float *x = rnd((size_t)Ms[i] * K, 1.0f);
+            ops_linear_cpu(out + off, N, x, K, Ms[i], K, ds_w(w, dt), N, ds_w_none(), 0);
+            off += (size_t)Ms[i] * N;
+            free(x);
+        }
+        free(w);
+    }
+    return off;
+}
+
+static void test_q_thread_determinism(void) {
+    size_t cap = 1 << 20;
+    float *a = calloc(cap, 4), *b = calloc(cap, 4), *c = calloc(cap, 4);
+    int saved = omp_get_max_threads();
+    size_t na = run_q(a, 1), nb = run_q(b, 2), nc = run_q(c, 3);
+    omp_set_num_threads(saved);
+    REQUIRE(na > 0 && na <= cap && na == nb && na == nc);
+    CHECK(memcmp(a, b, na * 4) == 0);
+    CHECK(memcmp(a, c, na * 4) == 0);
+    free(a), free(b), free(c);
+}
+
 int main(void) {
     RUN(test_row_bytes);
     RUN(test_q8_0_known);
@@ -200,5 +371,9 @@ int main(void) {
     RUN(test_zero_blocks);
     RUN(test_error_bounds);
     RUN(test_rows_dispatch_idempotent);
+    RUN(test_linear_q_exact);
+    RUN(test_linear_q_vs_ref);
+    RUN(test_expert_ffn_q);
+    RUN(test_q_thread_determinism);
     return check_summary();
 }

@@ -14,6 +14,7 @@
 #include <unistd.h>
 
 #include "ops.h"
+#include "quant.h"
 
 void openblas_set_num_threads(int num_threads);
 char *openblas_get_corename(void);
@@ -48,6 +49,8 @@ static void blas_init(void) { openblas_set_num_threads(1); }
 static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
 
 static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+/* The block-quantised kernels also convert the fp16 scales with F16C (every AVX2 CPU has it, but it is checked). */
+static inline int cpu_avx2_f16c(void) { return cpu_avx2() && __builtin_cpu_supports("f16c"); }
 
 /* Work below this many elements runs on the calling thread only (a parallel region costs microseconds). */
 enum { PAR_MIN = 1 << 14 };
@@ -62,6 +65,12 @@ static void w_widen(float *dst, DsW w, size_t off, int n) {
         }
     } else if (w.dtype == DS_F32) {
         memcpy(dst, (const float *)w.data + off, (size_t)n * sizeof(float));
+    } else if (quant_is_block(w.dtype) && off % QK == 0 && n % QK == 0) {
+        /* whole blocks (the GEMM tiles: K and the tile width are multiples of 32): dequantise in place */
+        if (w.dtype == DS_Q8_0)
+            dequant_q8_0_ref(dst, (const BlockQ8_0 *)w.data + off / QK, n);
+        else
+            dequant_q4_0_ref(dst, (const BlockQ4_0 *)w.data + off / QK, n);
     } else {
         for (int i = 0; i < n; i++) dst[i] = ds_w_get(w, off + i);
     }
@@ -120,8 +129,132 @@ GEMV_DEFINE(gemv3_f32, 3, float, LOAD_F32)
 GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 #undef WSCALAR
 
+/* Block-quantised GEMV: out[m] = x[m]·dequant(row) for m < MR over nb blocks. Each block's 32 weights are
+ * widened to fp32 in registers (Q8_0: sign-extended int8; Q4_0: nibble − 8), multiplied with x by FMA into one
+ * 8-lane partial per row, which is then scaled by the block's d and added to the row's accumulator:
+ *   acc += d_b · Σ_j q_j·x_j  (lanes summed horizontally at the end). */
+#define QWIDEN_Q8_0(blk, w0, w1, w2, w3)                                                                        \
+    do {                                                                                                        \
+        const int8_t *q_ = (blk)->q;                                                                            \
+        w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q_)));                   \
+        w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 8))));             \
+        w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 16))));            \
+        w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 24))));            \
+    } while (0)
+#define QWIDEN_Q4_0(blk, w0, w1, w2, w3)                                                                        \
+    do {                                                                                                        \
+        __m128i r_ = _mm_loadu_si128((const __m128i *)(blk)->q), m_ = _mm_set1_epi8(0x0f), e_ = _mm_set1_epi8(8); \
+        __m128i lo_ = _mm_sub_epi8(_mm_and_si128(r_, m_), e_);                                                  \
+        __m128i hi_ = _mm_sub_epi8(_mm_and_si128(_mm_srli_epi16(r_, 4), m_), e_);                               \
+        w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo_));                                                     \
+        w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo_, 8)));                                  \
+        w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi_));                                                     \
+        w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi_, 8)));                                  \
+    } while (0)
+#define GEMVQ_DEFINE(NAME, MR, BT, WIDEN)                                                                       \
+    __attribute__((target("avx2,fma,f16c"))) static inline void NAME(float *out, const float *x, int ldx,      \
+                                                                     const BT *w, int nb) {                     \
+        __m256 acc[MR];                                                                                         \
+        for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_ps();                                              \
+        for (int b = 0; b < nb; b++) {                                                                          \
+            __m256 w0, w1, w2, w3;                                                                              \
+            WIDEN(&w[b], w0, w1, w2, w3);                                                                       \
+            __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d));                                                       \
+            for (int m = 0; m < MR; m++) {                                                                      \
+                const float *xm = x + (size_t)m * ldx + (size_t)b * QK;                                         \
+                __m256 p = _mm256_mul_ps(_mm256_loadu_ps(xm), w0);                                              \
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 8), w1, p);                                            \
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 16), w2, p);                                           \
+                p = _mm256_fmadd_ps(_mm256_loadu_ps(xm + 24), w3, p);                                           \
+                acc[m] = _mm256_fmadd_ps(p, d, acc[m]);                                                         \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int m = 0; m < MR; m++) {                                                                          \
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));            \
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
+            out[m] = _mm_cvtss_f32(h);                                                                          \
+        }                                                                                                       \
+    }
+GEMVQ_DEFINE(gemv1_q8_0, 1, BlockQ8_0, QWIDEN_Q8_0)
+GEMVQ_DEFINE(gemv2_q8_0, 2, BlockQ8_0, QWIDEN_Q8_0)
+GEMVQ_DEFINE(gemv3_q8_0, 3, BlockQ8_0, QWIDEN_Q8_0)
+GEMVQ_DEFINE(gemv4_q8_0, 4, BlockQ8_0, QWIDEN_Q8_0)
+GEMVQ_DEFINE(gemv1_q4_0, 1, BlockQ4_0, QWIDEN_Q4_0)
+GEMVQ_DEFINE(gemv2_q4_0, 2, BlockQ4_0, QWIDEN_Q4_0)
+GEMVQ_DEFINE(gemv3_q4_0, 3, BlockQ4_0, QWIDEN_Q4_0)
+GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
+
+/* The portable block GEMV: each block dequantised to 32 floats on the stack, then the same sums as above
+ * (8 lanes per block, scaled by d, lanes added at the end). */
+static void gemvq_scalar(float *out, const float *x, int ldx, int mr, DsW w, int n, int K) {
+    int nb = K / QK;
+    size_t rb = quant_row_bytes(w.dtype, K);
+    const uint8_t *row = (const uint8_t *)w.data + (size_t)n * rb;
+    float acc[4][8] = {{0}};
+    for (int b = 0; b < nb; b++) {
+        float wq[QK], d; /* wq: the integer values q (Q8_0) or nibble − 8 (Q4_0), as floats */
+        if (w.dtype == DS_Q8_0) {
+            const BlockQ8_0 *blk = (const BlockQ8_0 *)row + b;
+            for (int j = 0; j < QK; j++) wq[j] = blk->q[j];
+            d = fp16_to_f32(blk->d);
+        } else {
+            const BlockQ4_0 *blk = (const BlockQ4_0 *)row + b;
+            for (int j = 0; j < QK / 2; j++) {
+                wq[j] = (float)((blk->q[j] & 0x0f) - 8);
+                wq[j + QK / 2] = (float)((blk->q[j] >> 4) - 8);
+            }
+            d = fp16_to_f32(blk->d);
+        }
+        for (int m = 0; m < mr; m++) {
+            const float *xm = x + (size_t)m * ldx + (size_t)b * QK;
+            float p[8];
+            for (int l = 0; l < 8; l++) p[l] = xm[l] * wq[l];
+            for (int g = 8; g < QK; g += 8)
+                for (int l = 0; l < 8; l++) p[l] += xm[g + l] * wq[g + l];
+            for (int l = 0; l < 8; l++) acc[m][l] += p[l] * d;
+        }
+    }
+    for (int m = 0; m < mr; m++) {
+        float *a = acc[m];
+        out[m] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+    }
+}
+
+static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int simd) {
+    if (!simd) {
+        gemvq_scalar(out, x, ldx, mr, w, n, K);
+        return;
+    }
+    int nb = K / QK;
+    if (w.dtype == DS_Q8_0) {
+        const BlockQ8_0 *wr = (const BlockQ8_0 *)w.data + (size_t)n * nb;
+        switch (mr) {
+        case 1: gemv1_q8_0(out, x, ldx, wr, nb); return;
+        case 2: gemv2_q8_0(out, x, ldx, wr, nb); return;
+        case 3: gemv3_q8_0(out, x, ldx, wr, nb); return;
+        default: gemv4_q8_0(out, x, ldx, wr, nb); return;
+        }
+    }
+    const BlockQ4_0 *wr = (const BlockQ4_0 *)w.data + (size_t)n * nb;
+    switch (mr) {
+    case 1: gemv1_q4_0(out, x, ldx, wr, nb); return;
+    case 2: gemv2_q4_0(out, x, ldx, wr, nb); return;
+    case 3: gemv3_q4_0(out, x, ldx, wr, nb); return;
+    default: gemv4_q4_0(out, x, ldx, wr, nb); return;
+    }
+}
+
+/* Forces the portable kernels (tests compare them with the SIMD ones; 0 = dispatch by CPU features). */
+static int g_force_scalar;
+void ops_cpu_force_scalar(int on) { g_force_scalar = on; }
+
 /* out[m] = x[m]·row(n) for m < mr (<= 4), any weight dtype. */
 static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int avx2) {
+    if (quant_is_block(w.dtype)) {
+        gemvq_rows(out, x, ldx, mr, w, n, K, avx2 && cpu_avx2_f16c());
+        return;
+    }
     if (avx2 && w.dtype == DS_BF16) {
         const uint16_t *wr = (const uint16_t *)w.data + (size_t)n * K;
         switch (mr) {
@@ -154,7 +287,7 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
 enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 256 };
 
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
-    int avx2 = cpu_avx2();
+    int avx2 = cpu_avx2() && !g_force_scalar;
     int nblk = (N + GEMV_NB - 1) / GEMV_NB;
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
     for (int bi = 0; bi < nblk; bi++) {
@@ -209,6 +342,7 @@ static void linear_gemm(float *y, int ldy, const float *x, int ldx, int M, int K
 
 void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
+    DS_ASSERT(!quant_is_block(w.dtype) || K % QK == 0);
     if (M == 0) return;
     if (M < GEMV_MAX_M)
         linear_gemv(y, ldy, x, ldx, M, K, w, N, bias, flags);

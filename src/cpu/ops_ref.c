@@ -6,12 +6,22 @@
 #include <stdlib.h>
 
 #include "ops.h"
+#include "quant.h"
 
 float ds_w_get(DsW w, size_t i) {
     switch (w.dtype) {
     case DS_F32: return ((const float *)w.data)[i];
     case DS_BF16: return bf16_to_f32(((const uint16_t *)w.data)[i]);
     case DS_F16: return fp16_to_f32(((const uint16_t *)w.data)[i]);
+    case DS_Q8_0: { /* rows are whole blocks, so element i is in block i / QK of the whole matrix */
+        const BlockQ8_0 *b = (const BlockQ8_0 *)w.data + i / QK;
+        return (float)b->q[i % QK] * fp16_to_f32(b->d);
+    }
+    case DS_Q4_0: {
+        const BlockQ4_0 *b = (const BlockQ4_0 *)w.data + i / QK;
+        int j = (int)(i % QK), v = j < QK / 2 ? (b->q[j] & 0x0f) : (b->q[j - QK / 2] >> 4);
+        return (float)(v - 8) * fp16_to_f32(b->d);
+    }
     default: DS_ASSERT(!"unsupported weight dtype");
     }
     return 0;
@@ -21,6 +31,7 @@ float ds_w_get(DsW w, size_t i) {
 
 void ops_linear_ref(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
+    DS_ASSERT(!quant_is_block(w.dtype) || K % QK == 0);
     for (int m = 0; m < M; m++) {
         for (int n = 0; n < N; n++) {
             double acc = 0;
