@@ -449,7 +449,11 @@ static void problem(Problems *p, const char *fmt, ...) {
     if (w > 0) p->used += (size_t)w < sizeof p->text - p->used ? (size_t)w : sizeof p->text - p->used - 1;
 }
 
-static DsocrStatus validate(Checkpoint *ck, const char *dir, DsError *e) {
+int checkpoint_component_quantizable(CkComponent c) {
+    return c == CK_DEC_ATTN || c == CK_DENSE_MLP || c == CK_ROUTED || c == CK_SHARED || c == CK_LM_HEAD;
+}
+
+DsocrStatus checkpoint_validate(Checkpoint *ck, const char *dir, DsError *e) {
     DsocrStatus st = checkpoint_expected(&ck->config, &ck->expected, &ck->n_tensors, e);
     if (st) return st;
     ck->tensors = calloc((size_t)ck->n_tensors + 1, sizeof *ck->tensors);
@@ -478,9 +482,12 @@ static DsocrStatus validate(Checkpoint *ck, const char *dir, DsError *e) {
             fmt_shape(got, sizeof got, t->ndim, t->shape);
             problem(&pr, "\n  tensor '%s' has shape %s, expected %s", x->name, got, want);
         }
-        if (t->dtype != DS_BF16)
-            problem(&pr, "\n  tensor '%s' has dtype %s, expected BF16 (or F32, converted once)", x->name,
-                    ds_dtype_name(t->dtype));
+        int block_ok = (t->dtype == DS_Q8_0 || t->dtype == DS_Q4_0) && x->ndim == 2 &&
+                       checkpoint_component_quantizable(x->comp) && ck->n_gguf > 0;
+        if (t->dtype != DS_BF16 && !block_ok)
+            problem(&pr, "\n  tensor '%s' has dtype %s, expected BF16 (or F32, converted once)%s", x->name,
+                    ds_dtype_name(t->dtype),
+                    checkpoint_component_quantizable(x->comp) && x->ndim == 2 ? ", Q8_0 or Q4_0 (GGUF)" : "");
         ck->tensors[i].st = t;
         ck->tensors[i].comp = x->comp;
     }
@@ -504,8 +511,26 @@ static DsocrStatus validate(Checkpoint *ck, const char *dir, DsError *e) {
     return DSOCR_OK;
 }
 
+/* A folder with GGUF files and no config.json, or a file. */
+static int is_gguf_source(const char *dir) {
+    struct stat sb;
+    if (stat(dir, &sb) != 0) return 0;
+    if (S_ISREG(sb.st_mode)) return 1;
+    char p[2048];
+    snprintf(p, sizeof p, "%s/config.json", dir);
+    if (path_exists(p)) return 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int found = 0;
+    struct dirent *de;
+    while ((de = readdir(d)) && !found) found = de->d_name[0] != '.' && ends_with(de->d_name, ".gguf");
+    closedir(d);
+    return found;
+}
+
 DsocrStatus checkpoint_open(const char *dir, const CheckpointOptions *opt, Checkpoint *ck, DsError *e) {
     memset(ck, 0, sizeof *ck);
+    if (is_gguf_source(dir)) return checkpoint_open_gguf(dir, opt, ck, e);
     char path[2048];
     snprintf(path, sizeof path, "%s/config.json", dir);
     DsocrStatus st = config_load(path, &ck->config, e);
@@ -535,7 +560,7 @@ DsocrStatus checkpoint_open(const char *dir, const CheckpointOptions *opt, Check
         if ((st = open_files(ck, dir, &files, e))) goto fail;
         ck->converted = 1;
     }
-    if ((st = validate(ck, dir, e))) goto fail;
+    if ((st = checkpoint_validate(ck, dir, e))) goto fail;
     strlist_free(&files);
     return DSOCR_OK;
 fail:
@@ -547,6 +572,10 @@ fail:
 void checkpoint_close(Checkpoint *ck) {
     if (!ck) return;
     close_shards(ck);
+    for (int i = 0; i < ck->n_gguf; i++) gguf_close(&ck->gguf[i]);
+    free(ck->gguf);
+    for (int i = 0; i < ck->n_owned; i++) free(ck->owned[i]);
+    free(ck->owned);
     free(ck->expected);
     free(ck->tensors);
     memset(ck, 0, sizeof *ck);

@@ -1,11 +1,15 @@
-/* checkpoint.h: a model folder's weights: finds the safetensors shards (one file, or several listed by
+/* checkpoint.h: a model's weights: finds the safetensors shards of a model folder (one file, or several listed by
  * model.safetensors.index.json), maps them, converts an fp32 checkpoint once into a bf16 cache file, and checks
  * every tensor the model needs by name, dtype and shape against the list derived from config.json.
+ * GGUF files are the other source (checkpoint_gguf.c, docs/gguf.md): a single file written by `dsocr quantize`,
+ * or llama.cpp's pair (text model + mmproj); their tensors are presented under the Hugging Face names and shapes,
+ * and the config is rebuilt from their metadata.
  * It knows tensor names and shapes, not what the model does with them (model.c). */
 #ifndef DSOCR_CHECKPOINT_H
 #define DSOCR_CHECKPOINT_H
 
 #include "config.h"
+#include "gguf.h"
 #include "safetensors.h"
 
 typedef enum CkComponent {
@@ -50,6 +54,13 @@ typedef struct Checkpoint {
     int n_tensors;
     int converted;        /* 1 when the weights come from a bf16 cache made from an fp32 checkpoint */
     char cache_path[1024];
+    /* GGUF sources (n_gguf = 0 for a safetensors folder): shards[0] is then a table of views (no mapping of its
+     * own) into these files or into owned[] (tensors widened or narrowed to what the engine takes). */
+    GgufFile *gguf;
+    int n_gguf;
+    const GgufFile *gguf_tokenizer; /* the file whose metadata holds the tokenizer, or NULL */
+    void **owned;
+    int n_owned;
 } Checkpoint;
 
 typedef struct CheckpointOptions {
@@ -59,9 +70,25 @@ typedef struct CheckpointOptions {
                               $XDG_CACHE_HOME/dsocr or ~/.cache/dsocr when the folder is read-only */
 } CheckpointOptions;
 
-/* Opens and validates a model folder. On failure the message lists the problems found (missing, extra and
- * misshapen tensors by name with expected and actual shapes; corrupt files by path and cause). */
+/* Opens and validates a model: a safetensors model folder, a GGUF file (one written by `dsocr quantize`, or
+ * llama.cpp's text-model GGUF with its mmproj GGUF beside it), or a folder holding GGUF files and no
+ * config.json. On failure the message lists the problems found (missing, extra and misshapen tensors by name with
+ * expected and actual shapes; corrupt files by path and cause). */
 DsocrStatus checkpoint_open(const char *dir, const CheckpointOptions *opt, Checkpoint *ck, DsError *e);
+
+/* 1 for the components whose 2-D weights may be block-quantised (Q8_0 / Q4_0): decoder attention, dense MLP,
+ * routed and shared experts, lm_head. */
+int checkpoint_component_quantizable(CkComponent c);
+
+/* llama.cpp's GGUF name of a Hugging Face tensor name (docs/gguf.md). *expert is the expert index for routed
+ * expert weights (stored stacked as one [E, rows, cols] tensor, blk.L.ffn_{gate,up,down}_exps), else -1.
+ * *mmproj is 1 for tensors of the vision side (the mmproj file of llama.cpp's pair). Returns 0 when the name is
+ * not one of the model's. */
+int checkpoint_gguf_name(const char *hf, char *out, size_t n, int *expert, int *mmproj);
+
+/* Internal to checkpoint.c / checkpoint_gguf.c. */
+DsocrStatus checkpoint_open_gguf(const char *path, const CheckpointOptions *opt, Checkpoint *ck, DsError *e);
+DsocrStatus checkpoint_validate(Checkpoint *ck, const char *what, DsError *e);
 void checkpoint_close(Checkpoint *ck);
 /* The tensor with this name, or NULL. */
 const StTensor *checkpoint_get(const Checkpoint *ck, const char *name);

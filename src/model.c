@@ -151,7 +151,12 @@ DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **ou
     const ModelConfig *c = &m->cfg;
     char path[2048];
     snprintf(path, sizeof path, "%s/tokenizer.json", dir);
-    if ((st = tokenizer_load_json(path, &m->tok, e))) goto fail;
+    if (m->ck.gguf_tokenizer) { /* a GGUF model: the tokenizer is in its metadata */
+        snprintf(path, sizeof path, "%s", m->ck.gguf_tokenizer->what);
+        if ((st = tokenizer_load_gguf(m->ck.gguf_tokenizer, &m->tok, e))) goto fail;
+    } else if ((st = tokenizer_load_json(path, &m->tok, e))) {
+        goto fail;
+    }
     m->sam.blocks = calloc((size_t)c->sam.layers, sizeof(SamBlock));
     m->clip.layers = calloc((size_t)c->clip.layers, sizeof(ClipLayer));
     m->layers = calloc((size_t)c->num_hidden_layers, sizeof(DecLayer));

@@ -86,3 +86,23 @@ void dequant_row_ref(DsDtype t, float *y, const void *src, int64_t n) {
     else
         dequant_q4_0_ref(y, src, n);
 }
+
+/* ---- which tensors to quantise (shared by `dsocr quantize` and load-time quantisation) ---- */
+
+static int name_ends(const char *s, const char *suf) {
+    size_t a = strlen(s), b = strlen(suf);
+    return a >= b && !strcmp(s + a - b, suf);
+}
+
+DsDtype quant_choose(const char *name, int ndim, const int64_t *shape, DsDtype target) {
+    if (target != DS_Q8_0 && target != DS_Q4_0) return DS_BF16;
+    if (ndim != 2 || shape[1] % QK) return DS_BF16;
+    int lm_head = !strcmp(name, "lm_head.weight");
+    int dec = !strncmp(name, "model.layers.", 13) &&
+              (strstr(name, ".self_attn.") || strstr(name, ".mlp.experts.") || strstr(name, ".mlp.shared_experts.") ||
+               name_ends(name, ".mlp.gate_proj.weight") || name_ends(name, ".mlp.up_proj.weight") ||
+               name_ends(name, ".mlp.down_proj.weight"));
+    if (!lm_head && !dec) return DS_BF16; /* vision, embeddings, norms, router (mlp.gate) */
+    if (target == DS_Q4_0 && strstr(name, ".mlp.experts.")) return DS_Q4_0;
+    return DS_Q8_0;
+}

@@ -55,6 +55,13 @@ void dequant_q4_0_ref(float *y, const BlockQ4_0 *src, int64_t n);
 void quant_row_ref(DsDtype t, void *dst, const float *x, int64_t n);
 void dequant_row_ref(DsDtype t, float *y, const void *src, int64_t n);
 
+/* The policy of which weights to quantise, by Hugging Face tensor name and shape, for a target of DS_Q8_0 (8-bit)
+ * or DS_Q4_0 (4-bit routed experts, 8-bit elsewhere): decoder linear weights (attention q/k/v/o, dense MLP,
+ * routed and shared experts) and lm_head are quantised; the vision tower, embeddings, norms, MoE routers and
+ * position tables stay bf16, as does any weight whose rows are not a multiple of QK. Returns the dtype for
+ * the tensor (DS_BF16 when it stays; DS_BF16 for any other target). */
+DsDtype quant_choose(const char *name, int ndim, const int64_t *shape, DsDtype target);
+
 #ifdef __cplusplus
 }
 #endif

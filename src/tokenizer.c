@@ -9,6 +9,7 @@
  * of strings, where building a cJSON tree alone would take ~40 ms) and by cJSON for the small sections. */
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include "tokenizer.h"
+#include "gguf.h"
 
 #include <cjson/cJSON.h>
 #include <limits.h>
@@ -1437,6 +1438,127 @@ DsocrStatus tokenizer_load_json(const char *path, Tokenizer **out, DsError *e) {
     else st = tokenizer_load_json_buffer((const char *)m.data, m.size, out, e);
     ds_map_free(&m);
     if (st) ds_error_prefix(e, "%s", path);
+    return st;
+}
+
+/* ---------------------------------------------------------------- GGUF metadata */
+
+static DsocrStatus gguf_str_arr(const GgufFile *f, const char *key, int required, const GgufKv **out, DsError *e) {
+    const GgufKv *kv = gguf_find_kv(f, key);
+    *out = NULL;
+    if (!kv) return required ? ds_fail(e, DSOCR_E_FORMAT, "%s: no %s", f->what, key) : DSOCR_OK;
+    if (kv->type != GGUF_T_ARRAY || kv->arr_type != GGUF_T_STRING)
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: %s must be an array of strings", f->what, key);
+    *out = kv;
+    return DSOCR_OK;
+}
+
+/* Copies n strings of an array into one NUL-separated arena; v[i] points at each (NULL for "" when empty_null). */
+static DsocrStatus gguf_str_copy(const GgufFile *f, const GgufKv *kv, char **arena, char ***v, DsError *e) {
+    size_t total = (size_t)kv->val_size + 1;
+    *arena = malloc(total);
+    *v = calloc((size_t)kv->arr_n + 1, sizeof **v);
+    if (!*arena || !*v) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    uint64_t pos = 0;
+    size_t used = 0;
+    for (uint64_t i = 0; i < kv->arr_n; i++) {
+        GgufStr s = gguf_arr_str_next(kv, &pos);
+        if (memchr(s.s, 0, (size_t)s.n))
+            return ds_fail(e, DSOCR_E_FORMAT, "%s: %s[%" PRIu64 "] contains a NUL byte", f->what, kv->key, i);
+        memcpy(*arena + used, s.s, (size_t)s.n);
+        (*v)[i] = *arena + used;
+        used += (size_t)s.n;
+        (*arena)[used++] = 0;
+    }
+    return DSOCR_OK;
+}
+
+DsocrStatus tokenizer_load_gguf(const GgufFile *f, Tokenizer **out, DsError *e) {
+    *out = NULL;
+    GgufStr model, pre;
+    int found, fpre;
+    DsocrStatus st = gguf_get_str(f, "tokenizer.ggml.model", &found, &model, e);
+    if (st) return st;
+    if (!found) return ds_fail(e, DSOCR_E_FORMAT, "%s: no tokenizer.ggml.model (no tokenizer in this file)", f->what);
+    if (model.n != 4 || memcmp(model.s, "gpt2", 4))
+        return ds_fail(e, DSOCR_E_UNSUPPORTED, "%s: tokenizer.ggml.model is '%.*s' (dsocr reads byte-level BPE, 'gpt2')",
+                       f->what, (int)(model.n < 40 ? model.n : 40), model.s);
+    const GgufKv *tok, *mer, *rxk, *types = gguf_find_kv(f, "tokenizer.ggml.token_type");
+    const GgufKv *flags = gguf_find_kv(f, "dsocr.tokenizer.added_flags");
+    if ((st = gguf_str_arr(f, "tokenizer.ggml.tokens", 1, &tok, e)) ||
+        (st = gguf_str_arr(f, "tokenizer.ggml.merges", 1, &mer, e)) ||
+        (st = gguf_str_arr(f, "dsocr.tokenizer.split_regexes", 0, &rxk, e)) ||
+        (st = gguf_get_str(f, "tokenizer.ggml.pre", &fpre, &pre, e)))
+        return st;
+    if (tok->arr_n > TK_MAX_ID) return ds_fail(e, DSOCR_E_FORMAT, "%s: %" PRIu64 " tokens is too many", f->what, tok->arr_n);
+    if (types && (types->type != GGUF_T_ARRAY || types->arr_type != GGUF_T_I32 || types->arr_n != tok->arr_n))
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: tokenizer.ggml.token_type must be an i32 array as long as the tokens",
+                       f->what);
+    if (flags && (flags->type != GGUF_T_ARRAY || flags->arr_type != GGUF_T_I32 || flags->arr_n != tok->arr_n))
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: dsocr.tokenizer.added_flags must be an i32 array as long as the tokens",
+                       f->what);
+    if (!rxk && !(fpre && pre.n == 11 && !memcmp(pre.s, "deepseek-v3", 11)))
+        return ds_fail(e, DSOCR_E_UNSUPPORTED, "%s: tokenizer.ggml.pre is %s'%.*s'; dsocr knows 'deepseek-v3' (or "
+                       "regexes in dsocr.tokenizer.split_regexes)", f->what, fpre ? "" : "missing ",
+                       fpre ? (int)(pre.n < 40 ? pre.n : 40) : 0, fpre ? pre.s : "");
+    int ignore_merges = 0;
+    if ((st = gguf_get_bool(f, "dsocr.tokenizer.ignore_merges", &found, &ignore_merges, e))) return st;
+    char *ta = NULL, **tv = NULL, *ma = NULL, **mv = NULL, *ra = NULL, **rv = NULL;
+    const char **vocab = NULL, **mpairs = NULL;
+    TokenizerAddedToken *added = NULL;
+    size_t n = (size_t)tok->arr_n, nm = (size_t)mer->arr_n, na = 0;
+    if ((st = gguf_str_copy(f, tok, &ta, &tv, e)) || (st = gguf_str_copy(f, mer, &ma, &mv, e))) goto done;
+    if (rxk && (st = gguf_str_copy(f, rxk, &ra, &rv, e))) goto done;
+    vocab = calloc(n + 1, sizeof *vocab);
+    mpairs = calloc(2 * nm + 1, sizeof *mpairs);
+    added = calloc(n + 1, sizeof *added);
+    if (!vocab || !mpairs || !added) {
+        st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (size_t i = 0; i < n; i++) {
+        int64_t fl = flags ? gguf_arr_i64(flags, i) : -1;
+        int64_t ty = types ? gguf_arr_i64(types, i) : 1;
+        int is_added = flags ? fl >= 0 : (ty == 3 || ty == 4);
+        if (!flags) fl = ty == 3 ? TOKENIZER_ADDED_SPECIAL : TOKENIZER_ADDED_NORMALIZED;
+        if (is_added) {
+            if (!tv[i][0]) {
+                st = ds_fail(e, DSOCR_E_FORMAT, "%s: added token %zu is empty", f->what, i);
+                goto done;
+            }
+            added[na++] = (TokenizerAddedToken){(int32_t)i, tv[i], !!(fl & TOKENIZER_ADDED_SPECIAL),
+                                                !!(fl & TOKENIZER_ADDED_NORMALIZED), !!(fl & TOKENIZER_ADDED_LSTRIP),
+                                                !!(fl & TOKENIZER_ADDED_RSTRIP), !!(fl & TOKENIZER_ADDED_SINGLE_WORD)};
+            if (fl & TOKENIZER_ADDED_IN_VOCAB) vocab[i] = tv[i];
+        } else if (ty != 5) { /* 5: UNUSED (llama.cpp's [PADn] fillers) */
+            vocab[i] = tv[i];
+        }
+    }
+    for (size_t r = 0; r < nm; r++) {
+        char *sp = strchr(mv[r], ' ');
+        if (!sp || sp == mv[r] || !sp[1] || strchr(sp + 1, ' ')) {
+            st = ds_fail(e, DSOCR_E_FORMAT, "%s: tokenizer.ggml.merges[%zu] is not \"a b\"", f->what, r);
+            goto done;
+        }
+        *sp = 0;
+        mpairs[2 * r] = mv[r];
+        mpairs[2 * r + 1] = sp + 1;
+    }
+    TokenizerParts parts = {.vocab = vocab, .n_vocab = n, .merges = mpairs, .n_merges = nm, .added = added,
+                            .n_added = na, .split_regexes = rxk ? (const char *const *)rv : NULL,
+                            .n_split_regexes = rxk ? (size_t)rxk->arr_n : 0, .ignore_merges = ignore_merges};
+    st = tokenizer_new(&parts, out, e);
+    if (st) ds_error_prefix(e, "%s (tokenizer metadata)", f->what);
+done:
+    free(ta);
+    free(tv);
+    free(ma);
+    free(mv);
+    free(ra);
+    free(rv);
+    free(vocab);
+    free(mpairs);
+    free(added);
     return st;
 }
 

@@ -68,6 +68,24 @@ DsocrStatus tokenizer_load_json(const char *path, Tokenizer **out, DsError *e);
 /* The same from bytes in memory (json need not be NUL-terminated). */
 DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer **out, DsError *e);
 
+/* Loads the tokenizer from a GGUF file's metadata (llama.cpp's keys: tokenizer.ggml.model "gpt2",
+ * tokenizer.ggml.tokens / token_type / merges / pre; docs/gguf.md). Added tokens are the CONTROL (special) and
+ * USER_DEFINED (not special, normalized) ids, unless dsocr.tokenizer.added_flags gives each id's exact
+ * Hugging Face flags; the pre-tokenizer is DeepSeek-V3's for tokenizer.ggml.pre "deepseek-v3" (llama.cpp's
+ * name) or the regexes in dsocr.tokenizer.split_regexes. Anything else is DSOCR_E_UNSUPPORTED naming it. */
+struct GgufFile;
+DsocrStatus tokenizer_load_gguf(const struct GgufFile *f, Tokenizer **out, DsError *e);
+
+/* Bits of dsocr.tokenizer.added_flags (one i32 per id; -1 for ids that are not added tokens). */
+enum {
+    TOKENIZER_ADDED_SPECIAL = 1,
+    TOKENIZER_ADDED_NORMALIZED = 2,
+    TOKENIZER_ADDED_LSTRIP = 4,
+    TOKENIZER_ADDED_RSTRIP = 8,
+    TOKENIZER_ADDED_SINGLE_WORD = 16,
+    TOKENIZER_ADDED_IN_VOCAB = 32, /* the id is also a vocab entry with the same string */
+};
+
 void tokenizer_free(Tokenizer *t);
 
 /* Number of ids: one past the largest id of the vocab and the added tokens (128827 for DeepSeek-OCR). */

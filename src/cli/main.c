@@ -19,7 +19,7 @@ static const Verb VERBS[] = {
     {"ocr", cli_ocr, "image or PDF in, markdown / text / JSON out"},
     {"serve", cli_serve, "HTTP API on 127.0.0.1:8031 (seed API, OpenAI-compatible API, web page)"},
     {"pull", cli_pull, "download the official checkpoint from Hugging Face, resumable and verified"},
-    {"quantize", NULL, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},
+    {"quantize", cli_quantize, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},
     {"check", cli_check, "what hardware is here and which settings fit it"},
     {"check-model", cli_check_model, "validate a model folder and print a summary of its tensors"},
     {"bench", NULL, "speed and memory figures as JSON"},
