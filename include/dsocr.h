@@ -72,6 +72,8 @@ typedef struct DsocrDeviceInfo {
     uint64_t gpu_used;   /* everything in use on the card, other processes included (0 on the CPU) */
     uint64_t allocated;  /* bytes dsocr holds on the device now (weights, sessions) */
     uint64_t peak;       /* the most it has held */
+    uint64_t gpu_baseline; /* the driver's used bytes right after dsocr created its CUDA context, before it
+                              allocated anything (0 on the CPU): gpu_used − gpu_baseline is dsocr's share */
 } DsocrDeviceInfo;
 
 /* Fills out for model m; safe to call from any thread while m is in use. */
@@ -142,7 +144,9 @@ typedef struct DsocrResult {
     int n_prompt;      /* prompt length in tokens, image slots included */
     int n_views;       /* 1 (global) + tiles */
     DsocrStop stop;
-    double seconds_vision, seconds_prefill, seconds_decode;
+    double seconds_preprocess; /* on the host: image decoding, view planning, resizing, normalising */
+    double seconds_vision;     /* the vision encoder over every view (uploads included), until the device is done */
+    double seconds_prefill, seconds_decode;
 } DsocrResult;
 
 /* Runs OCR on an encoded image (JPEG, PNG, WebP, BMP, GIF, TIFF). On success *out owns its buffers; free them

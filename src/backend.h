@@ -108,6 +108,17 @@ struct Backend {
     void (*kv_write_dev)(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
                          const float *k, int ldk, const float *v, int ldv);
 
+    /* out[0] = the index of the largest of x[0..n) (backend memory; the first one on ties, NaNs skipped, 0 when
+     * all are NaN), as ops_argmax. Capturable. */
+    void (*argmax)(Backend *b, int32_t *out, const float *x, int n);
+
+    /* ---- profiling (optional, NULL when the backend has none): mark starts a section named label (a string
+     * literal); the time until the next mark is added to label's total. Only active when the backend was
+     * created with profiling on (CUDA: DSOCR_PROFILE=1); profile_report prints the totals (milliseconds, calls)
+     * to f in descending order and clears them. */
+    void (*mark)(Backend *b, const char *label);
+    void (*profile_report)(Backend *b, void *file);
+
     /* ---- replay of a recorded op sequence (CUDA graphs). NULL on backends without it (the CPU): callers then
      * run the ops directly. Between graph_begin and graph_end, ops are recorded, not run (no download or sync in
      * between); graph_end returns a replayable handle, or NULL when recording failed (then nothing ran: run the
@@ -118,6 +129,11 @@ struct Backend {
     void (*graph_launch)(Backend *b, void *graph);
     void (*graph_free)(Backend *b, void *graph);
 };
+
+/* Starts a profiling section (backend.h mark) when the backend has profiling. */
+static inline void be_mark(Backend *b, const char *label) {
+    if (b->mark) b->mark(b, label);
+}
 
 /* The CPU backend (src/cpu/backend_cpu.c): host memory, the ops_*_cpu functions. Never NULL. */
 Backend *backend_cpu(void);

@@ -111,6 +111,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     } while (0)
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const DecLayer *L = &m->layers[l];
+        be_mark(be, "dec.qkv");
         if (l == 0) be->rmsnorm(be, w->a, D, x, D, n, D, L->input_norm, eps, fl); /* later: the previous add_rmsnorm */
         be->linear(be, w->q, D, w->a, D, n, D, L->q, D, ds_w_none(), 0);
         be->linear(be, w->k, D, w->a, D, n, D, L->k, D, ds_w_none(), 0);
@@ -118,6 +119,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         RND(w->q, (size_t)n * D);
         RND(w->k, (size_t)n * D);
         RND(w->v, (size_t)n * D);
+        be_mark(be, "dec.rope_kv");
         be->rope_neox(be, w->q, D, n, H, hd, s->pos_dev, theta, fl);
         be->rope_neox(be, w->k, D, n, H, hd, s->pos_dev, theta, fl);
         if (s->table)
@@ -127,7 +129,9 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         OpsAttentionKv a = {.out = w->att, .q = w->q, .ldo = D, .ldq = D, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
                             .scale = 1.0f / sqrtf((float)hd)};
+        be_mark(be, "dec.attn");
         be->attention_kv(be, &a);
+        be_mark(be, "dec.o");
         RND(w->att, (size_t)n * D);
         be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), 0);
         RND(w->tmp, (size_t)n * D);
@@ -136,6 +140,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->tmp, n, D, e))) return st;
         }
         be->add_rmsnorm(be, w->a, x, w->tmp, n, D, L->post_norm, eps, fl);
+        be_mark(be, L->moe ? "dec.moe" : "dec.dense");
         if (L->moe) {
             be->moe(be, w->tmp, w->a, n, &L->moe_w, fl, s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL,
                     w->scratch);
@@ -149,6 +154,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up, L->dense.down, fl,
                        w->scratch);
         }
+        be_mark(be, "dec.norm");
         if (l + 1 < c->num_hidden_layers) {
             be->add_rmsnorm(be, w->a, x, w->tmp, n, D, m->layers[l + 1].input_norm, eps, fl);
         } else {
@@ -161,10 +167,12 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         }
     }
     if (s->logits) {
+        be_mark(be, "dec.lm_head");
         be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
         be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(), 0);
         RND(s->logits, (size_t)c->vocab_size);
     }
 #undef RND
+    be_mark(be, "(idle)");
     return DSOCR_OK;
 }

@@ -48,11 +48,12 @@ struct DsocrSession {
     float *logits;      /* [V] host copy */
     float *masked;      /* [V] logits after the n-gram ban (host) */
     int32_t *seq;       /* [max_context] prompt + generated ids */
-    int32_t *step_dev;  /* [2] backend: the decode step's input id and position */
+    int32_t *step_dev;  /* [4] backend: the decode step's input id and position; [2]: the argmax of its logits */
     int32_t step_host[2];
     void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
     int graph_bf16;     /* the precision it was recorded for (the KV cache's dtype follows it) */
-    int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly (for timing comparisons) */
+    int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly and pick tokens on the host from the
+                           downloaded logits every step (the old path, for timing comparisons) */
     TokenizerStream *stream;
     char err[1024];
 };
@@ -157,6 +158,8 @@ void dsocr_model_free(DsocrModel *m) {
     free(m);
 }
 
+Backend *engine_model_backend(const DsocrModel *m) { return m->be; }
+
 void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
     memset(out, 0, sizeof *out);
     Backend *be = m->be;
@@ -170,6 +173,7 @@ void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
         out->gpu_used = used;
         out->gpu_total = total;
         snprintf(out->gpu_name, sizeof out->gpu_name, "%s", backend_cuda_device_name(be));
+        out->gpu_baseline = backend_cuda_context_used(be);
     }
 }
 
@@ -231,7 +235,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->feat = be->alloc(be, sizeof(float) * (size_t)T * D);
     s->emb = be->alloc(be, sizeof(float) * (size_t)T * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
-    s->step_dev = be->alloc(be, sizeof(int32_t) * 2);
+    s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
     const char *ng = getenv("DSOCR_NO_GRAPH");
     s->no_graph = ng && *ng && *ng != '0';
     s->chw = malloc(sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
@@ -383,29 +387,35 @@ static int buf_add(Buf *b, const char *s, size_t n) {
  * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
  * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
  * one launch per token instead of a few hundred. */
+/* The ops of one decode step: the decoder on one row, then the argmax of its logits into step_dev[2]. */
+static DsocrStatus step_ops(DsocrSession *s, const DecoderStep *ds, DsError *e) {
+    DsocrStatus st = decoder_forward(s->model->m, s->dw, ds, e);
+    if (!st) s->be->argmax(s->be, s->step_dev + 2, s->logits_dev, s->model->m->cfg.vocab_size);
+    return st;
+}
+
 static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, DsError *e) {
     Backend *be = s->be;
-    const Model *m = s->model->m;
     s->step_host[0] = tok;
     s->step_host[1] = pos;
     be->upload(be, s->step_dev, s->step_host, sizeof s->step_host);
     DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = pos, .pos_dev = s->step_dev + 1, .table = NULL,
                       .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev, .kv = &s->kv,
                       .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
-    if (!be->graph_begin || s->no_graph) return decoder_forward(m, s->dw, &ds, e);
+    if (!be->graph_begin || s->no_graph) return step_ops(s, &ds, e);
     if (s->graph && s->graph_bf16 != bf16) {
         be->graph_free(be, s->graph);
         s->graph = NULL;
     }
     if (!s->graph) {
-        if (be->graph_begin(be) != 0) return decoder_forward(m, s->dw, &ds, e);
-        DsocrStatus st = decoder_forward(m, s->dw, &ds, e);
+        if (be->graph_begin(be) != 0) return step_ops(s, &ds, e);
+        DsocrStatus st = step_ops(s, &ds, e);
         void *g = be->graph_end(be);
         if (st) {
             if (g) be->graph_free(be, g);
             return st;
         }
-        if (!g) return decoder_forward(m, s->dw, &ds, e); /* recording failed: nothing ran */
+        if (!g) return step_ops(s, &ds, e); /* recording failed: nothing ran */
         s->graph = g;
         s->graph_bf16 = bf16;
     }
@@ -499,6 +509,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         goto done;
     }
     n_views = plan.n_views;
+    double t_pre = ds_now() - t0; /* decoding, planning, resizing, normalising: the host's part */
     size_t feat_rows = 0;
     for (int v = 0; v < plan.n_views; v++) {
         if (cancelled(opt)) {
@@ -512,7 +523,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         else
             snprintf(vname, sizeof vname, "tile%d", v);
         progress(opt, "vision %d/%d views (%s, %d px)", v + 1, plan.n_views, vname, side);
+        double tn = ds_now();
         image_normalize(&views[v], s->chw);
+        t_pre += ds_now() - tn;
         if (dd) {
             char nm[64];
             int64_t sh[3] = {side, side, 3};
@@ -529,7 +542,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         fail(s, st, "%s", e.msg);
         goto done;
     }
-    out->seconds_vision = ds_now() - t0;
+    s->be->sync(s->be);
+    out->seconds_preprocess = t_pre;
+    out->seconds_vision = ds_now() - t0 - t_pre;
 
     /* prompt ids and input rows */
     int T = 0;
@@ -595,18 +610,26 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     }
     const int32_t white[2] = {m->td_id, m->td_close_id};
     tokenizer_stream_flush(s->stream, &(const char *){NULL}, &(size_t){0}, NULL); /* reset */
-    int n_gen = 0;
+    int n_gen = 0, dev_tok = -1;
+    /* The step's argmax is taken on the backend; the logits come to the host only when the n-gram guard could
+     * ban something (or for dumps and teacher forcing). */
+    const int fast = !dd && dbg->n_force <= 0 && !s->no_graph;
     out->stop = DSOCR_STOP_LENGTH;
     for (;;) {
         if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
         if (n_gen >= max_new || T + n_gen >= s->max_context) break;
-        if (step_logits) memcpy(step_logits + (size_t)n_gen * V, s->logits, sizeof(float) * (size_t)V);
-        memcpy(s->masked, s->logits, sizeof(float) * (size_t)V);
-        if (vllm)
-            ngram_ban(s->masked, V, gen, n_gen, ngram, window, white, 2);
-        else
-            ngram_ban(s->masked, V, s->seq, T + n_gen, ngram, window, NULL, 0);
-        int tok = dbg->n_force > 0 ? dbg->force_ids[n_gen] : ops_argmax(s->masked, V);
+        int tok;
+        if (dev_tok >= 0) {
+            tok = dev_tok;
+        } else {
+            if (step_logits) memcpy(step_logits + (size_t)n_gen * V, s->logits, sizeof(float) * (size_t)V);
+            memcpy(s->masked, s->logits, sizeof(float) * (size_t)V);
+            if (vllm)
+                ngram_ban(s->masked, V, gen, n_gen, ngram, window, white, 2);
+            else
+                ngram_ban(s->masked, V, s->seq, T + n_gen, ngram, window, NULL, 0);
+            tok = dbg->n_force > 0 ? dbg->force_ids[n_gen] : ops_argmax(s->masked, V);
+        }
         if (tok == c->eos_token_id && !opt->ignore_eos && dbg->n_force <= 0) {
             out->stop = DSOCR_STOP_EOS;
             break;
@@ -638,7 +661,15 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
             fail(s, st, "%s", e.msg);
             break;
         }
-        s->be->download(s->be, s->logits, s->logits_dev, sizeof(float) * (size_t)V);
+        dev_tok = -1;
+        if (fast && (vllm ? ngram_candidates(gen, n_gen, ngram, window, white, 2)
+                          : ngram_candidates(s->seq, T + n_gen, ngram, window, NULL, 0)) == 0) {
+            int32_t t = 0;
+            s->be->download(s->be, &t, s->step_dev + 2, sizeof t);
+            dev_tok = t >= 0 && t < V ? t : 0;
+        } else {
+            s->be->download(s->be, s->logits, s->logits_dev, sizeof(float) * (size_t)V);
+        }
     }
     const char *tail = NULL;
     size_t tlen = 0;

@@ -4,6 +4,7 @@
 #define DSOCR_ENGINE_H
 
 #include "dsocr.h"
+#include "backend.h"
 #include "image.h"
 
 typedef struct EngineDebug {
@@ -24,5 +25,7 @@ DsocrStatus engine_mode(const DsocrOcrOptions *opt, ImageMode *m, char *err, siz
 
 /* The profile's name ("hf" or "vllm"). */
 const char *engine_compat_name(DsocrCompat c);
+/* The backend a loaded model computes on (for the benchmark's device figures and profile). */
+Backend *engine_model_backend(const DsocrModel *m);
 
 #endif

@@ -14,4 +14,8 @@
 int ngram_ban(float *logits, int vocab, const int32_t *seq, int len, int n, int window, const int32_t *whitelist,
               int n_white);
 
+/* How many ids ngram_ban would consider banning (before looking at logits): 0 means the guard cannot change
+ * the argmax of any logits, so the caller may pick the token without them. */
+int ngram_candidates(const int32_t *seq, int len, int n, int window, const int32_t *whitelist, int n_white);
+
 #endif

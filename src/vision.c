@@ -22,7 +22,8 @@ struct VisionWork {
     float *att;            /* [max_rows, W] */
     float *big;            /* max(MLP_CHUNK·M, max_rows·W): MLP hidden, windowed projection */
     float *pos;            /* [g, g, W] resampled pos_embed for pos_side */
-    float *rel_h, *rel_w;  /* [2·max_g−1, hd] resized tables */
+    float *rel;            /* [layers][2][relmax, hd]: every block's resized rel-pos tables for rel_side */
+    int rel_side;
     float *conv;           /* im2col scratch */
     size_t conv_n;
     float *neck_a, *neck_b; /* [g², O] */
@@ -78,7 +79,7 @@ static Sizes sizes(const Model *m, int max_side) {
 size_t vision_work_bytes(const Model *m, int max_side) {
     Sizes z = sizes(m, max_side);
     size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big + z.g * z.g * z.W +
-               2 * z.relmax * z.hd + CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
+               (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
                z.n * z.n * z.D1 + z.tok * z.CW * 5 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F;
     return f * sizeof(float);
 }
@@ -113,8 +114,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(att, z.rows * z.W);
     A(big, z.big);
     A(pos, z.g * z.g * z.W);
-    A(rel_h, z.relmax * z.hd);
-    A(rel_w, z.relmax * z.hd);
+    A(rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
     A(conv, w->conv_n);
     A(neck_a, z.g * z.g * z.O);
     A(neck_b, z.g * z.g * z.O);
@@ -149,7 +149,7 @@ void vision_work_free(VisionWork *w) {
     if (!w) return;
     Backend *be = w->be;
     float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->pos,
-                    w->rel_h,  w->rel_w,  w->conv, w->neck_a, w->neck_b, w->net2, w->sam, w->cx,
+                    w->rel,    w->conv, w->neck_a, w->neck_b, w->net2, w->sam, w->cx,
                     w->cy,     w->cqkv,   w->catt, w->cmlp, w->cpos, w->feat};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
@@ -275,6 +275,7 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
     const int heads = s->heads, hd = W / heads, ws = s->window_size, M = s->mlp_dim;
     DsocrStatus st;
     /* CHW -> HWC, patch embed (conv P×P stride P) */
+    be_mark(be, "sam.patch");
     be->chw_to_hwc(be, w->hwc, w->chw, side);
     conv(c, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b);
     /* absolute position, resampled to g × g when g != G (bicubic AA in fp32, back to bf16), cached per side */
@@ -292,35 +293,51 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
     rnd(c, w->x, (size_t)g * g * W);
     if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
 
+    /* every block's rel-pos tables for this side, resized and uploaded once */
+    const size_t relmax = sizes(m, w->max_side).relmax;
+    if (w->rel_side != side) {
+        for (int b = 0; b < s->layers; b++) {
+            const SamBlock *k = &m->sam.blocks[b];
+            const int len = k->global ? g : ws;
+            relpos_table(c, k->rel_pos_h, len, w->rel + (size_t)(2 * b) * relmax * hd);
+            relpos_table(c, k->rel_pos_w, len, w->rel + (size_t)(2 * b + 1) * relmax * hd);
+        }
+        w->rel_side = side;
+    }
     const float scale = 1.0f / sqrtf((float)hd);
     for (int b = 0; b < s->layers; b++) {
         const SamBlock *k = &m->sam.blocks[b];
+        be_mark(be, "sam.norm");
         layernorm(c, w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f);
         const int gl = k->global, len = gl ? g : ws;
         const int gp = ceil_to(g, ws), nw = gp / ws, R = gl ? g * g : nw * nw * ws * ws;
-        relpos_table(c, k->rel_pos_h, len, w->rel_h);
-        relpos_table(c, k->rel_pos_w, len, w->rel_w);
+        const float *rel_h = w->rel + (size_t)(2 * b) * relmax * hd, *rel_w = rel_h + relmax * hd;
         /* windowed blocks: zero-pad to Gp after the norm and split into ws × ws windows (row-major) */
         const float *in = w->y;
         if (!gl) {
             be->window_partition(be, w->att, w->y, g, W, ws);
             in = w->att;
         }
+        be_mark(be, "sam.qkv");
         linear(c, w->qkv, 3 * W, in, W, R, W, k->qkv_w, 3 * W, k->qkv_b);
+        be_mark(be, gl ? "sam.attn.global" : "sam.attn.window");
         OpsAttention a = {.out = w->att, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W, .ldq = 3 * W,
                           .ldk = 3 * W, .ldv = 3 * W, .n_batch = gl ? 1 : nw * nw, .tq = gl ? g * g : ws * ws,
                           .tk = gl ? g * g : ws * ws, .n_heads = heads, .head_dim = hd, .scale = scale,
-                          .relpos_h = w->rel_h, .relpos_w = w->rel_w, .grid_h = len, .grid_w = len,
+                          .relpos_h = rel_h, .relpos_w = rel_w, .grid_h = len, .grid_w = len,
                           .bf16_bias = c->bf16};
         be->attention(be, &a);
         rnd(c, w->att, (size_t)R * W);
+        be_mark(be, "sam.proj");
         linear(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b);
         if (gl)
             be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
         else
             be->window_unpartition_add(be, w->x, w->big, g, W, ws);
         rnd(c, w->x, (size_t)g * g * W);
+        be_mark(be, "sam.norm");
         layernorm(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
+        be_mark(be, "sam.mlp");
         mlp(c, w->x, w->y, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1);
         if (c->dd) {
             char stage[32];
@@ -331,6 +348,7 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
     /* neck: 1×1 conv W->O, LayerNorm2d, 3×3 conv, LayerNorm2d; then net_2, net_3 (3×3 stride 2) */
     const int O = s->out_chans, D0 = s->downsample_channels[0], D1 = s->downsample_channels[1];
     const DsW none = ds_w_none();
+    be_mark(be, "sam.neck");
     conv(c, w->neck_a, w->x, g, W, O, 1, 1, 0, m->sam.neck0_w, none);
     layernorm2d(c, w->neck_a, w->neck_a, g * g, O, m->sam.neck1_w, m->sam.neck1_b);
     conv(c, w->neck_b, w->neck_a, g, O, O, 3, 1, 1, m->sam.neck2_w, none);
@@ -349,6 +367,7 @@ static void clip_forward(Ctx *c, int n) {
     const int CW = k->width, T = 1 + n * n, heads = k->heads, hd = CW / heads, np = k->image_size / k->patch_size;
     const int D1 = m->cfg.sam.downsample_channels[1];
     /* tokens: CLS then the SAM map row-major */
+    be_mark(be, "clip.embed");
     be->fill_rows(be, w->cx, 1, m->clip.class_embedding, CW);
     be->copy_rows(be, w->cx + CW, CW, w->sam, D1, n * n, CW);
     if (w->cpos_n != n) {
@@ -369,15 +388,19 @@ static void clip_forward(Ctx *c, int n) {
     const float scale = 1.0f / sqrtf((float)hd);
     for (int l = 0; l < k->layers; l++) {
         const ClipLayer *L = &m->clip.layers[l];
+        be_mark(be, "clip.qkv");
         layernorm(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
         linear(c, w->cqkv, 3 * CW, w->cy, CW, T, CW, L->qkv_w, 3 * CW, L->qkv_b);
         OpsAttention a = {.out = w->catt, .q = w->cqkv, .k = w->cqkv + CW, .v = w->cqkv + 2 * CW, .ldo = CW,
                           .ldq = 3 * CW, .ldk = 3 * CW, .ldv = 3 * CW, .n_batch = 1, .tq = T, .tk = T,
                           .n_heads = heads, .head_dim = hd, .scale = scale};
+        be_mark(be, "clip.attn");
         be->attention(be, &a);
+        be_mark(be, "clip.out");
         rnd(c, w->catt, (size_t)T * CW);
         linear(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b);
         be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        be_mark(be, "clip.mlp");
         layernorm(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
         linear(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b);
         be->quick_gelu(be, w->cmlp, w->cmlp, (size_t)T * k->mlp_dim);
@@ -396,6 +419,7 @@ DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int s
     if (!o) o = &def;
     Ctx c = {.m = m, .w = w, .be = w->be, .bf16 = o->bf16, .dd = o->dump_dir,
              .vn = o->view_name ? o->view_name : "view", .e = e};
+    be_mark(w->be, "vision.upload");
     w->be->upload(w->be, w->chw, chw, sizeof(float) * 3 * (size_t)side * side);
     DsocrStatus st = sam_forward(&c, side);
     if (st) return st;
@@ -405,8 +429,10 @@ DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int s
     if ((st = dump_rows(&c, "clip", w->cx, T, CW, 0))) return st;
     /* projector over concat(CLIP[1:], SAM) */
     const int F = cf->projector_input_dim, D = cf->hidden_size;
+    be_mark(w->be, "projector");
     w->be->concat_cols(w->be, w->feat, w->cx + CW, CW, CW, w->sam, D1, D1, n * n);
     rnd(&c, w->feat, (size_t)n * n * F);
     linear(&c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b);
+    be_mark(w->be, "(idle)");
     return dump_rows(&c, "proj", out, n * n, D, 0);
 }

@@ -1,8 +1,13 @@
 #!/bin/bash
-# Runs on the GPU machine (device tool), from the repository root, with .devrun/ carried (tools/pack_device.sh):
-# makes the full random checkpoint, compares the GPU pipeline with the CPU engine (bf16, base and gundam pages,
-# 32 teacher-forced tokens), times a base page with 1,000 generated tokens, and writes everything under $OUT.
+# Runs on the GPU machine (device tool), from the repository root, with .devrun/ carried (tools/pack_device.sh).
+# STAGES (default "test bench parity") picks what runs, results under $OUT:
+#   test    build/tests/cuda/test_cuda (every kernel against the _ref ops) and bench_cuda (per-op figures)
+#   bench   dsocr bench on the full random checkpoint: base and gundam pages, 1,000 tokens, warm process,
+#           ceilings; then the same with DSOCR_PROFILE=1 (device time per section; DSOCR_NO_GRAPH=1 for decode)
+#   parity  the GPU pipeline against the CPU engine (bf16, per stage, 32 teacher-forced tokens; tiny and full)
+#   check   dsocr check --json (with and without --gpu-mem 2G)
 set -u
+STAGES=${STAGES:-test bench parity}
 for f in .devrun/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
 CUBLAS=$(dirname "$(find / -name 'libcublas.so.13*' -not -path '*/proc/*' 2>/dev/null | head -1)")
 export LD_LIBRARY_PATH=$PWD/.devrun/lib:$CUBLAS:${LD_LIBRARY_PATH:-}
@@ -10,21 +15,42 @@ cp .devrun/dsocr ./dsocr
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
-./dsocr check --json > "$OUT/check-gpu.json" 2> /dev/null || true
-./dsocr check --json --gpu-mem 2G > "$OUT/check-gpu-2g.json" 2> /dev/null || true
-# smoke test on the tiny model first: GPU against CPU, bf16, dumps compared
-python3 tools/reference/make_checkpoint.py --config tiny --seed 1 --out /tmp/tiny > /dev/null
-PYTHONUNBUFFERED=1 timeout 120 python3 tools/gpu_parity.py --model /tmp/tiny --out "$OUT/gpu-vs-cpu-tiny.json" \
-    --work /tmp/gpu-tiny 2>&1 | tail -12
+has() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 M=/tmp/full
-t0=$(date +%s)
-python3 tools/reference/make_checkpoint.py --config full --seed 1 --out $M > /dev/null
-echo "checkpoint in $(( $(date +%s) - t0 )) s"
-PYTHONUNBUFFERED=1 timeout 300 python3 tools/gpu_parity.py --model $M --out "$OUT/gpu-vs-cpu.json" 2>&1 | tail -40
-# a base page with 1,000 generated tokens on the GPU, and 64 on the CPU (16 cores) for scale
-timeout 120 ./dsocr ocr --model $M --device cuda --precision bf16 --mode base --ignore-eos --max-tokens 1000 \
-    tests/images/portrait.jpg > /dev/null 2> "$OUT/page-cuda.txt"
-tail -c 400 "$OUT/page-cuda.txt"
-timeout 120 ./dsocr ocr --model $M --device cpu --precision bf16 --mode base --ignore-eos --max-tokens 64 \
-    tests/images/portrait.jpg > /dev/null 2> "$OUT/page-cpu.txt"
-tail -c 400 "$OUT/page-cpu.txt"
+full_ckpt() {
+    if [ ! -s $M/config.json ]; then
+        t0=$(date +%s)
+        python3 tools/reference/make_checkpoint.py --config full --seed 1 --out $M > /dev/null
+        echo "checkpoint in $(( $(date +%s) - t0 )) s"
+    fi
+}
+if has test; then
+    timeout 300 .devrun/test_cuda > "$OUT/cuda-test.log" 2>&1
+    echo "test_cuda rc $?"; grep -E "FAIL|passed" "$OUT/cuda-test.log" | tail -15
+    timeout 120 .devrun/bench_cuda > "$OUT/cuda-ops.json" 2> "$OUT/cuda-ops.err"
+    grep -E '"op"' "$OUT/cuda-ops.json" | grep -E "attention|moe|q/k/v|lm_head" | cut -c1-150
+fi
+if has check; then
+    ./dsocr check --json > "$OUT/check-gpu.json" 2> /dev/null || true
+    ./dsocr check --json --gpu-mem 2G > "$OUT/check-gpu-2g.json" 2> /dev/null || true
+fi
+if has bench; then
+    full_ckpt
+    timeout 240 ./dsocr bench --model $M --device cuda --mode base,gundam --tokens 1000 --repeat 3 --ceilings \
+        --note "tools/gpu_run.sh: dsocr bench --model full --device cuda --mode base,gundam --tokens 1000 --repeat 3 --ceilings" \
+        > "$OUT/bench-cuda.json" 2> "$OUT/bench-cuda.err"
+    echo "bench rc $?"; grep -E '"mode"|median|memory|driver|ceilings' "$OUT/bench-cuda.json" | cut -c1-160
+    tail -3 "$OUT/bench-cuda.err"
+    DSOCR_PROFILE=1 timeout 120 ./dsocr bench --model $M --device cuda --mode base,gundam --tokens 100 --repeat 1 \
+        > /dev/null 2> "$OUT/profile.txt"
+    DSOCR_PROFILE=1 DSOCR_NO_GRAPH=1 timeout 120 ./dsocr bench --model $M --device cuda --mode base --tokens 200 \
+        --repeat 1 > /dev/null 2> "$OUT/profile-nograph.txt"
+    head -30 "$OUT/profile.txt"; grep -E "dec\.|total" "$OUT/profile-nograph.txt" | head -12
+fi
+if has parity; then
+    python3 tools/reference/make_checkpoint.py --config tiny --seed 1 --out /tmp/tiny > /dev/null
+    PYTHONUNBUFFERED=1 timeout 120 python3 tools/gpu_parity.py --model /tmp/tiny --out "$OUT/gpu-vs-cpu-tiny.json" \
+        --work /tmp/gpu-tiny 2>&1 | tail -6
+    full_ckpt
+    PYTHONUNBUFFERED=1 timeout 400 python3 tools/gpu_parity.py --model $M --out "$OUT/gpu-vs-cpu.json" 2>&1 | tail -30
+fi

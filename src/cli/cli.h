@@ -10,6 +10,7 @@ int cli_serve(int argc, char **argv);
 int cli_pull(int argc, char **argv);
 int cli_check(int argc, char **argv);
 int cli_quantize(int argc, char **argv);
+int cli_bench(int argc, char **argv);
 
 /* Default model folder: $DSOCR_MODEL, else ./models/deepseek-ocr when it holds a model, else the cache folder
  * `dsocr pull` fills (pull_cache_dir). When none holds a model it prints, on stderr, the command that fetches

@@ -22,7 +22,7 @@ static const Verb VERBS[] = {
     {"quantize", cli_quantize, "write a smaller checkpoint (GGUF, Q8_0 / 4-bit)"},
     {"check", cli_check, "what hardware is here and which settings fit it"},
     {"check-model", cli_check_model, "validate a model folder and print a summary of its tensors"},
-    {"bench", NULL, "speed and memory figures as JSON"},
+    {"bench", cli_bench, "speed and memory figures as JSON"},
     {"tokenize", cli_tokenize, "encode JSON strings to token ids (or --decode ids), one per line"},
 };
 #define N_VERBS (sizeof VERBS / sizeof VERBS[0])

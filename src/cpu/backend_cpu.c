@@ -216,6 +216,8 @@ static void cpu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int
     for (int r = 0; r < n; r++) memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, sizeof(float) * w);
 }
 
+static void cpu_argmax(Backend *b, int32_t *out, const float *x, int n) { out[0] = ops_argmax(x, n); }
+
 static CpuCtx g_cpu_ctx;
 static Backend g_cpu = {
     .name = "cpu",
@@ -254,6 +256,7 @@ static Backend g_cpu = {
     .fill_rows = cpu_fill_rows,
     .concat_cols = cpu_concat_cols,
     .copy_rows = cpu_copy_rows,
+    .argmax = cpu_argmax,
 };
 
 Backend *backend_cpu(void) { return &g_cpu; }

@@ -8,14 +8,16 @@
  *   their sum rounded to bf16, as the official bf16 run's bias tensor). No [T, T] array exists.
  *   Larger head_dim, or grids whose tables do not fit in shared memory, take a plain two-pass kernel.
  * attention_kv: one block per (row, head[, key split]) over the block KV cache (bf16 or f32); four warps walk the
- *   keys, each lane holds head_dim/32 dimensions; few rows (decode) split the keys into 256-key chunks whose
- *   partial softmax states are merged by a second kernel (flash-decoding), so a single token fills the GPU.
+ *   keys, KV_U keys a step per warp (their loads in flight together), each lane holds head_dim/32 dimensions;
+ *   few rows (decode) split the keys into 64-key chunks whose partial softmax states are merged by a second
+ *   kernel (flash-decoding), so a single token fills the GPU. The grid covers the pool; chunks past a row's
+ *   position return at once (the position is read on the device, so a recorded step stays valid).
  * kv_write: the block table is on the host; the block ids a launch needs travel as a kernel parameter. */
 #include <math.h>
 
 #include "cuda/cuda_common.h"
 
-enum { BK = 32, NT = 128, SEG = 36, KV_SPLIT = 256, KVW_BLOCKS = 64 };
+enum { BK = 32, NT = 128, SEG = 36, KV_SPLIT = 64, KVW_BLOCKS = 64, KV_U = 4 };
 
 struct AttnArgs {
     float *out;
@@ -210,6 +212,7 @@ void cu_attention(Backend *b, const OpsAttention *o) {
     }
     if (o->causal) DS_ASSERT(o->q_offset >= 0);
     if (o->n_batch == 0 || o->tq == 0) return;
+    if (cu_attention_mma(b, o)) return;
     CudaCtx *c = cctx(b);
     AttnArgs a;
     a.out = o->out;
@@ -282,34 +285,65 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
         acc[i] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    for (int j = j0 + warp; j < j1; j += 4) {
-        int blk = table[j / a.bs];
-        size_t row = ((size_t)(blk * a.L + a.layer) * 2 * a.bs + j % a.bs) * a.width + (size_t)h * a.D;
-        size_t vrow = row + (size_t)a.bs * a.width;
-        float kv[DPL], vv[DPL];
-        if (a.bf16) {
-            const uint16_t *d = (const uint16_t *)a.data;
+    for (int jb = j0 + warp * KV_U; jb < j1; jb += 4 * KV_U) {
+        float kv[KV_U][DPL], vv[KV_U][DPL], sc[KV_U];
 #pragma unroll
-            for (int i = 0; i < DPL; i++) {
-                kv[i] = dl + i < a.D ? bf2f(d[row + dl + i]) : 0.f;
-                vv[i] = dl + i < a.D ? bf2f(d[vrow + dl + i]) : 0.f;
-            }
-        } else {
-            const float *d = (const float *)a.data;
+        for (int u = 0; u < KV_U; u++) {
+            const int j = jb + u;
+            const bool ok = j < j1;
+            int blk = table[(ok ? j : jb) / a.bs];
+            size_t row = ((size_t)(blk * a.L + a.layer) * 2 * a.bs + (ok ? j : jb) % a.bs) * a.width + (size_t)h * a.D;
+            size_t vrow = row + (size_t)a.bs * a.width;
+            if (a.bf16 && DPL == 4 && dl + 4 <= a.D) {
+                const uint16_t *d = (const uint16_t *)a.data;
+                uint2 kq = *(const uint2 *)(d + row + dl), vq = *(const uint2 *)(d + vrow + dl);
+                kv[u][0] = __uint_as_float(kq.x << 16);
+                kv[u][1 % DPL] = __uint_as_float(kq.x & 0xffff0000u);
+                kv[u][2 % DPL] = __uint_as_float(kq.y << 16);
+                kv[u][3 % DPL] = __uint_as_float(kq.y & 0xffff0000u);
+                vv[u][0] = __uint_as_float(vq.x << 16);
+                vv[u][1 % DPL] = __uint_as_float(vq.x & 0xffff0000u);
+                vv[u][2 % DPL] = __uint_as_float(vq.y << 16);
+                vv[u][3 % DPL] = __uint_as_float(vq.y & 0xffff0000u);
+            } else if (a.bf16) {
+                const uint16_t *d = (const uint16_t *)a.data;
 #pragma unroll
-            for (int i = 0; i < DPL; i++) {
-                kv[i] = dl + i < a.D ? d[row + dl + i] : 0.f;
-                vv[i] = dl + i < a.D ? d[vrow + dl + i] : 0.f;
+                for (int i = 0; i < DPL; i++) {
+                    kv[u][i] = dl + i < a.D ? bf2f(d[row + dl + i]) : 0.f;
+                    vv[u][i] = dl + i < a.D ? bf2f(d[vrow + dl + i]) : 0.f;
+                }
+            } else {
+                const float *d = (const float *)a.data;
+#pragma unroll
+                for (int i = 0; i < DPL; i++) {
+                    kv[u][i] = dl + i < a.D ? d[row + dl + i] : 0.f;
+                    vv[u][i] = dl + i < a.D ? d[vrow + dl + i] : 0.f;
+                }
             }
+            float dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) dot += q[i] * kv[u][i];
+            sc[u] = dot;
         }
-        float dot = 0.f;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) dot += q[i] * kv[i];
-        float s = warp_sum(dot) * a.scale;
-        float mn = fmaxf(m, s), corr = expf(m - mn), p = expf(s - mn);
-        l = l * corr + p;
+        for (int u = 0; u < KV_U; u++) sc[u] = jb + u < j1 ? warp_sum(sc[u]) * a.scale : -INFINITY;
+        float mn = m;
 #pragma unroll
-        for (int i = 0; i < DPL; i++) acc[i] = acc[i] * corr + p * vv[i];
+        for (int u = 0; u < KV_U; u++) mn = fmaxf(mn, sc[u]);
+        float corr = expf(m - mn), p[KV_U];
+        l *= corr;
+#pragma unroll
+        for (int u = 0; u < KV_U; u++) {
+            p[u] = expf(sc[u] - mn);
+            l += p[u];
+        }
+#pragma unroll
+        for (int i = 0; i < DPL; i++) {
+            float t = acc[i] * corr;
+#pragma unroll
+            for (int u = 0; u < KV_U; u++) t += p[u] * vv[u][i];
+            acc[i] = t;
+        }
         m = mn;
     }
     if (lane == 0) {

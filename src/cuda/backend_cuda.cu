@@ -153,6 +153,7 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
     const float *x0 = a.x + (size_t)m0 * a.ldx;
     if (a.vec && a.wdt == DS_BF16) {
         const uint4 *wr = (const uint4 *)((const uint16_t *)a.w + (size_t)n * a.K);
+#pragma unroll 4
         for (int k8 = lane; k8 < a.K / 8; k8 += 32) {
             uint4 q = __ldg(wr + k8);
             float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
@@ -730,6 +731,121 @@ static void cu_graph_free(Backend *b, void *g) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
+ * Argmax over one row: one block, first index among equal maxima, NaNs skipped. */
+
+__global__ void __launch_bounds__(1024) argmax_k(int32_t *out, const float *x, int n) {
+    float bv = -INFINITY;
+    int bi = -1;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+        float v = x[i];
+        if (v != v) continue;
+        if (bi < 0 || v > bv) { /* i increases per thread, so the first of equal values stays */
+            bv = v;
+            bi = i;
+        }
+    }
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+            bv = ov;
+            bi = oi;
+        }
+    }
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
+    if (lane == 0) {
+        sv[wid] = bv;
+        si[wid] = bi;
+    }
+    __syncthreads();
+    if (wid == 0) {
+        int nw = blockDim.x >> 5;
+        bv = lane < nw ? sv[lane] : -INFINITY;
+        bi = lane < nw ? si[lane] : -1;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+            if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
+                bv = ov;
+                bi = oi;
+            }
+        }
+        if (lane == 0) out[0] = bi < 0 ? 0 : bi;
+    }
+}
+
+static void cu_argmax(Backend *b, int32_t *out, const float *x, int n) {
+    DS_ASSERT(n > 0);
+    argmax_k<<<1, 1024, 0, cctx(b)->stream>>>(out, x, n);
+    CU_LAUNCHED();
+}
+
+/* ---------------------------------------------------------------------------------------------------------
+ * Profiling: an event per mark (not while a graph is being recorded); gaps summed per label when the pool fills
+ * or at the report. */
+
+static void prof_flush(CudaCtx *c) {
+    if (c->prof_n < 2) return;
+    CU_CHECK(cudaEventSynchronize(c->prof_ev[c->prof_n - 1]));
+    for (int i = 0; i + 1 < c->prof_n; i++) {
+        float ms = 0.f;
+        CU_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[i], c->prof_ev[i + 1]));
+        const char *lab = c->prof_lab[i];
+        int k = 0;
+        while (k < c->prof_labels && strcmp(c->prof_names[k], lab)) k++;
+        if (k == c->prof_labels) {
+            if (k == 128) continue;
+            c->prof_names[c->prof_labels++] = lab;
+            c->prof_ms[k] = 0;
+            c->prof_calls[k] = 0;
+        }
+        c->prof_ms[k] += ms;
+        c->prof_calls[k]++;
+    }
+    /* keep the last event as the start of the open section */
+    cudaEvent_t t = c->prof_ev[0];
+    c->prof_ev[0] = c->prof_ev[c->prof_n - 1];
+    c->prof_ev[c->prof_n - 1] = t;
+    c->prof_lab[0] = c->prof_lab[c->prof_n - 1];
+    c->prof_n = 1;
+}
+
+static void cu_mark(Backend *b, const char *label) {
+    CudaCtx *c = cctx(b);
+    if (!c->prof) return;
+    cudaStreamCaptureStatus cs;
+    if (cudaStreamIsCapturing(c->stream, &cs) != cudaSuccess || cs != cudaStreamCaptureStatusNone) return;
+    if (c->prof_n == c->prof_cap) prof_flush(c);
+    CU_CHECK(cudaEventRecord(c->prof_ev[c->prof_n], c->stream));
+    c->prof_lab[c->prof_n++] = label;
+}
+
+static void cu_profile_report(Backend *b, void *file) {
+    CudaCtx *c = cctx(b);
+    if (!c->prof) return;
+    cu_mark(b, "(end)");
+    prof_flush(c);
+    FILE *f = (FILE *)file;
+    double total = 0;
+    for (int k = 0; k < c->prof_labels; k++) total += c->prof_ms[k];
+    for (int done = 0; done < c->prof_labels; done++) {
+        int best = -1;
+        for (int k = 0; k < c->prof_labels; k++)
+            if (c->prof_calls[k] >= 0 && (best < 0 || c->prof_ms[k] > c->prof_ms[best])) best = k;
+        if (best < 0) break;
+        fprintf(f, "profile %-28s %10.3f ms %6.1f%% %8ld calls %9.1f us/call\n", c->prof_names[best],
+                c->prof_ms[best], total > 0 ? 100 * c->prof_ms[best] / total : 0.0, c->prof_calls[best],
+                c->prof_calls[best] ? 1000 * c->prof_ms[best] / c->prof_calls[best] : 0.0);
+        c->prof_calls[best] = -1;
+    }
+    fprintf(f, "profile %-28s %10.3f ms\n", "total", total);
+    c->prof_labels = 0;
+    c->prof_n = 0;
+}
+
+/* ---------------------------------------------------------------------------------------------------------
  * The backend object. */
 
 extern "C" Backend *backend_cuda_new(int device, DsError *e) {
@@ -761,7 +877,24 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
                 device, prop.name, prop.major, prop.minor);
         goto fail;
     }
+    if (cudaFree(0) != cudaSuccess) goto cuda_fail; /* creates the context */
+    {
+        size_t f = 0, t = 0;
+        if (cudaMemGetInfo(&f, &t) == cudaSuccess) c->base_used = t - f;
+    }
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) goto cuda_fail;
+    {
+        const char *pv = getenv("DSOCR_PROFILE");
+        if (pv && *pv && strcmp(pv, "0")) {
+            c->prof_cap = 4096;
+            c->prof_ev = (cudaEvent_t *)calloc((size_t)c->prof_cap, sizeof *c->prof_ev);
+            c->prof_lab = (const char **)calloc((size_t)c->prof_cap, sizeof *c->prof_lab);
+            if (!c->prof_ev || !c->prof_lab) goto nomem;
+            for (int i = 0; i < c->prof_cap; i++)
+                if (cudaEventCreate(&c->prof_ev[i]) != cudaSuccess) goto cuda_fail;
+            c->prof = 1;
+        }
+    }
     if (cublasCreate(&c->blas) != CUBLAS_STATUS_SUCCESS) {
         ds_fail(e, DSOCR_E_NOMEM, "cuBLAS could not start on CUDA device %d", device);
         goto fail;
@@ -807,6 +940,9 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->graph_end = cu_graph_end;
     b->graph_launch = cu_graph_launch;
     b->graph_free = cu_graph_free;
+    b->argmax = cu_argmax;
+    b->mark = cu_mark;
+    b->profile_report = cu_profile_report;
     c->xb_elems = XB_ELEMS;
     c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
     c->part_floats = PART_FLOATS;
@@ -837,6 +973,11 @@ extern "C" void backend_cuda_free(Backend *b) {
             if (c->allocs[i].p) cudaFree(c->allocs[i].p);
         free(c->allocs);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->prof_ev)
+            for (int i = 0; i < c->prof_cap; i++)
+                if (c->prof_ev[i]) cudaEventDestroy(c->prof_ev[i]);
+        free(c->prof_ev);
+        free(c->prof_lab);
         if (c->stream) cudaStreamDestroy(c->stream);
         pthread_mutex_destroy(&c->mu);
         free(c);
@@ -855,6 +996,8 @@ extern "C" void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *to
     *used = t - f;
     *total = t;
 }
+
+extern "C" size_t backend_cuda_context_used(const Backend *b) { return ((CudaCtx *)b->ctx)->base_used; }
 
 static int cmp_double(const void *a, const void *b) {
     double x = *(const double *)a, y = *(const double *)b;

@@ -20,6 +20,9 @@ int backend_cuda_compute_capability(const Backend *b);
 
 /* Driver's view of device memory in bytes: total and used by everything on the card (cudaMemGetInfo). */
 void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total);
+/* The driver's used bytes measured right after this backend created its CUDA context, before it allocated
+ * anything: "peak device memory" figures subtract it (the context itself is not dsocr's doing). */
+size_t backend_cuda_context_used(const Backend *b);
 
 /* Ceilings for the benchmark, measured on this card: cuBLAS bf16 x bf16 -> bf16 GEMM (fp32 accumulation) of
  * side n in TFLOP/s (median of reps), and a device-to-device copy of `bytes` in GB/s counting bytes read plus

@@ -48,6 +48,16 @@ typedef struct CudaCtx {
     float *part;            /* [part_floats] attention_kv split partials */
     size_t part_floats;
     int exact_gemm;
+    size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
+    /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */
+    int prof;
+    cudaEvent_t *prof_ev;
+    const char **prof_lab;  /* label of the section each event starts */
+    int prof_n, prof_cap;
+    const char *prof_names[128];
+    double prof_ms[128];
+    long prof_calls[128];
+    int prof_labels;
 } CudaCtx;
 
 static inline CudaCtx *cctx(Backend *b) { return (CudaCtx *)b->ctx; }
@@ -87,6 +97,8 @@ void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW ga
                float *scratch);
 /* attention_cuda.cu */
 void cu_attention(Backend *b, const OpsAttention *a);
+/* attention_mma.cu: the tensor-core flash kernel; false when it does not apply (then the SIMT kernels run). */
+bool cu_attention_mma(Backend *b, const OpsAttention *a);
 void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
 void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                  int ldk, const float *v, int ldv);

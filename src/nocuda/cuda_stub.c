@@ -21,3 +21,20 @@ void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total) {
     (void)b;
     *used = *total = 0;
 }
+
+size_t backend_cuda_context_used(const Backend *b) {
+    (void)b;
+    return 0;
+}
+
+int backend_cuda_gemm_ceiling(Backend *b, int n, int reps, double *tflops) {
+    (void)b, (void)n, (void)reps;
+    *tflops = 0;
+    return -1;
+}
+
+int backend_cuda_copy_ceiling(Backend *b, size_t bytes, int reps, double *gbps) {
+    (void)b, (void)bytes, (void)reps;
+    *gbps = 0;
+    return -1;
+}

@@ -264,16 +264,20 @@ static void test_rope(void) {
 
 typedef struct AttCase {
     int nb, tq, tk, H, D, causal, q_off, gh, gw, fused, bf16_bias;
+    int mma; /* 1: aligned strides and bf16-valued inputs, as the vision encoder calls it: the tensor-core kernel
+                on sm_80+ (P enters the second product in bf16, so the tolerance is that of a bf16 product) */
 } AttCase;
 
 static void attention_case(AttCase c) {
-    int W = c.H * c.D, ld = c.fused ? 3 * W + 1 : W + 3;
+    int W = c.H * c.D, ld = c.fused ? 3 * W + (c.mma ? 4 : 1) : W + (c.mma ? 4 : 3);
     size_t qrows = (size_t)c.nb * c.tq, krows = (size_t)c.nb * c.tk;
     /* fused: q, k, v are column slices of one [rows, 3W+1] buffer (tq == tk) */
     float *qkv = rnd((c.fused ? qrows : qrows + 2 * krows) * ld, 1.5f);
+    if (c.mma)
+        for (size_t i = 0; i < (c.fused ? qrows : qrows + 2 * krows) * ld; i++) qkv[i] = bf16_round(qkv[i]);
     float *q = qkv, *k = c.fused ? qkv + W : qkv + qrows * ld, *v = c.fused ? qkv + 2 * W : k + krows * ld;
     float *rh = c.gh ? rnd((size_t)(2 * c.gh - 1) * c.D, 0.5f) : NULL, *rw = c.gh ? rnd((size_t)(2 * c.gw - 1) * c.D, 0.5f) : NULL;
-    int ldo = W + 1;
+    int ldo = W + (c.mma ? 2 : 1);
     float *ref = malloc(qrows * ldo * 4);
     for (size_t i = 0; i < qrows * ldo; i++) ref[i] = 0;
     OpsAttention a = {.out = ref, .q = q, .k = k, .v = v, .ldo = ldo, .ldq = ld, .ldk = ld, .ldv = ld,
@@ -295,9 +299,9 @@ static void attention_case(AttCase c) {
     B->attention(B, &d);
     float *g = down(dout, qrows * ldo);
     /* bf16 bias: a term on a bf16 rounding boundary may round the other way (fp32 vs double sums) */
-    EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.bf16_bias ? 1e-3 : 2e-5,
-               "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d", c.nb, c.tq, c.tk, c.H, c.D,
-               c.causal, c.q_off, c.gh, c.gw, c.bf16_bias);
+    EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.mma ? 8e-3 : c.bf16_bias ? 1e-3 : 2e-5,
+               "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d mma%d", c.nb, c.tq, c.tk, c.H,
+               c.D, c.causal, c.q_off, c.gh, c.gw, c.bf16_bias, c.mma);
     B->free(B, dqkv), B->free(B, dout);
     if (drh) B->free(B, drh), B->free(B, drw);
     free(qkv), free(rh), free(rw), free(ref), free(g);
@@ -305,19 +309,27 @@ static void attention_case(AttCase c) {
 
 static void test_attention(void) {
     AttCase cases[] = {
-        {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0},   /* CLIP-like, fused qkv */
-        {3, 196, 196, 2, 64, 0, 0, 14, 14, 1, 0}, /* SAM windows with rel-pos */
-        {1, 63, 63, 2, 64, 0, 0, 9, 7, 1, 0},     /* rel-pos on an odd, non-square grid */
-        {2, 37, 50, 2, 128, 1, 13, 0, 0, 0, 0},   /* causal with offset, decoder head size */
-        {1, 70, 70, 2, 128, 1, 0, 0, 0, 1, 0},    /* causal prefill */
-        {2, 5, 300, 1, 40, 0, 0, 0, 0, 0, 0},     /* odd head_dim */
-        {1, 33, 33, 3, 20, 0, 0, 0, 0, 0, 0},     /* one thread a query */
-        {1, 17, 9, 2, 200, 0, 0, 0, 0, 0, 0},     /* head_dim > 128: plain kernel */
-        {1, 1, 1, 1, 64, 0, 0, 0, 0, 0, 0},
-        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0}, /* SAM global at 640 px, one head */
-        {2, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1}, /* bf16 bias (the official bf16 run) */
-        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 1},    /* bf16 bias in the plain kernel */
-        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 0},
+        {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0, 0},   /* CLIP-like, fused qkv */
+        {3, 196, 196, 2, 64, 0, 0, 14, 14, 1, 0, 0}, /* SAM windows with rel-pos */
+        {1, 63, 63, 2, 64, 0, 0, 9, 7, 1, 0, 0},     /* rel-pos on an odd, non-square grid */
+        {2, 37, 50, 2, 128, 1, 13, 0, 0, 0, 0, 0},   /* causal with offset, decoder head size */
+        {1, 70, 70, 2, 128, 1, 0, 0, 0, 1, 0, 0},    /* causal prefill */
+        {2, 5, 300, 1, 40, 0, 0, 0, 0, 0, 0, 0},     /* odd head_dim */
+        {1, 33, 33, 3, 20, 0, 0, 0, 0, 0, 0, 0},     /* one thread a query */
+        {1, 17, 9, 2, 200, 0, 0, 0, 0, 0, 0, 0},     /* head_dim > 128: plain kernel */
+        {1, 1, 1, 1, 64, 0, 0, 0, 0, 0, 0, 0},
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 0}, /* SAM global at 640 px, one head */
+        {2, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1, 0}, /* bf16 bias (the official bf16 run) */
+        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 1, 0},    /* bf16 bias in the plain kernel */
+        {1, 63, 63, 1, 200, 0, 0, 7, 9, 0, 0, 0},
+        /* the tensor-core kernel (sm_80+; elsewhere these run the SIMT kernel, well inside the tolerance) */
+        {1, 4096, 4096, 2, 64, 0, 0, 64, 64, 1, 1, 1}, /* SAM global block at 1024 px, bf16 bias */
+        {25, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1, 1},  /* SAM windows */
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias */
+        {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0, 1},     /* CLIP */
+        {1, 63, 63, 2, 64, 0, 0, 9, 7, 1, 0, 1},       /* odd, non-square grid */
+        {2, 5, 300, 1, 64, 0, 0, 0, 0, 0, 0, 1},       /* separate q/k/v, more keys than queries */
+        {1, 130, 70, 1, 64, 0, 0, 0, 0, 0, 0, 1},      /* more queries than keys, partial tiles */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
 }
@@ -404,6 +416,8 @@ static void test_kv(void) {
     kv_case(DS_BF16, 3, 128, 16, 7, 5, 1);
     kv_case(DS_F32, 3, 128, 16, 7, 5, 1);
     kv_case(DS_BF16, 10, 128, 64, 32, 1, 0);   /* decode at ~2000 tokens: split keys */
+    kv_case(DS_BF16, 10, 128, 64, 128, 1, 0);  /* decode in an 8192-token pool */
+    kv_case(DS_BF16, 10, 128, 64, 16, 3, 0);   /* a few rows, split keys */
     kv_case(DS_BF16, 2, 40, 5, 9, 300, 1);     /* many rows (prefill-like), odd head_dim and block size */
     kv_case(DS_F32, 2, 64, 16, 40, 7, 1);      /* split keys, two sequences */
     kv_case(DS_F32, 1, 256, 3, 11, 2, 0);

@@ -1,0 +1,276 @@
+/* bench.c: `dsocr bench`: speed and memory of whole pages in one warm process, printed as JSON. The model is
+ * loaded once; each mode's page runs --warmup times unmeasured, then --repeat times measured; figures are
+ * medians with every sample listed. Stage times come from the engine (preprocessing on the host; the vision
+ * encoder until the device is done; prefill; decode) and the page time is from reading the file to the last
+ * token. Memory: the process's peak RSS, and on a GPU dsocr's allocator (now and peak) and the driver's view of
+ * the card minus what it showed right after the CUDA context was created. --ceilings adds what the card can do
+ * (cuBLAS bf16 GEMM rate, device copy bandwidth), measured by the same run. DSOCR_PROFILE=1 adds per-section
+ * device times (stderr). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+#include "cli/cli.h"
+#include "cuda/backend_cuda.h"
+#include "engine.h"
+#include "hwinfo.h"
+
+static void usage(FILE *f) {
+    fprintf(f,
+            "usage: dsocr bench [options]\n\n"
+            "Times whole pages in one warm process and prints JSON (stdout).\n\n"
+            "  --model DIR        model folder (default $DSOCR_MODEL, else ./models/deepseek-ocr)\n"
+            "  --image FILE       the page (default tests/images/portrait.jpg)\n"
+            "  --mode LIST        comma-separated modes (default base,gundam)\n"
+            "  --tokens N         tokens generated per page, past end-of-sequence (default 1000)\n"
+            "  --repeat N         measured runs per mode (default 3)\n"
+            "  --warmup N         unmeasured runs first (default 1)\n"
+            "  --device D         cpu, cuda or auto (default auto)\n"
+            "  --precision P      bf16 (default) or fp32\n"
+            "  --threads N        CPU threads (default all)\n"
+            "  --ceilings         also measure the card's GEMM rate and copy bandwidth (CUDA)\n"
+            "  --note TEXT        a note copied into the JSON (e.g. the command that ran it)\n");
+}
+
+static int cmp_d(const void *a, const void *b) {
+    double x = *(const double *)a, y = *(const double *)b;
+    return x < y ? -1 : x > y;
+}
+
+static double median(const double *v, int n) {
+    double t[256];
+    if (n <= 0) return 0;
+    if (n > 256) n = 256;
+    memcpy(t, v, sizeof(double) * (size_t)n);
+    qsort(t, (size_t)n, sizeof(double), cmp_d);
+    return n % 2 ? t[n / 2] : 0.5 * (t[n / 2 - 1] + t[n / 2]);
+}
+
+static void print_samples(const char *name, const double *v, int n, int last) {
+    printf("      \"%s\": {\"median\": %.6f, \"samples\": [", name, median(v, n));
+    for (int i = 0; i < n; i++) printf("%s%.6f", i ? ", " : "", v[i]);
+    printf("]}%s\n", last ? "" : ",");
+}
+
+static void json_str(const char *s) {
+    putchar('"');
+    for (; s && *s; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch == '"' || ch == '\\')
+            printf("\\%c", ch);
+        else if (ch < 0x20)
+            printf("\\u%04x", ch);
+        else
+            putchar(ch);
+    }
+    putchar('"');
+}
+
+static void *read_file(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    size_t cap = 1 << 20, len = 0;
+    char *buf = malloc(cap);
+    while (buf) {
+        size_t r = fread(buf + len, 1, cap - len, f);
+        len += r;
+        if (len < cap) break;
+        char *nb = realloc(buf, cap * 2);
+        if (!nb) {
+            free(buf);
+            buf = NULL;
+            break;
+        }
+        buf = nb;
+        cap *= 2;
+    }
+    fclose(f);
+    *n = len;
+    return buf;
+}
+
+int cli_bench(int argc, char **argv) {
+    const char *model_dir = NULL, *image = "tests/images/portrait.jpg", *modes = "base,gundam", *device = "auto";
+    const char *precision = "bf16", *note = NULL;
+    int tokens = 1000, repeat = 3, warmup = 1, threads = 0, ceilings = 0;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        int more = i + 1 < argc;
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+            usage(stdout);
+            return 0;
+        } else if (!strcmp(a, "--model") && more) {
+            model_dir = argv[++i];
+        } else if (!strcmp(a, "--image") && more) {
+            image = argv[++i];
+        } else if (!strcmp(a, "--mode") && more) {
+            modes = argv[++i];
+        } else if (!strcmp(a, "--tokens") && more) {
+            tokens = atoi(argv[++i]);
+        } else if (!strcmp(a, "--repeat") && more) {
+            repeat = atoi(argv[++i]);
+        } else if (!strcmp(a, "--warmup") && more) {
+            warmup = atoi(argv[++i]);
+        } else if (!strcmp(a, "--device") && more) {
+            device = argv[++i];
+        } else if (!strcmp(a, "--precision") && more) {
+            precision = argv[++i];
+        } else if (!strcmp(a, "--threads") && more) {
+            threads = atoi(argv[++i]);
+        } else if (!strcmp(a, "--note") && more) {
+            note = argv[++i];
+        } else if (!strcmp(a, "--ceilings")) {
+            ceilings = 1;
+        } else {
+            fprintf(stderr, "dsocr bench: unknown or incomplete option '%s'\n", a);
+            usage(stderr);
+            return 2;
+        }
+    }
+    if (tokens < 1 || repeat < 1 || repeat > 256 || warmup < 0 || threads < 0) {
+        fprintf(stderr, "dsocr bench: --tokens >= 1, --repeat 1..256, --warmup >= 0, --threads >= 0\n");
+        return 2;
+    }
+    DsocrPrecision prec;
+    if (!strcmp(precision, "bf16"))
+        prec = DSOCR_PRECISION_BF16;
+    else if (!strcmp(precision, "fp32"))
+        prec = DSOCR_PRECISION_FP32;
+    else {
+        fprintf(stderr, "dsocr bench: --precision bf16 or fp32\n");
+        return 2;
+    }
+    if (!model_dir) model_dir = cli_default_model_dir();
+    size_t img_len = 0;
+    void *img = read_file(image, &img_len);
+    if (!img) {
+        fprintf(stderr, "dsocr bench: cannot read %s\n", image);
+        return 1;
+    }
+    free(img);
+
+    DsocrModelOptions mo;
+    dsocr_model_options_default(&mo);
+    mo.device = device;
+    mo.threads = threads;
+    DsocrModel *model = NULL;
+    DsocrSession *sess = NULL;
+    char err[1024];
+    double t_load = ds_now();
+    if (dsocr_model_load(model_dir, &mo, &model, err, sizeof err)) {
+        fprintf(stderr, "dsocr bench: %s\n", err);
+        return 1;
+    }
+    t_load = ds_now() - t_load;
+    if (dsocr_session_new(model, NULL, &sess, err, sizeof err)) {
+        fprintf(stderr, "dsocr bench: %s\n", err);
+        dsocr_model_free(model);
+        return 1;
+    }
+    Backend *be = engine_model_backend(model);
+    HwInfo hw;
+    hwinfo_probe(&hw, 0);
+    DsocrDeviceInfo di;
+    dsocr_model_device_info(model, &di);
+
+    printf("{\n  \"what\": \"dsocr bench: whole pages in one warm process (medians of --repeat runs after --warmup)\",\n");
+    printf("  \"machine\": {\"cpu\": ");
+    json_str(hw.cpu_model);
+    printf(", \"cpus\": %d, \"device\": \"%s\", \"gpu\": ", hw.cpus, di.device);
+    json_str(di.gpu_name);
+    printf("},\n  \"model\": ");
+    json_str(model_dir);
+    printf(",\n  \"image\": ");
+    json_str(image);
+    printf(",\n  \"precision\": \"%s\", \"tokens\": %d, \"repeat\": %d, \"warmup\": %d,\n", precision, tokens, repeat,
+           warmup);
+    if (note) {
+        printf("  \"note\": ");
+        json_str(note);
+        printf(",\n");
+    }
+    printf("  \"load_s\": %.3f,\n  \"runs\": [\n", t_load);
+    fflush(stdout);
+
+    int rc = 0, first = 1;
+    char list[256];
+    snprintf(list, sizeof list, "%s", modes);
+    for (char *save = NULL, *mode = strtok_r(list, ",", &save); mode; mode = strtok_r(NULL, ",", &save)) {
+        double pre[256], vis[256], pf[256], dec[256], tps[256], page[256];
+        int n_prompt = 0, n_tok = 0, n_views = 0;
+        for (int r = 0; r < warmup + repeat && !rc; r++) {
+            DsocrOcrOptions o;
+            dsocr_ocr_options_default(&o);
+            o.mode = mode;
+            o.max_tokens = tokens;
+            o.ignore_eos = 1;
+            o.precision = prec;
+            DsocrResult res;
+            double t0 = ds_now();
+            void *bytes = read_file(image, &img_len);
+            DsocrStatus st = bytes ? dsocr_ocr(sess, bytes, img_len, &o, &res) : DSOCR_E_IO;
+            double dt = ds_now() - t0;
+            free(bytes);
+            if (st) {
+                fprintf(stderr, "dsocr bench: %s: %s\n", mode, bytes ? dsocr_session_error(sess) : "cannot read");
+                rc = 1;
+                break;
+            }
+            if (r == warmup - 1 && be->profile_report) be->profile_report(be, stderr); /* drop warm-up sections */
+            if (r >= warmup) {
+                int k = r - warmup;
+                pre[k] = res.seconds_preprocess;
+                vis[k] = res.seconds_vision;
+                pf[k] = res.seconds_prefill;
+                dec[k] = res.seconds_decode;
+                tps[k] = res.seconds_decode > 0 ? res.n_tokens / res.seconds_decode : 0;
+                page[k] = dt;
+            }
+            n_prompt = res.n_prompt;
+            n_tok = res.n_tokens;
+            n_views = res.n_views;
+            dsocr_result_free(&res);
+        }
+        if (rc) break;
+        if (be->profile_report) {
+            fprintf(stderr, "profile: mode %s, %d measured runs\n", mode, repeat);
+            be->profile_report(be, stderr);
+        }
+        printf("%s    {\n      \"mode\": \"%s\", \"views\": %d, \"prompt_tokens\": %d, \"generated\": %d,\n",
+               first ? "" : ",\n", mode, n_views, n_prompt, n_tok);
+        print_samples("preprocess_s", pre, repeat, 0);
+        print_samples("vision_s", vis, repeat, 0);
+        print_samples("prefill_s", pf, repeat, 0);
+        print_samples("decode_s", dec, repeat, 0);
+        print_samples("decode_tok_s", tps, repeat, 0);
+        print_samples("page_s", page, repeat, 1);
+        printf("    }");
+        fflush(stdout);
+        first = 0;
+    }
+    printf("\n  ],\n");
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    dsocr_model_device_info(model, &di);
+    printf("  \"memory\": {\"peak_rss_bytes\": %lld", (long long)ru.ru_maxrss * 1024);
+    if (!strcmp(di.device, "cuda")) {
+        printf(",\n    \"device_allocated_bytes\": %llu, \"device_peak_bytes\": %llu,\n"
+               "    \"driver_used_bytes\": %llu, \"driver_context_bytes\": %llu, \"driver_used_minus_context_gib\": "
+               "%.3f, \"gpu_total_bytes\": %llu",
+               (unsigned long long)di.allocated, (unsigned long long)di.peak, (unsigned long long)di.gpu_used,
+               (unsigned long long)di.gpu_baseline, (double)(di.gpu_used - di.gpu_baseline) / (1 << 30),
+               (unsigned long long)di.gpu_total);
+    }
+    printf("}");
+    if (ceilings && !strcmp(di.device, "cuda")) {
+        double tf = 0, gb = 0;
+        int g = backend_cuda_gemm_ceiling(be, 8192, 10, &tf), cp = backend_cuda_copy_ceiling(be, (size_t)1 << 30, 10, &gb);
+        printf(",\n  \"ceilings\": {\"bf16_gemm_8192_tflops\": %.1f, \"copy_gbps_read_plus_write\": %.1f}",
+               g ? 0.0 : tf, cp ? 0.0 : gb);
+    }
+    printf("\n}\n");
+    dsocr_session_free(sess);
+    dsocr_model_free(model);
+    return rc;
+}

@@ -1,0 +1,273 @@
+/* attention_mma.cu: flash attention on the tensor cores (mma.sync m16n8k16, bf16 inputs, fp32 accumulation), for
+ * the vision encoder's attention (SAM global and windowed blocks with the decomposed relative-position bias
+ * added on the fly, CLIP): ops_attention semantics for head_dim 64, not causal.
+ *
+ * A block of 8 warps takes 128 query rows of one (sequence, head); each warp 16 rows. Keys and values stream
+ * through shared memory in tiles of 64 rows, converted from the fp32 activations to bf16 on the way (exact for the
+ * bf16 model, whose activations are already bf16 values); V is stored transposed so that both products read
+ * their B operands as 32-bit pairs. Scores S = Q·Kᵀ and the output O += P·V are accumulated in fp32; the online
+ * softmax (running max and sum per row) is fp32; P enters the second product rounded to bf16, as a bf16 flash
+ * attention does.
+ * Relative positions: before the key loop, the block computes for each of its queries (fp32, from the fp32 q)
+ *   relH[i][r] = q_i · Rh[i1 − r + gh − 1]  (r < gh)   and   relW[i][c] = q_i · Rw[j1 − c + gw − 1]  (c < gw)
+ * into shared memory ((gh + gw) floats a query, rounded to bf16 with bf16_bias), and a score of key j adds
+ * relH[i][j / gw] + relW[i][j % gw] (the sum rounded to bf16 with bf16_bias), as ops_attention_ref does.
+ * No [T, T] array exists. Needs sm_80 (bf16 mma); the caller uses the SIMT kernel elsewhere. */
+#include <math.h>
+
+#include "cuda/cuda_common.h"
+
+namespace {
+
+enum { HD = 64, NW = 8, QT = NW * 16, KT = 64, KS = HD + 8 /* bf16 row stride of Ks (bank spread) */, VS = KT + 8 };
+
+struct MmaArgs {
+    float *out;
+    const float *q, *k, *v;
+    int ldo, ldq, ldk, ldv, tq, tk, H;
+    float scale;
+    const float *rh, *rw;
+    int gh, gw, bf16_bias;
+};
+
+__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+    return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
+}
+
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
+__global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    uint16_t *Ks = (uint16_t *)smem;          /* [KT][KS] */
+    uint16_t *Vt = Ks + KT * KS;              /* [HD][VS]: V transposed */
+    float *rel = (float *)(Vt + HD * VS);     /* [QT][RWS]: gh + gw terms a query, odd stride (banks) */
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+    const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * QT;
+    const float *qb = a.q + (size_t)b * a.tq * a.ldq + (size_t)h * HD;
+    const float *kb = a.k + (size_t)b * a.tk * a.ldk + (size_t)h * HD;
+    const float *vb = a.v + (size_t)b * a.tk * a.ldv + (size_t)h * HD;
+    const int RW = a.gh + a.gw, RWS = RW | 1;
+
+    /* relative-position terms of this block's queries */
+    if (a.rh) {
+        for (int e = tid; e < QT * RW; e += NW * 32) {
+            int i = e % QT, r = e / QT, qi = q0 + i;
+            float s = 0.f;
+            if (qi < a.tq) {
+                int i1 = qi / a.gw, j1 = qi % a.gw;
+                const float *t = r < a.gh ? a.rh + (size_t)(i1 - r + a.gh - 1) * HD
+                                          : a.rw + (size_t)(j1 - (r - a.gh) + a.gw - 1) * HD;
+                const float4 *q4 = (const float4 *)(qb + (size_t)qi * a.ldq), *t4 = (const float4 *)t;
+#pragma unroll 4
+                for (int c = 0; c < HD / 4; c++) {
+                    float4 x = q4[c], y = t4[c];
+                    s += x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
+                }
+                if (a.bf16_bias) s = rbf(s);
+            }
+            rel[i * RWS + r] = s;
+        }
+    }
+
+    /* this warp's 16 query rows as A fragments (bf16), 4 k-steps over the head dimension */
+    const int r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
+    uint32_t qa[HD / 16][4];
+    {
+        const float *p0 = qb + (size_t)(r0 < a.tq ? r0 : 0) * a.ldq, *p1 = qb + (size_t)(r1 < a.tq ? r1 : 0) * a.ldq;
+        const bool v0 = r0 < a.tq, v1 = r1 < a.tq;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            int d = kk * 16 + tig * 2;
+            float2 x00 = v0 ? *(const float2 *)(p0 + d) : make_float2(0.f, 0.f);
+            float2 x10 = v1 ? *(const float2 *)(p1 + d) : make_float2(0.f, 0.f);
+            float2 x01 = v0 ? *(const float2 *)(p0 + d + 8) : make_float2(0.f, 0.f);
+            float2 x11 = v1 ? *(const float2 *)(p1 + d + 8) : make_float2(0.f, 0.f);
+            qa[kk][0] = pack_bf16(x00.x, x00.y);
+            qa[kk][1] = pack_bf16(x10.x, x10.y);
+            qa[kk][2] = pack_bf16(x01.x, x01.y);
+            qa[kk][3] = pack_bf16(x11.x, x11.y);
+        }
+    }
+    const float *rel0 = rel + (warp * 16 + gid) * RWS, *rel1 = rel0 + 8 * RWS;
+
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
+    float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+
+    for (int k0 = 0; k0 < a.tk; k0 += KT) {
+        __syncthreads(); /* previous tile consumed (and, the first time, rel written) */
+        /* load K and V rows k0 .. k0+63: thread -> (row tid / 4, 16 dims) */
+        {
+            int j = tid >> 2, d0 = (tid & 3) * 16, key = k0 + j;
+            bool ok = key < a.tk;
+            const float4 *ks = (const float4 *)(kb + (size_t)(ok ? key : 0) * a.ldk + d0);
+            const float4 *vs = (const float4 *)(vb + (size_t)(ok ? key : 0) * a.ldv + d0);
+            uint32_t *kd = (uint32_t *)(Ks + j * KS + d0);
+#pragma unroll
+            for (int c = 0; c < 4; c++) {
+                float4 x = ok ? ks[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+                kd[2 * c] = pack_bf16(x.x, x.y);
+                kd[2 * c + 1] = pack_bf16(x.z, x.w);
+                float4 y = ok ? vs[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+                int d = d0 + 4 * c;
+                Vt[(d + 0) * VS + j] = f2bf(y.x);
+                Vt[(d + 1) * VS + j] = f2bf(y.y);
+                Vt[(d + 2) * VS + j] = f2bf(y.z);
+                Vt[(d + 3) * VS + j] = f2bf(y.w);
+            }
+        }
+        __syncthreads();
+        /* S = Q Kᵀ: 8 tiles of 8 keys */
+        float s[KT / 8][4];
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++) {
+            s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
+            const uint32_t *kr = (const uint32_t *)(Ks + (n * 8 + gid) * KS);
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) mma_bf16(s[n], qa[kk], kr[kk * 8 + tig], kr[kk * 8 + 4 + tig]);
+        }
+        /* scale, bias, mask; row maxima */
+        float mx0 = -INFINITY, mx1 = -INFINITY;
+        int jr = 0, jc = 0; /* (key / gw, key % gw) of key k0 + tig*2, stepped by 8 per tile */
+        if (a.rh) {
+            int j = k0 + tig * 2;
+            jr = j / a.gw;
+            jc = j - jr * a.gw;
+        }
+#pragma unroll
+        for (int n = 0; n < KT / 8; n++) {
+#pragma unroll
+            for (int e = 0; e < 2; e++) {
+                int key = k0 + n * 8 + tig * 2 + e;
+                float b0 = 0.f, b1 = 0.f;
+                if (a.rh) {
+                    int rr = jr, cc = jc + e;
+                    if (cc >= a.gw) {
+                        cc -= a.gw;
+                        rr++;
+                    }
+                    if (key < a.tk) {
+                        b0 = rel0[rr] + rel0[a.gh + cc];
+                        b1 = rel1[rr] + rel1[a.gh + cc];
+                        if (a.bf16_bias) {
+                            b0 = rbf(b0);
+                            b1 = rbf(b1);
+                        }
+                    }
+                }
+                float x0 = key < a.tk ? (s[n][e] * a.scale + b0) * 1.4426950408889634f : -INFINITY;
+                float x1 = key < a.tk ? (s[n][2 + e] * a.scale + b1) * 1.4426950408889634f : -INFINITY;
+                s[n][e] = x0;
+                s[n][2 + e] = x1;
+                mx0 = fmaxf(mx0, x0);
+                mx1 = fmaxf(mx1, x1);
+            }
+            if (a.rh) {
+                jc += 8;
+                while (jc >= a.gw) {
+                    jc -= a.gw;
+                    jr++;
+                }
+            }
+        }
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
+        mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 2));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
+        mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
+        const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); /* finite: every tile has a valid key */
+        const float c0 = exp2f(m0 - mn0), c1 = exp2f(m1 - mn1);
+        m0 = mn0;
+        m1 = mn1;
+        l0 *= c0;
+        l1 *= c1;
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            o[n][0] *= c0;
+            o[n][1] *= c0;
+            o[n][2] *= c1;
+            o[n][3] *= c1;
+        }
+        /* P = exp2(S − m), then O += P V over 4 k-steps of 16 keys */
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; kk++) {
+            float p[2][4];
+#pragma unroll
+            for (int t = 0; t < 2; t++) {
+                p[t][0] = exp2f(s[2 * kk + t][0] - mn0);
+                p[t][1] = exp2f(s[2 * kk + t][1] - mn0);
+                p[t][2] = exp2f(s[2 * kk + t][2] - mn1);
+                p[t][3] = exp2f(s[2 * kk + t][3] - mn1);
+                l0 += p[t][0] + p[t][1];
+                l1 += p[t][2] + p[t][3];
+            }
+            uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
+                              pack_bf16(p[1][2], p[1][3])};
+#pragma unroll
+            for (int n = 0; n < HD / 8; n++) {
+                const uint32_t *vr = (const uint32_t *)(Vt + (n * 8 + gid) * VS);
+                mma_bf16(o[n], pa, vr[kk * 8 + tig], vr[kk * 8 + 4 + tig]);
+            }
+        }
+    }
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
+    l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
+    l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
+    const float i0 = 1.f / l0, i1 = 1.f / l1;
+    float *ob = a.out + (size_t)b * a.tq * a.ldo + (size_t)h * HD;
+#pragma unroll
+    for (int n = 0; n < HD / 8; n++) {
+        int d = n * 8 + tig * 2;
+        if (r0 < a.tq) *(float2 *)(ob + (size_t)r0 * a.ldo + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
+        if (r1 < a.tq) *(float2 *)(ob + (size_t)r1 * a.ldo + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
+    }
+}
+
+} // namespace
+
+/* Runs the tensor-core kernel when it applies (sm_80+, head_dim 64, not causal, aligned rows, the rel tables fit
+ * in shared memory); returns false to leave the call to the SIMT kernels. */
+bool cu_attention_mma(Backend *b, const OpsAttention *o) {
+    CudaCtx *c = cctx(b);
+    if (c->cc < 80 || c->exact_gemm || o->head_dim != HD || o->causal) return false;
+    if (o->ldq % 4 || o->ldk % 4 || o->ldv % 4 || o->ldo % 2) return false;
+    if (((uintptr_t)o->q | (uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->out & 7)) return false;
+    if (o->relpos_h && (((uintptr_t)o->relpos_h | (uintptr_t)o->relpos_w) & 15)) return false;
+    const int RWS = o->relpos_h ? (o->grid_h + o->grid_w) | 1 : 0;
+    size_t smem = (size_t)KT * KS * 2 + (size_t)HD * VS * 2 + (size_t)QT * RWS * sizeof(float);
+    if (smem > (size_t)c->smem_optin) return false;
+    if (o->n_batch > 65535 || o->n_heads > 65535) return false;
+    MmaArgs a;
+    a.out = o->out;
+    a.q = o->q;
+    a.k = o->k;
+    a.v = o->v;
+    a.ldo = o->ldo;
+    a.ldq = o->ldq;
+    a.ldk = o->ldk;
+    a.ldv = o->ldv;
+    a.tq = o->tq;
+    a.tk = o->tk;
+    a.H = o->n_heads;
+    a.scale = o->scale;
+    a.rh = o->relpos_h;
+    a.rw = o->relpos_h ? o->relpos_w : NULL;
+    a.gh = o->relpos_h ? o->grid_h : 0;
+    a.gw = o->relpos_h ? o->grid_w : 1;
+    a.bf16_bias = o->relpos_h ? o->bf16_bias : 0;
+    if (smem > 48 * 1024) CU_CHECK(cudaFuncSetAttribute(attn_mma_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid(cdiv(o->tq, QT), o->n_heads, o->n_batch);
+    attn_mma_k<<<grid, NW * 32, smem, c->stream>>>(a);
+    CU_LAUNCHED();
+    return true;
+}
