@@ -159,7 +159,7 @@ GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
         for (int b = 0; b < nb; b++) {                                                                          \
             __m256 w0, w1, w2, w3;                                                                              \
             WIDEN(&w[b], w0, w1, w2, w3);                                                                       \
-            __m256 d = _mm256_set1_ps(_cvtsh_ss(w[b].d));                                                       \
+            __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)w[b].d));                                          \
             for (int m = 0; m < MR; m++) {                                                                      \
                 const float *xm = x + (size_t)m * ldx + (size_t)b * QK;                                         \
                 __m256 p = _mm256_mul_ps(_mm256_loadu_ps(xm), w0);                                              \
@@ -184,6 +184,43 @@ GEMVQ_DEFINE(gemv1_q4_0, 1, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv2_q4_0, 2, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv3_q4_0, 3, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
+
+/* One activation row against 4 weight rows (decode, M = 1): the x block is loaded once for the 4 rows. Four
+ * short interleaved streams defeat the hardware prefetcher, so each row prefetches the same block of the next
+ * group of 4 rows (software prefetch never faults, also past the end). Each
+ * output is computed with exactly the operations of the 1-row kernel above, so the grouping never changes a
+ * result. */
+#define GEMVQ_R4_DEFINE(NAME, BT, WIDEN)                                                                        \
+    __attribute__((target("avx2,fma,f16c"))) static inline void NAME(float *out, const float *x, const BT *w,  \
+                                                                     int nb) {                                  \
+        __m256 acc[4];                                                                                          \
+        for (int r = 0; r < 4; r++) acc[r] = _mm256_setzero_ps();                                               \
+        for (int b = 0; b < nb; b++) {                                                                          \
+            const float *xb = x + (size_t)b * QK;                                                               \
+            __m256 x0 = _mm256_loadu_ps(xb), x1 = _mm256_loadu_ps(xb + 8), x2 = _mm256_loadu_ps(xb + 16);       \
+            __m256 x3 = _mm256_loadu_ps(xb + 24);                                                               \
+            for (int r = 0; r < 4; r++) {                                                                       \
+                const BT *blk = w + (size_t)r * nb + b;                                                         \
+                _mm_prefetch((const char *)(blk + 4 * (size_t)nb), _MM_HINT_T0);                                \
+                __m256 w0, w1, w2, w3;                                                                          \
+                WIDEN(blk, w0, w1, w2, w3);                                                                     \
+                __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)blk->d));                                      \
+                __m256 p = _mm256_mul_ps(x0, w0);                                                               \
+                p = _mm256_fmadd_ps(x1, w1, p);                                                                 \
+                p = _mm256_fmadd_ps(x2, w2, p);                                                                 \
+                p = _mm256_fmadd_ps(x3, w3, p);                                                                 \
+                acc[r] = _mm256_fmadd_ps(p, d, acc[r]);                                                         \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int r = 0; r < 4; r++) {                                                                           \
+            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));            \
+            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
+            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
+            out[r] = _mm_cvtss_f32(h);                                                                          \
+        }                                                                                                       \
+    }
+GEMVQ_R4_DEFINE(gemv_r4_q8_0, BlockQ8_0, QWIDEN_Q8_0)
+GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
 
 /* The portable block GEMV: each block dequantised to 32 floats on the stack, then the same sums as above
  * (8 lanes per block, scaled by d, lanes added at the end). */
@@ -292,7 +329,21 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
     for (int bi = 0; bi < nblk; bi++) {
         int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
-        for (int n = bi * GEMV_NB; n < n1; n++) {
+        int n = bi * GEMV_NB;
+        if (M == 1 && quant_is_block(w.dtype) && avx2 && cpu_avx2_f16c()) /* decode: 4 weight rows at a time */
+            for (; n + 4 <= n1; n += 4) {
+                float r[4];
+                int nb = K / QK;
+                if (w.dtype == DS_Q8_0)
+                    gemv_r4_q8_0(r, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+                else
+                    gemv_r4_q4_0(r, x, (const BlockQ4_0 *)w.data + (size_t)n * nb, nb);
+                for (int j = 0; j < 4; j++) {
+                    float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
+                    y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
+                }
+            }
+        for (; n < n1; n++) {
             float b = bias.data ? ds_w_get(bias, n) : 0.0f;
             for (int m0 = 0; m0 < M; m0 += 4) {
                 int mr = M - m0 < 4 ? M - m0 : 4;
