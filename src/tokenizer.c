@@ -1562,6 +1562,138 @@ done:
     return st;
 }
 
+/* ---------------------------------------------------------------- tokenizer.json -> GGUF metadata */
+
+DsocrStatus tokenizer_json_to_gguf(const char *path, int vocab_size, int bos, int eos, int dsocr_keys, GgufWriter *w,
+                                   DsError *e_out) {
+    char err[512] = "";
+    size_t errn = sizeof err;
+    char *buf;
+    size_t len;
+    DsocrStatus rs = ds_read_file(path, 256u << 20, &buf, &len, e_out);
+    if (rs) return rs;
+    cJSON *root = cJSON_ParseWithLength(buf, len);
+    free(buf);
+    int rc = -1;
+    char **tok = NULL;
+    int32_t *type = NULL, *flags = NULL;
+    const char **merges = NULL;
+    char **mbuf = NULL;
+    const char *rx[16];
+    int nrx = 0, nm = 0, n = vocab_size;
+    const cJSON *model = cJSON_GetObjectItemCaseSensitive(root, "model");
+    const cJSON *vocab = cJSON_GetObjectItemCaseSensitive(model, "vocab");
+    const cJSON *mer = cJSON_GetObjectItemCaseSensitive(model, "merges");
+    const cJSON *added = cJSON_GetObjectItemCaseSensitive(root, "added_tokens");
+    if (!cJSON_IsObject(vocab) || !cJSON_IsArray(mer)) {
+        snprintf(err, errn, "%s: no model.vocab / model.merges", path);
+        goto done;
+    }
+    for (const cJSON *v = vocab->child; v; v = v->next)
+        if (cJSON_IsNumber(v) && v->valueint >= n) n = v->valueint + 1;
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id");
+        if (cJSON_IsNumber(id) && id->valueint >= n) n = id->valueint + 1;
+    }
+    if (n > (1 << 24)) {
+        snprintf(err, errn, "%s: ids up to %d", path, n);
+        goto done;
+    }
+    tok = calloc((size_t)n, sizeof *tok);
+    type = calloc((size_t)n, sizeof *type);
+    flags = calloc((size_t)n, sizeof *flags);
+    nm = cJSON_GetArraySize(mer);
+    merges = calloc((size_t)nm + 1, sizeof *merges);
+    mbuf = calloc((size_t)nm + 1, sizeof *mbuf);
+    if (!tok || !type || !flags || !merges || !mbuf) {
+        snprintf(err, errn, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) type[i] = 5, flags[i] = -1; /* UNUSED, not added */
+    for (const cJSON *v = vocab->child; v; v = v->next) {
+        if (!cJSON_IsNumber(v) || v->valueint < 0) continue;
+        tok[v->valueint] = v->string;
+        type[v->valueint] = 1; /* NORMAL */
+    }
+    for (const cJSON *a = added ? added->child : NULL; a; a = a->next) {
+        const cJSON *id = cJSON_GetObjectItemCaseSensitive(a, "id"), *c = cJSON_GetObjectItemCaseSensitive(a, "content");
+        if (!cJSON_IsNumber(id) || id->valueint < 0 || !cJSON_IsString(c)) continue;
+        int i = id->valueint, f = 0;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "special"))) f |= TOKENIZER_ADDED_SPECIAL;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "normalized"))) f |= TOKENIZER_ADDED_NORMALIZED;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "lstrip"))) f |= TOKENIZER_ADDED_LSTRIP;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "rstrip"))) f |= TOKENIZER_ADDED_RSTRIP;
+        if (cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(a, "single_word"))) f |= TOKENIZER_ADDED_SINGLE_WORD;
+        if (tok[i] && !strcmp(tok[i], c->valuestring)) f |= TOKENIZER_ADDED_IN_VOCAB;
+        tok[i] = c->valuestring;
+        type[i] = (f & TOKENIZER_ADDED_SPECIAL) ? 3 : 4; /* CONTROL, USER_DEFINED */
+        flags[i] = f;
+    }
+    char (*pad)[24] = calloc((size_t)n, sizeof *pad);
+    if (!pad) {
+        snprintf(err, errn, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++)
+        if (!tok[i]) {
+            snprintf(pad[i], sizeof pad[i], "[PAD%d]", i);
+            tok[i] = pad[i];
+        }
+    int k = 0;
+    for (const cJSON *m = mer->child; m; m = m->next, k++) {
+        if (cJSON_IsString(m)) {
+            merges[k] = m->valuestring;
+        } else if (cJSON_IsArray(m) && cJSON_GetArraySize(m) == 2 && cJSON_IsString(m->child) &&
+                   cJSON_IsString(m->child->next)) {
+            size_t a = strlen(m->child->valuestring), b = strlen(m->child->next->valuestring);
+            if (!(mbuf[k] = malloc(a + b + 2))) break;
+            snprintf(mbuf[k], a + b + 2, "%s %s", m->child->valuestring, m->child->next->valuestring);
+            merges[k] = mbuf[k];
+        } else {
+            snprintf(err, errn, "%s: merges[%d] is neither \"a b\" nor [a, b]", path, k);
+            free(pad);
+            goto done;
+        }
+    }
+    /* the pre-tokenizer's Split regexes, kept exactly */
+    const cJSON *pt = cJSON_GetObjectItemCaseSensitive(root, "pre_tokenizer");
+    const cJSON *seq = cJSON_GetObjectItemCaseSensitive(pt, "pretokenizers");
+    for (const cJSON *p = seq ? seq->child : NULL; p && nrx < 16; p = p->next) {
+        const cJSON *ty = cJSON_GetObjectItemCaseSensitive(p, "type");
+        const cJSON *r = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(p, "pattern"), "Regex");
+        if (cJSON_IsString(ty) && !strcmp(ty->valuestring, "Split") && cJSON_IsString(r)) rx[nrx++] = r->valuestring;
+    }
+    gguf_writer_str(w, "tokenizer.ggml.model", "gpt2");
+    gguf_writer_str(w, "tokenizer.ggml.pre", "deepseek-v3");
+    gguf_writer_arr_str(w, "tokenizer.ggml.tokens", (const char *const *)tok, NULL, (size_t)n);
+    gguf_writer_arr_i32(w, "tokenizer.ggml.token_type", type, (size_t)n);
+    gguf_writer_arr_str(w, "tokenizer.ggml.merges", merges, NULL, (size_t)nm);
+    gguf_writer_u32(w, "tokenizer.ggml.bos_token_id", (uint32_t)bos);
+    gguf_writer_u32(w, "tokenizer.ggml.eos_token_id", (uint32_t)eos);
+    gguf_writer_bool(w, "tokenizer.ggml.add_bos_token", 1);
+    gguf_writer_bool(w, "tokenizer.ggml.add_eos_token", 0);
+    gguf_writer_str(w, "tokenizer.chat_template", "{% for m in messages %}{{m['content']}}{% endfor %}");
+    if (dsocr_keys) {
+        gguf_writer_arr_i32(w, "dsocr.tokenizer.added_flags", flags, (size_t)n);
+        if (nrx) gguf_writer_arr_str(w, "dsocr.tokenizer.split_regexes", rx, NULL, (size_t)nrx);
+        gguf_writer_bool(w, "dsocr.tokenizer.ignore_merges",
+                         cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(model, "ignore_merges")));
+    }
+    free(pad);
+    rc = 0;
+done:
+    if (mbuf)
+        for (int i = 0; i < nm; i++) free(mbuf[i]);
+    free(mbuf);
+    free(merges);
+    free(tok);
+    free(type);
+    free(flags);
+    cJSON_Delete(root);
+    if (rc && !err[0]) snprintf(err, errn, "%s: not a usable tokenizer.json", path);
+    return rc ? ds_fail(e_out, DSOCR_E_FORMAT, "%s", err) : DSOCR_OK;
+}
+
 /* ---------------------------------------------------------------- lookups */
 
 int32_t tokenizer_vocab_size(const Tokenizer *t) { return t->n_ids; }

@@ -76,6 +76,13 @@ DsocrStatus tokenizer_load_json_buffer(const char *json, size_t len, Tokenizer *
 struct GgufFile;
 DsocrStatus tokenizer_load_gguf(const struct GgufFile *f, Tokenizer **out, DsError *e);
 
+/* Writes a tokenizer.json as GGUF metadata in llama.cpp's keys (tokenizer.ggml.model "gpt2", pre "deepseek-v3",
+ * tokens padded to vocab_size with UNUSED "[PADn]" entries, token_type, merges as "a b", bos/eos) and, with
+ * dsocr_keys, dsocr.tokenizer.added_flags / split_regexes / ignore_merges, which make the load exact. */
+struct GgufWriter;
+DsocrStatus tokenizer_json_to_gguf(const char *path, int vocab_size, int bos, int eos, int dsocr_keys,
+                                   struct GgufWriter *w, DsError *e);
+
 /* Bits of dsocr.tokenizer.added_flags (one i32 per id; -1 for ids that are not added tokens). */
 enum {
     TOKENIZER_ADDED_SPECIAL = 1,

@@ -6,8 +6,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "check.h"
+#include "gguf.h"
 #include "tokenizer.h"
 #include "util.h"
 
@@ -608,6 +610,68 @@ static void test_real_array_merges(void) {
     tokenizer_free(t);
 }
 
+
+/* The tokenizer written as GGUF metadata (tokenizer_json_to_gguf) and loaded back (tokenizer_load_gguf), with our
+ * exact dsocr.* keys and with llama.cpp's keys only, reproduces Hugging Face's encodings and decodings. */
+static Tokenizer *gguf_tokenizer(int dsocr_keys) {
+    DsError e = {0};
+    GgufWriter *w = gguf_writer_new();
+    char path[] = "/tmp/dsocr_tok_XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+    Tokenizer *t = NULL;
+    GgufFile g;
+    int ok = w && f && tokenizer_json_to_gguf(TOK_JSON, 129280, 0, 1, dsocr_keys, w, &e) == DSOCR_OK &&
+             gguf_writer_write_header(w, f, &e) == DSOCR_OK;
+    if (f) fclose(f);
+    CHECKF(ok, "%s", e.msg);
+    if (ok) {
+        CHECKF(gguf_open(path, &g, &e) == DSOCR_OK, "%s", e.msg);
+        CHECKF(tokenizer_load_gguf(&g, &t, &e) == DSOCR_OK, "%s", e.msg);
+        gguf_close(&g);
+    }
+    unlink(path);
+    gguf_writer_free(w);
+    return t;
+}
+
+static void test_gguf_tokenizer(void) {
+    for (int keys = 1; keys >= 0; keys--) {
+        Tokenizer *t = gguf_tokenizer(keys), *saved = g_tok;
+        REQUIRE(t);
+        CHECK(tokenizer_vocab_size(t) == 128827); /* the [PADn] fillers up to the model's 129280 are not ids */
+        CHECK(tokenizer_token_id(t, "<image>") == 128815);
+        g_tok = t;
+        Tally a = {0}, b = {0};
+        size_t la = each_line("data/tokenizer/encode.jsonl", check_encode_line, &a);
+        size_t lb = each_line("data/tokenizer/decode.jsonl", check_decode_line, &b);
+        g_tok = saved;
+        CHECKF(la == 3289 && a.bad == 0, "dsocr keys %d: %zu of %zu encode lines differ", keys, a.bad, la);
+        CHECKF(lb > 0 && b.bad == 0, "dsocr keys %d: %zu of %zu decode lines differ", keys, b.bad, lb);
+        tokenizer_free(t);
+    }
+}
+
+static void test_gguf_tokenizer_malformed(void) {
+    /* a file without tokenizer keys, and one whose tokenizer model is not BPE */
+    GgufWriter *w = gguf_writer_new();
+    gguf_writer_str(w, "tokenizer.ggml.model", "llama");
+    char path[] = "/tmp/dsocr_tok_XXXXXX";
+    int fd = mkstemp(path);
+    FILE *f = fdopen(fd, "wb");
+    DsError e = {0};
+    REQUIRE(gguf_writer_write_header(w, f, &e) == DSOCR_OK);
+    fclose(f);
+    GgufFile g;
+    REQUIRE(gguf_open(path, &g, &e) == DSOCR_OK);
+    Tokenizer *t = NULL;
+    CHECK(tokenizer_load_gguf(&g, &t, &e) == DSOCR_E_UNSUPPORTED && !t);
+    CHECK_STR_CONTAINS(e.msg, "llama");
+    gguf_close(&g);
+    unlink(path);
+    gguf_writer_free(w);
+}
+
 static void test_load_time(void) {
     double best = 1e9;
     for (int i = 0; i < 3; i++) {
@@ -638,6 +702,8 @@ int main(void) {
     RUN(test_new_from_parts);
     RUN(test_malformed_json);
     RUN(test_real_array_merges);
+    RUN(test_gguf_tokenizer);
+    RUN(test_gguf_tokenizer_malformed);
     RUN(test_load_time);
     tokenizer_free(g_tok);
     return check_summary();
