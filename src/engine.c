@@ -114,6 +114,14 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
         if (err && errlen) snprintf(err, errlen, "%s", e.msg);
         return e.code;
     }
+    const char *quant = opt->quant && *opt->quant ? opt->quant : NULL;
+    DsDtype qtype = !quant ? DS_DTYPE_UNKNOWN : !strcmp(quant, "q8_0") ? DS_Q8_0 : !strcmp(quant, "q4") ? DS_Q4_0
+                                                                                                       : DS_BOOL;
+    if (qtype == DS_BOOL) {
+        ds_fail(&e, DSOCR_E_INVALID_ARG, "quant \"%s\": use q8_0 or q4", quant);
+        if (err && errlen) snprintf(err, errlen, "%s", e.msg);
+        return e.code;
+    }
     Backend *be = backend_cpu();
     const char *force = getenv("DSOCR_BACKEND");
     if (force && !strcmp(force, "cpu-ref")) be = backend_cpu_ref();
@@ -140,6 +148,25 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
     dm->be = be;
     CheckpointOptions co = {.log = model_log, .log_user = (void *)opt};
     DsocrStatus st = model_load(dir, &co, &dm->m, &e);
+    if (!st && qtype != DS_DTYPE_UNKNOWN) {
+        if (opt->verbose) model_log((void *)opt, quant[1] == '8' ? "quantising the decoder's weights to Q8_0"
+                                                                  : "quantising the routed experts to Q4_0, the "
+                                                                    "decoder's other weights to Q8_0");
+        st = model_quantize(dm->m, qtype, &e);
+    }
+    /* Block-quantised weights have CPU kernels only, so far: the one place that decides it. */
+    if (!st && model_n_block_weights(dm->m) && strncmp(be->name, "cpu", 3)) {
+        if (!strcmp(dev, "auto")) {
+            backend_cuda_free(be);
+            be = dm->be = backend_cpu();
+            model_log((void *)opt, "quantised weights run on the CPU only for now; running on the CPU");
+        } else {
+            st = ds_fail(&e, DSOCR_E_INVALID_ARG,
+                         "quantised weights (%s) run on the CPU only for now: use --device cpu, or the bf16 "
+                         "weights on the GPU",
+                         quant ? quant : "a quantised checkpoint");
+        }
+    }
     if (!st) st = model_place(dm->m, be, &e);
     if (st) {
         dsocr_model_free(dm);

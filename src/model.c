@@ -1,9 +1,15 @@
 /* model.c: see model.h. */
 #include "model.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
+
+#include "quant.h"
+
+static void refresh_moe(Model *m);
 
 /* The tensor named by fmt/ap (validated by checkpoint_open, so it exists). */
 static const StTensor *tensor_v(const Model *m, const char *fmt, va_list ap) {
@@ -23,7 +29,7 @@ static void bw(Model *m, DsW *slot, const char *fmt, ...) {
     va_end(ap);
     *slot = ds_w(t->data, t->dtype);
     DS_ASSERT(m->n_bound < m->cap_bound);
-    m->bound[m->n_bound++] = (BoundWeight){slot, t};
+    m->bound[m->n_bound++] = (BoundWeight){slot, t, t->data};
 }
 
 /* A tensor used on the host only (position tables resampled per view size). */
@@ -194,10 +200,142 @@ fail:
     return st;
 }
 
+/* Bytes of a bound weight as held (its tensor's, unless model_quantize changed its type). */
+static size_t held_bytes(const BoundWeight *b) {
+    const StTensor *t = b->t;
+    if (b->slot->dtype == t->dtype) return t->end - t->begin;
+    return quant_row_bytes(b->slot->dtype, (int64_t)t->numel); /* rows hold whole blocks */
+}
+
 size_t model_weight_bytes(const Model *m) {
     size_t b = 0;
-    for (int i = 0; i < m->n_bound; i++) b += m->bound[i].t->end - m->bound[i].t->begin;
+    for (int i = 0; i < m->n_bound; i++) b += held_bytes(&m->bound[i]);
     return b;
+}
+
+int model_n_block_weights(const Model *m) {
+    int n = 0;
+    for (int i = 0; i < m->n_bound; i++) n += quant_is_block(m->bound[i].slot->dtype);
+    return n;
+}
+
+/* n elements of w from element off, widened to float. */
+static void widen_f32(float *dst, DsW w, size_t off, size_t n) {
+    if (w.dtype == DS_BF16) {
+        const uint16_t *s = (const uint16_t *)w.data + off;
+        for (size_t i = 0; i < n; i++) dst[i] = bf16_to_f32(s[i]);
+    } else if (w.dtype == DS_F32) {
+        memcpy(dst, (const float *)w.data + off, n * sizeof(float));
+    } else {
+        for (size_t i = 0; i < n; i++) dst[i] = ds_w_get(w, off + i);
+    }
+}
+
+DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e) {
+    DS_ASSERT((target == DS_Q8_0 || target == DS_Q4_0) && !m->quant_buf && !m->placed);
+    size_t *off = calloc((size_t)m->n_bound + 1, sizeof *off);
+    DsDtype *to = calloc((size_t)m->n_bound + 1, sizeof *to);
+    if (!off || !to) {
+        free(off), free(to);
+        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    }
+    size_t total = 0;
+    for (int i = 0; i < m->n_bound; i++) {
+        const StTensor *t = m->bound[i].t;
+        DsDtype dt = quant_choose(t->name, t->ndim, t->shape, target), have = m->bound[i].slot->dtype;
+        if (!quant_is_block(dt) || (have != DS_BF16 && have != DS_F32 && have != DS_F16)) continue;
+        to[i] = dt;
+        off[i] = total;
+        total += (quant_row_bytes(dt, t->shape[1]) * (size_t)t->shape[0] + 63) & ~(size_t)63;
+    }
+    DsocrStatus st = DSOCR_OK;
+    uint8_t *buf = total ? malloc(total) : NULL;
+    if (total && !buf) {
+        st = ds_fail(e, DSOCR_E_NOMEM, "out of memory quantising the weights (%.2f GiB needed)",
+                     (double)total / (1u << 30));
+        goto done;
+    }
+    for (int i = 0; i < m->n_bound; i++) {
+        if (!to[i]) continue;
+        const StTensor *t = m->bound[i].t;
+        DsW src = *m->bound[i].slot;
+        int64_t N = t->shape[0], K = t->shape[1];
+        size_t rb = quant_row_bytes(to[i], K);
+        int fail = 0;
+#pragma omp parallel reduction(| : fail)
+        {
+            float *row = malloc(sizeof(float) * (size_t)K);
+            fail = !row;
+#pragma omp for schedule(static)
+            for (int64_t r = 0; r < N; r++) {
+                if (!row) continue;
+                widen_f32(row, src, (size_t)r * K, (size_t)K);
+                quant_row_ref(to[i], buf + off[i] + (size_t)r * rb, row, K);
+            }
+            free(row);
+        }
+        if (fail) {
+            free(buf);
+            st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+            goto done;
+        }
+    }
+    for (int i = 0; i < m->n_bound; i++) { /* only now, so that a failure above leaves every slot as it was */
+        if (!to[i]) continue;
+        *m->bound[i].slot = ds_w(buf + off[i], to[i]);
+        m->bound[i].host = buf + off[i];
+    }
+    m->quant_buf = buf;
+    m->quant_bytes = total;
+    refresh_moe(m);
+done:
+    free(off), free(to);
+    return st;
+}
+
+DsocrStatus model_write_f32(const Model *m, const char *path, DsError *e) {
+    const int n = m->ck.n_tensors;
+    StWriteTensor *wt = calloc((size_t)n + 1, sizeof *wt);
+    const BoundWeight **by = calloc((size_t)n + 1, sizeof *by); /* the bound weight of tensor i, if any */
+    enum { CHUNK = 1 << 20 };
+    float *tmp = malloc(sizeof(float) * CHUNK);
+    FILE *f = NULL;
+    DsocrStatus st = DSOCR_OK;
+    if (!wt || !by || !tmp) {
+        st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+        goto done;
+    }
+    for (int i = 0; i < n; i++) {
+        const StTensor *t = m->ck.tensors[i].st;
+        wt[i].name = t->name;
+        wt[i].dtype = DS_F32;
+        wt[i].ndim = t->ndim;
+        memcpy(wt[i].shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+        for (int j = 0; j < m->n_bound; j++)
+            if (m->bound[j].t == t) by[i] = &m->bound[j];
+    }
+    if (!(f = fopen(path, "wb"))) {
+        st = ds_fail(e, DSOCR_E_IO, "%s: cannot create: %s", path, strerror(errno));
+        goto done;
+    }
+    static const char *const meta[2] = {"format", "pt"};
+    if ((st = safetensors_write_header(f, wt, n, meta, 1, e))) goto done;
+    for (int i = 0; i < n && !st; i++) {
+        const StTensor *t = m->ck.tensors[i].st;
+        DsW w = by[i] ? ds_w(by[i]->host, by[i]->slot->dtype) : ds_w(t->data, t->dtype);
+        for (uint64_t o = 0; o < t->numel; o += CHUNK) {
+            size_t c = t->numel - o < CHUNK ? (size_t)(t->numel - o) : CHUNK;
+            widen_f32(tmp, w, o, c);
+            if (fwrite(tmp, sizeof(float), c, f) != c) {
+                st = ds_fail(e, DSOCR_E_IO, "%s: write failed: %s", path, strerror(errno));
+                break;
+            }
+        }
+    }
+done:
+    if (f && fclose(f) && !st) st = ds_fail(e, DSOCR_E_IO, "%s: write failed: %s", path, strerror(errno));
+    free(wt), free(by), free(tmp);
+    return st;
 }
 
 /* MoE layer handles copy the router and shared DsW by value: refresh them after the slots move. */
@@ -247,6 +385,7 @@ void model_free(Model *m) {
     if (!m) return;
     for (int i = 0; i < m->n_placed; i++) m->be->free(m->be, m->placed[i]);
     free(m->placed);
+    free(m->quant_buf);
     free(m->bound);
     if (m->layers)
         for (int i = 0; i < m->cfg.num_hidden_layers; i++) free(m->layers[i].experts);

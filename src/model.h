@@ -60,6 +60,7 @@ typedef struct DecLayer {
 typedef struct BoundWeight {
     DsW *slot;
     const StTensor *t;
+    const void *host;   /* the weight's bytes on the host, of type slot->dtype: t->data, or model_quantize's copy */
 } BoundWeight;
 
 typedef struct Model {
@@ -79,6 +80,8 @@ typedef struct Model {
     Backend *be;                            /* where the weights live (the CPU backend: the checkpoint's mmap) */
     void **placed;                          /* backend copies made by model_place, freed by model_free */
     int n_placed;
+    void *quant_buf;                        /* owned: the weights model_quantize quantised (host memory) */
+    size_t quant_bytes;
     int image_token_id;                     /* <image> = 128815 */
     int td_id, td_close_id;                 /* <td>, </td> (the vLLM n-gram whitelist) */
 } Model;
@@ -88,7 +91,20 @@ DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **ou
 /* Copies every weight into backend be's memory (nothing to do for the CPU backend); DSOCR_E_NOMEM with the
  * amount when it does not fit. */
 DsocrStatus model_place(Model *m, Backend *be, DsError *e);
-/* Bytes of all weights. */
+/* Quantises the weights quant_choose (quant.h) picks for target (DS_Q8_0: every decoder linear weight and lm_head
+ * as Q8_0; DS_Q4_0: routed experts as Q4_0, the others as Q8_0) from their bf16/f32 tensors into one owned host
+ * buffer, and points their slots at it (the mapped originals are no longer read). Weights already block-quantised
+ * (a GGUF checkpoint) stay as they are. Call after model_load, before model_place. DSOCR_E_NOMEM with the size
+ * when the buffer cannot be had. */
+DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e);
+/* The number of weights held block-quantised (from the checkpoint or model_quantize). */
+int model_n_block_weights(const Model *m);
+/* Writes every tensor of the checkpoint as F32 into one safetensors file at path, each with the values the engine
+ * computes with: quantised weights dequantised (quant.h _ref), the others widened exactly. With the folder's
+ * config.json and tokenizer beside it, the PyTorch reference runs on exactly these weights. Host weights only
+ * (before model_place to another backend). */
+DsocrStatus model_write_f32(const Model *m, const char *path, DsError *e);
+/* Bytes of all weights (as held: quantised weights at their block size). */
 size_t model_weight_bytes(const Model *m);
 void model_free(Model *m);
 

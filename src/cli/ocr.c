@@ -49,6 +49,8 @@ static void usage(FILE *f) {
             "  --threads N          CPU threads (default: all cores)\n"
             "  --device D           cpu, cuda, or auto (default: a GPU when there is one, else the CPU)\n"
             "  --precision P        fp32 (default on the CPU) or bf16 (the official rounding points)\n"
+            "  --quant Q            quantise the weights at load (CPU only): q8_0 (the decoder's linear\n"
+            "                       weights and lm_head as 8-bit) or q4 (routed experts 4-bit, the rest 8-bit)\n"
             "  --dump DIR           write every stage in the reference's dump format\n"
             "  --force-ids FILE     teacher forcing: feed the ids of this i32 dump (e.g. a reference's\n"
             "                       generated.bin) instead of the model's choices\n"
@@ -314,7 +316,7 @@ int cli_ocr(int argc, char **argv) {
     DsocrOcrOptions *o = &d.ocr;
     const char *model = NULL, *dump = NULL, *force = NULL, *out_dir = NULL, *formats = NULL;
     int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0;
-    const char *device = "auto";
+    const char *device = "auto", *quant = NULL;
     const char **args = calloc((size_t)argc + 1, sizeof *args);
     int n_args = 0;
     if (!args) return 1;
@@ -387,6 +389,10 @@ int cli_ocr(int argc, char **argv) {
             NEED();
             if (strcmp(v, "cpu") && strcmp(v, "cuda") && strcmp(v, "auto")) BAD("--device must be cpu, cuda or auto");
             device = v;
+        } else if (!strcmp(a, "--quant")) {
+            NEED();
+            if (strcmp(v, "q8_0") && strcmp(v, "q4")) BAD("--quant must be q8_0 or q4");
+            quant = v;
         } else if (!strcmp(a, "--precision")) {
             NEED();
             if (!strcmp(v, "fp32")) o->precision = DSOCR_PRECISION_FP32;
@@ -519,6 +525,7 @@ int cli_ocr(int argc, char **argv) {
     dsocr_model_options_default(&mo);
     mo.threads = threads;
     mo.device = device;
+    mo.quant = quant;
     mo.log = log_line;
     if (!model) model = cli_default_model_dir();
     d.model_id = model;

@@ -18,6 +18,7 @@ static void usage(FILE *f) {
             "  --port N             port (default 8031; 0 = any free port, printed at start)\n"
             "  --device D           cpu (default), cuda or auto\n"
             "  --threads N          CPU threads for the engine (default: all cores)\n"
+            "  --quant Q            quantise the weights at load (CPU only): q8_0 or q4 (routed experts 4-bit)\n"
             "  --queue N            requests waiting at most (default 16); more get 429 with Retry-After\n"
             "  --max-connections N  open connections at most (default 128)\n"
             "  --max-upload BYTES   request body size limit (default 50000000; K, M, G suffixes); 413 above\n"
@@ -89,6 +90,13 @@ int cli_serve(int argc, char **argv) {
         else if (!strcmp(a, "--model-name")) c.model_name = v;
         else if (!strcmp(a, "--host")) c.host = v;
         else if (!strcmp(a, "--device")) c.device = v;
+        else if (!strcmp(a, "--quant")) {
+            if (strcmp(v, "q8_0") && strcmp(v, "q4")) {
+                fprintf(stderr, "dsocr serve: --quant must be q8_0 or q4\n");
+                return 2;
+            }
+            c.quant = v;
+        }
         else if (!strcmp(a, "--results-dir")) c.results_dir = v;
         else if (!strcmp(a, "--api-key")) c.api_key = v;
         else if (!strcmp(a, "--max-upload") || !strcmp(a, "--max-prompt")) {

@@ -1159,6 +1159,7 @@ int serve_run(const ServeConfig *cfg) {
          s->results ? cfg->results_dir : "off", cfg->results_max, cfg->api_key && *cfg->api_key ? ", API key on" : "");
     WorkerConfig wc = {.model_dir = cfg->model_dir,
                        .device = cfg->device,
+                       .quant = cfg->quant,
                        .threads = cfg->threads,
                        .queue_max = cfg->queue_max,
                        .default_max_tokens = cfg->default_max_tokens,

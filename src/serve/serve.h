@@ -15,6 +15,7 @@ typedef struct ServeConfig {
     const char *model_dir;
     const char *model_name; /* the name /v1/models shows; NULL = model_dir as given */
     const char *device;     /* cpu | cuda | auto */
+    const char *quant;      /* NULL, q8_0 or q4 (DsocrModelOptions.quant) */
     const char *host;       /* address to bind (default 127.0.0.1) */
     int port;               /* 0 = any free port (printed at start) */
     int threads;            /* CPU threads for the engine; 0 = all cores */

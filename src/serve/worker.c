@@ -399,6 +399,7 @@ static void *worker_main(void *arg) {
         DsocrModelOptions mo;
         dsocr_model_options_default(&mo);
         mo.device = w->cfg.device;
+        mo.quant = w->cfg.quant;
         mo.threads = w->cfg.threads;
         mo.log = model_log;
         mo.log_user = w;

@@ -64,6 +64,7 @@ void job_cancel(Job *j);
 typedef struct WorkerConfig {
     const char *model_dir;
     const char *device;
+    const char *quant;   /* NULL, q8_0 or q4 (DsocrModelOptions.quant) */
     int threads;         /* 0 = all cores */
     int queue_max;       /* waiting jobs at most (the running one not counted) */
     int default_max_tokens; /* when a request names none; 0 = until the context is full */
