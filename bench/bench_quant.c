@@ -116,6 +116,17 @@ static void bench_shape(const char *what, int N, int K) {
     free(wf), free(x), free(y);
 }
 
+/* The 1-minute load average (other work on the machine skews every figure; it is printed with them). */
+static double loadavg(void) {
+    double l = -1;
+    FILE *f = fopen("/proc/loadavg", "r");
+    if (f) {
+        if (fscanf(f, "%lf", &l) != 1) l = -1;
+        fclose(f);
+    }
+    return l;
+}
+
 int main(int argc, char **argv) {
     ops_blas_reexec_if_better(argv);
     for (int i = 1; i < argc; i++) {
@@ -126,12 +137,15 @@ int main(int argc, char **argv) {
     }
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
-    printf("{\"bench\": \"quant_gemv\", \"machine\": \"%s\", \"threads\": %d, \"quick\": %s, \"results\": [", cpu,
-           omp_get_max_threads(), quick ? "true" : "false");
+    printf("{\"bench\": \"quant_gemv\", \"command\": \"");
+    for (int i = 0; i < argc; i++) printf("%s%s", i ? " " : "", argv[i]);
+    printf("\", \"machine\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\", \"quick\": %s, "
+           "\"loadavg_start\": %.2f, \"results\": [",
+           cpu, omp_get_max_threads(), ops_blas_coretype(), quick ? "true" : "false", loadavg());
     bench_shape("attention q/k/v/o 1280x1280", 1280, 1280);
     bench_shape("expert gate/up 896x1280", 896, 1280);
     bench_shape("expert down 1280x896", 1280, 896);
     bench_shape("lm_head 129280x1280", 129280, 1280);
-    printf("\n]}\n");
+    printf("\n], \"loadavg_end\": %.2f}\n", loadavg());
     return 0;
 }
