@@ -14,9 +14,13 @@
 #ifndef DSOCR_BACKEND_H
 #define DSOCR_BACKEND_H
 
+#include <stdlib.h>
+
 #include "ops.h"
 
 typedef struct Backend Backend;
+
+enum { BE_ROUND = 1 << 8 }; /* linear flag: round the output to bf16 (see linear) */
 
 /* One MoE layer's weights, in the backend's memory (see model.h DecLayer). */
 typedef struct BackendExpert {
@@ -42,11 +46,16 @@ struct Backend {
     void (*copy)(Backend *b, void *dst, const void *src, size_t bytes);          /* within the backend */
     void (*memset0)(Backend *b, void *dst, size_t bytes);
     void (*sync)(Backend *b);
+    /* Host memory that uploads read fastest from (CUDA: pinned); NULL members = use malloc/free. */
+    void *(*host_alloc)(Backend *b, size_t bytes);
+    void (*host_free)(Backend *b, void *p);
     /* Bytes currently allocated through alloc, and the peak. */
     size_t (*allocated)(const Backend *b);
     size_t (*peak)(const Backend *b);
 
     /* ---- dense ops (ops.h semantics) */
+    /* flags: OPS_ACCUM (ops.h), and BE_ROUND: the result (after bias and accumulation) rounded to bf16, as
+     * linear followed by round_bf16 over the M × N outputs */
     void (*linear)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                    int flags);
     /* flags & OPS_BF16: the HF autocast LayerNorm2d rule (spec §16 R4): the mean is rounded to bf16, x − mean is
@@ -129,6 +138,16 @@ struct Backend {
     void (*graph_launch)(Backend *b, void *graph);
     void (*graph_free)(Backend *b, void *graph);
 };
+
+static inline void *be_host_alloc(Backend *b, size_t bytes) {
+    return b->host_alloc ? b->host_alloc(b, bytes) : malloc(bytes);
+}
+static inline void be_host_free(Backend *b, void *p) {
+    if (b->host_free)
+        b->host_free(b, p);
+    else
+        free(p);
+}
 
 /* Starts a profiling section (backend.h mark) when the backend has profiling. */
 static inline void be_mark(Backend *b, const char *label) {

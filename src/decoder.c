@@ -17,7 +17,10 @@ struct DecoderWork {
     float *rlog;                  /* [R, E] router logits for dumps */
     int32_t *idx;                 /* [R, K] chosen experts for dumps */
     float *last;                  /* [D] */
+    float *qkv;                   /* [FUSED_ROWS, 3D]: q | k | v of a few rows from one fused product */
 };
+
+#define FUSED_ROWS 16 /* chunks up to this many rows use the layer's fused qkv weight when it has one */
 
 static size_t scratch_floats(const Model *m, int R) {
     const ModelConfig *c = &m->cfg;
@@ -33,7 +36,8 @@ static size_t scratch_floats(const Model *m, int R) {
 size_t decoder_work_bytes(const Model *m, int R) {
     const ModelConfig *c = &m->cfg;
     size_t D = (size_t)c->hidden_size;
-    return 4 * ((size_t)R * D * 6 + scratch_floats(m, R) + (size_t)R * (c->n_routed_experts + 2 * c->num_experts_per_tok) + D);
+    return 4 * ((size_t)R * D * 6 + scratch_floats(m, R) + (size_t)R * (c->n_routed_experts + 2 * c->num_experts_per_tok) + D +
+                (size_t)FUSED_ROWS * 3 * D);
 }
 
 DsocrStatus decoder_work_new(const Model *m, int R, DecoderWork **out, DsError *e) {
@@ -60,6 +64,7 @@ DsocrStatus decoder_work_new(const Model *m, int R, DecoderWork **out, DsError *
     A(rlog, R * E);
     A(idx, R * K);
     A(last, D);
+    A(qkv, FUSED_ROWS * 3 * D);
 #undef A
     *out = w;
     return DSOCR_OK;
@@ -71,7 +76,7 @@ oom:
 
 void decoder_work_free(DecoderWork *w) {
     if (!w) return;
-    void *bufs[] = {w->a, w->q, w->k, w->v, w->att, w->tmp, w->scratch, w->rlog, w->idx, w->last};
+    void *bufs[] = {w->a, w->q, w->k, w->v, w->att, w->tmp, w->scratch, w->rlog, w->idx, w->last, w->qkv};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         if (bufs[i]) w->be->free(w->be, bufs[i]);
     free(w);
@@ -113,28 +118,36 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         const DecLayer *L = &m->layers[l];
         be_mark(be, "dec.qkv");
         if (l == 0) be->rmsnorm(be, w->a, D, x, D, n, D, L->input_norm, eps, fl); /* later: the previous add_rmsnorm */
-        be->linear(be, w->q, D, w->a, D, n, D, L->q, D, ds_w_none(), 0);
-        be->linear(be, w->k, D, w->a, D, n, D, L->k, D, ds_w_none(), 0);
-        be->linear(be, w->v, D, w->a, D, n, D, L->v, D, ds_w_none(), 0);
-        RND(w->q, (size_t)n * D);
-        RND(w->k, (size_t)n * D);
-        RND(w->v, (size_t)n * D);
-        be_mark(be, "dec.rope_kv");
-        be->rope_neox(be, w->q, D, n, H, hd, s->pos_dev, theta, fl);
-        be->rope_neox(be, w->k, D, n, H, hd, s->pos_dev, theta, fl);
+        /* q, k, v: one product into [n, 3D] rows when the weights are fused (then q and k, adjacent, take one
+         * RoPE call as 2H heads), else three; the same arithmetic per element either way */
+        float *q = w->q, *k = w->k, *v = w->v;
+        int ld = D;
+        if (L->qkv.data && n <= FUSED_ROWS) {
+            ld = 3 * D;
+            q = w->qkv, k = w->qkv + D, v = w->qkv + 2 * D;
+            be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be_mark(be, "dec.rope_kv");
+            be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
+        } else {
+            be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be->linear(be, v, D, w->a, D, n, D, L->v, D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be_mark(be, "dec.rope_kv");
+            be->rope_neox(be, q, D, n, H, hd, s->pos_dev, theta, fl);
+            be->rope_neox(be, k, D, n, H, hd, s->pos_dev, theta, fl);
+        }
         if (s->table)
-            be->kv_write(be, s->kv, l, s->table, s->pos0, n, w->k, D, w->v, D);
+            be->kv_write(be, s->kv, l, s->table, s->pos0, n, k, ld, v, ld);
         else
-            be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, w->k, D, w->v, D);
-        OpsAttentionKv a = {.out = w->att, .q = w->q, .ldo = D, .ldq = D, .n = n, .pos = s->pos_dev, .seq = NULL,
+            be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, k, ld, v, ld);
+        OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
                             .scale = 1.0f / sqrtf((float)hd)};
         be_mark(be, "dec.attn");
         be->attention_kv(be, &a);
         be_mark(be, "dec.o");
         RND(w->att, (size_t)n * D);
-        be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), 0);
-        RND(w->tmp, (size_t)n * D);
+        be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), bf16 ? BE_ROUND : 0);
         if (s->dump_dir) {
             snprintf(nm, sizeof nm, "layer%d.attn", l);
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->tmp, n, D, e))) return st;
@@ -169,8 +182,8 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     if (s->logits) {
         be_mark(be, "dec.lm_head");
         be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
-        be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(), 0);
-        RND(s->logits, (size_t)c->vocab_size);
+        be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
+                   bf16 ? BE_ROUND : 0);
     }
 #undef RND
     be_mark(be, "(idle)");

@@ -22,7 +22,9 @@
 
 #define KV_BLOCK 16
 #define PREFILL_CHUNK 256
+#define KV_GROW 1024 /* tokens: the KV pool's first size and growth step */
 #define MAX_VIEW_SIDE 1280
+#define VIEW_SIDE0 1024 /* the vision working memory's first size */
 
 struct DsocrModel {
     Model *m;
@@ -52,6 +54,8 @@ struct DsocrSession {
     int32_t step_host[2];
     void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
     int graph_bf16;     /* the precision it was recorded for (the KV cache's dtype follows it) */
+    size_t kv_bytes;    /* bytes allocated for the KV pool (kv_reserve) */
+    void *graph_kv;     /* the KV pool the graph was recorded with */
     int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly and pick tokens on the host from the
                            downloaded logits every step (the old path, for timing comparisons) */
     TokenizerStream *stream;
@@ -218,7 +222,7 @@ void dsocr_session_free(DsocrSession *s) {
     for (size_t i = 0; be && i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
     free(s->table);
-    free(s->chw);
+    if (s->chw) be_host_free(be, s->chw);
     free(s->logits);
     free(s->masked);
     free(s->seq);
@@ -247,13 +251,15 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->max_context = opt->max_context > 0 ? opt->max_context : c->max_position_embeddings;
     if (s->max_context > c->max_position_embeddings) s->max_context = c->max_position_embeddings;
     const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
-    if ((st = vision_work_new(m, MAX_VIEW_SIDE, &s->vw, &e))) goto fail;
+    /* vision working memory for 1024-px views (base, gundam); a run with larger views grows it */
+    if ((st = vision_work_new(m, VIEW_SIDE0, &s->vw, &e))) goto fail;
     if ((st = decoder_work_new(m, PREFILL_CHUNK, &s->dw, &e))) goto fail;
-    /* the KV pool is sized for fp32 elements; each run uses it as bf16 (--precision bf16) or fp32 (the exact
-     * fp32 path) */
-    size_t kv_bytes = 2 * kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb);
-    s->kv = (KvCache){.data = kv_bytes ? be->alloc(be, kv_bytes) : NULL, .dtype = DS_F32,
-                      .n_layers = c->num_hidden_layers, .width = D, .block_size = KV_BLOCK, .n_blocks = nb};
+    /* the KV pool starts with KV_GROW positions of bf16 elements and grows with the runs (kv_reserve) */
+    const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK;
+    size_t kv_bytes = kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb0);
+    s->kv = (KvCache){.data = kv_bytes ? be->alloc(be, kv_bytes) : NULL, .dtype = DS_BF16,
+                      .n_layers = c->num_hidden_layers, .width = D, .block_size = KV_BLOCK, .n_blocks = nb0};
+    s->kv_bytes = kv_bytes;
     if ((st = tokenizer_stream_new(m->tok, 0, &s->stream, &e))) goto fail;
     s->table = malloc(sizeof(int32_t) * (size_t)nb);
     s->table_dev = be->alloc(be, sizeof(int32_t) * (size_t)nb);
@@ -265,7 +271,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
     const char *ng = getenv("DSOCR_NO_GRAPH");
     s->no_graph = ng && *ng && *ng != '0';
-    s->chw = malloc(sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
+    s->chw = be_host_alloc(be, sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->seq = malloc(sizeof(int32_t) * (size_t)T);
@@ -414,6 +420,43 @@ static int buf_add(Buf *b, const char *s, size_t n) {
  * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
  * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
  * one launch per token instead of a few hundred. */
+/* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for --precision fp32). The
+ * pool starts small and grows to what runs ask for (prompt + max_tokens), at most the session's context, in
+ * steps of KV_GROW tokens; a run never grows it midway. Growing drops the recorded decode step (it points at
+ * the pool). */
+static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
+    KvCache *kv = &s->kv;
+    const size_t per_block = kvcache_bytes(kv->n_layers, kv->width, kv->block_size, 1) * (bf16 ? 1 : 2);
+    const int max_blocks = (s->max_context + kv->block_size - 1) / kv->block_size;
+    int blocks = (int)(s->kv_bytes / per_block), need = (tokens + kv->block_size - 1) / kv->block_size;
+    if (need > blocks) {
+        const int step = KV_GROW / kv->block_size;
+        int nb = (need + step - 1) / step * step;
+        if (nb > max_blocks) nb = max_blocks;
+        if (nb < need) nb = need;
+        void *p = s->be->alloc(s->be, per_block * (size_t)nb);
+        if (!p)
+            return fail(s, DSOCR_E_NOMEM, "out of %s memory for a KV cache of %d tokens (%zu MiB)", s->be->name,
+                        nb * kv->block_size, (per_block * (size_t)nb) >> 20);
+        if (kv->data) s->be->free(s->be, kv->data);
+        s->be->memset0(s->be, p, per_block * (size_t)nb);
+        kv->data = p;
+        s->kv_bytes = per_block * (size_t)nb;
+        blocks = nb;
+    }
+    kv->dtype = bf16 ? DS_BF16 : DS_F32;
+    if (kv->n_blocks != blocks && s->graph) {
+        s->be->graph_free(s->be, s->graph);
+        s->graph = NULL;
+    }
+    if (s->graph && s->graph_kv != kv->data) {
+        s->be->graph_free(s->be, s->graph);
+        s->graph = NULL;
+    }
+    kv->n_blocks = blocks;
+    return DSOCR_OK;
+}
+
 /* The ops of one decode step: the decoder on one row, then the argmax of its logits into step_dev[2]. */
 static DsocrStatus step_ops(DsocrSession *s, const DecoderStep *ds, DsError *e) {
     DsocrStatus st = decoder_forward(s->model->m, s->dw, ds, e);
@@ -445,6 +488,7 @@ static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, 
         if (!g) return step_ops(s, &ds, e); /* recording failed: nothing ran */
         s->graph = g;
         s->graph_bf16 = bf16;
+        s->graph_kv = s->kv.data;
     }
     be->graph_launch(be, s->graph);
     return DSOCR_OK;
@@ -464,7 +508,6 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     const int D = c->hidden_size, V = c->vocab_size, bf16 = opt->precision == DSOCR_PRECISION_BF16;
     const char *dd = dbg->dump_dir;
     omp_set_num_threads(opt->threads > 0 ? opt->threads : s->model->threads);
-    s->kv.dtype = bf16 ? DS_BF16 : DS_F32;
     DsError e = {0};
     DsocrStatus st = DSOCR_OK;
     DsImage im = {0}, *views = NULL;
@@ -526,6 +569,10 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
                   n_prompt, plan.n_slots, s->max_context);
         goto done;
     }
+    {
+        long need = (long)n_prompt + (opt->max_tokens > 0 ? opt->max_tokens : s->max_context);
+        if ((st = kv_reserve(s, need < s->max_context ? (int)need : s->max_context, bf16))) goto done;
+    }
     views = calloc((size_t)plan.n_views, sizeof *views);
     if (!views) {
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
@@ -536,6 +583,19 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         goto done;
     }
     n_views = plan.n_views;
+    {
+        int side = 0;
+        for (int v = 0; v < plan.n_views; v++) side = views[v].w > side ? views[v].w : side;
+        if (side > vision_work_max_side(s->vw)) {
+            vision_work_free(s->vw);
+            s->vw = NULL;
+            if ((st = vision_work_new(m, side, &s->vw, &e))) {
+                fail(s, st, "%s", e.msg);
+                vision_work_new(m, VIEW_SIDE0, &s->vw, &e); /* back to the first size (may fail too) */
+                goto done;
+            }
+        }
+    }
     double t_pre = ds_now() - t0; /* decoding, planning, resizing, normalising: the host's part */
     size_t feat_rows = 0;
     for (int v = 0; v < plan.n_views; v++) {

@@ -48,6 +48,7 @@ typedef BackendExpert Expert;               /* gate, up [F, D]; down [D, F] */
 typedef struct DecLayer {
     DsW input_norm, post_norm;              /* [D] */
     DsW q, k, v, o;                         /* [D, D] */
+    DsW qkv;                                /* q, k, v as one [3D, D] when adjacent in memory (else data NULL) */
     int moe;
     Expert dense;                           /* layer < first_k_dense_replace: width intermediate_size */
     DsW router;                             /* [E, D] */

@@ -145,6 +145,8 @@ oom:
                    be->name, vision_work_bytes(m, max_side) >> 20, max_side);
 }
 
+int vision_work_max_side(const VisionWork *w) { return w ? w->max_side : 0; }
+
 void vision_work_free(VisionWork *w) {
     if (!w) return;
     Backend *be = w->be;
@@ -174,13 +176,7 @@ static void rnd(Ctx *c, float *x, size_t n) {
 }
 
 static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b) {
-    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, 0);
-    if (c->bf16) { /* contiguous when ldy == N */
-        if (ldy == N)
-            c->be->round_bf16(c->be, y, (size_t)M * N);
-        else
-            for (int i = 0; i < M; i++) c->be->round_bf16(c->be, y + (size_t)i * ldy, (size_t)N);
-    }
+    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, c->bf16 ? BE_ROUND : 0);
 }
 
 static void layernorm(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {

@@ -12,6 +12,8 @@ typedef struct VisionWork VisionWork;
 
 DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsError *e);
 void vision_work_free(VisionWork *w);
+/* The largest view side w was sized for (0 for NULL). */
+int vision_work_max_side(const VisionWork *w);
 /* Bytes held by a VisionWork for max_side. */
 size_t vision_work_bytes(const Model *m, int max_side);
 

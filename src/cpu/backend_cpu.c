@@ -42,9 +42,13 @@ static void cpu_sync(Backend *b) {}
 static size_t cpu_allocated(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->allocated); }
 static size_t cpu_peak(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->peak); }
 
+static void round_rows(float *y, int ldy, int M, int N) {
+    for (int i = 0; i < M; i++) ops_round_bf16_cpu(y + (size_t)i * ldy, (size_t)N);
+}
 static void cpu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags);
+    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND);
+    if (flags & BE_ROUND) round_rows(y, ldy, M, N);
 }
 static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                           float eps, int flags) {
@@ -265,7 +269,8 @@ Backend *backend_cpu(void) { return &g_cpu; }
 
 static void ref_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags);
+    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND);
+    if (flags & BE_ROUND) round_rows(y, ldy, M, N);
 }
 static void ref_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                           float eps, int flags) {

@@ -9,15 +9,15 @@
  *   Larger head_dim, or grids whose tables do not fit in shared memory, take a plain two-pass kernel.
  * attention_kv: one block per (row, head[, key split]) over the block KV cache (bf16 or f32); four warps walk the
  *   keys, KV_U keys a step per warp (their loads in flight together), each lane holds head_dim/32 dimensions;
- *   few rows (decode) split the keys into 64-key chunks whose partial softmax states are merged by a second
- *   kernel (flash-decoding), so a single token fills the GPU. The grid covers the pool; chunks past a row's
+ *   few rows (decode) split the keys into 32-key chunks whose partial softmax states the last chunk's block to
+ *   finish merges (flash-decoding, one launch), so a single token fills the GPU. The grid covers the pool; chunks past a row's
  *   position return at once (the position is read on the device, so a recorded step stays valid).
  * kv_write: the block table is on the host; the block ids a launch needs travel as a kernel parameter. */
 #include <math.h>
 
 #include "cuda/cuda_common.h"
 
-enum { BK = 32, NT = 128, SEG = 36, KV_SPLIT = 64, KVW_BLOCKS = 64, KV_U = 4 };
+enum { BK = 32, NT = 128, SEG = 36, KV_SPLIT = 32, KVW_BLOCKS = 64, MAX_COUNTERS = 1024 };
 
 struct AttnArgs {
     float *out;
@@ -262,10 +262,12 @@ struct KvArgs {
     int bf16, L, width, bs, layer, H, D, nsplit;
     float scale;
     float *part; /* [n][H][nsplit][D + 2] when nsplit > 1 */
+    int *count;  /* [n][H] split blocks done (the last one merges and resets it to 0) */
 };
 
 template <int DPL>
 __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
+    constexpr int KV_U = DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys a step per warp */
     __shared__ float sm_m[4], sm_l[4], sm_acc[4][DPL * 32];
     const int r = blockIdx.x, h = blockIdx.y, sp = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     const int nk = a.pos[r] + 1;
@@ -378,22 +380,39 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
 #pragma unroll
         for (int i = 0; i < DPL; i++)
             if (dl + i < a.D) p[2 + dl + i] = o[i];
-    }
-}
-
-/* Merges the key splits of attn_kv_k: grid (n, H); 128 threads over head_dim. */
-__global__ void attn_kv_merge_k(KvArgs a) {
-    const int r = blockIdx.x, h = blockIdx.y;
-    const int ns = (a.pos[r] + 1 + KV_SPLIT - 1) / KV_SPLIT;
-    const float *p = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
-    float M = -INFINITY;
-    for (int s = 0; s < ns; s++) M = fmaxf(M, p[(size_t)s * (a.D + 2)]);
-    float L = 0.f;
-    for (int s = 0; s < ns; s++) L += p[(size_t)s * (a.D + 2) + 1] * expf(p[(size_t)s * (a.D + 2)] - M);
-    for (int d = threadIdx.x; d < a.D; d += blockDim.x) {
-        float o = 0.f;
-        for (int s = 0; s < ns; s++) o += p[(size_t)s * (a.D + 2) + 2 + d] * expf(p[(size_t)s * (a.D + 2)] - M);
-        a.out[(size_t)r * a.ldo + (size_t)h * a.D + d] = o / L;
+        /* the last split block of this (row, head) merges every split's state (flash-decoding) */
+        __threadfence();
+        int t = 0;
+        if (lane == 0) t = atomicAdd(&a.count[r * a.H + h], 1);
+        t = __shfl_sync(0xffffffffu, t, 0);
+        const int ns = (nk + KV_SPLIT - 1) / KV_SPLIT;
+        if (t != ns - 1) return;
+        __threadfence();
+        if (lane == 0) a.count[r * a.H + h] = 0;
+        const float *q0 = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
+        float MM = -INFINITY;
+        for (int s2 = lane; s2 < ns; s2 += 32) MM = fmaxf(MM, __ldcg(q0 + (size_t)s2 * (a.D + 2)));
+        MM = warp_max(MM);
+        float LL = 0.f;
+        for (int s2 = lane; s2 < ns; s2 += 32) {
+            const float *ps = q0 + (size_t)s2 * (a.D + 2);
+            LL += __ldcg(ps + 1) * expf(__ldcg(ps) - MM);
+        }
+        LL = warp_sum(LL);
+        float oo[DPL];
+#pragma unroll
+        for (int i = 0; i < DPL; i++) oo[i] = 0.f;
+        for (int s2 = 0; s2 < ns; s2++) {
+            const float *ps = q0 + (size_t)s2 * (a.D + 2);
+            const float f2 = expf(__ldcg(ps) - MM);
+#pragma unroll
+            for (int i = 0; i < DPL; i++)
+                if (dl + i < a.D) oo[i] += __ldcg(ps + 2 + dl + i) * f2;
+        }
+        float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
+#pragma unroll
+        for (int i = 0; i < DPL; i++)
+            if (dl + i < a.D) out[dl + i] = oo[i] / LL;
     }
 }
 
@@ -423,10 +442,12 @@ void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {
     a.D = o->head_dim;
     a.scale = o->scale;
     a.part = c->part;
+    a.count = c->kv_count;
     size_t pool = (size_t)kv->n_blocks * kv->block_size, ns = (pool + KV_SPLIT - 1) / KV_SPLIT;
     size_t rows_heads = (size_t)o->n * o->n_heads;
     a.nsplit = 1;
-    if (ns > 1 && rows_heads < (size_t)2 * c->n_sm && ns <= 65535 && rows_heads * ns * (a.D + 2) <= c->part_floats)
+    if (ns > 1 && rows_heads < (size_t)2 * c->n_sm && ns <= 65535 && rows_heads * ns * (a.D + 2) <= c->part_floats &&
+        rows_heads <= MAX_COUNTERS)
         a.nsplit = (int)ns;
     DS_ASSERT(o->n_heads <= 65535);
     dim3 grid(o->n, o->n_heads, a.nsplit);
@@ -441,10 +462,6 @@ void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {
     else
         attn_kv_k<16><<<grid, 128, 0, c->stream>>>(a);
     CU_LAUNCHED();
-    if (a.nsplit > 1) {
-        attn_kv_merge_k<<<dim3(o->n, o->n_heads), 128, 0, c->stream>>>(a);
-        CU_LAUNCHED();
-    }
 }
 
 /* ---------------------------------------------------------------------------------------------------------

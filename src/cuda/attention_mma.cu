@@ -2,10 +2,10 @@
  * the vision encoder's attention (SAM global and windowed blocks with the decomposed relative-position bias
  * added on the fly, CLIP): ops_attention semantics for head_dim 64, not causal.
  *
- * A block of 8 warps takes 128 query rows of one (sequence, head); each warp 16 rows. Keys and values stream
- * through shared memory in tiles of 64 rows, converted from the fp32 activations to bf16 on the way (exact for the
- * bf16 model, whose activations are already bf16 values); V is stored transposed so that both products read
- * their B operands as 32-bit pairs. Scores S = Q·Kᵀ and the output O += P·V are accumulated in fp32; the online
+ * A first kernel converts K and V to bf16 (exact for the bf16 model, whose activations are already bf16 values)
+ * into the GEMM conversion scratch, V transposed, so that both products read their B operands as 32-bit pairs.
+ * Then a block of 8 warps takes 128 query rows of one (sequence, head); each warp 16 rows. Keys and values stream
+ * through shared memory in tiles of 64 rows, the next tile's loads in flight while the current one is used. Scores S = Q·Kᵀ and the output O += P·V are accumulated in fp32; the online
  * softmax (running max and sum per row) is fp32; P enters the second product rounded to bf16, as a bf16 flash
  * attention does.
  * Relative positions: before the key loop, the block computes for each of its queries (fp32, from the fp32 q)
@@ -24,6 +24,8 @@ enum { HD = 64, NW = 8, QT = NW * 16, KT = 64, KS = HD + 8 /* bf16 row stride of
 struct MmaArgs {
     float *out;
     const float *q, *k, *v;
+    const uint16_t *kb, *vt; /* bf16 copies: K [seq·H][tkp][HD], V transposed [seq·H][HD][tkp] (zero past tk) */
+    int tkp;
     int ldo, ldq, ldk, ldv, tq, tk, H;
     float scale;
     const float *rh, *rw;
@@ -45,6 +47,40 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
 #endif
 }
 
+/* K and V of one (sequence, head, 64-key tile) to bf16: K rows as they are, V through a shared tile into its
+ * transposed layout. Grid (tkp / 64, H, n_batch), 256 threads. */
+__global__ void __launch_bounds__(256) kv_to_bf16_k(MmaArgs a) {
+    __shared__ float vs[KT][HD + 1];
+    const int tid = threadIdx.x, h = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * KT;
+    const size_t sh = (size_t)b * a.H + h;
+    const int j = tid >> 2, d0 = (tid & 3) * 16, key = k0 + j;
+    const bool ok = key < a.tk;
+    const float4 *ks = (const float4 *)(a.k + ((size_t)b * a.tk + (ok ? key : 0)) * a.ldk + (size_t)h * HD + d0);
+    const float4 *vsrc = (const float4 *)(a.v + ((size_t)b * a.tk + (ok ? key : 0)) * a.ldv + (size_t)h * HD + d0);
+    uint16_t *kd = (uint16_t *)a.kb + (sh * a.tkp + key) * HD + d0;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        float4 x = ok ? ks[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        uint2 o;
+        o.x = pack_bf16(x.x, x.y);
+        o.y = pack_bf16(x.z, x.w);
+        *(uint2 *)(kd + 4 * c) = o;
+        float4 y = ok ? vsrc[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        vs[j][d0 + 4 * c] = y.x, vs[j][d0 + 4 * c + 1] = y.y, vs[j][d0 + 4 * c + 2] = y.z, vs[j][d0 + 4 * c + 3] = y.w;
+    }
+    __syncthreads();
+    /* thread -> (d = tid / 4, 16 keys) */
+    const int d = tid >> 2, j0 = (tid & 3) * 16;
+    uint16_t *vd = (uint16_t *)a.vt + (sh * HD + d) * a.tkp + k0 + j0;
+#pragma unroll
+    for (int c = 0; c < 4; c++) {
+        uint2 o;
+        o.x = pack_bf16(vs[j0 + 4 * c][d], vs[j0 + 4 * c + 1][d]);
+        o.y = pack_bf16(vs[j0 + 4 * c + 2][d], vs[j0 + 4 * c + 3][d]);
+        *(uint2 *)(vd + 4 * c) = o;
+    }
+}
+
 __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     uint16_t *Ks = (uint16_t *)smem;          /* [KT][KS] */
@@ -53,28 +89,35 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * QT;
     const float *qb = a.q + (size_t)b * a.tq * a.ldq + (size_t)h * HD;
-    const float *kb = a.k + (size_t)b * a.tk * a.ldk + (size_t)h * HD;
-    const float *vb = a.v + (size_t)b * a.tk * a.ldv + (size_t)h * HD;
+    const uint4 *kg = (const uint4 *)(a.kb + ((size_t)b * a.H + h) * a.tkp * HD);
+    const uint4 *vg = (const uint4 *)(a.vt + ((size_t)b * a.H + h) * HD * a.tkp);
+    const int tpr = a.tkp / 8; /* uint4 per V row */
     const int RW = a.gh + a.gw, RWS = RW | 1;
 
-    /* relative-position terms of this block's queries */
+    /* relative-position terms of this block's queries: thread -> query tid % QT (its q row in registers), every
+     * other term */
     if (a.rh) {
-        for (int e = tid; e < QT * RW; e += NW * 32) {
-            int i = e % QT, r = e / QT, qi = q0 + i;
+        const int i = tid % QT, qi = q0 + i, half = tid / QT;
+        float qr[HD];
+        const bool valid = qi < a.tq;
+        const float4 *q4 = (const float4 *)(qb + (size_t)(valid ? qi : 0) * a.ldq);
+#pragma unroll
+        for (int c = 0; c < HD / 4; c++) {
+            float4 x = valid ? q4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+            qr[4 * c] = x.x, qr[4 * c + 1] = x.y, qr[4 * c + 2] = x.z, qr[4 * c + 3] = x.w;
+        }
+        const int i1 = valid ? qi / a.gw : 0, j1 = valid ? qi % a.gw : 0;
+        for (int r = half; r < RW; r += (NW * 32) / QT) {
+            const float *t = r < a.gh ? a.rh + (size_t)(i1 - r + a.gh - 1) * HD
+                                      : a.rw + (size_t)(j1 - (r - a.gh) + a.gw - 1) * HD;
+            const float4 *t4 = (const float4 *)t;
             float s = 0.f;
-            if (qi < a.tq) {
-                int i1 = qi / a.gw, j1 = qi % a.gw;
-                const float *t = r < a.gh ? a.rh + (size_t)(i1 - r + a.gh - 1) * HD
-                                          : a.rw + (size_t)(j1 - (r - a.gh) + a.gw - 1) * HD;
-                const float4 *q4 = (const float4 *)(qb + (size_t)qi * a.ldq), *t4 = (const float4 *)t;
-#pragma unroll 4
-                for (int c = 0; c < HD / 4; c++) {
-                    float4 x = q4[c], y = t4[c];
-                    s += x.x * y.x + x.y * y.y + x.z * y.z + x.w * y.w;
-                }
-                if (a.bf16_bias) s = rbf(s);
+#pragma unroll
+            for (int c = 0; c < HD / 4; c++) {
+                float4 y = __ldg(t4 + c);
+                s += qr[4 * c] * y.x + qr[4 * c + 1] * y.y + qr[4 * c + 2] * y.z + qr[4 * c + 3] * y.w;
             }
-            rel[i * RWS + r] = s;
+            rel[i * RWS + r] = a.bf16_bias ? rbf(s) : s;
         }
     }
 
@@ -104,29 +147,24 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
 
+    /* tiles: thread -> (row tid / 4, two 16-byte pieces), K rows and Vᵀ rows; the next tile's loads are issued
+     * before the current tile is computed */
+    const int lr = tid >> 2, lc = (tid & 3) * 2;
+    uint4 pk0, pk1, pv0, pv1;
+    pk0 = kg[lr * (HD / 8) + lc], pk1 = kg[lr * (HD / 8) + lc + 1];
+    pv0 = vg[(size_t)lr * tpr + lc], pv1 = vg[(size_t)lr * tpr + lc + 1];
     for (int k0 = 0; k0 < a.tk; k0 += KT) {
         __syncthreads(); /* previous tile consumed (and, the first time, rel written) */
-        /* load K and V rows k0 .. k0+63: thread -> (row tid / 4, 16 dims) */
-        {
-            int j = tid >> 2, d0 = (tid & 3) * 16, key = k0 + j;
-            bool ok = key < a.tk;
-            const float4 *ks = (const float4 *)(kb + (size_t)(ok ? key : 0) * a.ldk + d0);
-            const float4 *vs = (const float4 *)(vb + (size_t)(ok ? key : 0) * a.ldv + d0);
-            uint32_t *kd = (uint32_t *)(Ks + j * KS + d0);
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                float4 x = ok ? ks[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-                kd[2 * c] = pack_bf16(x.x, x.y);
-                kd[2 * c + 1] = pack_bf16(x.z, x.w);
-                float4 y = ok ? vs[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-                int d = d0 + 4 * c;
-                Vt[(d + 0) * VS + j] = f2bf(y.x);
-                Vt[(d + 1) * VS + j] = f2bf(y.y);
-                Vt[(d + 2) * VS + j] = f2bf(y.z);
-                Vt[(d + 3) * VS + j] = f2bf(y.w);
-            }
-        }
+        *(uint4 *)(Ks + lr * KS + lc * 8) = pk0;
+        *(uint4 *)(Ks + lr * KS + lc * 8 + 8) = pk1;
+        *(uint4 *)(Vt + lr * VS + lc * 8) = pv0;
+        *(uint4 *)(Vt + lr * VS + lc * 8 + 8) = pv1;
         __syncthreads();
+        if (k0 + KT < a.tk) {
+            const int kn = (k0 + KT) / 8;
+            pk0 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc], pk1 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc + 1];
+            pv0 = vg[(size_t)lr * tpr + kn + lc], pv1 = vg[(size_t)lr * tpr + kn + lc + 1];
+        }
         /* S = Q Kᵀ: 8 tiles of 8 keys */
         float s[KT / 8][4];
 #pragma unroll
@@ -265,6 +303,13 @@ bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     a.gh = o->relpos_h ? o->grid_h : 0;
     a.gw = o->relpos_h ? o->grid_w : 1;
     a.bf16_bias = o->relpos_h ? o->bf16_bias : 0;
+    a.tkp = (o->tk + KT - 1) / KT * KT;
+    size_t kv_elems = (size_t)2 * o->n_batch * o->n_heads * a.tkp * HD; /* in the GEMM conversion scratch */
+    if (kv_elems > c->xb_elems) return false;
+    a.kb = c->xb;
+    a.vt = c->xb + kv_elems / 2;
+    kv_to_bf16_k<<<dim3(a.tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(a);
+    CU_LAUNCHED();
     if (smem > 48 * 1024) CU_CHECK(cudaFuncSetAttribute(attn_mma_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid(cdiv(o->tq, QT), o->n_heads, o->n_batch);
     attn_mma_k<<<grid, NW * 32, smem, c->stream>>>(a);

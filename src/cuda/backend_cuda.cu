@@ -115,6 +115,23 @@ static void cu_copy(Backend *b, void *dst, const void *src, size_t bytes) {
 static void cu_memset0(Backend *b, void *dst, size_t bytes) {
     if (bytes) CU_CHECK(cudaMemsetAsync(dst, 0, bytes, cctx(b)->stream));
 }
+static void *cu_host_alloc(Backend *b, size_t bytes) {
+    void *p = NULL;
+    if (cudaHostAlloc(&p, bytes ? bytes : 1, cudaHostAllocDefault) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return malloc(bytes); /* pinned memory refused: pageable works too, only slower */
+    }
+    return p;
+}
+static void cu_host_free(Backend *b, void *p) {
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) == cudaSuccess && at.type == cudaMemoryTypeHost)
+        CU_CHECK(cudaFreeHost(p));
+    else {
+        (void)cudaGetLastError();
+        free(p);
+    }
+}
 static void cu_sync(Backend *b) { CU_CHECK(cudaStreamSynchronize(cctx(b)->stream)); }
 static size_t cu_allocated(const Backend *b) {
     CudaCtx *c = (CudaCtx *)b->ctx;
@@ -245,23 +262,47 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
 /* ---------------------------------------------------------------------------------------------------------
  * Linear through cuBLAS. */
 
-__global__ void to_bf16_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
-    size_t n = (size_t)M * K;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t m = i / K, k = i % K;
-        float v = x[m * ldx + k];
-        uint16_t h = f2bf(v);
-        hi[i] = h;
-        if (lo) lo[i] = f2bf(v - bf2f(h));
+/* y += bias (when given), then rounded to bf16 (when round): one pass over the output; rows via blockIdx.y. */
+__global__ void bias_round_k(float *y, int ldy, int M, int N, const void *bias, int bdt, int round) {
+    for (int m = blockIdx.y; m < M; m += gridDim.y) {
+        float *r = y + (size_t)m * ldy;
+        for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < N; c += gridDim.x * blockDim.x) {
+            float v = r[c];
+            if (bias) v += wget(bias, bdt, c);
+            r[c] = round ? rbf(v) : v;
+        }
     }
 }
 
-__global__ void add_bias_k(float *y, int ldy, int M, int N, const void *bias, int bdt) {
-    size_t n = (size_t)M * N;
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
-        size_t m = i / N, c = i % N;
-        y[m * ldy + c] += wget(bias, bdt, c);
+/* x [M, K] (row stride ldx) -> bf16 hi (and the remainder lo when given) [M, K] contiguous. */
+__global__ void to_bf16_rows_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
+    for (int m = blockIdx.y; m < M; m += gridDim.y) {
+        const float *r = x + (size_t)m * ldx;
+        uint16_t *h = hi + (size_t)m * K, *l = lo ? lo + (size_t)m * K : NULL;
+        if (!l && (K & 3) == 0 && (ldx & 3) == 0 && ((uintptr_t)x & 15) == 0) {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K / 4; c += gridDim.x * blockDim.x) {
+                float4 v = ((const float4 *)r)[c];
+                uint2 o;
+                o.x = (uint32_t)f2bf(v.x) | ((uint32_t)f2bf(v.y) << 16);
+                o.y = (uint32_t)f2bf(v.z) | ((uint32_t)f2bf(v.w) << 16);
+                ((uint2 *)h)[c] = o;
+            }
+        } else {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K; c += gridDim.x * blockDim.x) {
+                float v = r[c];
+                uint16_t b = f2bf(v);
+                h[c] = b;
+                if (l) l[c] = f2bf(v - bf2f(b));
+            }
+        }
     }
+}
+
+static dim3 rows_grid(int M, int cols) {
+    unsigned gx = cdiv((size_t)cols, 256);
+    if (gx > 64) gx = 64;
+    unsigned gy = M < 65535 ? (unsigned)(M > 0 ? M : 1) : 65535;
+    return dim3(gx, gy);
 }
 
 static unsigned grid_for(size_t n) {
@@ -275,7 +316,7 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
     DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32);
     if (M == 0) return;
     if (M <= GEMV_ROWS) {
-        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags, 0);
+        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND, (flags & BE_ROUND) != 0);
         return;
     }
     CudaCtx *c = cctx(b);
@@ -293,7 +334,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         for (int m0 = 0; m0 < M; m0 += rows) {
             int mc = M - m0 < rows ? M - m0 : rows;
             uint16_t *hi = c->xb, *lo = c->exact_gemm ? c->xb + per : NULL;
-            to_bf16_k<<<grid_for((size_t)mc * K), 256, 0, c->stream>>>(hi, lo, x + (size_t)m0 * ldx, ldx, mc, K);
+            to_bf16_rows_k<<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(hi, lo, x + (size_t)m0 * ldx,
+                                                                                            ldx, mc, K);
             CU_LAUNCHED();
             CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, mc, K, &one, w.data, CUDA_R_16BF, K, hi,
                                       CUDA_R_16BF, K, beta0, y + (size_t)m0 * ldy, CUDA_R_32F, ldy,
@@ -304,8 +346,9 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         }
     }
-    if (bias.data) {
-        add_bias_k<<<grid_for((size_t)M * N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype);
+    if (bias.data || (flags & BE_ROUND)) {
+        bias_round_k<<<rows_grid(M, N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype,
+                                                              (flags & BE_ROUND) != 0);
         CU_LAUNCHED();
     }
 }
@@ -909,6 +952,8 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->copy = cu_copy;
     b->memset0 = cu_memset0;
     b->sync = cu_sync;
+    b->host_alloc = cu_host_alloc;
+    b->host_free = cu_host_free;
     b->allocated = cu_allocated;
     b->peak = cu_peak;
     b->linear = cu_linear;
@@ -947,7 +992,9 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
     c->part_floats = PART_FLOATS;
     c->part = (float *)cu_alloc(b, c->part_floats * sizeof(float));
-    if (!c->xb || !c->part) {
+    c->kv_count = (int *)cu_alloc(b, 1024 * sizeof(int));
+    if (c->kv_count) CU_CHECK(cudaMemset(c->kv_count, 0, 1024 * sizeof(int)));
+    if (!c->xb || !c->part || !c->kv_count) {
         ds_fail(e, DSOCR_E_NOMEM, "CUDA device %d: cannot allocate %zu MiB of scratch", device,
                 (c->xb_elems * 2 + c->part_floats * 4) >> 20);
         goto fail;

@@ -47,6 +47,7 @@ typedef struct CudaCtx {
     size_t xb_elems;
     float *part;            /* [part_floats] attention_kv split partials */
     size_t part_floats;
+    int *kv_count;          /* [1024] zeroed counters for attention_kv's split merge */
     int exact_gemm;
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
     /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */

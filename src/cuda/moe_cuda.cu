@@ -360,6 +360,179 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * One token (decode), bf16 weights: three kernels instead of five, the same arithmetic as the general path.
+ *   route1_k:   the router products (32 warps, each expert's dot as gemv_k<1> sums it) and the routing of
+ *               route_bucket_k's warp routine, in one block;
+ *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert (or the shared experts);
+ *   down1_k:    a warp per output column computes every slot's down product (all slots' weight loads in flight
+ *               together) and combines them in ascending expert order as combine_k does, plus the shared output. */
+
+__global__ void __launch_bounds__(1024) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K, int bf,
+                                                 int32_t *idx, float *wts, float *out_logits, int32_t *out_experts) {
+    __shared__ float lg[MAXE];
+    __shared__ float p[MAXE];
+    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    for (int e = warp; e < E; e += 32) {
+        float acc = 0.f;
+        if (rdt == DS_BF16 && D % 8 == 0) {
+            const uint4 *wr = (const uint4 *)((const uint16_t *)rw + (size_t)e * D);
+#pragma unroll 4
+            for (int k8 = lane; k8 < D / 8; k8 += 32) {
+                uint4 q = __ldg(wr + k8);
+                float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
+                               __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
+                               __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
+                               __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
+                const float4 *xr = (const float4 *)x + 2 * k8;
+                float4 u = xr[0], v = xr[1];
+                acc += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
+                       v.z * wv[6] + v.w * wv[7];
+            }
+        } else {
+            for (int k = lane; k < D; k += 32) acc += x[k] * wget(rw, rdt, (size_t)e * D + k);
+        }
+        acc = warp_sum(acc);
+        if (lane == 0) lg[e] = acc;
+    }
+    __syncthreads();
+    if (warp) return;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) {
+        float v = bf ? rbf(lg[e]) : lg[e];
+        if (out_logits) out_logits[e] = v;
+        p[e] = v;
+        mx = v > mx ? v : mx;
+    }
+    mx = warp_max(mx);
+    __syncwarp();
+    for (int e = lane; e < E; e += 32) p[e] = expf(p[e] - mx);
+    __syncwarp();
+    float sum = 0.f;
+    if (lane == 0)
+        for (int e = 0; e < E; e++) sum += p[e];
+    sum = __shfl_sync(0xffffffffu, sum, 0);
+    for (int e = lane; e < E; e += 32) p[e] /= sum;
+    __syncwarp();
+    unsigned taken = 0;
+    for (int j = 0; j < K; j++) {
+        float bv = 0.f;
+        int be = -1;
+        for (int e = lane, jj = 0; e < E; e += 32, jj++)
+            if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
+        }
+        be = __shfl_sync(0xffffffffu, be, 0);
+        if ((be & 31) == lane) taken |= 1u << (be / 32);
+        if (lane == 0) {
+            idx[j] = be;
+            wts[j] = p[be];
+            if (out_experts) out_experts[j] = be;
+        }
+    }
+}
+
+/* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
+__global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
+                                                     int bf, float *h, float *sh, UpPtrs w) {
+    const int slot = blockIdx.y, shared = slot == K, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int N = shared ? S : F;
+    if (f >= N) return;
+    const int e = shared ? 0 : idx[slot];
+    size_t wo = (size_t)f * D * 2;
+    const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
+    const float *xr[MR] = {x, x, x, x};
+    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
+    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
+    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
+    if (lane == 0) {
+        if (bf) {
+            gv = rbf(gv);
+            uv = rbf(uv);
+        }
+        float sv = gv / (1.f + expf(-gv));
+        if (bf) sv = rbf(sv);
+        float v = sv * uv;
+        (shared ? sh : h + (size_t)slot * F)[f] = bf ? rbf(v) : v;
+    }
+}
+
+enum { MAXK1 = 8 };
+/* grid (D / MW); y [D] */
+__global__ void __launch_bounds__(MW * 32) down1_k(float *y, const float *h, const float *sh, const int32_t *idx,
+                                                   const float *wts, int K, int D, int F, int S, int bf, DownPtrs w) {
+    const int d = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (d >= D) return;
+    int ex[MAXK1];
+    const uint4 *wr[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) {
+        ex[j] = j < K ? idx[j] : 0;
+        wr[j] = (const uint4 *)((const uint16_t *)w.down[ex[j]] + (size_t)d * F);
+    }
+    float acc[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) acc[j] = 0.f;
+    for (int k8 = lane; k8 < F / 8; k8 += 32) {
+        uint4 q[MAXK1];
+#pragma unroll
+        for (int j = 0; j < MAXK1; j++)
+            if (j < K) q[j] = __ldg(wr[j] + k8);
+#pragma unroll
+        for (int j = 0; j < MAXK1; j++)
+            if (j < K) {
+                float wv[8] = {__uint_as_float(q[j].x << 16), __uint_as_float(q[j].x & 0xffff0000u),
+                               __uint_as_float(q[j].y << 16), __uint_as_float(q[j].y & 0xffff0000u),
+                               __uint_as_float(q[j].z << 16), __uint_as_float(q[j].z & 0xffff0000u),
+                               __uint_as_float(q[j].w << 16), __uint_as_float(q[j].w & 0xffff0000u)};
+                const float4 *x4 = (const float4 *)(h + (size_t)j * F) + 2 * k8;
+                float4 u = x4[0], v = x4[1];
+                acc[j] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
+                          v.z * wv[6] + v.w * wv[7];
+            }
+    }
+    float sacc[MR] = {0.f, 0.f, 0.f, 0.f};
+    if (sh) {
+        const float *xr[MR] = {sh, sh, sh, sh};
+        dot_rows(sacc, xr, 1, (const uint16_t *)w.sdown + (size_t)d * S, DS_BF16, S, 1, lane);
+    }
+    /* combine in ascending expert order (combine_k) */
+    float v[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) {
+        v[j] = warp_sum(acc[j]);
+        if (bf) v[j] = rbf(v[j]);
+    }
+    const float svv = warp_sum(sacc[0]);
+    if (lane) return;
+    int ord[MAXK1];
+    for (int j = 0; j < K; j++) {
+        int t = j;
+        while (t > 0 && ex[ord[t - 1]] > ex[j]) {
+            ord[t] = ord[t - 1];
+            t--;
+        }
+        ord[t] = j;
+    }
+    float out = 0.f;
+    for (int j = 0; j < K; j++) {
+        float vj = 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXK1; t++)
+            if (t == ord[j]) vj = v[t];
+        out = __fadd_rn(out, __fmul_rn(wts[ord[j]], vj));
+    }
+    if (bf) out = rbf(out);
+    if (sh) {
+        out = (bf ? rbf(svv) : svv) + out;
+        if (bf) out = rbf(out);
+    }
+    y[d] = out;
+}
+
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
@@ -370,18 +543,6 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     CudaCtx *c = cctx(b);
     MoeSlots s;
     moe_layout(scratch, n, m, &s);
-    const int nk = n * K;
-    cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
-    if (n <= RB_MAX_ROWS) {
-        route_bucket_k<<<1, 1024, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts, s.off,
-                                                  s.pair_row, s.pos_of, s.act);
-        CU_LAUNCHED();
-    } else {
-        route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
-        CU_LAUNCHED();
-        bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of, s.act);
-        CU_LAUNCHED();
-    }
     const int S = m->d_shared, has_shared = m->shared.gate.data != NULL;
     const int fuse = has_shared && n <= FUSE_SHARED_ROWS; /* shared experts as one more group in the products */
 
@@ -410,6 +571,32 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
         down.sdown = sx->down.data;
         vec_ok = vec_ok && (wdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
                  aligned16(sx->gate.data) && aligned16(sx->up.data) && aligned16(sx->down.data);
+    }
+    if (n == 1 && vec_ok && wdt == DS_BF16 && K <= MAXK1 && (!has_shared || fuse) && D % 8 == 0 && F % 8 == 0 &&
+        aligned16(s.ysl) && aligned16(x)) {
+        route1_k<<<1, 1024, 0, c->stream>>>(x, m->router.data, m->router.dtype, E, D, K, bf, s.idx, s.wts,
+                                            router_logits, experts);
+        CU_LAUNCHED();
+        /* h for the K routed slots in s.h, the shared hidden in s.sw */
+        gateup1_k<<<dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared), MW * 32, 0, c->stream>>>(
+            x, s.idx, K, D, F, S, bf, s.h, s.sw, up);
+        CU_LAUNCHED();
+        down1_k<<<cdiv(D, MW), MW * 32, 0, c->stream>>>(y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S,
+                                                       bf, down);
+        CU_LAUNCHED();
+        return;
+    }
+    const int nk = n * K;
+    cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
+    if (n <= RB_MAX_ROWS) {
+        route_bucket_k<<<1, 1024, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts, s.off,
+                                                  s.pair_row, s.pos_of, s.act);
+        CU_LAUNCHED();
+    } else {
+        route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
+        CU_LAUNCHED();
+        bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of, s.act);
+        CU_LAUNCHED();
     }
     GroupArgs g;
     g.off = s.off;
