@@ -402,6 +402,7 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
         float oo[DPL];
 #pragma unroll
         for (int i = 0; i < DPL; i++) oo[i] = 0.f;
+#pragma unroll 8
         for (int s2 = 0; s2 < ns; s2++) {
             const float *ps = q0 + (size_t)s2 * (a.D + 2);
             const float f2 = expf(__ldcg(ps) - MM);

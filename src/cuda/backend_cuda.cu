@@ -521,9 +521,9 @@ void cu_round_bf16(Backend *b, float *x, size_t n) {
 
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
     int half = hd / 2;
-    size_t n = (size_t)T * half;
+    size_t n = (size_t)T * n_heads * half; /* a thread per (row, head, pair): every head in parallel */
     GRID_STRIDE(idx, n) {
-        int t = (int)(idx / half), i = (int)(idx % half);
+        int i = (int)(idx % half), h = (int)((idx / half) % n_heads), t = (int)(idx / ((size_t)half * n_heads));
         float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)hd));
         float ang = (float)pos[t] * inv;
         float c = (float)cos((double)ang), s = (float)sin((double)ang);
@@ -531,16 +531,14 @@ __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32
             c = rbf(c);
             s = rbf(s);
         }
-        for (int h = 0; h < n_heads; h++) {
-            float *r = x + (size_t)t * ld + (size_t)h * hd;
-            float x1 = r[i], x2 = r[i + half];
-            if (bf) {
-                r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
-                r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
-            } else {
-                r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-                r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
-            }
+        float *r = x + (size_t)t * ld + (size_t)h * hd;
+        float x1 = r[i], x2 = r[i + half];
+        if (bf) {
+            r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
+            r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
+        } else {
+            r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+            r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
         }
     }
 }
@@ -549,7 +547,7 @@ static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_d
                     int flags) {
     DS_ASSERT(head_dim > 0 && head_dim % 2 == 0 && ld >= n_heads * head_dim);
     if (T <= 0) return;
-    size_t n = (size_t)T * (head_dim / 2);
+    size_t n = (size_t)T * n_heads * (head_dim / 2);
     rope_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(x, ld, T, n_heads, head_dim, pos, theta, flags & OPS_BF16);
     CU_LAUNCHED();
 }
@@ -600,6 +598,7 @@ void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW ga
     if (n <= 0) return;
     int bf = flags & OPS_BF16;
     float *g = scratch, *u = scratch + (size_t)n * F;
+    if (n == 1 && cu_swiglu1(b, y, x, D, F, gate, up, down, flags, scratch)) return;
     if (n <= GEMV_ROWS) { /* decode: the GEMV kernels round their outputs themselves */
         cu_gemv(b, g, F, x, D, n, D, gate, F, ds_w_none(), 0, bf);
         cu_gemv(b, u, F, x, D, n, D, up, F, ds_w_none(), 0, bf);

@@ -109,5 +109,9 @@ void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *t
 void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
             int32_t *experts, float *scratch);
 size_t cu_moe_scratch_floats(int n, const BackendMoe *m);
+/* The SwiGLU block for one row with bf16 weights in two kernels (the single-token MoE's); false when it does
+ * not apply. scratch: F floats. */
+bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, DsW up, DsW down, int flags,
+                float *scratch);
 
 #endif

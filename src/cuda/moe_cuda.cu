@@ -535,6 +535,28 @@ __global__ void __launch_bounds__(MW * 32) down1_k(float *y, const float *h, con
 
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
+bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, DsW up, DsW down, int flags,
+                float *scratch) {
+    if (gate.dtype != DS_BF16 || up.dtype != DS_BF16 || down.dtype != DS_BF16 || D % 8 || F % 8) return false;
+    if (!aligned16(x) || !aligned16(scratch) || !aligned16(gate.data) || !aligned16(up.data) || !aligned16(down.data))
+        return false;
+    CudaCtx *c = cctx(b);
+    const int bf = flags & OPS_BF16;
+    UpPtrs u;
+    DownPtrs d;
+    memset(&u, 0, sizeof u);
+    memset(&d, 0, sizeof d);
+    u.sgate = gate.data;
+    u.sup = up.data;
+    d.sdown = down.data;
+    /* no routed slots: the "shared" slot is the whole MLP */
+    gateup1_k<<<dim3(cdiv(F, MW), 1), MW * 32, 0, c->stream>>>(x, NULL, 0, D, F, F, bf, NULL, scratch, u);
+    CU_LAUNCHED();
+    down1_k<<<cdiv(D, MW), MW * 32, 0, c->stream>>>(y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d);
+    CU_LAUNCHED();
+    return true;
+}
+
 void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
             int32_t *experts, float *scratch) {
     const int D = m->d_model, E = m->n_experts, K = m->top_k, F = m->d_ff, bf = flags & OPS_BF16;

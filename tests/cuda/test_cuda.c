@@ -457,7 +457,7 @@ static void test_conv2d(void) {
 }
 
 static void test_swiglu(void) {
-    static const int cases[][3] = {{1, 40, 24}, {5, 64, 48}, {37, 40, 24}, {3, 1280, 896}};
+    static const int cases[][3] = {{1, 40, 24}, {5, 64, 48}, {37, 40, 24}, {3, 1280, 896}, {1, 1280, 6848}};
     for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++)
         for (int bf = 0; bf < 2; bf++) {
             int n = cases[s][0], D = cases[s][1], F = cases[s][2];
@@ -571,6 +571,9 @@ static void test_moe(void) {
     moe_case(50, 13, 4, 40, 24, 48, 0, DS_BF16);
     moe_case(7, 9, 2, 33, 17, 20, 0, DS_F32); /* odd sizes: scalar loads */
     moe_case(2, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* the model's shapes */
+    moe_case(1, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* decode: the single-token kernels */
+    moe_case(1, 64, 6, 1280, 896, 1792, 0, DS_BF16);
+    moe_case(1, 16, 6, 64, 32, 0, 1, DS_BF16);       /* single token, no shared experts */
 }
 
 static void test_data_movement(void) {
