@@ -118,8 +118,9 @@ struct Backend {
                          const float *k, int ldk, const float *v, int ldv);
 
     /* out[0] = the index of the largest of x[0..n) (backend memory; the first one on ties, NaNs skipped, 0 when
-     * all are NaN), as ops_argmax. Capturable. */
-    void (*argmax)(Backend *b, int32_t *out, const float *x, int n);
+     * all are NaN), as ops_argmax. step, when non-NULL: also step[0] = that index and step[1] += 1 (a decode
+     * step's input id and position advanced on the device). Capturable. */
+    void (*argmax)(Backend *b, int32_t *out, const float *x, int n, int32_t *step);
 
     /* ---- profiling (optional, NULL when the backend has none): mark starts a section named label (a string
      * literal); the time until the next mark is added to label's total. Only active when the backend was

@@ -457,18 +457,21 @@ static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
     return DSOCR_OK;
 }
 
-/* The ops of one decode step: the decoder on one row, then the argmax of its logits into step_dev[2]. */
+/* The ops of one decode step: the decoder on one row, then the argmax of its logits into step_dev[2], which also
+ * becomes the next step's input (step_dev[0]) at the next position (step_dev[1] + 1): when the host takes that
+ * token, the next step needs no upload (decode_step's dev_ok). */
 static DsocrStatus step_ops(DsocrSession *s, const DecoderStep *ds, DsError *e) {
     DsocrStatus st = decoder_forward(s->model->m, s->dw, ds, e);
-    if (!st) s->be->argmax(s->be, s->step_dev + 2, s->logits_dev, s->model->m->cfg.vocab_size);
+    if (!st) s->be->argmax(s->be, s->step_dev + 2, s->logits_dev, s->model->m->cfg.vocab_size, s->step_dev);
     return st;
 }
 
-static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, DsError *e) {
+/* preset: the device's step_dev already holds (tok, pos) (the previous step's argmax was taken): no upload. */
+static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, int preset, DsError *e) {
     Backend *be = s->be;
     s->step_host[0] = tok;
     s->step_host[1] = pos;
-    be->upload(be, s->step_dev, s->step_host, sizeof s->step_host);
+    if (!preset) be->upload(be, s->step_dev, s->step_host, sizeof s->step_host);
     DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = pos, .pos_dev = s->step_dev + 1, .table = NULL,
                       .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev, .kv = &s->kv,
                       .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
@@ -744,7 +747,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         }
         if (n_gen >= max_new || T + n_gen >= s->max_context) break;
         if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
-        if ((st = decode_step(s, gen[n_gen - 1], T + n_gen - 1, bf16, &e))) {
+        if ((st = decode_step(s, gen[n_gen - 1], T + n_gen - 1, bf16, dev_tok >= 0, &e))) {
             fail(s, st, "%s", e.msg);
             break;
         }

@@ -348,13 +348,6 @@ static void refresh_moe(Model *m) {
     }
 }
 
-/* The bytes a bound weight holds as its slot's dtype says (block-quantised or plain). */
-static size_t bound_bytes(const BoundWeight *b) {
-    DsDtype t = b->slot->dtype;
-    if (quant_is_block(t)) return quant_row_bytes(t, (int64_t)b->t->numel);
-    return (size_t)b->t->numel * ds_dtype_size(t);
-}
-
 /* A layer's q, k, v weights as one [3D, D] matrix when they lie back to back in memory (placed weights do). */
 static void fuse_qkv(Model *m) {
     const size_t D = (size_t)m->cfg.hidden_size;
@@ -379,7 +372,7 @@ DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
      * over the 2,710 tensors), each tensor at a 256-byte boundary, in binding order (q, k, v of a layer end up
      * adjacent: fuse_qkv below) */
     size_t total = 0;
-    for (int i = 0; i < m->n_bound; i++) total += (bound_bytes(&m->bound[i]) + 255) & ~(size_t)255;
+    for (int i = 0; i < m->n_bound; i++) total += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
     m->placed = calloc(2, sizeof *m->placed);
     if (!m->placed) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     char *arena = be->alloc(be, total ? total : 1);
@@ -392,7 +385,7 @@ DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
     m->placed[m->n_placed++] = arena;
     size_t off = 0;
     for (int i = 0; i < m->n_bound; i++) {
-        size_t n = bound_bytes(&m->bound[i]);
+        size_t n = held_bytes(&m->bound[i]);
         be->upload(be, arena + off, m->bound[i].host ? m->bound[i].host : m->bound[i].t->data, n);
         m->bound[i].slot->data = arena + off;
         off += (n + 255) & ~(size_t)255;

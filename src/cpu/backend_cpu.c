@@ -220,7 +220,13 @@ static void cpu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int
     for (int r = 0; r < n; r++) memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, sizeof(float) * w);
 }
 
-static void cpu_argmax(Backend *b, int32_t *out, const float *x, int n) { out[0] = ops_argmax(x, n); }
+static void cpu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *step) {
+    out[0] = ops_argmax(x, n);
+    if (step) {
+        step[0] = out[0];
+        step[1]++;
+    }
+}
 
 static CpuCtx g_cpu_ctx;
 static Backend g_cpu = {

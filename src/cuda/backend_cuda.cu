@@ -773,54 +773,83 @@ static void cu_graph_free(Backend *b, void *g) {
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * Argmax over one row: one block, first index among equal maxima, NaNs skipped. */
+ * Argmax over one row: AMAX_BLOCKS blocks scan contiguous chunks (float4 loads), the last block to finish
+ * reduces their candidates; the first index among equal maxima, NaNs skipped, 0 when all are NaN. */
 
-__global__ void __launch_bounds__(1024) argmax_k(int32_t *out, const float *x, int n) {
-    float bv = -INFINITY;
-    int bi = -1;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
-        float v = x[i];
-        if (v != v) continue;
-        if (bi < 0 || v > bv) { /* i increases per thread, so the first of equal values stays */
-            bv = v;
-            bi = i;
-        }
-    }
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    for (int o = 16; o > 0; o >>= 1) {
-        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-        if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
-            bv = ov;
-            bi = oi;
-        }
-    }
-    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5;
-    if (lane == 0) {
-        sv[wid] = bv;
-        si[wid] = bi;
-    }
-    __syncthreads();
-    if (wid == 0) {
-        int nw = blockDim.x >> 5;
-        bv = lane < nw ? sv[lane] : -INFINITY;
-        bi = lane < nw ? si[lane] : -1;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oi = __shfl_xor_sync(0xffffffffu, bi, o);
-            if (oi >= 0 && (bi < 0 || ov > bv || (ov == bv && oi < bi))) {
-                bv = ov;
-                bi = oi;
-            }
-        }
-        if (lane == 0) out[0] = bi < 0 ? 0 : bi;
+enum { AMAX_BLOCKS = 128, AMAX_THREADS = 256 };
+
+static __device__ __forceinline__ void amax_take(float &bv, int &bi, float v, int i) {
+    if (v != v || i < 0) return;
+    if (bi < 0 || v > bv || (v == bv && i < bi)) {
+        bv = v;
+        bi = i;
     }
 }
 
-static void cu_argmax(Backend *b, int32_t *out, const float *x, int n) {
+/* block-wide (value, index) reduction; every thread gets the result */
+static __device__ void amax_block(float &bv, int &bi, float *sv, int *si) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+        int oi = __shfl_xor_sync(0xffffffffu, bi, o);
+        amax_take(bv, bi, ov, oi);
+    }
+    const int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = blockDim.x >> 5;
+    __syncthreads();
+    if (lane == 0) sv[wid] = bv, si[wid] = bi;
+    __syncthreads();
+    bv = -INFINITY, bi = -1;
+    for (int w = 0; w < nw; w++) amax_take(bv, bi, sv[w], si[w]);
+}
+
+__global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const float *x, int n, int32_t *step,
+                                                        float *pv, int *pi, int *count) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ int last;
+    const int chunk = ((n + AMAX_BLOCKS - 1) / AMAX_BLOCKS + 3) & ~3;
+    const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
+    float bv = -INFINITY;
+    int bi = -1;
+    if (((uintptr_t)x & 15) == 0) {
+        const int lo4 = lo / 4, hi4 = hi / 4; /* lo is a multiple of 4 */
+        for (int q = lo4 + threadIdx.x; q < hi4; q += blockDim.x) {
+            float4 v = ((const float4 *)x)[q];
+            amax_take(bv, bi, v.x, 4 * q);
+            amax_take(bv, bi, v.y, 4 * q + 1);
+            amax_take(bv, bi, v.z, 4 * q + 2);
+            amax_take(bv, bi, v.w, 4 * q + 3);
+        }
+        for (int i = max(lo, hi4 * 4) + threadIdx.x; i < hi; i += blockDim.x) amax_take(bv, bi, x[i], i);
+    } else {
+        for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) amax_take(bv, bi, x[i], i);
+    }
+    amax_block(bv, bi, sv, si);
+    if (threadIdx.x == 0) {
+        pv[blockIdx.x] = bv;
+        pi[blockIdx.x] = bi;
+        __threadfence();
+        last = atomicAdd(count, 1) == (int)gridDim.x - 1;
+    }
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    bv = -INFINITY, bi = -1;
+    for (int b = threadIdx.x; b < (int)gridDim.x; b += blockDim.x) amax_take(bv, bi, __ldcg(pv + b), __ldcg(pi + b));
+    amax_block(bv, bi, sv, si);
+    if (threadIdx.x == 0) {
+        *count = 0;
+        out[0] = bi < 0 ? 0 : bi;
+        if (step) {
+            step[0] = out[0];
+            step[1]++;
+        }
+    }
+}
+
+static void cu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *step) {
     DS_ASSERT(n > 0);
-    argmax_k<<<1, 1024, 0, cctx(b)->stream>>>(out, x, n);
+    CudaCtx *c = cctx(b);
+    argmax_k<<<AMAX_BLOCKS, AMAX_THREADS, 0, c->stream>>>(out, x, n, step, c->amax_v, c->amax_i, c->amax_count);
     CU_LAUNCHED();
 }
 
@@ -993,7 +1022,11 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     c->part = (float *)cu_alloc(b, c->part_floats * sizeof(float));
     c->kv_count = (int *)cu_alloc(b, 1024 * sizeof(int));
     if (c->kv_count) CU_CHECK(cudaMemset(c->kv_count, 0, 1024 * sizeof(int)));
-    if (!c->xb || !c->part || !c->kv_count) {
+    c->amax_v = (float *)cu_alloc(b, AMAX_BLOCKS * sizeof(float));
+    c->amax_i = (int *)cu_alloc(b, (AMAX_BLOCKS + 1) * sizeof(int));
+    c->amax_count = c->amax_i ? c->amax_i + AMAX_BLOCKS : NULL;
+    if (c->amax_count) CU_CHECK(cudaMemset(c->amax_count, 0, sizeof(int)));
+    if (!c->xb || !c->part || !c->kv_count || !c->amax_v || !c->amax_i) {
         ds_fail(e, DSOCR_E_NOMEM, "CUDA device %d: cannot allocate %zu MiB of scratch", device,
                 (c->xb_elems * 2 + c->part_floats * 4) >> 20);
         goto fail;

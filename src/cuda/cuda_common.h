@@ -48,6 +48,8 @@ typedef struct CudaCtx {
     float *part;            /* [part_floats] attention_kv split partials */
     size_t part_floats;
     int *kv_count;          /* [1024] zeroed counters for attention_kv's split merge */
+    float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
+    int *amax_i, *amax_count;
     int exact_gemm;
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
     /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */

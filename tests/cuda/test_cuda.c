@@ -241,6 +241,39 @@ static void test_elementwise(void) {
     }
 }
 
+/* argmax against ops_argmax: ties (first index), NaNs, all-NaN, an unaligned start, the step advance */
+static void test_argmax(void) {
+    static const int sizes[] = {1, 5, 131, 4096, 129280, 1000003};
+    for (size_t t = 0; t < sizeof sizes / sizeof sizes[0]; t++)
+        for (int kind = 0; kind < 4; kind++) {
+            int n = sizes[t];
+            float *x = rnd((size_t)n + 1, 1.0f);
+            if (kind == 1 && n > 3) { /* a tie of the maximum, late then early */
+                x[n - 2] = 7.f;
+                x[n / 3] = 7.f;
+            }
+            if (kind == 2)
+                for (int i = 0; i < n; i += 3) x[i] = NAN;
+            if (kind == 3)
+                for (int i = 0; i < n + 1; i++) x[i] = NAN;
+            const int off = t % 2; /* odd sizes also start one float in: no 16-byte alignment */
+            int want = ops_argmax(x + off, n);
+            float *dx = dev(x, ((size_t)n + 1) * 4);
+            int32_t step_h[4] = {0, 41, 0, 0}, got[4];
+            int32_t *dstep = dev(step_h, sizeof step_h);
+            B->argmax(B, dstep + 2, dx + off, n, dstep);
+            B->download(B, got, dstep, sizeof got);
+            CHECKF(got[2] == want && got[0] == want && got[1] == 42, "argmax n%d kind%d off%d: %d (step %d %d), want %d",
+                   n, kind, off, got[2], got[0], got[1], want);
+            B->argmax(B, dstep + 2, dx + off, n, NULL); /* again: the block counter was reset */
+            B->download(B, got, dstep, sizeof got);
+            CHECKF(got[2] == want && got[1] == 42, "argmax again n%d kind%d: %d, want %d", n, kind, got[2], want);
+            B->free(B, dx), B->free(B, dstep);
+            free(x);
+        }
+    printf("  argmax: 24 cases against ops_argmax\n");
+}
+
 static void test_rope(void) {
     static const int cases[][3] = {{1, 1, 2}, {7, 3, 128}, {33, 10, 128}, {5, 2, 6}};
     for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++)
@@ -749,6 +782,7 @@ int main(void) {
     RUN(test_norms);
     RUN(test_elementwise);
     RUN(test_rope);
+    RUN(test_argmax);
     RUN(test_attention);
     RUN(test_kv);
     RUN(test_conv2d);
