@@ -6,6 +6,8 @@
 #           ceilings; then the same with DSOCR_PROFILE=1 (device time per section; DSOCR_NO_GRAPH=1 for decode)
 #   parity  the GPU pipeline against the CPU engine (bf16, per stage, 32 teacher-forced tokens; tiny and full)
 #   check   dsocr check --json (with and without --gpu-mem 2G)
+#   quant   issue 7's quality check on the machine's CPU: KL of Q8_0 and 4-bit against bf16 (tools/quant_quality.py),
+#           gundam page, 128 teacher-forced steps, on the full and the full --stress checkpoints
 set -u
 STAGES=${STAGES:-test bench parity}
 for f in .devrun/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
@@ -53,4 +55,14 @@ if has parity; then
         --work /tmp/gpu-tiny 2>&1 | tail -6
     full_ckpt
     PYTHONUNBUFFERED=1 timeout 400 python3 tools/gpu_parity.py --model $M --out "$OUT/gpu-vs-cpu.json" 2>&1 | tail -30
+fi
+if has quant; then
+    full_ckpt
+    if [ ! -s /tmp/full-stress/config.json ]; then
+        python3 tools/reference/make_checkpoint.py --config full --stress --seed 1 --out /tmp/full-stress > /dev/null
+    fi
+    for ck in full full-stress; do
+        PYTHONUNBUFFERED=1 timeout 280 python3 tools/quant_quality.py --model /tmp/$ck --mode gundam --steps 128 \
+            --work /tmp/qq-$ck --out "$OUT/quant-quality-$ck.json" 2>&1 | tail -3
+    done
 fi
