@@ -5,6 +5,7 @@
 
 #include "dsocr.h"
 #include "backend.h"
+#include "config.h"
 #include "image.h"
 
 typedef struct EngineDebug {
@@ -27,5 +28,7 @@ DsocrStatus engine_mode(const DsocrOcrOptions *opt, ImageMode *m, char *err, siz
 const char *engine_compat_name(DsocrCompat c);
 /* The backend a loaded model computes on (for the benchmark's device figures and profile). */
 Backend *engine_model_backend(const DsocrModel *m);
+/* Its configuration. */
+const ModelConfig *engine_model_config(const DsocrModel *m);
 
 #endif

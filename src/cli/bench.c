@@ -14,6 +14,7 @@
 #include "cli/cli.h"
 #include "cuda/backend_cuda.h"
 #include "engine.h"
+#include "figures.h"
 #include "hwinfo.h"
 
 static void usage(FILE *f) {
@@ -193,6 +194,9 @@ int cli_bench(int argc, char **argv) {
     printf("  \"load_s\": %.3f,\n  \"runs\": [\n", t_load);
     fflush(stdout);
 
+    const char *rate_mode[16];
+    double rate_tflops[16], rate_gbps[16];
+    int n_rates = 0;
     int rc = 0, first = 1;
     char list[256];
     snprintf(list, sizeof list, "%s", modes);
@@ -239,6 +243,25 @@ int cli_bench(int argc, char **argv) {
         }
         printf("%s    {\n      \"mode\": \"%s\", \"views\": %d, \"prompt_tokens\": %d, \"generated\": %d,\n",
                first ? "" : ",\n", mode, n_views, n_prompt, n_tok);
+        /* work from the spec's formulas (figures.h): the views' encoder FLOPs (the global view at base_size,
+         * tiles at image_size), and the bytes a decode step reads at the run's mean context */
+        ImageMode im;
+        if (image_mode_by_name(mode, &im) == 0) {
+            const ModelConfig *cf = engine_model_config(model);
+            double vf = figures_vision_flops(cf, im.base_size) +
+                        (n_views - 1) * figures_vision_flops(cf, im.image_size);
+            const double wb = 2; /* bf16 weights (a quantised model reads fewer bytes) */
+            double db = figures_decode_bytes(cf, n_prompt + n_tok / 2, wb, prec == DSOCR_PRECISION_BF16 ? 2 : 4);
+            double vs = median(vis, repeat), ts = median(tps, repeat);
+            printf("      \"vision_flops\": %.4g, \"vision_tflops\": %.2f, \"decode_bytes_per_token\": %.4g, "
+                   "\"decode_gbps\": %.1f,\n",
+                   vf, vs > 0 ? vf / vs / 1e12 : 0.0, db, db * ts / 1e9);
+            if (n_rates < 16) {
+                rate_mode[n_rates] = mode;
+                rate_tflops[n_rates] = vs > 0 ? vf / vs / 1e12 : 0.0;
+                rate_gbps[n_rates++] = db * ts / 1e9;
+            }
+        }
         print_samples("preprocess_s", pre, repeat, 0);
         print_samples("vision_s", vis, repeat, 0);
         print_samples("prefill_s", pf, repeat, 0);
@@ -263,11 +286,16 @@ int cli_bench(int argc, char **argv) {
                (unsigned long long)di.gpu_total);
     }
     printf("}");
-    if (ceilings && !strcmp(di.device, "cuda")) {
+    if (ceilings && !strcmp(di.device, "cuda")) { /* measured last: their buffers would count in the peaks */
         double tf = 0, gb = 0;
-        int g = backend_cuda_gemm_ceiling(be, 8192, 10, &tf), cp = backend_cuda_copy_ceiling(be, (size_t)1 << 30, 10, &gb);
-        printf(",\n  \"ceilings\": {\"bf16_gemm_8192_tflops\": %.1f, \"copy_gbps_read_plus_write\": %.1f}",
-               g ? 0.0 : tf, cp ? 0.0 : gb);
+        if (backend_cuda_gemm_ceiling(be, 8192, 10, &tf)) tf = 0;
+        if (backend_cuda_copy_ceiling(be, (size_t)1 << 30, 10, &gb)) gb = 0;
+        printf(",\n  \"ceilings\": {\"bf16_gemm_8192_tflops\": %.1f, \"copy_gbps_read_plus_write\": %.1f}", tf, gb);
+        printf(",\n  \"of_ceilings\": [");
+        for (int i = 0; i < n_rates; i++)
+            printf("%s\n    {\"mode\": \"%s\", \"vision_of_gemm_ceiling\": %.3f, \"decode_of_copy_ceiling\": %.3f}",
+                   i ? "," : "", rate_mode[i], tf > 0 ? rate_tflops[i] / tf : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0);
+        printf("\n  ]");
     }
     printf("\n}\n");
     dsocr_session_free(sess);

@@ -1,0 +1,22 @@
+/* figures.h: the work a page costs, computed from the model's configuration with the spec's formulas (§10), not
+ * counted from our loops: the vision encoder's multiply-add FLOPs for one view, and the bytes a decode step reads.
+ * The benchmark divides them by measured times to report rates against the machine's ceilings.
+ * What it is not: no timing, no knowledge of how a backend pads or tiles (windows are counted unpadded). */
+#ifndef DSOCR_FIGURES_H
+#define DSOCR_FIGURES_H
+
+#include "config.h"
+
+/* FLOPs (2 per multiply-add) of the vision encoder on one square view of `side` px: SAM (patch embedding, every
+ * block's qkv / attention / rel-pos terms / projection / MLP, neck and the two strided convolutions), CLIP over
+ * 1 + (side/64)² tokens, and the projector. Attention counts QKᵀ and PV over the keys each query sees (a global
+ * block: every token; a windowed block: its window, clipped at the map's edge). */
+double figures_vision_flops(const ModelConfig *c, int side);
+
+/* Bytes one decode step reads at a context of `context` tokens with weights of `weight_bytes` per element and a
+ * KV cache of `kv_bytes` per element: every layer's attention projections, the dense MLP or the router plus
+ * num_experts_per_tok routed and the shared experts, the final norm and lm_head, and the keys and values of the
+ * context. (Embedding rows and norm weights, under 0.01 %, are left out.) */
+double figures_decode_bytes(const ModelConfig *c, int context, double weight_bytes, double kv_bytes);
+
+#endif
