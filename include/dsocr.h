@@ -51,7 +51,7 @@ typedef struct DsocrModelOptions {
     int verbose;        /* 1: progress messages through log (e.g. "converting fp32 checkpoint ...") */
     void (*log)(void *user, const char *line); /* where messages go; NULL = nowhere */
     void *log_user;
-    /* Weights quantised at load (CPU only for now): NULL or "" = as stored; "q8_0" = the decoder's linear
+    /* Weights quantised at load (CPU and CUDA): NULL or "" = as stored; "q8_0" = the decoder's linear
      * weights (attention, dense MLP, routed and shared experts) and lm_head as 8-bit blocks (Q8_0); "q4" = the
      * routed experts as 4-bit blocks (Q4_0), the rest of those as Q8_0. Norms, router, embeddings, position
      * tables and the vision encoder stay as stored. */

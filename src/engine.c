@@ -158,19 +158,6 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
                                                                     "decoder's other weights to Q8_0");
         st = model_quantize(dm->m, qtype, &e);
     }
-    /* Block-quantised weights have CPU kernels only, so far: the one place that decides it. */
-    if (!st && model_n_block_weights(dm->m) && strncmp(be->name, "cpu", 3)) {
-        if (!strcmp(dev, "auto")) {
-            backend_cuda_free(be);
-            be = dm->be = backend_cpu();
-            model_log((void *)opt, "quantised weights run on the CPU only for now; running on the CPU");
-        } else {
-            st = ds_fail(&e, DSOCR_E_INVALID_ARG,
-                         "quantised weights (%s) run on the CPU only for now: use --device cpu, or the bf16 "
-                         "weights on the GPU",
-                         quant ? quant : "a quantised checkpoint");
-        }
-    }
     if (!st) st = model_place(dm->m, be, &e);
     if (st) {
         dsocr_model_free(dm);

@@ -6,6 +6,8 @@
 #           ceilings; then the same with DSOCR_PROFILE=1 (device time per section; DSOCR_NO_GRAPH=1 for decode)
 #   parity  the GPU pipeline against the CPU engine (bf16, per stage, 32 teacher-forced tokens; tiny and full)
 #   check   dsocr check --json (with and without --gpu-mem 2G)
+#   qgpu    quantised weights on the GPU: Q8_0 and 4-bit, GPU against CPU on tiny (teacher-forced logits), then
+#           dsocr bench --quant on the full checkpoint (base page, 1,000 tokens)
 #   quant   issue 7's quality check on the machine's CPU: KL of Q8_0 and 4-bit against bf16 (tools/quant_quality.py),
 #           gundam page, 128 teacher-forced steps, on the full and the full --stress checkpoints
 set -u
@@ -64,5 +66,25 @@ if has quant; then
     for ck in full full-stress; do
         PYTHONUNBUFFERED=1 timeout 280 python3 tools/quant_quality.py --model /tmp/$ck --mode gundam --steps 128 \
             --work /tmp/qq-$ck --out "$OUT/quant-quality-$ck.json" 2>&1 | tail -3
+    done
+fi
+if has qgpu; then
+    python3 tools/reference/make_checkpoint.py --config tiny --seed 1 --out /tmp/tiny > /dev/null
+    for q in q8_0 q4; do
+        C="--model /tmp/tiny --mode tiny --precision bf16 --ignore-eos --quiet --quant $q"
+        rm -rf /tmp/qg-$q-cpu /tmp/qg-$q-gpu
+        ./dsocr ocr $C --device cpu --max-tokens 8 --dump /tmp/qg-$q-cpu tests/images/portrait.jpg > /dev/null
+        ./dsocr ocr $C --device cuda --force-ids /tmp/qg-$q-cpu/generated.bin --dump /tmp/qg-$q-gpu \
+            tests/images/portrait.jpg > /dev/null
+        python3 tests/py/dumpcmp.py /tmp/qg-$q-gpu /tmp/qg-$q-cpu > "$OUT/qgpu-tiny-$q.txt" 2>&1
+        echo "tiny $q: $(grep -E '^(logits|image_embeds|layer3.out) ' "$OUT/qgpu-tiny-$q.txt" | tr -s ' ' | tr '\n' ';')"
+    done
+    full_ckpt
+    for q in q8_0 q4; do
+        timeout 150 ./dsocr bench --model $M --device cuda --quant $q --mode base --tokens 1000 --repeat 2 \
+            --note "tools/gpu_run.sh qgpu: dsocr bench --quant $q --mode base --tokens 1000 --repeat 2" \
+            > "$OUT/bench-cuda-$q.json" 2> "$OUT/bench-cuda-$q.err"
+        echo "$q: $(grep -E 'decode_tok_s|page_s|driver_used_minus' "$OUT/bench-cuda-$q.json" | tr -s ' ' | tr '\n' ' ')"
+        tail -2 "$OUT/bench-cuda-$q.err"
     done
 fi

@@ -29,6 +29,7 @@ static void usage(FILE *f) {
             "  --warmup N         unmeasured runs first (default 1)\n"
             "  --device D         cpu, cuda or auto (default auto)\n"
             "  --precision P      bf16 (default) or fp32\n"
+            "  --quant Q          q8_0 or q4: quantise the decoder's weights at load\n"
             "  --threads N        CPU threads (default all)\n"
             "  --ceilings         also measure the card's GEMM rate and copy bandwidth (CUDA)\n"
             "  --note TEXT        a note copied into the JSON (e.g. the command that ran it)\n");
@@ -93,7 +94,7 @@ static void *read_file(const char *path, size_t *n) {
 
 int cli_bench(int argc, char **argv) {
     const char *model_dir = NULL, *image = "tests/images/portrait.jpg", *modes = "base,gundam", *device = "auto";
-    const char *precision = "bf16", *note = NULL;
+    const char *precision = "bf16", *note = NULL, *quant = NULL;
     int tokens = 1000, repeat = 3, warmup = 1, threads = 0, ceilings = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -119,6 +120,8 @@ int cli_bench(int argc, char **argv) {
             precision = argv[++i];
         } else if (!strcmp(a, "--threads") && more) {
             threads = atoi(argv[++i]);
+        } else if (!strcmp(a, "--quant") && more) {
+            quant = argv[++i];
         } else if (!strcmp(a, "--note") && more) {
             note = argv[++i];
         } else if (!strcmp(a, "--ceilings")) {
@@ -155,6 +158,7 @@ int cli_bench(int argc, char **argv) {
     dsocr_model_options_default(&mo);
     mo.device = device;
     mo.threads = threads;
+    mo.quant = quant;
     DsocrModel *model = NULL;
     DsocrSession *sess = NULL;
     char err[1024];
@@ -184,6 +188,7 @@ int cli_bench(int argc, char **argv) {
     json_str(model_dir);
     printf(",\n  \"image\": ");
     json_str(image);
+    printf(",\n  \"quant\": \"%s\"", quant ? quant : "none");
     printf(",\n  \"precision\": \"%s\", \"tokens\": %d, \"repeat\": %d, \"warmup\": %d,\n", precision, tokens, repeat,
            warmup);
     if (note) {

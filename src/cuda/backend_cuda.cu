@@ -11,7 +11,7 @@
 
 #include "cuda/cuda_common.h"
 
-enum { XB_ELEMS = 16 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8 };
+enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8 };
 
 void cuda_fatal(const char *file, int line, const char *what, const char *why) {
     fprintf(stderr, "dsocr: CUDA error at %s:%d: %s: %s\n", file, line, what, why);
@@ -187,6 +187,15 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
                 }
             }
         }
+    } else if (is_block(a.wdt)) { /* Q8_0 / Q4_0: a lane per block of 32 weights */
+        const uint8_t *wr = (const uint8_t *)a.w + (size_t)n * wrow_bytes(a.wdt, a.K);
+        const int qb = a.wdt == DS_Q8_0 ? QB8 : QB4;
+        for (int kb = lane; kb < a.K / 32; kb += 32) {
+            const float *xr[R];
+#pragma unroll
+            for (int r = 0; r < R; r++) xr[r] = x0 + (size_t)(r < nr ? r : 0) * a.ldx + 32 * kb;
+            block_dot<R>(acc, wr + (size_t)kb * qb, a.wdt, xr, nr);
+        }
     } else if (a.vec) {
         const float4 *wr = (const float4 *)((const float *)a.w + (size_t)n * a.K);
         for (int k4 = lane; k4 < a.K / 4; k4 += 32) {
@@ -225,7 +234,7 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
              int round_bf16) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
-    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32);
+    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32 || (is_block(w.dtype) && K % 32 == 0));
     if (M == 0) return;
     GemvArgs a;
     a.y = y;
@@ -242,7 +251,8 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
     a.accum = flags & OPS_ACCUM;
     a.round = round_bf16;
     int step = w.dtype == DS_BF16 ? 8 : 4;
-    a.vec = K % step == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)w.data & 15) == 0;
+    a.vec = !is_block(w.dtype) && K % step == 0 && ldx % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
+            ((uintptr_t)w.data & 15) == 0;
     for (int m0 = 0; m0 < M; m0 += 65535 * GEMV_ROWS) {
         GemvArgs c = a;
         c.x = x + (size_t)m0 * ldx;
@@ -261,6 +271,13 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
 
 /* ---------------------------------------------------------------------------------------------------------
  * Linear through cuBLAS. */
+
+/* n weights of a block type -> bf16 (the value d·q is exact in fp32; rounded to bf16 here, which a Q8_0 value
+ * may need: 8 + 11 significant bits) */
+__global__ void dequant_bf16_k(uint16_t *dst, const uint8_t *src, int dt, size_t n) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = f2bf(wget(src, dt, i));
+}
 
 /* y += bias (when given), then rounded to bf16 (when round): one pass over the output; rows via blockIdx.y. */
 __global__ void bias_round_k(float *y, int ldy, int M, int N, const void *bias, int bdt, int round) {
@@ -313,8 +330,25 @@ static unsigned grid_for(size_t n) {
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
-    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32);
+    DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32 || (is_block(w.dtype) && K % 32 == 0));
     if (M == 0) return;
+    if (is_block(w.dtype) && M > GEMV_ROWS) {
+        /* many rows: the weight in bf16 chunks of output columns (dequantised into wq), then the bf16 path */
+        CudaCtx *c = cctx(b);
+        int nc = (int)(c->wq_elems / (size_t)K);
+        DS_ASSERT(nc >= 1);
+        for (int n0 = 0; n0 < N; n0 += nc) {
+            int cn = N - n0 < nc ? N - n0 : nc;
+            dequant_bf16_k<<<grid_for((size_t)cn * K), 256, 0, c->stream>>>(
+                c->wq, (const uint8_t *)w.data + (size_t)n0 * wrow_bytes(w.dtype, K), w.dtype, (size_t)cn * K);
+            CU_LAUNCHED();
+            DsW part = ds_w(c->wq, DS_BF16);
+            DsW pb = bias.data ? ds_w((const char *)bias.data + (size_t)n0 * (bias.dtype == DS_BF16 ? 2 : 4), bias.dtype)
+                               : ds_w_none();
+            cu_linear(b, y + n0, ldy, x, ldx, M, K, part, cn, pb, flags);
+        }
+        return;
+    }
     if (M <= GEMV_ROWS) {
         cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND, (flags & BE_ROUND) != 0);
         return;
@@ -1016,6 +1050,8 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->argmax = cu_argmax;
     b->mark = cu_mark;
     b->profile_report = cu_profile_report;
+    c->wq_elems = WQ_ELEMS;
+    c->wq = (uint16_t *)cu_alloc(b, c->wq_elems * sizeof(uint16_t));
     c->xb_elems = XB_ELEMS;
     c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
     c->part_floats = PART_FLOATS;
@@ -1026,7 +1062,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     c->amax_i = (int *)cu_alloc(b, (AMAX_BLOCKS + 1) * sizeof(int));
     c->amax_count = c->amax_i ? c->amax_i + AMAX_BLOCKS : NULL;
     if (c->amax_count) CU_CHECK(cudaMemset(c->amax_count, 0, sizeof(int)));
-    if (!c->xb || !c->part || !c->kv_count || !c->amax_v || !c->amax_i) {
+    if (!c->xb || !c->wq || !c->part || !c->kv_count || !c->amax_v || !c->amax_i) {
         ds_fail(e, DSOCR_E_NOMEM, "CUDA device %d: cannot allocate %zu MiB of scratch", device,
                 (c->xb_elems * 2 + c->part_floats * 4) >> 20);
         goto fail;

@@ -44,6 +44,8 @@ typedef struct CudaCtx {
     CudaAlloc *allocs;      /* open-addressing table keyed by pointer */
     size_t alloc_cap, alloc_n, allocated, peak;
     uint16_t *xb;           /* [xb_elems] bf16 activations for tensor-core GEMMs */
+    uint16_t *wq;           /* [wq_elems] a block-quantised weight's columns dequantised for a many-row product */
+    size_t wq_elems;
     size_t xb_elems;
     float *part;            /* [part_floats] attention_kv split partials */
     size_t part_floats;
@@ -74,9 +76,64 @@ static __device__ __forceinline__ uint16_t f2bf(float f) {
     return (uint16_t)(u >> 16);
 }
 static __device__ __forceinline__ float rbf(float f) { return bf2f(f2bf(f)); }
-/* Element i of a weight of dtype dt (DS_BF16 or DS_F32). */
+/* fp16 bits to float (no half arithmetic needed: sm_75 has it, but this keeps to integer and fp32 ops) */
+static __device__ __forceinline__ float h2f(uint16_t h) {
+    uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 0x3ffu;
+    if (e == 0) return __uint_as_float(s) + (s ? -1.f : 1.f) * (float)m * 5.9604644775390625e-8f; /* subnormal */
+    if (e == 31) return __uint_as_float(s | 0x7f800000u | (m << 13));
+    return __uint_as_float(s | ((e + 112u) << 23) | (m << 13));
+}
+/* Q8_0 / Q4_0 blocks (src/quant.h): 34 / 18 bytes for 32 weights, the fp16 scale first */
+enum { QB8 = 34, QB4 = 18 };
+/* Element i of a weight of dtype dt (DS_BF16, DS_F32, or a block type: rows are whole blocks, so the flat index
+ * names block i / 32, element i % 32). */
 static __device__ __forceinline__ float wget(const void *w, int dt, size_t i) {
-    return dt == DS_BF16 ? bf2f(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+    if (dt == DS_BF16) return bf2f(((const uint16_t *)w)[i]);
+    if (dt == DS_F32) return ((const float *)w)[i];
+    const uint8_t *b = (const uint8_t *)w + (i / 32) * (dt == DS_Q8_0 ? QB8 : QB4);
+    const float d = h2f((uint16_t)(b[0] | (b[1] << 8)));
+    const int j = (int)(i % 32);
+    if (dt == DS_Q8_0) return d * (float)(int8_t)b[2 + j];
+    const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
+    return d * (float)(q - 8);
+}
+/* Σ_r: acc[r] += Σ_j w_j · x_r[j] over the 32 weights of one block (x_r: 32 floats each, nr rows). The block's
+ * scale multiplies the sum of q·x. */
+template <int R>
+static __device__ __forceinline__ void block_dot(float *acc, const uint8_t *b, int dt, const float *const *x, int nr) {
+    const uint16_t *h = (const uint16_t *)b; /* blocks are 2-byte aligned */
+    const float d = h2f(h[0]);
+    float s[R];
+#pragma unroll
+    for (int r = 0; r < R; r++) s[r] = 0.f;
+    if (dt == DS_Q8_0) {
+#pragma unroll
+        for (int t = 0; t < 16; t++) {
+            uint16_t v = h[1 + t];
+            float q0 = (float)(int8_t)(v & 0xff), q1 = (float)(int8_t)(v >> 8);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (r < nr) s[r] += q0 * x[r][2 * t] + q1 * x[r][2 * t + 1];
+        }
+    } else {
+#pragma unroll
+        for (int t = 0; t < 8; t++) {
+            uint16_t v = h[1 + t];
+            float a0 = (float)((v & 15) - 8), b0 = (float)(((v >> 4) & 15) - 8);
+            float a1 = (float)(((v >> 8) & 15) - 8), b1 = (float)((v >> 12) - 8);
+#pragma unroll
+            for (int r = 0; r < R; r++)
+                if (r < nr)
+                    s[r] += a0 * x[r][2 * t] + a1 * x[r][2 * t + 1] + b0 * x[r][16 + 2 * t] + b1 * x[r][17 + 2 * t];
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < R; r++)
+        if (r < nr) acc[r] += d * s[r];
+}
+static __host__ __device__ inline int is_block(int dt) { return dt == DS_Q8_0 || dt == DS_Q4_0; }
+static __host__ __device__ inline size_t wrow_bytes(int dt, int K) {
+    return dt == DS_Q8_0 ? (size_t)K / 32 * QB8 : dt == DS_Q4_0 ? (size_t)K / 32 * QB4 : (size_t)K * (dt == DS_BF16 ? 2 : 4);
 }
 static __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);

@@ -201,7 +201,8 @@ struct GroupArgs {
     float *y;                 /* gate/up: h [n·k, F]; down: ysl [n·k, D] */
     const int32_t *off, *pair_row;
     const int32_t *act;       /* blockIdx.y -> expert (the experts with rows first; −1: nothing to do) */
-    int K, N, wdt, bf, vec;   /* K: reduction length, N: output columns */
+    int K, N, wdt, bf, vec;   /* K: reduction length, N: output columns; wdt: routed experts' dtype */
+    int swdt;                 /* the shared experts' dtype (4-bit models keep them Q8_0) */
     int E, n, sK, sN;         /* E: the shared experts' blockIdx.y (−1: not fused); their rows, reduction length
                                  and output columns */
     const float *sx;
@@ -228,6 +229,14 @@ static __device__ __forceinline__ void dot_rows(float *acc, const float *const *
                     acc[r] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
                               v.z * wv[6] + v.w * wv[7];
                 }
+        }
+    } else if (is_block(wdt)) { /* Q8_0 / Q4_0: a lane per block of 32 weights */
+        const int qb = wdt == DS_Q8_0 ? QB8 : QB4;
+        for (int kb = lane; kb < K / 32; kb += 32) {
+            const float *xb[MR];
+#pragma unroll
+            for (int r = 0; r < MR; r++) xb[r] = xr[r] + 32 * kb;
+            block_dot<MR>(acc, (const uint8_t *)w + (size_t)kb * qb, wdt, xb, nr);
         }
     } else {
         for (int k = lane; k < K; k += 32) {
@@ -273,7 +282,8 @@ __global__ void __launch_bounds__(MW * 32) gateup_k(GroupArgs a, UpPtrs w) {
     if (e < 0) return;
     const int N = sh ? a.sN : a.N, p0 = sh ? 0 : a.off[e], cnt = sh ? a.n : a.off[e + 1] - p0;
     if (cnt == 0 || f >= N) return;
-    size_t wo = (size_t)f * a.K * (a.wdt == DS_BF16 ? 2 : 4);
+    const int wdt = sh ? a.swdt : a.wdt;
+    size_t wo = (size_t)f * wrow_bytes(wdt, a.K);
     const void *wg = (const char *)(sh ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(sh ? w.sup : w.up[e]) + wo;
     float *y = sh ? a.sy : a.y;
     for (int i0 = 0; i0 < cnt; i0 += MR) {
@@ -285,11 +295,11 @@ __global__ void __launch_bounds__(MW * 32) gateup_k(GroupArgs a, UpPtrs w) {
             xr[r] = a.x + (size_t)(sh ? i : a.pair_row[i]) * a.K;
         }
         float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-        if (a.vec && a.wdt == DS_BF16) {
+        if (a.vec && wdt == DS_BF16) {
             dot_rows2(g, u, xr, nr, wg, wu, a.K, lane);
         } else {
-            dot_rows(g, xr, nr, wg, a.wdt, a.K, a.vec, lane);
-            dot_rows(u, xr, nr, wu, a.wdt, a.K, a.vec, lane);
+            dot_rows(g, xr, nr, wg, wdt, a.K, a.vec, lane);
+            dot_rows(u, xr, nr, wu, wdt, a.K, a.vec, lane);
         }
 #pragma unroll
         for (int r = 0; r < MR; r++) {
@@ -314,7 +324,8 @@ __global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
     if (e < 0) return;
     const int p0 = sh ? 0 : a.off[e], cnt = sh ? a.n : a.off[e + 1] - p0, K = sh ? a.sK : a.K;
     if (cnt == 0 || d >= a.N) return;
-    const void *wd = (const char *)(sh ? w.sdown : w.down[e]) + (size_t)d * K * (a.wdt == DS_BF16 ? 2 : 4);
+    const int wdt = sh ? a.swdt : a.wdt;
+    const void *wd = (const char *)(sh ? w.sdown : w.down[e]) + (size_t)d * wrow_bytes(wdt, K);
     const float *x = sh ? a.sx : a.x;
     float *y = sh ? a.sy : a.y;
     for (int i0 = 0; i0 < cnt; i0 += MR) {
@@ -323,7 +334,7 @@ __global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
 #pragma unroll
         for (int r = 0; r < MR; r++) xr[r] = x + (size_t)(p0 + i0 + min(r, nr - 1)) * K;
         float acc[MR] = {0.f, 0.f, 0.f, 0.f};
-        dot_rows(acc, xr, nr, wd, a.wdt, K, a.vec, lane);
+        dot_rows(acc, xr, nr, wd, wdt, K, a.vec, lane);
 #pragma unroll
         for (int r = 0; r < MR; r++) {
             float v = warp_sum(acc[r]);
@@ -568,10 +579,11 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     const int S = m->d_shared, has_shared = m->shared.gate.data != NULL;
     const int fuse = has_shared && n <= FUSE_SHARED_ROWS; /* shared experts as one more group in the products */
 
-    int wdt = m->experts[0].gate.dtype;
-    DS_ASSERT(wdt == DS_BF16 || wdt == DS_F32);
-    int vec_ok = (wdt == DS_BF16 ? D % 8 == 0 && F % 8 == 0 : D % 4 == 0 && F % 4 == 0) && aligned16(x) &&
-                 aligned16(s.h);
+    int wdt = m->experts[0].gate.dtype, swdt = has_shared ? (int)m->shared.gate.dtype : wdt;
+    DS_ASSERT(wdt == DS_BF16 || wdt == DS_F32 || (is_block(wdt) && D % 32 == 0 && F % 32 == 0));
+    DS_ASSERT(!has_shared || swdt == DS_BF16 || swdt == DS_F32 || (is_block(swdt) && S % 32 == 0));
+    int vec_ok = !is_block(wdt) && (wdt == DS_BF16 ? D % 8 == 0 && F % 8 == 0 : D % 4 == 0 && F % 4 == 0) &&
+                 aligned16(x) && aligned16(s.h);
     UpPtrs up;
     DownPtrs down;
     memset(&up, 0, sizeof up);
@@ -587,14 +599,14 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     }
     if (fuse) {
         const BackendExpert *sx = &m->shared;
-        DS_ASSERT((int)sx->gate.dtype == wdt && (int)sx->up.dtype == wdt && (int)sx->down.dtype == wdt);
+        DS_ASSERT((int)sx->gate.dtype == swdt && (int)sx->up.dtype == swdt && (int)sx->down.dtype == swdt);
         up.sgate = sx->gate.data;
         up.sup = sx->up.data;
         down.sdown = sx->down.data;
-        vec_ok = vec_ok && (wdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
+        vec_ok = vec_ok && (swdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
                  aligned16(sx->gate.data) && aligned16(sx->up.data) && aligned16(sx->down.data);
     }
-    if (n == 1 && vec_ok && wdt == DS_BF16 && K <= MAXK1 && (!has_shared || fuse) && D % 8 == 0 && F % 8 == 0 &&
+    if (n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) && K <= MAXK1 && (!has_shared || fuse) && D % 8 == 0 && F % 8 == 0 &&
         aligned16(s.ysl) && aligned16(x)) {
         route1_k<<<1, 1024, 0, c->stream>>>(x, m->router.data, m->router.dtype, E, D, K, bf, s.idx, s.wts,
                                             router_logits, experts);
@@ -624,6 +636,7 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     g.off = s.off;
     g.pair_row = s.pair_row;
     g.wdt = wdt;
+    g.swdt = swdt;
     g.bf = bf;
     g.vec = vec_ok;
     const int ny = nk < E ? nk : E; /* at most nk experts have rows: the grid covers only those */

@@ -11,6 +11,7 @@
 #include <stdlib.h>
 
 #include "backend.h"
+#include "quant.h"
 #include "check.h"
 #include "cuda/backend_cuda.h"
 #include "ops.h"
@@ -155,7 +156,52 @@ static void linear_case(int M, int K, int N, int wdt, int bias_kind, int accum, 
     free(x), free(wh), free(bh), free(y0), free(yr), free(yg);
 }
 
+/* host weights of dtype dt (bf16, f32, or a block type quantised from random floats) and their device copy */
+static void *mk_weight(size_t count, float scale, int dt, size_t *bytes) {
+    if (dt == DS_BF16 || dt == DS_F32) {
+        *bytes = count * (dt == DS_BF16 ? 2 : 4);
+        return dt == DS_BF16 ? (void *)rnd_bf16(count, scale) : (void *)rnd(count, scale);
+    }
+    float *f = rnd(count, scale);
+    *bytes = quant_row_bytes((DsDtype)dt, (int64_t)count);
+    void *q = malloc(*bytes);
+    quant_row_ref((DsDtype)dt, q, f, (int64_t)count);
+    free(f);
+    return q;
+}
+
+static const char *dt_name(int dt) {
+    return dt == DS_BF16 ? "bf16" : dt == DS_F32 ? "f32" : dt == DS_Q8_0 ? "q8_0" : "q4_0";
+}
+
+/* linear on Q8_0 / Q4_0 weights against ops_linear_ref on the same blocks: few rows run the block GEMV (fp32
+ * arithmetic), more rows the GEMM on the weights dequantised to bf16 with bf16 activations */
+static void qlinear_case(int M, int K, int N, int qdt, int with_bias) {
+    int ldx = K + 4, ldy = N + 2;
+    float *x = rnd((size_t)M * ldx, 1.0f);
+    size_t wbytes;
+    void *wh = mk_weight((size_t)N * K, 0.5f, qdt, &wbytes);
+    uint16_t *bh = rnd_bf16(N, 1.0f);
+    float *yr = malloc((size_t)M * ldy * 4 + 4);
+    for (size_t i = 0; i < (size_t)M * ldy; i++) yr[i] = 0.f;
+    ops_linear_ref(yr, ldy, x, ldx, M, K, ds_w(wh, (DsDtype)qdt), N, with_bias ? ds_w(bh, DS_BF16) : ds_w_none(), 0);
+    float *dx = dev(x, (size_t)M * ldx * 4), *dy = dev(yr, (size_t)M * ldy * 4);
+    void *dw = dev(wh, wbytes), *db = dev(bh, (size_t)N * 2);
+    B->memset0(B, dy, (size_t)M * ldy * 4);
+    B->linear(B, dy, ldy, dx, ldx, M, K, ds_w(dw, (DsDtype)qdt), N, with_bias ? ds_w(db, DS_BF16) : ds_w_none(), 0);
+    float *yg = down(dy, (size_t)M * ldy);
+    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * ldy), M > 8 ? 8e-3 : 2e-5, "linear %s M%d K%d N%d bias%d", dt_name(qdt), M,
+               K, N, with_bias);
+    B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
+    free(x), free(wh), free(bh), free(yr), free(yg);
+}
+
 static void test_linear(void) {
+    static const int qshapes[][3] = {{1, 32, 1}, {1, 1280, 1280}, {3, 96, 37}, {8, 1280, 70}, {9, 64, 64},
+                                     {37, 1280, 300}, {1, 1280, 129}};
+    for (size_t s = 0; s < sizeof qshapes / sizeof qshapes[0]; s++)
+        for (int q = 0; q < 2; q++)
+            qlinear_case(qshapes[s][0], qshapes[s][1], qshapes[s][2], q ? DS_Q4_0 : DS_Q8_0, (int)(s & 1));
     static const int shapes[][3] = {{1, 1, 1},    {1, 37, 5},     {2, 100, 33},  {3, 64, 17},    {4, 16, 300},
                                     {5, 129, 31}, {8, 1280, 70},  {9, 64, 64},   {15, 300, 19},  {16, 300, 257},
                                     {17, 513, 300}, {130, 40, 7}, {200, 257, 513}, {33, 1, 9},   {64, 768, 256}};
@@ -538,30 +584,37 @@ static void moe_ref(float *y, float *logits, int32_t *idx, const float *x, int n
     free(wts), free(acc), free(yg), free(scr);
 }
 
+static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wdt, int swdt);
 static void moe_case(int n, int E, int K, int D, int F, int S, int bf, int wdt) {
-    size_t es = wdt == DS_BF16 ? 2 : 4;
+    moe_case_dt(n, E, K, D, F, S, bf, wdt, wdt);
+}
+
+/* wdt: routed experts; swdt: shared experts; the router is bf16 when the experts are block-quantised */
+static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wdt, int swdt) {
     BackendMoe hm = {.n_experts = E, .top_k = K, .d_model = D, .d_ff = F, .d_shared = S};
     BackendMoe dm = hm;
     BackendExpert *he = calloc(E, sizeof *he), *de = calloc(E, sizeof *de);
     void *bufs[1024];
     int nb = 0;
-#define MKW(hw, dw, count, scale)                                                                             \
+#define MKW(hw, dw, count, scale, dt)                                                                         \
     do {                                                                                                      \
-        void *h_ = wdt == DS_BF16 ? (void *)rnd_bf16((count), (scale)) : (void *)rnd((count), (scale));       \
+        size_t by_;                                                                                           \
+        void *h_ = mk_weight((count), (scale), (dt), &by_);                                                   \
         bufs[nb++] = h_;                                                                                      \
-        hw = ds_w(h_, wdt);                                                                                   \
-        dw = ds_w(dev(h_, (size_t)(count) * es), wdt);                                                        \
+        hw = ds_w(h_, (DsDtype)(dt));                                                                         \
+        dw = ds_w(dev(h_, by_), (DsDtype)(dt));                                                               \
     } while (0)
-    MKW(hm.router, dm.router, (size_t)E * D, 0.5f);
+    const int rdt = wdt == DS_Q8_0 || wdt == DS_Q4_0 ? DS_BF16 : wdt;
+    MKW(hm.router, dm.router, (size_t)E * D, 0.5f, rdt);
     for (int e = 0; e < E; e++) {
-        MKW(he[e].gate, de[e].gate, (size_t)F * D, 0.2f);
-        MKW(he[e].up, de[e].up, (size_t)F * D, 0.2f);
-        MKW(he[e].down, de[e].down, (size_t)D * F, 0.2f);
+        MKW(he[e].gate, de[e].gate, (size_t)F * D, 0.2f, wdt);
+        MKW(he[e].up, de[e].up, (size_t)F * D, 0.2f, wdt);
+        MKW(he[e].down, de[e].down, (size_t)D * F, 0.2f, wdt);
     }
     if (S) {
-        MKW(hm.shared.gate, dm.shared.gate, (size_t)S * D, 0.2f);
-        MKW(hm.shared.up, dm.shared.up, (size_t)S * D, 0.2f);
-        MKW(hm.shared.down, dm.shared.down, (size_t)D * S, 0.2f);
+        MKW(hm.shared.gate, dm.shared.gate, (size_t)S * D, 0.2f, swdt);
+        MKW(hm.shared.up, dm.shared.up, (size_t)S * D, 0.2f, swdt);
+        MKW(hm.shared.down, dm.shared.down, (size_t)D * S, 0.2f, swdt);
     }
 #undef MKW
     hm.experts = he;
@@ -580,9 +633,11 @@ static void moe_case(int n, int E, int K, int D, int F, int S, int bf, int wdt) 
     int32_t *gi = malloc((size_t)n * K * 4);
     B->download(B, gi, di, (size_t)n * K * 4);
     int same = memcmp(gi, idx, (size_t)n * K * 4) == 0;
-    double tol = bf ? 4e-3 : (S && n > 8 && wdt == DS_BF16) ? 6e-3 : 2e-5;
-    EXPECT_ERR(rel_l2(gy, y, (size_t)n * D), tol, "moe n%d E%d k%d D%d F%d shared%d bf16%d %s", n, E, K, D, F, S, bf,
-               wdt == DS_BF16 ? "bf16" : "f32");
+    /* many rows: the shared experts go through the GEMM path (bf16 activations, block weights dequantised to
+     * bf16) */
+    double tol = bf ? 4e-3 : (S && n > 8 && wdt != DS_F32) ? 8e-3 : 2e-5;
+    EXPECT_ERR(rel_l2(gy, y, (size_t)n * D), tol, "moe n%d E%d k%d D%d F%d shared%d bf16%d %s/%s", n, E, K, D, F, S,
+               bf, dt_name(wdt), dt_name(swdt));
     EXPECT_ERR(rel_l2(gl, lg, (size_t)n * E), bf ? 4e-3 : 2e-5, "moe router logits n%d", n);
     CHECKF(same, "moe expert choice differs (n%d E%d k%d)", n, E, K);
     B->free(B, dx), B->free(B, dy), B->free(B, dl), B->free(B, ds), B->free(B, di);
@@ -607,6 +662,12 @@ static void test_moe(void) {
     moe_case(1, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* decode: the single-token kernels */
     moe_case(1, 64, 6, 1280, 896, 1792, 0, DS_BF16);
     moe_case(1, 16, 6, 64, 32, 0, 1, DS_BF16);       /* single token, no shared experts */
+    /* block-quantised experts (the 4-bit model keeps its shared experts Q8_0) */
+    moe_case(1, 64, 6, 1280, 896, 1792, 1, DS_Q8_0);
+    moe_case(1, 64, 6, 1280, 896, 1792, 0, DS_Q8_0);
+    moe_case_dt(1, 64, 6, 1280, 896, 1792, 1, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(3, 16, 6, 64, 32, 96, 0, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(50, 13, 4, 64, 32, 64, 0, DS_Q8_0, DS_Q8_0);
 }
 
 static void test_data_movement(void) {
