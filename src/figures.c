@@ -38,17 +38,23 @@ double figures_vision_flops(const ModelConfig *c, int side) {
     return f;
 }
 
-double figures_decode_bytes(const ModelConfig *c, int context, double weight_bytes, double kv_bytes) {
+double figures_decode_bytes_split(const ModelConfig *c, int context, double weight_bytes, double expert_bytes,
+                                  double kv_bytes) {
     const double D = c->hidden_size, L = c->num_hidden_layers;
-    double elems = 0;
+    double elems = 0, experts = 0;
     for (int l = 0; l < c->num_hidden_layers; l++) {
         elems += 4 * D * D; /* q, k, v, o */
-        if (config_layer_is_moe(c, l))
-            elems += (double)c->n_routed_experts * D /* router */ +
-                     3 * D * (double)c->moe_intermediate_size * (c->num_experts_per_tok + c->n_shared_experts);
-        else
+        if (config_layer_is_moe(c, l)) {
+            elems += (double)c->n_routed_experts * D /* router */ + 3 * D * (double)c->moe_intermediate_size * c->n_shared_experts;
+            experts += 3 * D * (double)c->moe_intermediate_size * c->num_experts_per_tok;
+        } else {
             elems += 3 * D * (double)c->intermediate_size;
+        }
     }
     elems += (double)c->vocab_size * D; /* lm_head */
-    return elems * weight_bytes + 2 * L * (double)context * D * kv_bytes;
+    return elems * weight_bytes + experts * expert_bytes + 2 * L * (double)context * D * kv_bytes;
+}
+
+double figures_decode_bytes(const ModelConfig *c, int context, double weight_bytes, double kv_bytes) {
+    return figures_decode_bytes_split(c, context, weight_bytes, weight_bytes, kv_bytes);
 }

@@ -18,5 +18,9 @@ double figures_vision_flops(const ModelConfig *c, int side);
  * num_experts_per_tok routed and the shared experts, the final norm and lm_head, and the keys and values of the
  * context. (Embedding rows and norm weights, under 0.01 %, are left out.) */
 double figures_decode_bytes(const ModelConfig *c, int context, double weight_bytes, double kv_bytes);
+/* The same with the routed experts at their own bytes per weight (a 4-bit model: 18/32; its other matrices Q8_0:
+ * 34/32). The router stays at weight_bytes too. */
+double figures_decode_bytes_split(const ModelConfig *c, int context, double weight_bytes, double expert_bytes,
+                                  double kv_bytes);
 
 #endif

@@ -255,8 +255,9 @@ int cli_bench(int argc, char **argv) {
             const ModelConfig *cf = engine_model_config(model);
             double vf = figures_vision_flops(cf, im.base_size) +
                         (n_views - 1) * figures_vision_flops(cf, im.image_size);
-            const double wb = 2; /* bf16 weights (a quantised model reads fewer bytes) */
-            double db = figures_decode_bytes(cf, n_prompt + n_tok / 2, wb, prec == DSOCR_PRECISION_BF16 ? 2 : 4);
+            /* bytes per weight as held: bf16, or quant_choose's blocks (Q8_0 34/32; 4-bit experts Q4_0 18/32) */
+            const double wb = quant ? 34.0 / 32 : 2, eb = quant && !strcmp(quant, "q4") ? 18.0 / 32 : wb;
+            double db = figures_decode_bytes_split(cf, n_prompt + n_tok / 2, wb, eb, prec == DSOCR_PRECISION_BF16 ? 2 : 4);
             double vs = median(vis, repeat), ts = median(tps, repeat);
             printf("      \"vision_flops\": %.4g, \"vision_tflops\": %.2f, \"decode_bytes_per_token\": %.4g, "
                    "\"decode_gbps\": %.1f,\n",
