@@ -423,7 +423,7 @@ static DsocrStatus open_files(Checkpoint *ck, const char *dir, const StrList *fi
     return DSOCR_OK;
 }
 
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
+void ck_fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     size_t u = 0;
     u += (size_t)snprintf(buf + u, n - u, "[");
     for (int i = 0; i < ndim && u < n; i++)
@@ -431,15 +431,7 @@ static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
     if (u < n) snprintf(buf + u, n - u, "]");
 }
 
-/* Appends one problem to the message (the first few in full, then a count). */
-typedef struct Problems {
-    char text[4096];
-    size_t used;
-    int n;
-} Problems;
-
-static void problem(Problems *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void problem(Problems *p, const char *fmt, ...) {
+void ck_problem(CkProblems *p, const char *fmt, ...) {
     p->n++;
     if (p->n > 8 || p->used >= sizeof p->text - 1) return;
     va_list ap;
@@ -458,34 +450,34 @@ DsocrStatus checkpoint_validate(Checkpoint *ck, const char *dir, DsError *e) {
     if (st) return st;
     ck->tensors = calloc((size_t)ck->n_tensors + 1, sizeof *ck->tensors);
     if (!ck->tensors) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-    Problems pr = {.used = 0, .n = 0};
+    CkProblems pr = {.used = 0, .n = 0};
     /* duplicates across shards */
     for (int i = 0; i < ck->n_shards; i++)
         for (int j = 0; j < ck->shards[i].n_tensors; j++)
             for (int k = i + 1; k < ck->n_shards; k++)
                 if (safetensors_find(&ck->shards[k], ck->shards[i].tensors[j].name))
-                    problem(&pr, "\n  tensor '%s' is in two files (%s and %s)", ck->shards[i].tensors[j].name,
+                    ck_problem(&pr, "\n  tensor '%s' is in two files (%s and %s)", ck->shards[i].tensors[j].name,
                             ck->shard_paths[i], ck->shard_paths[k]);
     for (int i = 0; i < ck->n_tensors; i++) {
         const CkExpected *x = &ck->expected[i];
         const StTensor *t = NULL;
         for (int s = 0; s < ck->n_shards && !t; s++) t = safetensors_find(&ck->shards[s], x->name);
         char want[128], got[128];
-        fmt_shape(want, sizeof want, x->ndim, x->shape);
+        ck_fmt_shape(want, sizeof want, x->ndim, x->shape);
         if (!t) {
-            problem(&pr, "\n  missing tensor '%s' (expected shape %s)", x->name, want);
+            ck_problem(&pr, "\n  missing tensor '%s' (expected shape %s)", x->name, want);
             continue;
         }
         int same = t->ndim == x->ndim;
         for (int d = 0; same && d < x->ndim; d++) same = t->shape[d] == x->shape[d];
         if (!same) {
-            fmt_shape(got, sizeof got, t->ndim, t->shape);
-            problem(&pr, "\n  tensor '%s' has shape %s, expected %s", x->name, got, want);
+            ck_fmt_shape(got, sizeof got, t->ndim, t->shape);
+            ck_problem(&pr, "\n  tensor '%s' has shape %s, expected %s", x->name, got, want);
         }
         int block_ok = (t->dtype == DS_Q8_0 || t->dtype == DS_Q4_0) && x->ndim == 2 &&
                        checkpoint_component_quantizable(x->comp) && ck->n_gguf > 0;
         if (t->dtype != DS_BF16 && !block_ok)
-            problem(&pr, "\n  tensor '%s' has dtype %s, expected BF16 (or F32, converted once)%s", x->name,
+            ck_problem(&pr, "\n  tensor '%s' has dtype %s, expected BF16 (or F32, converted once)%s", x->name,
                     ds_dtype_name(t->dtype),
                     checkpoint_component_quantizable(x->comp) && x->ndim == 2 ? ", Q8_0 or Q4_0 (GGUF)" : "");
         ck->tensors[i].st = t;
@@ -499,8 +491,8 @@ DsocrStatus checkpoint_validate(Checkpoint *ck, const char *dir, DsError *e) {
             if (strlen(t->name) >= sizeof key.name ||
                 !bsearch(&key, ck->expected, (size_t)ck->n_tensors, sizeof key, cmp_exp)) {
                 char got[128];
-                fmt_shape(got, sizeof got, t->ndim, t->shape);
-                problem(&pr, "\n  extra tensor '%.200s' (shape %s) is not part of this model", t->name, got);
+                ck_fmt_shape(got, sizeof got, t->ndim, t->shape);
+                ck_problem(&pr, "\n  extra tensor '%.200s' (shape %s) is not part of this model", t->name, got);
             }
         }
     }

@@ -102,4 +102,16 @@ typedef struct CkSummary {
 } CkSummary;
 void checkpoint_summary(const Checkpoint *ck, CkSummary *s);
 
+/* ---- shared by checkpoint.c and checkpoint_gguf.c (not for other modules) ---- */
+
+/* Validation problems collected into one message: the first 8 in full, then a count. */
+typedef struct CkProblems {
+    char text[4096];
+    size_t used;
+    int n;
+} CkProblems;
+void ck_problem(CkProblems *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* "[d0, d1, ...]" into buf. */
+void ck_fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape);
+
 #endif

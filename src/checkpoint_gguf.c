@@ -369,11 +369,6 @@ static int same_shape(const int64_t *a, int na, const int64_t *b, int nb) {
     }
 }
 
-static void fmt_shape(char *buf, size_t n, int ndim, const int64_t *shape) {
-    size_t u = (size_t)snprintf(buf, n, "[");
-    for (int i = 0; i < ndim && u < n; i++) u += (size_t)snprintf(buf + u, n - u, "%s%" PRId64, i ? ", " : "", shape[i]);
-    if (u < n) snprintf(buf + u, n - u, "]");
-}
 
 typedef struct Conv {
     uint64_t lossy;   /* values changed by narrowing to bf16 */
@@ -427,22 +422,6 @@ static DsocrStatus present(Checkpoint *ck, StTensor *t, const uint8_t *src, DsDt
     return DSOCR_OK;
 }
 
-typedef struct Problems {
-    char text[4096];
-    size_t used;
-    int n;
-} Problems;
-
-static void problem(Problems *p, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void problem(Problems *p, const char *fmt, ...) {
-    p->n++;
-    if (p->n > 8 || p->used >= sizeof p->text - 1) return;
-    va_list ap;
-    va_start(ap, fmt);
-    int w = vsnprintf(p->text + p->used, sizeof p->text - p->used, fmt, ap);
-    va_end(ap);
-    if (w > 0) p->used += (size_t)w < sizeof p->text - p->used ? (size_t)w : sizeof p->text - p->used - 1;
-}
 
 static int cmp_st(const void *a, const void *b) { return strcmp(((const StTensor *)a)->name, ((const StTensor *)b)->name); }
 
@@ -454,7 +433,7 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
     const GgufFile *T = &ck->gguf[0], *V = ck->n_gguf > 1 ? &ck->gguf[1] : &ck->gguf[0];
     uint8_t *used[2] = {calloc((size_t)T->n_tensors + 1, 1), calloc((size_t)V->n_tensors + 1, 1)};
     StTensor *ts = calloc((size_t)n + 1, sizeof *ts);
-    Problems pr = {.used = 0, .n = 0};
+    CkProblems pr = {.used = 0, .n = 0};
     Conv cv = {0};
     if (!used[0] || !used[1] || !ts) {
         st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
@@ -471,9 +450,9 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
         }
         const GgufFile *f = mm ? V : T;
         const GgufTensor *g = gguf_find_tensor(f, gname);
-        fmt_shape(want, sizeof want, x->ndim, x->shape);
+        ck_fmt_shape(want, sizeof want, x->ndim, x->shape);
         if (!g) {
-            problem(&pr, "\n  missing tensor '%s' (%s, shape %s) in %s", gname, x->name, want, f->what);
+            ck_problem(&pr, "\n  missing tensor '%s' (%s, shape %s) in %s", gname, x->name, want, f->what);
             continue;
         }
         used[f == V && ck->n_gguf > 1][g - f->tensors] = 1;
@@ -485,9 +464,9 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
         if (expert >= 0) es[ne++] = ck->config.n_routed_experts;
         for (int d = 0; d < x->ndim; d++) es[ne++] = x->shape[d];
         if (!same_shape(sh, g->n_dims, es, ne)) {
-            fmt_shape(got, sizeof got, g->n_dims, sh);
-            fmt_shape(want, sizeof want, ne, es);
-            problem(&pr, "\n  tensor '%s' (%s) has shape %s, expected %s", gname, x->name, got, want);
+            ck_fmt_shape(got, sizeof got, g->n_dims, sh);
+            ck_fmt_shape(want, sizeof want, ne, es);
+            ck_problem(&pr, "\n  tensor '%s' (%s) has shape %s, expected %s", gname, x->name, got, want);
             continue;
         }
         StTensor *t = &ts[nt];
@@ -509,7 +488,7 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
     for (int k = 0; k < ck->n_gguf; k++) {
         const GgufFile *f = &ck->gguf[k];
         for (int64_t j = 0; j < f->n_tensors; j++)
-            if (!used[k][j]) problem(&pr, "\n  extra tensor '%s' in %s is not part of this model", f->tensors[j].name, f->what);
+            if (!used[k][j]) ck_problem(&pr, "\n  extra tensor '%s' in %s is not part of this model", f->tensors[j].name, f->what);
     }
     if (pr.n) {
         st = ds_fail(e, DSOCR_E_MODEL, "%s: %d problem%s with the weights:%s%s", what, pr.n, pr.n > 1 ? "s" : "",
