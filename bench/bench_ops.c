@@ -8,6 +8,7 @@
 #include <stdlib.h>
 #include <unistd.h>
 
+#include "hwinfo.h"
 #include "ops.h"
 
 static uint32_t seed = 1;
@@ -124,25 +125,13 @@ static void bench_conv(const char *what, OpsConv2d c) {
     free(x), free(y), free(s), free(w);
 }
 
+/* The CPU's model name (hwinfo.h), quotes and backslashes blanked for the JSON. */
 static void cpu_name(char *out, size_t n) {
-    snprintf(out, n, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10)) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 1 + (p[1] == ' ');
-                p[strcspn(p, "\n")] = 0;
-                for (char *q = p; *q; q++)
-                    if (*q == '"' || *q == '\\') *q = ' ';
-                snprintf(out, n, "%s", p);
-            }
-            break;
-        }
-    }
-    fclose(f);
+    HwInfo h;
+    hwinfo_probe(&h, 0);
+    snprintf(out, n, "%s", h.cpu_model[0] ? h.cpu_model : "unknown");
+    for (char *q = out; *q; q++)
+        if (*q == '"' || *q == '\\') *q = ' ';
 }
 
 int main(int argc, char **argv) {

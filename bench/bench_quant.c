@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "hwinfo.h"
 #include "ops.h"
 #include "quant.h"
 
@@ -24,25 +25,13 @@ static int quick;
 static const char *only; /* a substring of the shapes to run, or NULL for all */
 static int first = 1;
 
+/* The CPU's model name (hwinfo.h), quotes and backslashes blanked for the JSON. */
 static void cpu_name(char *out, size_t n) {
-    snprintf(out, n, "unknown");
-    FILE *f = fopen("/proc/cpuinfo", "r");
-    if (!f) return;
-    char line[512];
-    while (fgets(line, sizeof line, f)) {
-        if (!strncmp(line, "model name", 10)) {
-            char *p = strchr(line, ':');
-            if (p) {
-                p += 1 + (p[1] == ' ');
-                p[strcspn(p, "\n")] = 0;
-                for (char *q = p; *q; q++)
-                    if (*q == '"' || *q == '\\') *q = ' ';
-                snprintf(out, n, "%s", p);
-            }
-            break;
-        }
-    }
-    fclose(f);
+    HwInfo h;
+    hwinfo_probe(&h, 0);
+    snprintf(out, n, "%s", h.cpu_model[0] ? h.cpu_model : "unknown");
+    for (char *q = out; *q; q++)
+        if (*q == '"' || *q == '\\') *q = ' ';
 }
 
 /* Best seconds per call of y = x·Wᵀ over calls totalling about min_s, W cycling over n_copies copies. */
