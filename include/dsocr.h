@@ -109,7 +109,16 @@ typedef enum DsocrCompat {
     DSOCR_COMPAT_VLLM = 1 /* official vLLM: up to 6 tiles, 30-grams in a 90-token window, RGBA on white */
 } DsocrCompat;
 
-typedef enum DsocrPrecision { DSOCR_PRECISION_FP32 = 0, DSOCR_PRECISION_BF16 = 1 } DsocrPrecision;
+/* FP32: fp32 activations, norms, softmax and KV cache (on a GPU the tensor-core products still take bf16 inputs).
+ * BF16: the official model's bf16 rounding points and a bf16 KV cache.
+ * F16: the fp32 graph (residual stream, norms, softmax and KV cache in fp32) with fp16 inputs to the GPU's
+ * tensor-core products (saturated to +-65504, never inf): what cards without bf16 (sm_75) run. CUDA only; a run
+ * on the CPU refuses it with DSOCR_E_INVALID_ARG. */
+typedef enum DsocrPrecision {
+    DSOCR_PRECISION_FP32 = 0,
+    DSOCR_PRECISION_BF16 = 1,
+    DSOCR_PRECISION_F16 = 2
+} DsocrPrecision;
 
 typedef struct DsocrOcrOptions {
     const char *mode;   /* "tiny" "small" "base" "large" "gundam" (default); or NULL and the three below */

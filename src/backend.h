@@ -91,6 +91,10 @@ struct Backend {
     void (*moe)(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
                 int32_t *experts, float *scratch);
     size_t (*moe_scratch_floats)(int n, const BackendMoe *m);
+    /* add_rmsnorm(a, x, r, n, D, norm, eps, flags) then moe(y, a, n, m, ...), as one call so that a backend can
+     * fuse them (CUDA: the norm inside the router kernel for one row). NULL: the caller makes the two calls. */
+    void (*add_rmsnorm_moe)(Backend *b, float *y, float *a, float *x, const float *r, int n, DsW norm, float eps,
+                            const BackendMoe *m, int flags, float *router_logits, int32_t *experts, float *scratch);
 
     /* ---- data movement (row-major fp32 unless said) */
     /* dst [3, S, S] CHW -> [S, S, 3] HWC */
@@ -128,6 +132,14 @@ struct Backend {
      * to f in descending order and clears them. */
     void (*mark)(Backend *b, const char *label);
     void (*profile_report)(Backend *b, void *file);
+
+    /* ---- inputs of the tensor-core products (optional, NULL on backends without them: the CPU). on != 0: from
+     * now on, linear's many-row products (and the ops built on it: conv2d, swiglu) take fp16 inputs: activations
+     * and weights converted to fp16 with saturation to ±65504 (never inf; NaN stays NaN), fp32 accumulation and
+     * output; fp32 weights keep the fp32 product; attention uses no bf16 tensor-core kernel. on == 0 (the
+     * default): bf16 inputs. For cards without bf16 arithmetic (sm_75), and to exercise their path on newer
+     * ones. Ops already queued or recorded (graph_*) keep the mode they were issued with. */
+    void (*set_gemm_f16)(Backend *b, int on);
 
     /* ---- replay of a recorded op sequence (CUDA graphs). NULL on backends without it (the CPU): callers then
      * run the ops directly. Between graph_begin and graph_end, ops are recorded, not run (no download or sync in

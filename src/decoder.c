@@ -142,21 +142,25 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, k, ld, v, ld);
         OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
-                            .scale = 1.0f / sqrtf((float)hd)};
+                            .scale = 1.0f / sqrtf((float)hd), .round_bf16 = bf16};
         be_mark(be, "dec.attn");
         be->attention_kv(be, &a);
         be_mark(be, "dec.o");
-        RND(w->att, (size_t)n * D);
         be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), bf16 ? BE_ROUND : 0);
         if (s->dump_dir) {
             snprintf(nm, sizeof nm, "layer%d.attn", l);
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->tmp, n, D, e))) return st;
         }
-        be->add_rmsnorm(be, w->a, x, w->tmp, n, D, L->post_norm, eps, fl);
+        const int fused = L->moe && be->add_rmsnorm_moe;
+        if (!fused) be->add_rmsnorm(be, w->a, x, w->tmp, n, D, L->post_norm, eps, fl);
         be_mark(be, L->moe ? "dec.moe" : "dec.dense");
         if (L->moe) {
-            be->moe(be, w->tmp, w->a, n, &L->moe_w, fl, s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL,
-                    w->scratch);
+            if (fused)
+                be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w, fl,
+                                    s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL, w->scratch);
+            else
+                be->moe(be, w->tmp, w->a, n, &L->moe_w, fl, s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL,
+                        w->scratch);
             if (s->dump_dir) {
                 snprintf(nm, sizeof nm, "layer%d.router_logits", l);
                 if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->rlog, n, c->n_routed_experts, e))) return st;

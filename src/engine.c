@@ -53,7 +53,8 @@ struct DsocrSession {
     int32_t *step_dev;  /* [4] backend: the decode step's input id and position; [2]: the argmax of its logits */
     int32_t step_host[2];
     void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
-    int graph_bf16;     /* the precision it was recorded for (the KV cache's dtype follows it) */
+    int graph_prec;     /* the DsocrPrecision it was recorded for (the KV cache's dtype and the products' inputs
+                           follow it) */
     size_t kv_bytes;    /* bytes allocated for the KV pool (kv_reserve) */
     void *graph_kv;     /* the KV pool the graph was recorded with */
     int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly and pick tokens on the host from the
@@ -87,6 +88,34 @@ static void progress(const DsocrOcrOptions *o, const char *fmt, ...) {
 static int cancelled(const DsocrOcrOptions *o) { return o->cancel && *o->cancel; }
 
 const char *engine_compat_name(DsocrCompat c) { return c == DSOCR_COMPAT_VLLM ? "vllm" : "hf"; }
+
+const char *engine_precision_name(DsocrPrecision p) {
+    return p == DSOCR_PRECISION_FP32   ? "fp32"
+           : p == DSOCR_PRECISION_BF16 ? "bf16"
+           : p == DSOCR_PRECISION_F16  ? "f16"
+                                       : "?";
+}
+
+DsocrStatus engine_precision_check(const DsocrModel *m, DsocrPrecision p, char *err, size_t errlen) {
+    const char *msg = NULL;
+    if (p != DSOCR_PRECISION_FP32 && p != DSOCR_PRECISION_BF16 && p != DSOCR_PRECISION_F16)
+        msg = "unknown precision: use fp32, bf16 or f16";
+    else if (p == DSOCR_PRECISION_F16 && !m->be->set_gemm_f16)
+        msg = "precision f16 is the CUDA path for GPUs without bf16 (fp16 matrix products, fp32 everywhere else); "
+              "the CPU runs fp32 or bf16";
+    if (!msg) return DSOCR_OK;
+    if (err && errlen) snprintf(err, errlen, "%s", msg);
+    return DSOCR_E_INVALID_ARG;
+}
+
+/* Whether a run of precision p gives the backend's tensor-core products fp16 inputs (backend.h set_gemm_f16):
+ * for f16, and for every precision on a card without bf16 arithmetic (compute capability below 8.0, sm_75),
+ * whose fp16 tensor cores are the fast ones. There a bf16 run keeps its rounding points and its products see the
+ * same numbers (a bf16 value is exact in fp16 from 2^-14 to 65504; beyond, fp16 saturates), and an fp32 run
+ * gets 10 mantissa bits where bf16 gives 7. Only for a backend with set_gemm_f16 (CUDA). */
+static int engine_gemm_f16(Backend *be, DsocrPrecision p) {
+    return p == DSOCR_PRECISION_F16 || backend_cuda_compute_capability(be) < 80;
+}
 
 /* ---- model ---- */
 
@@ -408,7 +437,7 @@ static int buf_add(Buf *b, const char *s, size_t n) {
  * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
  * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
  * one launch per token instead of a few hundred. */
-/* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for --precision fp32). The
+/* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for fp32 and f16). The
  * pool starts small and grows to what runs ask for (prompt + max_tokens), at most the session's context, in
  * steps of KV_GROW tokens; a run never grows it midway. Growing drops the recorded decode step (it points at
  * the pool). */
@@ -455,7 +484,8 @@ static DsocrStatus step_ops(DsocrSession *s, const DecoderStep *ds, DsError *e) 
 }
 
 /* preset: the device's step_dev already holds (tok, pos) (the previous step's argmax was taken): no upload. */
-static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, int preset, DsError *e) {
+static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, DsocrPrecision prec, int preset, DsError *e) {
+    const int bf16 = prec == DSOCR_PRECISION_BF16;
     Backend *be = s->be;
     s->step_host[0] = tok;
     s->step_host[1] = pos;
@@ -464,7 +494,7 @@ static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, 
                       .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev, .kv = &s->kv,
                       .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
     if (!be->graph_begin || s->no_graph) return step_ops(s, &ds, e);
-    if (s->graph && s->graph_bf16 != bf16) {
+    if (s->graph && s->graph_prec != (int)prec) {
         be->graph_free(be, s->graph);
         s->graph = NULL;
     }
@@ -478,7 +508,7 @@ static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, int bf16, 
         }
         if (!g) return step_ops(s, &ds, e); /* recording failed: nothing ran */
         s->graph = g;
-        s->graph_bf16 = bf16;
+        s->graph_prec = (int)prec;
         s->graph_kv = s->kv.data;
     }
     be->graph_launch(be, s->graph);
@@ -512,6 +542,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     ImageMode mode;
     char msg[512];
     if ((st = engine_mode(opt, &mode, msg, sizeof msg))) return fail(s, st, "%s", msg);
+    if ((st = engine_precision_check(s->model, opt->precision, msg, sizeof msg))) return fail(s, st, "%s", msg);
+    const int gemm_f16 = s->be->set_gemm_f16 ? engine_gemm_f16(s->be, opt->precision) : 0;
+    if (s->be->set_gemm_f16) s->be->set_gemm_f16(s->be, gemm_f16);
     const int vllm = opt->compat == DSOCR_COMPAT_VLLM;
     const int ngram = opt->no_repeat_ngram >= 0 ? opt->no_repeat_ngram : (vllm ? 30 : 20);
     const int window = opt->ngram_window >= 0 ? opt->ngram_window : (vllm ? 90 : 0);
@@ -612,7 +645,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
             snprintf(nm, sizeof nm, "%s.input", vname);
             if ((st = dump_f32(dd, nm, s->chw, 3, side, side, &e))) break;
         }
-        VisionOptions vo = {.bf16 = bf16, .dump_dir = dd, .view_name = vname};
+        VisionOptions vo = {.bf16 = bf16, .dump_dir = dd, .view_name = vname, .graph_tag = gemm_f16};
         if ((st = vision_encode(m, s->vw, s->chw, side, &vo, s->feat + feat_rows * D, &e))) break;
         feat_rows += (size_t)n * n;
     }
@@ -735,7 +768,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         }
         if (n_gen >= max_new || T + n_gen >= s->max_context) break;
         if (dbg->n_force > 0 && n_gen >= dbg->n_force) break;
-        if ((st = decode_step(s, gen[n_gen - 1], T + n_gen - 1, bf16, dev_tok >= 0, &e))) {
+        if ((st = decode_step(s, gen[n_gen - 1], T + n_gen - 1, opt->precision, dev_tok >= 0, &e))) {
             fail(s, st, "%s", e.msg);
             break;
         }

@@ -24,6 +24,13 @@ int engine_prompt_text(const char *name, char *buf, size_t n);
 /* Resolves the mode / sizes of opt into m; DSOCR_E_INVALID_ARG with a message for bad values. */
 DsocrStatus engine_mode(const DsocrOcrOptions *opt, ImageMode *m, char *err, size_t errlen);
 
+/* Whether runs of precision p can run on m's backend: DSOCR_OK, or DSOCR_E_INVALID_ARG with a message in err
+ * (f16 on the CPU, which runs fp32 or bf16; a value outside DsocrPrecision). dsocr_ocr checks it too; the
+ * command line asks first so that a refused precision is one error, not a failed page. */
+DsocrStatus engine_precision_check(const DsocrModel *m, DsocrPrecision p, char *err, size_t errlen);
+/* The precision's name: "fp32", "bf16", "f16" ("?" for other values). */
+const char *engine_precision_name(DsocrPrecision p);
+
 /* The profile's name ("hf" or "vllm"). */
 const char *engine_compat_name(DsocrCompat c);
 /* The backend a loaded model computes on (for the benchmark's device figures and profile). */

@@ -200,6 +200,7 @@ typedef struct OpsAttentionKv {
     const KvCache *kv;
     int layer, n_heads, head_dim;   /* n_heads·head_dim == kv->width */
     float scale;
+    int round_bf16;                 /* 1: each output rounded to bf16 (as attention then round_bf16) */
 } OpsAttentionKv;
 void ops_attention_kv_ref(const OpsAttentionKv *a);
 void ops_attention_kv_cpu(const OpsAttentionKv *a);

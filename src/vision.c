@@ -10,6 +10,7 @@
 
 #define MLP_CHUNK 1024 /* rows per MLP pass (bounds the hidden buffer) */
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
+#define VISION_GRAPHS 4             /* recorded views kept (a gundam page uses two sides) */
 
 struct VisionWork {
     Backend *be;
@@ -34,6 +35,13 @@ struct VisionWork {
     float *cpos;           /* [max_tok, CW] */
     float *feat;           /* [n², CW + D1] */
     int pos_side, cpos_n;
+    float *proj;           /* [n², hidden] a recorded view's output (copied to the caller's) */
+    int record;            /* record views as graphs (not with DSOCR_NO_GRAPH or DSOCR_PROFILE) */
+    struct {
+        int side, tag;
+        void *g;
+    } graphs[VISION_GRAPHS];
+    int n_graphs;
     /* host buffers */
     float *h_pos_src;      /* [G, G, W] the table widened */
     float *h_pos;          /* [max_g, max_g, W] resample output */
@@ -80,7 +88,8 @@ size_t vision_work_bytes(const Model *m, int max_side) {
     Sizes z = sizes(m, max_side);
     size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big + z.g * z.g * z.W +
                (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
-               z.n * z.n * z.D1 + z.tok * z.CW * 5 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F;
+               z.n * z.n * z.D1 + z.tok * z.CW * 5 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F +
+               z.n * z.n * (size_t)m->cfg.hidden_size;
     return f * sizeof(float);
 }
 
@@ -127,6 +136,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(cmlp, z.tok * z.CM);
     A(cpos, z.tok * z.CW);
     A(feat, z.n * z.n * z.F);
+    A(proj, z.n * z.n * (size_t)m->cfg.hidden_size);
     H(h_pos_src, z.G * z.G * z.W);
     H(h_pos, z.g * z.g * z.W);
     H(h_rel_src, z.relmax * z.hd);
@@ -135,6 +145,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     H(h_cpos, z.tok * z.CW);
 #undef A
 #undef H
+    w->record = !getenv("DSOCR_NO_GRAPH") && !getenv("DSOCR_PROFILE");
     model_tensor_to_f32(m->sam.pos_embed, w->h_pos_src);
     model_tensor_to_f32(m->clip.position_embedding, w->h_cpos_src);
     *out = w;
@@ -152,7 +163,8 @@ void vision_work_free(VisionWork *w) {
     Backend *be = w->be;
     float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->pos,
                     w->rel,    w->conv, w->neck_a, w->neck_b, w->net2, w->sam, w->cx,
-                    w->cy,     w->cqkv,   w->catt, w->cmlp, w->cpos, w->feat};
+                    w->cy,     w->cqkv,   w->catt, w->cmlp, w->cpos, w->feat, w->proj};
+    for (int i = 0; i < w->n_graphs; i++) be->graph_free(be, w->graphs[i].g);
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
     float *host[] = {w->h_pos_src, w->h_pos, w->h_rel_src, w->h_rel, w->h_cpos_src, w->h_cpos};
@@ -262,19 +274,16 @@ static void mlp(Ctx *c, float *x, const float *y, int M, int D, int F, DsW w1, D
     }
 }
 
-static DsocrStatus sam_forward(Ctx *c, int side) {
+/* The position tables of one view side, on the backend before any op of the view runs (a recorded view replays
+ * the ops, reading whichever side's tables these buffers hold): SAM's absolute position resampled to g × g when
+ * g != G (bicubic AA in fp32, back to bf16), every block's rel-pos tables resized, CLIP's position table for n × n
+ * patches. Each is redone only when the side changes. */
+static void prepare_tables(Ctx *c, int side) {
     const Model *m = c->m;
     VisionWork *w = c->w;
     Backend *be = c->be;
     const SamConfig *s = &m->cfg.sam;
-    const int W = s->width, P = s->patch_size, g = side / P, G = s->image_size / P;
-    const int heads = s->heads, hd = W / heads, ws = s->window_size, M = s->mlp_dim;
-    DsocrStatus st;
-    /* CHW -> HWC, patch embed (conv P×P stride P) */
-    be_mark(be, "sam.patch");
-    be->chw_to_hwc(be, w->hwc, w->chw, side);
-    conv(c, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b);
-    /* absolute position, resampled to g × g when g != G (bicubic AA in fp32, back to bf16), cached per side */
+    const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
     if (w->pos_side != side) {
         const float *src = w->h_pos_src;
         if (g != G) {
@@ -285,21 +294,48 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
         be->upload(be, w->pos, src, sizeof(float) * (size_t)g * g * W);
         w->pos_side = side;
     }
-    be->add(be, w->x, w->x, w->pos, (size_t)g * g * W);
-    rnd(c, w->x, (size_t)g * g * W);
-    if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
-
-    /* every block's rel-pos tables for this side, resized and uploaded once */
     const size_t relmax = sizes(m, w->max_side).relmax;
     if (w->rel_side != side) {
         for (int b = 0; b < s->layers; b++) {
             const SamBlock *k = &m->sam.blocks[b];
-            const int len = k->global ? g : ws;
+            const int len = k->global ? g : s->window_size;
             relpos_table(c, k->rel_pos_h, len, w->rel + (size_t)(2 * b) * relmax * hd);
             relpos_table(c, k->rel_pos_w, len, w->rel + (size_t)(2 * b + 1) * relmax * hd);
         }
         w->rel_side = side;
     }
+    const ClipConfig *k = &m->cfg.clip;
+    const int CW = k->width, n = side / 64, np = k->image_size / k->patch_size, T = 1 + n * n;
+    if (w->cpos_n != n) {
+        memcpy(w->h_cpos, w->h_cpos_src, sizeof(float) * CW);
+        if (n == np) {
+            memcpy(w->h_cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
+        } else {
+            ops_resample_bicubic_aa(w->h_cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
+            ops_round_bf16_cpu(w->h_cpos + CW, (size_t)n * n * CW);
+        }
+        be->upload(be, w->cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
+        w->cpos_n = n;
+    }
+}
+
+static DsocrStatus sam_forward(Ctx *c, int side) {
+    const Model *m = c->m;
+    VisionWork *w = c->w;
+    Backend *be = c->be;
+    const SamConfig *s = &m->cfg.sam;
+    const int W = s->width, P = s->patch_size, g = side / P;
+    const int heads = s->heads, hd = W / heads, ws = s->window_size, M = s->mlp_dim;
+    DsocrStatus st;
+    /* CHW -> HWC, patch embed (conv P×P stride P) */
+    be_mark(be, "sam.patch");
+    be->chw_to_hwc(be, w->hwc, w->chw, side);
+    conv(c, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b);
+    be->add(be, w->x, w->x, w->pos, (size_t)g * g * W);
+    rnd(c, w->x, (size_t)g * g * W);
+    if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
+
+    const size_t relmax = sizes(m, w->max_side).relmax;
     const float scale = 1.0f / sqrtf((float)hd);
     for (int b = 0; b < s->layers; b++) {
         const SamBlock *k = &m->sam.blocks[b];
@@ -360,23 +396,12 @@ static void clip_forward(Ctx *c, int n) {
     VisionWork *w = c->w;
     Backend *be = c->be;
     const ClipConfig *k = &m->cfg.clip;
-    const int CW = k->width, T = 1 + n * n, heads = k->heads, hd = CW / heads, np = k->image_size / k->patch_size;
+    const int CW = k->width, T = 1 + n * n, heads = k->heads, hd = CW / heads;
     const int D1 = m->cfg.sam.downsample_channels[1];
     /* tokens: CLS then the SAM map row-major */
     be_mark(be, "clip.embed");
     be->fill_rows(be, w->cx, 1, m->clip.class_embedding, CW);
     be->copy_rows(be, w->cx + CW, CW, w->sam, D1, n * n, CW);
-    if (w->cpos_n != n) {
-        memcpy(w->h_cpos, w->h_cpos_src, sizeof(float) * CW);
-        if (n == np) {
-            memcpy(w->h_cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
-        } else {
-            ops_resample_bicubic_aa(w->h_cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
-            ops_round_bf16_cpu(w->h_cpos + CW, (size_t)n * n * CW);
-        }
-        be->upload(be, w->cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
-        w->cpos_n = n;
-    }
     be->add(be, w->cx, w->cx, w->cpos, (size_t)T * CW);
     rnd(c, w->cx, (size_t)T * CW);
     /* pre_layrnorm; from here the residual stream stays fp32 in both modes (spec §16 R4) */
@@ -406,6 +431,51 @@ static void clip_forward(Ctx *c, int n) {
     }
 }
 
+/* Every op of one view after its upload and tables: SAM, CLIP, the projector into out (dumps when c->dd). */
+static DsocrStatus view_ops(Ctx *c, int side, float *out) {
+    const Model *m = c->m;
+    const ModelConfig *cf = &m->cfg;
+    VisionWork *w = c->w;
+    DsocrStatus st = sam_forward(c, side);
+    if (st) return st;
+    const int n = side / 64, D1 = cf->sam.downsample_channels[1], CW = cf->clip.width, T = 1 + n * n;
+    if ((st = dump_chw(c, "sam", w->sam, n, D1))) return st; /* the reference dumps [C, n, n] */
+    clip_forward(c, n);
+    if ((st = dump_rows(c, "clip", w->cx, T, CW, 0))) return st;
+    /* projector over concat(CLIP[1:], SAM) */
+    const int F = cf->projector_input_dim, D = cf->hidden_size;
+    be_mark(w->be, "projector");
+    w->be->concat_cols(w->be, w->feat, w->cx + CW, CW, CW, w->sam, D1, D1, n * n);
+    rnd(c, w->feat, (size_t)n * n * F);
+    linear(c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b);
+    be_mark(w->be, "(idle)");
+    return dump_rows(c, "proj", out, n * n, D, 0);
+}
+
+/* The recorded view for (side, tag), recording it on first use; NULL when the backend cannot record. */
+static void *view_graph(Ctx *c, int side, int tag) {
+    VisionWork *w = c->w;
+    Backend *be = c->be;
+    for (int i = 0; i < w->n_graphs; i++)
+        if (w->graphs[i].side == side && w->graphs[i].tag == tag) return w->graphs[i].g;
+    if (w->n_graphs == VISION_GRAPHS) { /* full: drop the oldest */
+        be->graph_free(be, w->graphs[0].g);
+        memmove(w->graphs, w->graphs + 1, sizeof w->graphs[0] * (VISION_GRAPHS - 1));
+        w->n_graphs--;
+    }
+    if (be->graph_begin(be) != 0) return NULL;
+    DsocrStatus st = view_ops(c, side, w->proj);
+    void *g = be->graph_end(be);
+    if (st || !g) {
+        if (g) be->graph_free(be, g);
+        return NULL;
+    }
+    w->graphs[w->n_graphs].side = side;
+    w->graphs[w->n_graphs].tag = tag;
+    w->graphs[w->n_graphs++].g = g;
+    return g;
+}
+
 DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int side, const VisionOptions *o,
                           float *out, DsError *e) {
     const ModelConfig *cf = &m->cfg;
@@ -415,20 +485,19 @@ DsocrStatus vision_encode(const Model *m, VisionWork *w, const float *chw, int s
     if (!o) o = &def;
     Ctx c = {.m = m, .w = w, .be = w->be, .bf16 = o->bf16, .dd = o->dump_dir,
              .vn = o->view_name ? o->view_name : "view", .e = e};
-    be_mark(w->be, "vision.upload");
-    w->be->upload(w->be, w->chw, chw, sizeof(float) * 3 * (size_t)side * side);
-    DsocrStatus st = sam_forward(&c, side);
-    if (st) return st;
-    const int n = side / 64, D1 = cf->sam.downsample_channels[1], CW = cf->clip.width, T = 1 + n * n;
-    if ((st = dump_chw(&c, "sam", w->sam, n, D1))) return st; /* the reference dumps [C, n, n] */
-    clip_forward(&c, n);
-    if ((st = dump_rows(&c, "clip", w->cx, T, CW, 0))) return st;
-    /* projector over concat(CLIP[1:], SAM) */
-    const int F = cf->projector_input_dim, D = cf->hidden_size;
-    be_mark(w->be, "projector");
-    w->be->concat_cols(w->be, w->feat, w->cx + CW, CW, CW, w->sam, D1, D1, n * n);
-    rnd(&c, w->feat, (size_t)n * n * F);
-    linear(&c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b);
-    be_mark(w->be, "(idle)");
-    return dump_rows(&c, "proj", out, n * n, D, 0);
+    Backend *be = w->be;
+    be_mark(be, "vision.upload");
+    be->upload(be, w->chw, chw, sizeof(float) * 3 * (size_t)side * side);
+    prepare_tables(&c, side);
+    /* without dumps, on a backend that records (CUDA), a view's ~1,000 launches replay as one graph */
+    if (!c.dd && be->graph_begin && w->record) {
+        void *g = view_graph(&c, side, o->bf16 | o->graph_tag << 1);
+        if (g) {
+            const int n = side / 64;
+            be->graph_launch(be, g);
+            be->copy(be, out, w->proj, sizeof(float) * (size_t)n * n * cf->hidden_size);
+            return DSOCR_OK;
+        }
+    }
+    return view_ops(&c, side, out);
 }

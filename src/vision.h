@@ -21,6 +21,8 @@ typedef struct VisionOptions {
     int bf16;              /* 1: the official bf16 rounding points (spec §12, §16) */
     const char *dump_dir;  /* write the stage dumps of this view (NULL: none) */
     const char *view_name; /* dump name prefix ("global", "tile0", ...) */
+    int graph_tag;         /* anything else the recorded ops depend on (the backend's product mode): views are
+                              recorded per (side, bf16, graph_tag) */
 } VisionOptions;
 
 /* Encodes one view: chw [3, side, side] normalised pixels (host memory) -> out [n², hidden] projected features

@@ -95,6 +95,17 @@ static void test_bad_options(void) {
     opts(&o);
     o.prompt = "nonsense";
     CHECK(run(&o, g_png, g_png_len, &r) == DSOCR_E_INVALID_ARG);
+    /* f16 is the CUDA path for cards without bf16: the CPU refuses it and says what it runs instead */
+    opts(&o);
+    o.precision = DSOCR_PRECISION_F16;
+    CHECK(run(&o, g_png, g_png_len, &r) == DSOCR_E_INVALID_ARG);
+    CHECK_STR_CONTAINS(dsocr_session_error(g_sess), "f16 is the CUDA path");
+    CHECK_STR_CONTAINS(dsocr_session_error(g_sess), "the CPU runs fp32 or bf16");
+    CHECK(r.text == NULL && r.n_tokens == 0);
+    opts(&o);
+    o.precision = (DsocrPrecision)7;
+    CHECK(run(&o, g_png, g_png_len, &r) == DSOCR_E_INVALID_ARG);
+    CHECK_STR_CONTAINS(dsocr_session_error(g_sess), "unknown precision");
     /* a prompt without <image>: the image goes first */
     opts(&o);
     o.prompt = "raw:Free OCR.";

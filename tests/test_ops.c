@@ -322,6 +322,23 @@ static void kv_case(DsDtype dt) {
     }
     CHECKF(err_ratio(o0, od, (size_t)R * W, 1e-6, 1e-5) <= 1, "kv ref vs contiguous");
     CHECKF(err_ratio(o1, od, (size_t)R * W, 2e-6, 2e-5) <= 1, "kv cpu vs contiguous");
+    /* round_bf16: the same outputs rounded to bf16 (ref and cpu) */
+    float *or0 = fill((size_t)R * W, 0), *or1 = fill((size_t)R * W, 0);
+    a.round_bf16 = 1;
+    a.out = or0;
+    ops_attention_kv_ref(&a);
+    a.out = or1;
+    ops_attention_kv_cpu(&a);
+    a.round_bf16 = 0;
+    int rounded = 1, near = 1;
+    for (size_t i = 0; i < (size_t)R * W; i++) {
+        float t = or0[i], u = or1[i];
+        ops_round_bf16_ref(&t, 1), ops_round_bf16_ref(&u, 1);
+        rounded = rounded && t == or0[i] && u == or1[i];
+        near = near && fabsf(or0[i] - o0[i]) <= 4e-3f * fabsf(o0[i]) + 1e-30f;
+    }
+    CHECKF(rounded && near, "kv attention round_bf16: outputs are bf16 values within a bf16 step");
+    free(or0), free(or1);
     /* prefill through the cache == causal contiguous attention */
     int32_t *pp = malloc(sizeof(int32_t) * T);
     for (int t = 0; t < T; t++) pp[t] = t;

@@ -10,6 +10,11 @@
 #           dsocr bench --quant on the full checkpoint (base page, 1,000 tokens)
 #   quant   issue 7's quality check on the machine's CPU: KL of Q8_0 and 4-bit against bf16 (tools/quant_quality.py),
 #           gundam page, 128 teacher-forced steps, on the full and the full --stress checkpoints
+#   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
+#           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
+#           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
+#           for inf/NaN by tools/finite_check.py, then dsocr bench --precision f16, base page, 1,000 tokens); either
+#           half can be named alone
 set -u
 STAGES=${STAGES:-test bench parity}
 for f in .devrun/lib/*.gz; do [ -e "$f" ] && gunzip -f "$f"; done
@@ -21,6 +26,11 @@ mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 has() { case " $STAGES " in *" $1 "*) return 0 ;; esac; return 1; }
 M=/tmp/full
+stress_ckpt() {
+    if [ ! -s /tmp/full-stress/config.json ]; then
+        python3 tools/reference/make_checkpoint.py --config full --stress --seed 1 --out /tmp/full-stress > /dev/null
+    fi
+}
 full_ckpt() {
     if [ ! -s $M/config.json ]; then
         t0=$(date +%s)
@@ -60,9 +70,7 @@ if has parity; then
 fi
 if has quant; then
     full_ckpt
-    if [ ! -s /tmp/full-stress/config.json ]; then
-        python3 tools/reference/make_checkpoint.py --config full --stress --seed 1 --out /tmp/full-stress > /dev/null
-    fi
+    stress_ckpt
     for ck in full full-stress; do
         PYTHONUNBUFFERED=1 timeout 280 python3 tools/quant_quality.py --model /tmp/$ck --mode gundam --steps 128 \
             --work /tmp/qq-$ck --out "$OUT/quant-quality-$ck.json" 2>&1 | tail -3
@@ -87,4 +95,31 @@ if has qgpu; then
         echo "$q: $(grep -E 'decode_tok_s|page_s|driver_used_minus' "$OUT/bench-cuda-$q.json" | tr -s ' ' | tr '\n' ' ')"
         tail -2 "$OUT/bench-cuda-$q.err"
     done
+fi
+if has f16 || has f16-parity; then
+    [ -s /tmp/tiny/config.json ] || python3 tools/reference/make_checkpoint.py --config tiny --seed 1 --out /tmp/tiny > /dev/null
+    PYTHONUNBUFFERED=1 timeout 150 python3 tools/gpu_parity.py --precision f16 --model /tmp/tiny \
+        --out "$OUT/gpu-vs-cpu-f16-tiny.json" --work /tmp/gpu-f16-tiny 2>&1 | tail -6
+    full_ckpt
+    PYTHONUNBUFFERED=1 timeout 450 python3 tools/gpu_parity.py --precision f16 --model $M --out "$OUT/gpu-vs-cpu-f16.json" \
+        --work /tmp/gpu-f16 2>&1 | tail -30
+fi
+if has f16 || has f16-stress; then
+    stress_ckpt
+    for mode in base gundam; do
+        rm -rf /tmp/f16-stress-$mode
+        timeout 200 ./dsocr ocr --model /tmp/full-stress --device cuda --precision f16 --mode $mode --max-tokens 32 \
+            --ignore-eos --quiet --dump /tmp/f16-stress-$mode tests/images/portrait.jpg \
+            > "$OUT/f16-stress-$mode.txt" 2> "$OUT/f16-stress-$mode.err"
+        echo "f16 stress $mode: dsocr rc $? ($(wc -c < "$OUT/f16-stress-$mode.txt") bytes of text)"; tail -2 "$OUT/f16-stress-$mode.err"
+    done
+    python3 tools/finite_check.py /tmp/f16-stress-base /tmp/f16-stress-gundam > "$OUT/f16-stress-finite.txt" 2>&1
+    echo "finite_check rc $?"; cut -c1-400 "$OUT/f16-stress-finite.txt" | tail -12
+    full_ckpt
+    timeout 200 ./dsocr bench --model $M --device cuda --precision f16 --mode base --tokens 1000 --repeat 2 \
+        --note "tools/gpu_run.sh f16: dsocr bench --precision f16 --mode base --tokens 1000 --repeat 2" \
+        > "$OUT/bench-cuda-f16.json" 2> "$OUT/bench-cuda-f16.err"
+    echo "f16 bench rc $?: $(grep -E '"gpu"|vision_s|prefill_s|decode_tok_s|page_s|driver_used_minus' "$OUT/bench-cuda-f16.json" \
+        | tr -s ' ' | cut -c1-90 | tr '\n' ' ')"
+    tail -2 "$OUT/bench-cuda-f16.err"
 fi

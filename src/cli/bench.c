@@ -28,7 +28,7 @@ static void usage(FILE *f) {
             "  --repeat N         measured runs per mode (default 3)\n"
             "  --warmup N         unmeasured runs first (default 1)\n"
             "  --device D         cpu, cuda or auto (default auto)\n"
-            "  --precision P      bf16 (default) or fp32\n"
+            "  --precision P      bf16 (default), fp32, or f16 (CUDA: fp16 matrix products, fp32 elsewhere)\n"
             "  --quant Q          q8_0 or q4: quantise the decoder's weights at load\n"
             "  --threads N        CPU threads (default all)\n"
             "  --ceilings         also measure the card's GEMM rate and copy bandwidth (CUDA)\n"
@@ -141,8 +141,10 @@ int cli_bench(int argc, char **argv) {
         prec = DSOCR_PRECISION_BF16;
     else if (!strcmp(precision, "fp32"))
         prec = DSOCR_PRECISION_FP32;
+    else if (!strcmp(precision, "f16"))
+        prec = DSOCR_PRECISION_F16;
     else {
-        fprintf(stderr, "dsocr bench: --precision bf16 or fp32\n");
+        fprintf(stderr, "dsocr bench: --precision bf16, fp32 or f16\n");
         return 2;
     }
     if (!model_dir) model_dir = cli_default_model_dir();
@@ -168,7 +170,7 @@ int cli_bench(int argc, char **argv) {
         return 1;
     }
     t_load = ds_now() - t_load;
-    if (dsocr_session_new(model, NULL, &sess, err, sizeof err)) {
+    if (engine_precision_check(model, prec, err, sizeof err) || dsocr_session_new(model, NULL, &sess, err, sizeof err)) {
         fprintf(stderr, "dsocr bench: %s\n", err);
         dsocr_model_free(model);
         return 1;
@@ -255,7 +257,8 @@ int cli_bench(int argc, char **argv) {
             const ModelConfig *cf = engine_model_config(model);
             double vf = figures_vision_flops(cf, im.base_size) +
                         (n_views - 1) * figures_vision_flops(cf, im.image_size);
-            /* bytes per weight as held: bf16, or quant_choose's blocks (Q8_0 34/32; 4-bit experts Q4_0 18/32) */
+            /* bytes per weight as held: bf16, or quant_choose's blocks (Q8_0 34/32; 4-bit experts Q4_0 18/32);
+             * per KV element: 2 in bf16, 4 in fp32 and f16 (an fp32 pool) */
             const double wb = quant ? 34.0 / 32 : 2, eb = quant && !strcmp(quant, "q4") ? 18.0 / 32 : wb;
             double db = figures_decode_bytes_split(cf, n_prompt + n_tok / 2, wb, eb, prec == DSOCR_PRECISION_BF16 ? 2 : 4);
             double vs = median(vis, repeat), ts = median(tps, repeat);

@@ -48,7 +48,8 @@ static void usage(FILE *f) {
             "  --ignore-eos         keep generating past end-of-sequence (turns the loop detector off)\n"
             "  --threads N          CPU threads (default: all cores)\n"
             "  --device D           cpu, cuda, or auto (default: a GPU when there is one, else the CPU)\n"
-            "  --precision P        fp32 (default on the CPU) or bf16 (the official rounding points)\n"
+            "  --precision P        fp32 (default on the CPU), bf16 (the official rounding points) or f16\n"
+            "                       (GPU only: fp16 matrix products, fp32 elsewhere, as cards without bf16 run)\n"
             "  --quant Q            quantise the weights at load (CPU only): q8_0 (the decoder's linear\n"
             "                       weights and lm_head as 8-bit) or q4 (routed experts 4-bit, the rest 8-bit)\n"
             "  --dump DIR           write every stage in the reference's dump format\n"
@@ -397,7 +398,8 @@ int cli_ocr(int argc, char **argv) {
             NEED();
             if (!strcmp(v, "fp32")) o->precision = DSOCR_PRECISION_FP32;
             else if (!strcmp(v, "bf16")) o->precision = DSOCR_PRECISION_BF16;
-            else BAD("--precision must be fp32 or bf16");
+            else if (!strcmp(v, "f16")) o->precision = DSOCR_PRECISION_F16;
+            else BAD("--precision must be fp32, bf16 or f16");
         } else if (!strcmp(a, "--dump")) {
             NEED();
             dump = v;
@@ -529,7 +531,8 @@ int cli_ocr(int argc, char **argv) {
     mo.log = log_line;
     if (!model) model = cli_default_model_dir();
     d.model_id = model;
-    if (dsocr_model_load(model, &mo, &m, err, sizeof err) || dsocr_session_new(m, NULL, &s, err, sizeof err)) {
+    if (dsocr_model_load(model, &mo, &m, err, sizeof err) ||
+        engine_precision_check(m, o->precision, err, sizeof err) || dsocr_session_new(m, NULL, &s, err, sizeof err)) {
         fprintf(stderr, "dsocr ocr: %s\n", err);
         rc = 1;
         goto out;
@@ -541,7 +544,7 @@ int cli_ocr(int argc, char **argv) {
         fprintf(stderr, "dsocr: profile %s: up to %d tiles, no-repeat %d-grams %s, %s, precision %s\n",
                 engine_compat_name(o->compat), vllm ? 6 : 9, ng,
                 vllm ? "over the output" : "over prompt and output", vllm ? "alpha on white" : "alpha dropped",
-                o->precision == DSOCR_PRECISION_BF16 ? "bf16" : "fp32");
+                engine_precision_name(o->precision));
         if (win > 0) fprintf(stderr, "dsocr: n-gram window %d tokens\n", win);
     }
     if (out_dir) {

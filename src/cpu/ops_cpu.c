@@ -717,7 +717,7 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
                 kv_accum(acc, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
         }
         float *o = a->out + (size_t)r * a->ldo + h * D;
-        for (int c = 0; c < D; c++) o[c] = acc[c] / l;
+        for (int c = 0; c < D; c++) o[c] = a->round_bf16 ? bf16_round(acc[c] / l) : acc[c] / l;
     }
 }
 

@@ -311,6 +311,7 @@ void ops_attention_kv_ref(const OpsAttentionKv *a) {
             }
             float *o = a->out + (size_t)r * a->ldo + h * D;
             for (int c = 0; c < D; c++) o[c] = (float)(acc[c] / sum);
+            if (a->round_bf16) ops_round_bf16_ref(o, (size_t)D);
         }
     }
 }

@@ -259,7 +259,7 @@ struct KvArgs {
     const int32_t *pos, *seq;
     const int32_t *const *tables;
     const void *data;
-    int bf16, L, width, bs, layer, H, D, nsplit;
+    int bf16, L, width, bs, layer, H, D, nsplit, round;
     float scale;
     float *part; /* [n][H][nsplit][D + 2] when nsplit > 1 */
     int *count;  /* [n][H] split blocks done (the last one merges and resets it to 0) */
@@ -267,6 +267,7 @@ struct KvArgs {
 
 template <int DPL>
 __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
+    pdl_wait();
     constexpr int KV_U = DPL <= 4 ? 8 : DPL <= 8 ? 4 : 2; /* keys a step per warp */
     __shared__ float sm_m[4], sm_l[4], sm_acc[4][DPL * 32];
     const int r = blockIdx.x, h = blockIdx.y, sp = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x & 31;
@@ -370,7 +371,7 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
         float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
 #pragma unroll
         for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) out[dl + i] = o[i] / L;
+            if (dl + i < a.D) out[dl + i] = a.round ? rbf(o[i] / L) : o[i] / L;
     } else {
         float *p = a.part + ((size_t)(r * a.H + h) * a.nsplit + sp) * (a.D + 2);
         if (lane == 0) {
@@ -413,7 +414,7 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
         float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
 #pragma unroll
         for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) out[dl + i] = oo[i] / LL;
+            if (dl + i < a.D) out[dl + i] = a.round ? rbf(oo[i] / LL) : oo[i] / LL;
     }
 }
 
@@ -442,6 +443,7 @@ void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {
     a.H = o->n_heads;
     a.D = o->head_dim;
     a.scale = o->scale;
+    a.round = o->round_bf16;
     a.part = c->part;
     a.count = c->kv_count;
     size_t pool = (size_t)kv->n_blocks * kv->block_size, ns = (pool + KV_SPLIT - 1) / KV_SPLIT;
@@ -453,15 +455,15 @@ void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {
     DS_ASSERT(o->n_heads <= 65535);
     dim3 grid(o->n, o->n_heads, a.nsplit);
     if (a.D <= 32)
-        attn_kv_k<1><<<grid, 128, 0, c->stream>>>(a);
+        launch_pdl(c, attn_kv_k<1>, dim3(grid), dim3(128), 0, a);
     else if (a.D <= 64)
-        attn_kv_k<2><<<grid, 128, 0, c->stream>>>(a);
+        launch_pdl(c, attn_kv_k<2>, dim3(grid), dim3(128), 0, a);
     else if (a.D <= 128)
-        attn_kv_k<4><<<grid, 128, 0, c->stream>>>(a);
+        launch_pdl(c, attn_kv_k<4>, dim3(grid), dim3(128), 0, a);
     else if (a.D <= 256)
-        attn_kv_k<8><<<grid, 128, 0, c->stream>>>(a);
+        launch_pdl(c, attn_kv_k<8>, dim3(grid), dim3(128), 0, a);
     else
-        attn_kv_k<16><<<grid, 128, 0, c->stream>>>(a);
+        launch_pdl(c, attn_kv_k<16>, dim3(grid), dim3(128), 0, a);
     CU_LAUNCHED();
 }
 
@@ -519,6 +521,7 @@ void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, 
 __global__ void kv_write_dev_k(void *data, int bf16, int L, int width, int bs, int layer, int n, int n_blocks,
                                const int32_t *const *tables, const int32_t *pos, const float *k, int ldk,
                                const float *v, int ldv) {
+    pdl_wait();
     size_t total = (size_t)n * width;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int t = (int)(i / width), c = (int)(i % width), p = pos[t];
@@ -544,7 +547,7 @@ void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *t
     size_t total = (size_t)n * kv->width;
     unsigned grid = cdiv(total, 256);
     if (grid > 65535 * 8) grid = 65535 * 8;
-    kv_write_dev_k<<<grid, 256, 0, cctx(b)->stream>>>(kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width,
+    launch_pdl(cctx(b), kv_write_dev_k, dim3(grid), dim3(256), 0, kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width,
                                                       kv->block_size, layer, n, kv->n_blocks, tables, pos, k, ldk,
                                                       v, ldv);
     CU_LAUNCHED();

@@ -12,7 +12,8 @@
  *   relH[i][r] = q_i · Rh[i1 − r + gh − 1]  (r < gh)   and   relW[i][c] = q_i · Rw[j1 − c + gw − 1]  (c < gw)
  * into shared memory ((gh + gw) floats a query, rounded to bf16 with bf16_bias), and a score of key j adds
  * relH[i][j / gw] + relW[i][j % gw] (the sum rounded to bf16 with bf16_bias), as ops_attention_ref does.
- * No [T, T] array exists. Needs sm_80 (bf16 mma); the caller uses the SIMT kernel elsewhere. */
+ * No [T, T] array exists. Needs sm_80 (bf16 mma); the caller uses the SIMT kernel elsewhere, and in f16 mode
+ * (set_gemm_f16), which runs what an sm_75 card runs. */
 #include <math.h>
 
 #include "cuda/cuda_common.h"
@@ -277,7 +278,7 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
  * in shared memory); returns false to leave the call to the SIMT kernels. */
 bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     CudaCtx *c = cctx(b);
-    if (c->cc < 80 || c->exact_gemm || o->head_dim != HD || o->causal) return false;
+    if (c->cc < 80 || c->exact_gemm || c->gemm_f16 || o->head_dim != HD || o->causal) return false;
     if (o->ldq % 4 || o->ldk % 4 || o->ldv % 4 || o->ldo % 2) return false;
     if (((uintptr_t)o->q | (uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->out & 7)) return false;
     if (o->relpos_h && (((uintptr_t)o->relpos_h | (uintptr_t)o->relpos_w) & 15)) return false;

@@ -1,5 +1,6 @@
 /* backend_cuda.cu: the CUDA backend object (backend.h): one stream, one cuBLAS handle, one counting allocator,
- * and the dense ops: linear (cuBLAS tensor cores for many rows, a bf16-reading GEMV kernel for few), norms,
+ * and the dense ops: linear (cuBLAS tensor cores for many rows, with bf16 inputs, or fp16 ones in f16 mode
+ * (set_gemm_f16: cards without bf16); a bf16-reading GEMV kernel for few rows), norms,
  * elementwise ops, RoPE, conv2d (im2col + linear), the SwiGLU block and the data-movement ops.
  * Attention lives in attention_cuda.cu, the MoE layer in moe_cuda.cu.
  * Semantics are those of the ops.h functions of the same name (tests/cuda/test_cuda.c checks them against the
@@ -11,7 +12,7 @@
 
 #include "cuda/cuda_common.h"
 
-enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8 };
+enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8, BLAS_WS_BYTES = 32 << 20 };
 
 void cuda_fatal(const char *file, int line, const char *what, const char *why) {
     fprintf(stderr, "dsocr: CUDA error at %s:%d: %s: %s\n", file, line, what, why);
@@ -161,6 +162,7 @@ struct GemvArgs {
 
 template <int R>
 __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
+    pdl_wait();
     int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (n >= a.N) return;
     int m0 = blockIdx.y * R, nr = min(R, a.M - m0);
@@ -260,11 +262,11 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
         c.M = M - m0 < 65535 * GEMV_ROWS ? M - m0 : 65535 * GEMV_ROWS;
         dim3 grid(cdiv(N, WARPS), cdiv(c.M, GEMV_ROWS));
         if (c.M == 1)
-            gemv_k<1><<<grid, WARPS * 32, 0, cctx(b)->stream>>>(c);
+            launch_pdl(cctx(b), gemv_k<1>, dim3(grid), dim3(WARPS * 32), 0, c);
         else if (c.M <= 4)
-            gemv_k<4><<<dim3(grid.x, cdiv(c.M, 4)), WARPS * 32, 0, cctx(b)->stream>>>(c);
+            launch_pdl(cctx(b), gemv_k<4>, dim3(dim3(grid.x, cdiv(c.M, 4))), dim3(WARPS * 32), 0, c);
         else
-            gemv_k<GEMV_ROWS><<<grid, WARPS * 32, 0, cctx(b)->stream>>>(c);
+            launch_pdl(cctx(b), gemv_k<GEMV_ROWS>, dim3(grid), dim3(WARPS * 32), 0, c);
         CU_LAUNCHED();
     }
 }
@@ -272,11 +274,14 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
 /* ---------------------------------------------------------------------------------------------------------
  * Linear through cuBLAS. */
 
-/* n weights of a block type -> bf16 (the value d·q is exact in fp32; rounded to bf16 here, which a Q8_0 value
- * may need: 8 + 11 significant bits) */
-__global__ void dequant_bf16_k(uint16_t *dst, const uint8_t *src, int dt, size_t n) {
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
-        dst[i] = f2bf(wget(src, dt, i));
+/* n weights of dtype dt (a block type, or bf16) -> bf16, or fp16 when f16 (saturating, f2h_sat). A block's value
+ * d·q is exact in fp32 and rounded here, which a Q8_0 value may need (8 + 11 significant bits); a bf16 weight is
+ * exact in fp16 from 2^-14 to 65504. */
+__global__ void dequant_half_k(uint16_t *dst, const uint8_t *src, int dt, size_t n, int f16) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float v = wget(src, dt, i);
+        dst[i] = f16 ? f2h_sat(v) : f2bf(v);
+    }
 }
 
 /* y += bias (when given), then rounded to bf16 (when round): one pass over the output; rows via blockIdx.y. */
@@ -315,6 +320,26 @@ __global__ void to_bf16_rows_k(uint16_t *hi, uint16_t *lo, const float *x, int l
     }
 }
 
+/* x [M, K] (row stride ldx) -> fp16 [M, K] contiguous, saturating (f2h_sat). */
+__global__ void to_f16_rows_k(uint16_t *h, const float *x, int ldx, int M, int K) {
+    for (int m = blockIdx.y; m < M; m += gridDim.y) {
+        const float *r = x + (size_t)m * ldx;
+        uint16_t *o = h + (size_t)m * K;
+        if ((K & 3) == 0 && (ldx & 3) == 0 && ((uintptr_t)x & 15) == 0) {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K / 4; c += gridDim.x * blockDim.x) {
+                float4 v = ((const float4 *)r)[c];
+                uint2 p;
+                p.x = (uint32_t)f2h_sat(v.x) | ((uint32_t)f2h_sat(v.y) << 16);
+                p.y = (uint32_t)f2h_sat(v.z) | ((uint32_t)f2h_sat(v.w) << 16);
+                ((uint2 *)o)[c] = p;
+            }
+        } else {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K; c += gridDim.x * blockDim.x)
+                o[c] = f2h_sat(r[c]);
+        }
+    }
+}
+
 static dim3 rows_grid(int M, int cols) {
     unsigned gx = cdiv((size_t)cols, 256);
     if (gx > 64) gx = 64;
@@ -327,11 +352,55 @@ static unsigned grid_for(size_t n) {
     return (unsigned)(g < 1 ? 1 : g > 65535 * 8 ? 65535 * 8 : g);
 }
 
+/* y += bias, then rounded to bf16, as linear's flags ask (nothing to do without either). */
+static void bias_round(CudaCtx *c, float *y, int ldy, int M, int N, DsW bias, int flags) {
+    if (bias.data || (flags & BE_ROUND)) {
+        bias_round_k<<<rows_grid(M, N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype,
+                                                              (flags & BE_ROUND) != 0);
+        CU_LAUNCHED();
+    }
+}
+
+/* Many rows in f16 mode (set_gemm_f16), bf16 or block weights: the activations as fp16 in chunks of rows (xb),
+ * the weight as fp16 in chunks of output columns (wq; converted once when it fits whole), each pair one cuBLAS
+ * fp16 × fp16 product with fp32 accumulation into y (beta: 0, or 1 for OPS_ACCUM). */
+static void linear_f16(CudaCtx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N,
+                       const float *beta) {
+    const float one = 1.f;
+    const int rows = (int)(c->xb_elems / (size_t)K), cols = (int)(c->wq_elems / (size_t)K);
+    DS_ASSERT(rows >= 1 && cols >= 1);
+    const size_t wrow = wrow_bytes(w.dtype, K);
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        const int mc = M - m0 < rows ? M - m0 : rows;
+        to_f16_rows_k<<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(c->xb, x + (size_t)m0 * ldx,
+                                                                                       ldx, mc, K);
+        CU_LAUNCHED();
+        for (int n0 = 0; n0 < N; n0 += cols) {
+            const int cn = N - n0 < cols ? N - n0 : cols;
+            if (m0 == 0 || N > cols) {
+                dequant_half_k<<<grid_for((size_t)cn * K), 256, 0, c->stream>>>(
+                    c->wq, (const uint8_t *)w.data + (size_t)n0 * wrow, w.dtype, (size_t)cn * K, 1);
+                CU_LAUNCHED();
+            }
+            CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, cn, mc, K, &one, c->wq, CUDA_R_16F, K, c->xb,
+                                      CUDA_R_16F, K, beta, y + (size_t)m0 * ldy + n0, CUDA_R_32F, ldy,
+                                      CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+        }
+    }
+}
+
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
     DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32 || (is_block(w.dtype) && K % 32 == 0));
     if (M == 0) return;
+    if (M > GEMV_ROWS && w.dtype != DS_F32 && cctx(b)->gemm_f16) {
+        CudaCtx *c = cctx(b);
+        const float one = 1.f, zero = 0.f;
+        linear_f16(c, y, ldy, x, ldx, M, K, w, N, (flags & OPS_ACCUM) ? &one : &zero);
+        bias_round(c, y, ldy, M, N, bias, flags);
+        return;
+    }
     if (is_block(w.dtype) && M > GEMV_ROWS) {
         /* many rows: the weight in bf16 chunks of output columns (dequantised into wq), then the bf16 path */
         CudaCtx *c = cctx(b);
@@ -339,8 +408,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         DS_ASSERT(nc >= 1);
         for (int n0 = 0; n0 < N; n0 += nc) {
             int cn = N - n0 < nc ? N - n0 : nc;
-            dequant_bf16_k<<<grid_for((size_t)cn * K), 256, 0, c->stream>>>(
-                c->wq, (const uint8_t *)w.data + (size_t)n0 * wrow_bytes(w.dtype, K), w.dtype, (size_t)cn * K);
+            dequant_half_k<<<grid_for((size_t)cn * K), 256, 0, c->stream>>>(
+                c->wq, (const uint8_t *)w.data + (size_t)n0 * wrow_bytes(w.dtype, K), w.dtype, (size_t)cn * K, 0);
             CU_LAUNCHED();
             DsW part = ds_w(c->wq, DS_BF16);
             DsW pb = bias.data ? ds_w((const char *)bias.data + (size_t)n0 * (bias.dtype == DS_BF16 ? 2 : 4), bias.dtype)
@@ -380,26 +449,14 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
         }
     }
-    if (bias.data || (flags & BE_ROUND)) {
-        bias_round_k<<<rows_grid(M, N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype,
-                                                              (flags & BE_ROUND) != 0);
-        CU_LAUNCHED();
-    }
+    bias_round(c, y, ldy, M, N, bias, flags);
 }
+
+static void cu_set_gemm_f16(Backend *b, int on) { cctx(b)->gemm_f16 = on != 0; }
 
 /* ---------------------------------------------------------------------------------------------------------
  * Norms: one block per row. */
 
-static __device__ float block_sum(float v, float *sh) {
-    int lane = threadIdx.x & 31, wid = threadIdx.x / 32, nw = blockDim.x / 32;
-    v = warp_sum(v);
-    __syncthreads();
-    if (lane == 0) sh[wid] = v;
-    __syncthreads();
-    float t = 0.f;
-    for (int i = 0; i < nw; i++) t += sh[i];
-    return t;
-}
 
 /* flags & OPS_BF16: the autocast LayerNorm2d rule of backend.h (mean and x − mean rounded to bf16). */
 __global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt,
@@ -430,6 +487,7 @@ __global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, c
 
 __global__ void rmsnorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt, float eps,
                           int bf) {
+    pdl_wait();
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * ldx;
     float *yr = y + (size_t)blockIdx.x * ldy;
@@ -448,6 +506,7 @@ __global__ void rmsnorm_k(float *y, int ldy, const float *x, int ldx, int n, con
 /* x = x + r (bf16-rounded with bf), then rmsnorm_k's arithmetic on the new row: the same thread owns the same
  * elements in both passes, so no barrier is needed between the write of x and its reads. */
 __global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const void *w, int wdt, float eps, int bf) {
+    pdl_wait();
     __shared__ float sh[32];
     float *xr = x + (size_t)blockIdx.x * n;
     const float *rr = res + (size_t)blockIdx.x * n;
@@ -484,15 +543,15 @@ static void cu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, i
                        int flags) {
     DS_ASSERT(M >= 0 && n > 0 && w.data);
     if (M == 0) return;
-    rmsnorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, eps, flags & OPS_BF16);
+    launch_pdl(cctx(b), rmsnorm_k, dim3(M), dim3(norm_threads(n)), 0, y, ldy, x, ldx, n, w.data, w.dtype, eps, flags & OPS_BF16);
     CU_LAUNCHED();
 }
 
-static void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps,
+void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps,
                            int flags) {
     DS_ASSERT(M >= 0 && n > 0 && w.data);
     if (M == 0) return;
-    add_rmsnorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, x, r, n, w.data, w.dtype, eps, flags & OPS_BF16);
+    launch_pdl(cctx(b), add_rmsnorm_k, dim3(M), dim3(norm_threads(n)), 0, y, x, r, n, w.data, w.dtype, eps, flags & OPS_BF16);
     CU_LAUNCHED();
 }
 
@@ -514,8 +573,10 @@ __global__ void quick_gelu_k(float *o, const float *x, size_t n) {
         o[i] = v / (1.f + expf(-1.702f * v));
     }
 }
-__global__ void add_k(float *o, const float *a, const float *c, size_t n) { GRID_STRIDE(i, n) o[i] = a[i] + c[i]; }
-__global__ void round_k(float *x, size_t n) { GRID_STRIDE(i, n) x[i] = rbf(x[i]); }
+__global__ void add_k(float *o, const float *a, const float *c, size_t n) {
+    pdl_wait(); GRID_STRIDE(i, n) o[i] = a[i] + c[i]; }
+__global__ void round_k(float *x, size_t n) {
+    pdl_wait(); GRID_STRIDE(i, n) x[i] = rbf(x[i]); }
 /* SwiGLU combine (ops_silu_mul): g = SiLU(g)·u with the optional bf16 rounding points. */
 __global__ void silu_mul_k(float *g, const float *u, size_t n, int bf) {
     GRID_STRIDE(i, n) {
@@ -539,12 +600,12 @@ static void cu_quick_gelu(Backend *b, float *out, const float *x, size_t n) {
 }
 static void cu_add(Backend *b, float *out, const float *a, const float *c, size_t n) {
     if (!n) return;
-    add_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(out, a, c, n);
+    launch_pdl(cctx(b), add_k, dim3(grid_for(n)), dim3(256), 0, out, a, c, n);
     CU_LAUNCHED();
 }
 void cu_round_bf16(Backend *b, float *x, size_t n) {
     if (!n) return;
-    round_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(x, n);
+    launch_pdl(cctx(b), round_k, dim3(grid_for(n)), dim3(256), 0, x, n);
     CU_LAUNCHED();
 }
 
@@ -554,6 +615,7 @@ void cu_round_bf16(Backend *b, float *x, size_t n) {
  * FMAs (the C reference rounds each one). */
 
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
+    pdl_wait();
     int half = hd / 2;
     size_t n = (size_t)T * n_heads * half; /* a thread per (row, head, pair): every head in parallel */
     GRID_STRIDE(idx, n) {
@@ -582,7 +644,7 @@ static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_d
     DS_ASSERT(head_dim > 0 && head_dim % 2 == 0 && ld >= n_heads * head_dim);
     if (T <= 0) return;
     size_t n = (size_t)T * n_heads * (head_dim / 2);
-    rope_k<<<grid_for(n), 256, 0, cctx(b)->stream>>>(x, ld, T, n_heads, head_dim, pos, theta, flags & OPS_BF16);
+    launch_pdl(cctx(b), rope_k, dim3(grid_for(n)), dim3(256), 0, x, ld, T, n_heads, head_dim, pos, theta, flags & OPS_BF16);
     CU_LAUNCHED();
 }
 
@@ -703,6 +765,7 @@ __global__ void embed_k(float *dst, EmbedIds ids, int n, const void *table, int 
 }
 
 __global__ void embed_dev_k(float *dst, const int32_t *ids, int n, const void *table, int dt, int D) {
+    pdl_wait();
     size_t total = (size_t)n * D;
     GRID_STRIDE(i, total) {
         int r = (int)(i / D), c = (int)(i % D);
@@ -750,7 +813,7 @@ static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW
 static void cu_embed_dev(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D) {
     DS_ASSERT(n >= 0 && D > 0 && table.data && ids);
     if (!n) return;
-    embed_dev_k<<<grid_for((size_t)n * D), 256, 0, cctx(b)->stream>>>(dst, ids, n, table.data, table.dtype, D);
+    launch_pdl(cctx(b), embed_dev_k, dim3(grid_for((size_t)n * D)), dim3(256), 0, dst, ids, n, table.data, table.dtype, D);
     CU_LAUNCHED();
 }
 static void cu_fill_rows(Backend *b, float *dst, int n, DsW vec, int D) {
@@ -837,6 +900,7 @@ static __device__ void amax_block(float &bv, int &bi, float *sv, int *si) {
 
 __global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const float *x, int n, int32_t *step,
                                                         float *pv, int *pi, int *count) {
+    pdl_wait();
     __shared__ float sv[32];
     __shared__ int si[32];
     __shared__ int last;
@@ -883,7 +947,7 @@ __global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const flo
 static void cu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *step) {
     DS_ASSERT(n > 0);
     CudaCtx *c = cctx(b);
-    argmax_k<<<AMAX_BLOCKS, AMAX_THREADS, 0, c->stream>>>(out, x, n, step, c->amax_v, c->amax_i, c->amax_count);
+    launch_pdl(c, argmax_k, dim3(AMAX_BLOCKS), dim3(AMAX_THREADS), 0, out, x, n, step, c->amax_v, c->amax_i, c->amax_count);
     CU_LAUNCHED();
 }
 
@@ -975,6 +1039,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     if (cudaSetDevice(device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) goto cuda_fail;
     snprintf(c->name, sizeof c->name, "%s", prop.name);
     c->cc = prop.major * 10 + prop.minor;
+    c->pdl = c->cc >= 90 && !getenv("DSOCR_NO_PDL");
     c->n_sm = prop.multiProcessorCount;
     c->smem_optin = (int)prop.sharedMemPerBlockOptin;
     if (c->cc < 75) {
@@ -1033,6 +1098,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->conv2d = cu_conv2d;
     b->swiglu = cu_swiglu;
     b->moe = cu_moe;
+    b->add_rmsnorm_moe = cu_add_rmsnorm_moe;
     b->moe_scratch_floats = cu_moe_scratch;
     b->chw_to_hwc = cu_chw_to_hwc;
     b->window_partition = cu_window_partition;
@@ -1043,6 +1109,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->copy_rows = cu_copy_rows;
     b->embed_dev = cu_embed_dev;
     b->kv_write_dev = cu_kv_write_dev;
+    b->set_gemm_f16 = cu_set_gemm_f16;
     b->graph_begin = cu_graph_begin;
     b->graph_end = cu_graph_end;
     b->graph_launch = cu_graph_launch;
@@ -1056,15 +1123,22 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     c->xb = (uint16_t *)cu_alloc(b, c->xb_elems * sizeof(uint16_t));
     c->part_floats = PART_FLOATS;
     c->part = (float *)cu_alloc(b, c->part_floats * sizeof(float));
-    c->kv_count = (int *)cu_alloc(b, 1024 * sizeof(int));
-    if (c->kv_count) CU_CHECK(cudaMemset(c->kv_count, 0, 1024 * sizeof(int)));
+    c->kv_count = (int *)cu_alloc(b, 1056 * sizeof(int));
+    if (c->kv_count) CU_CHECK(cudaMemset(c->kv_count, 0, 1056 * sizeof(int)));
+    c->moe_count = c->kv_count ? c->kv_count + 1024 : NULL;
+    /* cuBLAS's workspace, ours: nothing is allocated while a graph records (vision views, decode) */
+    c->blas_ws = cu_alloc(b, BLAS_WS_BYTES);
+    if (c->blas_ws && cublasSetWorkspace(c->blas, c->blas_ws, BLAS_WS_BYTES) != CUBLAS_STATUS_SUCCESS) {
+        ds_fail(e, DSOCR_E_DEVICE, "cuBLAS refused its workspace on CUDA device %d", device);
+        goto fail;
+    }
     c->amax_v = (float *)cu_alloc(b, AMAX_BLOCKS * sizeof(float));
     c->amax_i = (int *)cu_alloc(b, (AMAX_BLOCKS + 1) * sizeof(int));
     c->amax_count = c->amax_i ? c->amax_i + AMAX_BLOCKS : NULL;
     if (c->amax_count) CU_CHECK(cudaMemset(c->amax_count, 0, sizeof(int)));
-    if (!c->xb || !c->wq || !c->part || !c->kv_count || !c->amax_v || !c->amax_i) {
+    if (!c->xb || !c->wq || !c->part || !c->kv_count || !c->amax_v || !c->amax_i || !c->blas_ws) {
         ds_fail(e, DSOCR_E_NOMEM, "CUDA device %d: cannot allocate %zu MiB of scratch", device,
-                (c->xb_elems * 2 + c->part_floats * 4) >> 20);
+                (c->xb_elems * 2 + c->wq_elems * 2 + c->part_floats * 4 + BLAS_WS_BYTES) >> 20);
         goto fail;
     }
     return b;

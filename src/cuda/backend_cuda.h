@@ -10,7 +10,8 @@
 
 /* Linear with bf16 weights and more than 8 rows runs on the tensor cores with the activations rounded to bf16
  * (exact when they already are, as in the bf16 model). on != 0: the activations are split into hi + lo bf16 parts
- * and multiplied twice, giving about 16 mantissa bits (the fp32 yardstick mode). Default off. */
+ * and multiplied twice, giving about 16 mantissa bits (the fp32 yardstick mode). Default off. No effect while the
+ * table's set_gemm_f16 mode is on (fp16 inputs, backend.h). */
 void backend_cuda_set_exact_gemm(Backend *b, int on);
 
 /* The device's name ("NVIDIA H100 80GB HBM3"), multiprocessor count and compute capability (e.g. 90). */

@@ -13,6 +13,7 @@ extern "C" {
 #include "cuda/backend_cuda.h"
 }
 #include <cublas_v2.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -43,16 +44,21 @@ typedef struct CudaCtx {
     pthread_mutex_t mu;     /* guards the allocation table and counters */
     CudaAlloc *allocs;      /* open-addressing table keyed by pointer */
     size_t alloc_cap, alloc_n, allocated, peak;
-    uint16_t *xb;           /* [xb_elems] bf16 activations for tensor-core GEMMs */
-    uint16_t *wq;           /* [wq_elems] a block-quantised weight's columns dequantised for a many-row product */
+    uint16_t *xb;           /* [xb_elems] bf16 (fp16 with gemm_f16) activations for tensor-core GEMMs */
+    uint16_t *wq;           /* [wq_elems] a weight's columns as bf16 / fp16 for a many-row product: block-quantised
+                               weights dequantised, or (gemm_f16) bf16 weights converted */
     size_t wq_elems;
     size_t xb_elems;
     float *part;            /* [part_floats] attention_kv split partials */
     size_t part_floats;
     int *kv_count;          /* [1024] zeroed counters for attention_kv's split merge */
+    void *blas_ws;          /* [BLAS_WS_BYTES] cuBLAS workspace */
+    int *moe_count;         /* [1] zeroed counter: route1_k's blocks done (kv_count's allocation, after it) */
     float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
     int *amax_i, *amax_count;
     int exact_gemm;
+    int pdl;                /* programmatic dependent launch for the decode-path kernels (sm_90+, not DSOCR_NO_PDL) */
+    int gemm_f16;           /* backend.h set_gemm_f16: fp16 inputs to the tensor-core products (wins over exact_gemm) */
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
     /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */
     int prof;
@@ -67,6 +73,32 @@ typedef struct CudaCtx {
 
 static inline CudaCtx *cctx(Backend *b) { return (CudaCtx *)b->ctx; }
 
+/* Programmatic dependent launch (sm_90+). A kernel launched by launch_pdl may start while the kernel before it in
+ * the stream is still finishing (its launch and block scheduling overlap that kernel's tail, which matters for the
+ * decode step's ~130 short kernels). Such a kernel must call pdl_wait() before it reads or writes any memory: the
+ * wait returns once the previous kernel has completed and its writes are visible; it then lets the next kernel
+ * launch. On older cards, or launched normally, pdl_wait() does nothing. */
+static __device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+template <typename... P, typename... A>
+static void launch_pdl(const CudaCtx *c, void (*k)(P...), dim3 grid, dim3 block, size_t smem, A... args) {
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = c->stream;
+    cudaLaunchAttribute at[1];
+    at[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    at[0].val.programmaticStreamSerializationAllowed = 1;
+    cfg.attrs = at;
+    cfg.numAttrs = c->pdl ? 1 : 0;
+    CU_CHECK(cudaLaunchKernelEx(&cfg, k, ((P)args)...));
+}
+
 /* Widening and rounding on raw bits (no bf16 arithmetic: sm_75 has none). */
 static __device__ __forceinline__ float bf2f(uint16_t h) { return __uint_as_float((uint32_t)h << 16); }
 static __device__ __forceinline__ uint16_t f2bf(float f) {
@@ -76,6 +108,12 @@ static __device__ __forceinline__ uint16_t f2bf(float f) {
     return (uint16_t)(u >> 16);
 }
 static __device__ __forceinline__ float rbf(float f) { return bf2f(f2bf(f)); }
+/* float to fp16 bits, round to nearest even, saturating: beyond ±65504 gives ±65504 (never inf); NaN stays NaN.
+ * (A conversion instruction every target has; no half arithmetic.) */
+static __device__ __forceinline__ uint16_t f2h_sat(float f) {
+    if (fabsf(f) > 65504.f) f = copysignf(65504.f, f); /* false for NaN */
+    return __half_as_ushort(__float2half_rn(f));
+}
 /* fp16 bits to float (no half arithmetic needed: sm_75 has it, but this keeps to integer and fp32 ops) */
 static __device__ __forceinline__ float h2f(uint16_t h) {
     uint32_t s = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 31u, m = h & 0x3ffu;
@@ -139,6 +177,18 @@ static __device__ __forceinline__ float warp_sum(float v) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
     return v;
 }
+/* The sum of v over the block (every thread gets it); sh: [32] shared floats. A fixed order: warp sums, then the
+ * warps' partials in warp order. */
+static __device__ float block_sum(float v, float *sh) {
+    int lane = threadIdx.x & 31, wid = threadIdx.x / 32, nw = blockDim.x / 32;
+    v = warp_sum(v);
+    __syncthreads();
+    if (lane == 0) sh[wid] = v;
+    __syncthreads();
+    float t = 0.f;
+    for (int i = 0; i < nw; i++) t += sh[i];
+    return t;
+}
 static __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
@@ -165,6 +215,9 @@ void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, 
 void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
                      const float *k, int ldk, const float *v, int ldv);
 /* moe_cuda.cu */
+void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps, int flags);
+void cu_add_rmsnorm_moe(Backend *b, float *y, float *a, float *x, const float *r, int n, DsW norm, float eps,
+                        const BackendMoe *m, int flags, float *router_logits, int32_t *experts, float *scratch);
 void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
             int32_t *experts, float *scratch);
 size_t cu_moe_scratch_floats(int n, const BackendMoe *m);

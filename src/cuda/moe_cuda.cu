@@ -373,18 +373,53 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
 
 /* ---------------------------------------------------------------------------------------------------------
  * One token (decode), bf16 weights: three kernels instead of five, the same arithmetic as the general path.
- *   route1_k:   the router products (32 warps, each expert's dot as gemv_k<1> sums it) and the routing of
- *               route_bucket_k's warp routine, in one block;
+ *   route1_k:   the router products (R1B blocks of R1W warps, each expert's dot as gemv_k<1> sums it); the
+ *               last block to finish (an atomic count) runs route_bucket_k's warp routine;
  *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert (or the shared experts);
  *   down1_k:    a warp per output column computes every slot's down product (all slots' weight loads in flight
  *               together) and combines them in ascending expert order as combine_k does, plus the shared output. */
 
-__global__ void __launch_bounds__(1024) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K, int bf,
-                                                 int32_t *idx, float *wts, float *out_logits, int32_t *out_experts) {
-    __shared__ float lg[MAXE];
+enum { R1B = 8, R1W = 8 }; /* route1_k: blocks, warps per block (a warp per expert's router dot) */
+/* route1_k's optional first step, add_rmsnorm_k's arithmetic with the same 256 threads: x + res (rounded with bf)
+ * and its RMSNorm computed by every block into shared memory (xs, then the normed a in xs + D), the router reading
+ * a from there; the last block writes the new x and a (every block has read x by then). */
+struct PreNorm {
+    float *x, *a;
+    const float *res;
+    const void *w;
+    int wdt;
+    float eps;
+};
+__global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K,
+                                                     int bf, float *lg, int *count, int32_t *idx, float *wts,
+                                                     float *out_logits, int32_t *out_experts, PreNorm pn) {
+    pdl_wait();
     __shared__ float p[MAXE];
+    __shared__ float sh[32];
+    __shared__ int last;
+    extern __shared__ float4 pre4[];
+    float *xs = (float *)pre4;
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
-    for (int e = warp; e < E; e += 32) {
+    if (pn.res) {
+        float ss = 0.f;
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            float v = pn.x[i] + pn.res[i];
+            if (bf) v = rbf(v);
+            xs[i] = v;
+            ss += v * v;
+        }
+        const float r = (float)(1.0 / sqrt((double)block_sum(ss, sh) / D + pn.eps));
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            float v = xs[i] * r;
+            if (bf) v = rbf(v);
+            v *= wget(pn.w, pn.wdt, i);
+            if (bf) v = rbf(v);
+            xs[D + i] = v;
+        }
+        __syncthreads();
+        x = xs + D;
+    }
+    for (int e = blockIdx.x * R1W + warp; e < E; e += gridDim.x * R1W) {
         float acc = 0.f;
         if (rdt == DS_BF16 && D % 8 == 0) {
             const uint4 *wr = (const uint4 *)((const uint16_t *)rw + (size_t)e * D);
@@ -406,11 +441,24 @@ __global__ void __launch_bounds__(1024) route1_k(const float *x, const void *rw,
         acc = warp_sum(acc);
         if (lane == 0) lg[e] = acc;
     }
+    /* the last block to finish routes (its first warp), over every block's logits */
+    __threadfence();
     __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(count, 1) == (int)gridDim.x - 1;
+    __syncthreads();
+    if (!last) return;
+    if (pn.res)
+        for (int i = threadIdx.x; i < D; i += blockDim.x) {
+            pn.x[i] = xs[i];
+            pn.a[i] = xs[D + i];
+        }
     if (warp) return;
+    __threadfence();
+    if (lane == 0) *count = 0;
     float mx = -INFINITY;
     for (int e = lane; e < E; e += 32) {
-        float v = bf ? rbf(lg[e]) : lg[e];
+        const float le = __ldcg(lg + e);
+        float v = bf ? rbf(le) : le;
         if (out_logits) out_logits[e] = v;
         p[e] = v;
         mx = v > mx ? v : mx;
@@ -447,19 +495,52 @@ __global__ void __launch_bounds__(1024) route1_k(const float *x, const void *rw,
 }
 
 /* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
+enum { G1IT = 8 }; /* gateup1_k: 16-byte loads of each of its two weight rows in flight per lane */
+/* grid (columns / MW, K + shared), dynamic smem D floats; h [K, F] routed, sh [S] shared. x is staged in shared
+ * memory once per block while the first weight loads are in flight; the sums run in dot_rows2's order. */
 __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
                                                      int bf, float *h, float *sh, UpPtrs w) {
-    const int slot = blockIdx.y, shared = slot == K, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int N = shared ? S : F;
-    if (f >= N) return;
+    pdl_wait();
+    extern __shared__ float4 gx4[];
+    const int slot = blockIdx.y, shared = slot == K, f0 = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int N = shared ? S : F, D8 = D / 8, f = f0 < N ? f0 : N - 1;
     const int e = shared ? 0 : idx[slot];
-    size_t wo = (size_t)f * D * 2;
-    const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
-    const float *xr[MR] = {x, x, x, x};
-    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
-    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
-    if (lane == 0) {
+    const size_t wo = (size_t)f * D;
+    const uint4 *gr = (const uint4 *)((const uint16_t *)(shared ? w.sgate : w.gate[e]) + wo);
+    const uint4 *ur = (const uint4 *)((const uint16_t *)(shared ? w.sup : w.up[e]) + wo);
+    uint4 qg[G1IT], qu[G1IT];
+#pragma unroll
+    for (int it = 0; it < G1IT; it++)
+        if (it * 32 + lane < D8) qg[it] = __ldg(gr + it * 32 + lane), qu[it] = __ldg(ur + it * 32 + lane);
+    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) gx4[i] = __ldg((const float4 *)x + i);
+    __syncthreads();
+    float g = 0.f, u = 0.f;
+    for (int base = 0; base < D8; base += G1IT * 32) {
+#pragma unroll
+        for (int it = 0; it < G1IT; it++) {
+            const int k8 = base + it * 32 + lane;
+            if (k8 < D8) {
+                const float4 p = gx4[2 * k8], q = gx4[2 * k8 + 1];
+                const uint4 a = qg[it], c = qu[it];
+                g += p.x * __uint_as_float(a.x << 16) + p.y * __uint_as_float(a.x & 0xffff0000u) +
+                     p.z * __uint_as_float(a.y << 16) + p.w * __uint_as_float(a.y & 0xffff0000u) +
+                     q.x * __uint_as_float(a.z << 16) + q.y * __uint_as_float(a.z & 0xffff0000u) +
+                     q.z * __uint_as_float(a.w << 16) + q.w * __uint_as_float(a.w & 0xffff0000u);
+                u += p.x * __uint_as_float(c.x << 16) + p.y * __uint_as_float(c.x & 0xffff0000u) +
+                     p.z * __uint_as_float(c.y << 16) + p.w * __uint_as_float(c.y & 0xffff0000u) +
+                     q.x * __uint_as_float(c.z << 16) + q.y * __uint_as_float(c.z & 0xffff0000u) +
+                     q.z * __uint_as_float(c.w << 16) + q.w * __uint_as_float(c.w & 0xffff0000u);
+            }
+        }
+        const int nb = base + G1IT * 32;
+        if (nb < D8) {
+#pragma unroll
+            for (int it = 0; it < G1IT; it++)
+                if (nb + it * 32 + lane < D8) qg[it] = __ldg(gr + nb + it * 32 + lane), qu[it] = __ldg(ur + nb + it * 32 + lane);
+        }
+    }
+    float gv = warp_sum(g), uv = warp_sum(u);
+    if (lane == 0 && f0 < N) {
         if (bf) {
             gv = rbf(gv);
             uv = rbf(uv);
@@ -471,54 +552,91 @@ __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32
     }
 }
 
-enum { MAXK1 = 8 };
-/* grid (D / MW); y [D] */
-__global__ void __launch_bounds__(MW * 32) down1_k(float *y, const float *h, const float *sh, const int32_t *idx,
+enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1_SMEM = 48 * 1024 };
+/* down1_k's slots: the K routed experts (input h + j·F, weight row d of down[idx[j]]) then the shared experts as
+ * S / F slots of F (input sh + t·F, weight row d of sdown at t·F); S % F == 0 and K + S / F <= MAXS1 (host check). */
+static bool down1_fits(int K, int F, int S, int has_shared) {
+    const int ns = K + (has_shared ? S / F : 0);
+    return F % 8 == 0 && (!has_shared || S % F == 0) && K <= MAXK1 && ns >= 1 && ns <= MAXS1 &&
+           (size_t)ns * F * sizeof(float) <= D1_SMEM;
+}
+
+/* grid (D / D1W), D1W warps, dynamic smem ns·F floats; y [D]. A warp per output column: every slot's inputs are
+ * staged in shared memory once per block, then each lane keeps D1IT × ns 16-byte weight loads in flight (the
+ * decode step is latency-bound: one round trip per D1IT·32·8 weights of a row). Routed outputs combine in
+ * ascending expert order as combine_k does, plus the shared output (its slots summed first). */
+__global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, const float *sh, const int32_t *idx,
                                                    const float *wts, int K, int D, int F, int S, int bf, DownPtrs w) {
-    const int d = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (d >= D) return;
+    pdl_wait();
+    extern __shared__ float4 xs4[];
+    const int nsh = sh ? S / F : 0, ns = K + nsh, F8 = F / 8;
+    const int d0 = blockIdx.x * D1W + threadIdx.x / 32, lane = threadIdx.x & 31, d = d0 < D ? d0 : D - 1;
     int ex[MAXK1];
-    const uint4 *wr[MAXK1];
+    const uint4 *wr[MAXS1];
 #pragma unroll
-    for (int j = 0; j < MAXK1; j++) {
-        ex[j] = j < K ? idx[j] : 0;
-        wr[j] = (const uint4 *)((const uint16_t *)w.down[ex[j]] + (size_t)d * F);
+    for (int j = 0; j < MAXS1; j++) {
+        const int e = j < K ? idx[j] : 0;
+        if (j < MAXK1) ex[j] = e;
+        wr[j] = j < K ? (const uint4 *)((const uint16_t *)w.down[e] + (size_t)d * F)
+                      : (const uint4 *)((const uint16_t *)w.sdown + (size_t)d * S + (size_t)(j < ns ? j - K : 0) * F);
     }
-    float acc[MAXK1];
+    /* the first loads go out before the inputs are staged */
+    uint4 q[D1IT][MAXS1];
 #pragma unroll
-    for (int j = 0; j < MAXK1; j++) acc[j] = 0.f;
-    for (int k8 = lane; k8 < F / 8; k8 += 32) {
-        uint4 q[MAXK1];
+    for (int it = 0; it < D1IT; it++)
 #pragma unroll
-        for (int j = 0; j < MAXK1; j++)
-            if (j < K) q[j] = __ldg(wr[j] + k8);
+        for (int j = 0; j < MAXS1; j++)
+            if (j < ns && it * 32 + lane < F8) q[it][j] = __ldg(wr[j] + it * 32 + lane);
+    for (int i = threadIdx.x; i < ns * F / 4; i += D1W * 32) {
+        const int j = i / (F / 4), c = i - j * (F / 4);
+        xs4[i] = __ldg((const float4 *)(j < K ? h + (size_t)j * F : sh + (size_t)(j - K) * F) + c);
+    }
+    __syncthreads();
+    float acc[MAXS1];
 #pragma unroll
-        for (int j = 0; j < MAXK1; j++)
-            if (j < K) {
-                float wv[8] = {__uint_as_float(q[j].x << 16), __uint_as_float(q[j].x & 0xffff0000u),
-                               __uint_as_float(q[j].y << 16), __uint_as_float(q[j].y & 0xffff0000u),
-                               __uint_as_float(q[j].z << 16), __uint_as_float(q[j].z & 0xffff0000u),
-                               __uint_as_float(q[j].w << 16), __uint_as_float(q[j].w & 0xffff0000u)};
-                const float4 *x4 = (const float4 *)(h + (size_t)j * F) + 2 * k8;
-                float4 u = x4[0], v = x4[1];
-                acc[j] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
-                          v.z * wv[6] + v.w * wv[7];
+    for (int j = 0; j < MAXS1; j++) acc[j] = 0.f;
+    for (int base = 0; base < F8; base += D1IT * 32) {
+#pragma unroll
+        for (int it = 0; it < D1IT; it++) {
+            const int k8 = base + it * 32 + lane;
+            if (k8 < F8) {
+#pragma unroll
+                for (int j = 0; j < MAXS1; j++)
+                    if (j < ns) {
+                        const uint4 qq = q[it][j];
+                        const float4 u = xs4[(j * F) / 4 + 2 * k8], v = xs4[(j * F) / 4 + 2 * k8 + 1];
+                        acc[j] += u.x * __uint_as_float(qq.x << 16) + u.y * __uint_as_float(qq.x & 0xffff0000u) +
+                                  u.z * __uint_as_float(qq.y << 16) + u.w * __uint_as_float(qq.y & 0xffff0000u) +
+                                  v.x * __uint_as_float(qq.z << 16) + v.y * __uint_as_float(qq.z & 0xffff0000u) +
+                                  v.z * __uint_as_float(qq.w << 16) + v.w * __uint_as_float(qq.w & 0xffff0000u);
+                    }
             }
-    }
-    float sacc[MR] = {0.f, 0.f, 0.f, 0.f};
-    if (sh) {
-        const float *xr[MR] = {sh, sh, sh, sh};
-        dot_rows(sacc, xr, 1, (const uint16_t *)w.sdown + (size_t)d * S, DS_BF16, S, 1, lane);
-    }
-    /* combine in ascending expert order (combine_k) */
-    float v[MAXK1];
+        }
+        const int nb = base + D1IT * 32;
+        if (nb < F8) {
 #pragma unroll
-    for (int j = 0; j < MAXK1; j++) {
-        v[j] = warp_sum(acc[j]);
-        if (bf) v[j] = rbf(v[j]);
+            for (int it = 0; it < D1IT; it++)
+#pragma unroll
+                for (int j = 0; j < MAXS1; j++)
+                    if (j < ns && nb + it * 32 + lane < F8) q[it][j] = __ldg(wr[j] + nb + it * 32 + lane);
+        }
     }
-    const float svv = warp_sum(sacc[0]);
-    if (lane) return;
+    float v[MAXS1];
+#pragma unroll
+    for (int j = 0; j < MAXS1; j++) v[j] = warp_sum(acc[j]);
+    if (lane || d0 >= D) return;
+    float svv = 0.f;
+    for (int j = K; j < ns; j++) {
+        float vj = 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXS1; t++)
+            if (t == j) vj = v[t];
+        svv += vj;
+    }
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++)
+        if (bf) v[j] = rbf(v[j]);
+    /* combine in ascending expert order (combine_k) */
     int ord[MAXK1];
     for (int j = 0; j < K; j++) {
         int t = j;
@@ -544,11 +662,21 @@ __global__ void __launch_bounds__(MW * 32) down1_k(float *y, const float *h, con
     y[d] = out;
 }
 
+static void down1(CudaCtx *c, float *y, const float *h, const float *sh, const int32_t *idx, const float *wts, int K,
+                  int D, int F, int S, int bf, const DownPtrs &d) {
+    const int ns = K + (sh ? S / F : 0);
+    launch_pdl(c, down1_k, dim3(cdiv(D, D1W)), dim3(D1W * 32), (size_t)ns * F * sizeof(float), y, h, sh, idx, wts, K, D, F, S,
+                                                                                   bf, d);
+    CU_LAUNCHED();
+}
+
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, DsW up, DsW down, int flags,
                 float *scratch) {
-    if (gate.dtype != DS_BF16 || up.dtype != DS_BF16 || down.dtype != DS_BF16 || D % 8 || F % 8) return false;
+    if (gate.dtype != DS_BF16 || up.dtype != DS_BF16 || down.dtype != DS_BF16 || D % 8 || D * 4 > 48 * 1024 ||
+        !down1_fits(0, F, F, 1))
+        return false;
     if (!aligned16(x) || !aligned16(scratch) || !aligned16(gate.data) || !aligned16(up.data) || !aligned16(down.data))
         return false;
     CudaCtx *c = cctx(b);
@@ -561,15 +689,16 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     u.sup = up.data;
     d.sdown = down.data;
     /* no routed slots: the "shared" slot is the whole MLP */
-    gateup1_k<<<dim3(cdiv(F, MW), 1), MW * 32, 0, c->stream>>>(x, NULL, 0, D, F, F, bf, NULL, scratch, u);
+    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), (size_t)D * sizeof(float), x, NULL, 0, D, F, F, bf, NULL, scratch, u);
     CU_LAUNCHED();
-    down1_k<<<cdiv(D, MW), MW * 32, 0, c->stream>>>(y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d);
-    CU_LAUNCHED();
+    down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d);
     return true;
 }
 
-void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
-            int32_t *experts, float *scratch) {
+/* cu_moe, after add_rmsnorm(a = rmsnorm(x += r)) when pn.res: fused into the router kernel on the one-row path,
+ * else the norm's own kernel first. x is then pn.a. */
+static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+                     int32_t *experts, float *scratch, PreNorm pn, DsW norm) {
     const int D = m->d_model, E = m->n_experts, K = m->top_k, F = m->d_ff, bf = flags & OPS_BF16;
     DS_ASSERT(E > 0 && E <= MAXE && K > 0 && K <= E && K <= MAXK && D > 0 && F > 0 && n >= 0);
     if (n == 0) return;
@@ -606,20 +735,26 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
         vec_ok = vec_ok && (swdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
                  aligned16(sx->gate.data) && aligned16(sx->up.data) && aligned16(sx->down.data);
     }
-    if (n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) && K <= MAXK1 && (!has_shared || fuse) && D % 8 == 0 && F % 8 == 0 &&
-        aligned16(s.ysl) && aligned16(x)) {
-        route1_k<<<1, 1024, 0, c->stream>>>(x, m->router.data, m->router.dtype, E, D, K, bf, s.idx, s.wts,
-                                            router_logits, experts);
+    if (n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) && (!has_shared || fuse) &&
+        down1_fits(K, F, S, has_shared) && D % 8 == 0 && D * 4 <= 48 * 1024 && aligned16(s.ysl) && aligned16(x)) {
+        const bool fuse_norm = pn.res && D >= 1024 && (size_t)2 * D * sizeof(float) <= 48 * 1024;
+        if (pn.res && !fuse_norm) {
+            cu_add_rmsnorm(b, pn.a, pn.x, pn.res, 1, D, norm, pn.eps, flags);
+            pn.res = NULL;
+        }
+        launch_pdl(c, route1_k, dim3(R1B), dim3(R1W * 32), pn.res ? (size_t)2 * D * sizeof(float) : 0, x,
+                   m->router.data, m->router.dtype, E, D, K, bf, s.logits, c->moe_count, s.idx, s.wts, router_logits,
+                   experts, pn);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
-        gateup1_k<<<dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared), MW * 32, 0, c->stream>>>(
+        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared)), dim3(MW * 32),
+                   (size_t)D * sizeof(float), 
             x, s.idx, K, D, F, S, bf, s.h, s.sw, up);
         CU_LAUNCHED();
-        down1_k<<<cdiv(D, MW), MW * 32, 0, c->stream>>>(y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S,
-                                                       bf, down);
-        CU_LAUNCHED();
+        down1(c, y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S, bf, down);
         return;
     }
+    if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);
     const int nk = n * K;
     cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
     if (n <= RB_MAX_ROWS) {
@@ -670,4 +805,17 @@ void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, in
     if (grid > 65535 * 8) grid = 65535 * 8;
     combine_k<<<grid, 256, 0, c->stream>>>(y, s.ysl, shared, s.idx, s.wts, s.pos_of, n, D, K, bf);
     CU_LAUNCHED();
+}
+
+void cu_moe(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
+            int32_t *experts, float *scratch) {
+    PreNorm pn;
+    memset(&pn, 0, sizeof pn);
+    moe_impl(b, y, x, n, m, flags, router_logits, experts, scratch, pn, ds_w_none());
+}
+
+void cu_add_rmsnorm_moe(Backend *b, float *y, float *a, float *x, const float *r, int n, DsW norm, float eps,
+                        const BackendMoe *m, int flags, float *router_logits, int32_t *experts, float *scratch) {
+    PreNorm pn = {x, a, r, norm.data, (int)norm.dtype, eps};
+    moe_impl(b, y, a, n, m, flags, router_logits, experts, scratch, pn, norm);
 }

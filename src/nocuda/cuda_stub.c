@@ -17,6 +17,11 @@ const char *backend_cuda_device_name(const Backend *b) {
     return "";
 }
 
+int backend_cuda_compute_capability(const Backend *b) {
+    (void)b;
+    return 0;
+}
+
 void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total) {
     (void)b;
     *used = *total = 0;

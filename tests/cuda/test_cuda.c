@@ -3,6 +3,7 @@
  * before each op, so an element the GPU never wrote fails. Each case prints its error; the thresholds are:
  *   fp32 arithmetic (GEMV, fp32 GEMM, norms, attention, data movement): relative L2 <= 2e-5 (exact for copies);
  *   bf16 tensor-core GEMMs with fp32 activations rounded to bf16: relative L2 <= 6e-3; split hi+lo: <= 1e-4;
+ *   f16 mode (set_gemm_f16: fp16 inputs, fp32 accumulation): <= 5e-4 (test_f16 says why);
  *   ops with bf16 rounding points (OPS_BF16): relative L2 <= 4e-3 (a 1-ulp bf16 flip where a value sits on a
  *   rounding boundary is allowed; a wrong rounding rule gives errors far larger).
  * Needs a CUDA GPU; prints "N passed, N failed" (N counts test functions). Built by `make test-cuda`. */
@@ -347,7 +348,9 @@ typedef struct AttCase {
                 on sm_80+ (P enters the second product in bf16, so the tolerance is that of a bf16 product) */
 } AttCase;
 
-static void attention_case(AttCase c) {
+/* f16: run with the backend in f16 mode (set_gemm_f16), where the bf16 tensor-core kernel must not run: the SIMT
+ * kernels' tolerance applies even to mma cases. */
+static void attention_case(AttCase c, int f16) {
     int W = c.H * c.D, ld = c.fused ? 3 * W + (c.mma ? 4 : 1) : W + (c.mma ? 4 : 3);
     size_t qrows = (size_t)c.nb * c.tq, krows = (size_t)c.nb * c.tk;
     /* fused: q, k, v are column slices of one [rows, 3W+1] buffer (tq == tk) */
@@ -375,12 +378,14 @@ static void attention_case(AttCase c) {
     d.v = dqkv + (v - qkv);
     d.relpos_h = drh;
     d.relpos_w = drw;
+    if (f16) B->set_gemm_f16(B, 1);
     B->attention(B, &d);
+    if (f16) B->set_gemm_f16(B, 0);
     float *g = down(dout, qrows * ldo);
     /* bf16 bias: a term on a bf16 rounding boundary may round the other way (fp32 vs double sums) */
-    EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.mma ? 8e-3 : c.bf16_bias ? 1e-3 : 2e-5,
-               "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d mma%d", c.nb, c.tq, c.tk, c.H,
-               c.D, c.causal, c.q_off, c.gh, c.gw, c.bf16_bias, c.mma);
+    EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.mma && !f16 ? 8e-3 : c.bf16_bias ? 1e-3 : 2e-5,
+               "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d mma%d f16%d", c.nb, c.tq, c.tk,
+               c.H, c.D, c.causal, c.q_off, c.gh, c.gw, c.bf16_bias, c.mma, f16);
     B->free(B, dqkv), B->free(B, dout);
     if (drh) B->free(B, drh), B->free(B, drw);
     free(qkv), free(rh), free(rw), free(ref), free(g);
@@ -410,7 +415,7 @@ static void test_attention(void) {
         {2, 5, 300, 1, 64, 0, 0, 0, 0, 0, 0, 1},       /* separate q/k/v, more keys than queries */
         {1, 130, 70, 1, 64, 0, 0, 0, 0, 0, 0, 1},      /* more queries than keys, partial tiles */
     };
-    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i]);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) attention_case(cases[i], 0);
 }
 
 static void kv_case(int dtype, int H, int D, int bs, int n_blocks, int n_rows, int two_seqs) {
@@ -484,6 +489,21 @@ static void kv_case(int dtype, int H, int D, int bs, int n_blocks, int n_rows, i
     float *g = down(dout, (size_t)n_rows * width);
     EXPECT_ERR(rel_l2(g, ref, (size_t)n_rows * width), 2e-5, "attention_kv %s H%d D%d bs%d blocks%d rows%d seqs%d",
                dtype == DS_BF16 ? "bf16" : "f32", H, D, bs, n_blocks, n_rows, two_seqs + 1);
+    free(g);
+    /* outputs rounded to bf16 inside the kernel (round_bf16): bf16 values, a rounding step from the reference */
+    a.round_bf16 = d.round_bf16 = 1;
+    ops_attention_kv_ref(&a);
+    B->attention_kv(B, &d);
+    g = down(dout, (size_t)n_rows * width);
+    int all_bf16 = 1;
+    for (size_t i = 0; i < (size_t)n_rows * width; i++) {
+        uint32_t u;
+        memcpy(&u, &g[i], 4);
+        all_bf16 = all_bf16 && (u & 0xffffu) == 0;
+    }
+    CHECKF(all_bf16, "attention_kv round_bf16: an output is not a bf16 value");
+    EXPECT_ERR(rel_l2(g, ref, (size_t)n_rows * width), 4e-3, "attention_kv round %s H%d D%d bs%d rows%d",
+               dtype == DS_BF16 ? "bf16" : "f32", H, D, bs, n_rows);
     B->free(B, dkvdata), B->free(B, dk), B->free(B, dv), B->free(B, dt0), B->free(B, dtabs);
     if (two_seqs) B->free(B, dt1);
     B->free(B, dq), B->free(B, dout), B->free(B, dpos), B->free(B, dseq);
@@ -555,6 +575,120 @@ static void test_swiglu(void) {
             B->free(B, dx), B->free(B, dy), B->free(B, ds), B->free(B, dg), B->free(B, du), B->free(B, dd);
             free(x), free(g), free(u), free(dn), free(ref), free(scr), free(out);
         }
+}
+
+/* f16 mode (backend.h set_gemm_f16), what a card without bf16 (sm_75) runs: linear on bf16, Q8_0 or fp32 weights
+ * against ops_linear_ref on the exact values. Many rows take fp16 inputs: the activations rounded to fp16 (11
+ * significant bits: a relative error of at most 2^-11 each), bf16 weights exact in fp16, a Q8_0 value d·q rounded
+ * to fp16; fp32 accumulation. Over random terms that is about 1.9e-4 relative L2 (2.6e-4 with Q8_0; numpy
+ * simulation of these shapes), so the bound is 5e-4, which the bf16 path (8 bits: about 1.5e-3) would fail: a pass
+ * also says the fp16 path ran. SwiGLU (three products, simulated 3.4e-4) gets 1e-3. fp32 weights (fp32 GEMM) and few rows (the GEMV) keep fp32 arithmetic: 2e-5.
+ * sat: activations up to ±1e6 and ±inf in row 0 must saturate to ±65504 (never inf): the reference sees the
+ * saturated values; a NaN in row 1 makes that row NaN and leaves the others finite. */
+static void f16_linear_case(int M, int K, int N, int wdt, int with_bias, int accum, int sat) {
+    int ldx = K + 3, ldy = N + 1;
+    float *x = rnd((size_t)M * ldx, sat ? 1e6f : 1.0f);
+    if (sat && K >= 2) x[0] = INFINITY, x[1] = -INFINITY;
+    if (sat && M >= 2) x[ldx] = NAN;
+    float *xs = malloc((size_t)M * ldx * 4); /* what the fp16 inputs hold, before rounding */
+    for (size_t i = 0; i < (size_t)M * ldx; i++) xs[i] = fabsf(x[i]) > 65504.f ? copysignf(65504.f, x[i]) : x[i];
+    size_t wbytes;
+    void *wh = mk_weight((size_t)N * K, 0.5f, wdt, &wbytes);
+    uint16_t *bh = rnd_bf16(N, 1.0f);
+    float *y0 = rnd((size_t)M * ldy, 1.0f), *yr = malloc((size_t)M * ldy * 4);
+    memcpy(yr, y0, (size_t)M * ldy * 4);
+    DsW bias = with_bias ? ds_w(bh, DS_BF16) : ds_w_none();
+    ops_linear_ref(yr, ldy, xs, ldx, M, K, ds_w(wh, (DsDtype)wdt), N, bias, accum ? OPS_ACCUM : 0);
+    float *dx = dev(x, (size_t)M * ldx * 4), *dy = accum ? dev(y0, (size_t)M * ldy * 4) : dev_nan((size_t)M * ldy);
+    void *dw = dev(wh, wbytes), *db = dev(bh, (size_t)N * 2);
+    B->set_gemm_f16(B, 1);
+    B->linear(B, dy, ldy, dx, ldx, M, K, ds_w(dw, (DsDtype)wdt), N, with_bias ? ds_w(db, DS_BF16) : ds_w_none(),
+              accum ? OPS_ACCUM : 0);
+    B->set_gemm_f16(B, 0);
+    float *yg = down(dy, (size_t)M * ldy);
+    const double tol = wdt != DS_F32 && M > 8 ? 5e-4 : 2e-5;
+    char what[160];
+    snprintf(what, sizeof what, "f16 linear M%d K%d N%d %s bias%d accum%d sat%d", M, K, N, dt_name(wdt), with_bias,
+             accum, sat);
+    if (sat && M >= 2) {
+        int nan_row = 1, finite = 1;
+        for (int n = 0; n < N; n++) nan_row = nan_row && yg[(size_t)ldy + n] != yg[(size_t)ldy + n];
+        for (int m = 0; m < M; m++)
+            for (int n = 0; m != 1 && n < N; n++) finite = finite && isfinite(yg[(size_t)m * ldy + n]);
+        CHECKF(nan_row, "%s: a NaN input did not give a NaN row", what);
+        CHECKF(finite, "%s: an output is inf or NaN", what);
+        /* the other rows: row 0, then rows 2.. */
+        EXPECT_ERR(rel_l2_rows(yg, ldy, yr, ldy, 1, N), tol, "%s row 0", what);
+        EXPECT_ERR(rel_l2_rows(yg + 2 * (size_t)ldy, ldy, yr + 2 * (size_t)ldy, ldy, M - 2, N), tol, "%s rows 2..", what);
+    } else {
+        EXPECT_ERR(rel_l2_rows(yg, ldy, yr, ldy, M, N), tol, "%s", what);
+    }
+    B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
+    free(x), free(xs), free(wh), free(bh), free(y0), free(yr), free(yg);
+}
+
+static void test_f16(void) {
+    REQUIRE(B->set_gemm_f16 != NULL);
+    static const int shapes[][3] = {{9, 64, 64},     {17, 513, 300}, {33, 1, 9},      {130, 40, 7},
+                                    {200, 257, 513}, {64, 768, 256}, {77, 1280, 200}, {3, 96, 37}};
+    for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++) {
+        int M = shapes[s][0], K = shapes[s][1], N = shapes[s][2];
+        f16_linear_case(M, K, N, DS_BF16, (int)(s & 1), (int)(s >> 1 & 1), 0);
+        f16_linear_case(M, K, N, DS_F32, 1, 0, 0);
+        if (K % 32 == 0) {
+            f16_linear_case(M, K, N, DS_Q8_0, (int)(s & 1), 0, 0);
+            f16_linear_case(M, K, N, DS_Q4_0, 0, (int)(s & 1), 0);
+        }
+    }
+    /* the scratch holds 16M activations (xb) and 8M weights (wq): long rows make the chunked loops cheap to test */
+    f16_linear_case(9, 64000, 140, DS_BF16, 1, 0, 0);  /* the weight in two column chunks */
+    f16_linear_case(12, 64000, 140, DS_Q8_0, 0, 1, 0);
+    f16_linear_case(90, 200000, 4, DS_BF16, 1, 0, 0);  /* two row chunks, the weight converted once */
+    f16_linear_case(17, 1000000, 9, DS_BF16, 0, 0, 0); /* row chunks and column chunks */
+    f16_linear_case(37, 300, 65, DS_BF16, 1, 0, 1);    /* saturation (many rows only: the GEMV has no fp16) */
+    f16_linear_case(64, 1280, 96, DS_Q8_0, 0, 0, 1);
+    /* the SwiGLU block and conv2d are built on linear (SwiGLU: three fp16 products, errors compounding) */
+    {
+        const int n = 37, D = 64, F = 96;
+        float *x = rnd((size_t)n * D, 1.0f), *ref = malloc((size_t)n * D * 4), *scr = malloc(2 * (size_t)n * F * 4);
+        uint16_t *g = rnd_bf16((size_t)F * D, 0.2f), *u = rnd_bf16((size_t)F * D, 0.2f), *dn = rnd_bf16((size_t)D * F, 0.2f);
+        ops_expert_ffn_ref(ref, x, n, D, F, ds_w(g, DS_BF16), ds_w(u, DS_BF16), ds_w(dn, DS_BF16), 0, scr);
+        float *dx = dev(x, (size_t)n * D * 4), *dy = dev_nan((size_t)n * D), *ds = dev_nan(2 * (size_t)n * F);
+        void *dg = dev(g, (size_t)F * D * 2), *du = dev(u, (size_t)F * D * 2), *dd = dev(dn, (size_t)F * D * 2);
+        B->set_gemm_f16(B, 1);
+        B->swiglu(B, dy, dx, n, D, F, ds_w(dg, DS_BF16), ds_w(du, DS_BF16), ds_w(dd, DS_BF16), 0, ds);
+        B->set_gemm_f16(B, 0);
+        float *out = down(dy, (size_t)n * D);
+        EXPECT_ERR(rel_l2(out, ref, (size_t)n * D), 1e-3, "f16 swiglu n%d D%d F%d", n, D, F);
+        B->free(B, dx), B->free(B, dy), B->free(B, ds), B->free(B, dg), B->free(B, du), B->free(B, dd);
+        free(x), free(g), free(u), free(dn), free(ref), free(scr), free(out);
+    }
+    {
+        OpsConv2d c = {64, 48, 3, 24, 16, 16, 16, 0}; /* the patch embedding: 12 pixels, one pass */
+        const int Ho = ops_conv2d_out_h(&c), Wo = ops_conv2d_out_w(&c);
+        size_t xn = (size_t)c.in_h * c.in_w * c.in_c, wn = (size_t)c.out_c * c.in_c * c.kh * c.kw,
+               yn = (size_t)Ho * Wo * c.out_c, sn = (size_t)Ho * Wo * (wn / c.out_c);
+        float *x = rnd(xn, 1.0f), *bh = rnd(c.out_c, 1.0f), *ref = malloc(yn * 4);
+        uint16_t *wh = rnd_bf16(wn, 0.3f);
+        ops_conv2d_ref(ref, x, &c, ds_w(wh, DS_BF16), ds_w(bh, DS_F32), NULL, 0);
+        float *dx = dev(x, xn * 4), *dy = dev_nan(yn), *db = dev(bh, c.out_c * 4), *ds = dev_nan(sn);
+        void *dw = dev(wh, wn * 2);
+        B->set_gemm_f16(B, 1);
+        B->conv2d(B, dy, dx, &c, ds_w(dw, DS_BF16), ds_w(db, DS_F32), ds, sn);
+        B->set_gemm_f16(B, 0);
+        float *out = down(dy, yn);
+        EXPECT_ERR(rel_l2(out, ref, yn), 5e-4, "f16 conv2d %dx%dx%d->%d k%d", c.in_h, c.in_w, c.in_c, c.out_c, c.kh);
+        B->free(B, dx), B->free(B, dy), B->free(B, db), B->free(B, ds), B->free(B, dw);
+        free(x), free(bh), free(ref), free(wh), free(out);
+    }
+    /* attention: no bf16 tensor-core kernel in f16 mode (sm_75 has no bf16 mma), so cases the mma kernel takes on
+     * sm_80+ meet the SIMT kernels' fp32 tolerance */
+    AttCase att[] = {
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias */
+        {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0, 1},     /* CLIP */
+        {25, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1, 1},  /* SAM windows, bf16 bias */
+    };
+    for (size_t i = 0; i < sizeof att / sizeof att[0]; i++) attention_case(att[i], 1);
 }
 
 /* The MoE layer on the host from _ref ops (the cpu_moe recipe): returns y, logits (rounded in bf16 mode), idx. */
@@ -640,6 +774,28 @@ static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wd
                bf, dt_name(wdt), dt_name(swdt));
     EXPECT_ERR(rel_l2(gl, lg, (size_t)n * E), bf ? 4e-3 : 2e-5, "moe router logits n%d", n);
     CHECKF(same, "moe expert choice differs (n%d E%d k%d)", n, E, K);
+    /* add_rmsnorm_moe (the norm fused into the router kernel on the one-row path) == add_rmsnorm then moe, bit for
+     * bit: y, the normed a, the updated residual x */
+    {
+        float *r = rnd((size_t)n * D, 0.5f), *nw = rnd((size_t)D, 1.0f);
+        DsW dnw = ds_w(dev(nw, (size_t)D * 4), DS_F32);
+        float *dr = dev(r, (size_t)n * D * 4), *x1 = dev(x, (size_t)n * D * 4), *x2 = dev(x, (size_t)n * D * 4);
+        float *a1 = dev_nan((size_t)n * D), *a2 = dev_nan((size_t)n * D), *y2 = dev_nan((size_t)n * D);
+        const int fl = bf ? OPS_BF16 : 0;
+        B->add_rmsnorm(B, a1, x1, dr, n, D, dnw, 1e-6f, fl);
+        B->moe(B, dy, a1, n, &dm, fl, NULL, NULL, ds);
+        B->add_rmsnorm_moe(B, y2, a2, x2, dr, n, dnw, 1e-6f, &dm, fl, NULL, NULL, ds);
+        float *h[6] = {down(dy, (size_t)n * D), down(y2, (size_t)n * D), down(a1, (size_t)n * D),
+                       down(a2, (size_t)n * D), down(x1, (size_t)n * D), down(x2, (size_t)n * D)};
+        CHECKF(!memcmp(h[0], h[1], (size_t)n * D * 4) && !memcmp(h[2], h[3], (size_t)n * D * 4) &&
+                   !memcmp(h[4], h[5], (size_t)n * D * 4),
+               "add_rmsnorm_moe differs from add_rmsnorm + moe (n%d E%d k%d D%d bf16%d %s)", n, E, K, D, bf,
+               dt_name(wdt));
+        for (int i = 0; i < 6; i++) free(h[i]);
+        B->free(B, (void *)dnw.data), B->free(B, dr), B->free(B, x1), B->free(B, x2), B->free(B, a1), B->free(B, a2),
+            B->free(B, y2);
+        free(r), free(nw);
+    }
     B->free(B, dx), B->free(B, dy), B->free(B, dl), B->free(B, ds), B->free(B, di);
     B->free(B, (void *)dm.router.data);
     for (int e = 0; e < E; e++)
@@ -848,6 +1004,7 @@ int main(void) {
     RUN(test_kv);
     RUN(test_conv2d);
     RUN(test_swiglu);
+    RUN(test_f16);
     RUN(test_moe);
     RUN(test_data_movement);
     RUN(test_decode_graph);

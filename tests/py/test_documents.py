@@ -259,11 +259,25 @@ def test_bad_options(tiny_model, tmp_path):
     for args, msg in ((["--format", "md,pdf", "-o", str(tmp_path)], "unknown format"),
                       (["--pages", "3-1", "-o", str(tmp_path)], "bad page selection"),
                       (["--dpi", "5"], "--dpi"), (["--retries", "7"], "--retries"),
-                      (["--format", "md"], "needs -o")):
+                      (["--format", "md"], "needs -o"),
+                      (["--precision", "f8"], "--precision must be fp32, bf16 or f16")):
         r = run(tiny_model, args + [IMAGES["small.png"]])
         assert r.returncode == 2 and msg in r.stderr, (args, r.stderr)
     r = run(tiny_model, FAST + [str(tmp_path / "nothing.pdf")])
     assert r.returncode == 1 and "nothing.pdf" in r.stderr
+
+
+def test_precision_f16_refused_on_cpu(tiny_model, tmp_path):
+    """f16 is the CUDA path for cards without bf16: on the CPU, `ocr` and `bench` refuse it with one clear error
+    (before any page runs), exit 1, and write nothing."""
+    r = run(tiny_model, ["--device", "cpu", "--precision", "f16", "--mode", "tiny", IMAGES["small.png"]], cwd=tmp_path)
+    assert r.returncode == 1 and r.stdout == "" and os.listdir(tmp_path) == [], r.stderr
+    assert "dsocr ocr: precision f16 is the CUDA path" in r.stderr and "the CPU runs fp32 or bf16" in r.stderr
+    assert "Traceback" not in r.stderr and "Assertion" not in r.stderr and "failed" not in r.stderr
+    b = subprocess.run([DSOCR, "bench", "--model", tiny_model, "--device", "cpu", "--precision", "f16", "--image",
+                        IMAGES["small.png"], "--mode", "tiny", "--tokens", "1", "--repeat", "1", "--warmup", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert b.returncode == 1 and "f16 is the CUDA path" in b.stderr and b.stdout == "", b.stderr
 
 
 PIECES = ["<|ref|>", "<|/ref|>", "<|det|>", "<|/det|>", "<|ref|>image<|/ref|>", "image", "title", "[[1, 2, 3, 4]]",
