@@ -495,52 +495,21 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
 }
 
 /* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
-enum { G1IT = 8 }; /* gateup1_k: 16-byte loads of each of its two weight rows in flight per lane */
-/* grid (columns / MW, K + shared), dynamic smem D floats; h [K, F] routed, sh [S] shared. x is staged in shared
- * memory once per block while the first weight loads are in flight; the sums run in dot_rows2's order. */
+/* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
 __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
                                                      int bf, float *h, float *sh, UpPtrs w) {
     pdl_wait();
-    extern __shared__ float4 gx4[];
-    const int slot = blockIdx.y, shared = slot == K, f0 = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
-    const int N = shared ? S : F, D8 = D / 8, f = f0 < N ? f0 : N - 1;
+    const int slot = blockIdx.y, shared = slot == K, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int N = shared ? S : F;
+    if (f >= N) return;
     const int e = shared ? 0 : idx[slot];
-    const size_t wo = (size_t)f * D;
-    const uint4 *gr = (const uint4 *)((const uint16_t *)(shared ? w.sgate : w.gate[e]) + wo);
-    const uint4 *ur = (const uint4 *)((const uint16_t *)(shared ? w.sup : w.up[e]) + wo);
-    uint4 qg[G1IT], qu[G1IT];
-#pragma unroll
-    for (int it = 0; it < G1IT; it++)
-        if (it * 32 + lane < D8) qg[it] = __ldg(gr + it * 32 + lane), qu[it] = __ldg(ur + it * 32 + lane);
-    for (int i = threadIdx.x; i < D / 4; i += blockDim.x) gx4[i] = __ldg((const float4 *)x + i);
-    __syncthreads();
-    float g = 0.f, u = 0.f;
-    for (int base = 0; base < D8; base += G1IT * 32) {
-#pragma unroll
-        for (int it = 0; it < G1IT; it++) {
-            const int k8 = base + it * 32 + lane;
-            if (k8 < D8) {
-                const float4 p = gx4[2 * k8], q = gx4[2 * k8 + 1];
-                const uint4 a = qg[it], c = qu[it];
-                g += p.x * __uint_as_float(a.x << 16) + p.y * __uint_as_float(a.x & 0xffff0000u) +
-                     p.z * __uint_as_float(a.y << 16) + p.w * __uint_as_float(a.y & 0xffff0000u) +
-                     q.x * __uint_as_float(a.z << 16) + q.y * __uint_as_float(a.z & 0xffff0000u) +
-                     q.z * __uint_as_float(a.w << 16) + q.w * __uint_as_float(a.w & 0xffff0000u);
-                u += p.x * __uint_as_float(c.x << 16) + p.y * __uint_as_float(c.x & 0xffff0000u) +
-                     p.z * __uint_as_float(c.y << 16) + p.w * __uint_as_float(c.y & 0xffff0000u) +
-                     q.x * __uint_as_float(c.z << 16) + q.y * __uint_as_float(c.z & 0xffff0000u) +
-                     q.z * __uint_as_float(c.w << 16) + q.w * __uint_as_float(c.w & 0xffff0000u);
-            }
-        }
-        const int nb = base + G1IT * 32;
-        if (nb < D8) {
-#pragma unroll
-            for (int it = 0; it < G1IT; it++)
-                if (nb + it * 32 + lane < D8) qg[it] = __ldg(gr + nb + it * 32 + lane), qu[it] = __ldg(ur + nb + it * 32 + lane);
-        }
-    }
-    float gv = warp_sum(g), uv = warp_sum(u);
-    if (lane == 0 && f0 < N) {
+    size_t wo = (size_t)f * D * 2;
+    const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
+    const float *xr[MR] = {x, x, x, x};
+    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
+    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
+    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
+    if (lane == 0) {
         if (bf) {
             gv = rbf(gv);
             uv = rbf(uv);
@@ -689,7 +658,7 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     u.sup = up.data;
     d.sdown = down.data;
     /* no routed slots: the "shared" slot is the whole MLP */
-    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), (size_t)D * sizeof(float), x, NULL, 0, D, F, F, bf, NULL, scratch, u);
+    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u);
     CU_LAUNCHED();
     down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d);
     return true;
@@ -747,8 +716,8 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
                    experts, pn);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
-        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared)), dim3(MW * 32),
-                   (size_t)D * sizeof(float), 
+        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared)), dim3(MW * 32), 0,
+                   
             x, s.idx, K, D, F, S, bf, s.h, s.sw, up);
         CU_LAUNCHED();
         down1(c, y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S, bf, down);
