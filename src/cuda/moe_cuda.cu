@@ -373,11 +373,31 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
 
 /* ---------------------------------------------------------------------------------------------------------
  * One token (decode), bf16 weights: three kernels instead of five, the same arithmetic as the general path.
- *   route1_k:   the router products (R1B blocks of R1W warps, each expert's dot as gemv_k<1> sums it); the
- *               last block to finish (an atomic count) runs route_bucket_k's warp routine;
- *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert (or the shared experts);
+ *   route1_k:   the router products (R1B blocks of R1W warps, each expert's dot as gemv_k<1> sums it) and, in
+ *               more blocks meanwhile, the shared experts' gate/up; the last block to finish (an atomic count) runs
+ *               route_bucket_k's warp routine;
+ *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert;
  *   down1_k:    a warp per output column computes every slot's down product (all slots' weight loads in flight
  *               together) and combines them in ascending expert order as combine_k does, plus the shared output. */
+
+/* One column of a gate/up pair for one row x: *out = SiLU(x·wg)·(x·wu) with gateup_k's arithmetic (lane 0 writes). */
+static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int D, int lane,
+                                                  int bf, float *out) {
+    const float *xr[MR] = {x, x, x, x};
+    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
+    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
+    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
+    if (lane == 0) {
+        if (bf) {
+            gv = rbf(gv);
+            uv = rbf(uv);
+        }
+        float sv = gv / (1.f + expf(-gv));
+        if (bf) sv = rbf(sv);
+        float v = sv * uv;
+        *out = bf ? rbf(v) : v;
+    }
+}
 
 enum { R1B = 8, R1W = 8 }; /* route1_k: blocks, warps per block (a warp per expert's router dot) */
 /* route1_k's optional first step, add_rmsnorm_k's arithmetic with the same 256 threads: x + res (rounded with bf)
@@ -390,9 +410,16 @@ struct PreNorm {
     int wdt;
     float eps;
 };
+/* route1_k's blocks past R1B compute the shared experts' gate/up columns (SharedUp) meanwhile: they need no routing. */
+struct SharedUp {
+    const void *gate, *up;
+    int S;
+    float *out; /* [S] */
+};
 __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K,
                                                      int bf, float *lg, int *count, int32_t *idx, float *wts,
-                                                     float *out_logits, int32_t *out_experts, PreNorm pn) {
+                                                     float *out_logits, int32_t *out_experts, PreNorm pn,
+                                                     SharedUp su) {
     pdl_wait();
     __shared__ float p[MAXE];
     __shared__ float sh[32];
@@ -402,8 +429,9 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
     if (pn.res) {
         float ss = 0.f;
+#pragma unroll 8
         for (int i = threadIdx.x; i < D; i += blockDim.x) {
-            float v = pn.x[i] + pn.res[i];
+            float v = __ldg(pn.x + i) + __ldg(pn.res + i);
             if (bf) v = rbf(v);
             xs[i] = v;
             ss += v * v;
@@ -419,7 +447,13 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
         __syncthreads();
         x = xs + D;
     }
-    for (int e = blockIdx.x * R1W + warp; e < E; e += gridDim.x * R1W) {
+    if (blockIdx.x >= R1B) { /* a shared-expert block */
+        const int f = (blockIdx.x - R1B) * R1W + warp;
+        if (f < su.S)
+            gateup_col(x, (const uint16_t *)su.gate + (size_t)f * D, (const uint16_t *)su.up + (size_t)f * D, D, lane,
+                       bf, su.out + f);
+    }
+    for (int e = blockIdx.x * R1W + warp; blockIdx.x < R1B && e < E; e += R1B * R1W) {
         float acc = 0.f;
         if (rdt == DS_BF16 && D % 8 == 0) {
             const uint4 *wr = (const uint4 *)((const uint16_t *)rw + (size_t)e * D);
@@ -494,8 +528,8 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     }
 }
 
-/* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
-/* grid (columns / MW, K + shared); h [K, F] routed, sh [S] shared */
+/* grid (columns / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
+ * h [K, F] routed, sh [S] shared */
 __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
                                                      int bf, float *h, float *sh, UpPtrs w) {
     pdl_wait();
@@ -505,23 +539,10 @@ __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32
     const int e = shared ? 0 : idx[slot];
     size_t wo = (size_t)f * D * 2;
     const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
-    const float *xr[MR] = {x, x, x, x};
-    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
-    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
-    if (lane == 0) {
-        if (bf) {
-            gv = rbf(gv);
-            uv = rbf(uv);
-        }
-        float sv = gv / (1.f + expf(-gv));
-        if (bf) sv = rbf(sv);
-        float v = sv * uv;
-        (shared ? sh : h + (size_t)slot * F)[f] = bf ? rbf(v) : v;
-    }
+    gateup_col(x, wg, wu, D, lane, bf, (shared ? sh : h + (size_t)slot * F) + f);
 }
 
-enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1_SMEM = 48 * 1024 };
+enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1SU = 8, D1_SMEM = 48 * 1024 };
 /* down1_k's slots: the K routed experts (input h + j·F, weight row d of down[idx[j]]) then the shared experts as
  * S / F slots of F (input sh + t·F, weight row d of sdown at t·F); S % F == 0 and K + S / F <= MAXS1 (host check). */
 static bool down1_fits(int K, int F, int S, int has_shared) {
@@ -556,9 +577,21 @@ __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, co
 #pragma unroll
         for (int j = 0; j < MAXS1; j++)
             if (j < ns && it * 32 + lane < F8) q[it][j] = __ldg(wr[j] + it * 32 + lane);
-    for (int i = threadIdx.x; i < ns * F / 4; i += D1W * 32) {
-        const int j = i / (F / 4), c = i - j * (F / 4);
-        xs4[i] = __ldg((const float4 *)(j < K ? h + (size_t)j * F : sh + (size_t)(j - K) * F) + c);
+    {
+        /* staged D1SU loads at a time (a loop of dependent load-store pairs would wait one round trip each) */
+        const int n4 = ns * F / 4, kf4 = K * F / 4;
+        const float4 *h4 = (const float4 *)h, *s4 = (const float4 *)sh;
+        for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * D1W * 32) {
+            float4 t[D1SU];
+#pragma unroll
+            for (int u = 0; u < D1SU; u++) {
+                const int i = i0 + u * D1W * 32;
+                if (i < n4) t[u] = __ldg(i < kf4 ? h4 + i : s4 + (i - kf4));
+            }
+#pragma unroll
+            for (int u = 0; u < D1SU; u++)
+                if (i0 + u * D1W * 32 < n4) xs4[i0 + u * D1W * 32] = t[u];
+        }
     }
     __syncthreads();
     float acc[MAXS1];
@@ -711,14 +744,14 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
             cu_add_rmsnorm(b, pn.a, pn.x, pn.res, 1, D, norm, pn.eps, flags);
             pn.res = NULL;
         }
-        launch_pdl(c, route1_k, dim3(R1B), dim3(R1W * 32), pn.res ? (size_t)2 * D * sizeof(float) : 0, x,
-                   m->router.data, m->router.dtype, E, D, K, bf, s.logits, c->moe_count, s.idx, s.wts, router_logits,
-                   experts, pn);
+        SharedUp su = {up.sgate, up.sup, has_shared ? S : 0, s.sw};
+        launch_pdl(c, route1_k, dim3(R1B + (has_shared ? cdiv(S, R1W) : 0)), dim3(R1W * 32),
+                   pn.res ? (size_t)2 * D * sizeof(float) : 0, x, m->router.data, m->router.dtype, E, D, K, bf,
+                   s.logits, c->moe_count, s.idx, s.wts, router_logits, experts, pn, su);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
-        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && S > F ? S : F, MW), K + has_shared)), dim3(MW * 32), 0,
-                   
-            x, s.idx, K, D, F, S, bf, s.h, s.sw, up);
+        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), K)), dim3(MW * 32), 0, x, s.idx, K, D, F, S, bf, s.h, s.sw,
+                   up);
         CU_LAUNCHED();
         down1(c, y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S, bf, down);
         return;
