@@ -528,12 +528,27 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     }
 }
 
-/* grid (columns / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
+/* What gateup1_k's slot K does when the grid has it: the shared experts' gate/up (sdo NULL: from x into sh), or,
+ * their gate/up being done already (route1_k), the shared down product over sh into sdo [D] (unrounded). */
+struct SharedDown {
+    const void *down; /* [D, S] */
+    float *sdo;
+};
+/* grid (max(F, D) / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
  * h [K, F] routed, sh [S] shared */
 __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
-                                                     int bf, float *h, float *sh, UpPtrs w) {
+                                                     int bf, float *h, float *sh, UpPtrs w, SharedDown sd) {
     pdl_wait();
     const int slot = blockIdx.y, shared = slot == K, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
+    if (shared && sd.sdo) {
+        if (f >= D) return;
+        float acc[MR] = {0.f, 0.f, 0.f, 0.f};
+        const float *xr[MR] = {sh, sh, sh, sh};
+        dot_rows(acc, xr, 1, (const uint16_t *)sd.down + (size_t)f * S, DS_BF16, S, 1, lane);
+        const float v = warp_sum(acc[0]);
+        if (lane == 0) sd.sdo[f] = v;
+        return;
+    }
     const int N = shared ? S : F;
     if (f >= N) return;
     const int e = shared ? 0 : idx[slot];
@@ -556,7 +571,8 @@ static bool down1_fits(int K, int F, int S, int has_shared) {
  * decode step is latency-bound: one round trip per D1IT·32·8 weights of a row). Routed outputs combine in
  * ascending expert order as combine_k does, plus the shared output (its slots summed first). */
 __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, const float *sh, const int32_t *idx,
-                                                   const float *wts, int K, int D, int F, int S, int bf, DownPtrs w) {
+                                                   const float *wts, int K, int D, int F, int S, int bf, DownPtrs w,
+                                                   const float *sdo) {
     pdl_wait();
     extern __shared__ float4 xs4[];
     const int nsh = sh ? S / F : 0, ns = K + nsh, F8 = F / 8;
@@ -657,18 +673,20 @@ __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, co
         out = __fadd_rn(out, __fmul_rn(wts[ord[j]], vj));
     }
     if (bf) out = rbf(out);
-    if (sh) {
-        out = (bf ? rbf(svv) : svv) + out;
+    if (sh || sdo) {
+        const float sv = sdo ? sdo[d] : svv;
+        out = (bf ? rbf(sv) : sv) + out;
         if (bf) out = rbf(out);
     }
     y[d] = out;
 }
 
+/* sdo: the shared down product already done (gateup1_k), else sh's S / F slots (or none without sh) */
 static void down1(CudaCtx *c, float *y, const float *h, const float *sh, const int32_t *idx, const float *wts, int K,
-                  int D, int F, int S, int bf, const DownPtrs &d) {
+                  int D, int F, int S, int bf, const DownPtrs &d, const float *sdo) {
     const int ns = K + (sh ? S / F : 0);
-    launch_pdl(c, down1_k, dim3(cdiv(D, D1W)), dim3(D1W * 32), (size_t)ns * F * sizeof(float), y, h, sh, idx, wts, K, D, F, S,
-                                                                                   bf, d);
+    launch_pdl(c, down1_k, dim3(cdiv(D, D1W)), dim3(D1W * 32), (size_t)ns * F * sizeof(float), y, h, sh, idx, wts, K,
+               D, F, S, bf, d, sdo);
     CU_LAUNCHED();
 }
 
@@ -691,9 +709,10 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     u.sup = up.data;
     d.sdown = down.data;
     /* no routed slots: the "shared" slot is the whole MLP */
-    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u);
+    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
+               SharedDown{NULL, NULL});
     CU_LAUNCHED();
-    down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d);
+    down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d, NULL);
     return true;
 }
 
@@ -750,10 +769,12 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
                    s.logits, c->moe_count, s.idx, s.wts, router_logits, experts, pn, su);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
-        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), K)), dim3(MW * 32), 0, x, s.idx, K, D, F, S, bf, s.h, s.sw,
-                   up);
+        /* the routed gate/up, and with them the shared down (its gate/up came with the router) */
+        SharedDown sdn = {has_shared ? down.sdown : NULL, has_shared ? s.shared : NULL};
+        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && D > F ? D : F, MW), K + has_shared)), dim3(MW * 32), 0,
+                   x, s.idx, K, D, F, S, bf, s.h, s.sw, up, sdn);
         CU_LAUNCHED();
-        down1(c, y, s.h, has_shared ? s.sw : NULL, s.idx, s.wts, K, D, F, S, bf, down);
+        down1(c, y, s.h, NULL, s.idx, s.wts, K, D, F, S, bf, down, has_shared ? s.shared : NULL);
         return;
     }
     if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);
