@@ -120,6 +120,12 @@ struct Backend {
      * (a backend array holding a backend pointer, as attention_kv's tables) */
     void (*kv_write_dev)(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
                          const float *k, int ldk, const float *v, int ldv);
+    /* rope_neox(qk, ld, n, 2·n_heads, head_dim, pos, theta, flags) over rows holding the q heads then the k heads,
+     * then kv_write_dev(kv, layer, tables, pos, n, qk + n_heads·head_dim, ld, v, ldv), as one call a backend may
+     * fuse. NULL: the caller makes the two calls. */
+    void (*rope_kv_write_dev)(Backend *b, float *qk, int ld, int n, int n_heads, int head_dim, const int32_t *pos,
+                              float theta, int flags, KvCache *kv, int layer, const int32_t *const *tables,
+                              const float *v, int ldv);
 
     /* out[0] = the index of the largest of x[0..n) (backend memory; the first one on ties, NaNs skipped, 0 when
      * all are NaN), as ops_argmax. step, when non-NULL: also step[0] = that index and step[1] += 1 (a decode

@@ -127,7 +127,10 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             q = w->qkv, k = w->qkv + D, v = w->qkv + 2 * D;
             be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), bf16 ? BE_ROUND : 0);
             be_mark(be, "dec.rope_kv");
-            be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
+            if (!s->table && be->rope_kv_write_dev)
+                be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v, ld);
+            else
+                be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
         } else {
             be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), bf16 ? BE_ROUND : 0);
             be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), bf16 ? BE_ROUND : 0);
@@ -138,7 +141,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         }
         if (s->table)
             be->kv_write(be, s->kv, l, s->table, s->pos0, n, k, ld, v, ld);
-        else
+        else if (!(ld == 3 * D && be->rope_kv_write_dev))
             be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, k, ld, v, ld);
         OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,

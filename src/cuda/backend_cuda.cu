@@ -614,29 +614,85 @@ void cu_round_bf16(Backend *b, float *x, size_t n) {
  * the power taken in double so they round to the nearest float as glibc's do; the products are not fused into
  * FMAs (the C reference rounds each one). */
 
+/* One rotation pair (i, i + half) of a head row r at position p (the arithmetic of ops_rope_neox_ref). */
+static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, int p, float theta, int bf) {
+    const int half = hd / 2;
+    float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)hd));
+    float ang = (float)p * inv;
+    float c = (float)cos((double)ang), s = (float)sin((double)ang);
+    if (bf) {
+        c = rbf(c);
+        s = rbf(s);
+    }
+    float x1 = r[i], x2 = r[i + half];
+    if (bf) {
+        r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
+        r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
+    } else {
+        r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
+        r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+    }
+}
+
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
     pdl_wait();
     int half = hd / 2;
     size_t n = (size_t)T * n_heads * half; /* a thread per (row, head, pair): every head in parallel */
     GRID_STRIDE(idx, n) {
         int i = (int)(idx % half), h = (int)((idx / half) % n_heads), t = (int)(idx / ((size_t)half * n_heads));
-        float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)hd));
-        float ang = (float)pos[t] * inv;
-        float c = (float)cos((double)ang), s = (float)sin((double)ang);
-        if (bf) {
-            c = rbf(c);
-            s = rbf(s);
-        }
-        float *r = x + (size_t)t * ld + (size_t)h * hd;
-        float x1 = r[i], x2 = r[i + half];
-        if (bf) {
-            r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
-            r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
+        rope_pair(x + (size_t)t * ld + (size_t)h * hd, i, hd, pos[t], theta, bf);
+    }
+}
+
+/* rope_k over the 2H q and k heads of each row, then the k heads' rotated pairs and the v row stored into the
+ * cache as kv_write_dev_k stores them: threads [0, T·2H·half) rotate, [that, + T·W) copy v. */
+__global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf,
+                          void *data, int kv_bf16, int L, int width, int bs, int layer, int n_blocks,
+                          const int32_t *const *tables, const float *v, int ldv) {
+    pdl_wait();
+    const int half = hd / 2;
+    const size_t nr = (size_t)T * 2 * H * half, n = nr + (size_t)T * width;
+    GRID_STRIDE(idx, n) {
+        int t, c0, c1 = -1;
+        float k0 = 0.f, k1 = 0.f;
+        if (idx < nr) {
+            const int i = (int)(idx % half), h = (int)((idx / half) % (2 * H));
+            t = (int)(idx / ((size_t)half * 2 * H));
+            float *r = x + (size_t)t * ld + (size_t)h * hd;
+            rope_pair(r, i, hd, pos[t], theta, bf);
+            if (h < H) continue;
+            c0 = (h - H) * hd + i, c1 = c0 + half;
+            k0 = r[i], k1 = r[i + half];
         } else {
-            r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-            r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+            t = (int)((idx - nr) / width);
+            c0 = (int)((idx - nr) % width);
+            k0 = v[(size_t)t * ldv + c0];
+        }
+        const int p = pos[t];
+        const int blk = p >= 0 ? tables[0][p / bs] : -1;
+        if (blk < 0 || blk >= n_blocks) continue; /* the host checks positions; never write outside */
+        size_t row = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + (c1 < 0 ? (size_t)bs * width : 0);
+        if (kv_bf16) {
+            ((uint16_t *)data)[row + c0] = f2bf(k0);
+            if (c1 >= 0) ((uint16_t *)data)[row + c1] = f2bf(k1);
+        } else {
+            ((float *)data)[row + c0] = k0;
+            if (c1 >= 0) ((float *)data)[row + c1] = k1;
         }
     }
+}
+
+static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, int hd, const int32_t *pos, float theta,
+                                 int flags, KvCache *kv, int layer, const int32_t *const *tables, const float *v,
+                                 int ldv) {
+    DS_ASSERT(hd > 0 && hd % 2 == 0 && ld >= 2 * H * hd && H * hd == kv->width && tables && pos);
+    DS_ASSERT((kv->dtype == DS_BF16 || kv->dtype == DS_F32) && layer >= 0 && layer < kv->n_layers);
+    if (n <= 0) return;
+    size_t total = (size_t)n * 2 * H * (hd / 2) + (size_t)n * kv->width;
+    launch_pdl(cctx(b), rope_kv_k, dim3(grid_for(total)), dim3(256), 0, qk, ld, n, H, hd, pos, theta,
+               flags & OPS_BF16, kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer,
+               kv->n_blocks, tables, v, ldv);
+    CU_LAUNCHED();
 }
 
 static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
@@ -1099,6 +1155,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->swiglu = cu_swiglu;
     b->moe = cu_moe;
     b->add_rmsnorm_moe = cu_add_rmsnorm_moe;
+    b->rope_kv_write_dev = cu_rope_kv_write_dev;
     b->moe_scratch_floats = cu_moe_scratch;
     b->chw_to_hwc = cu_chw_to_hwc;
     b->window_partition = cu_window_partition;

@@ -977,6 +977,23 @@ static void test_decode_graph(void) {
         B->download(B, pg, kg.data, pool);
         B->download(B, pd, kd.data, pool);
         CHECKF(memcmp(pg, pd, pool) == 0, "kv_write_dev of 3 scattered rows differs (%s)", dn);
+        /* rope_kv_write_dev == rope_neox over the q and k heads then kv_write_dev, bit for bit (rows [q | k | v]) */
+        for (int fl = 0; fl <= OPS_BF16; fl += OPS_BF16) {
+            const int H = 2, hd = Dm / H, ld = 3 * Dm;
+            float *qkv = rnd((size_t)3 * ld, 2.0f);
+            float *q1 = dev(qkv, (size_t)3 * ld * 4), *q2 = dev(qkv, (size_t)3 * ld * 4);
+            B->rope_kv_write_dev(B, q1, ld, 3, H, hd, dpos, 10000.f, fl, &kg, 1, (const int32_t *const *)dtabs,
+                                 q1 + 2 * Dm, ld);
+            B->rope_neox(B, q2, ld, 3, 2 * H, hd, dpos, 10000.f, fl);
+            B->kv_write_dev(B, &kd, 1, (const int32_t *const *)dtabs, dpos, 3, q2 + Dm, ld, q2 + 2 * Dm, ld);
+            float *a = down(q1, (size_t)3 * ld), *c = down(q2, (size_t)3 * ld);
+            B->download(B, pg, kg.data, pool);
+            B->download(B, pd, kd.data, pool);
+            CHECKF(exact_eq(a, c, (size_t)3 * ld) && memcmp(pg, pd, pool) == 0,
+                   "rope_kv_write_dev differs from rope_neox + kv_write_dev (%s, bf16 %d)", dn, fl);
+            free(a), free(c), free(qkv);
+            B->free(B, q1), B->free(B, q2);
+        }
         printf("  decode graph (%s): %d replays match direct runs bit for bit\n", dn, steps);
         B->graph_free(B, g);
         free(pg), free(pd), free(k), free(v), free(tab_h);
