@@ -20,7 +20,9 @@
 
 typedef struct Backend Backend;
 
-enum { BE_ROUND = 1 << 8 }; /* linear flag: round the output to bf16 (see linear) */
+/* linear flags: BE_ROUND rounds the output to bf16; BE_GELU / BE_QGELU then apply gelu / quick_gelu to it (and
+ * round again with BE_ROUND), as linear, [round_bf16], gelu, [round_bf16] (see linear) */
+enum { BE_ROUND = 1 << 8, BE_GELU = 1 << 9, BE_QGELU = 1 << 10 };
 
 /* One MoE layer's weights, in the backend's memory (see model.h DecLayer). */
 typedef struct BackendExpert {
@@ -55,11 +57,13 @@ struct Backend {
 
     /* ---- dense ops (ops.h semantics) */
     /* flags: OPS_ACCUM (ops.h), and BE_ROUND: the result (after bias and accumulation) rounded to bf16, as
-     * linear followed by round_bf16 over the M × N outputs */
+     * linear followed by round_bf16 over the M × N outputs; BE_GELU / BE_QGELU: then the activation over them (and
+     * round_bf16 again with BE_ROUND) */
     void (*linear)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                    int flags);
     /* flags & OPS_BF16: the HF autocast LayerNorm2d rule (spec §16 R4): the mean is rounded to bf16, x − mean is
-     * rounded to bf16, the variance and the output stay fp32. Without it, ops_layernorm semantics. */
+     * rounded to bf16, the variance and the output stay fp32. Without it, ops_layernorm semantics. flags & BE_ROUND:
+     * the output then rounded to bf16 (as layernorm followed by round_bf16). */
     void (*layernorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                       float eps, int flags);
     void (*rmsnorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,

@@ -191,16 +191,19 @@ static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, in
     c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, c->bf16 ? BE_ROUND : 0);
 }
 
+/* linear, then act (BE_GELU or BE_QGELU) over its output: rounded to bf16 before and after in bf16 mode */
+static void linear_act(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b, int act) {
+    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, (c->bf16 ? BE_ROUND : 0) | act);
+}
+
 static void layernorm(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {
-    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, eps, 0);
-    rnd(c, y, (size_t)M * n);
+    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, eps, c->bf16 ? BE_ROUND : 0);
 }
 
 /* SAM's LayerNorm2d (per position over channels); bf16 mode follows autocast: bf16 mean and x − mean, fp32
  * statistics and output (the next convolution rounds its input). */
 static void layernorm2d(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b) {
-    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, 1e-6f, c->bf16 ? OPS_BF16 : 0);
-    rnd(c, y, (size_t)M * n);
+    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, 1e-6f, c->bf16 ? OPS_BF16 | BE_ROUND : 0);
 }
 
 static void conv(Ctx *c, float *y, const float *x, int H, int I, int O, int k, int stride, int pad, DsW wt, DsW b) {
@@ -262,12 +265,7 @@ static void mlp(Ctx *c, float *x, const float *y, int M, int D, int F, DsW w1, D
     VisionWork *w = c->w;
     for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
         int mm = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
-        linear(c, w->big, F, y + (size_t)r0 * D, D, mm, D, w1, F, b1);
-        if (quick)
-            c->be->quick_gelu(c->be, w->big, w->big, (size_t)mm * F);
-        else
-            c->be->gelu(c->be, w->big, w->big, (size_t)mm * F);
-        rnd(c, w->big, (size_t)mm * F);
+        linear_act(c, w->big, F, y + (size_t)r0 * D, D, mm, D, w1, F, b1, quick ? BE_QGELU : BE_GELU);
         linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2);
         c->be->add(c->be, x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)mm * D);
         if (residual_round) rnd(c, x + (size_t)r0 * D, (size_t)mm * D);
@@ -423,9 +421,7 @@ static void clip_forward(Ctx *c, int n) {
         be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
         be_mark(be, "clip.mlp");
         layernorm(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
-        linear(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b);
-        be->quick_gelu(be, w->cmlp, w->cmlp, (size_t)T * k->mlp_dim);
-        rnd(c, w->cmlp, (size_t)T * k->mlp_dim);
+        linear_act(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b, BE_QGELU);
         linear(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b);
         be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
     }

@@ -6,6 +6,7 @@
 #include <omp.h>
 #include <stdlib.h>
 
+#include "backend.h"
 #include "check.h"
 #include "ops.h"
 
@@ -628,6 +629,34 @@ static void test_thread_determinism(void) {
     free(a), free(b), free(c);
 }
 
+/* The CPU backend's fused flags: linear with BE_ROUND | BE_GELU / BE_QGELU equals linear, round, act, round; layernorm
+ * with BE_ROUND equals layernorm then round (both exactly: the same functions in the same order). */
+static void test_backend_flags(void) {
+    Backend *b = backend_cpu();
+    enum { M = 5, K = 24, N = 19 };
+    float *x = rnd((size_t)M * K, 1.0f), *wf = rnd((size_t)N * K, 0.5f), *bias = rnd(N, 0.2f);
+    DsW w = ds_w(wf, DS_F32), bw = ds_w(bias, DS_F32);
+    float *y0 = fill((size_t)M * K, 0), *y1 = fill((size_t)M * K, 0); /* K > N: room for the layernorm case */
+    const int acts[2] = {BE_GELU, BE_QGELU};
+    for (int a = 0; a < 2; a++)
+        for (int r = 0; r < 2; r++) {
+            const int rf = r ? BE_ROUND : 0;
+            b->linear(b, y0, N, x, K, M, K, w, N, bw, rf | acts[a]);
+            b->linear(b, y1, N, x, K, M, K, w, N, bw, rf);
+            if (acts[a] == BE_GELU)
+                b->gelu(b, y1, y1, (size_t)M * N);
+            else
+                b->quick_gelu(b, y1, y1, (size_t)M * N);
+            if (r) b->round_bf16(b, y1, (size_t)M * N);
+            CHECKF(memcmp(y0, y1, sizeof(float) * M * N) == 0, "linear with act %d round %d differs", a, r);
+        }
+    b->layernorm(b, y0, K, x, K, M, K, ds_w(wf, DS_F32), ds_w(bias, DS_F32), 1e-6f, OPS_BF16 | BE_ROUND);
+    b->layernorm(b, y1, K, x, K, M, K, ds_w(wf, DS_F32), ds_w(bias, DS_F32), 1e-6f, OPS_BF16);
+    b->round_bf16(b, y1, (size_t)M * K);
+    CHECKF(memcmp(y0, y1, sizeof(float) * M * K) == 0, "layernorm with BE_ROUND differs from layernorm + round");
+    free(x), free(wf), free(bias), free(y0), free(y1);
+}
+
 int main(void) {
     RUN(test_linear_ref_small_exact);
     RUN(test_linear_vs_ref);
@@ -643,5 +672,6 @@ int main(void) {
     RUN(test_resample);
     RUN(test_moe);
     RUN(test_thread_determinism);
+    RUN(test_backend_flags);
     return check_summary();
 }

@@ -45,13 +45,28 @@ static size_t cpu_peak(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx
 static void round_rows(float *y, int ldy, int M, int N) {
     for (int i = 0; i < M; i++) ops_round_bf16_cpu(y + (size_t)i * ldy, (size_t)N);
 }
+/* linear's BE_GELU / BE_QGELU step over the M × N outputs (after BE_ROUND's rounding), rounded again with BE_ROUND */
+static void act_rows(float *y, int ldy, int M, int N, int flags) {
+    if (!(flags & (BE_GELU | BE_QGELU))) return;
+    const int rows = ldy == N ? 1 : M;
+    const size_t n = ldy == N ? (size_t)M * N : (size_t)N;
+    for (int i = 0; i < rows; i++) {
+        float *r = y + (size_t)i * ldy;
+        if (flags & BE_GELU)
+            ops_gelu_cpu(r, r, n);
+        else
+            ops_quick_gelu_cpu(r, r, n);
+        if (flags & BE_ROUND) ops_round_bf16_cpu(r, n);
+    }
+}
 static void cpu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND);
+    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU));
     if (flags & BE_ROUND) round_rows(y, ldy, M, N);
+    act_rows(y, ldy, M, N, flags);
 }
-static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
-                          float eps, int flags) {
+static void cpu_layernorm_rows(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                               float eps, int flags) {
     if (!(flags & OPS_BF16)) {
         ops_layernorm_cpu(y, ldy, x, ldx, M, n, w, bias, eps);
         return;
@@ -74,6 +89,12 @@ static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx
             yr[i] = d * inv * ds_w_get(w, (size_t)i) + (bias.data ? ds_w_get(bias, (size_t)i) : 0.0f);
         }
     }
+}
+/* flags & BE_ROUND: the output rounded to bf16 as well (backend.h layernorm) */
+static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                          float eps, int flags) {
+    cpu_layernorm_rows(b, y, ldy, x, ldx, M, n, w, bias, eps, flags & ~BE_ROUND);
+    if (flags & BE_ROUND) round_rows(y, ldy, M, n);
 }
 static void cpu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
                         int flags) {
@@ -275,15 +296,17 @@ Backend *backend_cpu(void) { return &g_cpu; }
 
 static void ref_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND);
+    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU));
     if (flags & BE_ROUND) round_rows(y, ldy, M, N);
+    act_rows(y, ldy, M, N, flags);
 }
 static void ref_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                           float eps, int flags) {
     if (flags & OPS_BF16)
-        cpu_layernorm(b, y, ldy, x, ldx, M, n, w, bias, eps, flags);
+        cpu_layernorm_rows(b, y, ldy, x, ldx, M, n, w, bias, eps, flags & ~BE_ROUND);
     else
         ops_layernorm_ref(y, ldy, x, ldx, M, n, w, bias, eps);
+    if (flags & BE_ROUND) round_rows(y, ldy, M, n);
 }
 static void ref_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
                         int flags) {

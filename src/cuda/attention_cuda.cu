@@ -356,66 +356,82 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
 #pragma unroll
     for (int i = 0; i < DPL; i++) sm_acc[warp][dl + i] = acc[i];
     __syncthreads();
-    if (warp) return;
-    float M = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3])), L = 0.f, f[4];
+    __shared__ int last;
+    if (warp == 0) {
+        float M = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3])), L = 0.f, f[4];
 #pragma unroll
-    for (int w = 0; w < 4; w++) {
-        f[w] = sm_m[w] == -INFINITY ? 0.f : expf(sm_m[w] - M);
-        L += sm_l[w] * f[w];
-    }
-    float o[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; i++)
-        o[i] = sm_acc[0][dl + i] * f[0] + sm_acc[1][dl + i] * f[1] + sm_acc[2][dl + i] * f[2] + sm_acc[3][dl + i] * f[3];
-    if (a.nsplit == 1) {
-        float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
+        for (int w = 0; w < 4; w++) {
+            f[w] = sm_m[w] == -INFINITY ? 0.f : expf(sm_m[w] - M);
+            L += sm_l[w] * f[w];
+        }
+        float o[DPL];
 #pragma unroll
         for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) out[dl + i] = a.round ? rbf(o[i] / L) : o[i] / L;
-    } else {
-        float *p = a.part + ((size_t)(r * a.H + h) * a.nsplit + sp) * (a.D + 2);
-        if (lane == 0) {
-            p[0] = M;
-            p[1] = L;
-        }
-#pragma unroll
-        for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) p[2 + dl + i] = o[i];
-        /* the last split block of this (row, head) merges every split's state (flash-decoding) */
-        __threadfence();
-        int t = 0;
-        if (lane == 0) t = atomicAdd(&a.count[r * a.H + h], 1);
-        t = __shfl_sync(0xffffffffu, t, 0);
-        const int ns = (nk + KV_SPLIT - 1) / KV_SPLIT;
-        if (t != ns - 1) return;
-        __threadfence();
-        if (lane == 0) a.count[r * a.H + h] = 0;
-        const float *q0 = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
-        float MM = -INFINITY;
-        for (int s2 = lane; s2 < ns; s2 += 32) MM = fmaxf(MM, __ldcg(q0 + (size_t)s2 * (a.D + 2)));
-        MM = warp_max(MM);
-        float LL = 0.f;
-        for (int s2 = lane; s2 < ns; s2 += 32) {
-            const float *ps = q0 + (size_t)s2 * (a.D + 2);
-            LL += __ldcg(ps + 1) * expf(__ldcg(ps) - MM);
-        }
-        LL = warp_sum(LL);
-        float oo[DPL];
-#pragma unroll
-        for (int i = 0; i < DPL; i++) oo[i] = 0.f;
-#pragma unroll 8
-        for (int s2 = 0; s2 < ns; s2++) {
-            const float *ps = q0 + (size_t)s2 * (a.D + 2);
-            const float f2 = expf(__ldcg(ps) - MM);
+            o[i] = sm_acc[0][dl + i] * f[0] + sm_acc[1][dl + i] * f[1] + sm_acc[2][dl + i] * f[2] +
+                   sm_acc[3][dl + i] * f[3];
+        if (a.nsplit == 1) {
+            float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
 #pragma unroll
             for (int i = 0; i < DPL; i++)
-                if (dl + i < a.D) oo[i] += __ldcg(ps + 2 + dl + i) * f2;
+                if (dl + i < a.D) out[dl + i] = a.round ? rbf(o[i] / L) : o[i] / L;
+        } else {
+            float *p = a.part + ((size_t)(r * a.H + h) * a.nsplit + sp) * (a.D + 2);
+            if (lane == 0) {
+                p[0] = M;
+                p[1] = L;
+            }
+#pragma unroll
+            for (int i = 0; i < DPL; i++)
+                if (dl + i < a.D) p[2 + dl + i] = o[i];
+            /* the last split block of this (row, head) merges every split's state (flash-decoding) */
+            __threadfence();
+            int t = 0;
+            if (lane == 0) t = atomicAdd(&a.count[r * a.H + h], 1);
+            t = __shfl_sync(0xffffffffu, t, 0);
+            if (lane == 0) last = t == (nk + KV_SPLIT - 1) / KV_SPLIT - 1;
         }
-        float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
+    }
+    if (a.nsplit == 1) return;
+    __syncthreads();
+    if (!last) return;
+    __threadfence();
+    if (threadIdx.x == 0) a.count[r * a.H + h] = 0;
+    /* the merge over the ns splits: every warp finds the global max and sum, warp w sums the outputs of splits
+     * w, w + 4, ... (in flight together), then warp 0 adds the four */
+    const int ns = (nk + KV_SPLIT - 1) / KV_SPLIT;
+    const float *q0 = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
+    float MM = -INFINITY;
+    for (int s2 = lane; s2 < ns; s2 += 32) MM = fmaxf(MM, __ldcg(q0 + (size_t)s2 * (a.D + 2)));
+    MM = warp_max(MM);
+    float LL = 0.f;
+    for (int s2 = lane; s2 < ns; s2 += 32) {
+        const float *ps = q0 + (size_t)s2 * (a.D + 2);
+        LL += __ldcg(ps + 1) * expf(__ldcg(ps) - MM);
+    }
+    LL = warp_sum(LL);
+    float oo[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) oo[i] = 0.f;
+#pragma unroll 8
+    for (int s2 = warp; s2 < ns; s2 += 4) {
+        const float *ps = q0 + (size_t)s2 * (a.D + 2);
+        const float f2 = expf(__ldcg(ps) - MM);
 #pragma unroll
         for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) out[dl + i] = a.round ? rbf(oo[i] / LL) : oo[i] / LL;
+            if (dl + i < a.D) oo[i] += __ldcg(ps + 2 + dl + i) * f2;
     }
+    __syncthreads(); /* sm_acc is free again */
+#pragma unroll
+    for (int i = 0; i < DPL; i++) sm_acc[warp][dl + i] = oo[i];
+    __syncthreads();
+    if (warp) return;
+    float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
+#pragma unroll
+    for (int i = 0; i < DPL; i++)
+        if (dl + i < a.D) {
+            const float v = (sm_acc[0][dl + i] + sm_acc[1][dl + i] + sm_acc[2][dl + i] + sm_acc[3][dl + i]) / LL;
+            out[dl + i] = a.round ? rbf(v) : v;
+        }
 }
 
 void cu_attention_kv(Backend *b, const OpsAttentionKv *o) {

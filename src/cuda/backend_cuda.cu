@@ -284,17 +284,29 @@ __global__ void dequant_half_k(uint16_t *dst, const uint8_t *src, int dt, size_t
     }
 }
 
-/* y += bias (when given), then rounded to bf16 (when round): one pass over the output; rows via blockIdx.y. */
-__global__ void bias_round_k(float *y, int ldy, int M, int N, const void *bias, int bdt, int round) {
+static __device__ __forceinline__ float gelu_f(float v) {
+    return 0.5f * v * erfcf(v * -0.70710678118654752f); /* 1 + erf(x) without cancellation for x << 0 */
+}
+static __device__ __forceinline__ float quick_gelu_f(float v) { return v / (1.f + expf(-1.702f * v)); }
+
+/* y += bias (when given), then rounded to bf16 (when round), then act (1 gelu, 2 quick_gelu; rounded again when
+ * round): one pass over the output; rows via blockIdx.y. */
+__global__ void bias_round_k(float *y, int ldy, int M, int N, const void *bias, int bdt, int round, int act) {
     for (int m = blockIdx.y; m < M; m += gridDim.y) {
         float *r = y + (size_t)m * ldy;
         for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < N; c += gridDim.x * blockDim.x) {
             float v = r[c];
             if (bias) v += wget(bias, bdt, c);
-            r[c] = round ? rbf(v) : v;
+            if (round) v = rbf(v);
+            if (act) {
+                v = act == 1 ? gelu_f(v) : quick_gelu_f(v);
+                if (round) v = rbf(v);
+            }
+            r[c] = v;
         }
     }
 }
+static int act_of(int flags) { return flags & BE_GELU ? 1 : flags & BE_QGELU ? 2 : 0; }
 
 /* x [M, K] (row stride ldx) -> bf16 hi (and the remainder lo when given) [M, K] contiguous. */
 __global__ void to_bf16_rows_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
@@ -354,9 +366,9 @@ static unsigned grid_for(size_t n) {
 
 /* y += bias, then rounded to bf16, as linear's flags ask (nothing to do without either). */
 static void bias_round(CudaCtx *c, float *y, int ldy, int M, int N, DsW bias, int flags) {
-    if (bias.data || (flags & BE_ROUND)) {
+    if (bias.data || (flags & (BE_ROUND | BE_GELU | BE_QGELU))) {
         bias_round_k<<<rows_grid(M, N), 256, 0, c->stream>>>(y, ldy, M, N, bias.data, bias.dtype,
-                                                              (flags & BE_ROUND) != 0);
+                                                              (flags & BE_ROUND) != 0, act_of(flags));
         CU_LAUNCHED();
     }
 }
@@ -419,7 +431,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         return;
     }
     if (M <= GEMV_ROWS) {
-        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~BE_ROUND, (flags & BE_ROUND) != 0);
+        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU), (flags & BE_ROUND) != 0);
+        if (act_of(flags)) bias_round(cctx(b), y, ldy, M, N, ds_w_none(), flags);
         return;
     }
     CudaCtx *c = cctx(b);
@@ -460,7 +473,7 @@ static void cu_set_gemm_f16(Backend *b, int on) { cctx(b)->gemm_f16 = on != 0; }
 
 /* flags & OPS_BF16: the autocast LayerNorm2d rule of backend.h (mean and x − mean rounded to bf16). */
 __global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt,
-                            const void *bias, int bdt, float eps, int bf) {
+                            const void *bias, int bdt, float eps, int bf, int round) {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * ldx;
     float *yr = y + (size_t)blockIdx.x * ldy;
@@ -481,7 +494,7 @@ __global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, c
         if (bf) d = rbf(d);
         float o = __fmul_rn(__fmul_rn(d, inv), wget(w, wdt, i));
         if (bias) o = __fadd_rn(o, wget(bias, bdt, i));
-        yr[i] = o;
+        yr[i] = round ? rbf(o) : o;
     }
 }
 
@@ -535,7 +548,7 @@ static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx,
     DS_ASSERT(M >= 0 && n > 0 && w.data);
     if (M == 0) return;
     layernorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data, bias.dtype,
-                                                            eps, flags & OPS_BF16);
+                                                            eps, flags & OPS_BF16, (flags & BE_ROUND) != 0);
     CU_LAUNCHED();
 }
 
@@ -562,16 +575,10 @@ void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 __global__ void gelu_k(float *o, const float *x, size_t n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        o[i] = 0.5f * v * erfcf(v * -0.70710678118654752f); /* 1 + erf(x) without cancellation for x << 0 */
-    }
+    GRID_STRIDE(i, n) o[i] = gelu_f(x[i]);
 }
 __global__ void quick_gelu_k(float *o, const float *x, size_t n) {
-    GRID_STRIDE(i, n) {
-        float v = x[i];
-        o[i] = v / (1.f + expf(-1.702f * v));
-    }
+    GRID_STRIDE(i, n) o[i] = quick_gelu_f(x[i]);
 }
 __global__ void add_k(float *o, const float *a, const float *c, size_t n) {
     pdl_wait(); GRID_STRIDE(i, n) o[i] = a[i] + c[i]; }

@@ -216,6 +216,50 @@ static void test_linear(void) {
     linear_case(77, 1280, 200, DS_BF16, 0, 0, 0, 1); /* bf16 activations: tensor cores are exact up to sum order */
 }
 
+/* linear's activation epilogue (BE_GELU / BE_QGELU, with and without BE_ROUND) and layernorm's BE_ROUND against the
+ * CPU backend given the same flags, on the GEMV (1 row) and the cuBLAS (many rows) paths; bf16-exact inputs, so only
+ * the sum order differs (a bf16 rounding step at most where a value sits on a boundary). */
+static void test_fused_epilogues(void) {
+    const int rows[2] = {1, 37}, K = 96, N = 70;
+    const int acts[2] = {BE_GELU, BE_QGELU};
+    for (int ri = 0; ri < 2; ri++)
+        for (int a = 0; a < 2; a++)
+            for (int r = 0; r < 2; r++) {
+                const int M = rows[ri], fl = acts[a] | (r ? BE_ROUND : 0);
+                float *x = rnd((size_t)M * K, 1.0f);
+                ops_round_bf16_ref(x, (size_t)M * K);
+                uint16_t *wh = rnd_bf16((size_t)N * K, 0.3f);
+                float *bh = rnd(N, 0.2f), *ref = malloc((size_t)M * N * 4);
+                backend_cpu()->linear(backend_cpu(), ref, N, x, K, M, K, ds_w(wh, DS_BF16), N, ds_w(bh, DS_F32), fl);
+                float *dx = dev(x, (size_t)M * K * 4), *dy = dev_nan((size_t)M * N), *db = dev(bh, N * 4);
+                void *dw = dev(wh, (size_t)N * K * 2);
+                B->linear(B, dy, N, dx, K, M, K, ds_w(dw, DS_BF16), N, ds_w(db, DS_F32), fl);
+                float *g = down(dy, (size_t)M * N);
+                EXPECT_ERR(rel_l2(g, ref, (size_t)M * N), r ? 4e-3 : 2e-5, "linear M%d act %s round %d", M,
+                           acts[a] == BE_GELU ? "gelu" : "quick_gelu", r);
+                B->free(B, dx), B->free(B, dy), B->free(B, db), B->free(B, dw);
+                free(x), free(wh), free(bh), free(ref), free(g);
+            }
+    for (int bf = 0; bf < 2; bf++) {
+        const int M = 9, n = 768, fl = BE_ROUND | (bf ? OPS_BF16 : 0);
+        float *x = rnd((size_t)M * n, 2.0f), *wh = rnd(n, 1.0f), *bh = rnd(n, 0.5f), *ref = malloc((size_t)M * n * 4);
+        backend_cpu()->layernorm(backend_cpu(), ref, n, x, n, M, n, ds_w(wh, DS_F32), ds_w(bh, DS_F32), 1e-6f, fl);
+        float *dx = dev(x, (size_t)M * n * 4), *dy = dev_nan((size_t)M * n), *dw = dev(wh, n * 4), *db = dev(bh, n * 4);
+        B->layernorm(B, dy, n, dx, n, M, n, ds_w(dw, DS_F32), ds_w(db, DS_F32), 1e-6f, fl);
+        float *g = down(dy, (size_t)M * n);
+        int all_bf16 = 1;
+        for (size_t i = 0; i < (size_t)M * n; i++) {
+            uint32_t u;
+            memcpy(&u, &g[i], 4);
+            all_bf16 = all_bf16 && (u & 0xffffu) == 0;
+        }
+        CHECKF(all_bf16, "layernorm BE_ROUND: an output is not a bf16 value (bf16 rule %d)", bf);
+        EXPECT_ERR(rel_l2(g, ref, (size_t)M * n), 4e-3, "layernorm BE_ROUND bf16 rule %d", bf);
+        B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
+        free(x), free(wh), free(bh), free(ref), free(g);
+    }
+}
+
 static void test_norms(void) {
     static const int shapes[][2] = {{1, 1}, {3, 7}, {17, 768}, {5, 1025}, {2, 1280}, {40, 256}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
@@ -1013,6 +1057,7 @@ int main(void) {
     }
     RUN(test_memory);
     RUN(test_linear);
+    RUN(test_fused_epilogues);
     RUN(test_norms);
     RUN(test_elementwise);
     RUN(test_rope);
