@@ -48,6 +48,19 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
 #endif
 }
 
+/* Four 8×8 bf16 matrices from shared memory into mma fragments (sm_75+): lane l gives the address of row l % 8 of
+ * matrix l / 8; register i receives matrix i's (row l / 4, columns 2·(l % 4) and +1), an m16n8k16 B fragment half. */
+__device__ __forceinline__ void ldsm_x4(uint32_t *r, const uint16_t *p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#else
+    __trap();
+#endif
+}
+
 /* K and V of one (sequence, head, 64-key tile) to bf16: K rows as they are, V through a shared tile into its
  * transposed layout. Grid (tkp / 64, H, n_batch), 256 threads. */
 __global__ void __launch_bounds__(256) kv_to_bf16_k(MmaArgs a) {
@@ -82,6 +95,9 @@ __global__ void __launch_bounds__(256) kv_to_bf16_k(MmaArgs a) {
     }
 }
 
+/* REL: relative-position terms; FULL: tk a multiple of KT (no key masking); GW64: the key grid's width is KT, so a
+ * key tile is one grid row (its relH term is one value per query, its relW terms sit at fixed offsets). */
+template <bool REL, bool FULL, bool GW64>
 __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
     uint16_t *Ks = (uint16_t *)smem;          /* [KT][KS] */
@@ -97,7 +113,7 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
 
     /* relative-position terms of this block's queries: thread -> query tid % QT (its q row in registers), every
      * other term */
-    if (a.rh) {
+    if (REL) {
         const int i = tid % QT, qi = q0 + i, half = tid / QT;
         float qr[HD];
         const bool valid = qi < a.tq;
@@ -166,19 +182,27 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
             pk0 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc], pk1 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc + 1];
             pv0 = vg[(size_t)lr * tpr + kn + lc], pv1 = vg[(size_t)lr * tpr + kn + lc + 1];
         }
-        /* S = Q Kᵀ: 8 tiles of 8 keys */
+        /* S = Q Kᵀ: 8 tiles of 8 keys; K fragments by ldmatrix, two k-steps (four 8×8 matrices) a load */
         float s[KT / 8][4];
 #pragma unroll
         for (int n = 0; n < KT / 8; n++) {
             s[n][0] = s[n][1] = s[n][2] = s[n][3] = 0.f;
-            const uint32_t *kr = (const uint32_t *)(Ks + (n * 8 + gid) * KS);
 #pragma unroll
-            for (int kk = 0; kk < HD / 16; kk++) mma_bf16(s[n], qa[kk], kr[kk * 8 + tig], kr[kk * 8 + 4 + tig]);
+            for (int kp = 0; kp < HD / 32; kp++) {
+                uint32_t kb[4];
+                ldsm_x4(kb, Ks + (n * 8 + (lane & 7)) * KS + kp * 32 + (lane >> 3) * 8);
+                mma_bf16(s[n], qa[2 * kp], kb[0], kb[1]);
+                mma_bf16(s[n], qa[2 * kp + 1], kb[2], kb[3]);
+            }
         }
         /* scale, bias, mask; row maxima */
         float mx0 = -INFINITY, mx1 = -INFINITY;
         int jr = 0, jc = 0; /* (key / gw, key % gw) of key k0 + tig*2, stepped by 8 per tile */
-        if (a.rh) {
+        float rh0 = 0.f, rh1 = 0.f;
+        if (REL && GW64) {
+            rh0 = rel0[k0 / KT];
+            rh1 = rel1[k0 / KT];
+        } else if (REL) {
             int j = k0 + tig * 2;
             jr = j / a.gw;
             jc = j - jr * a.gw;
@@ -187,31 +211,35 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
         for (int n = 0; n < KT / 8; n++) {
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                int key = k0 + n * 8 + tig * 2 + e;
+                const int kl = n * 8 + tig * 2 + e, key = k0 + kl;
+                const bool ok = FULL || key < a.tk;
                 float b0 = 0.f, b1 = 0.f;
-                if (a.rh) {
+                if (REL && GW64) {
+                    b0 = rh0 + rel0[a.gh + kl];
+                    b1 = rh1 + rel1[a.gh + kl];
+                } else if (REL) {
                     int rr = jr, cc = jc + e;
                     if (cc >= a.gw) {
                         cc -= a.gw;
                         rr++;
                     }
-                    if (key < a.tk) {
+                    if (ok) {
                         b0 = rel0[rr] + rel0[a.gh + cc];
                         b1 = rel1[rr] + rel1[a.gh + cc];
-                        if (a.bf16_bias) {
-                            b0 = rbf(b0);
-                            b1 = rbf(b1);
-                        }
                     }
                 }
-                float x0 = key < a.tk ? (s[n][e] * a.scale + b0) * 1.4426950408889634f : -INFINITY;
-                float x1 = key < a.tk ? (s[n][2 + e] * a.scale + b1) * 1.4426950408889634f : -INFINITY;
+                if (REL && a.bf16_bias) {
+                    b0 = rbf(b0);
+                    b1 = rbf(b1);
+                }
+                float x0 = ok ? (s[n][e] * a.scale + b0) * 1.4426950408889634f : -INFINITY;
+                float x1 = ok ? (s[n][2 + e] * a.scale + b1) * 1.4426950408889634f : -INFINITY;
                 s[n][e] = x0;
                 s[n][2 + e] = x1;
                 mx0 = fmaxf(mx0, x0);
                 mx1 = fmaxf(mx1, x1);
             }
-            if (a.rh) {
+            if (REL && !GW64) {
                 jc += 8;
                 while (jc >= a.gw) {
                     jc -= a.gw;
@@ -252,9 +280,11 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
             uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
                               pack_bf16(p[1][2], p[1][3])};
 #pragma unroll
-            for (int n = 0; n < HD / 8; n++) {
-                const uint32_t *vr = (const uint32_t *)(Vt + (n * 8 + gid) * VS);
-                mma_bf16(o[n], pa, vr[kk * 8 + tig], vr[kk * 8 + 4 + tig]);
+            for (int n = 0; n < HD / 8; n += 2) { /* Vᵀ fragments of dims n and n + 1 by one ldmatrix */
+                uint32_t vb[4];
+                ldsm_x4(vb, Vt + ((n + (lane >> 4)) * 8 + (lane & 7)) * VS + kk * 16 + ((lane >> 3) & 1) * 8);
+                mma_bf16(o[n], pa, vb[0], vb[1]);
+                mma_bf16(o[n + 1], pa, vb[2], vb[3]);
             }
         }
     }
@@ -311,9 +341,15 @@ bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     a.vt = c->xb + kv_elems / 2;
     kv_to_bf16_k<<<dim3(a.tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(a);
     CU_LAUNCHED();
-    if (smem > 48 * 1024) CU_CHECK(cudaFuncSetAttribute(attn_mma_k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    const bool rel = a.rh != NULL, full = o->tk % KT == 0, gw64 = rel && full && a.gw == KT;
+    void (*k)(MmaArgs) = gw64           ? attn_mma_k<true, true, true>
+                         : rel && full  ? attn_mma_k<true, true, false>
+                         : rel          ? attn_mma_k<true, false, false>
+                         : full         ? attn_mma_k<false, true, false>
+                                        : attn_mma_k<false, false, false>;
+    if (smem > 48 * 1024) CU_CHECK(cudaFuncSetAttribute(k, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid(cdiv(o->tq, QT), o->n_heads, o->n_batch);
-    attn_mma_k<<<grid, NW * 32, smem, c->stream>>>(a);
+    k<<<grid, NW * 32, smem, c->stream>>>(a);
     CU_LAUNCHED();
     return true;
 }
