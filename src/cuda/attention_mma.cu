@@ -33,8 +33,24 @@ struct MmaArgs {
     int gh, gw, bf16_bias;
 };
 
+/* Two floats to a bf16 pair, round to nearest even (one cvt on sm_80+, where this kernel runs; f2bf's result for
+ * every finite value) */
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
     return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
+#endif
+}
+/* rbf (round to bf16 and back) in one cvt on sm_80+ */
+__device__ __forceinline__ float rbf_hw(float v) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    return __uint_as_float(pack_bf16(0.f, v) & 0xffff0000u);
+#else
+    return rbf(v);
+#endif
 }
 
 __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
@@ -229,8 +245,8 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
                     }
                 }
                 if (REL && a.bf16_bias) {
-                    b0 = rbf(b0);
-                    b1 = rbf(b1);
+                    b0 = rbf_hw(b0);
+                    b1 = rbf_hw(b1);
                 }
                 float x0 = ok ? (s[n][e] * a.scale + b0) * 1.4426950408889634f : -INFINITY;
                 float x1 = ok ? (s[n][2 + e] * a.scale + b1) * 1.4426950408889634f : -INFINITY;
