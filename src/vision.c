@@ -8,7 +8,8 @@
 
 #include "dump.h"
 
-#define MLP_CHUNK 1024 /* rows per MLP pass (bounds the hidden buffer) */
+#define MLP_CHUNK 4096 /* rows per MLP pass (bounds the hidden buffer; a 1,024-px SAM map in one pass: the
+                            second product then fills the GPU, which 1,024 rows of 768 outputs did not) */
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
 #define VISION_GRAPHS 4             /* recorded views kept (a gundam page uses two sides) */
 
