@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes the seed corpus of fuzz/fuzz_gguf.c (fuzz/corpus/gguf/): small valid GGUF v3 files (metadata of every
 value type, tensors of every type dsocr reads, a custom alignment, a tiny byte-level tokenizer in llama.cpp's
-keys) and malformed ones (truncated, bad counts, bad offsets, nested arrays, unknown types)."""
+keys, CLIP attention split into attn_q/k/v as newer llama.cpp converters write it) and malformed ones
+(truncated, bad counts, bad offsets, nested arrays, unknown types)."""
 import os
 import struct
 
@@ -60,6 +61,11 @@ def main():
                                        [tinfo("a", [4], 0, 0), tinfo("b", [4], 0, 64)], pad(b"\1" * 16, 64) + b"\2" * 16,
                                        align=64)
     files["valid_empty.gguf"] = gguf([], [], b"")
+    # llama.cpp's split CLIP attention (v.blk.I.attn_{q,k,v}, which the loader joins into attn_qkv), bf16
+    split = [tinfo(f"v.blk.0.attn_{p}.{w}", [4, 2] if w == "weight" else [4], 30, 32 * i)
+             for i, (p, w) in enumerate((p, w) for w in ("weight", "bias") for p in "qkv")]
+    split_data = b"".join(pad(bytes(range(i, i + (16 if i < 3 else 8)))) for i in range(6))
+    files["valid_split_clip_qkv.gguf"] = gguf([kv("clip.projector_type", 8, s("deepseekocr"))], split, split_data)
     # a tiny byte-level BPE tokenizer in llama.cpp's keys (every byte symbol, one merge, two added tokens)
     def bl(b):
         bs = list(range(33, 127)) + list(range(161, 173)) + list(range(174, 256))

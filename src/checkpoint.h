@@ -86,6 +86,12 @@ int checkpoint_component_quantizable(CkComponent c);
  * not one of the model's. */
 int checkpoint_gguf_name(const char *hf, char *out, size_t n, int *expert, int *mmproj);
 
+/* The split form of a fused GGUF tensor: CLIP layer I's attention, v.blk.I.attn_qkv.{weight,bias} ([3·W, W] and
+ * [3·W]), may be stored as v.blk.I.attn_{q,k,v}.{weight,bias} (newer llama.cpp converters), each a third of the
+ * rows, q then k then v. For such a name, writes the three part names into parts and returns 1; else returns 0.
+ * The loader joins the parts by rows; `dsocr quantize --split-clip-qkv` writes them. */
+int checkpoint_gguf_split(const char *gguf, char parts[3][GGUF_MAX_NAME]);
+
 /* Internal to checkpoint.c / checkpoint_gguf.c. */
 DsocrStatus checkpoint_open_gguf(const char *path, const CheckpointOptions *opt, Checkpoint *ck, DsError *e);
 DsocrStatus checkpoint_validate(Checkpoint *ck, const char *what, DsError *e);

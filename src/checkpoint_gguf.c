@@ -5,7 +5,9 @@
  *   - llama.cpp's pair: a text-model GGUF (general.architecture "deepseek2-ocr") and an mmproj GGUF (clip.*
  *     keys, clip.projector_type "deepseekocr").
  * Tensors are mapped back to the Hugging Face names and shapes the model binds: routed experts, stored stacked
- * as [E, rows, cols], become per-expert views (each expert's slice is contiguous); F32/F16 tensors are narrowed
+ * as [E, rows, cols], become per-expert views (each expert's slice is contiguous); CLIP attention stored split
+ * (v.blk.I.attn_{q,k,v}, as newer llama.cpp converters can write it) is joined by rows into qkv_proj, in place
+ * when the parts lie back to back in the file, else in an owned copy; F32/F16 tensors are narrowed
  * to BF16 (the engine's storage type; exact for files converted from the bf16 checkpoint); Q8_0/Q4_0 tensors
  * keep their blocks where the engine computes on blocks (checkpoint_component_quantizable) and are widened to
  * BF16 elsewhere. The config is rebuilt from metadata: llama.cpp's keys, our dsocr.* keys for what llama.cpp
@@ -126,6 +128,22 @@ int checkpoint_gguf_name(const char *hf, char *out, size_t n, int *expert, int *
         else
             snprintf(out, n, RULES[i].gguf, v[0]);
         *mmproj = out[0] == 'v' || out[0] == 'm';
+        return 1;
+    }
+    return 0;
+}
+
+/* Tensors llama.cpp may store split by rows: the fused name, then its parts in row order. */
+static const char *const SPLIT[][4] = {
+    {"v.blk.%d.attn_qkv.weight", "v.blk.%d.attn_q.weight", "v.blk.%d.attn_k.weight", "v.blk.%d.attn_v.weight"},
+    {"v.blk.%d.attn_qkv.bias", "v.blk.%d.attn_q.bias", "v.blk.%d.attn_k.bias", "v.blk.%d.attn_v.bias"},
+};
+
+int checkpoint_gguf_split(const char *gguf, char parts[3][GGUF_MAX_NAME]) {
+    for (size_t i = 0; i < sizeof SPLIT / sizeof SPLIT[0]; i++) {
+        int v[1];
+        if (match_fmt(SPLIT[i][0], gguf, v, 1) != 1) continue;
+        for (int p = 0; p < 3; p++) snprintf(parts[p], GGUF_MAX_NAME, SPLIT[i][1 + p], v[0]);
         return 1;
     }
     return 0;
@@ -373,55 +391,78 @@ static int same_shape(const int64_t *a, int na, const int64_t *b, int nb) {
 typedef struct Conv {
     uint64_t lossy;   /* values changed by narrowing to bf16 */
     int n_narrowed, n_widened;
+    int n_in_place;   /* split tensors used in place (parts back to back in the file) */
 } Conv;
 
-/* Makes t (HF name, expected shape, already set) point at GGUF data src of dtype dt, n elements: BF16 and
- * kept block types by reference; others converted into an owned BF16 buffer. */
-static DsocrStatus present(Checkpoint *ck, StTensor *t, const uint8_t *src, DsDtype dt, int keep_blocks, Conv *cv,
-                           DsError *e) {
-    uint64_t n = t->numel;
+/* Makes t (HF name, expected shape, already set) point at GGUF data of dtype dt stored as n_parts runs of whole
+ * rows, src[0], src[1], ... in that order (one part: the tensor itself; three: llama.cpp's split CLIP q, k, v),
+ * each t->numel / n_parts elements in rows of part_k (the stored row length, ne[0]). BF16 and kept block types are
+ * used by reference when there is one part or the parts lie back to back in the file, in order (counted in
+ * cv->n_in_place when split), and are otherwise copied into one owned buffer (the rows of the parts, back to back,
+ * are the fused tensor's bytes); other types are converted into an owned BF16 buffer. */
+static DsocrStatus present(Checkpoint *ck, StTensor *t, const uint8_t *const *src, int n_parts, int64_t part_k,
+                           DsDtype dt, int keep_blocks, Conv *cv, DsError *e) {
+    uint64_t n = t->numel, np = n / (uint64_t)n_parts;
+    if (part_k <= 0) part_k = 1;
+    uint64_t part_rows = np / (uint64_t)part_k;
     if (dt == DS_BF16 || (quant_is_block(dt) && keep_blocks)) {
+        size_t pb = quant_row_bytes(dt, part_k) * (size_t)part_rows;
         t->dtype = dt;
-        t->data = src;
         t->begin = 0;
-        t->end = dt == DS_BF16 ? 2 * n : quant_row_bytes(dt, t->shape[t->ndim - 1]) * (n / (uint64_t)t->shape[t->ndim - 1]);
+        t->end = pb * (size_t)n_parts;
+        int in_place = 1;
+        for (int p = 1; p < n_parts; p++) in_place &= src[p] == src[0] + (size_t)p * pb;
+        if (in_place) {
+            t->data = src[0];
+            cv->n_in_place += n_parts > 1;
+            return DSOCR_OK;
+        }
+        uint8_t *o = own(ck, t->end);
+        if (!o) return ds_fail(e, DSOCR_E_NOMEM, "out of memory joining the parts of '%s'", t->name);
+        for (int p = 0; p < n_parts; p++) memcpy(o + (size_t)p * pb, src[p], pb);
+        t->data = o;
         return DSOCR_OK;
     }
     uint16_t *o = own(ck, (size_t)n * 2);
     if (!o) return ds_fail(e, DSOCR_E_NOMEM, "out of memory converting '%s' to bf16", t->name);
-    if (dt == DS_F32 || dt == DS_F16) {
-        for (uint64_t i = 0; i < n; i++) {
-            float v;
-            if (dt == DS_F32) {
-                memcpy(&v, src + 4 * i, 4);
-            } else {
-                uint16_t h;
-                memcpy(&h, src + 2 * i, 2);
-                v = fp16_to_f32(h);
+    float *row = NULL;
+    if (quant_is_block(dt) && !(row = malloc(sizeof *row * (size_t)part_k)))
+        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    for (int p = 0; p < n_parts; p++) {
+        const uint8_t *s = src[p];
+        uint16_t *d = o + (uint64_t)p * np;
+        if (dt == DS_F32 || dt == DS_F16) {
+            for (uint64_t i = 0; i < np; i++) {
+                float v;
+                if (dt == DS_F32) {
+                    memcpy(&v, s + 4 * i, 4);
+                } else {
+                    uint16_t h;
+                    memcpy(&h, s + 2 * i, 2);
+                    v = fp16_to_f32(h);
+                }
+                d[i] = f32_to_bf16(v);
+                if (bf16_to_f32(d[i]) != v && v == v) cv->lossy++;
             }
-            o[i] = f32_to_bf16(v);
-            if (bf16_to_f32(o[i]) != v && v == v) cv->lossy++;
+        } else {
+            size_t rb = quant_row_bytes(dt, part_k);
+            for (uint64_t r = 0; r < part_rows; r++) {
+                dequant_row_ref(dt, row, s + r * rb, part_k);
+                for (int64_t k = 0; k < part_k; k++) d[r * (uint64_t)part_k + (uint64_t)k] = f32_to_bf16(row[k]);
+            }
         }
-        cv->n_narrowed++;
-    } else {
-        int64_t K = t->shape[t->ndim - 1];
-        float *row = malloc(sizeof *row * (size_t)K);
-        if (!row) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-        size_t rb = quant_row_bytes(dt, K);
-        for (uint64_t r = 0; r < n / (uint64_t)K; r++) {
-            dequant_row_ref(dt, row, src + r * rb, K);
-            for (int64_t k = 0; k < K; k++) o[r * (uint64_t)K + (uint64_t)k] = f32_to_bf16(row[k]);
-        }
-        free(row);
-        cv->n_widened++;
     }
+    free(row);
+    if (quant_is_block(dt))
+        cv->n_widened++;
+    else
+        cv->n_narrowed++;
     t->dtype = DS_BF16;
     t->data = (const uint8_t *)o;
     t->begin = 0;
     t->end = 2 * n;
     return DSOCR_OK;
 }
-
 
 static int cmp_st(const void *a, const void *b) { return strcmp(((const StTensor *)a)->name, ((const StTensor *)b)->name); }
 
@@ -435,6 +476,7 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
     StTensor *ts = calloc((size_t)n + 1, sizeof *ts);
     CkProblems pr = {.used = 0, .n = 0};
     Conv cv = {0};
+    int n_split = 0;
     if (!used[0] || !used[1] || !ts) {
         st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
         goto done;
@@ -449,26 +491,67 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
             break;
         }
         const GgufFile *f = mm ? V : T;
+        const int fi = f == V && ck->n_gguf > 1;
         const GgufTensor *g = gguf_find_tensor(f, gname);
         ck_fmt_shape(want, sizeof want, x->ndim, x->shape);
+        /* llama.cpp's split CLIP attention: attn_q, attn_k, attn_v in place of attn_qkv, joined by rows */
+        const GgufTensor *part[3] = {g};
+        int n_parts = 1;
+        char pn[3][GGUF_MAX_NAME];
+        if (!g && checkpoint_gguf_split(gname, pn)) {
+            int found = 0;
+            for (int p = 0; p < 3; p++) {
+                if (!(part[p] = gguf_find_tensor(f, pn[p]))) continue;
+                used[fi][part[p] - f->tensors] = 1;
+                found++;
+            }
+            if (found == 3) {
+                g = part[0];
+                n_parts = 3;
+            } else if (found) {
+                for (int p = 0; p < 3; p++)
+                    if (!part[p])
+                        ck_problem(&pr, "\n  missing tensor '%s' in %s (%s is stored split there, as %s, %s and %s; "
+                                   "%d of the 3 present)", pn[p], f->what, gname, pn[0], pn[1], pn[2], found);
+                continue;
+            }
+        }
         if (!g) {
-            ck_problem(&pr, "\n  missing tensor '%s' (%s, shape %s) in %s", gname, x->name, want, f->what);
+            if (checkpoint_gguf_split(gname, pn))
+                ck_problem(&pr, "\n  missing tensor '%s' (%s, shape %s; or its parts %s, %s, %s) in %s", gname, x->name,
+                           want, pn[0], pn[1], pn[2], f->what);
+            else
+                ck_problem(&pr, "\n  missing tensor '%s' (%s, shape %s) in %s", gname, x->name, want, f->what);
             continue;
         }
-        used[f == V && ck->n_gguf > 1][g - f->tensors] = 1;
-        /* torch order of the GGUF dims */
-        int64_t sh[GGUF_MAX_DIMS];
-        for (int d = 0; d < g->n_dims; d++) sh[d] = g->ne[g->n_dims - 1 - d];
+        used[fi][g - f->tensors] = 1;
         int64_t es[5];
         int ne = 0;
         if (expert >= 0) es[ne++] = ck->config.n_routed_experts;
         for (int d = 0; d < x->ndim; d++) es[ne++] = x->shape[d];
-        if (!same_shape(sh, g->n_dims, es, ne)) {
-            ck_fmt_shape(got, sizeof got, g->n_dims, sh);
-            ck_fmt_shape(want, sizeof want, ne, es);
-            ck_problem(&pr, "\n  tensor '%s' (%s) has shape %s, expected %s", gname, x->name, got, want);
-            continue;
+        es[0] /= n_parts; /* a part holds a third of the rows (the outermost dim; 3·W by construction) */
+        int bad = 0;
+        for (int p = 0; p < n_parts; p++) {
+            const GgufTensor *q = part[p];
+            /* torch order of the GGUF dims */
+            int64_t sh[GGUF_MAX_DIMS];
+            for (int d = 0; d < q->n_dims; d++) sh[d] = q->ne[q->n_dims - 1 - d];
+            if (!same_shape(sh, q->n_dims, es, ne)) {
+                ck_fmt_shape(got, sizeof got, q->n_dims, sh);
+                ck_fmt_shape(want, sizeof want, ne, es);
+                if (n_parts > 1)
+                    ck_problem(&pr, "\n  tensor '%s' (the %c rows of %s) has shape %s, expected %s", q->name, "qkv"[p],
+                               x->name, got, want);
+                else
+                    ck_problem(&pr, "\n  tensor '%s' (%s) has shape %s, expected %s", q->name, x->name, got, want);
+                bad = 1;
+            } else if (q->dtype != part[0]->dtype) {
+                ck_problem(&pr, "\n  tensor '%s' has type %s but '%s' has %s (the parts of %s must share one type)",
+                           q->name, ds_dtype_name(q->dtype), part[0]->name, ds_dtype_name(part[0]->dtype), x->name);
+                bad = 1;
+            }
         }
+        if (bad) continue;
         StTensor *t = &ts[nt];
         if (!(t->name = strdup(x->name))) {
             st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
@@ -479,10 +562,12 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
         memcpy(t->shape, x->shape, sizeof x->shape[0] * (size_t)x->ndim);
         t->numel = 1;
         for (int d = 0; d < x->ndim; d++) t->numel *= (uint64_t)x->shape[d];
-        const uint8_t *src = g->data;
-        if (expert >= 0) src += (g->nbytes / (uint64_t)ck->config.n_routed_experts) * (uint64_t)expert;
+        const uint8_t *src[3];
+        for (int p = 0; p < n_parts; p++) src[p] = part[p]->data;
+        if (expert >= 0) src[0] += (g->nbytes / (uint64_t)ck->config.n_routed_experts) * (uint64_t)expert;
         int keep = checkpoint_component_quantizable(x->comp) && x->ndim == 2;
-        st = present(ck, t, src, g->dtype, keep, &cv, e);
+        st = present(ck, t, src, n_parts, g->ne[0], g->dtype, keep, &cv, e);
+        n_split += n_parts > 1;
     }
     if (st) goto done;
     for (int k = 0; k < ck->n_gguf; k++) {
@@ -501,6 +586,10 @@ static DsocrStatus map_tensors(Checkpoint *ck, const CheckpointOptions *opt, con
     if (cv.n_widened)
         logf_(opt, "%s: %d quantised tensors widened to bf16 (no block kernels for their component)", what,
               cv.n_widened);
+    if (n_split)
+        logf_(opt, "%s: %d CLIP attention tensors stored split (attn_q, attn_k, attn_v) read as attn_qkv: %d in place "
+              "(parts back to back in the file), %d joined in memory", what, n_split, cv.n_in_place,
+              n_split - cv.n_in_place);
     qsort(ts, (size_t)nt, sizeof *ts, cmp_st);
     ck->shards = calloc(1, sizeof *ck->shards);
     ck->shard_paths = calloc(1, sizeof *ck->shard_paths);

@@ -1,6 +1,7 @@
 /* test_gguf.c: the GGUF reader and writer: round trips of metadata and tensors of every supported type, the
  * alignment, and malformed files (each refused with a message naming the problem, never a crash: every prefix of
- * a valid file, hostile counts, lengths, types, dims, offsets, names). Also the HF <-> llama.cpp name map. */
+ * a valid file, hostile counts, lengths, types, dims, offsets, names). Also the HF <-> llama.cpp name map and
+ * its split CLIP attention names. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -361,6 +362,16 @@ static void test_names(void) {
     CHECK(!checkpoint_gguf_name("model.layers.01.mlp.gate.weight", g, sizeof g, &x, &mm)); /* not canonical */
     CHECK(!checkpoint_gguf_name("model.layers.1.mlp.gate.weightx", g, sizeof g, &x, &mm));
     CHECK(!checkpoint_gguf_name("something.else", g, sizeof g, &x, &mm));
+    /* llama.cpp's split CLIP attention: the fused name's parts, q, k, v */
+    char parts[3][GGUF_MAX_NAME];
+    CHECK(checkpoint_gguf_split("v.blk.23.attn_qkv.weight", parts) && !strcmp(parts[0], "v.blk.23.attn_q.weight") &&
+          !strcmp(parts[1], "v.blk.23.attn_k.weight") && !strcmp(parts[2], "v.blk.23.attn_v.weight"));
+    CHECK(checkpoint_gguf_split("v.blk.0.attn_qkv.bias", parts) && !strcmp(parts[0], "v.blk.0.attn_q.bias") &&
+          !strcmp(parts[2], "v.blk.0.attn_v.bias"));
+    CHECK(!checkpoint_gguf_split("v.sam.blk.0.attn.qkv.weight", parts)); /* SAM's qkv is never split */
+    CHECK(!checkpoint_gguf_split("v.blk.01.attn_qkv.weight", parts));
+    CHECK(!checkpoint_gguf_split("v.blk.0.attn_q.weight", parts));
+    CHECK(!checkpoint_gguf_split("blk.0.attn_q.weight", parts));
     /* every tensor of the official config has a distinct name under GGUF's 64-byte limit */
     ModelConfig c;
     DsError e = {0};
@@ -368,11 +379,17 @@ static void test_names(void) {
     CkExpected *ex;
     int n;
     REQUIRE(checkpoint_expected(&c, &ex, &n, &e) == DSOCR_OK);
-    int bad = 0;
+    int bad = 0, n_split = 0;
     for (int i = 0; i < n; i++) {
         if (!checkpoint_gguf_name(ex[i].name, g, sizeof g, &x, &mm) || strlen(g) >= GGUF_MAX_NAME) bad++;
+        if (checkpoint_gguf_split(g, parts)) {
+            n_split++; /* only CLIP's qkv_proj, 3·W rows */
+            CHECK(strstr(ex[i].name, ".self_attn.qkv_proj.") && ex[i].shape[0] == 3 * c.clip.width);
+            for (int p = 0; p < 3; p++) CHECK(strlen(parts[p]) < GGUF_MAX_NAME - 1);
+        }
     }
     CHECKF(bad == 0, "%d of %d names unmapped or too long", bad, n);
+    CHECKF(n_split == 2 * c.clip.layers, "%d splittable tensors", n_split);
     free(ex);
 }
 

@@ -1,7 +1,9 @@
 /* quantize.c: `dsocr quantize`: a safetensors model folder to GGUF, bf16 or quantised (docs/gguf.md).
  *   --layout dsocr (default): one file, general.architecture "dsocr", everything dsocr needs (config keys,
  *                             tokenizer, all tensors);
- *   --layout llama:           llama.cpp's pair: FILE (text model, "deepseek2-ocr") and mmproj-FILE (vision).
+ *   --layout llama:           llama.cpp's pair: FILE (text model, "deepseek2-ocr") and mmproj-FILE (vision);
+ *                             with --split-clip-qkv, CLIP attention as attn_q, attn_k, attn_v rather than attn_qkv
+ *                             (the form newer llama.cpp converters can write; the loader reads both).
  * Which weights are quantised is quant_choose's policy. Per-tensor relative error ||w - dq(q(w))|| / ||w|| is
  * measured for every quantised tensor; a summary and the worst tensors are printed (all with --verbose). */
 #include <cjson/cJSON.h>
@@ -20,12 +22,16 @@
 #include "tokenizer.h"
 
 static void usage(FILE *f) {
-    fprintf(f, "usage: dsocr quantize --model DIR --type q8_0|q4|bf16 --out FILE [--layout dsocr|llama] [--verbose]\n"
+    fprintf(f, "usage: dsocr quantize --model DIR --type q8_0|q4|bf16 --out FILE [--layout dsocr|llama]\n"
+               "                      [--split-clip-qkv] [--verbose]\n"
                "  Writes the model folder DIR (safetensors) as GGUF.\n"
                "  --type q8_0    decoder linear weights and lm_head as Q8_0 (blocks of 32 int8 + fp16 scale)\n"
                "  --type q4      routed experts as Q4_0, the other quantised weights as Q8_0\n"
                "  --type bf16    no quantisation\n"
                "  --layout dsocr one file FILE (default); llama: llama.cpp's pair, FILE and mmproj-FILE beside it\n"
+               "  --split-clip-qkv  with --layout llama: CLIP attention as v.blk.I.attn_q, attn_k, attn_v (thirds\n"
+               "                 of the rows) instead of the fused v.blk.I.attn_qkv, the form newer llama.cpp\n"
+               "                 converters can write; dsocr loads either\n"
                "  Vision tower, embeddings, norms, routers and position tables stay 16/32-bit.\n");
 }
 
@@ -97,6 +103,7 @@ typedef struct OutTensor {
     char gname[96];
     int file;             /* 0 text (or the single file), 1 mmproj */
     int first;            /* index into ck->expected of the tensor (expert 0 for stacks) */
+    int part;             /* -1, or which third of the tensor's rows this is (0 q, 1 k, 2 v: --split-clip-qkv) */
     int n_exp;            /* 0, or the stack's expert count */
     char fmt[96];         /* stack: HF name with the expert index as %d */
     DsDtype dtype;
@@ -152,7 +159,7 @@ static void convert(const StTensor *t, DsDtype dt, uint8_t *dst, float *row, dou
 
 int cli_quantize(int argc, char **argv) {
     const char *model = NULL, *type = NULL, *out = NULL, *layout = "dsocr";
-    int verbose = 0;
+    int verbose = 0, split_qkv = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
             usage(stdout);
@@ -160,6 +167,10 @@ int cli_quantize(int argc, char **argv) {
         }
         if (!strcmp(argv[i], "--verbose")) {
             verbose = 1;
+            continue;
+        }
+        if (!strcmp(argv[i], "--split-clip-qkv")) {
+            split_qkv = 1;
             continue;
         }
         const char **dst = !strcmp(argv[i], "--model") ? &model : !strcmp(argv[i], "--type") ? &type
@@ -182,6 +193,10 @@ int cli_quantize(int argc, char **argv) {
         fprintf(stderr, "dsocr quantize: --type must be q8_0, q4 or bf16 and --layout dsocr or llama\n");
         return 2;
     }
+    if (split_qkv && !llama) {
+        fprintf(stderr, "dsocr quantize: --split-clip-qkv writes llama.cpp's form and needs --layout llama\n");
+        return 2;
+    }
     char cfg_path[4096];
     snprintf(cfg_path, sizeof cfg_path, "%s/config.json", model);
     if (access(cfg_path, R_OK) != 0) {
@@ -197,8 +212,8 @@ int cli_quantize(int argc, char **argv) {
     const ModelConfig *c = &ck.config;
     int rc = 1;
     GgufWriter *w[2] = {gguf_writer_new(), llama ? gguf_writer_new() : NULL};
-    OutTensor *ot = calloc((size_t)ck.n_tensors + 1, sizeof *ot);
-    ErrStat *es = calloc((size_t)ck.n_tensors + 1, sizeof *es);
+    OutTensor *ot = calloc(3 * (size_t)ck.n_tensors + 1, sizeof *ot); /* at most 3 per tensor (split q/k/v) */
+    ErrStat *es = calloc(3 * (size_t)ck.n_tensors + 1, sizeof *es);
     FILE *fp[2] = {NULL, NULL};
     char path[2][4096], tmp[2][4200];
     uint8_t *buf = NULL;
@@ -254,23 +269,29 @@ int cli_quantize(int argc, char **argv) {
         int dup = 0;
         for (int j = 0; expert >= 0 && j < n_ot && !dup; j++) dup = !strcmp(ot[j].gname, g);
         if (dup) continue;
-        OutTensor *o = &ot[n_ot++];
-        snprintf(o->gname, sizeof o->gname, "%s", g);
-        o->file = llama && mm;
-        o->first = i;
-        o->dtype = quant_choose(x->name, x->ndim, x->shape, target);
-        if (o->dtype == DS_BF16 && llama && llama_f32(x->name)) o->dtype = DS_F32;
-        o->n_dims = x->ndim;
-        for (int d = 0; d < x->ndim; d++) o->ne[d] = x->shape[x->ndim - 1 - d];
-        if (llama && !strcmp(x->name, "model.view_seperator")) o->ne[o->n_dims++] = 1; /* llama.cpp: [1, n_embd] */
-        if (expert >= 0) {
-            o->n_exp = c->n_routed_experts;
-            o->ne[o->n_dims++] = o->n_exp;
-            const char *p = strstr(x->name, ".experts.");
-            const char *q = p ? strchr(p + 9, '.') : NULL;
-            snprintf(o->fmt, sizeof o->fmt, "%.*s.experts.%%d%s", (int)(p - x->name), x->name, q ? q : "");
+        char pn[3][GGUF_MAX_NAME];
+        int n_split = split_qkv && checkpoint_gguf_split(g, pn) ? 3 : 1;
+        for (int p = 0; p < n_split; p++) {
+            OutTensor *o = &ot[n_ot++];
+            snprintf(o->gname, sizeof o->gname, "%s", n_split > 1 ? pn[p] : g);
+            o->file = llama && mm;
+            o->first = i;
+            o->part = n_split > 1 ? p : -1;
+            o->dtype = quant_choose(x->name, x->ndim, x->shape, target);
+            if (o->dtype == DS_BF16 && llama && llama_f32(x->name)) o->dtype = DS_F32;
+            o->n_dims = x->ndim;
+            for (int d = 0; d < x->ndim; d++) o->ne[d] = x->shape[x->ndim - 1 - d];
+            o->ne[o->n_dims - 1] /= n_split; /* a part: a third of the rows */
+            if (llama && !strcmp(x->name, "model.view_seperator")) o->ne[o->n_dims++] = 1; /* llama.cpp: [1, n_embd] */
+            if (expert >= 0) {
+                o->n_exp = c->n_routed_experts;
+                o->ne[o->n_dims++] = o->n_exp;
+                const char *pe = strstr(x->name, ".experts.");
+                const char *q = pe ? strchr(pe + 9, '.') : NULL;
+                snprintf(o->fmt, sizeof o->fmt, "%.*s.experts.%%d%s", (int)(pe - x->name), x->name, q ? q : "");
+            }
+            gguf_writer_tensor(llama && mm ? w[1] : w[0], o->gname, o->dtype, o->n_dims, o->ne);
         }
-        gguf_writer_tensor(llama && mm ? w[1] : w[0], g, o->dtype, o->n_dims, o->ne);
         int64_t k = x->shape[x->ndim - 1];
         if (k > max_k) max_k = k;
     }
@@ -315,6 +336,14 @@ int cli_quantize(int argc, char **argv) {
                 t = checkpoint_get(&ck, ck.expected[o->first].name);
             }
             DS_ASSERT(t && t->dtype == DS_BF16);
+            StTensor third;
+            if (o->part >= 0) { /* rows [part·R/3, (part+1)·R/3) of t: a view of the same bf16 bytes */
+                third = *t;
+                third.shape[0] /= 3;
+                third.numel /= 3;
+                third.data = t->data + (size_t)o->part * third.numel * 2;
+                t = &third;
+            }
             bytes_in += t->numel * 2;
             convert(t, o->dtype, buf + off, row, &num, &den);
             off += nb / (size_t)parts;
