@@ -286,8 +286,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->emb = be->alloc(be, sizeof(float) * (size_t)T * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
     s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
-    const char *ng = getenv("DSOCR_NO_GRAPH");
-    s->no_graph = ng && *ng && *ng != '0';
+    s->no_graph = ds_env_on("DSOCR_NO_GRAPH");
     s->chw = be_host_alloc(be, sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);

@@ -4,6 +4,7 @@
 #define DSOCR_UTIL_H
 
 #include <stddef.h>
+#include <stdlib.h>
 #include <stdint.h>
 #include <string.h>
 
@@ -45,6 +46,11 @@ int ds_mkdirs(const char *path, int self);
 DsocrStatus ds_read_file(const char *path, size_t max_bytes, char **out, size_t *len, DsError *e);
 
 /* Overflow-checked size arithmetic: returns 0 on overflow. */
+/* An on/off environment switch (DSOCR_NO_GRAPH=1 and the like): on when set, not empty and not "0". */
+static inline int ds_env_on(const char *name) {
+    const char *v = getenv(name);
+    return v && *v && strcmp(v, "0") != 0;
+}
 static inline int ds_mul_ok(size_t a, size_t b, size_t *r) { return !__builtin_mul_overflow(a, b, r); }
 static inline int ds_add_ok(size_t a, size_t b, size_t *r) { return !__builtin_add_overflow(a, b, r); }
 

@@ -146,7 +146,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     H(h_cpos, z.tok * z.CW);
 #undef A
 #undef H
-    w->record = !getenv("DSOCR_NO_GRAPH") && !getenv("DSOCR_PROFILE");
+    w->record = !ds_env_on("DSOCR_NO_GRAPH") && !ds_env_on("DSOCR_PROFILE");
     model_tensor_to_f32(m->sam.pos_embed, w->h_pos_src);
     model_tensor_to_f32(m->clip.position_embedding, w->h_cpos_src);
     *out = w;

@@ -1102,7 +1102,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     if (cudaSetDevice(device) != cudaSuccess || cudaGetDeviceProperties(&prop, device) != cudaSuccess) goto cuda_fail;
     snprintf(c->name, sizeof c->name, "%s", prop.name);
     c->cc = prop.major * 10 + prop.minor;
-    c->pdl = c->cc >= 90 && !getenv("DSOCR_NO_PDL");
+    c->pdl = c->cc >= 90 && !ds_env_on("DSOCR_NO_PDL");
     c->n_sm = prop.multiProcessorCount;
     c->smem_optin = (int)prop.sharedMemPerBlockOptin;
     if (c->cc < 75) {
@@ -1117,8 +1117,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     }
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) goto cuda_fail;
     {
-        const char *pv = getenv("DSOCR_PROFILE");
-        if (pv && *pv && strcmp(pv, "0")) {
+        if (ds_env_on("DSOCR_PROFILE")) {
             c->prof_cap = 4096;
             c->prof_ev = (cudaEvent_t *)calloc((size_t)c->prof_cap, sizeof *c->prof_ev);
             c->prof_lab = (const char **)calloc((size_t)c->prof_cap, sizeof *c->prof_lab);
