@@ -12,6 +12,7 @@
                             second product then fills the GPU, which 1,024 rows of 768 outputs did not) */
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
 #define VISION_GRAPHS 4             /* recorded views kept (a gundam page uses two sides) */
+#define TABLE_SLOTS 2               /* view sides whose position tables stay on the backend */
 
 struct VisionWork {
     Backend *be;
@@ -23,9 +24,16 @@ struct VisionWork {
     float *qkv;            /* [max_rows, 3W] */
     float *att;            /* [max_rows, W] */
     float *big;            /* max(MLP_CHUNK·M, max_rows·W): MLP hidden, windowed projection */
-    float *pos;            /* [g, g, W] resampled pos_embed for pos_side */
-    float *rel;            /* [layers][2][relmax, hd]: every block's resized rel-pos tables for rel_side */
-    int rel_side;
+    /* the position tables of up to TABLE_SLOTS view sides (a gundam page alternates two), tab[cur] in use */
+    struct {
+        int side;          /* 0: empty */
+        unsigned long used;
+        float *pos;        /* [g, g, W] resampled pos_embed */
+        float *rel;        /* [layers][2][relmax, hd]: every block's resized rel-pos tables */
+        float *cpos;       /* [1 + n², CW] CLIP positions */
+    } tab[TABLE_SLOTS];
+    int cur;
+    unsigned long uses;
     float *conv;           /* im2col scratch */
     size_t conv_n;
     float *neck_a, *neck_b; /* [g², O] */
@@ -33,9 +41,7 @@ struct VisionWork {
     float *sam;            /* [n², D1] */
     int max_tok;           /* 1 + n² */
     float *cx, *cy, *cqkv, *catt, *cmlp; /* CLIP [max_tok, CW / 3CW / CW / CM] */
-    float *cpos;           /* [max_tok, CW] */
     float *feat;           /* [n², CW + D1] */
-    int pos_side, cpos_n;
     float *proj;           /* [n², hidden] a recorded view's output (copied to the caller's) */
     int record;            /* record views as graphs (not with DSOCR_NO_GRAPH or DSOCR_PROFILE) */
     struct {
@@ -87,9 +93,10 @@ static Sizes sizes(const Model *m, int max_side) {
 
 size_t vision_work_bytes(const Model *m, int max_side) {
     Sizes z = sizes(m, max_side);
-    size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big + z.g * z.g * z.W +
-               (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
-               z.n * z.n * z.D1 + z.tok * z.CW * 5 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F +
+    size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big +
+               TABLE_SLOTS * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
+               CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
+               z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F +
                z.n * z.n * (size_t)m->cfg.hidden_size;
     return f * sizeof(float);
 }
@@ -123,8 +130,11 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(qkv, z.rows * 3 * z.W);
     A(att, z.rows * z.W);
     A(big, z.big);
-    A(pos, z.g * z.g * z.W);
-    A(rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
+    for (int i = 0; i < TABLE_SLOTS; i++) {
+        A(tab[i].pos, z.g * z.g * z.W);
+        A(tab[i].rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
+        A(tab[i].cpos, z.tok * z.CW);
+    }
     A(conv, w->conv_n);
     A(neck_a, z.g * z.g * z.O);
     A(neck_b, z.g * z.g * z.O);
@@ -135,7 +145,6 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(cqkv, z.tok * 3 * z.CW);
     A(catt, z.tok * z.CW);
     A(cmlp, z.tok * z.CM);
-    A(cpos, z.tok * z.CW);
     A(feat, z.n * z.n * z.F);
     A(proj, z.n * z.n * (size_t)m->cfg.hidden_size);
     H(h_pos_src, z.G * z.G * z.W);
@@ -162,9 +171,14 @@ int vision_work_max_side(const VisionWork *w) { return w ? w->max_side : 0; }
 void vision_work_free(VisionWork *w) {
     if (!w) return;
     Backend *be = w->be;
-    float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->pos,
-                    w->rel,    w->conv, w->neck_a, w->neck_b, w->net2, w->sam, w->cx,
-                    w->cy,     w->cqkv,   w->catt, w->cmlp, w->cpos, w->feat, w->proj};
+    float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->conv,
+                    w->neck_a, w->neck_b, w->net2, w->sam, w->cx,   w->cy,   w->cqkv, w->catt,
+                    w->cmlp,   w->feat,   w->proj};
+    for (int i = 0; i < TABLE_SLOTS; i++) {
+        float *t[] = {w->tab[i].pos, w->tab[i].rel, w->tab[i].cpos};
+        for (int j = 0; j < 3; j++)
+            if (t[j]) be->free(be, t[j]);
+    }
     for (int i = 0; i < w->n_graphs; i++) be->graph_free(be, w->graphs[i].g);
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
         if (dev[i]) be->free(be, dev[i]);
@@ -273,39 +287,49 @@ static void mlp(Ctx *c, float *x, const float *y, int M, int D, int F, DsW w1, D
     }
 }
 
-/* The position tables of one view side, on the backend before any op of the view runs (a recorded view replays
- * the ops, reading whichever side's tables these buffers hold): SAM's absolute position resampled to g × g when
- * g != G (bicubic AA in fp32, back to bf16), every block's rel-pos tables resized, CLIP's position table for n × n
- * patches. Each is redone only when the side changes. */
+/* The position tables of one view side, on the backend before any op of the view runs: SAM's absolute position
+ * resampled to g × g when g != G (bicubic AA in fp32, back to bf16), every block's rel-pos tables resized, CLIP's
+ * position table for n × n patches. They are kept per side in TABLE_SLOTS slots, so a page that alternates tile and
+ * global views computes and uploads each side's tables once; evicting a side drops the views recorded with its
+ * slot (they read its buffers). */
 static void prepare_tables(Ctx *c, int side) {
     const Model *m = c->m;
     VisionWork *w = c->w;
     Backend *be = c->be;
-    const SamConfig *s = &m->cfg.sam;
-    const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
-    if (w->pos_side != side) {
+    int t = -1;
+    for (int i = 0; i < TABLE_SLOTS && t < 0; i++)
+        if (w->tab[i].side == side) t = i;
+    if (t < 0) {
+        t = 0;
+        for (int i = 1; i < TABLE_SLOTS; i++)
+            if (w->tab[i].used < w->tab[t].used) t = i; /* an empty slot (used 0) or the least recently used */
+        for (int i = 0; i < w->n_graphs;) {
+            if (w->tab[t].side && w->graphs[i].side == w->tab[t].side) {
+                be->graph_free(be, w->graphs[i].g);
+                memmove(w->graphs + i, w->graphs + i + 1, sizeof w->graphs[0] * (size_t)(w->n_graphs - i - 1));
+                w->n_graphs--;
+            } else {
+                i++;
+            }
+        }
+        const SamConfig *s = &m->cfg.sam;
+        const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
         const float *src = w->h_pos_src;
         if (g != G) {
             ops_resample_bicubic_aa(w->h_pos, w->h_pos_src, W, G, G, g, g, 1);
             ops_round_bf16_cpu(w->h_pos, (size_t)g * g * W);
             src = w->h_pos;
         }
-        be->upload(be, w->pos, src, sizeof(float) * (size_t)g * g * W);
-        w->pos_side = side;
-    }
-    const size_t relmax = sizes(m, w->max_side).relmax;
-    if (w->rel_side != side) {
+        be->upload(be, w->tab[t].pos, src, sizeof(float) * (size_t)g * g * W);
+        const size_t relmax = sizes(m, w->max_side).relmax;
         for (int b = 0; b < s->layers; b++) {
             const SamBlock *k = &m->sam.blocks[b];
             const int len = k->global ? g : s->window_size;
-            relpos_table(c, k->rel_pos_h, len, w->rel + (size_t)(2 * b) * relmax * hd);
-            relpos_table(c, k->rel_pos_w, len, w->rel + (size_t)(2 * b + 1) * relmax * hd);
+            relpos_table(c, k->rel_pos_h, len, w->tab[t].rel + (size_t)(2 * b) * relmax * hd);
+            relpos_table(c, k->rel_pos_w, len, w->tab[t].rel + (size_t)(2 * b + 1) * relmax * hd);
         }
-        w->rel_side = side;
-    }
-    const ClipConfig *k = &m->cfg.clip;
-    const int CW = k->width, n = side / 64, np = k->image_size / k->patch_size, T = 1 + n * n;
-    if (w->cpos_n != n) {
+        const ClipConfig *k = &m->cfg.clip;
+        const int CW = k->width, n = side / 64, np = k->image_size / k->patch_size, T = 1 + n * n;
         memcpy(w->h_cpos, w->h_cpos_src, sizeof(float) * CW);
         if (n == np) {
             memcpy(w->h_cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
@@ -313,9 +337,11 @@ static void prepare_tables(Ctx *c, int side) {
             ops_resample_bicubic_aa(w->h_cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
             ops_round_bf16_cpu(w->h_cpos + CW, (size_t)n * n * CW);
         }
-        be->upload(be, w->cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
-        w->cpos_n = n;
+        be->upload(be, w->tab[t].cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
+        w->tab[t].side = side;
     }
+    w->tab[t].used = ++w->uses;
+    w->cur = t;
 }
 
 static DsocrStatus sam_forward(Ctx *c, int side) {
@@ -330,7 +356,7 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
     be_mark(be, "sam.patch");
     be->chw_to_hwc(be, w->hwc, w->chw, side);
     conv(c, w->x, w->hwc, side, 3, W, P, P, 0, m->sam.patch_w, m->sam.patch_b);
-    be->add(be, w->x, w->x, w->pos, (size_t)g * g * W);
+    be->add(be, w->x, w->x, w->tab[w->cur].pos, (size_t)g * g * W);
     rnd(c, w->x, (size_t)g * g * W);
     if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
 
@@ -342,7 +368,7 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
         layernorm(c, w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f);
         const int gl = k->global, len = gl ? g : ws;
         const int gp = ceil_to(g, ws), nw = gp / ws, R = gl ? g * g : nw * nw * ws * ws;
-        const float *rel_h = w->rel + (size_t)(2 * b) * relmax * hd, *rel_w = rel_h + relmax * hd;
+        const float *rel_h = w->tab[w->cur].rel + (size_t)(2 * b) * relmax * hd, *rel_w = rel_h + relmax * hd;
         /* windowed blocks: zero-pad to Gp after the norm and split into ws × ws windows (row-major) */
         const float *in = w->y;
         if (!gl) {
@@ -401,7 +427,7 @@ static void clip_forward(Ctx *c, int n) {
     be_mark(be, "clip.embed");
     be->fill_rows(be, w->cx, 1, m->clip.class_embedding, CW);
     be->copy_rows(be, w->cx + CW, CW, w->sam, D1, n * n, CW);
-    be->add(be, w->cx, w->cx, w->cpos, (size_t)T * CW);
+    be->add(be, w->cx, w->cx, w->tab[w->cur].cpos, (size_t)T * CW);
     rnd(c, w->cx, (size_t)T * CW);
     /* pre_layrnorm; from here the residual stream stays fp32 in both modes (spec §16 R4) */
     be->layernorm(be, w->cx, CW, w->cx, CW, T, CW, m->clip.pre_ln_w, m->clip.pre_ln_b, 1e-5f, 0);

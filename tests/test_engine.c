@@ -130,6 +130,36 @@ static void test_threads_same(void) {
     dsocr_result_free(&b);
 }
 
+/* Views of three sides (512, 640, 1024 px) in turn in one session, more sides than the vision encoder keeps
+ * position tables for: every result equals the same mode run in a fresh session. */
+static void test_view_sides(void) {
+    const char *modes[] = {"tiny", "small", "base", "tiny", "base", "small", "tiny"};
+    DsocrSession *fresh = NULL;
+    char err[512];
+    REQUIRE(dsocr_session_new(g_model, NULL, &fresh, err, sizeof err) == DSOCR_OK);
+    for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) {
+        DsocrOcrOptions o;
+        opts(&o);
+        o.mode = modes[i];
+        o.max_tokens = 4;
+        DsocrResult a, b;
+        REQUIRE(run(&o, g_png, g_png_len, &a) == DSOCR_OK);
+        if (i < 3) {
+            REQUIRE(dsocr_ocr(fresh, g_png, g_png_len, &o, &b) == DSOCR_OK);
+        } else { /* a new session for the repeats, so that the reference never saw another side */
+            DsocrSession *s2 = NULL;
+            REQUIRE(dsocr_session_new(g_model, NULL, &s2, err, sizeof err) == DSOCR_OK);
+            REQUIRE(dsocr_ocr(s2, g_png, g_png_len, &o, &b) == DSOCR_OK);
+            dsocr_session_free(s2);
+        }
+        CHECKF(a.n_tokens == b.n_tokens && !memcmp(a.tokens, b.tokens, sizeof(int) * (size_t)a.n_tokens),
+               "mode %s (run %zu) differs from a fresh session", modes[i], i);
+        dsocr_result_free(&a);
+        dsocr_result_free(&b);
+    }
+    dsocr_session_free(fresh);
+}
+
 static int stop_at_three(void *user, int id, const char *text, size_t len) {
     (void)id;
     (void)text;
@@ -214,6 +244,7 @@ int main(void) {
     RUN(test_bad_images);
     RUN(test_bad_options);
     RUN(test_threads_same);
+    RUN(test_view_sides);
     RUN(test_callback_and_cancel);
     RUN(test_memory_flat);
     RUN(test_device_info);
