@@ -125,6 +125,23 @@ static void bench_conv(const char *what, OpsConv2d c) {
     free(x), free(y), free(s), free(w);
 }
 
+/* The host work of preparing a view side's position tables (vision.c prepare_tables): SAM's absolute position
+ * table resampled from G × G to g × g and CLIP's from np × np to n × n (bicubic with antialias, then bf16). */
+static void bench_view_tables(const char *what, int W, int G, int g, int CW, int np, int n) {
+    float *ps = rnd((size_t)G * G * W, 0.05f), *pd = malloc((size_t)g * g * W * sizeof(float));
+    float *cs = rnd((size_t)np * np * CW, 0.05f), *cd = malloc((size_t)n * n * CW * sizeof(float));
+    double best;
+    TIME_BEST(best, {
+        ops_resample_bicubic_aa(pd, ps, W, G, G, g, g, 1);
+        ops_round_bf16_cpu(pd, (size_t)g * g * W);
+        ops_resample_bicubic_aa(cd, cs, CW, np, np, n, n, 1);
+        ops_round_bf16_cpu(cd, (size_t)n * n * CW);
+    });
+    item_begin();
+    printf("{\"op\": \"%s\", \"ms\": %.3f}", what, best * 1e3);
+    free(ps), free(pd), free(cs), free(cd);
+}
+
 /* The CPU's model name (hwinfo.h), quotes and backslashes blanked for the JSON. */
 static void cpu_name(char *out, size_t n) {
     HwInfo h;
@@ -163,6 +180,7 @@ int main(int argc, char **argv) {
     bench_attention("CLIP (257 tokens)", 1, 1, 257, 16, 64, 0);
     bench_attention_kv(1024, 10, 128);
     bench_attention_kv(4096, 10, 128);
+    bench_view_tables("position tables of the 640-px tile side (SAM 64->40, CLIP 16->10)", 768, 64, 40, 1024, 16, 10);
     printf("\n]}\n");
     return 0;
 }
