@@ -13,24 +13,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tests", "py"))
 sys.path.insert(0, os.path.join(REPO, "tools", "reference"))
+sys.path.insert(0, HERE)
+import dsocr_run  # noqa: E402
 
 from engine_vs_ref import check  # noqa: E402
 
-DSOCR = os.path.join(REPO, "dsocr")
-
 
 def run(args):
-    t = time.time()
-    p = subprocess.run([DSOCR, "ocr"] + args, capture_output=True, text=True, timeout=240)
-    if p.returncode != 0:
-        raise RuntimeError(f"dsocr {' '.join(args)} failed: {p.stderr[-3000:]}")
-    return time.time() - t
+    return dsocr_run.ocr(args, timeout=240)
 
 
 def main():

@@ -12,24 +12,19 @@ import json
 import os
 import subprocess
 import sys
-import time
 
 import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, os.path.join(REPO, "tools", "reference"))
+sys.path.insert(0, HERE)
+import dsocr_run  # noqa: E402
 from st_io import read_dump  # noqa: E402
-
-DSOCR = os.path.join(REPO, "dsocr")
 
 
 def run(args):
-    t = time.time()
-    p = subprocess.run([DSOCR, "ocr"] + args, capture_output=True, text=True, timeout=900)
-    if p.returncode != 0:
-        raise RuntimeError(f"dsocr {' '.join(args)} failed: {p.stderr[-3000:]}")
-    return time.time() - t
+    return dsocr_run.ocr(args, timeout=900)
 
 
 def log_softmax(x):

@@ -308,46 +308,30 @@ __global__ void bias_round_k(float *y, int ldy, int M, int N, const void *bias, 
 }
 static int act_of(int flags) { return flags & BE_GELU ? 1 : flags & BE_QGELU ? 2 : 0; }
 
-/* x [M, K] (row stride ldx) -> bf16 hi (and the remainder lo when given) [M, K] contiguous. */
-__global__ void to_bf16_rows_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
+/* A float to the 16-bit input of a tensor-core product: bf16, or (F16) fp16 saturating (f2h_sat). */
+template <bool F16> static __device__ __forceinline__ uint16_t to_half(float v) { return F16 ? f2h_sat(v) : f2bf(v); }
+
+/* x [M, K] (row stride ldx) -> bf16 or (F16) fp16 hi [M, K] contiguous, and for bf16 the remainder lo when given. */
+template <bool F16>
+__global__ void to_half_rows_k(uint16_t *hi, uint16_t *lo, const float *x, int ldx, int M, int K) {
     for (int m = blockIdx.y; m < M; m += gridDim.y) {
         const float *r = x + (size_t)m * ldx;
-        uint16_t *h = hi + (size_t)m * K, *l = lo ? lo + (size_t)m * K : NULL;
+        uint16_t *h = hi + (size_t)m * K, *l = lo && !F16 ? lo + (size_t)m * K : NULL;
         if (!l && (K & 3) == 0 && (ldx & 3) == 0 && ((uintptr_t)x & 15) == 0) {
             for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K / 4; c += gridDim.x * blockDim.x) {
                 float4 v = ((const float4 *)r)[c];
                 uint2 o;
-                o.x = (uint32_t)f2bf(v.x) | ((uint32_t)f2bf(v.y) << 16);
-                o.y = (uint32_t)f2bf(v.z) | ((uint32_t)f2bf(v.w) << 16);
+                o.x = (uint32_t)to_half<F16>(v.x) | ((uint32_t)to_half<F16>(v.y) << 16);
+                o.y = (uint32_t)to_half<F16>(v.z) | ((uint32_t)to_half<F16>(v.w) << 16);
                 ((uint2 *)h)[c] = o;
             }
         } else {
             for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K; c += gridDim.x * blockDim.x) {
                 float v = r[c];
-                uint16_t b = f2bf(v);
+                uint16_t b = to_half<F16>(v);
                 h[c] = b;
                 if (l) l[c] = f2bf(v - bf2f(b));
             }
-        }
-    }
-}
-
-/* x [M, K] (row stride ldx) -> fp16 [M, K] contiguous, saturating (f2h_sat). */
-__global__ void to_f16_rows_k(uint16_t *h, const float *x, int ldx, int M, int K) {
-    for (int m = blockIdx.y; m < M; m += gridDim.y) {
-        const float *r = x + (size_t)m * ldx;
-        uint16_t *o = h + (size_t)m * K;
-        if ((K & 3) == 0 && (ldx & 3) == 0 && ((uintptr_t)x & 15) == 0) {
-            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K / 4; c += gridDim.x * blockDim.x) {
-                float4 v = ((const float4 *)r)[c];
-                uint2 p;
-                p.x = (uint32_t)f2h_sat(v.x) | ((uint32_t)f2h_sat(v.y) << 16);
-                p.y = (uint32_t)f2h_sat(v.z) | ((uint32_t)f2h_sat(v.w) << 16);
-                ((uint2 *)o)[c] = p;
-            }
-        } else {
-            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < K; c += gridDim.x * blockDim.x)
-                o[c] = f2h_sat(r[c]);
         }
     }
 }
@@ -384,8 +368,8 @@ static void linear_f16(CudaCtx *c, float *y, int ldy, const float *x, int ldx, i
     const size_t wrow = wrow_bytes(w.dtype, K);
     for (int m0 = 0; m0 < M; m0 += rows) {
         const int mc = M - m0 < rows ? M - m0 : rows;
-        to_f16_rows_k<<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(c->xb, x + (size_t)m0 * ldx,
-                                                                                       ldx, mc, K);
+        to_half_rows_k<true><<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(
+            c->xb, NULL, x + (size_t)m0 * ldx, ldx, mc, K);
         CU_LAUNCHED();
         for (int n0 = 0; n0 < N; n0 += cols) {
             const int cn = N - n0 < cols ? N - n0 : cols;
@@ -450,8 +434,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         for (int m0 = 0; m0 < M; m0 += rows) {
             int mc = M - m0 < rows ? M - m0 : rows;
             uint16_t *hi = c->xb, *lo = c->exact_gemm ? c->xb + per : NULL;
-            to_bf16_rows_k<<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(hi, lo, x + (size_t)m0 * ldx,
-                                                                                            ldx, mc, K);
+            to_half_rows_k<false><<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(
+                hi, lo, x + (size_t)m0 * ldx, ldx, mc, K);
             CU_LAUNCHED();
             CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, mc, K, &one, w.data, CUDA_R_16BF, K, hi,
                                       CUDA_R_16BF, K, beta0, y + (size_t)m0 * ldy, CUDA_R_32F, ldy,

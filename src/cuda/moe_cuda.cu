@@ -83,6 +83,52 @@ __global__ void route_k(const float *logits, int n, int E, int K, int bf, int32_
     }
 }
 
+/* One row's routing by one warp (route_k's arithmetic): the logits l [E] (rounded to bf16 with bf, copied to
+ * out_logits when given), softmax with the exponentials in p [E] (shared memory) and their sum in expert order by
+ * one lane, then greedy top-K by warp argmax with the lowest index on ties into idx, wts, out_experts [K].
+ * coherent: l was written by other blocks of this kernel (read through L2). */
+static __device__ void route_warp(const float *l, int coherent, float *p, int E, int K, int bf, float *out_logits,
+                                  int32_t *idx, float *wts, int32_t *out_experts) {
+    const int lane = threadIdx.x & 31;
+    float mx = -INFINITY;
+    for (int e = lane; e < E; e += 32) {
+        const float le = coherent ? __ldcg(l + e) : l[e];
+        const float v = bf ? rbf(le) : le;
+        if (out_logits) out_logits[e] = v;
+        p[e] = v;
+        mx = v > mx ? v : mx;
+    }
+    mx = warp_max(mx);
+    __syncwarp();
+    for (int e = lane; e < E; e += 32) p[e] = expf(p[e] - mx);
+    __syncwarp();
+    float sum = 0.f;
+    if (lane == 0)
+        for (int e = 0; e < E; e++) sum += p[e];
+    sum = __shfl_sync(0xffffffffu, sum, 0);
+    for (int e = lane; e < E; e += 32) p[e] /= sum;
+    __syncwarp();
+    unsigned taken = 0; /* bit j: expert lane + 32·j */
+    for (int j = 0; j < K; j++) {
+        float bv = 0.f;
+        int be = -1;
+        for (int e = lane, jj = 0; e < E; e += 32, jj++)
+            if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
+        for (int o = 16; o > 0; o >>= 1) {
+            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
+            int oe = __shfl_xor_sync(0xffffffffu, be, o);
+            if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
+        }
+        be = __shfl_sync(0xffffffffu, be, 0);
+        if ((be & 31) == lane) taken |= 1u << (be / 32);
+        if (lane == 0) {
+            idx[j] = be;
+            wts[j] = p[be];
+            if (out_experts) out_experts[j] = be;
+        }
+    }
+}
+
 /* route_k and bucket_k in one block for few rows (decode): one warp a row (warp max, the exponentials in shared
  * memory, their sum in expert order by one lane as route_k, greedy top-k by warp argmax with the lowest index on
  * ties), then the bucketing of bucket_k. Bit for bit what route_k + bucket_k give. */
@@ -93,46 +139,11 @@ __global__ void __launch_bounds__(1024) route_bucket_k(const float *logits, int 
                                                        int32_t *act) {
     __shared__ float ex[32][MAXE];
     __shared__ int cnt[MAXE + 1], cur[MAXE];
-    const int warp = threadIdx.x / 32, lane = threadIdx.x & 31;
+    const int warp = threadIdx.x / 32;
     for (int e = threadIdx.x; e <= E; e += blockDim.x) cnt[e] = 0;
     for (int r = warp; r < n; r += blockDim.x / 32) {
-        const float *l = logits + (size_t)r * E;
-        float *p = ex[warp];
-        float mx = -INFINITY;
-        for (int e = lane; e < E; e += 32) {
-            float v = bf ? rbf(l[e]) : l[e];
-            if (out_logits) out_logits[(size_t)r * E + e] = v;
-            p[e] = v;
-            mx = v > mx ? v : mx;
-        }
-        mx = warp_max(mx);
-        for (int e = lane; e < E; e += 32) p[e] = expf(p[e] - mx);
-        __syncwarp();
-        float sum = 0.f;
-        if (lane == 0)
-            for (int e = 0; e < E; e++) sum += p[e];
-        sum = __shfl_sync(0xffffffffu, sum, 0);
-        for (int e = lane; e < E; e += 32) p[e] /= sum;
-        __syncwarp();
-        unsigned taken = 0; /* bit j: expert lane + 32·j */
-        for (int j = 0; j < K; j++) {
-            float bv = 0.f;
-            int be = -1;
-            for (int e = lane, jj = 0; e < E; e += 32, jj++)
-                if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
-            for (int o = 16; o > 0; o >>= 1) {
-                float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-                int oe = __shfl_xor_sync(0xffffffffu, be, o);
-                if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
-            }
-            be = __shfl_sync(0xffffffffu, be, 0);
-            if ((be & 31) == lane) taken |= 1u << (be / 32);
-            if (lane == 0) {
-                idx[(size_t)r * K + j] = be;
-                wts[(size_t)r * K + j] = p[be];
-                if (out_experts) out_experts[(size_t)r * K + j] = be;
-            }
-        }
+        route_warp(logits + (size_t)r * E, 0, ex[warp], E, K, bf, out_logits ? out_logits + (size_t)r * E : NULL,
+                   idx + (size_t)r * K, wts + (size_t)r * K, out_experts ? out_experts + (size_t)r * K : NULL);
         __syncwarp();
     }
     __syncthreads();
@@ -375,7 +386,7 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
  * One token (decode), bf16 weights: three kernels instead of five, the same arithmetic as the general path.
  *   route1_k:   the router products (R1B blocks of R1W warps, each expert's dot as gemv_k<1> sums it) and, in
  *               more blocks meanwhile, the shared experts' gate/up; the last block to finish (an atomic count) runs
- *               route_bucket_k's warp routine;
+ *               route_warp;
  *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert;
  *   down1_k:    a warp per output column computes every slot's down product (all slots' weight loads in flight
  *               together) and combines them in ascending expert order as combine_k does, plus the shared output. */
@@ -489,43 +500,7 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     if (warp) return;
     __threadfence();
     if (lane == 0) *count = 0;
-    float mx = -INFINITY;
-    for (int e = lane; e < E; e += 32) {
-        const float le = __ldcg(lg + e);
-        float v = bf ? rbf(le) : le;
-        if (out_logits) out_logits[e] = v;
-        p[e] = v;
-        mx = v > mx ? v : mx;
-    }
-    mx = warp_max(mx);
-    __syncwarp();
-    for (int e = lane; e < E; e += 32) p[e] = expf(p[e] - mx);
-    __syncwarp();
-    float sum = 0.f;
-    if (lane == 0)
-        for (int e = 0; e < E; e++) sum += p[e];
-    sum = __shfl_sync(0xffffffffu, sum, 0);
-    for (int e = lane; e < E; e += 32) p[e] /= sum;
-    __syncwarp();
-    unsigned taken = 0;
-    for (int j = 0; j < K; j++) {
-        float bv = 0.f;
-        int be = -1;
-        for (int e = lane, jj = 0; e < E; e += 32, jj++)
-            if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
-        }
-        be = __shfl_sync(0xffffffffu, be, 0);
-        if ((be & 31) == lane) taken |= 1u << (be / 32);
-        if (lane == 0) {
-            idx[j] = be;
-            wts[j] = p[be];
-            if (out_experts) out_experts[j] = be;
-        }
-    }
+    route_warp(lg, 1, p, E, K, bf, out_logits, idx, wts, out_experts);
 }
 
 /* What gateup1_k's slot K does when the grid has it: the shared experts' gate/up (sdo NULL: from x into sh), or,
@@ -559,7 +534,8 @@ __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32
 
 enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1SU = 8, D1_SMEM = 48 * 1024 };
 /* down1_k's slots: the K routed experts (input h + j·F, weight row d of down[idx[j]]) then the shared experts as
- * S / F slots of F (input sh + t·F, weight row d of sdown at t·F); S % F == 0 and K + S / F <= MAXS1 (host check). */
+ * S / F slots of F (input sh + t·F, weight row d of sdown at t·F; the dense MLP's one slot: cu_swiglu1); S % F == 0
+ * and K + S / F <= MAXS1 (host check). The MoE path gives the shared down product to gateup1_k instead. */
 static bool down1_fits(int K, int F, int S, int has_shared) {
     const int ns = K + (has_shared ? S / F : 0);
     return F % 8 == 0 && (!has_shared || S % F == 0) && K <= MAXK1 && ns >= 1 && ns <= MAXS1 &&

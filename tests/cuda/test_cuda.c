@@ -82,6 +82,15 @@ static double rel_l2_rows(const float *a, int lda, const float *b, int ldb, int 
         }
     return den > 0 ? sqrt(num / den) : sqrt(num);
 }
+/* 1 when every value is a bf16 value (its low 16 bits zero) */
+static int all_bf16(const float *g, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &g[i], 4);
+        if (u & 0xffffu) return 0;
+    }
+    return 1;
+}
 static int exact_eq(const float *a, const float *b, size_t n) {
     return memcmp(a, b, n * sizeof *a) == 0;
 }
@@ -247,13 +256,7 @@ static void test_fused_epilogues(void) {
         float *dx = dev(x, (size_t)M * n * 4), *dy = dev_nan((size_t)M * n), *dw = dev(wh, n * 4), *db = dev(bh, n * 4);
         B->layernorm(B, dy, n, dx, n, M, n, ds_w(dw, DS_F32), ds_w(db, DS_F32), 1e-6f, fl);
         float *g = down(dy, (size_t)M * n);
-        int all_bf16 = 1;
-        for (size_t i = 0; i < (size_t)M * n; i++) {
-            uint32_t u;
-            memcpy(&u, &g[i], 4);
-            all_bf16 = all_bf16 && (u & 0xffffu) == 0;
-        }
-        CHECKF(all_bf16, "layernorm BE_ROUND: an output is not a bf16 value (bf16 rule %d)", bf);
+        CHECKF(all_bf16(g, (size_t)M * n), "layernorm BE_ROUND: an output is not a bf16 value (bf16 rule %d)", bf);
         EXPECT_ERR(rel_l2(g, ref, (size_t)M * n), 4e-3, "layernorm BE_ROUND bf16 rule %d", bf);
         B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
         free(x), free(wh), free(bh), free(ref), free(g);
@@ -539,13 +542,7 @@ static void kv_case(int dtype, int H, int D, int bs, int n_blocks, int n_rows, i
     ops_attention_kv_ref(&a);
     B->attention_kv(B, &d);
     g = down(dout, (size_t)n_rows * width);
-    int all_bf16 = 1;
-    for (size_t i = 0; i < (size_t)n_rows * width; i++) {
-        uint32_t u;
-        memcpy(&u, &g[i], 4);
-        all_bf16 = all_bf16 && (u & 0xffffu) == 0;
-    }
-    CHECKF(all_bf16, "attention_kv round_bf16: an output is not a bf16 value");
+    CHECKF(all_bf16(g, (size_t)n_rows * width), "attention_kv round_bf16: an output is not a bf16 value");
     EXPECT_ERR(rel_l2(g, ref, (size_t)n_rows * width), 4e-3, "attention_kv round %s H%d D%d bs%d rows%d",
                dtype == DS_BF16 ? "bf16" : "f32", H, D, bs, n_rows);
     B->free(B, dkvdata), B->free(B, dk), B->free(B, dv), B->free(B, dt0), B->free(B, dtabs);
