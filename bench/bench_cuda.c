@@ -163,7 +163,7 @@ int main(int argc, char **argv) {
                                .n_heads = att[i].H, .head_dim = att[i].D, .scale = 1.0f / sqrtf((float)att[i].D),
                                .causal = att[i].causal, .relpos_h = rel,
                                .relpos_w = rel ? rel + (size_t)(2 * att[i].g - 1) * att[i].D : NULL,
-                               .grid_h = att[i].g, .grid_w = att[i].g};
+                               .grid_h = att[i].g, .grid_w = att[i].g, .bf16_bias = att[i].g != 0 /* as bf16 runs */};
         double t = backend_cuda_time(B, run_op, &o, quick ? 2 : 5);
         double fl = 4.0 * att[i].nb * (double)T * T * att[i].D * att[i].H * (att[i].causal ? 0.5 : 1.0);
         emit(att[i].name, t, fl, 0, tf, bw);

@@ -3,34 +3,41 @@
  * added on the fly, CLIP): ops_attention semantics for head_dim 64, not causal.
  *
  * A first kernel converts K and V to bf16 (exact for the bf16 model, whose activations are already bf16 values)
- * into the GEMM conversion scratch, V transposed, so that both products read their B operands as 32-bit pairs.
- * Then a block of 8 warps takes 128 query rows of one (sequence, head); each warp 16 rows. Keys and values stream
- * through shared memory in tiles of 64 rows, the next tile's loads in flight while the current one is used. Scores S = Q·Kᵀ and the output O += P·V are accumulated in fp32; the online
- * softmax (running max and sum per row) is fp32; P enters the second product rounded to bf16, as a bf16 flash
- * attention does.
- * Relative positions: before the key loop, the block computes for each of its queries (fp32, from the fp32 q)
+ * into the GEMM conversion scratch, both row-major [key][64]. Then a block of 8 warps takes 128 query rows of one
+ * (sequence, head); each warp 16 rows. Keys and values stream through shared memory in tiles of 64 rows, two
+ * stages by cp.async (the next tile lands while the current one is used); K fragments by ldmatrix, V fragments by
+ * ldmatrix.trans. Scores S = Q·Kᵀ and the output O += P·V are accumulated in fp32; the online softmax (running
+ * max and sum per row) is fp32, exponentials by ex2 with the log2(e) scaling folded into one FMA; P enters the
+ * second product rounded to bf16, as a bf16 flash attention does.
+ * Relative positions (only with bf16_bias, the official bf16 run's rule; fp32 terms are left to the SIMT kernel):
+ * before the key loop each warp computes for its 16 queries
  *   relH[i][r] = q_i · Rh[i1 − r + gh − 1]  (r < gh)   and   relW[i][c] = q_i · Rw[j1 − c + gw − 1]  (c < gw)
- * into shared memory ((gh + gw) floats a query, rounded to bf16 with bf16_bias), and a score of key j adds
- * relH[i][j / gw] + relW[i][j % gw] (the sum rounded to bf16 with bf16_bias), as ops_attention_ref does.
- * No [T, T] array exists. Needs sm_80 (bf16 mma); the caller uses the SIMT kernel elsewhere, and in f16 mode
- * (set_gemm_f16), which runs what an sm_75 card runs. */
+ * as tensor-core products of its q fragments with every row of the two tables (each table split into a bf16 high
+ * and low part, so a table that is not bf16-exact loses nothing), each rounded to bf16 into shared memory, the
+ * terms of rows i and i + 8 of a warp side by side in one 32-bit word. A score of key j then adds
+ * relH[i][j / gw] + relW[i][j % gw] for both rows at once by one bf16x2 add (rounded to bf16, as
+ * ops_attention_ref's bf16 bias). No [T, T] array exists. Needs sm_80 (bf16 mma, cp.async); the caller uses the
+ * SIMT kernel elsewhere, and in f16 mode (set_gemm_f16), which runs what an sm_75 card runs. */
 #include <math.h>
 
 #include "cuda/cuda_common.h"
 
 namespace {
 
-enum { HD = 64, NW = 8, QT = NW * 16, KT = 64, KS = HD + 8 /* bf16 row stride of Ks (bank spread) */, VS = KT + 8 };
+enum { HD = 64, NW = 8, QT = NW * 16, KT = 64, KS = HD + 8 /* bf16 row stride of the K and V tiles (bank spread) */ };
 
 struct MmaArgs {
     float *out;
-    const float *q, *k, *v;
-    const uint16_t *kb, *vt; /* bf16 copies: K [seq·H][tkp][HD], V transposed [seq·H][HD][tkp] (zero past tk) */
-    int tkp;
-    int ldo, ldq, ldk, ldv, tq, tk, H;
+    const float *q;
+    /* bf16 K and V: element (sequence b, head h, key j, dim d) at kb[b·sb + h·sh + j·sk + d] (vb alike) */
+    const uint16_t *kb, *vb;
+    size_t sb, sh;
+    int sk;
+    int ldo, ldq, tq, tk, H;
     float scale;
     const float *rh, *rw;
-    int gh, gw, bf16_bias;
+    int gh, gw;
+    int wb, rws; /* REL: the relW terms start at word wb of a pair's row of rws words */
 };
 
 /* Two floats to a bf16 pair, round to nearest even (one cvt on sm_80+, where this kernel runs; f2bf's result for
@@ -44,15 +51,6 @@ __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
 #endif
 }
-/* rbf (round to bf16 and back) in one cvt on sm_80+ */
-__device__ __forceinline__ float rbf_hw(float v) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    return __uint_as_float(pack_bf16(0.f, v) & 0xffff0000u);
-#else
-    return rbf(v);
-#endif
-}
-
 __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -77,82 +75,138 @@ __device__ __forceinline__ void ldsm_x4(uint32_t *r, const uint16_t *p) {
 #endif
 }
 
-/* K and V of one (sequence, head, 64-key tile) to bf16: K rows as they are, V through a shared tile into its
- * transposed layout. Grid (tkp / 64, H, n_batch), 256 threads. */
-__global__ void __launch_bounds__(256) kv_to_bf16_k(MmaArgs a) {
-    __shared__ float vs[KT][HD + 1];
-    const int tid = threadIdx.x, h = blockIdx.y, b = blockIdx.z, k0 = blockIdx.x * KT;
-    const size_t sh = (size_t)b * a.H + h;
-    const int j = tid >> 2, d0 = (tid & 3) * 16, key = k0 + j;
-    const bool ok = key < a.tk;
-    const float4 *ks = (const float4 *)(a.k + ((size_t)b * a.tk + (ok ? key : 0)) * a.ldk + (size_t)h * HD + d0);
-    const float4 *vsrc = (const float4 *)(a.v + ((size_t)b * a.tk + (ok ? key : 0)) * a.ldv + (size_t)h * HD + d0);
-    uint16_t *kd = (uint16_t *)a.kb + (sh * a.tkp + key) * HD + d0;
+/* K and V of one (sequence, head, 64-key tile) to bf16, row-major [seq·H][tkp][HD] each, zero rows past tk.
+ * Grid (tkp / 64, H, n_batch), 256 threads: thread -> (key tid / 4, 16 dims). */
+__global__ void __launch_bounds__(256) kv_to_bf16_k(const float *k, const float *v, int ldk, int ldv, int tk, int tkp,
+                                                    int H, uint16_t *kb, uint16_t *vb) {
+    const int tid = threadIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int j = tid >> 2, d0 = (tid & 3) * 16, key = blockIdx.x * KT + j;
+    const bool ok = key < tk;
+    const size_t src = ((size_t)b * tk + (ok ? key : 0)), dst = (((size_t)b * H + h) * tkp + key) * HD + d0;
+    const float4 *ks = (const float4 *)(k + src * ldk + (size_t)h * HD + d0);
+    const float4 *vs = (const float4 *)(v + src * ldv + (size_t)h * HD + d0);
+    uint32_t ko[8], vo[8];
 #pragma unroll
     for (int c = 0; c < 4; c++) {
         float4 x = ok ? ks[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-        uint2 o;
-        o.x = pack_bf16(x.x, x.y);
-        o.y = pack_bf16(x.z, x.w);
-        *(uint2 *)(kd + 4 * c) = o;
-        float4 y = ok ? vsrc[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-        vs[j][d0 + 4 * c] = y.x, vs[j][d0 + 4 * c + 1] = y.y, vs[j][d0 + 4 * c + 2] = y.z, vs[j][d0 + 4 * c + 3] = y.w;
+        float4 y = ok ? vs[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        ko[2 * c] = pack_bf16(x.x, x.y), ko[2 * c + 1] = pack_bf16(x.z, x.w);
+        vo[2 * c] = pack_bf16(y.x, y.y), vo[2 * c + 1] = pack_bf16(y.z, y.w);
     }
-    __syncthreads();
-    /* thread -> (d = tid / 4, 16 keys) */
-    const int d = tid >> 2, j0 = (tid & 3) * 16;
-    uint16_t *vd = (uint16_t *)a.vt + (sh * HD + d) * a.tkp + k0 + j0;
+    uint4 *kd = (uint4 *)(kb + dst), *vd = (uint4 *)(vb + dst);
+    kd[0] = make_uint4(ko[0], ko[1], ko[2], ko[3]), kd[1] = make_uint4(ko[4], ko[5], ko[6], ko[7]);
+    vd[0] = make_uint4(vo[0], vo[1], vo[2], vo[3]), vd[1] = make_uint4(vo[4], vo[5], vo[6], vo[7]);
+}
+
+/* 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !ok */
+__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+#else
+    __trap();
+#endif
+}
+__device__ __forceinline__ void cp_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N> __device__ __forceinline__ void cp_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
+/* ldmatrix .trans: register i receives matrix i's (rows 2·(l % 4) and +1, column l / 4) */
+__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const uint16_t *p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a));
+#else
+    __trap();
+#endif
+}
+/* a + b on bf16 pairs, rounded to nearest even (one instruction on sm_80+) */
+__device__ __forceinline__ uint32_t add_bf16x2(uint32_t a, uint32_t b) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;" : "=r"(r) : "r"(a), "r"(0x3f803f80u), "r"(b));
+    return r;
+#else
+    return 0;
+#endif
+}
+__device__ __forceinline__ float lo_f(uint32_t x) { return __uint_as_float(x << 16); }
+__device__ __forceinline__ float hi_f(uint32_t x) { return __uint_as_float(x & 0xffff0000u); }
+__device__ __forceinline__ float ex2(float x) {
+    float r;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    return r;
+}
+
+/* Shared memory of a block: two stages of K and V tiles, then (REL) the relative terms [QT / 2][rws] (u32 pairs),
+ * then (REL && !GW64) the key table [tkp] (u32: j / gw, gh + j % gw). */
+static size_t mma_smem(int rws, int ktab) { return (size_t)4 * KT * KS * 2 + (size_t)(QT / 2) * rws * 4 + (size_t)ktab * 4; }
+
+/* One table's relative terms of a warp's 16 query rows (rows gid and gid + 8 of the warp: grid coordinates ia, ib
+ * along this table's axis), into the 16-bit halves of rel[pair][base + r]. */
+__device__ __forceinline__ void rel_terms(uint16_t *rel16, int rws, int pair, int base, const float *tab, int len,
+                                          int ia, int ib, const uint32_t (*qa)[4], int gid, int tig) {
+    const int rows = 2 * len - 1;
+    for (int nt = 0; nt * 8 < rows; nt++) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        const int t = nt * 8 + gid;
+        const float *tr = tab + (size_t)(t < rows ? t : 0) * HD;
 #pragma unroll
-    for (int c = 0; c < 4; c++) {
-        uint2 o;
-        o.x = pack_bf16(vs[j0 + 4 * c][d], vs[j0 + 4 * c + 1][d]);
-        o.y = pack_bf16(vs[j0 + 4 * c + 2][d], vs[j0 + 4 * c + 3][d]);
-        *(uint2 *)(vd + 4 * c) = o;
+        for (int ks = 0; ks < HD / 16; ks++) {
+            float2 x0 = t < rows ? *(const float2 *)(tr + ks * 16 + tig * 2) : make_float2(0.f, 0.f);
+            float2 x1 = t < rows ? *(const float2 *)(tr + ks * 16 + 8 + tig * 2) : make_float2(0.f, 0.f);
+            const uint32_t h0 = pack_bf16(x0.x, x0.y), h1 = pack_bf16(x1.x, x1.y);
+            mma_bf16(c, qa[ks], h0, h1);
+            const uint32_t l0 = pack_bf16(x0.x - lo_f(h0), x0.y - hi_f(h0));
+            const uint32_t l1 = pack_bf16(x1.x - lo_f(h1), x1.y - hi_f(h1));
+            mma_bf16(c, qa[ks], l0, l1);
+        }
+#pragma unroll
+        for (int e = 0; e < 2; e++) {
+            const int tt = nt * 8 + tig * 2 + e, ra = ia + len - 1 - tt, rb = ib + len - 1 - tt;
+            if (ra >= 0 && ra < len) rel16[((size_t)pair * rws + base + ra) * 2] = (uint16_t)(pack_bf16(c[e], 0.f) & 0xffffu);
+            if (rb >= 0 && rb < len)
+                rel16[((size_t)pair * rws + base + rb) * 2 + 1] = (uint16_t)(pack_bf16(c[2 + e], 0.f) & 0xffffu);
+        }
     }
 }
 
 /* REL: relative-position terms; FULL: tk a multiple of KT (no key masking); GW64: the key grid's width is KT, so a
- * key tile is one grid row (its relH term is one value per query, its relW terms sit at fixed offsets). */
+ * key tile is one grid row (its relH term is one pair a query pair, its relW terms sit at fixed offsets). */
 template <bool REL, bool FULL, bool GW64>
-__global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
+__global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
     extern __shared__ __align__(16) unsigned char smem[];
-    uint16_t *Ks = (uint16_t *)smem;          /* [KT][KS] */
-    uint16_t *Vt = Ks + KT * KS;              /* [HD][VS]: V transposed */
-    float *rel = (float *)(Vt + HD * VS);     /* [QT][RWS]: gh + gw terms a query, odd stride (banks) */
+    uint16_t *kv = (uint16_t *)smem;           /* [2 stages][K, V][KT][KS] */
+    uint32_t *rel = (uint32_t *)(kv + 4 * KT * KS);
+    uint32_t *ktab = rel + (QT / 2) * a.rws;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * QT;
     const float *qb = a.q + (size_t)b * a.tq * a.ldq + (size_t)h * HD;
-    const uint4 *kg = (const uint4 *)(a.kb + ((size_t)b * a.H + h) * a.tkp * HD);
-    const uint4 *vg = (const uint4 *)(a.vt + ((size_t)b * a.H + h) * HD * a.tkp);
-    const int tpr = a.tkp / 8; /* uint4 per V row */
-    const int RW = a.gh + a.gw, RWS = RW | 1;
+    const uint16_t *kg = a.kb + (size_t)b * a.sb + (size_t)h * a.sh, *vg = a.vb + (size_t)b * a.sb + (size_t)h * a.sh;
+    const int ntiles = (a.tk + KT - 1) / KT;
 
-    /* relative-position terms of this block's queries: thread -> query tid % QT (its q row in registers), every
-     * other term */
-    if (REL) {
-        const int i = tid % QT, qi = q0 + i, half = tid / QT;
-        float qr[HD];
-        const bool valid = qi < a.tq;
-        const float4 *q4 = (const float4 *)(qb + (size_t)(valid ? qi : 0) * a.ldq);
-#pragma unroll
-        for (int c = 0; c < HD / 4; c++) {
-            float4 x = valid ? q4[c] : make_float4(0.f, 0.f, 0.f, 0.f);
-            qr[4 * c] = x.x, qr[4 * c + 1] = x.y, qr[4 * c + 2] = x.z, qr[4 * c + 3] = x.w;
-        }
-        const int i1 = valid ? qi / a.gw : 0, j1 = valid ? qi % a.gw : 0;
-        for (int r = half; r < RW; r += (NW * 32) / QT) {
-            const float *t = r < a.gh ? a.rh + (size_t)(i1 - r + a.gh - 1) * HD
-                                      : a.rw + (size_t)(j1 - (r - a.gh) + a.gw - 1) * HD;
-            const float4 *t4 = (const float4 *)t;
-            float s = 0.f;
-#pragma unroll
-            for (int c = 0; c < HD / 4; c++) {
-                float4 y = __ldg(t4 + c);
-                s += qr[4 * c] * y.x + qr[4 * c + 1] * y.y + qr[4 * c + 2] * y.z + qr[4 * c + 3] * y.w;
-            }
-            rel[i * RWS + r] = a.bf16_bias ? rbf(s) : s;
-        }
-    }
+    /* tile loads: thread -> (row tid / 4, two 16-byte pieces) of K and of V */
+    const int lr = tid >> 2, lc = (tid & 3) * 16;
+    auto load_tile = [&](int t) {
+        const int key = t * KT + lr;
+        const bool ok = FULL || key < a.tk;
+        const size_t off = (size_t)(ok ? key : 0) * a.sk + lc;
+        uint16_t *ks = kv + (t & 1) * 2 * KT * KS + lr * KS + lc, *vs = ks + KT * KS;
+        cp16(ks, kg + off, ok);
+        cp16(ks + 8, kg + off + 8, ok);
+        cp16(vs, vg + off, ok);
+        cp16(vs + 8, vg + off + 8, ok);
+        cp_commit();
+    };
+    load_tile(0);
 
     /* this warp's 16 query rows as A fragments (bf16), 4 k-steps over the head dimension */
     const int r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
@@ -173,31 +227,37 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
             qa[kk][3] = pack_bf16(x11.x, x11.y);
         }
     }
-    const float *rel0 = rel + (warp * 16 + gid) * RWS, *rel1 = rel0 + 8 * RWS;
+    const int pair = warp * 8 + gid;
+    const uint32_t *relp = rel + (size_t)pair * a.rws;
+    if (REL) {
+        const int ra = r0 < a.tq ? r0 : 0, rb = r1 < a.tq ? r1 : 0;
+        const int ia = ra / a.gw, ib = rb / a.gw;
+        rel_terms((uint16_t *)rel, a.rws, pair, 0, a.rh, a.gh, ia, ib, qa, gid, tig);
+        rel_terms((uint16_t *)rel, a.rws, pair, a.wb, a.rw, a.gw, ra - ia * a.gw, rb - ib * a.gw, qa, gid, tig);
+        if (!GW64)
+            for (int j = tid; j < ntiles * KT; j += NW * 32) { /* keys past tk (masked) read term 0 */
+                const int jr = j < a.tk ? j / a.gw : 0;
+                ktab[j] = (uint32_t)jr | (uint32_t)(a.wb + (j < a.tk ? j - jr * a.gw : 0)) << 16;
+            }
+        /* the rows of a pair are the warp's own, the key table everyone's: the first tile's barrier orders both */
+    }
 
     float o[HD / 8][4];
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.f;
     float m0 = -INFINITY, m1 = -INFINITY, l0 = 0.f, l1 = 0.f;
+    const float L2E = 1.4426950408889634f, sc = a.scale;
 
-    /* tiles: thread -> (row tid / 4, two 16-byte pieces), K rows and Vᵀ rows; the next tile's loads are issued
-     * before the current tile is computed */
-    const int lr = tid >> 2, lc = (tid & 3) * 2;
-    uint4 pk0, pk1, pv0, pv1;
-    pk0 = kg[lr * (HD / 8) + lc], pk1 = kg[lr * (HD / 8) + lc + 1];
-    pv0 = vg[(size_t)lr * tpr + lc], pv1 = vg[(size_t)lr * tpr + lc + 1];
-    for (int k0 = 0; k0 < a.tk; k0 += KT) {
-        __syncthreads(); /* previous tile consumed (and, the first time, rel written) */
-        *(uint4 *)(Ks + lr * KS + lc * 8) = pk0;
-        *(uint4 *)(Ks + lr * KS + lc * 8 + 8) = pk1;
-        *(uint4 *)(Vt + lr * VS + lc * 8) = pv0;
-        *(uint4 *)(Vt + lr * VS + lc * 8 + 8) = pv1;
-        __syncthreads();
-        if (k0 + KT < a.tk) {
-            const int kn = (k0 + KT) / 8;
-            pk0 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc], pk1 = kg[(size_t)(k0 + KT + lr) * (HD / 8) + lc + 1];
-            pv0 = vg[(size_t)lr * tpr + kn + lc], pv1 = vg[(size_t)lr * tpr + kn + lc + 1];
+    for (int t = 0; t < ntiles; t++) {
+        const int k0 = t * KT;
+        if (t + 1 < ntiles) {
+            load_tile(t + 1);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
         }
+        __syncthreads(); /* tile t landed for everyone (and, the first time, rel and ktab written) */
+        const uint16_t *Ks = kv + (t & 1) * 2 * KT * KS, *Vs = Ks + KT * KS;
         /* S = Q Kᵀ: 8 tiles of 8 keys; K fragments by ldmatrix, two k-steps (four 8×8 matrices) a load */
         float s[KT / 8][4];
 #pragma unroll
@@ -211,56 +271,34 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
                 mma_bf16(s[n], qa[2 * kp + 1], kb[2], kb[3]);
             }
         }
-        /* scale, bias, mask; row maxima */
+        /* scale and bias (x = s·scale + b), mask; row maxima */
         float mx0 = -INFINITY, mx1 = -INFINITY;
-        int jr = 0, jc = 0; /* (key / gw, key % gw) of key k0 + tig*2, stepped by 8 per tile */
-        float rh0 = 0.f, rh1 = 0.f;
-        if (REL && GW64) {
-            rh0 = rel0[k0 / KT];
-            rh1 = rel1[k0 / KT];
-        } else if (REL) {
-            int j = k0 + tig * 2;
-            jr = j / a.gw;
-            jc = j - jr * a.gw;
-        }
+        uint32_t rh = 0;
+        if (REL && GW64) rh = relp[t];
 #pragma unroll
         for (int n = 0; n < KT / 8; n++) {
+            const int kl = n * 8 + tig * 2;
+            uint32_t bb[2] = {0u, 0u};
+            if (REL && GW64) {
+                const uint2 w = *(const uint2 *)(relp + a.wb + kl);
+                bb[0] = add_bf16x2(rh, w.x);
+                bb[1] = add_bf16x2(rh, w.y);
+            } else if (REL) {
+                const uint2 kt = *(const uint2 *)(ktab + k0 + kl);
+                bb[0] = add_bf16x2(relp[kt.x & 0xffffu], relp[kt.x >> 16]);
+                bb[1] = add_bf16x2(relp[kt.y & 0xffffu], relp[kt.y >> 16]);
+            }
 #pragma unroll
             for (int e = 0; e < 2; e++) {
-                const int kl = n * 8 + tig * 2 + e, key = k0 + kl;
-                const bool ok = FULL || key < a.tk;
-                float b0 = 0.f, b1 = 0.f;
-                if (REL && GW64) {
-                    b0 = rh0 + rel0[a.gh + kl];
-                    b1 = rh1 + rel1[a.gh + kl];
-                } else if (REL) {
-                    int rr = jr, cc = jc + e;
-                    if (cc >= a.gw) {
-                        cc -= a.gw;
-                        rr++;
-                    }
-                    if (ok) {
-                        b0 = rel0[rr] + rel0[a.gh + cc];
-                        b1 = rel1[rr] + rel1[a.gh + cc];
-                    }
-                }
-                if (REL && a.bf16_bias) {
-                    b0 = rbf_hw(b0);
-                    b1 = rbf_hw(b1);
-                }
-                float x0 = ok ? (s[n][e] * a.scale + b0) * 1.4426950408889634f : -INFINITY;
-                float x1 = ok ? (s[n][2 + e] * a.scale + b1) * 1.4426950408889634f : -INFINITY;
+                const bool ok = FULL || k0 + kl + e < a.tk;
+                float x0 = REL ? fmaf(s[n][e], sc, lo_f(bb[e])) : s[n][e] * sc;
+                float x1 = REL ? fmaf(s[n][2 + e], sc, hi_f(bb[e])) : s[n][2 + e] * sc;
+                x0 = ok ? x0 : -INFINITY;
+                x1 = ok ? x1 : -INFINITY;
                 s[n][e] = x0;
                 s[n][2 + e] = x1;
                 mx0 = fmaxf(mx0, x0);
                 mx1 = fmaxf(mx1, x1);
-            }
-            if (REL && !GW64) {
-                jc += 8;
-                while (jc >= a.gw) {
-                    jc -= a.gw;
-                    jr++;
-                }
             }
         }
         mx0 = fmaxf(mx0, __shfl_xor_sync(0xffffffffu, mx0, 1));
@@ -268,9 +306,10 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 1));
         mx1 = fmaxf(mx1, __shfl_xor_sync(0xffffffffu, mx1, 2));
         const float mn0 = fmaxf(m0, mx0), mn1 = fmaxf(m1, mx1); /* finite: every tile has a valid key */
-        const float c0 = exp2f(m0 - mn0), c1 = exp2f(m1 - mn1);
+        const float c0 = ex2((m0 - mn0) * L2E), c1 = ex2((m1 - mn1) * L2E);
         m0 = mn0;
         m1 = mn1;
+        const float nm0 = -mn0 * L2E, nm1 = -mn1 * L2E;
         l0 *= c0;
         l1 *= c1;
 #pragma unroll
@@ -280,29 +319,31 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
             o[n][2] *= c1;
             o[n][3] *= c1;
         }
-        /* P = exp2(S − m), then O += P V over 4 k-steps of 16 keys */
+        /* P = exp(x − m), then O += P V over 4 k-steps of 16 keys; Vᵀ fragments by ldmatrix.trans */
 #pragma unroll
         for (int kk = 0; kk < KT / 16; kk++) {
             float p[2][4];
 #pragma unroll
-            for (int t = 0; t < 2; t++) {
-                p[t][0] = exp2f(s[2 * kk + t][0] - mn0);
-                p[t][1] = exp2f(s[2 * kk + t][1] - mn0);
-                p[t][2] = exp2f(s[2 * kk + t][2] - mn1);
-                p[t][3] = exp2f(s[2 * kk + t][3] - mn1);
-                l0 += p[t][0] + p[t][1];
-                l1 += p[t][2] + p[t][3];
+            for (int u = 0; u < 2; u++) {
+                p[u][0] = ex2(fmaf(s[2 * kk + u][0], L2E, nm0));
+                p[u][1] = ex2(fmaf(s[2 * kk + u][1], L2E, nm0));
+                p[u][2] = ex2(fmaf(s[2 * kk + u][2], L2E, nm1));
+                p[u][3] = ex2(fmaf(s[2 * kk + u][3], L2E, nm1));
+                l0 += p[u][0] + p[u][1];
+                l1 += p[u][2] + p[u][3];
             }
             uint32_t pa[4] = {pack_bf16(p[0][0], p[0][1]), pack_bf16(p[0][2], p[0][3]), pack_bf16(p[1][0], p[1][1]),
                               pack_bf16(p[1][2], p[1][3])};
 #pragma unroll
-            for (int n = 0; n < HD / 8; n += 2) { /* Vᵀ fragments of dims n and n + 1 by one ldmatrix */
+            for (int n = 0; n < HD / 8; n += 2) { /* dims n and n + 1: matrices (keys +0/+8) × (dims n, n + 1) */
                 uint32_t vb[4];
-                ldsm_x4(vb, Vt + ((n + (lane >> 4)) * 8 + (lane & 7)) * VS + kk * 16 + ((lane >> 3) & 1) * 8);
+                const int mtx = lane >> 3;
+                ldsm_x4_t(vb, Vs + (kk * 16 + (mtx & 1) * 8 + (lane & 7)) * KS + (n + (mtx >> 1)) * 8);
                 mma_bf16(o[n], pa, vb[0], vb[1]);
                 mma_bf16(o[n + 1], pa, vb[2], vb[3]);
             }
         }
+        __syncthreads(); /* this stage is free for tile t + 2 */
     }
     l0 += __shfl_xor_sync(0xffffffffu, l0, 1);
     l0 += __shfl_xor_sync(0xffffffffu, l0, 2);
@@ -320,44 +361,48 @@ __global__ void __launch_bounds__(NW * 32) attn_mma_k(MmaArgs a) {
 
 } // namespace
 
-/* Runs the tensor-core kernel when it applies (sm_80+, head_dim 64, not causal, aligned rows, the rel tables fit
- * in shared memory); returns false to leave the call to the SIMT kernels. */
+/* Runs the tensor-core kernel when it applies (sm_80+, head_dim 64, not causal, aligned rows, relative terms only
+ * with bf16_bias, shared memory enough); returns false to leave the call to the SIMT kernels. */
 bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     CudaCtx *c = cctx(b);
     if (c->cc < 80 || c->exact_gemm || c->gemm_f16 || o->head_dim != HD || o->causal) return false;
+    if (o->relpos_h && !o->bf16_bias) return false;
     if (o->ldq % 4 || o->ldk % 4 || o->ldv % 4 || o->ldo % 2) return false;
     if (((uintptr_t)o->q | (uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->out & 7)) return false;
-    if (o->relpos_h && (((uintptr_t)o->relpos_h | (uintptr_t)o->relpos_w) & 15)) return false;
-    const int RWS = o->relpos_h ? (o->grid_h + o->grid_w) | 1 : 0;
-    size_t smem = (size_t)KT * KS * 2 + (size_t)HD * VS * 2 + (size_t)QT * RWS * sizeof(float);
-    if (smem > (size_t)c->smem_optin) return false;
     if (o->n_batch > 65535 || o->n_heads > 65535) return false;
+    const bool rel = o->relpos_h != NULL, full = o->tk % KT == 0, gw64 = rel && full && o->grid_w == KT;
     MmaArgs a;
     a.out = o->out;
     a.q = o->q;
-    a.k = o->k;
-    a.v = o->v;
     a.ldo = o->ldo;
     a.ldq = o->ldq;
-    a.ldk = o->ldk;
-    a.ldv = o->ldv;
     a.tq = o->tq;
     a.tk = o->tk;
     a.H = o->n_heads;
     a.scale = o->scale;
     a.rh = o->relpos_h;
-    a.rw = o->relpos_h ? o->relpos_w : NULL;
-    a.gh = o->relpos_h ? o->grid_h : 0;
-    a.gw = o->relpos_h ? o->grid_w : 1;
-    a.bf16_bias = o->relpos_h ? o->bf16_bias : 0;
-    a.tkp = (o->tk + KT - 1) / KT * KT;
-    size_t kv_elems = (size_t)2 * o->n_batch * o->n_heads * a.tkp * HD; /* in the GEMM conversion scratch */
+    a.rw = rel ? o->relpos_w : NULL;
+    a.gh = rel ? o->grid_h : 0;
+    a.gw = rel ? o->grid_w : 1;
+    a.wb = (a.gh + 1) & ~1;
+    a.rws = 0;
+    if (rel) {
+        a.rws = a.wb + a.gw;
+        a.rws += (8 - a.rws % 16 + 16) % 16; /* ≡ 8 (mod 16): a warp's 64-bit loads of relW terms hit every bank once */
+    }
+    const int tkp = (o->tk + KT - 1) / KT * KT;
+    const size_t smem = mma_smem(a.rws, rel && !gw64 ? tkp : 0);
+    if (smem > (size_t)c->smem_optin) return false;
+    size_t kv_elems = (size_t)2 * o->n_batch * o->n_heads * tkp * HD; /* in the GEMM conversion scratch */
     if (kv_elems > c->xb_elems) return false;
     a.kb = c->xb;
-    a.vt = c->xb + kv_elems / 2;
-    kv_to_bf16_k<<<dim3(a.tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(a);
+    a.vb = c->xb + kv_elems / 2;
+    a.sh = (size_t)tkp * HD;
+    a.sb = a.sh * o->n_heads;
+    a.sk = HD;
+    kv_to_bf16_k<<<dim3(tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(
+        o->k, o->v, o->ldk, o->ldv, o->tk, tkp, o->n_heads, (uint16_t *)a.kb, (uint16_t *)a.vb);
     CU_LAUNCHED();
-    const bool rel = a.rh != NULL, full = o->tk % KT == 0, gw64 = rel && full && a.gw == KT;
     void (*k)(MmaArgs) = gw64           ? attn_mma_k<true, true, true>
                          : rel && full  ? attn_mma_k<true, true, false>
                          : rel          ? attn_mma_k<true, false, false>

@@ -456,7 +456,11 @@ static void test_attention(void) {
         /* the tensor-core kernel (sm_80+; elsewhere these run the SIMT kernel, well inside the tolerance) */
         {1, 4096, 4096, 2, 64, 0, 0, 64, 64, 1, 1, 1}, /* SAM global block at 1024 px, bf16 bias */
         {25, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1, 1},  /* SAM windows */
-        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias */
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias (the SIMT kernel) */
+        {1, 1600, 1600, 2, 64, 0, 0, 40, 40, 1, 1, 1}, /* SAM global at 640 px, bf16 bias */
+        {2, 192, 192, 2, 64, 0, 0, 3, 64, 1, 1, 1},    /* key tiles = grid rows, odd grid height */
+        {1, 15, 15, 2, 64, 0, 0, 5, 3, 1, 1, 1},       /* a small grid: key table past tk */
+        {3, 130, 130, 1, 64, 0, 0, 13, 10, 0, 1, 1},   /* separate q/k/v, bf16 bias, partial query tile */
         {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0, 1},     /* CLIP */
         {1, 63, 63, 2, 64, 0, 0, 9, 7, 1, 0, 1},       /* odd, non-square grid */
         {2, 5, 300, 1, 64, 0, 0, 0, 0, 0, 0, 1},       /* separate q/k/v, more keys than queries */
@@ -725,7 +729,11 @@ static void test_f16(void) {
     /* attention: no bf16 tensor-core kernel in f16 mode (sm_75 has no bf16 mma), so cases the mma kernel takes on
      * sm_80+ meet the SIMT kernels' fp32 tolerance */
     AttCase att[] = {
-        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias */
+        {1, 1600, 1600, 1, 64, 0, 0, 40, 40, 1, 0, 1}, /* SAM global at 640 px, fp32 bias (the SIMT kernel) */
+        {1, 1600, 1600, 2, 64, 0, 0, 40, 40, 1, 1, 1}, /* SAM global at 640 px, bf16 bias */
+        {2, 192, 192, 2, 64, 0, 0, 3, 64, 1, 1, 1},    /* key tiles = grid rows, odd grid height */
+        {1, 15, 15, 2, 64, 0, 0, 5, 3, 1, 1, 1},       /* a small grid: key table past tk */
+        {3, 130, 130, 1, 64, 0, 0, 13, 10, 0, 1, 1},   /* separate q/k/v, bf16 bias, partial query tile */
         {1, 257, 257, 3, 64, 0, 0, 0, 0, 1, 0, 1},     /* CLIP */
         {25, 196, 196, 2, 64, 0, 0, 14, 14, 1, 1, 1},  /* SAM windows, bf16 bias */
     };
