@@ -31,7 +31,7 @@ CPU_LDLIBS := $(LDLIBS)
 ifeq ($(CUDA),1)
 CFLAGS   += -DDSOCR_CUDA=1
 LIB_OBJ  += $(CU_SRC:%.cu=$(BUILD)/%.o)
-LDLIBS   += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublas -lcudart -lstdc++
+LDLIBS   += -L$(CUDA_HOME)/lib64 -L$(CUDA_HOME)/targets/x86_64-linux/lib -lcublas -lcublasLt -lcudart -lstdc++
 NVFLAGS  := -O3 -std=c++17 -Iinclude -Isrc -Xcompiler -Wall,-Werror -DDSOCR_CUDA=1 \
             $(foreach a,$(CUDA_ARCH),-gencode arch=compute_$(a),code=sm_$(a))
 else

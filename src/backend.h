@@ -21,8 +21,13 @@
 typedef struct Backend Backend;
 
 /* linear flags: BE_ROUND rounds the output to bf16; BE_GELU / BE_QGELU then apply gelu / quick_gelu to it (and
- * round again with BE_ROUND), as linear, [round_bf16], gelu, [round_bf16] (see linear) */
-enum { BE_ROUND = 1 << 8, BE_GELU = 1 << 9, BE_QGELU = 1 << 10 };
+ * round again with BE_ROUND), as linear, [round_bf16], gelu, [round_bf16] (see linear).
+ * Storage flags (only on a backend whose act_bf16 is nonzero): BE_IN_BF16: linear's x holds bf16 values (uint16_t
+ * bits, ldx in elements) instead of floats; BE_OUT_BF16: linear's or layernorm's y receives bf16 values (ldy in
+ * elements), only with BE_ROUND (the values are bf16 then, so the narrower storage loses nothing) and never with
+ * OPS_ACCUM. The arithmetic is that of the same call with fp32 buffers holding the same values. (ops.h flags use
+ * the low bits: OPS_ACCUM, OPS_BF16 = 1.) */
+enum { BE_ROUND = 1 << 8, BE_GELU = 1 << 9, BE_QGELU = 1 << 10, BE_IN_BF16 = 1 << 11, BE_OUT_BF16 = 1 << 12 };
 
 /* One MoE layer's weights, in the backend's memory (see model.h DecLayer). */
 typedef struct BackendExpert {
@@ -39,6 +44,11 @@ typedef struct BackendMoe {
 struct Backend {
     const char *name; /* "cpu", "cuda" */
     void *ctx;        /* the backend's own state (streams, handles, scratch) */
+    /* Nonzero when linear and layernorm take the storage flags BE_IN_BF16 / BE_OUT_BF16 (bf16 activations in
+     * backend memory: half the traffic where every value is bf16 anyway) and they pay. CUDA: 1, and 0 while
+     * set_gemm_f16 is on (its products read floats: bf16 storage would only add conversions; the flags still work);
+     * the CPU backends: 0 (model code then keeps every activation in fp32). Read it when issuing the ops. */
+    int act_bf16;
 
     /* ---- memory (sizes in bytes). alloc returns NULL when the memory is not there (never aborts). */
     void *(*alloc)(Backend *b, size_t bytes);
@@ -58,12 +68,14 @@ struct Backend {
     /* ---- dense ops (ops.h semantics) */
     /* flags: OPS_ACCUM (ops.h), and BE_ROUND: the result (after bias and accumulation) rounded to bf16, as
      * linear followed by round_bf16 over the M × N outputs; BE_GELU / BE_QGELU: then the activation over them (and
-     * round_bf16 again with BE_ROUND) */
+     * round_bf16 again with BE_ROUND); BE_IN_BF16 / BE_OUT_BF16 (act_bf16 backends): x / y in bf16 storage, the
+     * pointers cast to float * (see the flags) */
     void (*linear)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                    int flags);
     /* flags & OPS_BF16: the HF autocast LayerNorm2d rule (spec §16 R4): the mean is rounded to bf16, x − mean is
      * rounded to bf16, the variance and the output stay fp32. Without it, ops_layernorm semantics. flags & BE_ROUND:
-     * the output then rounded to bf16 (as layernorm followed by round_bf16). */
+     * the output then rounded to bf16 (as layernorm followed by round_bf16); with BE_OUT_BF16 as well (act_bf16
+     * backends), y is bf16 storage (ldy in elements). */
     void (*layernorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                       float eps, int flags);
     void (*rmsnorm)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
@@ -76,6 +88,9 @@ struct Backend {
     void (*add)(Backend *b, float *out, const float *a, const float *c, size_t n);
     void (*round_bf16)(Backend *b, float *x, size_t n);
     void (*attention)(Backend *b, const OpsAttention *a);     /* pointers inside a are backend memory */
+    /* Nonzero when attention runs a with io_bf16 (q, k, v, out in bf16 storage; the other fields as given). NULL
+     * (the CPU) or 0: keep those buffers fp32. */
+    int (*attention_bf16)(Backend *b, const OpsAttention *a);
     void (*attention_kv)(Backend *b, const OpsAttentionKv *a); /* pos/seq/tables: backend memory too */
     void (*kv_write)(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                      int ldk, const float *v, int ldv);         /* table on the host; kv->data backend memory */

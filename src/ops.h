@@ -152,6 +152,9 @@ typedef struct OpsAttention {
     int grid_h, grid_w;        /* with relpos_h: tq == tk == grid_h·grid_w */
     int bf16_bias;             /* with relpos_h: round each of the two terms, then their sum, to bf16 (the
                                   official bf16 run builds the bias as a bf16 tensor) */
+    int io_bf16;               /* q, k, v and out hold bf16 values (uint16_t bits behind the float pointers,
+                                  strides in elements; out rounded to bf16): only on a backend whose
+                                  attention_bf16 (backend.h) accepts the call; the ops.h functions never take it */
 } OpsAttention;
 void ops_attention_ref(const OpsAttention *a);
 void ops_attention_cpu(const OpsAttention *a);

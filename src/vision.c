@@ -1,6 +1,8 @@
 /* vision.c: see vision.h. Runs on the model's backend (m->be): activations are backend buffers, HWC / row-major
- * fp32 throughout (a SAM feature map [g, g, C] is the same memory as g² token rows of C channels). Position tables
- * are resampled on the host (they depend only on the view size) and uploaded. */
+ * fp32 throughout (a SAM feature map [g, g, C] is the same memory as g² token rows of C channels), except, in bf16
+ * mode on a backend with act_bf16, the buffers that only feed a linear (the norms before the MLPs and CLIP's qkv,
+ * the MLP hidden): those hold bf16 storage (see act16). Position tables are resampled on the host (they depend only
+ * on the view size) and uploaded. */
 #include "vision.h"
 
 #include <math.h>
@@ -202,17 +204,61 @@ static void rnd(Ctx *c, float *x, size_t n) {
     if (c->bf16) c->be->round_bf16(c->be, x, n);
 }
 
+/* Activations that only feed a linear kept in bf16 storage (backend.h act_bf16): in bf16 mode every such value is
+ * rounded to bf16 already, so the narrower buffer loses nothing and halves the traffic. Such a buffer (allocated in
+ * floats) holds its bf16 values in the first half of its bytes; its pointer stays float * and the flags say what
+ * it holds. Nothing dumped is ever bf16 storage (dumps read the residual streams and the neck). */
+static int act16(const Ctx *c) { return c->bf16 && c->be->act_bf16; }
+
 static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b) {
     c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, c->bf16 ? BE_ROUND : 0);
 }
 
-/* linear, then act (BE_GELU or BE_QGELU) over its output: rounded to bf16 before and after in bf16 mode */
-static void linear_act(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b, int act) {
-    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, (c->bf16 ? BE_ROUND : 0) | act);
+/* linear with flags: an activation (BE_GELU or BE_QGELU) over its output, rounded to bf16 before and after in bf16
+ * mode, and the storage flags BE_IN_BF16 / BE_OUT_BF16 (only when act16) */
+static void linear_fl(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b,
+                      int flags) {
+    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, (c->bf16 ? BE_ROUND : 0) | flags);
 }
 
 static void layernorm(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {
     c->be->layernorm(c->be, y, n, x, n, M, n, w, b, eps, c->bf16 ? BE_ROUND : 0);
+}
+
+/* layernorm into a buffer that only linears read: bf16 storage when act16. Returns the flag those linears read it
+ * with (BE_IN_BF16, or 0 for floats). */
+static int layernorm_to_linear(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {
+    if (!act16(c)) {
+        layernorm(c, y, x, M, n, w, b, eps);
+        return 0;
+    }
+    c->be->layernorm(c->be, y, n, x, n, M, n, w, b, eps, BE_ROUND | BE_OUT_BF16);
+    return BE_IN_BF16;
+}
+
+/* A block's q/k/v product and attention (a: the call with fp32 buffers; a->q must be qkv [R, 3·Wd] as the product
+ * writes it, a->out the output [R, Wd]). When act16 and the backend takes the call with io_bf16 (backend.h
+ * attention_bf16), qkv and the output are bf16 storage and the output comes rounded; else the output is rounded
+ * here in bf16 mode. Returns the flag the output projection reads the output with. */
+static int qkv_attention(Ctx *c, OpsAttention *a, float *qkv, const float *in, int in16, int R, int Wd, DsW qw,
+                         DsW qb, const char *mark_qkv, const char *mark_attn) {
+    Backend *be = c->be;
+    int io = 0;
+    if (act16(c) && be->attention_bf16) {
+        OpsAttention t = *a;
+        uint16_t *q16 = (uint16_t *)qkv; /* bf16 storage behind the float pointers (ops.h io_bf16) */
+        t.io_bf16 = 1;
+        t.q = (const float *)q16;
+        t.k = (const float *)(q16 + Wd);
+        t.v = (const float *)(q16 + 2 * Wd);
+        if ((io = be->attention_bf16(be, &t) != 0)) *a = t;
+    }
+    be_mark(be, mark_qkv);
+    linear_fl(c, qkv, 3 * Wd, in, Wd, R, Wd, qw, 3 * Wd, qb, in16 | (io ? BE_OUT_BF16 : 0));
+    be_mark(be, mark_attn);
+    be->attention(be, a);
+    if (!io) rnd(c, a->out, (size_t)R * Wd);
+    return io ? BE_IN_BF16 : 0;
 }
 
 /* SAM's LayerNorm2d (per position over channels); bf16 mode follows autocast: bf16 mean and x − mean, fp32
@@ -274,14 +320,18 @@ static void relpos_table(Ctx *c, const StTensor *t, int len, float *dst) {
     c->be->upload(c->be, dst, src, sizeof(float) * (size_t)want * hd);
 }
 
-/* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input); tmp_out: [MLP_CHUNK, D] scratch. */
-static void mlp(Ctx *c, float *x, const float *y, int M, int D, int F, DsW w1, DsW b1, DsW w2, DsW b2, int quick,
-                float *tmp_out, int residual_round) {
+/* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input, bf16 storage when y16 is BE_IN_BF16);
+ * tmp_out: [MLP_CHUNK, D] scratch. The hidden (w->big) is bf16 storage when act16. */
+static void mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, DsW w1, DsW b1, DsW w2, DsW b2,
+                int quick, float *tmp_out, int residual_round) {
     VisionWork *w = c->w;
+    const int h16 = act16(c);
     for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
         int mm = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
-        linear_act(c, w->big, F, y + (size_t)r0 * D, D, mm, D, w1, F, b1, quick ? BE_QGELU : BE_GELU);
-        linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2);
+        /* row r0 of y: counted in bf16 elements when y holds bf16 */
+        const float *yr = y16 ? (const float *)((const uint16_t *)y + (size_t)r0 * D) : y + (size_t)r0 * D;
+        linear_fl(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
+        linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, h16 ? BE_IN_BF16 : 0);
         c->be->add(c->be, x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)mm * D);
         if (residual_round) rnd(c, x + (size_t)r0 * D, (size_t)mm * D);
     }
@@ -375,27 +425,24 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
             be->window_partition(be, w->att, w->y, g, W, ws);
             in = w->att;
         }
-        be_mark(be, "sam.qkv");
-        linear(c, w->qkv, 3 * W, in, W, R, W, k->qkv_w, 3 * W, k->qkv_b);
-        be_mark(be, gl ? "sam.attn.global" : "sam.attn.window");
         OpsAttention a = {.out = w->att, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W, .ldq = 3 * W,
                           .ldk = 3 * W, .ldv = 3 * W, .n_batch = gl ? 1 : nw * nw, .tq = gl ? g * g : ws * ws,
                           .tk = gl ? g * g : ws * ws, .n_heads = heads, .head_dim = hd, .scale = scale,
                           .relpos_h = rel_h, .relpos_w = rel_w, .grid_h = len, .grid_w = len,
                           .bf16_bias = c->bf16};
-        be->attention(be, &a);
-        rnd(c, w->att, (size_t)R * W);
+        const int att16 = qkv_attention(c, &a, w->qkv, in, 0, R, W, k->qkv_w, k->qkv_b, "sam.qkv",
+                                        gl ? "sam.attn.global" : "sam.attn.window");
         be_mark(be, "sam.proj");
-        linear(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b);
+        linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16);
         if (gl)
             be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
         else
             be->window_unpartition_add(be, w->x, w->big, g, W, ws);
         rnd(c, w->x, (size_t)g * g * W);
         be_mark(be, "sam.norm");
-        layernorm(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
+        const int y16 = layernorm_to_linear(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
         be_mark(be, "sam.mlp");
-        mlp(c, w->x, w->y, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1);
+        mlp(c, w->x, w->y, y16, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1);
         if (c->dd) {
             char stage[32];
             snprintf(stage, sizeof stage, "sam_block%d", b);
@@ -435,21 +482,22 @@ static void clip_forward(Ctx *c, int n) {
     for (int l = 0; l < k->layers; l++) {
         const ClipLayer *L = &m->clip.layers[l];
         be_mark(be, "clip.qkv");
-        layernorm(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
-        linear(c, w->cqkv, 3 * CW, w->cy, CW, T, CW, L->qkv_w, 3 * CW, L->qkv_b);
+        int y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
         OpsAttention a = {.out = w->catt, .q = w->cqkv, .k = w->cqkv + CW, .v = w->cqkv + 2 * CW, .ldo = CW,
                           .ldq = 3 * CW, .ldk = 3 * CW, .ldv = 3 * CW, .n_batch = 1, .tq = T, .tk = T,
                           .n_heads = heads, .head_dim = hd, .scale = scale};
-        be_mark(be, "clip.attn");
-        be->attention(be, &a);
+        const int att16 = qkv_attention(c, &a, w->cqkv, w->cy, y16, T, CW, L->qkv_w, L->qkv_b, "clip.qkv",
+                                        "clip.attn");
         be_mark(be, "clip.out");
-        rnd(c, w->catt, (size_t)T * CW);
-        linear(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b);
+        linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16);
         be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
         be_mark(be, "clip.mlp");
-        layernorm(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
-        linear_act(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b, BE_QGELU);
-        linear(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b);
+        y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
+        /* the hidden (cmlp) in bf16 storage when act16, as mlp's */
+        const int h16 = act16(c);
+        linear_fl(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b,
+                  BE_QGELU | y16 | (h16 ? BE_OUT_BF16 : 0));
+        linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, h16 ? BE_IN_BF16 : 0);
         be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
     }
 }

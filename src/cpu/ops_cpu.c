@@ -601,7 +601,7 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
 }
 
 void ops_attention_cpu(const OpsAttention *a) {
-    DS_ASSERT(a->n_batch >= 0 && a->tq >= 0 && a->tk > 0 && a->n_heads > 0 && a->head_dim > 0);
+    DS_ASSERT(a->n_batch >= 0 && a->tq >= 0 && a->tk > 0 && a->n_heads > 0 && a->head_dim > 0 && !a->io_bf16);
     int width = a->n_heads * a->head_dim;
     DS_ASSERT(a->ldq >= width && a->ldk >= width && a->ldv >= width && a->ldo >= width);
     if (a->head_dim > ATT_DMAX || (a->relpos_h && (a->grid_h > ATT_GMAX || a->grid_w > ATT_GMAX))) {

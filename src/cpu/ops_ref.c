@@ -166,7 +166,7 @@ static double attn_score_ref(const OpsAttention *a, const float *qr, const float
 }
 
 static void attn_check(const OpsAttention *a) {
-    DS_ASSERT(a->n_batch >= 0 && a->tq >= 0 && a->tk > 0 && a->n_heads > 0 && a->head_dim > 0);
+    DS_ASSERT(a->n_batch >= 0 && a->tq >= 0 && a->tk > 0 && a->n_heads > 0 && a->head_dim > 0 && !a->io_bf16);
     int width = a->n_heads * a->head_dim;
     DS_ASSERT(a->ldq >= width && a->ldk >= width && a->ldv >= width && a->ldo >= width);
     DS_ASSERT(a->head_dim <= 512);

@@ -202,6 +202,8 @@ static bool launch_flash(CudaCtx *c, const AttnArgs &a, int nb) {
     return true;
 }
 
+int cu_attention_bf16(Backend *b, const OpsAttention *o) { return cu_attention_mma_bf16(b, o) ? 1 : 0; }
+
 void cu_attention(Backend *b, const OpsAttention *o) {
     DS_ASSERT(o->n_batch >= 0 && o->tq >= 0 && o->tk > 0 && o->n_heads > 0 && o->head_dim > 0 && o->head_dim <= 512);
     int width = o->n_heads * o->head_dim;
@@ -213,6 +215,7 @@ void cu_attention(Backend *b, const OpsAttention *o) {
     if (o->causal) DS_ASSERT(o->q_offset >= 0);
     if (o->n_batch == 0 || o->tq == 0) return;
     if (cu_attention_mma(b, o)) return;
+    DS_ASSERT(!o->io_bf16); /* callers ask attention_bf16 first */
     CudaCtx *c = cctx(b);
     AttnArgs a;
     a.out = o->out;

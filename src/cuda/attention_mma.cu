@@ -31,8 +31,11 @@ struct MmaArgs {
     const float *q;
     /* bf16 K and V: element (sequence b, head h, key j, dim d) at kb[b·sb + h·sh + j·sk + d] (vb alike) */
     const uint16_t *kb, *vb;
-    size_t sb, sh;
-    int sk;
+    size_t sb, sh, svb, svh;
+    int sk, svk;
+    const uint16_t *q16; /* io16: q and out in bf16 storage (strides ldq, ldo in elements) */
+    uint16_t *out16;
+    int io16;
     int ldo, ldq, tq, tk, H;
     float scale;
     const float *rh, *rw;
@@ -189,8 +192,8 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
     uint32_t *ktab = rel + (QT / 2) * a.rws;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
     const int h = blockIdx.y, b = blockIdx.z, q0 = blockIdx.x * QT;
-    const float *qb = a.q + (size_t)b * a.tq * a.ldq + (size_t)h * HD;
-    const uint16_t *kg = a.kb + (size_t)b * a.sb + (size_t)h * a.sh, *vg = a.vb + (size_t)b * a.sb + (size_t)h * a.sh;
+    const size_t qoff = (size_t)b * a.tq * a.ldq + (size_t)h * HD;
+    const uint16_t *kg = a.kb + (size_t)b * a.sb + (size_t)h * a.sh, *vg = a.vb + (size_t)b * a.svb + (size_t)h * a.svh;
     const int ntiles = (a.tk + KT - 1) / KT;
 
     /* tile loads: thread -> (row tid / 4, two 16-byte pieces) of K and of V */
@@ -198,12 +201,12 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
     auto load_tile = [&](int t) {
         const int key = t * KT + lr;
         const bool ok = FULL || key < a.tk;
-        const size_t off = (size_t)(ok ? key : 0) * a.sk + lc;
+        const size_t off = (size_t)(ok ? key : 0) * a.sk + lc, vo = (size_t)(ok ? key : 0) * a.svk + lc;
         uint16_t *ks = kv + (t & 1) * 2 * KT * KS + lr * KS + lc, *vs = ks + KT * KS;
         cp16(ks, kg + off, ok);
         cp16(ks + 8, kg + off + 8, ok);
-        cp16(vs, vg + off, ok);
-        cp16(vs + 8, vg + off + 8, ok);
+        cp16(vs, vg + vo, ok);
+        cp16(vs + 8, vg + vo + 8, ok);
         cp_commit();
     };
     load_tile(0);
@@ -211,12 +214,22 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
     /* this warp's 16 query rows as A fragments (bf16), 4 k-steps over the head dimension */
     const int r0 = q0 + warp * 16 + gid, r1 = r0 + 8;
     uint32_t qa[HD / 16][4];
-    {
-        const float *p0 = qb + (size_t)(r0 < a.tq ? r0 : 0) * a.ldq, *p1 = qb + (size_t)(r1 < a.tq ? r1 : 0) * a.ldq;
-        const bool v0 = r0 < a.tq, v1 = r1 < a.tq;
+    const bool v0 = r0 < a.tq, v1 = r1 < a.tq;
+    if (a.io16) {
+        const uint16_t *p0 = a.q16 + qoff + (size_t)(v0 ? r0 : 0) * a.ldq, *p1 = a.q16 + qoff + (size_t)(v1 ? r1 : 0) * a.ldq;
 #pragma unroll
         for (int kk = 0; kk < HD / 16; kk++) {
-            int d = kk * 16 + tig * 2;
+            const int d = kk * 16 + tig * 2;
+            qa[kk][0] = v0 ? *(const uint32_t *)(p0 + d) : 0u;
+            qa[kk][1] = v1 ? *(const uint32_t *)(p1 + d) : 0u;
+            qa[kk][2] = v0 ? *(const uint32_t *)(p0 + d + 8) : 0u;
+            qa[kk][3] = v1 ? *(const uint32_t *)(p1 + d + 8) : 0u;
+        }
+    } else {
+        const float *p0 = a.q + qoff + (size_t)(v0 ? r0 : 0) * a.ldq, *p1 = a.q + qoff + (size_t)(v1 ? r1 : 0) * a.ldq;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            const int d = kk * 16 + tig * 2;
             float2 x00 = v0 ? *(const float2 *)(p0 + d) : make_float2(0.f, 0.f);
             float2 x10 = v1 ? *(const float2 *)(p1 + d) : make_float2(0.f, 0.f);
             float2 x01 = v0 ? *(const float2 *)(p0 + d + 8) : make_float2(0.f, 0.f);
@@ -228,12 +241,13 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
         }
     }
     const int pair = warp * 8 + gid;
+    const bool active = q0 + warp * 16 < a.tq; /* warp-uniform */
     const uint32_t *relp = rel + (size_t)pair * a.rws;
     if (REL) {
         const int ra = r0 < a.tq ? r0 : 0, rb = r1 < a.tq ? r1 : 0;
         const int ia = ra / a.gw, ib = rb / a.gw;
-        rel_terms((uint16_t *)rel, a.rws, pair, 0, a.rh, a.gh, ia, ib, qa, gid, tig);
-        rel_terms((uint16_t *)rel, a.rws, pair, a.wb, a.rw, a.gw, ra - ia * a.gw, rb - ib * a.gw, qa, gid, tig);
+        if (active) rel_terms((uint16_t *)rel, a.rws, pair, 0, a.rh, a.gh, ia, ib, qa, gid, tig);
+        if (active) rel_terms((uint16_t *)rel, a.rws, pair, a.wb, a.rw, a.gw, ra - ia * a.gw, rb - ib * a.gw, qa, gid, tig);
         if (!GW64)
             for (int j = tid; j < ntiles * KT; j += NW * 32) { /* keys past tk (masked) read term 0 */
                 const int jr = j < a.tk ? j / a.gw : 0;
@@ -257,6 +271,10 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
             cp_wait<0>();
         }
         __syncthreads(); /* tile t landed for everyone (and, the first time, rel and ktab written) */
+        if (!active) { /* every row of this warp is past tq: it only helps load */
+            __syncthreads();
+            continue;
+        }
         const uint16_t *Ks = kv + (t & 1) * 2 * KT * KS, *Vs = Ks + KT * KS;
         /* S = Q Kᵀ: 8 tiles of 8 keys; K fragments by ldmatrix, two k-steps (four 8×8 matrices) a load */
         float s[KT / 8][4];
@@ -350,30 +368,72 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
     l1 += __shfl_xor_sync(0xffffffffu, l1, 1);
     l1 += __shfl_xor_sync(0xffffffffu, l1, 2);
     const float i0 = 1.f / l0, i1 = 1.f / l1;
-    float *ob = a.out + (size_t)b * a.tq * a.ldo + (size_t)h * HD;
+    const size_t oo = (size_t)b * a.tq * a.ldo + (size_t)h * HD;
+    if (a.io16) { /* rounded to bf16 as it is stored */
+#pragma unroll
+        for (int n = 0; n < HD / 8; n++) {
+            const int d = n * 8 + tig * 2;
+            if (v0) *(uint32_t *)(a.out16 + oo + (size_t)r0 * a.ldo + d) = pack_bf16(o[n][0] * i0, o[n][1] * i0);
+            if (v1) *(uint32_t *)(a.out16 + oo + (size_t)r1 * a.ldo + d) = pack_bf16(o[n][2] * i1, o[n][3] * i1);
+        }
+        return;
+    }
 #pragma unroll
     for (int n = 0; n < HD / 8; n++) {
-        int d = n * 8 + tig * 2;
-        if (r0 < a.tq) *(float2 *)(ob + (size_t)r0 * a.ldo + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
-        if (r1 < a.tq) *(float2 *)(ob + (size_t)r1 * a.ldo + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
+        const int d = n * 8 + tig * 2;
+        if (v0) *(float2 *)(a.out + oo + (size_t)r0 * a.ldo + d) = make_float2(o[n][0] * i0, o[n][1] * i0);
+        if (v1) *(float2 *)(a.out + oo + (size_t)r1 * a.ldo + d) = make_float2(o[n][2] * i1, o[n][3] * i1);
     }
 }
 
 } // namespace
 
-/* Runs the tensor-core kernel when it applies (sm_80+, head_dim 64, not causal, aligned rows, relative terms only
- * with bf16_bias, shared memory enough); returns false to leave the call to the SIMT kernels. */
-bool cu_attention_mma(Backend *b, const OpsAttention *o) {
-    CudaCtx *c = cctx(b);
+/* Whether the tensor-core kernel takes o (sm_80+, head_dim 64, not causal, aligned rows, relative terms only with
+ * bf16_bias, shared memory and conversion scratch enough); with o->io_bf16 the rows are bf16 (16-byte aligned K/V
+ * rows for cp.async, no conversion). */
+static bool mma_applies(const CudaCtx *c, const OpsAttention *o, size_t *smem_out) {
     if (c->cc < 80 || c->exact_gemm || c->gemm_f16 || o->head_dim != HD || o->causal) return false;
     if (o->relpos_h && !o->bf16_bias) return false;
-    if (o->ldq % 4 || o->ldk % 4 || o->ldv % 4 || o->ldo % 2) return false;
-    if (((uintptr_t)o->q | (uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->out & 7)) return false;
-    if (o->n_batch > 65535 || o->n_heads > 65535) return false;
+    if (o->n_batch > 65535 || o->n_heads > 65535 || o->n_batch < 1 || o->tq < 1) return false;
+    if (o->io_bf16) {
+        if (o->ldq % 2 || o->ldk % 8 || o->ldv % 8 || o->ldo % 2) return false;
+        if (((uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->q | (uintptr_t)o->out) & 3) return false;
+    } else {
+        if (o->ldq % 4 || o->ldk % 4 || o->ldv % 4 || o->ldo % 2) return false;
+        if (((uintptr_t)o->q | (uintptr_t)o->k | (uintptr_t)o->v) & 15 || ((uintptr_t)o->out & 7)) return false;
+        const size_t tkp = (size_t)(o->tk + KT - 1) / KT * KT;
+        if ((size_t)2 * o->n_batch * o->n_heads * tkp * HD > c->xb_elems) return false; /* conversion scratch */
+    }
+    const bool rel = o->relpos_h != NULL, gw64 = rel && o->tk % KT == 0 && o->grid_w == KT;
+    int rws = 0;
+    if (rel) {
+        rws = ((o->grid_h + 1) & ~1) + o->grid_w;
+        rws += (8 - rws % 16 + 16) % 16; /* ≡ 8 (mod 16): a warp's 64-bit loads of relW terms hit every bank once */
+    }
+    const size_t smem = mma_smem(rws, rel && !gw64 ? (o->tk + KT - 1) / KT * KT : 0);
+    if (smem > (size_t)c->smem_optin) return false;
+    if (smem_out) *smem_out = smem;
+    return true;
+}
+
+bool cu_attention_mma_bf16(Backend *b, const OpsAttention *o) {
+    OpsAttention t = *o;
+    t.io_bf16 = 1;
+    return mma_applies(cctx(b), &t, NULL);
+}
+
+/* Runs the tensor-core kernel when mma_applies; returns false to leave the call to the SIMT kernels. */
+bool cu_attention_mma(Backend *b, const OpsAttention *o) {
+    CudaCtx *c = cctx(b);
+    size_t smem = 0;
+    if (!mma_applies(c, o, &smem)) return false;
     const bool rel = o->relpos_h != NULL, full = o->tk % KT == 0, gw64 = rel && full && o->grid_w == KT;
     MmaArgs a;
+    a.io16 = o->io_bf16 != 0;
     a.out = o->out;
     a.q = o->q;
+    a.q16 = (const uint16_t *)o->q;
+    a.out16 = (uint16_t *)o->out;
     a.ldo = o->ldo;
     a.ldq = o->ldq;
     a.tq = o->tq;
@@ -388,21 +448,26 @@ bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     a.rws = 0;
     if (rel) {
         a.rws = a.wb + a.gw;
-        a.rws += (8 - a.rws % 16 + 16) % 16; /* ≡ 8 (mod 16): a warp's 64-bit loads of relW terms hit every bank once */
+        a.rws += (8 - a.rws % 16 + 16) % 16;
     }
     const int tkp = (o->tk + KT - 1) / KT * KT;
-    const size_t smem = mma_smem(a.rws, rel && !gw64 ? tkp : 0);
-    if (smem > (size_t)c->smem_optin) return false;
-    size_t kv_elems = (size_t)2 * o->n_batch * o->n_heads * tkp * HD; /* in the GEMM conversion scratch */
-    if (kv_elems > c->xb_elems) return false;
-    a.kb = c->xb;
-    a.vb = c->xb + kv_elems / 2;
-    a.sh = (size_t)tkp * HD;
-    a.sb = a.sh * o->n_heads;
-    a.sk = HD;
-    kv_to_bf16_k<<<dim3(tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(
-        o->k, o->v, o->ldk, o->ldv, o->tk, tkp, o->n_heads, (uint16_t *)a.kb, (uint16_t *)a.vb);
-    CU_LAUNCHED();
+    if (a.io16) { /* K and V read where they are */
+        a.kb = (const uint16_t *)o->k;
+        a.vb = (const uint16_t *)o->v;
+        a.sk = o->ldk, a.svk = o->ldv;
+        a.sh = a.svh = HD;
+        a.sb = (size_t)o->tk * o->ldk, a.svb = (size_t)o->tk * o->ldv;
+    } else { /* converted into the GEMM conversion scratch */
+        const size_t kv_elems = (size_t)2 * o->n_batch * o->n_heads * tkp * HD;
+        a.kb = c->xb;
+        a.vb = c->xb + kv_elems / 2;
+        a.sh = a.svh = (size_t)tkp * HD;
+        a.sb = a.svb = a.sh * o->n_heads;
+        a.sk = a.svk = HD;
+        kv_to_bf16_k<<<dim3(tkp / KT, o->n_heads, o->n_batch), 256, 0, c->stream>>>(
+            o->k, o->v, o->ldk, o->ldv, o->tk, tkp, o->n_heads, (uint16_t *)a.kb, (uint16_t *)a.vb);
+        CU_LAUNCHED();
+    }
     void (*k)(MmaArgs) = gw64           ? attn_mma_k<true, true, true>
                          : rel && full  ? attn_mma_k<true, true, false>
                          : rel          ? attn_mma_k<true, false, false>

@@ -1,6 +1,7 @@
 /* backend_cuda.cu: the CUDA backend object (backend.h): one stream, one cuBLAS handle, one counting allocator,
  * and the dense ops: linear (cuBLAS tensor cores for many rows, with bf16 inputs, or fp16 ones in f16 mode
- * (set_gemm_f16: cards without bf16); a bf16-reading GEMV kernel for few rows), norms,
+ * (set_gemm_f16: cards without bf16); cuBLASLt for bf16 outputs (BE_OUT_BF16); a bf16-reading GEMV kernel for
+ * few rows), norms,
  * elementwise ops, RoPE, conv2d (im2col + linear), the SwiGLU block and the data-movement ops.
  * Attention lives in attention_cuda.cu, the MoE layer in moe_cuda.cu.
  * Semantics are those of the ops.h functions of the same name (tests/cuda/test_cuda.c checks them against the
@@ -13,11 +14,15 @@
 #include "cuda/cuda_common.h"
 
 enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8, BLAS_WS_BYTES = 32 << 20 };
+enum { LT_PLANS = 64 }; /* cuBLASLt products kept planned (bf16-output linears: a dozen shapes per view side) */
 
 void cuda_fatal(const char *file, int line, const char *what, const char *why) {
     fprintf(stderr, "dsocr: CUDA error at %s:%d: %s: %s\n", file, line, what, why);
     abort();
 }
+
+#define GRID_STRIDE(i, n)                                                                                     \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 /* ---------------------------------------------------------------------------------------------------------
  * Memory: every device byte goes through cu_alloc, which keeps a pointer -> size table for the counters. */
@@ -357,6 +362,213 @@ static void bias_round(CudaCtx *c, float *y, int ldy, int M, int N, DsW bias, in
     }
 }
 
+/* ---------------------------------------------------------------------------------------------------------
+ * bf16 activation storage (backend.h BE_IN_BF16 / BE_OUT_BF16). */
+
+/* dst [M, N] (row stride ldd) = src [M, N] (stride lds) as floats: exact */
+__global__ void bf16_to_f32_rows_k(float *dst, int ldd, const uint16_t *src, int lds, int M, int N) {
+    GRID_STRIDE(i, (size_t)M * N) {
+        const size_t m = i / N, n = i % N;
+        dst[m * ldd + n] = bf2f(src[m * lds + n]);
+    }
+}
+/* dst [M, N] (stride ldd) = src [M, N] (stride lds) as bf16: lossless for bf16 values (what BE_ROUND leaves) */
+__global__ void f32_to_bf16_rows_k(uint16_t *dst, int ldd, const float *src, int lds, int M, int N) {
+    GRID_STRIDE(i, (size_t)M * N) {
+        const size_t m = i / N, n = i % N;
+        dst[m * ldd + n] = f2bf(src[m * lds + n]);
+    }
+}
+
+static __device__ __forceinline__ uint32_t act_bf16_pair(uint32_t u, int act) {
+    float lo = __uint_as_float(u << 16), hi = __uint_as_float(u & 0xffff0000u);
+    lo = act == 1 ? gelu_f(lo) : quick_gelu_f(lo);
+    hi = act == 1 ? gelu_f(hi) : quick_gelu_f(hi);
+    return (uint32_t)f2bf(lo) | (uint32_t)f2bf(hi) << 16;
+}
+/* y [M, N] bf16 (stride ldy) = rbf(act(y)) (1 gelu, 2 quick_gelu): linear's BE_GELU / BE_QGELU step after
+ * BE_ROUND, on bf16 storage; vec: 8 values (16 bytes) a step (N, ldy multiples of 8, y 16-byte aligned). */
+__global__ void act_bf16_rows_k(uint16_t *y, int ldy, int M, int N, int act, int vec) {
+    if (vec) {
+        const int n8 = N / 8;
+        GRID_STRIDE(i, (size_t)M * n8) {
+            uint4 *p = (uint4 *)(y + (i / n8) * ldy) + i % n8;
+            uint4 q = *p;
+            q.x = act_bf16_pair(q.x, act);
+            q.y = act_bf16_pair(q.y, act);
+            q.z = act_bf16_pair(q.z, act);
+            q.w = act_bf16_pair(q.w, act);
+            *p = q;
+        }
+    } else {
+        GRID_STRIDE(i, (size_t)M * N) {
+            uint16_t *p = y + (i / N) * ldy + i % N;
+            float v = bf2f(*p);
+            *p = f2bf(act == 1 ? gelu_f(v) : quick_gelu_f(v));
+        }
+    }
+}
+
+/* One cached cuBLASLt product for linear with bf16 output: D [N, M] (column-major, ldd) = op(W) · X + bias with W
+ * [K, N] (ld K) transposed and X [K, M] (ldb), bf16 in and out, fp32 accumulation and epilogue (the bias added to
+ * the fp32 sum, one rounding to bf16). Keyed by the shape, the bias dtype and the pointers' alignments (the
+ * heuristic reads them; a plan then serves every pointer aligned as well). ok 0: cuBLASLt has no algorithm for it. */
+struct LtPlan {
+    int used, ok;
+    int M, N, K, ldb, ldd, bdt; /* bdt: the bias dtype, -1 without one */
+    unsigned align;             /* log2 alignments (up to 256 bytes) of W, X, D, bias: 4 bits each */
+    cublasLtMatmulDesc_t op;
+    cublasLtMatrixLayout_t a, b, d;
+    cublasLtMatmulAlgo_t algo;
+};
+
+static unsigned align_log2(const void *p) {
+    unsigned l = 0;
+    while (l < 8 && !(((uintptr_t)p >> l) & 1)) l++;
+    return l;
+}
+
+static void lt_plan_clear(LtPlan *p) {
+    if (p->op) cublasLtMatmulDescDestroy(p->op);
+    if (p->a) cublasLtMatrixLayoutDestroy(p->a);
+    if (p->b) cublasLtMatrixLayoutDestroy(p->b);
+    if (p->d) cublasLtMatrixLayoutDestroy(p->d);
+    memset(p, 0, sizeof *p);
+}
+
+/* The plan for this product: found in the table, or made (descriptors, layouts and the heuristic's first
+ * algorithm; host work only, so it may run while a graph records). Split-K reductions are limited to fp32
+ * partials: an in-place or output-type reduction would add partial sums in bf16. */
+static LtPlan *lt_plan(CudaCtx *c, int M, int N, int K, const void *w, const uint16_t *x, int ldb, const uint16_t *y,
+                       int ldd, DsW bias) {
+    const int bdt = bias.data ? (int)bias.dtype : -1;
+    const unsigned al = align_log2(w) | align_log2(x) << 4 | align_log2(y) << 8 |
+                        (bias.data ? align_log2(bias.data) : 0u) << 12;
+    LtPlan *p = NULL;
+    for (int i = 0; i < LT_PLANS; i++) {
+        LtPlan *q = &c->lt_plans[i];
+        if (q->used && q->M == M && q->N == N && q->K == K && q->ldb == ldb && q->ldd == ldd && q->bdt == bdt &&
+            q->align == al)
+            return q;
+        if (!q->used && !p) p = q;
+    }
+    if (!p) { /* full: replace the slots in turn (recorded graphs keep what cuBLASLt launched, not the plan) */
+        p = &c->lt_plans[c->lt_next];
+        c->lt_next = (c->lt_next + 1) % LT_PLANS;
+    }
+    lt_plan_clear(p);
+    p->used = 1;
+    p->M = M, p->N = N, p->K = K, p->ldb = ldb, p->ldd = ldd, p->bdt = bdt, p->align = al;
+    const cublasOperation_t ta = CUBLAS_OP_T, tb = CUBLAS_OP_N;
+    const cublasLtEpilogue_t ep = bias.data ? CUBLASLT_EPILOGUE_BIAS : CUBLASLT_EPILOGUE_DEFAULT;
+    const int32_t bt = bias.dtype == DS_BF16 ? CUDA_R_16BF : CUDA_R_32F;
+    const uint64_t ws = BLAS_WS_BYTES;
+    const uint32_t red = CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE; /* and NONE, which no mask excludes */
+    const uint32_t aw = 1u << (al & 15), ax = 1u << (al >> 4 & 15), ay = 1u << (al >> 8 & 15);
+    cublasLtMatmulPreference_t pref = NULL;
+    cublasLtMatmulHeuristicResult_t res;
+    int n = 0;
+#define LT_OK(x) ((x) == CUBLAS_STATUS_SUCCESS)
+#define DESC(attr, v) LT_OK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_##attr, &(v), sizeof(v)))
+#define PREF(attr, v) LT_OK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_##attr, &(v), sizeof(v)))
+    bool ok = LT_OK(cublasLtMatmulDescCreate(&p->op, CUBLAS_COMPUTE_32F, CUDA_R_32F)) && DESC(TRANSA, ta) &&
+              DESC(TRANSB, tb) && DESC(EPILOGUE, ep) &&
+              (!bias.data || (DESC(BIAS_DATA_TYPE, bt) && DESC(BIAS_POINTER, bias.data))) &&
+              LT_OK(cublasLtMatrixLayoutCreate(&p->a, CUDA_R_16BF, K, N, K)) &&
+              LT_OK(cublasLtMatrixLayoutCreate(&p->b, CUDA_R_16BF, K, M, ldb)) &&
+              LT_OK(cublasLtMatrixLayoutCreate(&p->d, CUDA_R_16BF, N, M, ldd)) &&
+              LT_OK(cublasLtMatmulPreferenceCreate(&pref)) && PREF(MAX_WORKSPACE_BYTES, ws) &&
+              PREF(REDUCTION_SCHEME_MASK, red) && PREF(MIN_ALIGNMENT_A_BYTES, aw) && PREF(MIN_ALIGNMENT_B_BYTES, ax) &&
+              PREF(MIN_ALIGNMENT_C_BYTES, ay) && PREF(MIN_ALIGNMENT_D_BYTES, ay) &&
+              LT_OK(cublasLtMatmulAlgoGetHeuristic(c->blaslt, p->op, p->a, p->b, p->d, p->d, pref, 1, &res, &n)) &&
+              n > 0 && LT_OK(res.state) && res.workspaceSize <= BLAS_WS_BYTES;
+#undef PREF
+#undef DESC
+#undef LT_OK
+    if (pref) cublasLtMatmulPreferenceDestroy(pref);
+    if (ok) p->algo = res.algo;
+    p->ok = ok;
+    return p;
+}
+
+/* y [M, N] bf16 (ldy) = rbf(x [M, K] bf16 (ldx) · wᵀ + bias) through cuBLASLt; false when it has no plan (nothing
+ * queued then). */
+static bool lt_linear(CudaCtx *c, uint16_t *y, int ldy, const uint16_t *x, int ldx, int M, int K, DsW w, int N,
+                      DsW bias) {
+    if (bias.data && bias.dtype != DS_BF16 && bias.dtype != DS_F32) return false;
+    LtPlan *p = lt_plan(c, M, N, K, w.data, x, ldx, y, ldy, bias);
+    if (!p->ok) return false;
+    if (bias.data) /* the plan's pointer was one of this alignment; this call's own goes in */
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p->op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias.data,
+                                                    sizeof bias.data));
+    const float one = 1.f, zero = 0.f;
+    CUBLAS_CHECK(cublasLtMatmul(c->blaslt, p->op, &one, w.data, p->a, x, p->b, &zero, y, p->d, y, p->d, &p->algo,
+                                c->blas_ws, BLAS_WS_BYTES, c->stream));
+    return true;
+}
+
+/* linear with BE_OUT_BF16 on bf16 weights, many rows: cuBLASLt writes rbf(x·wᵀ + bias) in bf16 (x as given with
+ * BE_IN_BF16, else converted in row chunks into xb), then one pass applies BE_GELU / BE_QGELU on the bf16 rows.
+ * false when cuBLASLt has no algorithm (rows already written are then written again by the caller's fallback). */
+static bool linear_lt(CudaCtx *c, uint16_t *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+                      int flags) {
+    if (flags & BE_IN_BF16) {
+        if (!lt_linear(c, y, ldy, (const uint16_t *)x, ldx, M, K, w, N, bias)) return false;
+    } else {
+        const int rows = (int)(c->xb_elems / (size_t)K);
+        DS_ASSERT(rows >= 1);
+        for (int m0 = 0; m0 < M; m0 += rows) {
+            const int mc = M - m0 < rows ? M - m0 : rows;
+            to_half_rows_k<false><<<rows_grid(mc, (K & 3) == 0 ? K / 4 : K), 256, 0, c->stream>>>(
+                c->xb, NULL, x + (size_t)m0 * ldx, ldx, mc, K);
+            CU_LAUNCHED();
+            if (!lt_linear(c, y + (size_t)m0 * ldy, ldy, c->xb, K, mc, K, w, N, bias)) return false;
+        }
+    }
+    if (act_of(flags)) {
+        const int vec = (N & 7) == 0 && (ldy & 7) == 0 && ((uintptr_t)y & 15) == 0;
+        act_bf16_rows_k<<<grid_for((size_t)M * (vec ? N / 8 : N)), 256, 0, c->stream>>>(y, ldy, M, N, act_of(flags),
+                                                                                          vec);
+        CU_LAUNCHED();
+    }
+    return true;
+}
+
+/* linear with bf16 storage on a path that reads and writes floats (the GEMV, f16 mode, fp32 weights, or no
+ * cuBLASLt algorithm): rows in chunks through c->part, bf16 inputs widened (exact) and the fp32 outputs narrowed
+ * (lossless: BE_ROUND made them bf16 values), so the arithmetic is the float call's. */
+static void linear_staged(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N,
+                          DsW bias, int flags) {
+    CudaCtx *c = cctx(b);
+    const int in16 = flags & BE_IN_BF16, out16 = flags & BE_OUT_BF16;
+    c->io_staged++;
+    const size_t per = (in16 ? (size_t)K : 0) + (out16 ? (size_t)N : 0);
+    const size_t cap = per ? (c->part_floats - 64) / per : (size_t)M;
+    DS_ASSERT(cap >= 1);
+    const int rows = cap < (size_t)M ? (int)cap : M;
+    for (int m0 = 0; m0 < M; m0 += rows) {
+        const int mc = M - m0 < rows ? M - m0 : rows;
+        float *xs = c->part, *ys = c->part + (in16 ? ((size_t)mc * K + 63) / 64 * 64 : 0); /* 256-byte aligned */
+        const float *xin = xs;
+        float *yout = ys;
+        if (in16) { /* x is bf16 storage: element offsets in uint16_t */
+            const uint16_t *x16 = (const uint16_t *)x + (size_t)m0 * ldx;
+            bf16_to_f32_rows_k<<<grid_for((size_t)mc * K), 256, 0, c->stream>>>(xs, K, x16, ldx, mc, K);
+            CU_LAUNCHED();
+        } else {
+            xin = x + (size_t)m0 * ldx;
+        }
+        if (!out16) yout = y + (size_t)m0 * ldy;
+        cu_linear(b, yout, out16 ? N : ldy, xin, in16 ? K : ldx, mc, K, w, N, bias,
+                  flags & ~(BE_IN_BF16 | BE_OUT_BF16));
+        if (out16) { /* y is bf16 storage */
+            f32_to_bf16_rows_k<<<grid_for((size_t)mc * N), 256, 0, c->stream>>>((uint16_t *)y + (size_t)m0 * ldy, ldy,
+                                                                                ys, N, mc, N);
+            CU_LAUNCHED();
+        }
+    }
+}
+
 /* Many rows in f16 mode (set_gemm_f16), bf16 or block weights: the activations as fp16 in chunks of rows (xb),
  * the weight as fp16 in chunks of output columns (wq; converted once when it fits whole), each pair one cuBLAS
  * fp16 × fp16 product with fp32 accumulation into y (beta: 0, or 1 for OPS_ACCUM). */
@@ -385,11 +597,21 @@ static void linear_f16(CudaCtx *c, float *y, int ldy, const float *x, int ldx, i
     }
 }
 
+/* flags & BE_IN_BF16 / BE_OUT_BF16 (backend.h): with bf16 weights and many rows (not f16 mode), x goes to the
+ * tensor cores as it is, and a bf16 y comes from cuBLASLt (bias in its epilogue); block-quantised weights reach that
+ * path through their dequantised chunks; every other path runs on fp32 copies of the rows (linear_staged). */
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags) {
     DS_ASSERT(M >= 0 && K > 0 && N > 0 && ldx >= K && ldy >= N && w.data);
     DS_ASSERT(w.dtype == DS_BF16 || w.dtype == DS_F32 || (is_block(w.dtype) && K % 32 == 0));
+    const int in16 = flags & BE_IN_BF16, out16 = flags & BE_OUT_BF16;
+    DS_ASSERT(!out16 || ((flags & BE_ROUND) && !(flags & OPS_ACCUM)));
     if (M == 0) return;
+    if ((in16 || out16) && !(M > GEMV_ROWS && w.dtype != DS_F32 && !cctx(b)->gemm_f16)) {
+        linear_staged(b, y, ldy, x, ldx, M, K, w, N, bias, flags);
+        return;
+    }
+    if ((in16 || out16) && !is_block(w.dtype)) cctx(b)->io_direct++; /* linear_staged takes it back on a miss */
     if (M > GEMV_ROWS && w.dtype != DS_F32 && cctx(b)->gemm_f16) {
         CudaCtx *c = cctx(b);
         const float one = 1.f, zero = 0.f;
@@ -410,7 +632,9 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
             DsW part = ds_w(c->wq, DS_BF16);
             DsW pb = bias.data ? ds_w((const char *)bias.data + (size_t)n0 * (bias.dtype == DS_BF16 ? 2 : 4), bias.dtype)
                                : ds_w_none();
-            cu_linear(b, y + n0, ldy, x, ldx, M, K, part, cn, pb, flags);
+            /* columns n0.. of y: bf16 elements with BE_OUT_BF16 */
+            float *yc = out16 ? (float *)((uint16_t *)y + n0) : y + n0;
+            cu_linear(b, yc, ldy, x, ldx, M, K, part, cn, pb, flags);
         }
         return;
     }
@@ -426,6 +650,16 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         /* fp32 GEMM, TF32 off (the handle's math mode is CUBLAS_DEFAULT_MATH, the compute type pedantic-free 32F) */
         CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w.data, CUDA_R_32F, K, x,
                                   CUDA_R_32F, ldx, beta0, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
+                                  CUBLAS_GEMM_DEFAULT));
+    } else if (out16) {
+        /* x·wᵀ + bias rounded to bf16 by cuBLASLt (with exact_gemm, only for bf16 x: its lo part is zero) */
+        if ((in16 || !c->exact_gemm) && linear_lt(c, (uint16_t *)y, ldy, x, ldx, M, K, w, N, bias, flags)) return;
+        c->io_direct--;
+        linear_staged(b, y, ldy, x, ldx, M, K, w, N, bias, flags);
+        return;
+    } else if (in16) { /* bf16 x as it is (exact_gemm's lo part would be zero) */
+        CUBLAS_CHECK(cublasGemmEx(c->blas, CUBLAS_OP_T, CUBLAS_OP_N, N, M, K, &one, w.data, CUDA_R_16BF, K, x,
+                                  CUDA_R_16BF, ldx, beta0, y, CUDA_R_32F, ldy, CUBLAS_COMPUTE_32F,
                                   CUBLAS_GEMM_DEFAULT));
     } else {
         size_t per = c->exact_gemm ? c->xb_elems / 2 : c->xb_elems;
@@ -449,18 +683,23 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
     bias_round(c, y, ldy, M, N, bias, flags);
 }
 
-static void cu_set_gemm_f16(Backend *b, int on) { cctx(b)->gemm_f16 = on != 0; }
+/* bf16 activation storage pays only where bf16 products read it: f16 mode would convert it to floats and back */
+static void cu_set_gemm_f16(Backend *b, int on) {
+    cctx(b)->gemm_f16 = on != 0;
+    b->act_bf16 = !on;
+}
 
 /* ---------------------------------------------------------------------------------------------------------
  * Norms: one block per row. */
 
 
-/* flags & OPS_BF16: the autocast LayerNorm2d rule of backend.h (mean and x − mean rounded to bf16). */
-__global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt,
+/* flags & OPS_BF16: the autocast LayerNorm2d rule of backend.h (mean and x − mean rounded to bf16). O16: y is bf16
+ * storage (BE_OUT_BF16; the output rounded as with round). */
+template <bool O16>
+__global__ void layernorm_k(void *y, int ldy, const float *x, int ldx, int n, const void *w, int wdt,
                             const void *bias, int bdt, float eps, int bf, int round) {
     __shared__ float sh[32];
     const float *xr = x + (size_t)blockIdx.x * ldx;
-    float *yr = y + (size_t)blockIdx.x * ldy;
     float s = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += xr[i];
     float mean = block_sum(s, sh) / n;
@@ -478,7 +717,10 @@ __global__ void layernorm_k(float *y, int ldy, const float *x, int ldx, int n, c
         if (bf) d = rbf(d);
         float o = __fmul_rn(__fmul_rn(d, inv), wget(w, wdt, i));
         if (bias) o = __fadd_rn(o, wget(bias, bdt, i));
-        yr[i] = round ? rbf(o) : o;
+        if (O16)
+            ((uint16_t *)y)[(size_t)blockIdx.x * ldy + i] = f2bf(o); /* the bits of rbf(o) */
+        else
+            ((float *)y)[(size_t)blockIdx.x * ldy + i] = round ? rbf(o) : o;
     }
 }
 
@@ -527,12 +769,87 @@ __global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const
 
 static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
 
+/* Rows of at most 32·4·LN_PER floats (the vision encoder's 768 and 1,024, the neck's 256): one warp a row, the row
+ * held in registers (one read of x), the two sums by shuffles; the arithmetic of layernorm_k but for the order of
+ * the sums. Needs n % 4 == 0 and 16-byte aligned rows. */
+enum { LN_PER = 8, LN_WARPS = 8 };
+template <bool O16>
+__global__ void __launch_bounds__(LN_WARPS * 32) layernorm_warp_k(void *y, int ldy, const float *x, int ldx, int M, int n,
+                                                                  const void *w, int wdt, const void *bias, int bdt,
+                                                                  float eps, int bf, int round) {
+    const int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
+    if (row >= M) return;
+    const float *xr = x + (size_t)row * ldx;
+    float v[LN_PER][4];
+    float s = 0.f;
+#pragma unroll
+    for (int k = 0; k < LN_PER; k++) {
+        const int c = (k * 32 + lane) * 4;
+        float4 t = c < n ? *(const float4 *)(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
+        v[k][0] = t.x, v[k][1] = t.y, v[k][2] = t.z, v[k][3] = t.w;
+        s += (t.x + t.y) + (t.z + t.w);
+    }
+    float mean = warp_sum(s) / n;
+    if (bf) mean = rbf(mean);
+    float q = 0.f;
+#pragma unroll
+    for (int k = 0; k < LN_PER; k++)
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            float d = v[k][j] - mean;
+            if (bf) d = rbf(d);
+            v[k][j] = d;
+            if ((k * 32 + lane) * 4 < n) q += d * d;
+        }
+    const float inv = 1.f / sqrtf(warp_sum(q) / n + eps);
+#pragma unroll
+    for (int k = 0; k < LN_PER; k++) {
+        const int c = (k * 32 + lane) * 4;
+        if (c >= n) break;
+        float o[4];
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            o[j] = __fmul_rn(__fmul_rn(v[k][j], inv), wget(w, wdt, c + j));
+            if (bias) o[j] = __fadd_rn(o[j], wget(bias, bdt, c + j));
+        }
+        if (O16) {
+            uint2 p;
+            p.x = (uint32_t)f2bf(o[0]) | (uint32_t)f2bf(o[1]) << 16;
+            p.y = (uint32_t)f2bf(o[2]) | (uint32_t)f2bf(o[3]) << 16;
+            *(uint2 *)((uint16_t *)y + (size_t)row * ldy + c) = p;
+        } else {
+            *(float4 *)((float *)y + (size_t)row * ldy + c) =
+                round ? make_float4(rbf(o[0]), rbf(o[1]), rbf(o[2]), rbf(o[3])) : make_float4(o[0], o[1], o[2], o[3]);
+        }
+    }
+}
+
 static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                          float eps, int flags) {
     DS_ASSERT(M >= 0 && n > 0 && w.data);
+    DS_ASSERT(!(flags & BE_OUT_BF16) || (flags & BE_ROUND));
     if (M == 0) return;
-    layernorm_k<<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data, bias.dtype,
-                                                            eps, flags & OPS_BF16, (flags & BE_ROUND) != 0);
+    const bool o16 = (flags & BE_OUT_BF16) != 0;
+    const int bf = flags & OPS_BF16, round = (flags & BE_ROUND) != 0;
+    /* the warp kernel: rows in registers, aligned float4 / 8-byte bf16 stores */
+    if (n <= 128 * LN_PER && n % 4 == 0 && ldx % 4 == 0 && ldy % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
+        ((uintptr_t)y & (o16 ? 7 : 15)) == 0) {
+        const unsigned blocks = cdiv((size_t)M, LN_WARPS);
+        if (o16)
+            layernorm_warp_k<true><<<blocks, LN_WARPS * 32, 0, cctx(b)->stream>>>(
+                y, ldy, x, ldx, M, n, w.data, w.dtype, bias.data, bias.dtype, eps, bf, 1);
+        else
+            layernorm_warp_k<false><<<blocks, LN_WARPS * 32, 0, cctx(b)->stream>>>(
+                y, ldy, x, ldx, M, n, w.data, w.dtype, bias.data, bias.dtype, eps, bf, round);
+        CU_LAUNCHED();
+        return;
+    }
+    if (o16)
+        layernorm_k<true><<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data,
+                                                                      bias.dtype, eps, bf, 1);
+    else
+        layernorm_k<false><<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data,
+                                                                       bias.dtype, eps, bf, round);
     CU_LAUNCHED();
 }
 
@@ -554,9 +871,6 @@ void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n
 
 /* ---------------------------------------------------------------------------------------------------------
  * Elementwise. */
-
-#define GRID_STRIDE(i, n)                                                                                     \
-    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 __global__ void gelu_k(float *o, const float *x, size_t n) {
     GRID_STRIDE(i, n) o[i] = gelu_f(x[i]);
@@ -1117,7 +1431,14 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     }
     cublasSetStream(c->blas, c->stream);
     cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH);
+    if (cublasLtCreate(&c->blaslt) != CUBLAS_STATUS_SUCCESS) {
+        ds_fail(e, DSOCR_E_NOMEM, "cuBLASLt could not start on CUDA device %d", device);
+        goto fail;
+    }
+    c->lt_plans = (LtPlan *)calloc(LT_PLANS, sizeof *c->lt_plans);
+    if (!c->lt_plans) goto nomem;
     b->name = "cuda";
+    b->act_bf16 = 1;
     b->alloc = cu_alloc;
     b->free = cu_free;
     b->upload = cu_upload;
@@ -1138,6 +1459,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->add = cu_add;
     b->round_bf16 = cu_round_bf16;
     b->attention = cu_attention;
+    b->attention_bf16 = cu_attention_bf16;
     b->attention_kv = cu_attention_kv;
     b->kv_write = cu_kv_write;
     b->rope_neox = cu_rope;
@@ -1209,6 +1531,10 @@ extern "C" void backend_cuda_free(Backend *b) {
             if (c->allocs[i].p) cudaFree(c->allocs[i].p);
         free(c->allocs);
         if (c->blas) cublasDestroy(c->blas);
+        if (c->lt_plans)
+            for (int i = 0; i < LT_PLANS; i++) lt_plan_clear(&c->lt_plans[i]);
+        free(c->lt_plans);
+        if (c->blaslt) cublasLtDestroy(c->blaslt);
         if (c->prof_ev)
             for (int i = 0; i < c->prof_cap; i++)
                 if (c->prof_ev[i]) cudaEventDestroy(c->prof_ev[i]);
@@ -1222,6 +1548,11 @@ extern "C" void backend_cuda_free(Backend *b) {
 }
 
 extern "C" void backend_cuda_set_exact_gemm(Backend *b, int on) { cctx(b)->exact_gemm = on != 0; }
+extern "C" void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged) {
+    const CudaCtx *c = (const CudaCtx *)b->ctx;
+    *direct = c->io_direct;
+    *staged = c->io_staged;
+}
 extern "C" const char *backend_cuda_device_name(const Backend *b) { return ((CudaCtx *)b->ctx)->name; }
 extern "C" int backend_cuda_sm_count(const Backend *b) { return ((CudaCtx *)b->ctx)->n_sm; }
 extern "C" int backend_cuda_compute_capability(const Backend *b) { return ((CudaCtx *)b->ctx)->cc; }

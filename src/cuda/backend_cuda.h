@@ -14,6 +14,13 @@
  * table's set_gemm_f16 mode is on (fp16 inputs, backend.h). */
 void backend_cuda_set_exact_gemm(Backend *b, int on);
 
+/* How many linear calls with bf16 storage (backend.h BE_IN_BF16 / BE_OUT_BF16) have run so far (issued, or
+ * recorded into a graph) on the fast paths (bf16 operands straight to the tensor cores, a bf16 output from
+ * cuBLASLt) and how many on fp32 copies of the rows (the GEMV, f16 mode, fp32 weights, or shapes, alignments or
+ * bias types cuBLASLt has no algorithm for); a block-quantised weight's many-row product counts once per chunk of
+ * columns it is dequantised in. For tests and benchmarks: the fallback is correct, only slower. */
+void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged);
+
 /* The device's name ("NVIDIA H100 80GB HBM3"), multiprocessor count and compute capability (e.g. 90). */
 const char *backend_cuda_device_name(const Backend *b);
 int backend_cuda_sm_count(const Backend *b);

@@ -12,6 +12,7 @@ extern "C" {
 #include "backend.h"
 #include "cuda/backend_cuda.h"
 }
+#include <cublasLt.h>
 #include <cublas_v2.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
@@ -41,6 +42,10 @@ typedef struct CudaCtx {
     char name[256];
     cudaStream_t stream;
     cublasHandle_t blas;
+    cublasLtHandle_t blaslt; /* the bf16-output products (linear with BE_OUT_BF16) */
+    struct LtPlan *lt_plans; /* [LT_PLANS] their cached descriptors and algorithms (backend_cuda.cu) */
+    int lt_next;             /* the plan slot taken next when all are used */
+    long io_direct, io_staged; /* backend_cuda_bf16_io_counts */
     pthread_mutex_t mu;     /* guards the allocation table and counters */
     CudaAlloc *allocs;      /* open-addressing table keyed by pointer */
     size_t alloc_cap, alloc_n, allocated, peak;
@@ -49,10 +54,11 @@ typedef struct CudaCtx {
                                weights dequantised, or (gemm_f16) bf16 weights converted */
     size_t wq_elems;
     size_t xb_elems;
-    float *part;            /* [part_floats] attention_kv split partials */
+    float *part;            /* [part_floats] attention_kv split partials; also linear's fp32 staging of bf16
+                               rows (BE_IN_BF16 / BE_OUT_BF16 off the bf16 cuBLASLt path), within one op */
     size_t part_floats;
     int *kv_count;          /* [1024] zeroed counters for attention_kv's split merge */
-    void *blas_ws;          /* [BLAS_WS_BYTES] cuBLAS workspace */
+    void *blas_ws;          /* [BLAS_WS_BYTES] cuBLAS workspace (cuBLASLt's too) */
     int *moe_count;         /* [1] zeroed counter: route1_k's blocks done (kv_count's allocation, after it) */
     float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
     int *amax_i, *amax_count;
@@ -207,8 +213,11 @@ void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW ga
                float *scratch);
 /* attention_cuda.cu */
 void cu_attention(Backend *b, const OpsAttention *a);
+int cu_attention_bf16(Backend *b, const OpsAttention *a);
 /* attention_mma.cu: the tensor-core flash kernel; false when it does not apply (then the SIMT kernels run). */
 bool cu_attention_mma(Backend *b, const OpsAttention *a);
+/* whether cu_attention_mma takes a with io_bf16 set (backend.h attention_bf16) */
+bool cu_attention_mma_bf16(Backend *b, const OpsAttention *a);
 void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
 void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                  int ldk, const float *v, int ldv);

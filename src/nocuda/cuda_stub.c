@@ -12,6 +12,11 @@ Backend *backend_cuda_new(int device, DsError *e) {
 
 void backend_cuda_free(Backend *b) { (void)b; }
 
+void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged) {
+    (void)b;
+    *direct = *staged = 0;
+}
+
 const char *backend_cuda_device_name(const Backend *b) {
     (void)b;
     return "";

@@ -263,11 +263,187 @@ static void test_fused_epilogues(void) {
     }
 }
 
+/* linear and layernorm with bf16 storage (backend.h BE_IN_BF16 / BE_OUT_BF16) against the same op on fp32 buffers
+ * holding the same bf16 values. Paths: bf16 weights with many rows (bf16 x straight to cuBLAS, a bf16 y from
+ * cuBLASLt with the bias in its epilogue), block weights through their dequantised chunks (the same), and the fp32
+ * copies every other path runs on (GEMV rows, f16 mode, fp32 weights, exact_gemm with fp32 x). Both sides round
+ * to bf16 (BE_ROUND), so a different summation order can flip a value sitting on a rounding boundary by one bf16
+ * step: the bound is the rounding one, 4e-3. Every output must be a bf16 value, the gaps between output rows
+ * must keep what they held, and the shapes the vision encoder runs must take the direct path (counted by
+ * backend_cuda_bf16_io_counts). */
+typedef struct IoCase {
+    int M, K, N, wdt, bias; /* bias: 0 none, 1 bf16, 2 fp32 */
+    int act, in16, out16, f16, exact;
+    int direct; /* 1: must run on the direct path; 0: either (printed) */
+} IoCase;
+
+static void bf16_io_case(IoCase t) {
+    const int M = t.M, K = t.K, N = t.N, ldx = K % 8 == 0 ? K + 8 : K + 3, ldy = N % 8 == 0 ? N + 8 : N + 1;
+    const size_t nx = (size_t)M * ldx, ny = (size_t)M * ldy;
+    float *x = rnd(nx, 1.0f);
+    uint16_t *x16 = malloc(nx * 2), *y16 = malloc(ny * 2);
+    for (size_t i = 0; i < nx; i++) {
+        x16[i] = f32_to_bf16(x[i]);
+        x[i] = bf16_to_f32(x16[i]);
+    }
+    const uint16_t poison = 0x7fc1; /* a bf16 NaN */
+    for (size_t i = 0; i < ny; i++) y16[i] = poison;
+    size_t wbytes;
+    void *wh = mk_weight((size_t)N * K, 0.5f, t.wdt, &wbytes);
+    void *bh = t.bias == 1 ? (void *)rnd_bf16(N, 1.0f) : (void *)rnd(N, 1.0f);
+    float *dx = dev(x, nx * 4), *dref = dev_nan(ny);
+    uint16_t *dx16 = dev(x16, nx * 2);
+    void *dw = dev(wh, wbytes), *db = dev(bh, (size_t)N * (t.bias == 1 ? 2 : 4));
+    void *dy = t.out16 ? dev(y16, ny * 2) : (void *)dev_nan(ny);
+    const DsW w = ds_w(dw, (DsDtype)t.wdt), bias = t.bias ? ds_w(db, t.bias == 1 ? DS_BF16 : DS_F32) : ds_w_none();
+    const int fl = BE_ROUND | t.act, io = (t.in16 ? BE_IN_BF16 : 0) | (t.out16 ? BE_OUT_BF16 : 0);
+    long d0, s0, d1, s1;
+    if (t.f16) B->set_gemm_f16(B, 1);
+    backend_cuda_set_exact_gemm(B, t.exact);
+    B->linear(B, dref, ldy, dx, ldx, M, K, w, N, bias, fl);
+    backend_cuda_bf16_io_counts(B, &d0, &s0);
+    /* bf16 storage behind float pointers, as the model passes it */
+    B->linear(B, (float *)dy, ldy, t.in16 ? (const float *)dx16 : dx, ldx, M, K, w, N, bias, fl | io);
+    backend_cuda_bf16_io_counts(B, &d1, &s1);
+    backend_cuda_set_exact_gemm(B, 0);
+    if (t.f16) B->set_gemm_f16(B, 0);
+    float *ref = down(dref, ny), *got = malloc(ny * 4);
+    int gaps = 1, bf = 1;
+    if (t.out16) {
+        B->download(B, y16, dy, ny * 2);
+        for (size_t i = 0; i < ny; i++) {
+            got[i] = bf16_to_f32(y16[i]);
+            if ((int)(i % ldy) >= N && y16[i] != poison) gaps = 0;
+        }
+    } else {
+        B->download(B, got, dy, ny * 4);
+        for (int m = 0; m < M; m++) bf &= all_bf16(got + (size_t)m * ldy, N);
+    }
+    const char *path = d1 > d0 && s1 == s0 ? "direct" : s1 > s0 && d1 == d0 ? "staged" : "?";
+    char what[200];
+    snprintf(what, sizeof what, "bf16 io M%d K%d N%d %s bias%d %s in%d out%d f16%d exact%d: %s", M, K, N,
+             dt_name(t.wdt), t.bias, t.act == BE_GELU ? "gelu" : t.act == BE_QGELU ? "quick_gelu" : "-", t.in16,
+             t.out16, t.f16, t.exact, path);
+    EXPECT_ERR(rel_l2_rows(got, ldy, ref, ldy, M, N), 4e-3, "%s", what);
+    CHECKF(bf, "%s: an output is not a bf16 value", what);
+    CHECKF(gaps, "%s: wrote between output rows", what);
+    CHECKF(!t.direct || !strcmp(path, "direct"), "%s: expected the direct path (cuBLASLt found no algorithm?)",
+           what);
+    B->free(B, dx), B->free(B, dref), B->free(B, dx16), B->free(B, dw), B->free(B, db), B->free(B, dy);
+    free(x), free(x16), free(y16), free(wh), free(bh), free(ref), free(got);
+}
+
+/* layernorm with BE_OUT_BF16 against BE_ROUND on floats: the same values, bit for bit; gaps between rows kept */
+static void bf16_layernorm_case(int M, int n, int bf_rule) {
+    const int ldx = n + 5, ldy = n + 8, fl = BE_ROUND | (bf_rule ? OPS_BF16 : 0);
+    const size_t ny = (size_t)M * ldy;
+    float *x = rnd((size_t)M * ldx, 2.0f), *wh = rnd(n, 1.0f), *bh = rnd(n, 0.5f);
+    uint16_t *y16 = malloc(ny * 2);
+    for (size_t i = 0; i < ny; i++) y16[i] = 0x7fc1;
+    float *dx = dev(x, (size_t)M * ldx * 4), *dw = dev(wh, n * 4), *db = dev(bh, n * 4), *dref = dev_nan(ny);
+    uint16_t *dy = dev(y16, ny * 2);
+    B->layernorm(B, dref, ldy, dx, ldx, M, n, ds_w(dw, DS_F32), ds_w(db, DS_F32), 1e-6f, fl);
+    B->layernorm(B, (float *)dy, ldy, dx, ldx, M, n, ds_w(dw, DS_F32), ds_w(db, DS_F32), 1e-6f, fl | BE_OUT_BF16);
+    float *ref = down(dref, ny);
+    B->download(B, y16, dy, ny * 2);
+    int same = 1, gaps = 1;
+    for (size_t i = 0; i < ny; i++) {
+        if ((int)(i % ldy) >= n) {
+            gaps &= y16[i] == 0x7fc1;
+        } else {
+            uint32_t u;
+            memcpy(&u, &ref[i], 4);
+            same &= (u & 0xffffu) == 0 && (uint16_t)(u >> 16) == y16[i];
+        }
+    }
+    CHECKF(same, "layernorm BE_OUT_BF16 M%d n%d bf16 rule %d differs from BE_ROUND on floats", M, n, bf_rule);
+    CHECKF(gaps, "layernorm BE_OUT_BF16 M%d n%d: wrote between output rows", M, n);
+    printf("  layernorm BE_OUT_BF16 M%d n%d bf16 rule %d: bit-exact\n", M, n, bf_rule);
+    B->free(B, dx), B->free(B, dw), B->free(B, db), B->free(B, dref), B->free(B, dy);
+    free(x), free(wh), free(bh), free(y16), free(ref);
+}
+
+static void test_bf16_storage(void) {
+    REQUIRE(B->act_bf16);
+    B->set_gemm_f16(B, 1); /* f16 products read floats: bf16 storage would not pay (the flags still work) */
+    CHECK(B->act_bf16 == 0);
+    B->set_gemm_f16(B, 0);
+    REQUIRE(B->act_bf16);
+    const int bf = DS_BF16, f32 = DS_F32, q8 = DS_Q8_0, q4 = DS_Q4_0, G = BE_GELU, Q = BE_QGELU;
+    const IoCase cases[] = {
+        /* M, K, N, weight, bias, act, in16, out16, f16, exact, direct */
+        {4096, 768, 3072, bf, 1, G, 1, 1, 0, 0, 1}, /* SAM fc1 at 1,024 px */
+        {4096, 3072, 768, bf, 1, 0, 1, 0, 0, 0, 1}, /* SAM fc2 */
+        {257, 1024, 4096, bf, 1, Q, 1, 1, 0, 0, 1}, /* CLIP fc1 */
+        {257, 4096, 1024, bf, 1, 0, 1, 0, 0, 0, 1}, /* CLIP fc2 */
+        {257, 1024, 3072, bf, 1, 0, 1, 0, 0, 0, 1}, /* CLIP qkv */
+        {257, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1},
+        {257, 1024, 1000, bf, 2, G, 1, 1, 0, 0, 0}, /* fp32 bias: cuBLASLt's bias type, or the fallback */
+        {4096, 768, 3072, bf, 2, G, 1, 1, 0, 0, 0},
+        {257, 1024, 1000, bf, 0, Q, 1, 1, 0, 0, 1},
+        {300, 512, 384, bf, 0, Q, 0, 1, 0, 0, 1},   /* fp32 x converted, bf16 y */
+        {300, 512, 384, bf, 1, 0, 0, 1, 0, 0, 1},
+        {300, 512, 384, bf, 0, G, 1, 0, 0, 0, 1},   /* bf16 x, fp32 y */
+        {257, 1001, 999, bf, 1, G, 1, 1, 0, 0, 0},  /* odd strides: 2- and 8-byte aligned rows */
+        {37, 1001, 999, bf, 2, 0, 0, 1, 0, 0, 0},
+        {9, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1},   /* the fewest rows of the product */
+        {1, 768, 3072, bf, 1, G, 1, 1, 0, 0, 0},    /* GEMV rows */
+        {8, 1024, 1000, bf, 2, Q, 1, 1, 0, 0, 0},
+        {5, 1001, 37, bf, 0, 0, 1, 0, 0, 0, 0},
+        {3, 96, 70, bf, 1, G, 0, 1, 0, 0, 0},
+        {257, 1024, 1000, q8, 1, G, 1, 1, 0, 0, 1}, /* block weights: dequantised chunks, then the direct path */
+        {64, 256, 96, q4, 2, 0, 1, 0, 0, 0, 1},
+        {3, 1024, 100, q8, 1, Q, 1, 1, 0, 0, 0},    /* block GEMV */
+        {130, 256, 96, f32, 2, G, 1, 1, 0, 0, 0},   /* fp32 weights */
+        {6, 256, 96, f32, 1, 0, 1, 1, 0, 0, 0},
+        {257, 1024, 1000, bf, 1, G, 1, 1, 1, 0, 0}, /* f16 mode */
+        {64, 768, 256, q8, 0, Q, 1, 0, 1, 0, 0},
+        {4096, 768, 3072, bf, 1, G, 1, 1, 1, 0, 0}, /* f16 mode, staged in several chunks of rows */
+        {130, 256, 96, bf, 1, 0, 0, 1, 0, 1, 0},    /* exact_gemm with fp32 x: hi + lo products */
+        {130, 256, 96, bf, 1, G, 1, 1, 0, 1, 1},    /* exact_gemm with bf16 x: lo is zero */
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) bf16_io_case(cases[i]);
+    for (int r = 0; r < 2; r++) {
+        bf16_layernorm_case(9, 768, r);
+        bf16_layernorm_case(257, 1024, r);
+        bf16_layernorm_case(3, 37, r);
+    }
+    /* recorded as the vision encoder records it: a new cuBLASLt plan made while the graph records, replayed, and
+     * the same op run directly after it, bit for bit */
+    {
+        const int M = 200, K = 640, N = 512;
+        float *x = rnd((size_t)M * K, 1.0f);
+        uint16_t *x16 = malloc((size_t)M * K * 2), *wh = rnd_bf16((size_t)N * K, 0.3f), *bh = rnd_bf16(N, 1.0f);
+        for (size_t i = 0; i < (size_t)M * K; i++) x16[i] = f32_to_bf16(x[i]);
+        uint16_t *dx = dev(x16, (size_t)M * K * 2), *dw = dev(wh, (size_t)N * K * 2), *db = dev(bh, N * 2);
+        uint16_t *dg = (uint16_t *)dev_nan((size_t)M * N / 2 + 1), *dd = (uint16_t *)dev_nan((size_t)M * N / 2 + 1);
+        const int fl = BE_ROUND | BE_GELU | BE_IN_BF16 | BE_OUT_BF16;
+        REQUIRE(B->graph_begin(B) == 0);
+        B->linear(B, (float *)dg, N, (const float *)dx, K, M, K, ds_w(dw, DS_BF16), N, ds_w(db, DS_BF16), fl);
+        void *g = B->graph_end(B);
+        REQUIRE(g);
+        B->graph_launch(B, g);
+        B->linear(B, (float *)dd, N, (const float *)dx, K, M, K, ds_w(dw, DS_BF16), N, ds_w(db, DS_BF16), fl);
+        uint16_t *a = malloc((size_t)M * N * 2), *c = malloc((size_t)M * N * 2);
+        B->download(B, a, dg, (size_t)M * N * 2);
+        B->download(B, c, dd, (size_t)M * N * 2);
+        int nan = 0;
+        for (size_t i = 0; i < (size_t)M * N; i++) nan |= (a[i] & 0x7f80) == 0x7f80;
+        CHECKF(!nan && !memcmp(a, c, (size_t)M * N * 2), "a recorded bf16-storage linear differs from the direct run");
+        printf("  recorded bf16-storage linear M%d K%d N%d: replay matches the direct run%s\n", M, K, N,
+               nan ? " (NaN/inf seen)" : "");
+        B->graph_free(B, g);
+        B->free(B, dx), B->free(B, dw), B->free(B, db), B->free(B, dg), B->free(B, dd);
+        free(x), free(x16), free(wh), free(bh), free(a), free(c);
+    }
+}
+
 static void test_norms(void) {
-    static const int shapes[][2] = {{1, 1}, {3, 7}, {17, 768}, {5, 1025}, {2, 1280}, {40, 256}};
+    /* n % 4 == 0 up to 1,024 with aligned rows: layernorm's one-warp-a-row kernel; the rest its block kernel */
+    static const int shapes[][2] = {{1, 1}, {3, 7}, {17, 768}, {5, 1025}, {2, 1280}, {40, 256}, {9, 1024}, {4, 12}};
     for (size_t s = 0; s < sizeof shapes / sizeof shapes[0]; s++)
         for (int v = 0; v < 4; v++) {
-            int M = shapes[s][0], n = shapes[s][1], ld = n + 5, bf = v & 1, wbf = v & 2;
+            int M = shapes[s][0], n = shapes[s][1], ld = n % 4 ? n + 5 : n + 4, bf = v & 1, wbf = v & 2;
             float *x = rnd((size_t)M * ld, 2.0f);
             for (size_t i = 0; i < (size_t)M * ld; i++) x[i] += 0.3f;
             void *wh = wbf ? (void *)rnd_bf16(n, 1.0f) : (void *)rnd(n, 1.0f);
@@ -433,6 +609,35 @@ static void attention_case(AttCase c, int f16) {
     EXPECT_ERR(rel_l2_rows(g, ldo, ref, ldo, (int)qrows, W), c.mma && !f16 ? 8e-3 : c.bf16_bias ? 1e-3 : 2e-5,
                "attention nb%d tq%d tk%d H%d D%d causal%d off%d grid%dx%d bf16bias%d mma%d f16%d", c.nb, c.tq, c.tk,
                c.H, c.D, c.causal, c.q_off, c.gh, c.gw, c.bf16_bias, c.mma, f16);
+    /* bf16 storage (io_bf16, where the backend takes it): the same call on bf16 copies of q, k, v (rows 16-byte
+     * aligned) gives the fp32 call's output rounded to bf16, bit for bit */
+    OpsAttention e = d;
+    e.io_bf16 = 1;
+    e.ldq = e.ldk = e.ldv = ld + 4; /* ld ≡ 4 (mod 8) in the mma cases */
+    if (c.mma && !f16 && B->attention_bf16 && B->attention_bf16(B, &e)) {
+        const int ld16 = ld + 4;
+        const size_t nrows = qkv_n / ld;
+        uint16_t *h16 = calloc(nrows * ld16, 2), *o16 = malloc(qrows * ldo * 2);
+        for (size_t r = 0; r < nrows; r++)
+            for (int j = 0; j < ld; j++) h16[r * ld16 + j] = f32_to_bf16(qkv[r * ld + j]);
+        for (size_t i = 0; i < qrows * ldo; i++) o16[i] = 0xffffu; /* NaN: poison */
+        uint16_t *d16 = dev(h16, nrows * ld16 * 2), *do16 = dev(o16, qrows * ldo * 2);
+#define AT16(p) (float *)(d16 + (size_t)((p) - qkv) / ld * ld16 + (size_t)((p) - qkv) % ld)
+        e.q = AT16(q);
+        e.k = AT16(k);
+        e.v = AT16(v);
+#undef AT16
+        e.out = (float *)do16;
+        B->attention(B, &e);
+        B->download(B, o16, do16, qrows * ldo * 2);
+        size_t bad = 0;
+        for (size_t r = 0; r < qrows; r++)
+            for (int j = 0; j < W; j++) bad += o16[r * ldo + j] != f32_to_bf16(g[r * ldo + j]);
+        printf("  %-60s %zu of %zu differ from the fp32 call's\n", "  io_bf16", bad, qrows * (size_t)W);
+        CHECKF(bad == 0, "attention io_bf16 nb%d tq%d grid%dx%d: %zu outputs differ", c.nb, c.tq, c.gh, c.gw, bad);
+        B->free(B, d16), B->free(B, do16);
+        free(h16), free(o16);
+    }
     B->free(B, dqkv), B->free(B, dout);
     if (drh) B->free(B, drh), B->free(B, drw);
     free(qkv), free(rh), free(rw), free(ref), free(g);
@@ -1063,6 +1268,7 @@ int main(void) {
     RUN(test_memory);
     RUN(test_linear);
     RUN(test_fused_epilogues);
+    RUN(test_bf16_storage);
     RUN(test_norms);
     RUN(test_elementwise);
     RUN(test_rope);

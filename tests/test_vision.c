@@ -1,0 +1,174 @@
+/* test_vision.c: vision.c's bf16 activation storage (backend.h act_bf16: the norm outputs and MLP hiddens that
+ * only feed a linear, held as bf16 in bf16 mode) on the small random model (tests/ckpt_fixture.h), without a GPU:
+ * a CPU backend wrapped to honour BE_IN_BF16 / BE_OUT_BF16 (it widens bf16 input rows, runs the CPU op on floats,
+ * checks that every output is a bf16 value and narrows it) must give every view bit for bit what the plain CPU
+ * backend gives. A bf16 buffer read as floats anywhere (or a row offset counted in the wrong unit) would not.
+ * Attention with io_bf16 (q/k/v and output in bf16 storage) is honoured the same way.
+ * Views of 512 px (one MLP pass) and 1,280 px (6,400 SAM rows: two MLP passes), in bf16 mode (storage used) and
+ * fp32 mode (never used). */
+#include <stdlib.h>
+
+#include "backend.h"
+#include "check.h"
+#include "ckpt_fixture.h"
+#include "model.h"
+#include "vision.h"
+
+static Backend g_io; /* the CPU backend with act_bf16 and the storage flags */
+static long g_in16, g_out16, g_not_bf16;
+
+static void io_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
+                      int flags) {
+    Backend *cpu = backend_cpu();
+    float *xs = NULL, *ys = NULL;
+    if (flags & BE_IN_BF16) { /* x: bf16 storage, ldx in elements */
+        g_in16++;
+        xs = malloc(sizeof(float) * ((size_t)M * K + 1));
+        for (int m = 0; m < M; m++)
+            for (int k = 0; k < K; k++) xs[(size_t)m * K + k] = bf16_to_f32(((const uint16_t *)x)[(size_t)m * ldx + k]);
+    }
+    if (flags & BE_OUT_BF16) {
+        g_out16++;
+        CHECK((flags & BE_ROUND) && !(flags & OPS_ACCUM));
+        ys = malloc(sizeof(float) * ((size_t)M * N + 1));
+    }
+    cpu->linear(cpu, ys ? ys : y, ys ? N : ldy, xs ? xs : x, xs ? K : ldx, M, K, w, N, bias,
+                flags & ~(BE_IN_BF16 | BE_OUT_BF16));
+    if (ys) { /* y: bf16 storage, ldy in elements */
+        for (int m = 0; m < M; m++)
+            for (int n = 0; n < N; n++) {
+                const float v = ys[(size_t)m * N + n];
+                g_not_bf16 += bf16_round(v) != v && v == v;
+                ((uint16_t *)y)[(size_t)m * ldy + n] = f32_to_bf16(v);
+            }
+    }
+    free(xs);
+    free(ys);
+}
+
+static void io_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
+                         float eps, int flags) {
+    Backend *cpu = backend_cpu();
+    if (!(flags & BE_OUT_BF16)) {
+        cpu->layernorm(cpu, y, ldy, x, ldx, M, n, w, bias, eps, flags);
+        return;
+    }
+    g_out16++;
+    CHECK(flags & BE_ROUND);
+    float *ys = malloc(sizeof(float) * ((size_t)M * n + 1));
+    cpu->layernorm(cpu, ys, n, x, ldx, M, n, w, bias, eps, flags & ~BE_OUT_BF16);
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < n; i++) {
+            const float v = ys[(size_t)m * n + i];
+            g_not_bf16 += bf16_round(v) != v && v == v;
+            ((uint16_t *)y)[(size_t)m * ldy + i] = f32_to_bf16(v);
+        }
+    free(ys);
+}
+
+/* attention with io_bf16: q, k, v widened into float copies (same strides), the CPU op, the output narrowed (the
+ * plain path rounds it to bf16 after the op: the same values) */
+static long g_att16;
+static float *widen_rows(const float *p16, int rows, int ld, int w) {
+    float *f = malloc(sizeof(float) * ((size_t)rows * ld + 1));
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < w; i++) f[(size_t)r * ld + i] = bf16_to_f32(((const uint16_t *)p16)[(size_t)r * ld + i]);
+    return f;
+}
+static int io_attention_bf16(Backend *b, const OpsAttention *a) { return a->io_bf16 != 0; }
+static void io_attention(Backend *b, const OpsAttention *a) {
+    Backend *cpu = backend_cpu();
+    if (!a->io_bf16) {
+        cpu->attention(cpu, a);
+        return;
+    }
+    g_att16++;
+    const int W = a->n_heads * a->head_dim, qr = a->n_batch * a->tq, kr = a->n_batch * a->tk;
+    OpsAttention t = *a;
+    float *q = widen_rows(a->q, qr, a->ldq, W), *k = widen_rows(a->k, kr, a->ldk, W), *v = widen_rows(a->v, kr, a->ldv, W);
+    float *o = malloc(sizeof(float) * ((size_t)qr * a->ldo + 1));
+    t.io_bf16 = 0, t.q = q, t.k = k, t.v = v, t.out = o;
+    cpu->attention(cpu, &t);
+    for (int r = 0; r < qr; r++)
+        for (int i = 0; i < W; i++) ((uint16_t *)a->out)[(size_t)r * a->ldo + i] = f32_to_bf16(o[(size_t)r * a->ldo + i]);
+    free(q), free(k), free(v), free(o);
+}
+
+static char *g_dir;
+static Model *g_m;
+
+static int setup(void) {
+    g_dir = fixture_tmpdir();
+    char *cfg = fixture_tiny_config();
+    if (!g_dir || !cfg || fixture_write_model(g_dir, cfg, NULL)) return -1;
+    free(cfg);
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "cp data/tokenizer/tokenizer.json '%s/'", g_dir);
+    if (system(cmd) != 0) return -1;
+    DsError e = {0};
+    CheckpointOptions co = {0};
+    if (model_load(g_dir, &co, &g_m, &e) != DSOCR_OK) {
+        fprintf(stderr, "load: %s\n", e.msg);
+        return -1;
+    }
+    g_io = *backend_cpu(); /* same memory and other ops; the CPU backend's weights are host memory too */
+    g_io.name = "cpu-bf16-io";
+    g_io.act_bf16 = 1;
+    g_io.linear = io_linear;
+    g_io.layernorm = io_layernorm;
+    g_io.attention = io_attention;
+    g_io.attention_bf16 = io_attention_bf16;
+    return 0;
+}
+
+static void test_bf16_storage_same(void) {
+    REQUIRE(backend_cpu()->act_bf16 == 0);
+    const int sides[2] = {512, 1280};
+    for (int si = 0; si < 2; si++)
+        for (int bf = 0; bf < 2; bf++) {
+            const int side = sides[si], n = side / 64, D = g_m->cfg.hidden_size;
+            const size_t np = (size_t)3 * side * side, no = (size_t)n * n * D;
+            float *chw = malloc(sizeof(float) * np), *a = malloc(sizeof(float) * no), *b = malloc(sizeof(float) * no);
+            uint64_t s = 0x9e3779b97f4a7c15ull ^ (uint64_t)side;
+            for (size_t i = 0; i < np; i++) {
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                chw[i] = (float)((s >> 40) * (2.0 / (1ull << 24)) - 1.0);
+            }
+            VisionOptions o = {.bf16 = bf};
+            DsError e = {0};
+            VisionWork *wa = NULL, *wb = NULL;
+            g_m->be = backend_cpu();
+            REQUIRE(vision_work_new(g_m, side, &wa, &e) == DSOCR_OK);
+            g_m->be = &g_io;
+            REQUIRE(vision_work_new(g_m, side, &wb, &e) == DSOCR_OK);
+            g_m->be = backend_cpu();
+            g_in16 = g_out16 = g_not_bf16 = g_att16 = 0;
+            CHECK(vision_encode(g_m, wa, chw, side, &o, a, &e) == DSOCR_OK);
+            CHECK(g_in16 == 0 && g_out16 == 0);
+            CHECK(vision_encode(g_m, wb, chw, side, &o, b, &e) == DSOCR_OK);
+            CHECKF(!memcmp(a, b, sizeof(float) * no), "side %d bf16 %d: bf16 storage changed the output", side, bf);
+            CHECKF(g_not_bf16 == 0, "side %d: %ld values in bf16 storage were not bf16 values", side, g_not_bf16);
+            if (bf)
+                CHECKF(g_in16 > 0 && g_out16 > 0 && g_att16 > 0, "side %d: bf16 mode used no bf16 storage", side);
+            else
+                CHECKF(g_in16 == 0 && g_out16 == 0 && g_att16 == 0, "side %d: fp32 mode used bf16 storage", side);
+            printf("  side %d bf16 %d: same output (%ld bf16-input, %ld bf16-output linear/norm calls, %ld bf16 "
+                   "attention calls)\n", side, bf, g_in16, g_out16, g_att16);
+            vision_work_free(wa);
+            vision_work_free(wb);
+            free(chw), free(a), free(b);
+        }
+}
+
+int main(void) {
+    if (setup() != 0) {
+        fprintf(stderr, "setup failed\n");
+        printf("0 passed, 1 failed\n");
+        return 1;
+    }
+    RUN(test_bf16_storage_same);
+    g_m->be = backend_cpu();
+    model_free(g_m);
+    fixture_rmdir(g_dir);
+    return check_summary();
+}
