@@ -87,6 +87,9 @@ struct Backend {
     void (*quick_gelu)(Backend *b, float *out, const float *x, size_t n);
     void (*add)(Backend *b, float *out, const float *a, const float *c, size_t n);
     void (*round_bf16)(Backend *b, float *x, size_t n);
+    /* The residual step of an act_bf16 backend (NULL elsewhere): x[0..n) += r, r floats or (flags & BE_IN_BF16)
+     * bf16 storage, then rounded to bf16 with flags & BE_ROUND (as add then round_bf16). */
+    void (*residual_add)(Backend *b, float *x, const void *r, size_t n, int flags);
     void (*attention)(Backend *b, const OpsAttention *a);     /* pointers inside a are backend memory */
     /* Nonzero when attention runs a with io_bf16 (q, k, v, out in bf16 storage; the other fields as given). NULL
      * (the CPU) or 0: keep those buffers fp32. */
@@ -122,6 +125,8 @@ struct Backend {
     void (*window_partition)(Backend *b, float *dst, const float *src, int g, int C, int ws);
     /* x [g, g, C] += the in-image rows of win [nw·nw·ws·ws, C] */
     void (*window_unpartition_add)(Backend *b, float *x, const float *win, int g, int C, int ws);
+    /* the same with residual_add's flags (win in bf16 storage, the sums rounded); act_bf16 backends only */
+    void (*window_unpartition_residual)(Backend *b, float *x, const void *win, int g, int C, int ws, int flags);
     /* dst[r] = widen(table[ids[r]]) for r < n; ids on the host; table [V, D] */
     void (*embed)(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D);
     /* dst[r] = widen(vec) for r < n rows of width D (image_newline, view_seperator, CLS) */

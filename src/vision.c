@@ -209,6 +209,7 @@ static void rnd(Ctx *c, float *x, size_t n) {
  * floats) holds its bf16 values in the first half of its bytes; its pointer stays float * and the flags say what
  * it holds. Nothing dumped is ever bf16 storage (dumps read the residual streams and the neck). */
 static int act16(const Ctx *c) { return c->bf16 && c->be->act_bf16; }
+/* (act16 backends have residual_add and window_unpartition_residual: backend.h) */
 
 static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b) {
     c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, c->bf16 ? BE_ROUND : 0);
@@ -331,7 +332,13 @@ static void mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, 
         /* row r0 of y: counted in bf16 elements when y holds bf16 */
         const float *yr = y16 ? (const float *)((const uint16_t *)y + (size_t)r0 * D) : y + (size_t)r0 * D;
         linear_fl(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
-        linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, h16 ? BE_IN_BF16 : 0);
+        if (h16) { /* fc2's output in bf16 storage too, added (and rounded) in one pass */
+            linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, BE_IN_BF16 | BE_OUT_BF16);
+            c->be->residual_add(c->be, x + (size_t)r0 * D, tmp_out, (size_t)mm * D,
+                                BE_IN_BF16 | (residual_round ? BE_ROUND : 0));
+            continue;
+        }
+        linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, 0);
         c->be->add(c->be, x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)mm * D);
         if (residual_round) rnd(c, x + (size_t)r0 * D, (size_t)mm * D);
     }
@@ -433,12 +440,20 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
         const int att16 = qkv_attention(c, &a, w->qkv, in, 0, R, W, k->qkv_w, k->qkv_b, "sam.qkv",
                                         gl ? "sam.attn.global" : "sam.attn.window");
         be_mark(be, "sam.proj");
-        linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16);
-        if (gl)
-            be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
-        else
-            be->window_unpartition_add(be, w->x, w->big, g, W, ws);
-        rnd(c, w->x, (size_t)g * g * W);
+        if (act16(c)) { /* the projection in bf16 storage, added and rounded in one pass */
+            linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16 | BE_OUT_BF16);
+            if (gl)
+                be->residual_add(be, w->x, w->big, (size_t)g * g * W, BE_IN_BF16 | BE_ROUND);
+            else
+                be->window_unpartition_residual(be, w->x, w->big, g, W, ws, BE_IN_BF16 | BE_ROUND);
+        } else {
+            linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16);
+            if (gl)
+                be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
+            else
+                be->window_unpartition_add(be, w->x, w->big, g, W, ws);
+            rnd(c, w->x, (size_t)g * g * W);
+        }
         be_mark(be, "sam.norm");
         const int y16 = layernorm_to_linear(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
         be_mark(be, "sam.mlp");
@@ -489,16 +504,26 @@ static void clip_forward(Ctx *c, int n) {
         const int att16 = qkv_attention(c, &a, w->cqkv, w->cy, y16, T, CW, L->qkv_w, L->qkv_b, "clip.qkv",
                                         "clip.attn");
         be_mark(be, "clip.out");
-        linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16);
-        be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        if (act16(c)) { /* the projection in bf16 storage; the residual stream stays fp32 (no rounding) */
+            linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16 | BE_OUT_BF16);
+            be->residual_add(be, w->cx, w->cy, (size_t)T * CW, BE_IN_BF16);
+        } else {
+            linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16);
+            be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        }
         be_mark(be, "clip.mlp");
         y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
         /* the hidden (cmlp) in bf16 storage when act16, as mlp's */
         const int h16 = act16(c);
         linear_fl(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b,
                   BE_QGELU | y16 | (h16 ? BE_OUT_BF16 : 0));
-        linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, h16 ? BE_IN_BF16 : 0);
-        be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        if (h16) {
+            linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, BE_IN_BF16 | BE_OUT_BF16);
+            be->residual_add(be, w->cx, w->cy, (size_t)T * CW, BE_IN_BF16);
+        } else {
+            linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, 0);
+            be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
+        }
     }
 }
 

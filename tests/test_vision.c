@@ -94,6 +94,30 @@ static void io_attention(Backend *b, const OpsAttention *a) {
     free(q), free(k), free(v), free(o);
 }
 
+/* residual_add / window_unpartition_residual: r widened, the CPU add, then the rounding */
+static float *widen_n(const void *r16, size_t n) {
+    float *f = malloc(sizeof(float) * (n + 1));
+    for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(((const uint16_t *)r16)[i]);
+    return f;
+}
+static void io_residual_add(Backend *b, float *x, const void *r, size_t n, int flags) {
+    Backend *cpu = backend_cpu();
+    float *w = flags & BE_IN_BF16 ? widen_n(r, n) : NULL;
+    g_in16 += w != NULL;
+    cpu->add(cpu, x, x, w ? w : (const float *)r, n);
+    if (flags & BE_ROUND) cpu->round_bf16(cpu, x, n);
+    free(w);
+}
+static void io_unpartition_residual(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
+    Backend *cpu = backend_cpu();
+    const int nw = (g + ws - 1) / ws;
+    float *w = flags & BE_IN_BF16 ? widen_n(win, (size_t)nw * nw * ws * ws * C) : NULL;
+    g_in16 += w != NULL;
+    cpu->window_unpartition_add(cpu, x, w ? w : (const float *)win, g, C, ws);
+    if (flags & BE_ROUND) cpu->round_bf16(cpu, x, (size_t)g * g * C);
+    free(w);
+}
+
 static char *g_dir;
 static Model *g_m;
 
@@ -118,6 +142,8 @@ static int setup(void) {
     g_io.layernorm = io_layernorm;
     g_io.attention = io_attention;
     g_io.attention_bf16 = io_attention_bf16;
+    g_io.residual_add = io_residual_add;
+    g_io.window_unpartition_residual = io_unpartition_residual;
     return 0;
 }
 

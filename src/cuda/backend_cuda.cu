@@ -389,22 +389,22 @@ static __device__ __forceinline__ uint32_t act_bf16_pair(uint32_t u, int act) {
 /* y [M, N] bf16 (stride ldy) = rbf(act(y)) (1 gelu, 2 quick_gelu): linear's BE_GELU / BE_QGELU step after
  * BE_ROUND, on bf16 storage; vec: 8 values (16 bytes) a step (N, ldy multiples of 8, y 16-byte aligned). */
 __global__ void act_bf16_rows_k(uint16_t *y, int ldy, int M, int N, int act, int vec) {
-    if (vec) {
-        const int n8 = N / 8;
-        GRID_STRIDE(i, (size_t)M * n8) {
-            uint4 *p = (uint4 *)(y + (i / n8) * ldy) + i % n8;
-            uint4 q = *p;
-            q.x = act_bf16_pair(q.x, act);
-            q.y = act_bf16_pair(q.y, act);
-            q.z = act_bf16_pair(q.z, act);
-            q.w = act_bf16_pair(q.w, act);
-            *p = q;
-        }
-    } else {
-        GRID_STRIDE(i, (size_t)M * N) {
-            uint16_t *p = y + (i / N) * ldy + i % N;
-            float v = bf2f(*p);
-            *p = f2bf(act == 1 ? gelu_f(v) : quick_gelu_f(v));
+    for (int m = blockIdx.y; m < M; m += gridDim.y) {
+        uint16_t *r = y + (size_t)m * ldy;
+        if (vec) {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < N / 8; c += gridDim.x * blockDim.x) {
+                uint4 q = ((uint4 *)r)[c];
+                q.x = act_bf16_pair(q.x, act);
+                q.y = act_bf16_pair(q.y, act);
+                q.z = act_bf16_pair(q.z, act);
+                q.w = act_bf16_pair(q.w, act);
+                ((uint4 *)r)[c] = q;
+            }
+        } else {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < N; c += gridDim.x * blockDim.x) {
+                float v = bf2f(r[c]);
+                r[c] = f2bf(act == 1 ? gelu_f(v) : quick_gelu_f(v));
+            }
         }
     }
 }
@@ -527,8 +527,7 @@ static bool linear_lt(CudaCtx *c, uint16_t *y, int ldy, const float *x, int ldx,
     }
     if (act_of(flags)) {
         const int vec = (N & 7) == 0 && (ldy & 7) == 0 && ((uintptr_t)y & 15) == 0;
-        act_bf16_rows_k<<<grid_for((size_t)M * (vec ? N / 8 : N)), 256, 0, c->stream>>>(y, ldy, M, N, act_of(flags),
-                                                                                          vec);
+        act_bf16_rows_k<<<rows_grid(M, vec ? N / 8 : N), 256, 0, c->stream>>>(y, ldy, M, N, act_of(flags), vec);
         CU_LAUNCHED();
     }
     return true;
@@ -780,15 +779,22 @@ __global__ void __launch_bounds__(LN_WARPS * 32) layernorm_warp_k(void *y, int l
     const int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
     if (row >= M) return;
     const float *xr = x + (size_t)row * ldx;
-    float v[LN_PER][4];
+    float v[LN_PER][4], wk[LN_PER][4], bk[LN_PER][4];
     float s = 0.f;
+    /* every load first (x, the weight, the bias): a row's latency is one round trip, not one per step */
 #pragma unroll
     for (int k = 0; k < LN_PER; k++) {
         const int c = (k * 32 + lane) * 4;
         float4 t = c < n ? *(const float4 *)(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
         v[k][0] = t.x, v[k][1] = t.y, v[k][2] = t.z, v[k][3] = t.w;
-        s += (t.x + t.y) + (t.z + t.w);
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            wk[k][j] = c < n ? wget(w, wdt, c + j) : 0.f;
+            bk[k][j] = c < n && bias ? wget(bias, bdt, c + j) : 0.f;
+        }
     }
+#pragma unroll
+    for (int k = 0; k < LN_PER; k++) s += (v[k][0] + v[k][1]) + (v[k][2] + v[k][3]);
     float mean = warp_sum(s) / n;
     if (bf) mean = rbf(mean);
     float q = 0.f;
@@ -805,12 +811,12 @@ __global__ void __launch_bounds__(LN_WARPS * 32) layernorm_warp_k(void *y, int l
 #pragma unroll
     for (int k = 0; k < LN_PER; k++) {
         const int c = (k * 32 + lane) * 4;
-        if (c >= n) break;
+        if (c >= n) continue;
         float o[4];
 #pragma unroll
         for (int j = 0; j < 4; j++) {
-            o[j] = __fmul_rn(__fmul_rn(v[k][j], inv), wget(w, wdt, c + j));
-            if (bias) o[j] = __fadd_rn(o[j], wget(bias, bdt, c + j));
+            o[j] = __fmul_rn(__fmul_rn(v[k][j], inv), wk[k][j]);
+            if (bias) o[j] = __fadd_rn(o[j], bk[k][j]);
         }
         if (O16) {
             uint2 p;
@@ -878,10 +884,59 @@ __global__ void gelu_k(float *o, const float *x, size_t n) {
 __global__ void quick_gelu_k(float *o, const float *x, size_t n) {
     GRID_STRIDE(i, n) o[i] = quick_gelu_f(x[i]);
 }
-__global__ void add_k(float *o, const float *a, const float *c, size_t n) {
-    pdl_wait(); GRID_STRIDE(i, n) o[i] = a[i] + c[i]; }
-__global__ void round_k(float *x, size_t n) {
-    pdl_wait(); GRID_STRIDE(i, n) x[i] = rbf(x[i]); }
+/* elementwise kernels: 16 bytes a step where the pointers allow (vec), the tail (n % 4) one by one */
+__global__ void add_k(float *o, const float *a, const float *c, size_t n, int vec) {
+    pdl_wait();
+    size_t done = 0;
+    if (vec) {
+        GRID_STRIDE(i, n / 4) {
+            const float4 x = ((const float4 *)a)[i], y = ((const float4 *)c)[i];
+            ((float4 *)o)[i] = make_float4(x.x + y.x, x.y + y.y, x.z + y.z, x.w + y.w);
+        }
+        done = n / 4 * 4;
+    }
+    GRID_STRIDE(i, n - done) o[done + i] = a[done + i] + c[done + i];
+}
+__global__ void round_k(float *x, size_t n, int vec) {
+    pdl_wait();
+    size_t done = 0;
+    if (vec) {
+        GRID_STRIDE(i, n / 4) {
+            const float4 v = ((const float4 *)x)[i];
+            ((float4 *)x)[i] = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
+        }
+        done = n / 4 * 4;
+    }
+    GRID_STRIDE(i, n - done) x[done + i] = rbf(x[done + i]);
+}
+/* x += r (r: floats, or R16: bf16 storage), rounded to bf16 when round: backend.h residual_add */
+template <bool R16> __global__ void residual_add_k(float *x, const void *r, size_t n, int round, int vec) {
+    size_t done = 0;
+    if (vec) {
+        GRID_STRIDE(i, n / 4) {
+            float4 v = ((float4 *)x)[i];
+            float a0, a1, a2, a3;
+            if (R16) {
+                const uint2 p = ((const uint2 *)r)[i];
+                a0 = __uint_as_float(p.x << 16), a1 = __uint_as_float(p.x & 0xffff0000u);
+                a2 = __uint_as_float(p.y << 16), a3 = __uint_as_float(p.y & 0xffff0000u);
+            } else {
+                const float4 q = ((const float4 *)r)[i];
+                a0 = q.x, a1 = q.y, a2 = q.z, a3 = q.w;
+            }
+            v.x += a0, v.y += a1, v.z += a2, v.w += a3;
+            if (round) v = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
+            ((float4 *)x)[i] = v;
+        }
+        done = n / 4 * 4;
+    }
+    GRID_STRIDE(i, n - done) {
+        const size_t k = done + i;
+        float v = x[k] + (R16 ? bf2f(((const uint16_t *)r)[k]) : ((const float *)r)[k]);
+        x[k] = round ? rbf(v) : v;
+    }
+}
+static int vec16(const void *a, const void *b, const void *c) { return (((uintptr_t)a | (uintptr_t)b | (uintptr_t)c) & 15) == 0; }
 /* SwiGLU combine (ops_silu_mul): g = SiLU(g)·u with the optional bf16 rounding points. */
 __global__ void silu_mul_k(float *g, const float *u, size_t n, int bf) {
     GRID_STRIDE(i, n) {
@@ -905,12 +960,25 @@ static void cu_quick_gelu(Backend *b, float *out, const float *x, size_t n) {
 }
 static void cu_add(Backend *b, float *out, const float *a, const float *c, size_t n) {
     if (!n) return;
-    launch_pdl(cctx(b), add_k, dim3(grid_for(n)), dim3(256), 0, out, a, c, n);
+    const int vec = vec16(out, a, c);
+    launch_pdl(cctx(b), add_k, dim3(grid_for(vec ? n / 4 + 1 : n)), dim3(256), 0, out, a, c, n, vec);
     CU_LAUNCHED();
 }
 void cu_round_bf16(Backend *b, float *x, size_t n) {
     if (!n) return;
-    launch_pdl(cctx(b), round_k, dim3(grid_for(n)), dim3(256), 0, x, n);
+    const int vec = vec16(x, x, x);
+    launch_pdl(cctx(b), round_k, dim3(grid_for(vec ? n / 4 + 1 : n)), dim3(256), 0, x, n, vec);
+    CU_LAUNCHED();
+}
+static void cu_residual_add(Backend *b, float *x, const void *r, size_t n, int flags) {
+    if (!n) return;
+    const int r16 = (flags & BE_IN_BF16) != 0, round = (flags & BE_ROUND) != 0;
+    const int vec = ((uintptr_t)x & 15) == 0 && ((uintptr_t)r & (r16 ? 7 : 15)) == 0;
+    const dim3 grid(grid_for(vec ? n / 4 + 1 : n));
+    if (r16)
+        residual_add_k<true><<<grid, 256, 0, cctx(b)->stream>>>(x, r, n, round, vec);
+    else
+        residual_add_k<false><<<grid, 256, 0, cctx(b)->stream>>>(x, r, n, round, vec);
     CU_LAUNCHED();
 }
 
@@ -1090,25 +1158,55 @@ __global__ void chw_to_hwc_k(float *dst, const float *src, int S) {
     }
 }
 
-__global__ void window_partition_k(float *dst, const float *src, int g, int C, int ws, int nw) {
-    size_t n = (size_t)nw * nw * ws * ws * C;
-    GRID_STRIDE(i, n) {
-        size_t r = i / C;
-        int c = (int)(i % C);
-        int win = (int)(r / (ws * ws)), t = (int)(r % (ws * ws));
-        int gy = (win / nw) * ws + t / ws, gx = (win % nw) * ws + t % ws;
-        dst[i] = (gy < g && gx < g) ? src[((size_t)gy * g + gx) * C + c] : 0.f;
+/* SAM windows: one (window) row per blockIdx.y step, its source pixel computed once; columns 4 at a time when C
+ * allows (vec) */
+__global__ void window_partition_k(float *dst, const float *src, int g, int C, int ws, int nw, int vec) {
+    const int rows = nw * nw * ws * ws;
+    for (int r = blockIdx.y; r < rows; r += gridDim.y) {
+        const int win = r / (ws * ws), t = r % (ws * ws);
+        const int gy = (win / nw) * ws + t / ws, gx = (win % nw) * ws + t % ws;
+        const bool in = gy < g && gx < g;
+        const float *s = src + ((size_t)(in ? gy : 0) * g + (in ? gx : 0)) * C;
+        float *d = dst + (size_t)r * C;
+        if (vec) {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C / 4; c += gridDim.x * blockDim.x)
+                ((float4 *)d)[c] = in ? ((const float4 *)s)[c] : make_float4(0.f, 0.f, 0.f, 0.f);
+        } else {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) d[c] = in ? s[c] : 0.f;
+        }
     }
 }
 
-__global__ void window_unpartition_add_k(float *x, const float *win, int g, int C, int ws, int nw) {
-    size_t n = (size_t)g * g * C;
-    GRID_STRIDE(i, n) {
-        size_t pix = i / C;
-        int c = (int)(i % C);
-        int gy = (int)(pix / g), gx = (int)(pix % g);
-        size_t r = ((size_t)(gy / ws) * nw + gx / ws) * ws * ws + (size_t)(gy % ws) * ws + gx % ws;
-        x[i] += win[r * C + c];
+/* x [g, g, C] += its rows of win (floats, or R16: bf16 storage), rounded to bf16 when round; a pixel per blockIdx.y
+ * step */
+template <bool R16>
+__global__ void window_unpartition_add_k(float *x, const void *win, int g, int C, int ws, int nw, int round, int vec) {
+    for (int pix = blockIdx.y; pix < g * g; pix += gridDim.y) {
+        const int gy = pix / g, gx = pix % g;
+        const size_t r = ((size_t)(gy / ws) * nw + gx / ws) * ws * ws + (size_t)(gy % ws) * ws + gx % ws;
+        float *xr = x + (size_t)pix * C;
+        if (vec) {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C / 4; c += gridDim.x * blockDim.x) {
+                float4 v = ((float4 *)xr)[c];
+                float a0, a1, a2, a3;
+                if (R16) {
+                    const uint2 p = ((const uint2 *)((const uint16_t *)win + r * C))[c];
+                    a0 = __uint_as_float(p.x << 16), a1 = __uint_as_float(p.x & 0xffff0000u);
+                    a2 = __uint_as_float(p.y << 16), a3 = __uint_as_float(p.y & 0xffff0000u);
+                } else {
+                    const float4 q = ((const float4 *)((const float *)win + r * C))[c];
+                    a0 = q.x, a1 = q.y, a2 = q.z, a3 = q.w;
+                }
+                v.x += a0, v.y += a1, v.z += a2, v.w += a3;
+                if (round) v = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
+                ((float4 *)xr)[c] = v;
+            }
+        } else {
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
+                float v = xr[c] + (R16 ? bf2f(((const uint16_t *)win)[r * C + c]) : ((const float *)win)[r * C + c]);
+                xr[c] = round ? rbf(v) : v;
+            }
+        }
     }
 }
 
@@ -1146,15 +1244,27 @@ static void cu_chw_to_hwc(Backend *b, float *dst, const float *src, int S) {
 }
 static void cu_window_partition(Backend *b, float *dst, const float *src, int g, int C, int ws) {
     DS_ASSERT(g > 0 && C > 0 && ws > 0);
-    int nw = (g + ws - 1) / ws;
-    window_partition_k<<<grid_for((size_t)nw * nw * ws * ws * C), 256, 0, cctx(b)->stream>>>(dst, src, g, C, ws, nw);
+    const int nw = (g + ws - 1) / ws, vec = C % 4 == 0 && vec16(dst, src, src);
+    window_partition_k<<<rows_grid(nw * nw * ws * ws, vec ? C / 4 : C), 256, 0, cctx(b)->stream>>>(dst, src, g, C, ws,
+                                                                                                  nw, vec);
+    CU_LAUNCHED();
+}
+static void unpartition(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
+    DS_ASSERT(g > 0 && C > 0 && ws > 0);
+    const int nw = (g + ws - 1) / ws, r16 = (flags & BE_IN_BF16) != 0, round = (flags & BE_ROUND) != 0;
+    const int vec = C % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)win & (r16 ? 7 : 15)) == 0;
+    const dim3 grid = rows_grid(g * g, vec ? C / 4 : C);
+    if (r16)
+        window_unpartition_add_k<true><<<grid, 256, 0, cctx(b)->stream>>>(x, win, g, C, ws, nw, round, vec);
+    else
+        window_unpartition_add_k<false><<<grid, 256, 0, cctx(b)->stream>>>(x, win, g, C, ws, nw, round, vec);
     CU_LAUNCHED();
 }
 static void cu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
-    DS_ASSERT(g > 0 && C > 0 && ws > 0);
-    int nw = (g + ws - 1) / ws;
-    window_unpartition_add_k<<<grid_for((size_t)g * g * C), 256, 0, cctx(b)->stream>>>(x, win, g, C, ws, nw);
-    CU_LAUNCHED();
+    unpartition(b, x, win, g, C, ws, 0);
+}
+static void cu_window_unpartition_residual(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
+    unpartition(b, x, win, g, C, ws, flags);
 }
 static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D) {
     DS_ASSERT(n >= 0 && D > 0 && table.data);
@@ -1460,6 +1570,8 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->round_bf16 = cu_round_bf16;
     b->attention = cu_attention;
     b->attention_bf16 = cu_attention_bf16;
+    b->residual_add = cu_residual_add;
+    b->window_unpartition_residual = cu_window_unpartition_residual;
     b->attention_kv = cu_attention_kv;
     b->kv_write = cu_kv_write;
     b->rope_neox = cu_rope;

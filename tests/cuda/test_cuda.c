@@ -1080,6 +1080,88 @@ static void test_moe(void) {
     moe_case_dt(50, 13, 4, 64, 32, 64, 0, DS_Q8_0, DS_Q8_0);
 }
 
+/* The vectorised elementwise and window ops (16 bytes a step where aligned, the rest one by one) and the residual
+ * steps of bf16 storage (residual_add, window_unpartition_residual) against the CPU ops, bit for bit. */
+static void test_residual_ops(void) {
+    Backend *C = backend_cpu();
+    const size_t ns[] = {4096, 1003};
+    for (int k = 0; k < 2; k++)
+        for (int off = 0; off < 2; off++) { /* off: pointers one float past 16-byte alignment */
+            const size_t n = ns[k];
+            float *a = rnd(n + 1, 2.0f), *c = rnd(n + 1, 2.0f), *want = malloc((n + 1) * 4);
+            uint16_t *c16 = malloc((n + 1) * 2);
+            for (size_t i = 0; i <= n; i++) c16[i] = f32_to_bf16(c[i]);
+            float *da = dev(a, (n + 1) * 4), *dc = dev(c, (n + 1) * 4), *dout = dev_nan(n + 1);
+            uint16_t *dc16 = dev(c16, (n + 1) * 2);
+            C->add(C, want + off, a + off, c + off, n);
+            B->add(B, dout + off, da + off, dc + off, n);
+            float *g = down(dout, n + 1);
+            CHECKF(exact_eq(g + off, want + off, n), "add n%zu off%d", n, off);
+            free(g);
+            C->round_bf16(C, want + off, n);
+            B->round_bf16(B, dout + off, n);
+            g = down(dout, n + 1);
+            CHECKF(exact_eq(g + off, want + off, n), "round_bf16 n%zu off%d", n, off);
+            free(g);
+            if (B->residual_add)
+                for (int v = 0; v < 4; v++) { /* v & 1: r in bf16 storage; v & 2: rounded */
+                    const int r16 = v & 1, round = (v & 2) != 0;
+                    float *x = malloc((n + 1) * 4), *rr = malloc((n + 1) * 4);
+                    for (size_t i = 0; i <= n; i++) rr[i] = r16 ? bf16_to_f32(c16[i]) : c[i];
+                    memcpy(x, a, (n + 1) * 4);
+                    C->add(C, x + off, x + off, rr + off, n);
+                    if (round) C->round_bf16(C, x + off, n);
+                    B->upload(B, da, a, (n + 1) * 4);
+                    B->residual_add(B, da + off, r16 ? (const void *)(dc16 + off) : (const void *)(dc + off), n,
+                                    (r16 ? BE_IN_BF16 : 0) | (round ? BE_ROUND : 0));
+                    g = down(da, n + 1);
+                    CHECKF(exact_eq(g + off, x + off, n), "residual_add n%zu off%d r16 %d round %d", n, off, r16, round);
+                    free(g), free(x), free(rr);
+                }
+            B->free(B, da), B->free(B, dc), B->free(B, dout), B->free(B, dc16);
+            free(a), free(c), free(want), free(c16);
+        }
+    /* windows: C a multiple of 4 (16-byte steps) and not */
+    const int Cs[] = {8, 3};
+    for (int k = 0; k < 2; k++) {
+        const int gsz = 9, Cc = Cs[k], ws = 4, nw = 3;
+        const size_t wn = (size_t)nw * nw * ws * ws * Cc, xn = (size_t)gsz * gsz * Cc;
+        float *x = rnd(xn, 1.0f), *win = malloc(wn * 4), *wr = rnd(wn, 1.0f);
+        uint16_t *w16 = malloc(wn * 2);
+        for (size_t i = 0; i < wn; i++) w16[i] = f32_to_bf16(wr[i]);
+        C->window_partition(C, win, x, gsz, Cc, ws);
+        float *dx = dev(x, xn * 4), *dw = dev_nan(wn);
+        B->window_partition(B, dw, dx, gsz, Cc, ws);
+        float *g = down(dw, wn);
+        CHECKF(exact_eq(g, win, wn), "window_partition C%d", Cc);
+        free(g);
+        uint16_t *dw16 = dev(w16, wn * 2);
+        for (int v = 0; v < (B->window_unpartition_residual ? 5 : 1); v++) {
+            /* v 0: window_unpartition_add; 1..4: window_unpartition_residual, (v-1) & 1 bf16 win, & 2 rounded */
+            const int r16 = v && ((v - 1) & 1), round = v && ((v - 1) & 2);
+            float *want = malloc(xn * 4), *ww = malloc(wn * 4);
+            for (size_t i = 0; i < wn; i++) ww[i] = r16 ? bf16_to_f32(w16[i]) : wr[i];
+            memcpy(want, x, xn * 4);
+            C->window_unpartition_add(C, want, ww, gsz, Cc, ws);
+            if (round) C->round_bf16(C, want, xn);
+            B->upload(B, dx, x, xn * 4);
+            B->upload(B, dw, wr, wn * 4);
+            if (v == 0)
+                B->window_unpartition_add(B, dx, dw, gsz, Cc, ws);
+            else
+                B->window_unpartition_residual(B, dx, r16 ? (const void *)dw16 : (const void *)dw, gsz, Cc, ws,
+                                               (r16 ? BE_IN_BF16 : 0) | (round ? BE_ROUND : 0));
+            g = down(dx, xn);
+            CHECKF(exact_eq(g, want, xn), "window unpartition C%d variant %d", Cc, v);
+            free(g), free(want), free(ww);
+        }
+        B->free(B, dx), B->free(B, dw), B->free(B, dw16);
+        free(x), free(win), free(wr), free(w16);
+    }
+    printf("  add, round_bf16, residual_add, window_partition, window_unpartition_add/_residual: bit for bit, aligned "
+           "and not\n");
+}
+
 static void test_data_movement(void) {
     Backend *C = backend_cpu();
     /* chw_to_hwc */
@@ -1280,6 +1362,7 @@ int main(void) {
     RUN(test_f16);
     RUN(test_moe);
     RUN(test_data_movement);
+    RUN(test_residual_ops);
     RUN(test_decode_graph);
     RUN(test_add_rmsnorm);
     printf("  device memory: %zu bytes allocated at the end (scratch), peak %zu\n", B->allocated(B), B->peak(B));
