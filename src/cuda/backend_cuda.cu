@@ -1080,16 +1080,24 @@ static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_d
 /* ---------------------------------------------------------------------------------------------------------
  * Conv2d: im2col into the caller's scratch (rows in (i, ky, kx) order), then linear. */
 
-__global__ void im2col_k(float *col, const float *x, int in_h, int in_w, int in_c, int kh, int kw, int stride, int pad,
+/* col [np, K] (K = in_c·kh·kw, PyTorch's weight order i, ky, kx) for output pixels p0 .. p0 + np − 1: a pixel per
+ * blockIdx.y step, its K values over the threads (32-bit index arithmetic); O16: bf16 storage (f2bf, as the bf16
+ * product's own conversion of the fp32 values) */
+template <bool O16>
+__global__ void im2col_k(void *col, const float *x, int in_h, int in_w, int in_c, int kh, int kw, int stride, int pad,
                          int Wo, int p0, int np) {
-    int K = in_c * kh * kw;
-    size_t n = (size_t)np * K;
-    GRID_STRIDE(idx, n) {
-        int p = p0 + (int)(idx / K), kk = (int)(idx % K);
-        int i = kk / (kh * kw), ky = (kk / kw) % kh, kx = kk % kw;
-        int oy = p / Wo, ox = p % Wo;
-        int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
-        col[idx] = (iy >= 0 && iy < in_h && ix >= 0 && ix < in_w) ? x[((size_t)iy * in_w + ix) * in_c + i] : 0.f;
+    const int khw = kh * kw, K = in_c * khw;
+    for (int r = blockIdx.y; r < np; r += gridDim.y) {
+        const int p = p0 + r, oy = p / Wo, ox = p - oy * Wo;
+        for (int kk = blockIdx.x * blockDim.x + threadIdx.x; kk < K; kk += gridDim.x * blockDim.x) {
+            const int i = kk / khw, t = kk - i * khw, ky = t / kw, kx = t - ky * kw;
+            const int iy = oy * stride - pad + ky, ix = ox * stride - pad + kx;
+            const float v = iy >= 0 && iy < in_h && ix >= 0 && ix < in_w ? x[((size_t)iy * in_w + ix) * in_c + i] : 0.f;
+            if (O16)
+                ((uint16_t *)col)[(size_t)r * K + kk] = f2bf(v);
+            else
+                ((float *)col)[(size_t)r * K + kk] = v;
+        }
     }
 }
 
@@ -1104,14 +1112,24 @@ static void cu_conv2d(Backend *b, float *y, const float *x, const OpsConv2d *c, 
         return;
     }
     DS_ASSERT(scratch && scratch_n >= (size_t)K);
-    size_t chunk = scratch_n / K;
+    /* where the product converts the columns to bf16 itself (bf16 weight, many rows, bf16 inputs), im2col writes them
+     * as bf16 (the same values; half the traffic, twice the pixels a chunk) */
+    const CudaCtx *cc = cctx(b);
+    const bool o16 = w.dtype == DS_BF16 && !cc->gemm_f16 && !cc->exact_gemm && scratch_n / K > GEMV_ROWS;
+    size_t chunk = (o16 ? 2 * scratch_n : scratch_n) / K;
     if (chunk > (size_t)P) chunk = P;
     for (int p0 = 0; p0 < P; p0 += (int)chunk) {
-        int np = P - p0 < (int)chunk ? P - p0 : (int)chunk;
-        im2col_k<<<grid_for((size_t)np * K), 256, 0, cctx(b)->stream>>>(scratch, x, c->in_h, c->in_w, c->in_c, c->kh,
-                                                                       c->kw, c->stride, c->pad, Wo, p0, np);
+        /* a chunk of GEMV_ROWS pixels or fewer goes to the GEMV on fp32 columns, as linear would (it fits: o16 asks
+         * for room for more than GEMV_ROWS fp32 rows) */
+        const int np = P - p0 < (int)chunk ? P - p0 : (int)chunk, b16 = o16 && np > GEMV_ROWS;
+        if (b16)
+            im2col_k<true><<<rows_grid(np, K), 256, 0, cctx(b)->stream>>>(scratch, x, c->in_h, c->in_w, c->in_c, c->kh,
+                                                                          c->kw, c->stride, c->pad, Wo, p0, np);
+        else
+            im2col_k<false><<<rows_grid(np, K), 256, 0, cctx(b)->stream>>>(scratch, x, c->in_h, c->in_w, c->in_c, c->kh,
+                                                                           c->kw, c->stride, c->pad, Wo, p0, np);
         CU_LAUNCHED();
-        cu_linear(b, y + (size_t)p0 * c->out_c, c->out_c, scratch, K, np, K, w, c->out_c, bias, 0);
+        cu_linear(b, y + (size_t)p0 * c->out_c, c->out_c, scratch, K, np, K, w, c->out_c, bias, b16 ? BE_IN_BF16 : 0);
     }
 }
 
