@@ -2,16 +2,14 @@
 """Sums ncu's per-kernel times (CSV from `ncu --csv --print-units base --metrics gpu__time_duration.sum`) over one
 decode step: the kernels between the last two argmax_k launches, by name. Used on the GPU machine:
     python3 tools/ncu_step.py ncu.csv"""
-import csv
+import os
 import sys
 from collections import OrderedDict
 
-rows = []
-with open(sys.argv[1], newline="") as f:
-    lines = [l for l in f if l.startswith('"')]
-for r in csv.DictReader(lines):
-    if r.get("Metric Name") == "gpu__time_duration.sum":
-        rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", "")) / 1000.0))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ncu_csv import kernel_times  # noqa: E402
+
+rows = [(n, us) for n, _, us in kernel_times(sys.argv[1])]
 marks = [i for i, (n, _) in enumerate(rows) if n.startswith("argmax_k")]
 if len(marks) < 2:
     sys.exit("fewer than two argmax_k launches in the trace")

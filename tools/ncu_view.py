@@ -3,16 +3,14 @@
 first vision view of a run: the kernels from the first chw_to_hwc_k launch up to the first embedding kernel of the
 prompt, grouped by kernel name and grid (so that products of different shapes stay apart). Used on the GPU machine:
     python3 tools/ncu_view.py ncu.csv"""
-import csv
+import os
 import sys
 from collections import OrderedDict
 
-rows = []
-with open(sys.argv[1], newline="") as f:
-    lines = [l for l in f if l.startswith('"')]
-for r in csv.DictReader(lines):
-    if r.get("Metric Name") == "gpu__time_duration.sum":
-        rows.append((r["Kernel Name"], r.get("Grid Size", ""), float(r["Metric Value"].replace(",", "")) / 1000.0))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from ncu_csv import kernel_times  # noqa: E402
+
+rows = kernel_times(sys.argv[1])
 start = next((i for i, (n, _, _) in enumerate(rows) if n.startswith("chw_to_hwc")), None)
 if start is None:
     sys.exit("no chw_to_hwc_k launch in the trace")
