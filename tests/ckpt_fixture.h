@@ -175,4 +175,22 @@ static inline void fixture_rmdir(char *d) {
     free(d);
 }
 
+/* A fresh folder holding the tiny random model (fixture_tiny_config) and the repository's tokenizer.json: NULL on
+ * failure. Run from the repository root; the caller removes it with fixture_rmdir. */
+static inline char *fixture_tiny_model_dir(void) {
+    char *dir = fixture_tmpdir(), *cfg = fixture_tiny_config();
+    int bad = !dir || !cfg || fixture_write_model(dir, cfg, NULL);
+    free(cfg);
+    if (!bad) {
+        char cmd[1200];
+        snprintf(cmd, sizeof cmd, "cp data/tokenizer/tokenizer.json '%s/'", dir);
+        bad = system(cmd) != 0;
+    }
+    if (bad) {
+        fixture_rmdir(dir);
+        return NULL;
+    }
+    return dir;
+}
+
 #endif

@@ -14,13 +14,7 @@ static char *g_png;
 static size_t g_png_len;
 
 static int setup(void) {
-    g_dir = fixture_tmpdir();
-    char *cfg = fixture_tiny_config();
-    if (!g_dir || !cfg || fixture_write_model(g_dir, cfg, NULL)) return -1;
-    free(cfg);
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "cp data/tokenizer/tokenizer.json '%s/'", g_dir);
-    if (system(cmd) != 0) return -1;
+    if (!(g_dir = fixture_tiny_model_dir())) return -1;
     char err[512];
     if (dsocr_model_load(g_dir, NULL, &g_model, err, sizeof err) != DSOCR_OK) {
         fprintf(stderr, "load: %s\n", err);

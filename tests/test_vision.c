@@ -17,31 +17,39 @@
 static Backend g_io; /* the CPU backend with act_bf16 and the storage flags */
 static long g_in16, g_out16, g_not_bf16;
 
+/* rows × w values of bf16 storage (row stride ld) widened into floats at the same places */
+static float *widen_rows(const void *p16, int rows, int ld, int w) {
+    float *f = malloc(sizeof(float) * ((size_t)rows * ld + 1));
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < w; i++) f[(size_t)r * ld + i] = bf16_to_f32(((const uint16_t *)p16)[(size_t)r * ld + i]);
+    return f;
+}
+/* rows × w floats (stride lds) narrowed into bf16 storage (stride ldd); count: the values that were not bf16
+ * values already are counted in g_not_bf16 (outputs the flags promise to be rounded) */
+static void narrow_rows(void *d16, int ldd, const float *s, int lds, int rows, int w, int count) {
+    for (int r = 0; r < rows; r++)
+        for (int i = 0; i < w; i++) {
+            const float v = s[(size_t)r * lds + i];
+            if (count) g_not_bf16 += bf16_round(v) != v && v == v;
+            ((uint16_t *)d16)[(size_t)r * ldd + i] = f32_to_bf16(v);
+        }
+}
+
 static void io_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                       int flags) {
     Backend *cpu = backend_cpu();
     float *xs = NULL, *ys = NULL;
     if (flags & BE_IN_BF16) { /* x: bf16 storage, ldx in elements */
         g_in16++;
-        xs = malloc(sizeof(float) * ((size_t)M * K + 1));
-        for (int m = 0; m < M; m++)
-            for (int k = 0; k < K; k++) xs[(size_t)m * K + k] = bf16_to_f32(((const uint16_t *)x)[(size_t)m * ldx + k]);
+        xs = widen_rows(x, M, ldx, K);
     }
     if (flags & BE_OUT_BF16) {
         g_out16++;
         CHECK((flags & BE_ROUND) && !(flags & OPS_ACCUM));
         ys = malloc(sizeof(float) * ((size_t)M * N + 1));
     }
-    cpu->linear(cpu, ys ? ys : y, ys ? N : ldy, xs ? xs : x, xs ? K : ldx, M, K, w, N, bias,
-                flags & ~(BE_IN_BF16 | BE_OUT_BF16));
-    if (ys) { /* y: bf16 storage, ldy in elements */
-        for (int m = 0; m < M; m++)
-            for (int n = 0; n < N; n++) {
-                const float v = ys[(size_t)m * N + n];
-                g_not_bf16 += bf16_round(v) != v && v == v;
-                ((uint16_t *)y)[(size_t)m * ldy + n] = f32_to_bf16(v);
-            }
-    }
+    cpu->linear(cpu, ys ? ys : y, ys ? N : ldy, xs ? xs : x, ldx, M, K, w, N, bias, flags & ~(BE_IN_BF16 | BE_OUT_BF16));
+    if (ys) narrow_rows(y, ldy, ys, N, M, N, 1); /* y: bf16 storage, ldy in elements */
     free(xs);
     free(ys);
 }
@@ -57,24 +65,13 @@ static void io_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx,
     CHECK(flags & BE_ROUND);
     float *ys = malloc(sizeof(float) * ((size_t)M * n + 1));
     cpu->layernorm(cpu, ys, n, x, ldx, M, n, w, bias, eps, flags & ~BE_OUT_BF16);
-    for (int m = 0; m < M; m++)
-        for (int i = 0; i < n; i++) {
-            const float v = ys[(size_t)m * n + i];
-            g_not_bf16 += bf16_round(v) != v && v == v;
-            ((uint16_t *)y)[(size_t)m * ldy + i] = f32_to_bf16(v);
-        }
+    narrow_rows(y, ldy, ys, n, M, n, 1);
     free(ys);
 }
 
 /* attention with io_bf16: q, k, v widened into float copies (same strides), the CPU op, the output narrowed (the
  * plain path rounds it to bf16 after the op: the same values) */
 static long g_att16;
-static float *widen_rows(const float *p16, int rows, int ld, int w) {
-    float *f = malloc(sizeof(float) * ((size_t)rows * ld + 1));
-    for (int r = 0; r < rows; r++)
-        for (int i = 0; i < w; i++) f[(size_t)r * ld + i] = bf16_to_f32(((const uint16_t *)p16)[(size_t)r * ld + i]);
-    return f;
-}
 static int io_attention_bf16(Backend *b, const OpsAttention *a) { return a->io_bf16 != 0; }
 static void io_attention(Backend *b, const OpsAttention *a) {
     Backend *cpu = backend_cpu();
@@ -89,20 +86,14 @@ static void io_attention(Backend *b, const OpsAttention *a) {
     float *o = malloc(sizeof(float) * ((size_t)qr * a->ldo + 1));
     t.io_bf16 = 0, t.q = q, t.k = k, t.v = v, t.out = o;
     cpu->attention(cpu, &t);
-    for (int r = 0; r < qr; r++)
-        for (int i = 0; i < W; i++) ((uint16_t *)a->out)[(size_t)r * a->ldo + i] = f32_to_bf16(o[(size_t)r * a->ldo + i]);
+    narrow_rows(a->out, a->ldo, o, a->ldo, qr, W, 0);
     free(q), free(k), free(v), free(o);
 }
 
 /* residual_add / window_unpartition_residual: r widened, the CPU add, then the rounding */
-static float *widen_n(const void *r16, size_t n) {
-    float *f = malloc(sizeof(float) * (n + 1));
-    for (size_t i = 0; i < n; i++) f[i] = bf16_to_f32(((const uint16_t *)r16)[i]);
-    return f;
-}
 static void io_residual_add(Backend *b, float *x, const void *r, size_t n, int flags) {
     Backend *cpu = backend_cpu();
-    float *w = flags & BE_IN_BF16 ? widen_n(r, n) : NULL;
+    float *w = flags & BE_IN_BF16 ? widen_rows(r, 1, (int)n, (int)n) : NULL;
     g_in16 += w != NULL;
     cpu->add(cpu, x, x, w ? w : (const float *)r, n);
     if (flags & BE_ROUND) cpu->round_bf16(cpu, x, n);
@@ -111,7 +102,7 @@ static void io_residual_add(Backend *b, float *x, const void *r, size_t n, int f
 static void io_unpartition_residual(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
     Backend *cpu = backend_cpu();
     const int nw = (g + ws - 1) / ws;
-    float *w = flags & BE_IN_BF16 ? widen_n(win, (size_t)nw * nw * ws * ws * C) : NULL;
+    float *w = flags & BE_IN_BF16 ? widen_rows(win, nw * nw * ws * ws, C, C) : NULL;
     g_in16 += w != NULL;
     cpu->window_unpartition_add(cpu, x, w ? w : (const float *)win, g, C, ws);
     if (flags & BE_ROUND) cpu->round_bf16(cpu, x, (size_t)g * g * C);
@@ -122,13 +113,7 @@ static char *g_dir;
 static Model *g_m;
 
 static int setup(void) {
-    g_dir = fixture_tmpdir();
-    char *cfg = fixture_tiny_config();
-    if (!g_dir || !cfg || fixture_write_model(g_dir, cfg, NULL)) return -1;
-    free(cfg);
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "cp data/tokenizer/tokenizer.json '%s/'", g_dir);
-    if (system(cmd) != 0) return -1;
+    if (!(g_dir = fixture_tiny_model_dir())) return -1;
     DsError e = {0};
     CheckpointOptions co = {0};
     if (model_load(g_dir, &co, &g_m, &e) != DSOCR_OK) {
