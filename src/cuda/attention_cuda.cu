@@ -202,8 +202,6 @@ static bool launch_flash(CudaCtx *c, const AttnArgs &a, int nb) {
     return true;
 }
 
-int cu_attention_bf16(Backend *b, const OpsAttention *o) { return cu_attention_mma_bf16(b, o) ? 1 : 0; }
-
 void cu_attention(Backend *b, const OpsAttention *o) {
     DS_ASSERT(o->n_batch >= 0 && o->tq >= 0 && o->tk > 0 && o->n_heads > 0 && o->head_dim > 0 && o->head_dim <= 512);
     int width = o->n_heads * o->head_dim;

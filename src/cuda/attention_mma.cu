@@ -66,13 +66,19 @@ __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b
 }
 
 /* Four 8×8 bf16 matrices from shared memory into mma fragments (sm_75+): lane l gives the address of row l % 8 of
- * matrix l / 8; register i receives matrix i's (row l / 4, columns 2·(l % 4) and +1), an m16n8k16 B fragment half. */
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const uint16_t *p) {
+ * matrix l / 8; register i receives matrix i's (row l / 4, columns 2·(l % 4) and +1), an m16n8k16 B fragment half;
+ * TRANS (ldmatrix .trans): matrix i's (rows 2·(l % 4) and +1, column l / 4). */
+template <bool TRANS = false> __device__ __forceinline__ void ldsm_x4(uint32_t *r, const uint16_t *p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
     const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
+    if (TRANS)
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
+    else
+        asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                     : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                     : "r"(a));
 #else
     __trap();
 #endif
@@ -118,17 +124,6 @@ __device__ __forceinline__ void cp_commit() {
 template <int N> __device__ __forceinline__ void cp_wait() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
-/* ldmatrix .trans: register i receives matrix i's (rows 2·(l % 4) and +1, column l / 4) */
-__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const uint16_t *p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 750
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(a));
-#else
-    __trap();
 #endif
 }
 /* a + b on bf16 pairs, rounded to nearest even (one instruction on sm_80+) */
@@ -356,7 +351,7 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
             for (int n = 0; n < HD / 8; n += 2) { /* dims n and n + 1: matrices (keys +0/+8) × (dims n, n + 1) */
                 uint32_t vb[4];
                 const int mtx = lane >> 3;
-                ldsm_x4_t(vb, Vs + (kk * 16 + (mtx & 1) * 8 + (lane & 7)) * KS + (n + (mtx >> 1)) * 8);
+                ldsm_x4<true>(vb, Vs + (kk * 16 + (mtx & 1) * 8 + (lane & 7)) * KS + (n + (mtx >> 1)) * 8);
                 mma_bf16(o[n], pa, vb[0], vb[1]);
                 mma_bf16(o[n + 1], pa, vb[2], vb[3]);
             }
@@ -391,6 +386,14 @@ __global__ void __launch_bounds__(NW * 32, 2) attn_mma_k(MmaArgs a) {
 /* Whether the tensor-core kernel takes o (sm_80+, head_dim 64, not causal, aligned rows, relative terms only with
  * bf16_bias, shared memory and conversion scratch enough); with o->io_bf16 the rows are bf16 (16-byte aligned K/V
  * rows for cp.async, no conversion). */
+/* The relative terms' row of a query pair (REL): relH at words [0, gh), relW from word wb = gh rounded up to even
+ * (64-bit loads), rws words in all, ≡ 8 (mod 16) so that a warp's 64-bit loads of relW terms hit every bank once. */
+static int rel_wb(const OpsAttention *o) { return (o->grid_h + 1) & ~1; }
+static int rel_rws(const OpsAttention *o) {
+    int rws = rel_wb(o) + o->grid_w;
+    return rws + (8 - rws % 16 + 16) % 16;
+}
+
 static bool mma_applies(const CudaCtx *c, const OpsAttention *o, size_t *smem_out) {
     if (c->cc < 80 || c->exact_gemm || c->gemm_f16 || o->head_dim != HD || o->causal) return false;
     if (o->relpos_h && !o->bf16_bias) return false;
@@ -405,21 +408,17 @@ static bool mma_applies(const CudaCtx *c, const OpsAttention *o, size_t *smem_ou
         if ((size_t)2 * o->n_batch * o->n_heads * tkp * HD > c->xb_elems) return false; /* conversion scratch */
     }
     const bool rel = o->relpos_h != NULL, gw64 = rel && o->tk % KT == 0 && o->grid_w == KT;
-    int rws = 0;
-    if (rel) {
-        rws = ((o->grid_h + 1) & ~1) + o->grid_w;
-        rws += (8 - rws % 16 + 16) % 16; /* ≡ 8 (mod 16): a warp's 64-bit loads of relW terms hit every bank once */
-    }
-    const size_t smem = mma_smem(rws, rel && !gw64 ? (o->tk + KT - 1) / KT * KT : 0);
+    const size_t smem = mma_smem(rel ? rel_rws(o) : 0, rel && !gw64 ? (o->tk + KT - 1) / KT * KT : 0);
     if (smem > (size_t)c->smem_optin) return false;
     if (smem_out) *smem_out = smem;
     return true;
 }
 
-bool cu_attention_mma_bf16(Backend *b, const OpsAttention *o) {
+/* backend.h attention_bf16: only this kernel reads and writes bf16 storage */
+int cu_attention_bf16(Backend *b, const OpsAttention *o) {
     OpsAttention t = *o;
     t.io_bf16 = 1;
-    return mma_applies(cctx(b), &t, NULL);
+    return mma_applies(cctx(b), &t, NULL) ? 1 : 0;
 }
 
 /* Runs the tensor-core kernel when mma_applies; returns false to leave the call to the SIMT kernels. */
@@ -444,12 +443,8 @@ bool cu_attention_mma(Backend *b, const OpsAttention *o) {
     a.rw = rel ? o->relpos_w : NULL;
     a.gh = rel ? o->grid_h : 0;
     a.gw = rel ? o->grid_w : 1;
-    a.wb = (a.gh + 1) & ~1;
-    a.rws = 0;
-    if (rel) {
-        a.rws = a.wb + a.gw;
-        a.rws += (8 - a.rws % 16 + 16) % 16;
-    }
+    a.wb = rel ? rel_wb(o) : 0;
+    a.rws = rel ? rel_rws(o) : 0;
     const int tkp = (o->tk + KT - 1) / KT * KT;
     if (a.io16) { /* K and V read where they are */
         a.kb = (const uint16_t *)o->k;

@@ -909,30 +909,32 @@ __global__ void round_k(float *x, size_t n, int vec) {
     }
     GRID_STRIDE(i, n - done) x[done + i] = rbf(x[done + i]);
 }
+/* Four (load4: index i of float4 / uint2 steps) or one (load1) residual inputs: floats, or R16 bf16 storage */
+template <bool R16> static __device__ __forceinline__ float4 load4(const void *r, size_t i) {
+    if (!R16) return ((const float4 *)r)[i];
+    const uint2 p = ((const uint2 *)r)[i];
+    return make_float4(__uint_as_float(p.x << 16), __uint_as_float(p.x & 0xffff0000u), __uint_as_float(p.y << 16),
+                       __uint_as_float(p.y & 0xffff0000u));
+}
+template <bool R16> static __device__ __forceinline__ float load1(const void *r, size_t i) {
+    return R16 ? bf2f(((const uint16_t *)r)[i]) : ((const float *)r)[i];
+}
+/* x + a, each value rounded to bf16 when round */
+static __device__ __forceinline__ float4 add4(float4 x, float4 a, int round) {
+    x = make_float4(x.x + a.x, x.y + a.y, x.z + a.z, x.w + a.w);
+    return round ? make_float4(rbf(x.x), rbf(x.y), rbf(x.z), rbf(x.w)) : x;
+}
+
 /* x += r (r: floats, or R16: bf16 storage), rounded to bf16 when round: backend.h residual_add */
 template <bool R16> __global__ void residual_add_k(float *x, const void *r, size_t n, int round, int vec) {
     size_t done = 0;
     if (vec) {
-        GRID_STRIDE(i, n / 4) {
-            float4 v = ((float4 *)x)[i];
-            float a0, a1, a2, a3;
-            if (R16) {
-                const uint2 p = ((const uint2 *)r)[i];
-                a0 = __uint_as_float(p.x << 16), a1 = __uint_as_float(p.x & 0xffff0000u);
-                a2 = __uint_as_float(p.y << 16), a3 = __uint_as_float(p.y & 0xffff0000u);
-            } else {
-                const float4 q = ((const float4 *)r)[i];
-                a0 = q.x, a1 = q.y, a2 = q.z, a3 = q.w;
-            }
-            v.x += a0, v.y += a1, v.z += a2, v.w += a3;
-            if (round) v = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
-            ((float4 *)x)[i] = v;
-        }
+        GRID_STRIDE(i, n / 4) ((float4 *)x)[i] = add4(((float4 *)x)[i], load4<R16>(r, i), round);
         done = n / 4 * 4;
     }
     GRID_STRIDE(i, n - done) {
         const size_t k = done + i;
-        float v = x[k] + (R16 ? bf2f(((const uint16_t *)r)[k]) : ((const float *)r)[k]);
+        const float v = x[k] + load1<R16>(r, k);
         x[k] = round ? rbf(v) : v;
     }
 }
@@ -1204,24 +1206,11 @@ __global__ void window_unpartition_add_k(float *x, const void *win, int g, int C
         const size_t r = ((size_t)(gy / ws) * nw + gx / ws) * ws * ws + (size_t)(gy % ws) * ws + gx % ws;
         float *xr = x + (size_t)pix * C;
         if (vec) {
-            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C / 4; c += gridDim.x * blockDim.x) {
-                float4 v = ((float4 *)xr)[c];
-                float a0, a1, a2, a3;
-                if (R16) {
-                    const uint2 p = ((const uint2 *)((const uint16_t *)win + r * C))[c];
-                    a0 = __uint_as_float(p.x << 16), a1 = __uint_as_float(p.x & 0xffff0000u);
-                    a2 = __uint_as_float(p.y << 16), a3 = __uint_as_float(p.y & 0xffff0000u);
-                } else {
-                    const float4 q = ((const float4 *)((const float *)win + r * C))[c];
-                    a0 = q.x, a1 = q.y, a2 = q.z, a3 = q.w;
-                }
-                v.x += a0, v.y += a1, v.z += a2, v.w += a3;
-                if (round) v = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
-                ((float4 *)xr)[c] = v;
-            }
+            for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C / 4; c += gridDim.x * blockDim.x)
+                ((float4 *)xr)[c] = add4(((float4 *)xr)[c], load4<R16>(win, r * C / 4 + c), round);
         } else {
             for (int c = blockIdx.x * blockDim.x + threadIdx.x; c < C; c += gridDim.x * blockDim.x) {
-                float v = xr[c] + (R16 ? bf2f(((const uint16_t *)win)[r * C + c]) : ((const float *)win)[r * C + c]);
+                const float v = xr[c] + load1<R16>(win, r * C + c);
                 xr[c] = round ? rbf(v) : v;
             }
         }
@@ -1267,7 +1256,7 @@ static void cu_window_partition(Backend *b, float *dst, const float *src, int g,
                                                                                                   nw, vec);
     CU_LAUNCHED();
 }
-static void unpartition(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
+static void cu_window_unpartition_residual(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
     DS_ASSERT(g > 0 && C > 0 && ws > 0);
     const int nw = (g + ws - 1) / ws, r16 = (flags & BE_IN_BF16) != 0, round = (flags & BE_ROUND) != 0;
     const int vec = C % 4 == 0 && ((uintptr_t)x & 15) == 0 && ((uintptr_t)win & (r16 ? 7 : 15)) == 0;
@@ -1279,10 +1268,7 @@ static void unpartition(Backend *b, float *x, const void *win, int g, int C, int
     CU_LAUNCHED();
 }
 static void cu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
-    unpartition(b, x, win, g, C, ws, 0);
-}
-static void cu_window_unpartition_residual(Backend *b, float *x, const void *win, int g, int C, int ws, int flags) {
-    unpartition(b, x, win, g, C, ws, flags);
+    cu_window_unpartition_residual(b, x, win, g, C, ws, 0);
 }
 static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D) {
     DS_ASSERT(n >= 0 && D > 0 && table.data);

@@ -213,11 +213,9 @@ void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW ga
                float *scratch);
 /* attention_cuda.cu */
 void cu_attention(Backend *b, const OpsAttention *a);
-int cu_attention_bf16(Backend *b, const OpsAttention *a);
+int cu_attention_bf16(Backend *b, const OpsAttention *a); /* attention_mma.cu: whether cu_attention_mma takes a with io_bf16 */
 /* attention_mma.cu: the tensor-core flash kernel; false when it does not apply (then the SIMT kernels run). */
 bool cu_attention_mma(Backend *b, const OpsAttention *a);
-/* whether cu_attention_mma takes a with io_bf16 set (backend.h attention_bf16) */
-bool cu_attention_mma_bf16(Backend *b, const OpsAttention *a);
 void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
 void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                  int ldk, const float *v, int ldv);
