@@ -42,7 +42,7 @@ struct VisionWork {
     float *net2;           /* [(g/2)², D0] */
     float *sam;            /* [n², D1] */
     int max_tok;           /* 1 + n² */
-    float *cx, *cy, *cqkv, *catt, *cmlp; /* CLIP [max_tok, CW / 3CW / CW / CM] */
+    float *cx, *cy, *cqkv, *catt; /* CLIP [max_tok, CW / 3CW / CW]; its MLP hidden is big's */
     float *feat;           /* [n², CW + D1] */
     float *proj;           /* [n², hidden] a recorded view's output (copied to the caller's) */
     int record;            /* record views as graphs (not with DSOCR_NO_GRAPH or DSOCR_PROFILE) */
@@ -89,6 +89,7 @@ static Sizes sizes(const Model *m, int max_side) {
     z.D0 = (size_t)s->downsample_channels[0];
     z.D1 = (size_t)s->downsample_channels[1];
     z.CM = (size_t)c->clip.mlp_dim;
+    if (z.big < z.tok * z.CM) z.big = z.tok * z.CM; /* CLIP's MLP hidden too */
     z.F = (size_t)c->projector_input_dim;
     return z;
 }
@@ -98,7 +99,7 @@ size_t vision_work_bytes(const Model *m, int max_side) {
     size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big +
                TABLE_SLOTS * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
                CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
-               z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.tok * z.CM + z.n * z.n * z.F +
+               z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.n * z.n * z.F +
                z.n * z.n * (size_t)m->cfg.hidden_size;
     return f * sizeof(float);
 }
@@ -146,7 +147,6 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(cy, z.tok * z.CW);
     A(cqkv, z.tok * 3 * z.CW);
     A(catt, z.tok * z.CW);
-    A(cmlp, z.tok * z.CM);
     A(feat, z.n * z.n * z.F);
     A(proj, z.n * z.n * (size_t)m->cfg.hidden_size);
     H(h_pos_src, z.G * z.G * z.W);
@@ -175,7 +175,7 @@ void vision_work_free(VisionWork *w) {
     Backend *be = w->be;
     float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->conv,
                     w->neck_a, w->neck_b, w->net2, w->sam, w->cx,   w->cy,   w->cqkv, w->catt,
-                    w->cmlp,   w->feat,   w->proj};
+                    w->feat,   w->proj};
     for (int i = 0; i < TABLE_SLOTS; i++) {
         float *t[] = {w->tab[i].pos, w->tab[i].rel, w->tab[i].cpos};
         for (int j = 0; j < 3; j++)
@@ -211,15 +211,21 @@ static void rnd(Ctx *c, float *x, size_t n) {
 static int act16(const Ctx *c) { return c->bf16 && c->be->act_bf16; }
 /* (act16 backends have residual_add and window_unpartition_residual: backend.h) */
 
-static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b) {
-    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, c->bf16 ? BE_ROUND : 0);
+/* linear, its output rounded to bf16 in bf16 mode; flags: an activation (BE_GELU or BE_QGELU) over the output,
+ * rounded before and after in bf16 mode, and the storage flags BE_IN_BF16 / BE_OUT_BF16 (only when act16) */
+static void linear(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b, int flags) {
+    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, (c->bf16 ? BE_ROUND : 0) | flags);
 }
 
-/* linear with flags: an activation (BE_GELU or BE_QGELU) over its output, rounded to bf16 before and after in bf16
- * mode, and the storage flags BE_IN_BF16 / BE_OUT_BF16 (only when act16) */
-static void linear_fl(Ctx *c, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW b,
-                      int flags) {
-    c->be->linear(c->be, y, ldy, x, ldx, M, K, w, N, b, (c->bf16 ? BE_ROUND : 0) | flags);
+/* The residual step x[0..n) += r, then rounded to bf16 when round (in bf16 mode): r in bf16 storage when r16 (an
+ * act16 backend's residual_add does both in one pass), else floats (add, then round_bf16). */
+static void residual(Ctx *c, float *x, const float *r, size_t n, int r16, int round) {
+    if (r16) {
+        c->be->residual_add(c->be, x, r, n, BE_IN_BF16 | (round ? BE_ROUND : 0));
+        return;
+    }
+    c->be->add(c->be, x, x, r, n);
+    if (round) rnd(c, x, n);
 }
 
 static void layernorm(Ctx *c, float *y, const float *x, int M, int n, DsW w, DsW b, float eps) {
@@ -255,7 +261,7 @@ static int qkv_attention(Ctx *c, OpsAttention *a, float *qkv, const float *in, i
         if ((io = be->attention_bf16(be, &t) != 0)) *a = t;
     }
     be_mark(be, mark_qkv);
-    linear_fl(c, qkv, 3 * Wd, in, Wd, R, Wd, qw, 3 * Wd, qb, in16 | (io ? BE_OUT_BF16 : 0));
+    linear(c, qkv, 3 * Wd, in, Wd, R, Wd, qw, 3 * Wd, qb, in16 | (io ? BE_OUT_BF16 : 0));
     be_mark(be, mark_attn);
     be->attention(be, a);
     if (!io) rnd(c, a->out, (size_t)R * Wd);
@@ -331,16 +337,10 @@ static void mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, 
         int mm = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
         /* row r0 of y: counted in bf16 elements when y holds bf16 */
         const float *yr = y16 ? (const float *)((const uint16_t *)y + (size_t)r0 * D) : y + (size_t)r0 * D;
-        linear_fl(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
-        if (h16) { /* fc2's output in bf16 storage too, added (and rounded) in one pass */
-            linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, BE_IN_BF16 | BE_OUT_BF16);
-            c->be->residual_add(c->be, x + (size_t)r0 * D, tmp_out, (size_t)mm * D,
-                                BE_IN_BF16 | (residual_round ? BE_ROUND : 0));
-            continue;
-        }
-        linear_fl(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, 0);
-        c->be->add(c->be, x + (size_t)r0 * D, x + (size_t)r0 * D, tmp_out, (size_t)mm * D);
-        if (residual_round) rnd(c, x + (size_t)r0 * D, (size_t)mm * D);
+        linear(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
+        /* fc2's output in bf16 storage too when act16, added (and rounded) in one pass */
+        linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, h16 ? BE_IN_BF16 | BE_OUT_BF16 : 0);
+        residual(c, x + (size_t)r0 * D, tmp_out, (size_t)mm * D, h16, residual_round);
     }
 }
 
@@ -440,18 +440,15 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
         const int att16 = qkv_attention(c, &a, w->qkv, in, 0, R, W, k->qkv_w, k->qkv_b, "sam.qkv",
                                         gl ? "sam.attn.global" : "sam.attn.window");
         be_mark(be, "sam.proj");
-        if (act16(c)) { /* the projection in bf16 storage, added and rounded in one pass */
-            linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16 | BE_OUT_BF16);
-            if (gl)
-                be->residual_add(be, w->x, w->big, (size_t)g * g * W, BE_IN_BF16 | BE_ROUND);
-            else
-                be->window_unpartition_residual(be, w->x, w->big, g, W, ws, BE_IN_BF16 | BE_ROUND);
+        /* the projection in bf16 storage when act16, added and rounded in one pass */
+        const int p16 = act16(c);
+        linear(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16 | (p16 ? BE_OUT_BF16 : 0));
+        if (gl) {
+            residual(c, w->x, w->big, (size_t)g * g * W, p16, 1);
+        } else if (p16) {
+            be->window_unpartition_residual(be, w->x, w->big, g, W, ws, BE_IN_BF16 | BE_ROUND);
         } else {
-            linear_fl(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16);
-            if (gl)
-                be->add(be, w->x, w->x, w->big, (size_t)g * g * W);
-            else
-                be->window_unpartition_add(be, w->x, w->big, g, W, ws);
+            be->window_unpartition_add(be, w->x, w->big, g, W, ws);
             rnd(c, w->x, (size_t)g * g * W);
         }
         be_mark(be, "sam.norm");
@@ -504,26 +501,13 @@ static void clip_forward(Ctx *c, int n) {
         const int att16 = qkv_attention(c, &a, w->cqkv, w->cy, y16, T, CW, L->qkv_w, L->qkv_b, "clip.qkv",
                                         "clip.attn");
         be_mark(be, "clip.out");
-        if (act16(c)) { /* the projection in bf16 storage; the residual stream stays fp32 (no rounding) */
-            linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16 | BE_OUT_BF16);
-            be->residual_add(be, w->cx, w->cy, (size_t)T * CW, BE_IN_BF16);
-        } else {
-            linear_fl(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16);
-            be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
-        }
+        /* the projection in bf16 storage when act16; the residual stream stays fp32 (no rounding) */
+        const int p16 = act16(c);
+        linear(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16 | (p16 ? BE_OUT_BF16 : 0));
+        residual(c, w->cx, w->cy, (size_t)T * CW, p16, 0);
         be_mark(be, "clip.mlp");
         y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
-        /* the hidden (cmlp) in bf16 storage when act16, as mlp's */
-        const int h16 = act16(c);
-        linear_fl(c, w->cmlp, k->mlp_dim, w->cy, CW, T, CW, L->fc1_w, k->mlp_dim, L->fc1_b,
-                  BE_QGELU | y16 | (h16 ? BE_OUT_BF16 : 0));
-        if (h16) {
-            linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, BE_IN_BF16 | BE_OUT_BF16);
-            be->residual_add(be, w->cx, w->cy, (size_t)T * CW, BE_IN_BF16);
-        } else {
-            linear_fl(c, w->cy, CW, w->cmlp, k->mlp_dim, T, k->mlp_dim, L->fc2_w, CW, L->fc2_b, 0);
-            be->add(be, w->cx, w->cx, w->cy, (size_t)T * CW);
-        }
+        mlp(c, w->cx, w->cy, y16, T, CW, k->mlp_dim, L->fc1_w, L->fc1_b, L->fc2_w, L->fc2_b, 1, w->catt, 0);
     }
 }
 
@@ -543,7 +527,7 @@ static DsocrStatus view_ops(Ctx *c, int side, float *out) {
     be_mark(w->be, "projector");
     w->be->concat_cols(w->be, w->feat, w->cx + CW, CW, CW, w->sam, D1, D1, n * n);
     rnd(c, w->feat, (size_t)n * n * F);
-    linear(c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b);
+    linear(c, out, D, w->feat, F, n * n, F, m->proj_w, D, m->proj_b, 0);
     be_mark(w->be, "(idle)");
     return dump_rows(c, "proj", out, n * n, D, 0);
 }
