@@ -397,7 +397,7 @@ static DsocrStatus do_page(Ctx *c, int page, const DocEvent *evbase, cJSON **pj,
         *pj = failed_page(page, pe.msg, t_render, t0);
         return *pj ? DSOCR_OK : ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     }
-    const int forced = o->dbg && o->dbg->n_force > 0;
+    const int forced = o->dbg && (o->dbg->n_force > 0 || o->dbg->force_embeds); /* debugging runs: no retries */
     const int vllm = o->ocr.compat == DSOCR_COMPAT_VLLM;
     const int ng0 = o->ocr.no_repeat_ngram >= 0 ? o->ocr.no_repeat_ngram : (vllm ? 30 : 20);
     const int win0 = o->ocr.ngram_window >= 0 ? o->ocr.ngram_window : (vllm ? 90 : 0);
@@ -797,12 +797,13 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
     const int vllm = o->ocr.compat == DSOCR_COMPAT_VLLM;
     snprintf(c.fingerprint, sizeof c.fingerprint,
              "v1 mode=%d/%d/%d prompt=%s compat=%s max=%d eos=%d ngram=%d window=%d precision=%d dpi=%d "
-             "retries=%d loop=%d/%d/%d/%.4f forced=%d model=%s source=%lld/%lld",
+             "retries=%d loop=%d/%d/%d/%.4f forced=%d%s%s model=%s source=%lld/%lld",
              m0.base_size, m0.image_size, m0.crop_mode, o->ocr.prompt ? o->ocr.prompt : "markdown",
              vllm ? "vllm" : "hf", o->ocr.max_tokens, o->ocr.ignore_eos, o->ocr.no_repeat_ngram, o->ocr.ngram_window,
              (int)o->ocr.precision, d->pdf ? o->dpi : 0, o->retries, o->loop.max_period, o->loop.min_repeats,
              o->loop.min_span, o->loop.min_match, o->dbg && o->dbg->n_force > 0 ? o->dbg->n_force : 0,
-             o->model_id ? o->model_id : "", d->src_size, d->src_mtime);
+             o->dbg && o->dbg->force_embeds ? " embeds=" : "",
+             o->dbg && o->dbg->force_embeds && o->dbg->embeds_path ? o->dbg->embeds_path : "", o->model_id ? o->model_id : "", d->src_size, d->src_mtime);
     const char *sb = o->out_stem ? strrchr(o->out_stem, '/') : NULL;
     snprintf(c.stem_base, sizeof c.stem_base, "%s", sb ? sb + 1 : o->out_stem ? o->out_stem : "page");
     DsocrStatus st = DSOCR_OK;

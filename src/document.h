@@ -78,8 +78,8 @@ typedef struct DocEvent {
 typedef struct DocOptions {
     DsocrOcrOptions ocr;    /* mode, prompt, profile, limits; on_token/user stream tokens; cancel is also
                                checked between pages */
-    const EngineDebug *dbg; /* dumps / teacher forcing for every page (tests); NULL = none. Forced runs are
-                               not retried. */
+    const EngineDebug *dbg; /* dumps / teacher forcing for every page (tests); NULL = none. Forced runs (ids
+                               or image embeddings) are not retried. */
     int dpi;                /* PDF rendering resolution (default 144) */
     const char *pages;      /* page selection ("1-3,7"); NULL = all */
     const char *out_dir;    /* NULL: no files (the JSON only) */

@@ -34,9 +34,12 @@ DsocrStatus dump_f32(const char *dir, const char *name, const float *x, int64_t 
     return dump_write(dir, name, DUMP_F32, nd, s, x, e);
 }
 
-DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *e) {
+/* Reads DIR/NAME.bin of dtype f32 or i32 (4-byte elements) into a fresh array; shape[8], *ndim. Every count is
+ * checked against the file's length before anything is read from it (the file is untrusted). */
+static DsocrStatus dump_read4(const char *path, int dtype, void **out, int64_t *shape, int *ndim, DsError *e) {
+    static const char *dname[] = {"f32", "bf16", "i32", "u8", "i64"};
     *out = NULL;
-    *n = 0;
+    *ndim = 0;
     char *buf;
     size_t len;
     DsocrStatus st = ds_read_file(path, 1u << 30, &buf, &len, e);
@@ -48,22 +51,30 @@ DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *
     }
     memcpy(&dt, buf + 8, 4);
     memcpy(&nd, buf + 12, 4);
-    if (dt != DUMP_I32 || nd > 8 || len < 16 + 8 * (size_t)nd) {
+    if (dt != (uint32_t)dtype) {
         free(buf);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: not an i32 dump", path);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: not an %s dump (dtype %s)", path, dname[dtype],
+                       dt < 5 ? dname[dt] : "unknown");
+    }
+    if (nd > 8 || len < 16 + 8 * (size_t)nd) {
+        free(buf);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: truncated header", path);
     }
     uint64_t cnt = 1;
     for (uint32_t i = 0; i < nd; i++) {
         uint64_t d;
         memcpy(&d, buf + 16 + 8 * i, 8);
+        shape[i] = (int64_t)d;
         if (d > (1u << 28) || __builtin_mul_overflow(cnt, d, &cnt)) cnt = UINT64_MAX;
     }
     size_t off = 16 + 8 * (size_t)nd;
     if (cnt > (1u << 28) || len - off != cnt * 4) {
         free(buf);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: size does not match its shape", path);
+        if (cnt > (1u << 28)) return ds_fail(e, DSOCR_E_FORMAT, "%s: its shape is too large", path);
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: %zu data bytes, but its shape needs %llu (truncated or corrupt)", path,
+                       len - off, (unsigned long long)cnt * 4);
     }
-    int32_t *v = malloc(cnt * 4 + 4);
+    void *v = malloc(cnt * 4 + 4);
     if (!v) {
         free(buf);
         return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
@@ -71,6 +82,21 @@ DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *
     memcpy(v, buf + off, cnt * 4);
     free(buf);
     *out = v;
-    *n = (int64_t)cnt;
+    *ndim = (int)nd;
     return DSOCR_OK;
+}
+
+DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *e) {
+    int64_t shape[8];
+    int nd;
+    *n = 0;
+    DsocrStatus st = dump_read4(path, DUMP_I32, (void **)out, shape, &nd, e);
+    if (st) return st;
+    *n = 1;
+    for (int i = 0; i < nd; i++) *n *= shape[i];
+    return DSOCR_OK;
+}
+
+DsocrStatus dump_read_f32(const char *path, float **out, int64_t *shape, int *ndim, DsError *e) {
+    return dump_read4(path, DUMP_F32, (void **)out, shape, ndim, e);
 }

@@ -18,8 +18,10 @@ DsocrStatus dump_write(const char *dir, const char *name, int dtype, int ndim, c
 DsocrStatus dump_f32(const char *dir, const char *name, const float *x, int64_t d0, int64_t d1, int64_t d2,
                      DsError *e);
 
-
-
-/* Reads an i32 dump file (e.g. the reference's generated.bin) into a fresh array. */
+/* Reads an i32 dump file (e.g. the reference's generated.bin) into a fresh array of *n elements (any shape). */
 DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *e);
+/* Reads an f32 dump file (e.g. image_embeds.bin) into a fresh array; its shape into shape[8], *ndim dims. A file
+ * that is not DSDUMP01, not f32, or whose length disagrees with its shape is DSOCR_E_FORMAT with a message
+ * naming the file. */
+DsocrStatus dump_read_f32(const char *path, float **out, int64_t *shape, int *ndim, DsError *e);
 #endif

@@ -581,6 +581,14 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         fail(s, st, "%s", e.msg);
         goto done;
     }
+    if (dbg->force_embeds && (dbg->embeds_rows != plan.n_slots || dbg->embeds_cols != D)) {
+        st = fail(s, DSOCR_E_INVALID_ARG,
+                  "%s: forced image embeddings of shape [%lld, %lld], but this page's image block is [%d, %d] "
+                  "(%d view%s); use the dump of a run with the same image, mode and model",
+                  dbg->embeds_path ? dbg->embeds_path : "--force-embeds", (long long)dbg->embeds_rows,
+                  (long long)dbg->embeds_cols, plan.n_slots, D, plan.n_views, plan.n_views == 1 ? "" : "s");
+        goto done;
+    }
     if ((st = tokenizer_encode(m->tok, b_txt, b_len, &before, &n_before, &e)) ||
         (st = tokenizer_encode(m->tok, a_txt, strlen(a_txt), &after, &n_after, &e))) {
         fail(s, st, "prompt: %s", e.msg);
@@ -667,6 +675,14 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     decoder_embed(m, s->seq, T, s->emb);
     int laid = layout_block(m, &plan, s->feat, s->emb + (size_t)img0 * D);
     DS_ASSERT(laid == plan.n_slots);
+    if (dbg->force_embeds) {
+        /* The forced rows replace the whole block (shape checked after planning). In bf16 they are rounded to bf16,
+         * as every decoder input is there (a bf16 run's own dump is unchanged by it). The image_embeds dump below
+         * is of these forced (rounded) rows, not of this run's vision output: it is what the decoder was fed, so the
+         * layer dumps that follow are consistent with it; this run's vision is in its VIEW.proj dumps. */
+        s->be->upload(s->be, s->emb + (size_t)img0 * D, dbg->force_embeds, sizeof(float) * (size_t)plan.n_slots * D);
+        if (bf16) s->be->round_bf16(s->be, s->emb + (size_t)img0 * D, (size_t)plan.n_slots * D);
+    }
     if (dd) {
         int64_t sh[1] = {T};
         if ((st = dump_write(dd, "prompt_ids", DUMP_I32, 1, sh, s->seq, &e)) ||

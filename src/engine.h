@@ -12,6 +12,13 @@ typedef struct EngineDebug {
     const char *dump_dir;        /* write every stage (tools/reference/DUMP.md names); NULL: none */
     const int32_t *force_ids;    /* teacher forcing: feed these tokens instead of the argmax */
     int n_force;                 /* generation stops after n_force steps */
+    /* Forced image embeddings (e.g. another run's image_embeds.bin): [embeds_rows, embeds_cols] host floats that
+     * replace the assembled image block (every view's rows, newlines and separator, in the order of the
+     * image_embeds dump) before prefill; vision still runs (and dumps). The shape must be [slots, hidden_size] of
+     * the page's plan, else the page fails with a message naming embeds_path and both shapes. NULL: none. */
+    const float *force_embeds;
+    int64_t embeds_rows, embeds_cols;
+    const char *embeds_path; /* for messages */
 } EngineDebug;
 
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,

@@ -55,6 +55,9 @@ static void usage(FILE *f) {
             "  --dump DIR           write every stage in the reference's dump format\n"
             "  --force-ids FILE     teacher forcing: feed the ids of this i32 dump (e.g. a reference's\n"
             "                       generated.bin) instead of the model's choices\n"
+            "  --force-embeds FILE  feed the decoder these image embeddings (an f32 [slots, hidden] dump,\n"
+            "                       e.g. another run's image_embeds.bin; same image, mode and model)\n"
+            "                       instead of this run's vision output; vision still runs and dumps\n"
             "  --quiet              no progress on stderr\n");
 }
 
@@ -315,7 +318,7 @@ int cli_ocr(int argc, char **argv) {
     DocOptions d;
     document_options_default(&d);
     DsocrOcrOptions *o = &d.ocr;
-    const char *model = NULL, *dump = NULL, *force = NULL, *out_dir = NULL, *formats = NULL;
+    const char *model = NULL, *dump = NULL, *force = NULL, *force_emb = NULL, *out_dir = NULL, *formats = NULL;
     int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0;
     const char *device = "auto", *quant = NULL;
     const char **args = calloc((size_t)argc + 1, sizeof *args);
@@ -406,6 +409,9 @@ int cli_ocr(int argc, char **argv) {
         } else if (!strcmp(a, "--force-ids")) {
             NEED();
             force = v;
+        } else if (!strcmp(a, "--force-embeds")) {
+            NEED();
+            force_emb = v;
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
@@ -493,7 +499,9 @@ int cli_ocr(int argc, char **argv) {
     if (prog.stream) prog.tty = 0; /* streaming keeps the original one-line progress */
 
     int32_t *force_ids = NULL;
-    int64_t n_force = 0;
+    int64_t n_force = 0, emb_shape[8] = {0};
+    float *emb = NULL;
+    int emb_nd = 0;
     DsError e = {0};
     DsocrModel *m = NULL;
     DsocrSession *s = NULL;
@@ -502,7 +510,19 @@ int cli_ocr(int argc, char **argv) {
         rc = 1;
         goto out;
     }
-    EngineDebug dbg = {.dump_dir = dump, .force_ids = force_ids, .n_force = (int)n_force};
+    if (force_emb && dump_read_f32(force_emb, &emb, emb_shape, &emb_nd, &e)) {
+        fprintf(stderr, "dsocr ocr: --force-embeds %s\n", e.msg);
+        rc = 1;
+        goto out;
+    }
+    if (force_emb && emb_nd != 2) {
+        fprintf(stderr, "dsocr ocr: --force-embeds %s: %d dimensions; image embeddings are [slots, hidden]\n",
+                force_emb, emb_nd);
+        rc = 1;
+        goto out;
+    }
+    EngineDebug dbg = {.dump_dir = dump, .force_ids = force_ids, .n_force = (int)n_force, .force_embeds = emb,
+                       .embeds_rows = emb_shape[0], .embeds_cols = emb_shape[1], .embeds_path = force_emb};
     d.dbg = &dbg;
 
     /* pages to do, for the progress bar (PDFs are listed now; images count one) */
@@ -622,6 +642,7 @@ out:
     dsocr_session_free(s);
     dsocr_model_free(m);
     free(force_ids);
+    free(emb);
     for (int i = 0; i < in.n; i++) free(in.v[i].path), free(in.v[i].stem);
     free(in.v);
     return rc;
