@@ -803,7 +803,8 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
              (int)o->ocr.precision, d->pdf ? o->dpi : 0, o->retries, o->loop.max_period, o->loop.min_repeats,
              o->loop.min_span, o->loop.min_match, o->dbg && o->dbg->n_force > 0 ? o->dbg->n_force : 0,
              o->dbg && o->dbg->force_embeds ? " embeds=" : "",
-             o->dbg && o->dbg->force_embeds && o->dbg->embeds_path ? o->dbg->embeds_path : "", o->model_id ? o->model_id : "", d->src_size, d->src_mtime);
+             o->dbg && o->dbg->force_embeds && o->dbg->embeds_path ? o->dbg->embeds_path : "",
+             o->model_id ? o->model_id : "", d->src_size, d->src_mtime);
     const char *sb = o->out_stem ? strrchr(o->out_stem, '/') : NULL;
     snprintf(c.stem_base, sizeof c.stem_base, "%s", sb ? sb + 1 : o->out_stem ? o->out_stem : "page");
     DsocrStatus st = DSOCR_OK;
