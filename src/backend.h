@@ -90,6 +90,14 @@ struct Backend {
     /* The residual step of an act_bf16 backend (NULL elsewhere): x[0..n) += r, r floats or (flags & BE_IN_BF16)
      * bf16 storage, then rounded to bf16 with flags & BE_ROUND (as add then round_bf16). */
     void (*residual_add)(Backend *b, float *x, const void *r, size_t n, int flags);
+    /* The residual step and the LayerNorm after it in one pass, into bf16 storage (act_bf16 backends, NULL
+     * elsewhere; rows of n <= 1,024): when r is non-NULL, x [M, n] += r (bf16 storage, rows of n), rounded to bf16
+     * when (flags & BE_ROUND), as residual_add; then y = layernorm(x) rounded to bf16, in bf16 storage, as
+     * layernorm with BE_ROUND | BE_OUT_BF16. ws 0: y's rows are x's (row stride n); ws > 0: x is a g × g map
+     * (M = g·g) and y its ws × ws windows as window_partition lays them out (nw·nw·ws·ws rows, zero rows where a
+     * window passes the edge). */
+    void (*residual_layernorm)(Backend *b, void *y, float *x, const void *r, int M, int n, int g, int ws, DsW w,
+                               DsW bias, float eps, int flags);
     void (*attention)(Backend *b, const OpsAttention *a);     /* pointers inside a are backend memory */
     /* Nonzero when attention runs a with io_bf16 (q, k, v, out in bf16 storage; the other fields as given). NULL
      * (the CPU) or 0: keep those buffers fp32. */

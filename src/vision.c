@@ -328,9 +328,11 @@ static void relpos_table(Ctx *c, const StTensor *t, int len, float *dst) {
 }
 
 /* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input, bf16 storage when y16 is BE_IN_BF16);
- * tmp_out: [MLP_CHUNK, D] scratch. The hidden (w->big) is bf16 storage when act16. */
-static void mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, DsW w1, DsW b1, DsW w2, DsW b2,
-                int quick, float *tmp_out, int residual_round) {
+ * tmp_out: [MLP_CHUNK, D] scratch. The hidden (w->big) is bf16 storage when act16. defer (act16 only): when the
+ * rows fit one pass, the residual step is left to the caller (the next norm's, see fused_norms): returns tmp_out,
+ * fc2's output in bf16 storage, not yet added to x; else NULL (x updated here). */
+static const void *mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, DsW w1, DsW b1, DsW w2,
+                       DsW b2, int quick, float *tmp_out, int residual_round, int defer) {
     VisionWork *w = c->w;
     const int h16 = act16(c);
     for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
@@ -340,8 +342,30 @@ static void mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, 
         linear(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
         /* fc2's output in bf16 storage too when act16, added (and rounded) in one pass */
         linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, h16 ? BE_IN_BF16 | BE_OUT_BF16 : 0);
+        if (defer && h16 && M <= MLP_CHUNK) return tmp_out;
         residual(c, x + (size_t)r0 * D, tmp_out, (size_t)mm * D, h16, residual_round);
     }
+    return NULL;
+}
+
+/* Whether the residual steps go into the LayerNorms after them (backend.h residual_layernorm; bf16 storage): the
+ * norm then reads x once for both. A residual "pending" is a bf16 buffer not yet added to x; the next norm adds
+ * it (fused_norm), or residual() does before anything else reads x (a dump, the stage's end). */
+static int fused_norms(const Ctx *c, int n) { return act16(c) && c->be->residual_layernorm && n <= 1024; }
+
+/* x += *pend (when pending), rounded when round, then y = layernorm(x) in bf16 storage, its rows as x's or (ws > 0)
+ * in the windows of the g × g map x; returns BE_IN_BF16, the flag the linear after it reads y with. */
+static int fused_norm(Ctx *c, void *y, float *x, const void **pend, int round, int M, int n, int g, int ws, DsW w,
+                      DsW b, float eps) {
+    c->be->residual_layernorm(c->be, y, x, *pend, M, n, g, ws, w, b, eps, round ? BE_ROUND : 0);
+    *pend = NULL;
+    return BE_IN_BF16;
+}
+
+/* the pending residual added now (see fused_norms) */
+static void flush(Ctx *c, float *x, const void **pend, size_t n, int round) {
+    if (*pend) residual(c, x, *pend, n, 1, round);
+    *pend = NULL;
 }
 
 /* The position tables of one view side, on the backend before any op of the view runs: SAM's absolute position
@@ -419,31 +443,40 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
 
     const size_t relmax = sizes(m, w->max_side).relmax;
     const float scale = 1.0f / sqrtf((float)hd);
+    const int fz = fused_norms(c, W);
+    const void *pend = NULL; /* a residual not yet added to x (fused_norms) */
     for (int b = 0; b < s->layers; b++) {
         const SamBlock *k = &m->sam.blocks[b];
         be_mark(be, "sam.norm");
-        layernorm(c, w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f);
         const int gl = k->global, len = gl ? g : ws;
         const int gp = ceil_to(g, ws), nw = gp / ws, R = gl ? g * g : nw * nw * ws * ws;
         const float *rel_h = w->tab[w->cur].rel + (size_t)(2 * b) * relmax * hd, *rel_w = rel_h + relmax * hd;
         /* windowed blocks: zero-pad to Gp after the norm and split into ws × ws windows (row-major) */
         const float *in = w->y;
-        if (!gl) {
-            be->window_partition(be, w->att, w->y, g, W, ws);
-            in = w->att;
+        int in16 = 0;
+        if (fz) {
+            in16 = fused_norm(c, w->y, w->x, &pend, 1, g * g, W, g, gl ? 0 : ws, k->norm1_w, k->norm1_b, 1e-6f);
+        } else {
+            layernorm(c, w->y, w->x, g * g, W, k->norm1_w, k->norm1_b, 1e-6f);
+            if (!gl) {
+                be->window_partition(be, w->att, w->y, g, W, ws);
+                in = w->att;
+            }
         }
         OpsAttention a = {.out = w->att, .q = w->qkv, .k = w->qkv + W, .v = w->qkv + 2 * W, .ldo = W, .ldq = 3 * W,
                           .ldk = 3 * W, .ldv = 3 * W, .n_batch = gl ? 1 : nw * nw, .tq = gl ? g * g : ws * ws,
                           .tk = gl ? g * g : ws * ws, .n_heads = heads, .head_dim = hd, .scale = scale,
                           .relpos_h = rel_h, .relpos_w = rel_w, .grid_h = len, .grid_w = len,
                           .bf16_bias = c->bf16};
-        const int att16 = qkv_attention(c, &a, w->qkv, in, 0, R, W, k->qkv_w, k->qkv_b, "sam.qkv",
+        const int att16 = qkv_attention(c, &a, w->qkv, in, in16, R, W, k->qkv_w, k->qkv_b, "sam.qkv",
                                         gl ? "sam.attn.global" : "sam.attn.window");
         be_mark(be, "sam.proj");
-        /* the projection in bf16 storage when act16, added and rounded in one pass */
+        /* the projection in bf16 storage when act16, added and rounded in one pass (or by the next norm) */
         const int p16 = act16(c);
         linear(c, w->big, W, w->att, W, R, W, k->proj_w, W, k->proj_b, att16 | (p16 ? BE_OUT_BF16 : 0));
-        if (gl) {
+        if (gl && fz) {
+            pend = w->big;
+        } else if (gl) {
             residual(c, w->x, w->big, (size_t)g * g * W, p16, 1);
         } else if (p16) {
             be->window_unpartition_residual(be, w->x, w->big, g, W, ws, BE_IN_BF16 | BE_ROUND);
@@ -452,15 +485,18 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
             rnd(c, w->x, (size_t)g * g * W);
         }
         be_mark(be, "sam.norm");
-        const int y16 = layernorm_to_linear(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
+        const int y16 = fz ? fused_norm(c, w->y, w->x, &pend, 1, g * g, W, 0, 0, k->norm2_w, k->norm2_b, 1e-6f)
+                           : layernorm_to_linear(c, w->y, w->x, g * g, W, k->norm2_w, k->norm2_b, 1e-6f);
         be_mark(be, "sam.mlp");
-        mlp(c, w->x, w->y, y16, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1);
+        pend = mlp(c, w->x, w->y, y16, g * g, W, M, k->lin1_w, k->lin1_b, k->lin2_w, k->lin2_b, 0, w->att, 1, fz);
         if (c->dd) {
+            flush(c, w->x, &pend, (size_t)g * g * W, 1);
             char stage[32];
             snprintf(stage, sizeof stage, "sam_block%d", b);
             if ((st = dump_rows(c, stage, w->x, g, g, W))) return st;
         }
     }
+    flush(c, w->x, &pend, (size_t)g * g * W, 1);
     /* neck: 1×1 conv W->O, LayerNorm2d, 3×3 conv, LayerNorm2d; then net_2, net_3 (3×3 stride 2) */
     const int O = s->out_chans, D0 = s->downsample_channels[0], D1 = s->downsample_channels[1];
     const DsW none = ds_w_none();
@@ -491,10 +527,13 @@ static void clip_forward(Ctx *c, int n) {
     /* pre_layrnorm; from here the residual stream stays fp32 in both modes (spec §16 R4) */
     be->layernorm(be, w->cx, CW, w->cx, CW, T, CW, m->clip.pre_ln_w, m->clip.pre_ln_b, 1e-5f, 0);
     const float scale = 1.0f / sqrtf((float)hd);
+    const int fz = fused_norms(c, CW);
+    const void *pend = NULL; /* a residual not yet added to cx (fused_norms) */
     for (int l = 0; l < k->layers; l++) {
         const ClipLayer *L = &m->clip.layers[l];
         be_mark(be, "clip.qkv");
-        int y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
+        int y16 = fz ? fused_norm(c, w->cy, w->cx, &pend, 0, T, CW, 0, 0, L->ln1_w, L->ln1_b, 1e-5f)
+                     : layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln1_w, L->ln1_b, 1e-5f);
         OpsAttention a = {.out = w->catt, .q = w->cqkv, .k = w->cqkv + CW, .v = w->cqkv + 2 * CW, .ldo = CW,
                           .ldq = 3 * CW, .ldk = 3 * CW, .ldv = 3 * CW, .n_batch = 1, .tq = T, .tk = T,
                           .n_heads = heads, .head_dim = hd, .scale = scale};
@@ -504,11 +543,18 @@ static void clip_forward(Ctx *c, int n) {
         /* the projection in bf16 storage when act16; the residual stream stays fp32 (no rounding) */
         const int p16 = act16(c);
         linear(c, w->cy, CW, w->catt, CW, T, CW, L->out_w, CW, L->out_b, att16 | (p16 ? BE_OUT_BF16 : 0));
-        residual(c, w->cx, w->cy, (size_t)T * CW, p16, 0);
         be_mark(be, "clip.mlp");
-        y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
-        mlp(c, w->cx, w->cy, y16, T, CW, k->mlp_dim, L->fc1_w, L->fc1_b, L->fc2_w, L->fc2_b, 1, w->catt, 0);
+        if (fz) { /* the norm reads the projection (cy) row by row before it writes its own output there */
+            pend = w->cy;
+            y16 = fused_norm(c, w->cy, w->cx, &pend, 0, T, CW, 0, 0, L->ln2_w, L->ln2_b, 1e-5f);
+        } else {
+            residual(c, w->cx, w->cy, (size_t)T * CW, p16, 0);
+            y16 = layernorm_to_linear(c, w->cy, w->cx, T, CW, L->ln2_w, L->ln2_b, 1e-5f);
+        }
+        pend = mlp(c, w->cx, w->cy, y16, T, CW, k->mlp_dim, L->fc1_w, L->fc1_b, L->fc2_w, L->fc2_b, 1, w->catt, 0,
+                   fz);
     }
+    flush(c, w->cx, &pend, (size_t)T * CW, 0);
 }
 
 /* Every op of one view after its upload and tables: SAM, CLIP, the projector into out (dumps when c->dd). */

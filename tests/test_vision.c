@@ -109,6 +109,22 @@ static void io_unpartition_residual(Backend *b, float *x, const void *win, int g
     free(w);
 }
 
+/* residual_layernorm: the residual step as above, the CPU layernorm (BE_ROUND), the windows, then narrowed */
+static long g_fused;
+static void io_residual_layernorm(Backend *b, void *y, float *x, const void *r, int M, int n, int g, int ws, DsW w,
+                                  DsW bias, float eps, int flags) {
+    Backend *cpu = backend_cpu();
+    g_fused++;
+    if (r) io_residual_add(b, x, r, (size_t)M * n, BE_IN_BF16 | (flags & BE_ROUND));
+    const int nw = ws ? (g + ws - 1) / ws : 0, Mo = ws ? nw * nw * ws * ws : M;
+    float *ys = malloc(sizeof(float) * ((size_t)M * n + 1)), *yw = ws ? malloc(sizeof(float) * ((size_t)Mo * n + 1)) : NULL;
+    cpu->layernorm(cpu, ys, n, x, n, M, n, w, bias, eps, BE_ROUND);
+    if (ws) cpu->window_partition(cpu, yw, ys, g, n, ws);
+    g_out16++;
+    narrow_rows(y, n, ws ? yw : ys, n, Mo, n, 1);
+    free(ys), free(yw);
+}
+
 static char *g_dir;
 static Model *g_m;
 
@@ -129,6 +145,7 @@ static int setup(void) {
     g_io.attention_bf16 = io_attention_bf16;
     g_io.residual_add = io_residual_add;
     g_io.window_unpartition_residual = io_unpartition_residual;
+    g_io.residual_layernorm = io_residual_layernorm;
     return 0;
 }
 
@@ -153,18 +170,20 @@ static void test_bf16_storage_same(void) {
             g_m->be = &g_io;
             REQUIRE(vision_work_new(g_m, side, &wb, &e) == DSOCR_OK);
             g_m->be = backend_cpu();
-            g_in16 = g_out16 = g_not_bf16 = g_att16 = 0;
+            g_in16 = g_out16 = g_not_bf16 = g_att16 = g_fused = 0;
             CHECK(vision_encode(g_m, wa, chw, side, &o, a, &e) == DSOCR_OK);
             CHECK(g_in16 == 0 && g_out16 == 0);
             CHECK(vision_encode(g_m, wb, chw, side, &o, b, &e) == DSOCR_OK);
             CHECKF(!memcmp(a, b, sizeof(float) * no), "side %d bf16 %d: bf16 storage changed the output", side, bf);
             CHECKF(g_not_bf16 == 0, "side %d: %ld values in bf16 storage were not bf16 values", side, g_not_bf16);
             if (bf)
-                CHECKF(g_in16 > 0 && g_out16 > 0 && g_att16 > 0, "side %d: bf16 mode used no bf16 storage", side);
+                CHECKF(g_in16 > 0 && g_out16 > 0 && g_att16 > 0 && g_fused > 0,
+                       "side %d: bf16 mode used no bf16 storage or no fused norm", side);
             else
-                CHECKF(g_in16 == 0 && g_out16 == 0 && g_att16 == 0, "side %d: fp32 mode used bf16 storage", side);
+                CHECKF(g_in16 == 0 && g_out16 == 0 && g_att16 == 0 && g_fused == 0, "side %d: fp32 mode used bf16 storage",
+                       side);
             printf("  side %d bf16 %d: same output (%ld bf16-input, %ld bf16-output linear/norm calls, %ld bf16 "
-                   "attention calls)\n", side, bf, g_in16, g_out16, g_att16);
+                   "attention calls, %ld fused norms)\n", side, bf, g_in16, g_out16, g_att16, g_fused);
             vision_work_free(wa);
             vision_work_free(wb);
             free(chw), free(a), free(b);

@@ -6,6 +6,7 @@
  * Attention lives in attention_cuda.cu, the MoE layer in moe_cuda.cu.
  * Semantics are those of the ops.h functions of the same name (tests/cuda/test_cuda.c checks them against the
  * _ref ops). Ops are queued on the stream; download and sync wait. */
+#include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -386,6 +387,40 @@ static __device__ __forceinline__ uint32_t act_bf16_pair(uint32_t u, int act) {
     hi = act == 1 ? gelu_f(hi) : quick_gelu_f(hi);
     return (uint32_t)f2bf(lo) | (uint32_t)f2bf(hi) << 16;
 }
+/* GELU of bf16 values by table: a bf16 input has only 2^16 values, so rbf(gelu_f(v)) is computed once per value
+ * (gelu_tab_k, at start) for the inputs of exponent 2^-15 .. 2^4 (both signs: where activations lie) and looked up
+ * from shared memory; the rest (zero, tiny, huge, inf, NaN) is computed. Bit for bit the arithmetic of
+ * act_bf16_pair, at a fraction of erfc's instructions (the pass is then bound by memory). */
+enum { GT_E0 = 112, GT_NE = 20, GT_N = 2 * GT_NE * 128 };
+__device__ __align__(16) uint16_t g_gelu_tab[GT_N];
+__global__ void gelu_tab_k() {
+    const int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= GT_N) return;
+    const int sgn = i / (GT_NE * 128), r = i % (GT_NE * 128);
+    const uint16_t h = (uint16_t)(sgn << 15 | (GT_E0 + r / 128) << 7 | (r % 128));
+    g_gelu_tab[i] = f2bf(gelu_f(bf2f(h)));
+}
+static __device__ __forceinline__ uint32_t gelu_tab_1(uint32_t h, const uint16_t *tab) {
+    const uint32_t e = ((h >> 7) & 0xffu) - GT_E0; /* unsigned: below GT_E0 wraps past GT_NE */
+    if (e < GT_NE) return tab[((h >> 15) * GT_NE + e) * 128 + (h & 127u)];
+    return f2bf(gelu_f(bf2f((uint16_t)h)));
+}
+static __device__ __forceinline__ uint32_t gelu_tab_pair(uint32_t u, const uint16_t *tab) {
+    return gelu_tab_1(u & 0xffffu, tab) | gelu_tab_1(u >> 16, tab) << 16;
+}
+/* y[0 .. 8·n8) bf16 (16-byte aligned) = rbf(gelu(y)) in place through the table */
+__global__ void __launch_bounds__(256) gelu_bf16_tab_k(uint16_t *y, size_t n8) {
+    __shared__ __align__(16) uint16_t tab[GT_N];
+    for (int i = threadIdx.x; i < GT_N / 8; i += blockDim.x) ((uint4 *)tab)[i] = ((const uint4 *)g_gelu_tab)[i];
+    __syncthreads();
+    GRID_STRIDE(i, n8) {
+        uint4 q = ((uint4 *)y)[i];
+        q.x = gelu_tab_pair(q.x, tab), q.y = gelu_tab_pair(q.y, tab);
+        q.z = gelu_tab_pair(q.z, tab), q.w = gelu_tab_pair(q.w, tab);
+        ((uint4 *)y)[i] = q;
+    }
+}
+
 /* y [M, N] bf16 (stride ldy) = rbf(act(y)) (1 gelu, 2 quick_gelu): linear's BE_GELU / BE_QGELU step after
  * BE_ROUND, on bf16 storage; vec: 8 values (16 bytes) a step (N, ldy multiples of 8, y 16-byte aligned). */
 __global__ void act_bf16_rows_k(uint16_t *y, int ldy, int M, int N, int act, int vec) {
@@ -527,7 +562,15 @@ static bool linear_lt(CudaCtx *c, uint16_t *y, int ldy, const float *x, int ldx,
     }
     if (act_of(flags)) {
         const int vec = (N & 7) == 0 && (ldy & 7) == 0 && ((uintptr_t)y & 15) == 0;
-        act_bf16_rows_k<<<rows_grid(M, vec ? N / 8 : N), 256, 0, c->stream>>>(y, ldy, M, N, act_of(flags), vec);
+        const unsigned blocks = cdiv((size_t)M * N / 8, 256), cap = (unsigned)c->n_sm * 8;
+        if (vec && ldy == N && act_of(flags) == 1) { /* contiguous rows: one grid-stride pass, SMs full */
+            gelu_bf16_tab_k<<<dim3(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(y, (size_t)M * N / 8);
+        } else if (vec && ldy == N && (size_t)M * N < INT_MAX) {
+            act_bf16_rows_k<<<dim3(blocks < cap ? blocks : cap), 256, 0, c->stream>>>(y, M * N, 1, M * N,
+                                                                                     act_of(flags), 1);
+        } else {
+            act_bf16_rows_k<<<rows_grid(M, vec ? N / 8 : N), 256, 0, c->stream>>>(y, ldy, M, N, act_of(flags), vec);
+        }
         CU_LAUNCHED();
     }
     return true;
@@ -768,67 +811,144 @@ __global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const
 
 static int norm_threads(int n) { return n >= 1024 ? 256 : n >= 256 ? 128 : 64; }
 
-/* Rows of at most 32·4·LN_PER floats (the vision encoder's 768 and 1,024, the neck's 256): one warp a row, the row
- * held in registers (one read of x), the two sums by shuffles; the arithmetic of layernorm_k but for the order of
- * the sums. Needs n % 4 == 0 and 16-byte aligned rows. */
-enum { LN_PER = 8, LN_WARPS = 8 };
-template <bool O16>
-__global__ void __launch_bounds__(LN_WARPS * 32) layernorm_warp_k(void *y, int ldy, const float *x, int ldx, int M, int n,
-                                                                  const void *w, int wdt, const void *bias, int bdt,
-                                                                  float eps, int bf, int round) {
-    const int row = blockIdx.x * LN_WARPS + (threadIdx.x >> 5), lane = threadIdx.x & 31;
-    if (row >= M) return;
-    const float *xr = x + (size_t)row * ldx;
-    float v[LN_PER][4], wk[LN_PER][4], bk[LN_PER][4];
-    float s = 0.f;
-    /* every load first (x, the weight, the bias): a row's latency is one round trip, not one per step */
+/* Rows of at most 1,024 floats (the vision encoder's 768 and 1,024, the neck's 256): a block a row, four elements
+ * a thread (thread t owns 4t .. 4t + 3: one load of x, one of the residual), the two sums by shuffles and one
+ * shared-memory step, in a fixed order (the arithmetic of layernorm_k but for the order of the sums). Optionally
+ * (backend.h residual_layernorm) the residual step first: x += r (bf16 storage, rows of n), rounded when rround, x
+ * written back; and the output split into ws × ws windows of the g × g map (output row o of window o / ws², zero
+ * rows where a window passes the edge). VEC: x, y, r, w, bias aligned for 4-wide access (n, ldx, ldy multiples of
+ * 4), else element by element. BF: the bf16 rounding rule (OPS_BF16: rounded mean and x − mean). Weights bf16 or
+ * fp32. The code is short on purpose: a one-warp-a-row version fully unrolled over the row was 30 to 120 KB of
+ * code, and such a kernel spends its time in instruction-cache misses (a 257-row norm took 10 to 16 µs). */
+enum { LN_MAXW = 8 }; /* warps of a block: 1,024 / 4 / 32 */
+struct LnArgs {
+    void *y;
+    int ldy;
+    float *x;
+    int ldx;
+    const uint16_t *r; /* residual (bf16 storage) or NULL */
+    int M, n, Mout;    /* Mout: output rows (M, or nw²·ws² windowed) */
+    const void *w, *bias;
+    int wdt, bdt;
+    float eps;
+    int bf, round, rround;
+    int g, ws, nw; /* ws 0: output rows are x's */
+};
+/* element i of a bf16 or fp32 vector */
+static __device__ __forceinline__ float wf(const void *w, int dt, int i) {
+    return dt == DS_BF16 ? bf2f(((const uint16_t *)w)[i]) : ((const float *)w)[i];
+}
+/* 4 values of a bf16 or fp32 vector from element c (zeros past n): one load when VEC */
+template <bool VEC> static __device__ __forceinline__ float4 ln_ld4(const void *w, int dt, int c, int n) {
+    if (VEC && c < n) {
+        if (dt == DS_F32) return *(const float4 *)((const float *)w + c);
+        const uint2 u = *(const uint2 *)((const uint16_t *)w + c);
+        return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                           __uint_as_float(u.y & 0xffff0000u));
+    }
+    float e[4];
 #pragma unroll
-    for (int k = 0; k < LN_PER; k++) {
-        const int c = (k * 32 + lane) * 4;
-        float4 t = c < n ? *(const float4 *)(xr + c) : make_float4(0.f, 0.f, 0.f, 0.f);
-        v[k][0] = t.x, v[k][1] = t.y, v[k][2] = t.z, v[k][3] = t.w;
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            wk[k][j] = c < n ? wget(w, wdt, c + j) : 0.f;
-            bk[k][j] = c < n && bias ? wget(bias, bdt, c + j) : 0.f;
+    for (int j = 0; j < 4; j++) e[j] = !VEC && c + j < n ? wf(w, dt, c + j) : 0.f;
+    return make_float4(e[0], e[1], e[2], e[3]);
+}
+/* the block's sum of v, the same in every thread (warp sums, then the warps' in order) */
+static __device__ __forceinline__ float ln_block_sum(float v, float *part) {
+    v = warp_sum(v);
+    const int nw = (blockDim.x + 31) >> 5;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float t = 0.f;
+    for (int i = 0; i < nw; i++) t += part[i];
+    return t;
+}
+template <bool O16, bool VEC, bool BF> __global__ void __launch_bounds__(LN_MAXW * 32) layernorm_row_k(LnArgs a) {
+    __shared__ float part[2][LN_MAXW];
+    const int n = a.n, c = threadIdx.x * 4, o = blockIdx.x;
+    int row = o;
+    if (a.ws) { /* the output row's place in the map; -1 in a window's padding */
+        const int ws2 = a.ws * a.ws, win = o / ws2, p = o % ws2;
+        const int i = win / a.nw * a.ws + p / a.ws, j = win % a.nw * a.ws + p % a.ws;
+        row = i < a.g && j < a.g ? i * a.g + j : -1;
+    }
+    if (row < 0) { /* uniform over the block */
+        for (int j = 0; j < 4; j++)
+            if (c + j < n) {
+                if (O16)
+                    ((uint16_t *)a.y)[(size_t)o * a.ldy + c + j] = 0;
+                else
+                    ((float *)a.y)[(size_t)o * a.ldy + c + j] = 0.f;
+            }
+        return;
+    }
+    float *xr = a.x + (size_t)row * a.ldx;
+    float4 v = ln_ld4<VEC>(xr, DS_F32, c, n);
+    if (a.r) {
+        const float4 r = ln_ld4<VEC>(a.r + (size_t)row * n, DS_BF16, c, n);
+        v = make_float4(v.x + r.x, v.y + r.y, v.z + r.z, v.w + r.w);
+        if (a.rround) v = make_float4(rbf(v.x), rbf(v.y), rbf(v.z), rbf(v.w));
+        if (VEC) {
+            if (c < n) *(float4 *)(xr + c) = v;
+        } else {
+            const float *e = &v.x;
+            for (int j = 0; j < 4; j++)
+                if (c + j < n) xr[c + j] = e[j];
         }
     }
+    float mean = ln_block_sum((v.x + v.y) + (v.z + v.w), part[0]) / n; /* zeros past n */
+    if (BF) mean = rbf(mean);
+    float d[4] = {v.x - mean, v.y - mean, v.z - mean, v.w - mean}, q = 0.f;
 #pragma unroll
-    for (int k = 0; k < LN_PER; k++) s += (v[k][0] + v[k][1]) + (v[k][2] + v[k][3]);
-    float mean = warp_sum(s) / n;
-    if (bf) mean = rbf(mean);
-    float q = 0.f;
+    for (int j = 0; j < 4; j++) {
+        if (BF) d[j] = rbf(d[j]);
+        if (c + j < n) q += d[j] * d[j];
+    }
+    const float inv = 1.f / sqrtf(ln_block_sum(q, part[1]) / n + a.eps);
+    if (c >= n) return;
+    const float4 w4 = ln_ld4<VEC>(a.w, a.wdt, c, n);
+    const float4 b4 = a.bias ? ln_ld4<VEC>(a.bias, a.bdt, c, n) : make_float4(0.f, 0.f, 0.f, 0.f);
+    const float wj[4] = {w4.x, w4.y, w4.z, w4.w}, bj[4] = {b4.x, b4.y, b4.z, b4.w};
+    float t[4];
 #pragma unroll
-    for (int k = 0; k < LN_PER; k++)
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            float d = v[k][j] - mean;
-            if (bf) d = rbf(d);
-            v[k][j] = d;
-            if ((k * 32 + lane) * 4 < n) q += d * d;
-        }
-    const float inv = 1.f / sqrtf(warp_sum(q) / n + eps);
-#pragma unroll
-    for (int k = 0; k < LN_PER; k++) {
-        const int c = (k * 32 + lane) * 4;
-        if (c >= n) continue;
-        float o[4];
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            o[j] = __fmul_rn(__fmul_rn(v[k][j], inv), wk[k][j]);
-            if (bias) o[j] = __fadd_rn(o[j], bk[k][j]);
-        }
-        if (O16) {
-            uint2 p;
-            p.x = (uint32_t)f2bf(o[0]) | (uint32_t)f2bf(o[1]) << 16;
-            p.y = (uint32_t)f2bf(o[2]) | (uint32_t)f2bf(o[3]) << 16;
-            *(uint2 *)((uint16_t *)y + (size_t)row * ldy + c) = p;
-        } else {
-            *(float4 *)((float *)y + (size_t)row * ldy + c) =
-                round ? make_float4(rbf(o[0]), rbf(o[1]), rbf(o[2]), rbf(o[3])) : make_float4(o[0], o[1], o[2], o[3]);
-        }
+    for (int j = 0; j < 4; j++) {
+        t[j] = __fmul_rn(__fmul_rn(d[j], inv), wj[j]);
+        if (a.bias) t[j] = __fadd_rn(t[j], bj[j]);
+        if (!O16 && a.round) t[j] = rbf(t[j]);
+    }
+    if (O16 && VEC) {
+        uint2 p;
+        p.x = (uint32_t)f2bf(t[0]) | (uint32_t)f2bf(t[1]) << 16;
+        p.y = (uint32_t)f2bf(t[2]) | (uint32_t)f2bf(t[3]) << 16;
+        *(uint2 *)((uint16_t *)a.y + (size_t)o * a.ldy + c) = p;
+    } else if (VEC) {
+        *(float4 *)((float *)a.y + (size_t)o * a.ldy + c) = make_float4(t[0], t[1], t[2], t[3]);
+    } else {
+        for (int j = 0; j < 4; j++)
+            if (c + j < n) {
+                if (O16)
+                    ((uint16_t *)a.y)[(size_t)o * a.ldy + c + j] = f2bf(t[j]);
+                else
+                    ((float *)a.y)[(size_t)o * a.ldy + c + j] = t[j];
+            }
     }
 }
+
+/* The row kernel for rows of n <= 1,024 */
+template <bool O16, bool BF> static void layernorm_row_b(CudaCtx *c, const LnArgs &a, bool vec) {
+    const dim3 grid((unsigned)a.Mout), block((unsigned)(a.n + 127) / 128 * 32);
+    if (vec)
+        layernorm_row_k<O16, true, BF><<<grid, block, 0, c->stream>>>(a);
+    else
+        layernorm_row_k<O16, false, BF><<<grid, block, 0, c->stream>>>(a);
+    CU_LAUNCHED();
+}
+template <bool O16> static void layernorm_row(CudaCtx *c, const LnArgs &a, bool vec) {
+    if (a.bf)
+        layernorm_row_b<O16, true>(c, a, vec);
+    else
+        layernorm_row_b<O16, false>(c, a, vec);
+}
+static bool ln_wdt(DsW w) { return !w.data || w.dtype == DS_BF16 || w.dtype == DS_F32; }
+static bool al(const void *p, unsigned bytes) { return ((uintptr_t)p & (bytes - 1)) == 0; }
 
 static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                          float eps, int flags) {
@@ -837,17 +957,16 @@ static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx,
     if (M == 0) return;
     const bool o16 = (flags & BE_OUT_BF16) != 0;
     const int bf = flags & OPS_BF16, round = (flags & BE_ROUND) != 0;
-    /* the warp kernel: rows in registers, aligned float4 / 8-byte bf16 stores */
-    if (n <= 128 * LN_PER && n % 4 == 0 && ldx % 4 == 0 && ldy % 4 == 0 && ((uintptr_t)x & 15) == 0 &&
-        ((uintptr_t)y & (o16 ? 7 : 15)) == 0) {
-        const unsigned blocks = cdiv((size_t)M, LN_WARPS);
+    if (n <= 1024 && M <= INT_MAX && ln_wdt(w) && ln_wdt(bias)) { /* the row kernel */
+        const LnArgs a = {y, ldy, (float *)x, ldx, NULL, M, n, M, w.data, bias.data, (int)w.dtype, (int)bias.dtype, eps,
+                          bf, round, 0, 0, 0, 0};
+        const bool vec = n % 4 == 0 && ldx % 4 == 0 && ldy % 4 == 0 && al(x, 16) && al(y, o16 ? 8 : 16) &&
+                         al(w.data, w.dtype == DS_F32 ? 16 : 8) &&
+                         (!bias.data || al(bias.data, bias.dtype == DS_F32 ? 16 : 8));
         if (o16)
-            layernorm_warp_k<true><<<blocks, LN_WARPS * 32, 0, cctx(b)->stream>>>(
-                y, ldy, x, ldx, M, n, w.data, w.dtype, bias.data, bias.dtype, eps, bf, 1);
+            layernorm_row<true>(cctx(b), a, vec);
         else
-            layernorm_warp_k<false><<<blocks, LN_WARPS * 32, 0, cctx(b)->stream>>>(
-                y, ldy, x, ldx, M, n, w.data, w.dtype, bias.data, bias.dtype, eps, bf, round);
-        CU_LAUNCHED();
+            layernorm_row<false>(cctx(b), a, vec);
         return;
     }
     if (o16)
@@ -857,6 +976,19 @@ static void cu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx,
         layernorm_k<false><<<M, norm_threads(n), 0, cctx(b)->stream>>>(y, ldy, x, ldx, n, w.data, w.dtype, bias.data,
                                                                        bias.dtype, eps, bf, round);
     CU_LAUNCHED();
+}
+
+/* backend.h residual_layernorm: the warp kernel with its residual step and window layout */
+static void cu_residual_layernorm(Backend *b, void *y, float *x, const void *r, int M, int n, int g, int ws, DsW w,
+                                  DsW bias, float eps, int flags) {
+    DS_ASSERT(M >= 0 && n > 0 && n <= 1024 && w.data && ln_wdt(w) && ln_wdt(bias) && (!ws || M == g * g));
+    if (M == 0) return;
+    const int nw = ws ? (g + ws - 1) / ws : 0;
+    const LnArgs a = {y, n, x, n, (const uint16_t *)r, M, n, ws ? nw * nw * ws * ws : M, w.data, bias.data,
+                      (int)w.dtype, (int)bias.dtype, eps, 0, 1, (flags & BE_ROUND) != 0, g, ws, nw};
+    const bool vec = n % 4 == 0 && al(x, 16) && al(y, 8) && (!r || al(r, 8)) && al(w.data, w.dtype == DS_F32 ? 16 : 8) &&
+                     (!bias.data || al(bias.data, bias.dtype == DS_F32 ? 16 : 8));
+    layernorm_row<true>(cctx(b), a, vec);
 }
 
 static void cu_rmsnorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, float eps,
@@ -1528,6 +1660,8 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
         if (cudaMemGetInfo(&f, &t) == cudaSuccess) c->base_used = t - f;
     }
     if (cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking) != cudaSuccess) goto cuda_fail;
+    gelu_tab_k<<<cdiv(GT_N, 256), 256, 0, c->stream>>>(); /* before any product that reads it, on the stream */
+    if (cudaGetLastError() != cudaSuccess) goto cuda_fail;
     {
         if (ds_env_on("DSOCR_PROFILE")) {
             c->prof_cap = 4096;
@@ -1575,6 +1709,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->attention = cu_attention;
     b->attention_bf16 = cu_attention_bf16;
     b->residual_add = cu_residual_add;
+    b->residual_layernorm = cu_residual_layernorm;
     b->window_unpartition_residual = cu_window_unpartition_residual;
     b->attention_kv = cu_attention_kv;
     b->kv_write = cu_kv_write;
@@ -1664,6 +1799,13 @@ extern "C" void backend_cuda_free(Backend *b) {
 }
 
 extern "C" void backend_cuda_set_exact_gemm(Backend *b, int on) { cctx(b)->exact_gemm = on != 0; }
+extern "C" void backend_cuda_gelu_bf16(Backend *b, uint16_t *y, size_t n) {
+    CudaCtx *c = cctx(b);
+    DS_ASSERT(n % 8 == 0 && ((uintptr_t)y & 15) == 0);
+    const unsigned blocks = cdiv(n / 8, 256), cap = (unsigned)c->n_sm * 8;
+    gelu_bf16_tab_k<<<dim3(blocks < cap ? blocks ? blocks : 1 : cap), 256, 0, c->stream>>>(y, n / 8);
+    CU_LAUNCHED();
+}
 extern "C" void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged) {
     const CudaCtx *c = (const CudaCtx *)b->ctx;
     *direct = c->io_direct;

@@ -21,6 +21,10 @@ void backend_cuda_set_exact_gemm(Backend *b, int on);
  * columns it is dequantised in. For tests and benchmarks: the fallback is correct, only slower. */
 void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged);
 
+/* y[0..n) (bf16 storage on the device, n % 8 == 0, 16-byte aligned) = rbf(gelu(y)) by the table the products'
+ * BE_GELU with bf16 output uses; for tests (bit for bit against gelu on floats). */
+void backend_cuda_gelu_bf16(Backend *b, uint16_t *y, size_t n);
+
 /* The device's name ("NVIDIA H100 80GB HBM3"), multiprocessor count and compute capability (e.g. 90). */
 const char *backend_cuda_device_name(const Backend *b);
 int backend_cuda_sm_count(const Backend *b);

@@ -275,10 +275,12 @@ typedef struct IoCase {
     int M, K, N, wdt, bias; /* bias: 0 none, 1 bf16, 2 fp32 */
     int act, in16, out16, f16, exact;
     int direct; /* 1: must run on the direct path; 0: either (printed) */
+    int contig; /* 1: output rows without gaps (ldy = N), as the model's MLP hiddens are */
 } IoCase;
 
 static void bf16_io_case(IoCase t) {
-    const int M = t.M, K = t.K, N = t.N, ldx = K % 8 == 0 ? K + 8 : K + 3, ldy = N % 8 == 0 ? N + 8 : N + 1;
+    const int M = t.M, K = t.K, N = t.N, ldx = K % 8 == 0 ? K + 8 : K + 3;
+    const int ldy = t.contig ? N : N % 8 == 0 ? N + 8 : N + 1;
     const size_t nx = (size_t)M * ldx, ny = (size_t)M * ldy;
     float *x = rnd(nx, 1.0f);
     uint16_t *x16 = malloc(nx * 2), *y16 = malloc(ny * 2);
@@ -321,9 +323,9 @@ static void bf16_io_case(IoCase t) {
     }
     const char *path = d1 > d0 && s1 == s0 ? "direct" : s1 > s0 && d1 == d0 ? "staged" : "?";
     char what[200];
-    snprintf(what, sizeof what, "bf16 io M%d K%d N%d %s bias%d %s in%d out%d f16%d exact%d: %s", M, K, N,
+    snprintf(what, sizeof what, "bf16 io M%d K%d N%d %s bias%d %s in%d out%d f16%d exact%d contig%d: %s", M, K, N,
              dt_name(t.wdt), t.bias, t.act == BE_GELU ? "gelu" : t.act == BE_QGELU ? "quick_gelu" : "-", t.in16,
-             t.out16, t.f16, t.exact, path);
+             t.out16, t.f16, t.exact, t.contig, path);
     EXPECT_ERR(rel_l2_rows(got, ldy, ref, ldy, M, N), 4e-3, "%s", what);
     CHECKF(bf, "%s: an output is not a bf16 value", what);
     CHECKF(gaps, "%s: wrote between output rows", what);
@@ -371,36 +373,39 @@ static void test_bf16_storage(void) {
     REQUIRE(B->act_bf16);
     const int bf = DS_BF16, f32 = DS_F32, q8 = DS_Q8_0, q4 = DS_Q4_0, G = BE_GELU, Q = BE_QGELU;
     const IoCase cases[] = {
-        /* M, K, N, weight, bias, act, in16, out16, f16, exact, direct */
-        {4096, 768, 3072, bf, 1, G, 1, 1, 0, 0, 1}, /* SAM fc1 at 1,024 px */
-        {4096, 3072, 768, bf, 1, 0, 1, 0, 0, 0, 1}, /* SAM fc2 */
-        {257, 1024, 4096, bf, 1, Q, 1, 1, 0, 0, 1}, /* CLIP fc1 */
-        {257, 4096, 1024, bf, 1, 0, 1, 0, 0, 0, 1}, /* CLIP fc2 */
-        {257, 1024, 3072, bf, 1, 0, 1, 0, 0, 0, 1}, /* CLIP qkv */
-        {257, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1},
-        {257, 1024, 1000, bf, 2, G, 1, 1, 0, 0, 0}, /* fp32 bias: cuBLASLt's bias type, or the fallback */
-        {4096, 768, 3072, bf, 2, G, 1, 1, 0, 0, 0},
-        {257, 1024, 1000, bf, 0, Q, 1, 1, 0, 0, 1},
-        {300, 512, 384, bf, 0, Q, 0, 1, 0, 0, 1},   /* fp32 x converted, bf16 y */
-        {300, 512, 384, bf, 1, 0, 0, 1, 0, 0, 1},
-        {300, 512, 384, bf, 0, G, 1, 0, 0, 0, 1},   /* bf16 x, fp32 y */
-        {257, 1001, 999, bf, 1, G, 1, 1, 0, 0, 0},  /* odd strides: 2- and 8-byte aligned rows */
-        {37, 1001, 999, bf, 2, 0, 0, 1, 0, 0, 0},
-        {9, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1},   /* the fewest rows of the product */
-        {1, 768, 3072, bf, 1, G, 1, 1, 0, 0, 0},    /* GEMV rows */
-        {8, 1024, 1000, bf, 2, Q, 1, 1, 0, 0, 0},
-        {5, 1001, 37, bf, 0, 0, 1, 0, 0, 0, 0},
-        {3, 96, 70, bf, 1, G, 0, 1, 0, 0, 0},
-        {257, 1024, 1000, q8, 1, G, 1, 1, 0, 0, 1}, /* block weights: dequantised chunks, then the direct path */
-        {64, 256, 96, q4, 2, 0, 1, 0, 0, 0, 1},
-        {3, 1024, 100, q8, 1, Q, 1, 1, 0, 0, 0},    /* block GEMV */
-        {130, 256, 96, f32, 2, G, 1, 1, 0, 0, 0},   /* fp32 weights */
-        {6, 256, 96, f32, 1, 0, 1, 1, 0, 0, 0},
-        {257, 1024, 1000, bf, 1, G, 1, 1, 1, 0, 0}, /* f16 mode */
-        {64, 768, 256, q8, 0, Q, 1, 0, 1, 0, 0},
-        {4096, 768, 3072, bf, 1, G, 1, 1, 1, 0, 0}, /* f16 mode, staged in several chunks of rows */
-        {130, 256, 96, bf, 1, 0, 0, 1, 0, 1, 0},    /* exact_gemm with fp32 x: hi + lo products */
-        {130, 256, 96, bf, 1, G, 1, 1, 0, 1, 1},    /* exact_gemm with bf16 x: lo is zero */
+        /* M, K, N, weight, bias, act, in16, out16, f16, exact, direct, contig */
+        {4096, 768, 3072, bf, 1, G, 1, 1, 0, 0, 1, 0}, /* SAM fc1 at 1,024 px */
+        {4096, 768, 3072, bf, 1, G, 1, 1, 0, 0, 1, 1}, /* the same without gaps: the activation in one pass */
+        {257, 1024, 4096, bf, 1, Q, 1, 1, 0, 0, 1, 1},
+        {37, 96, 72, bf, 0, G, 0, 1, 0, 0, 0, 1},
+        {4096, 3072, 768, bf, 1, 0, 1, 0, 0, 0, 1, 0}, /* SAM fc2 */
+        {257, 1024, 4096, bf, 1, Q, 1, 1, 0, 0, 1, 0}, /* CLIP fc1 */
+        {257, 4096, 1024, bf, 1, 0, 1, 0, 0, 0, 1, 0}, /* CLIP fc2 */
+        {257, 1024, 3072, bf, 1, 0, 1, 0, 0, 0, 1, 0}, /* CLIP qkv */
+        {257, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1, 0},
+        {257, 1024, 1000, bf, 2, G, 1, 1, 0, 0, 0, 0}, /* fp32 bias: cuBLASLt's bias type, or the fallback */
+        {4096, 768, 3072, bf, 2, G, 1, 1, 0, 0, 0, 0},
+        {257, 1024, 1000, bf, 0, Q, 1, 1, 0, 0, 1, 0},
+        {300, 512, 384, bf, 0, Q, 0, 1, 0, 0, 1, 0},   /* fp32 x converted, bf16 y */
+        {300, 512, 384, bf, 1, 0, 0, 1, 0, 0, 1, 0},
+        {300, 512, 384, bf, 0, G, 1, 0, 0, 0, 1, 0},   /* bf16 x, fp32 y */
+        {257, 1001, 999, bf, 1, G, 1, 1, 0, 0, 0, 0},  /* odd strides: 2- and 8-byte aligned rows */
+        {37, 1001, 999, bf, 2, 0, 0, 1, 0, 0, 0, 0},
+        {9, 1024, 1000, bf, 1, G, 1, 1, 0, 0, 1, 0},   /* the fewest rows of the product */
+        {1, 768, 3072, bf, 1, G, 1, 1, 0, 0, 0, 0},    /* GEMV rows */
+        {8, 1024, 1000, bf, 2, Q, 1, 1, 0, 0, 0, 0},
+        {5, 1001, 37, bf, 0, 0, 1, 0, 0, 0, 0, 0},
+        {3, 96, 70, bf, 1, G, 0, 1, 0, 0, 0, 0},
+        {257, 1024, 1000, q8, 1, G, 1, 1, 0, 0, 1, 0}, /* block weights: dequantised chunks, then the direct path */
+        {64, 256, 96, q4, 2, 0, 1, 0, 0, 0, 1, 0},
+        {3, 1024, 100, q8, 1, Q, 1, 1, 0, 0, 0, 0},    /* block GEMV */
+        {130, 256, 96, f32, 2, G, 1, 1, 0, 0, 0, 0},   /* fp32 weights */
+        {6, 256, 96, f32, 1, 0, 1, 1, 0, 0, 0, 0},
+        {257, 1024, 1000, bf, 1, G, 1, 1, 1, 0, 0, 0}, /* f16 mode */
+        {64, 768, 256, q8, 0, Q, 1, 0, 1, 0, 0, 0},
+        {4096, 768, 3072, bf, 1, G, 1, 1, 1, 0, 0, 0}, /* f16 mode, staged in several chunks of rows */
+        {130, 256, 96, bf, 1, 0, 0, 1, 0, 1, 0, 0},    /* exact_gemm with fp32 x: hi + lo products */
+        {130, 256, 96, bf, 1, G, 1, 1, 0, 1, 1, 0},    /* exact_gemm with bf16 x: lo is zero */
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) bf16_io_case(cases[i]);
     for (int r = 0; r < 2; r++) {
@@ -1162,6 +1167,94 @@ static void test_residual_ops(void) {
            "and not\n");
 }
 
+/* The GELU table of bf16 products (backend_cuda_gelu_bf16) over every bf16 value: bit for bit gelu on floats
+ * (the same device arithmetic) rounded to bf16; NaN stays NaN. */
+static void test_gelu_table(void) {
+    const size_t n = 65536;
+    uint16_t *h = malloc(n * 2), *got = malloc(n * 2);
+    float *f = malloc(n * 4);
+    for (size_t i = 0; i < n; i++) h[i] = (uint16_t)i, f[i] = bf16_to_f32((uint16_t)i);
+    uint16_t *dy = dev(h, n * 2);
+    float *dx = dev(f, n * 4), *dref = dev_nan(n);
+    backend_cuda_gelu_bf16(B, dy, n);
+    B->gelu(B, dref, dx, n);
+    float *ref = down(dref, n);
+    B->download(B, got, dy, n * 2);
+    long bad = 0;
+    for (size_t i = 0; i < n; i++) {
+        const float g = bf16_to_f32(got[i]);
+        const int same = ref[i] != ref[i] ? g != g : got[i] == f32_to_bf16(ref[i]);
+        if (!same && bad++ < 4) printf("  gelu table: input 0x%04zx gives 0x%04x, want 0x%04x\n", i, got[i], f32_to_bf16(ref[i]));
+    }
+    CHECKF(bad == 0, "gelu table: %ld of 65536 bf16 inputs differ from gelu on floats", bad);
+    printf("  gelu table: all 65,536 bf16 inputs bit for bit\n");
+    B->free(B, dy), B->free(B, dx), B->free(B, dref);
+    free(h), free(got), free(f), free(ref);
+}
+
+/* residual_layernorm (the residual step, the LayerNorm, bf16 storage, windows) against the ops it fuses on this
+ * backend (residual_add, layernorm with BE_ROUND, window_partition), bit for bit: x after the step and every output
+ * value, padding rows zero. Shapes of the encoder (768 and 1,024 wide), a 4-wide-unaligned row (37), pointers off
+ * 16-byte alignment, bf16 and fp32 weights, with and without the residual and its rounding. */
+static void residual_layernorm_case(int g, int ws, int n, int with_r, int round, int wbf16, int off) {
+    const int M = g * g, nw = ws ? (g + ws - 1) / ws : 0, Mo = ws ? nw * nw * ws * ws : M;
+    const size_t xn = (size_t)M * n + off, yn = (size_t)Mo * n + off;
+    float *x = rnd(xn, 2.0f), *wh = rnd(n, 1.0f), *bh = rnd(n, 0.5f);
+    uint16_t *r16 = rnd_bf16(xn, 1.0f), *w16 = malloc((size_t)n * 2), *b16 = malloc((size_t)n * 2);
+    for (int i = 0; i < n; i++) w16[i] = f32_to_bf16(wh[i]), b16[i] = f32_to_bf16(bh[i]);
+    float *dx = dev(x, xn * 4), *dx2 = dev(x, xn * 4), *dyf = dev_nan(yn), *dyw = dev_nan(yn + 1);
+    uint16_t *dr = dev(r16, xn * 2);
+    void *dw = wbf16 ? dev(w16, (size_t)n * 2) : (void *)dev(wh, (size_t)n * 4);
+    void *db = wbf16 ? dev(b16, (size_t)n * 2) : (void *)dev(bh, (size_t)n * 4);
+    const DsW W = ds_w(dw, wbf16 ? DS_BF16 : DS_F32), Bi = ds_w(db, wbf16 ? DS_BF16 : DS_F32);
+    uint16_t *fill = malloc(yn * 2);
+    for (size_t i = 0; i < yn; i++) fill[i] = 0x7fc1;
+    uint16_t *dy = dev(fill, yn * 2);
+    /* the ops it fuses */
+    if (with_r) B->residual_add(B, dx2 + off, dr + off, (size_t)M * n, BE_IN_BF16 | (round ? BE_ROUND : 0));
+    B->layernorm(B, dyf + off, n, dx2 + off, n, M, n, W, Bi, 1e-6f, BE_ROUND);
+    const float *want_d = dyf;
+    if (ws) {
+        B->window_partition(B, dyw + off, dyf + off, g, n, ws);
+        want_d = dyw;
+    }
+    float *want = down(want_d, yn), *xw = down(dx2, xn);
+    B->residual_layernorm(B, dy + off, dx + off, with_r ? (const void *)(dr + off) : NULL, M, n, g, ws, W, Bi, 1e-6f,
+                          round ? BE_ROUND : 0);
+    uint16_t *got = malloc(yn * 2);
+    B->download(B, got, dy, yn * 2);
+    float *xg = down(dx, xn);
+    int same = 1;
+    for (size_t i = off; i < yn; i++) {
+        uint32_t u;
+        memcpy(&u, &want[i], 4);
+        same &= (u & 0xffffu) == 0 && (uint16_t)(u >> 16) == got[i];
+    }
+    CHECKF(same, "residual_layernorm g%d ws%d n%d r%d round%d wbf16 %d off%d: output differs", g, ws, n, with_r,
+           round, wbf16, off);
+    CHECKF(exact_eq(xg + off, xw + off, (size_t)M * n), "residual_layernorm g%d ws%d n%d r%d round%d: x differs", g,
+           ws, n, with_r, round);
+    B->free(B, dx), B->free(B, dx2), B->free(B, dyf), B->free(B, dyw), B->free(B, dr), B->free(B, dw);
+    B->free(B, db), B->free(B, dy);
+    free(x), free(wh), free(bh), free(r16), free(w16), free(b16), free(fill), free(want), free(xw), free(got), free(xg);
+}
+static void test_residual_layernorm(void) {
+    if (!B->residual_layernorm) {
+        printf("  (no residual_layernorm on this backend)\n");
+        return;
+    }
+    for (int v = 0; v < 8; v++) { /* v & 1: residual; & 2: rounded; & 4: bf16 weights */
+        const int r = v & 1, round = (v >> 1) & 1, wb = (v >> 2) & 1;
+        residual_layernorm_case(16, 0, 1024, r, round, wb, 0); /* CLIP-like rows (257 in the model) */
+        residual_layernorm_case(9, 4, 768, r, round, wb, 0);   /* windows with padding (SAM: 64 in 14s) */
+        residual_layernorm_case(8, 0, 768, r, round, wb, 1);   /* off alignment: element by element */
+        residual_layernorm_case(7, 3, 37, r, round, wb, 0);    /* n not a multiple of 4 */
+    }
+    residual_layernorm_case(17, 0, 1024, 1, 0, 1, 0);
+    residual_layernorm_case(14, 14, 256, 1, 1, 1, 0); /* one window, no padding */
+    printf("  residual_layernorm: bit for bit against residual_add, layernorm BE_ROUND and window_partition\n");
+}
+
 static void test_data_movement(void) {
     Backend *C = backend_cpu();
     /* chw_to_hwc */
@@ -1363,6 +1456,8 @@ int main(void) {
     RUN(test_moe);
     RUN(test_data_movement);
     RUN(test_residual_ops);
+    RUN(test_residual_layernorm);
+    RUN(test_gelu_table);
     RUN(test_decode_graph);
     RUN(test_add_rmsnorm);
     printf("  device memory: %zu bytes allocated at the end (scratch), peak %zu\n", B->allocated(B), B->peak(B));
