@@ -629,6 +629,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     }
     double t_pre = ds_now() - t0; /* decoding, planning, resizing, normalising: the host's part */
     size_t feat_rows = 0;
+    /* DSOCR_FORCE_EMBEDS_NO_VISION=1 with --force-embeds: the vision encoder is not run at all (a decoder-only run,
+     * e.g. the decoder's noise floor on the slow reference backend, tools/decoder_floor.sh) */
+    const int skip_vision = ds_env_on("DSOCR_FORCE_EMBEDS_NO_VISION");
     for (int v = 0; v < plan.n_views; v++) {
         if (cancelled(opt)) {
             st = fail(s, DSOCR_E_CANCELLED, "cancelled");
@@ -640,6 +643,10 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
             snprintf(vname, sizeof vname, "global");
         else
             snprintf(vname, sizeof vname, "tile%d", v);
+        if (dbg->force_embeds && skip_vision) { /* its output would be replaced: a decoder-only run */
+            feat_rows += (size_t)n * n;
+            continue;
+        }
         progress(opt, "vision %d/%d views (%s, %d px)", v + 1, plan.n_views, vname, side);
         double tn = ds_now();
         image_normalize(&views[v], s->chw);
