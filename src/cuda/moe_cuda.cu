@@ -676,21 +676,31 @@ static void down1(CudaCtx *c, float *y, const float *h, const float *sh, const i
 }
 
 /* down1_k for block-quantised weights (Q8_0 / Q4_0, quant_cuda.h): grid (D / QD_W), QD_W warps, a warp per output
- * column d. The K routed slots (input h + j·F, weight row d of down[idx[j]], type DT) go 8 blocks a round, four
- * lanes a block; each round first issues every slot's weight and input loads, then does the arithmetic, so a round
- * costs one memory round trip however many slots there are. The shared part is either sdo [D] (done by gateup1_k)
- * or, with sh, one more row: sdown's row d of S weights of type sdt against sh [S] (the dense MLP: K = 0, S = F).
- * The outputs combine as down1_k's (combine1). */
-enum { QD_W = 4 };
+ * column d, dynamic smem K·F floats. The K routed slots (input h + j·F, weight row d of down[idx[j]], type DT) go
+ * 8 blocks a round, four lanes a block, QD_U rounds a batch: every slot's weight loads of a batch are issued
+ * first (for the first batch, before the inputs h are staged in shared memory), then used, so a row of up to
+ * 256·QD_U weights (F = 896: 28 blocks) costs one memory round trip for all slots together. The shared part is
+ * either sdo [D] (done by gateup1_k) or, with sh, one more row: sdown's row d of S weights of type sdt against
+ * sh [S] (the dense MLP: K = 0, S = F). The outputs combine as down1_k's (combine1). */
+enum { QD_W = 4, QD_U = 4 };
+template <int DT>
+static __device__ __forceinline__ void qdown_issue(QRaw (&q)[QD_U][MAXK1], const uint8_t *const *wr, int K, int b0,
+                                                   int g, int t, int nb) {
+#pragma unroll
+    for (int u = 0; u < QD_U; u++)
+#pragma unroll
+        for (int j = 0; j < MAXK1; j++)
+            if (j < K && b0 + g + 8 * u < nb) q[u][j] = qload<DT>(wr[j] + (size_t)(b0 + g + 8 * u) * qbytes(DT), t);
+}
 template <int DT>
 __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, const float *sh, const int32_t *idx,
                                                      const float *wts, int K, int D, int F, int S, int sdt, int bf,
                                                      DownPtrs w, const float *sdo) {
     pdl_wait();
-    const int d = blockIdx.x * QD_W + threadIdx.x / 32, lane = threadIdx.x & 31;
-    if (d >= D) return;
+    extern __shared__ float4 hs4[];
+    const float *hs = (const float *)hs4;
+    const int d0 = blockIdx.x * QD_W + threadIdx.x / 32, lane = threadIdx.x & 31, d = d0 < D ? d0 : D - 1;
     const int g = lane >> 2, t = lane & 3, nb = F / 32;
-    const bool vec = ((uintptr_t)h & 15) == 0;
     int ex[MAXK1];
     const uint8_t *wr[MAXK1];
 #pragma unroll
@@ -698,21 +708,35 @@ __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, 
         ex[j] = j < K ? idx[j] : 0;
         wr[j] = j < K ? (const uint8_t *)w.down[ex[j]] + (size_t)d * nb * qbytes(DT) : NULL;
     }
+    QRaw q[QD_U][MAXK1];
+    qdown_issue<DT>(q, wr, K, 0, g, t, nb);
+    {
+        /* h into shared memory, D1SU loads at a time (down1_k's staging) */
+        const int n4 = K * F / 4;
+        const float4 *h4 = (const float4 *)h;
+        for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * QD_W * 32) {
+            float4 v[D1SU];
+#pragma unroll
+            for (int u = 0; u < D1SU; u++)
+                if (i0 + u * QD_W * 32 < n4) v[u] = __ldg(h4 + i0 + u * QD_W * 32);
+#pragma unroll
+            for (int u = 0; u < D1SU; u++)
+                if (i0 + u * QD_W * 32 < n4) hs4[i0 + u * QD_W * 32] = v[u];
+        }
+    }
+    __syncthreads();
     float acc[MAXK1];
 #pragma unroll
     for (int j = 0; j < MAXK1; j++) acc[j] = 0.f;
-    for (int kb = g; kb < nb; kb += 8) {
-        QRaw q[MAXK1];
-        QX xv[MAXK1];
+    for (int b0 = 0; b0 < nb; b0 += 8 * QD_U) {
 #pragma unroll
-        for (int j = 0; j < MAXK1; j++)
-            if (j < K) {
-                q[j] = qload<DT>(wr[j] + (size_t)kb * qbytes(DT), t);
-                xv[j] = qxload<DT>(h + (size_t)j * F + 32 * kb, t, vec);
+        for (int u = 0; u < QD_U; u++)
+#pragma unroll
+            for (int j = 0; j < MAXK1; j++) {
+                const int kb = b0 + g + 8 * u;
+                if (j < K && kb < nb) acc[j] += qfma<DT>(q[u][j], qxload<DT>(hs + (size_t)j * F + 32 * kb, t, true));
             }
-#pragma unroll
-        for (int j = 0; j < MAXK1; j++)
-            if (j < K) acc[j] += qfma<DT>(q[j], xv[j]);
+        if (b0 + 8 * QD_U < nb) qdown_issue<DT>(q, wr, K, b0 + 8 * QD_U, g, t, nb);
     }
     float v[MAXK1];
 #pragma unroll
@@ -726,15 +750,16 @@ __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, 
     } else if (sdo) {
         sv = sdo[d];
     }
-    if (lane == 0) y[d] = combine1(v, ex, wts, K, bf, sh || sdo, sv);
+    if (lane == 0 && d0 < D) y[d] = combine1(v, ex, wts, K, bf, sh || sdo, sv);
 }
 
 /* qdown1_k for routed experts of type wdt (any block type when K == 0) */
 static void qdown1(CudaCtx *c, float *y, const float *h, const float *sh, const int32_t *idx, const float *wts, int K,
                    int D, int F, int S, int wdt, int sdt, int bf, const DownPtrs &d, const float *sdo) {
-    DS_ASSERT(K <= MAXK1 && F % 32 == 0 && (!sh || (is_block(sdt) && S % 32 == 0)));
-    launch_pdl(c, wdt == DS_Q4_0 ? qdown1_k<DS_Q4_0> : qdown1_k<DS_Q8_0>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32), 0, y,
-               h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
+    DS_ASSERT(K <= MAXK1 && F % 32 == 0 && (size_t)K * F * sizeof(float) <= D1_SMEM && ((uintptr_t)h & 15) == 0 &&
+              (!sh || (is_block(sdt) && S % 32 == 0)));
+    launch_pdl(c, wdt == DS_Q4_0 ? qdown1_k<DS_Q4_0> : qdown1_k<DS_Q8_0>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32),
+               (size_t)K * F * sizeof(float), y, h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
     CU_LAUNCHED();
 }
 
@@ -826,7 +851,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     const bool one_bf16 = n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) &&
                           (!has_shared || fuse) && down1_fits(K, F, S, has_shared);
     const bool one_q = n == 1 && is_block(wdt) && (!has_shared || (fuse && is_block(swdt))) && K <= MAXK1 &&
-                       aligned16(s.h) && aligned16(s.sw);
+                       (size_t)K * F * sizeof(float) <= D1_SMEM && aligned16(s.h) && aligned16(s.sw);
     if ((one_bf16 || one_q) && D % 8 == 0 && D * 4 <= 48 * 1024 && aligned16(s.ysl) && aligned16(x)) {
         const bool fuse_norm = pn.res && D >= 1024 && (size_t)2 * D * sizeof(float) <= 48 * 1024;
         if (pn.res && !fuse_norm) {

@@ -86,22 +86,35 @@ static __device__ __forceinline__ float qfma(const QRaw &r, const QX &x) {
 
 static __device__ __forceinline__ constexpr int qbytes(int dt) { return dt == DS_Q8_0 ? QB8 : QB4; }
 
+/* The decode products are latency-bound: what counts is how many DRAM round trips a warp waits for per weight row.
+ * So the loops below go in batches of U rounds (8·U blocks): every weight load of a batch is issued, predicated,
+ * before any of them is used, and a row of up to 256·U weights costs one round trip (a plain `#pragma unroll` of a
+ * loop with a runtime count would leave a remainder loop of dependent iterations, a round trip each). */
+enum { QU1 = 8, QU2 = 6 }; /* rounds per batch: one row of x (1,280 = 5 rounds in one batch), gate and up rows */
+
 /* acc[r] += this lane's share of x_r · w over one weight row w of K weights (K % 32 == 0) of block type DT, for
  * the first nr <= R rows x_r; a whole warp calls it, then warp_sum gives each row's dot. */
 template <int DT, int R>
 static __device__ __forceinline__ void qdot(float *acc, const float *const *x, int nr, const uint8_t *w, int K,
                                             int lane) {
+    constexpr int U = R == 1 ? QU1 : 2;
     const int g = lane >> 2, t = lane & 3, nb = K / 32;
     bool vec = true;
 #pragma unroll
     for (int r = 0; r < R; r++)
         if (r < nr) vec = vec && ((uintptr_t)x[r] & 15) == 0;
-#pragma unroll 4
-    for (int kb = g; kb < nb; kb += 8) {
-        const QRaw q = qload<DT>(w + (size_t)kb * qbytes(DT), t);
+    for (int kb0 = g; kb0 < nb; kb0 += 8 * U) {
+        QRaw q[U];
 #pragma unroll
-        for (int r = 0; r < R; r++)
-            if (r < nr) acc[r] += qfma<DT>(q, qxload<DT>(x[r] + 32 * kb, t, vec));
+        for (int u = 0; u < U; u++)
+            if (kb0 + 8 * u < nb) q[u] = qload<DT>(w + (size_t)(kb0 + 8 * u) * qbytes(DT), t);
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            if (kb0 + 8 * u < nb) {
+#pragma unroll
+                for (int r = 0; r < R; r++)
+                    if (r < nr) acc[r] += qfma<DT>(q[u], qxload<DT>(x[r] + 32 * (kb0 + 8 * u), t, vec));
+            }
     }
 }
 
@@ -111,12 +124,21 @@ static __device__ __forceinline__ void qdot2(float &g, float &u, const float *x,
                                              int K, int lane) {
     const int gi = lane >> 2, t = lane & 3, nb = K / 32;
     const bool vec = ((uintptr_t)x & 15) == 0;
-#pragma unroll 4
-    for (int kb = gi; kb < nb; kb += 8) {
-        const QRaw qg = qload<DT>(wg + (size_t)kb * qbytes(DT), t), qu = qload<DT>(wu + (size_t)kb * qbytes(DT), t);
-        const QX xv = qxload<DT>(x + 32 * kb, t, vec);
-        g += qfma<DT>(qg, xv);
-        u += qfma<DT>(qu, xv);
+    for (int kb0 = gi; kb0 < nb; kb0 += 8 * QU2) {
+        QRaw qg[QU2], qu[QU2];
+#pragma unroll
+        for (int i = 0; i < QU2; i++)
+            if (kb0 + 8 * i < nb) {
+                qg[i] = qload<DT>(wg + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
+                qu[i] = qload<DT>(wu + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
+            }
+#pragma unroll
+        for (int i = 0; i < QU2; i++)
+            if (kb0 + 8 * i < nb) {
+                const QX xv = qxload<DT>(x + 32 * (kb0 + 8 * i), t, vec);
+                g += qfma<DT>(qg[i], xv);
+                u += qfma<DT>(qu[i], xv);
+            }
     }
 }
 
