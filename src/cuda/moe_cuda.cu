@@ -389,12 +389,14 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
  *               qdown1_k is its block-weight twin. */
 
 /* One column of a gate/up pair for one row x: *out = SiLU(x·wg)·(x·wu) with gateup_k's arithmetic (lane 0 writes).
- * wdt: bf16 (x and the rows 16-byte aligned, D % 8 == 0) or a block type (D % 32 == 0). */
+ * QW 0: bf16 rows (x and the rows 16-byte aligned, D % 8 == 0); QW 1: rows of block type wdt (D % 32 == 0). The
+ * single-token kernels are instantiated once for each, so that the bf16 path keeps its own registers. */
+template <int QW>
 static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int wdt, int D,
                                                   int lane, int bf, float *out) {
     const float *xr[MR] = {x, x, x, x};
     float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-    if (is_block(wdt))
+    if (QW)
         qdot2_dt(g[0], u[0], x, wg, wu, wdt, D, lane);
     else
         dot_rows2(g, u, xr, 1, wg, wu, D, lane);
@@ -429,6 +431,7 @@ struct SharedUp {
     int S;
     float *out; /* [S] */
 };
+template <int QW>
 __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K,
                                                      int bf, float *lg, int *count, int32_t *idx, float *wts,
                                                      float *out_logits, int32_t *out_experts, PreNorm pn,
@@ -464,7 +467,7 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
         const int f = (blockIdx.x - R1B) * R1W + warp;
         const size_t wo = (size_t)f * wrow_bytes(su.wdt, D);
         if (f < su.S)
-            gateup_col(x, (const char *)su.gate + wo, (const char *)su.up + wo, su.wdt, D, lane, bf, su.out + f);
+            gateup_col<QW>(x, (const char *)su.gate + wo, (const char *)su.up + wo, su.wdt, D, lane, bf, su.out + f);
     }
     for (int e = blockIdx.x * R1W + warp; blockIdx.x < R1B && e < E; e += R1B * R1W) {
         float acc = 0.f;
@@ -513,6 +516,7 @@ struct SharedDown {
 };
 /* grid (max(F, D) / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
  * h [K, F] routed, sh [S] shared; wdt, swdt: the routed and the shared experts' dtypes (bf16 or block types) */
+template <int QW>
 __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
                                                      int bf, float *h, float *sh, UpPtrs w, SharedDown sd, int wdt,
                                                      int swdt) {
@@ -522,7 +526,11 @@ __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32
         if (f >= D) return;
         float acc[MR] = {0.f, 0.f, 0.f, 0.f};
         const float *xr[MR] = {sh, sh, sh, sh};
-        dot_rows(acc, xr, 1, (const char *)sd.down + (size_t)f * wrow_bytes(swdt, S), swdt, S, 1, lane);
+        const void *wd = (const char *)sd.down + (size_t)f * wrow_bytes(swdt, S);
+        if (QW)
+            qdot_dt<1>(acc, xr, 1, wd, swdt, S, lane);
+        else
+            dot_rows(acc, xr, 1, wd, DS_BF16, S, 1, lane);
         const float v = warp_sum(acc[0]);
         if (lane == 0) sd.sdo[f] = v;
         return;
@@ -532,7 +540,7 @@ __global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32
     const int e = shared ? 0 : idx[slot];
     size_t wo = (size_t)f * wrow_bytes(dt, D);
     const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
-    gateup_col(x, wg, wu, dt, D, lane, bf, (shared ? sh : h + (size_t)slot * F) + f);
+    gateup_col<QW>(x, wg, wu, dt, D, lane, bf, (shared ? sh : h + (size_t)slot * F) + f);
 }
 
 enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1SU = 8, D1_SMEM = 48 * 1024 };
@@ -779,7 +787,7 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
         u.sgate = gate.data;
         u.sup = up.data;
         d.sdown = down.data;
-        launch_pdl(c, gateup1_k, dim3(cdiv(F, MW), 1), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
+        launch_pdl(c, gateup1_k<1>, dim3(cdiv(F, MW), 1), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
                    SharedDown{NULL, NULL}, (int)gate.dtype, (int)gate.dtype);
         CU_LAUNCHED();
         qdown1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, DS_Q8_0, (int)down.dtype, bf, d, NULL);
@@ -800,7 +808,7 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     u.sup = up.data;
     d.sdown = down.data;
     /* no routed slots: the "shared" slot is the whole MLP */
-    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
+    launch_pdl(c, gateup1_k<0>, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
                SharedDown{NULL, NULL}, (int)DS_BF16, (int)DS_BF16);
     CU_LAUNCHED();
     down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d, NULL);
@@ -859,14 +867,14 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
             pn.res = NULL;
         }
         SharedUp su = {up.sgate, up.sup, swdt, has_shared ? S : 0, s.sw};
-        launch_pdl(c, route1_k, dim3(R1B + (has_shared ? cdiv(S, R1W) : 0)), dim3(R1W * 32),
+        launch_pdl(c, one_q ? route1_k<1> : route1_k<0>, dim3(R1B + (has_shared ? cdiv(S, R1W) : 0)), dim3(R1W * 32),
                    pn.res ? (size_t)2 * D * sizeof(float) : 0, x, m->router.data, m->router.dtype, E, D, K, bf,
                    s.logits, c->moe_count, s.idx, s.wts, router_logits, experts, pn, su);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
         /* the routed gate/up, and with them the shared down (its gate/up came with the router) */
         SharedDown sdn = {has_shared ? down.sdown : NULL, has_shared ? s.shared : NULL};
-        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && D > F ? D : F, MW), K + has_shared)), dim3(MW * 32), 0,
+        launch_pdl(c, one_q ? gateup1_k<1> : gateup1_k<0>, dim3(dim3(cdiv(has_shared && D > F ? D : F, MW), K + has_shared)), dim3(MW * 32), 0,
                    x, s.idx, K, D, F, S, bf, s.h, s.sw, up, sdn, wdt, swdt);
         CU_LAUNCHED();
         if (one_q)
