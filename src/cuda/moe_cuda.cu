@@ -516,8 +516,9 @@ struct SharedDown {
 };
 /* grid (max(F, D) / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
  * h [K, F] routed, sh [S] shared; wdt, swdt: the routed and the shared experts' dtypes (bf16 or block types) */
+/* (block weights: at most 64 registers, 4 blocks a multiprocessor, for more rows' loads in flight) */
 template <int QW>
-__global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
+__global__ void __launch_bounds__(MW * 32, QW ? 4 : 0) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
                                                      int bf, float *h, float *sh, UpPtrs w, SharedDown sd, int wdt,
                                                      int swdt) {
     pdl_wait();

@@ -1,7 +1,9 @@
 /* quant_cuda.cu: the block GEMV, y[m, n] (+)= x[m, :]·w[n, :] (+ bias[n]) on Q8_0 / Q4_0 weights for few rows (decode:
  * attention projections, the dense MLP off the single-token path, lm_head), cu_gemv's contract and epilogue.
  * One warp per output column reads the weight row once for up to R rows of x with quant_cuda.h's qdot (8 blocks
- * at a time, four lanes a block); fp32 arithmetic. What it is not: the many-row products (cu_linear dequantises
+ * at a time, four lanes a block); for one row of x (decode) a warp takes two adjacent columns (qdot2: the x loads
+ * shared, and twice the weight bytes in flight per warp, which is what a latency-bound GEMV runs on); fp32
+ * arithmetic. What it is not: the many-row products (cu_linear dequantises
  * chunks for the tensor cores) and the MoE (moe_cuda.cu, on the same dot products). */
 #include "cuda/quant_cuda.h"
 
@@ -44,11 +46,33 @@ __global__ void __launch_bounds__(QG_WARPS * 32) gemvq_k(GemvQArgs a) {
     }
 }
 
+/* One row of x: columns n, n + 1 per warp. */
+template <int DT>
+__global__ void __launch_bounds__(QG_WARPS * 32, 4) gemvq1_k(GemvQArgs a) {
+    pdl_wait();
+    const int n = 2 * (blockIdx.x * QG_WARPS + threadIdx.x / 32), lane = threadIdx.x & 31;
+    if (n >= a.N) return;
+    const size_t rb = (size_t)(a.K / 32) * qbytes(DT);
+    const int n1 = n + 1 < a.N ? n + 1 : n;
+    float g = 0.f, u = 0.f;
+    qdot2<DT>(g, u, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane);
+    g = warp_sum(g);
+    u = warp_sum(u);
+    if (lane < 2 && n + lane < a.N) {
+        float v = lane ? u : g;
+        if (a.bias) v += wget(a.bias, a.bdt, n + lane);
+        float *o = a.y + n + lane;
+        if (a.accum) v += *o;
+        if (a.round) v = rbf(v);
+        *o = v;
+    }
+}
+
 template <int DT>
 static void gemvq(CudaCtx *c, const GemvQArgs &a) {
     const dim3 blk(QG_WARPS * 32);
     if (a.M == 1)
-        launch_pdl(c, gemvq_k<DT, 1>, dim3(cdiv(a.N, QG_WARPS)), blk, 0, a);
+        launch_pdl(c, gemvq1_k<DT>, dim3(cdiv(a.N, 2 * QG_WARPS)), blk, 0, a);
     else if (a.M <= 4)
         launch_pdl(c, gemvq_k<DT, 4>, dim3(cdiv(a.N, QG_WARPS)), blk, 0, a);
     else
