@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "quant.h"
 #ifdef DSOCR_CUDA
 #include "cuda/backend_cuda.h"
 #endif
@@ -47,6 +48,29 @@ static void *drand_bf16(size_t n, float scale) {
     for (size_t o = 0; o < n; o += g_rand_n) B->upload(B, d + o, g_rand, (n - o < g_rand_n ? n - o : g_rand_n) * 2);
     return d;
 }
+/* Device buffer of n random weights (n % 32 == 0) of a block type: the fp32 pool quantised once per type on the
+ * host, uploaded in slices as drand_bf16 does. */
+static void *g_randq[2];
+static void *drand_q(size_t n, DsDtype dt) {
+    const int k = dt == DS_Q4_0;
+    const size_t pool_bytes = quant_row_bytes(dt, (int64_t)g_rand_n);
+    if (!g_randq[k]) {
+        g_randq[k] = malloc(pool_bytes);
+        float *f = malloc(g_rand_n * 4);
+        for (size_t i = 0; i < g_rand_n; i++) f[i] = 0.05f * g_randf[i];
+        quant_row_ref(dt, g_randq[k], f, (int64_t)g_rand_n);
+        free(f);
+    }
+    char *d = dalloc(quant_row_bytes(dt, (int64_t)n));
+    for (size_t o = 0; o < n; o += g_rand_n) {
+        const size_t c = n - o < g_rand_n ? n - o : g_rand_n;
+        B->upload(B, d + quant_row_bytes(dt, (int64_t)o), g_randq[k], quant_row_bytes(dt, (int64_t)c));
+    }
+    return d;
+}
+/* n random weights of type dt (bf16 or a block type) */
+static void *drand_w(size_t n, DsDtype dt) { return dt == DS_BF16 ? drand_bf16(n, 1) : drand_q(n, dt); }
+static const char *dt_label(DsDtype dt) { return dt == DS_BF16 ? "bf16" : dt == DS_Q8_0 ? "q8_0" : "q4_0"; }
 static float *drand_f32(size_t n) {
     float *d = dalloc(n * 4);
     for (size_t o = 0; o < n; o += g_rand_n) B->upload(B, d + o, g_randf, (n - o < g_rand_n ? n - o : g_rand_n) * 4);
@@ -58,6 +82,7 @@ typedef struct Op {
     float *y, *x, *scratch;
     void *w, *w2, *w3;
     int M, K, N;
+    DsDtype wdt; /* linear and swiglu weights */
     OpsAttention att;
     OpsAttentionKv akv;
     BackendMoe moe;
@@ -68,7 +93,7 @@ enum { OP_LINEAR, OP_ATT, OP_ATT_KV, OP_MOE, OP_RMSNORM, OP_LAYERNORM, OP_SWIGLU
 static void run_op(void *arg) {
     Op *o = arg;
     switch (o->kind) {
-    case OP_LINEAR: B->linear(B, o->y, o->N, o->x, o->K, o->M, o->K, ds_w(o->w, DS_BF16), o->N, ds_w_none(), 0); break;
+    case OP_LINEAR: B->linear(B, o->y, o->N, o->x, o->K, o->M, o->K, ds_w(o->w, o->wdt), o->N, ds_w_none(), 0); break;
     case OP_ATT: B->attention(B, &o->att); break;
     case OP_ATT_KV: B->attention_kv(B, &o->akv); break;
     case OP_MOE: B->moe(B, o->y, o->x, o->M, &o->moe, OPS_BF16, NULL, NULL, o->scratch); break;
@@ -77,7 +102,7 @@ static void run_op(void *arg) {
         B->layernorm(B, o->y, o->N, o->x, o->N, o->M, o->N, ds_w(o->w, DS_BF16), ds_w(o->w, DS_BF16), 1e-6f, 0);
         break;
     case OP_SWIGLU:
-        B->swiglu(B, o->y, o->x, o->M, o->K, o->N, ds_w(o->w, DS_BF16), ds_w(o->w2, DS_BF16), ds_w(o->w3, DS_BF16),
+        B->swiglu(B, o->y, o->x, o->M, o->K, o->N, ds_w(o->w, o->wdt), ds_w(o->w2, o->wdt), ds_w(o->w3, o->wdt),
                   OPS_BF16, o->scratch);
         break;
     }
@@ -119,25 +144,33 @@ int main(int argc, char **argv) {
     Op o;
 
     /* ---- linear */
-    static const struct { const char *name; int M, K, N; } lin[] = {
-        {"linear decode q/k/v/o M1 1280x1280", 1, 1280, 1280},
-        {"linear lm_head M1 1280x129280", 1, 1280, 129280},
-        {"linear router M1 1280x64", 1, 1280, 64},
-        {"linear M4 1280x1280", 4, 1280, 1280},
-        {"linear SAM qkv M4096 768x2304", 4096, 768, 2304},
-        {"linear SAM mlp1 M4096 768x3072", 4096, 768, 3072},
-        {"linear CLIP fc1 M257 1024x4096", 257, 1024, 4096},
-        {"linear prefill q M1000 1280x1280", 1000, 1280, 1280},
+    static const struct { const char *name; int M, K, N; DsDtype dt; } lin[] = {
+        {"linear decode q/k/v/o M1 1280x1280", 1, 1280, 1280, DS_BF16},
+        {"linear lm_head M1 1280x129280", 1, 1280, 129280, DS_BF16},
+        {"linear router M1 1280x64", 1, 1280, 64, DS_BF16},
+        {"linear M4 1280x1280", 4, 1280, 1280, DS_BF16},
+        {"linear decode q/k/v/o M1 1280x1280 q8_0", 1, 1280, 1280, DS_Q8_0},
+        {"linear decode q/k/v/o M1 1280x1280 q4_0", 1, 1280, 1280, DS_Q4_0},
+        {"linear decode qkv M1 1280x3840 q8_0", 1, 1280, 3840, DS_Q8_0},
+        {"linear lm_head M1 1280x129280 q8_0", 1, 1280, 129280, DS_Q8_0},
+        {"linear lm_head M1 1280x129280 q4_0", 1, 1280, 129280, DS_Q4_0},
+        {"linear M4 1280x1280 q8_0", 4, 1280, 1280, DS_Q8_0},
+        {"linear SAM qkv M4096 768x2304", 4096, 768, 2304, DS_BF16},
+        {"linear SAM mlp1 M4096 768x3072", 4096, 768, 3072, DS_BF16},
+        {"linear CLIP fc1 M257 1024x4096", 257, 1024, 4096, DS_BF16},
+        {"linear prefill q M1000 1280x1280", 1000, 1280, 1280, DS_BF16},
     };
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
         memset(&o, 0, sizeof o);
         o.kind = OP_LINEAR;
         o.M = lin[i].M, o.K = lin[i].K, o.N = lin[i].N;
+        o.wdt = lin[i].dt;
         o.x = drand_f32((size_t)o.M * o.K);
         o.y = dalloc((size_t)o.M * o.N * 4);
-        o.w = drand_bf16((size_t)o.N * o.K, 1);
+        o.w = drand_w((size_t)o.N * o.K, o.wdt);
         double t = backend_cuda_time(B, run_op, &o, reps);
-        double fl = 2.0 * o.M * o.K * o.N, by = 2.0 * o.N * o.K + 4.0 * o.M * (o.K + o.N);
+        double fl = 2.0 * o.M * o.K * o.N,
+               by = (double)quant_row_bytes(o.wdt, o.K) * o.N + 4.0 * o.M * (o.K + o.N);
         emit(lin[i].name, t, o.M > 8 ? fl : 0, o.M <= 8 ? by : 0, tf, bw);
         B->free(B, o.x), B->free(B, o.y), B->free(B, o.w);
     }
@@ -202,32 +235,42 @@ int main(int argc, char **argv) {
         B->free(B, o.x), B->free(B, o.y);
     }
 
-    /* ---- MoE layer (64 experts, top 6, 1280 -> 896, shared 1792), bf16 mode */
-    {
+    /* ---- MoE layer (64 experts, top 6, 1280 -> 896, shared 1792), bf16 mode; bf16 weights, then the Q8_0 model's
+     * (Q8_0 everywhere) and the 4-bit model's (Q4_0 routed experts, Q8_0 shared experts), the router bf16 */
+    static const DsDtype moe_dt[3][2] = {{DS_BF16, DS_BF16}, {DS_Q8_0, DS_Q8_0}, {DS_Q4_0, DS_Q8_0}};
+    for (int v = 0; v < 3; v++) {
         const int E = 64, D = 1280, F = 896, S = 1792;
+        const DsDtype wdt = moe_dt[v][0], sdt = moe_dt[v][1];
         BackendExpert *ex = calloc(E, sizeof *ex);
         for (int i = 0; i < E; i++) {
-            ex[i].gate = ds_w(drand_bf16((size_t)F * D, 1), DS_BF16);
-            ex[i].up = ds_w(drand_bf16((size_t)F * D, 1), DS_BF16);
-            ex[i].down = ds_w(drand_bf16((size_t)D * F, 1), DS_BF16);
+            ex[i].gate = ds_w(drand_w((size_t)F * D, wdt), wdt);
+            ex[i].up = ds_w(drand_w((size_t)F * D, wdt), wdt);
+            ex[i].down = ds_w(drand_w((size_t)D * F, wdt), wdt);
         }
         memset(&o, 0, sizeof o);
         o.kind = OP_MOE;
+        o.wdt = wdt;
         o.moe = (BackendMoe){.router = ds_w(drand_bf16((size_t)E * D, 1), DS_BF16), .experts = ex,
-                             .shared = {ds_w(drand_bf16((size_t)S * D, 1), DS_BF16),
-                                        ds_w(drand_bf16((size_t)S * D, 1), DS_BF16),
-                                        ds_w(drand_bf16((size_t)D * S, 1), DS_BF16)},
+                             .shared = {ds_w(drand_w((size_t)S * D, sdt), sdt), ds_w(drand_w((size_t)S * D, sdt), sdt),
+                                        ds_w(drand_w((size_t)D * S, sdt), sdt)},
                              .n_experts = E, .top_k = 6, .d_model = D, .d_ff = F, .d_shared = S};
         static const int ns[] = {1, 4, 1000};
         for (int i = 0; i < 3; i++) {
             o.M = ns[i];
+            if (v && o.M > 8) continue; /* many rows: dequantised chunks, not this benchmark's concern */
             o.x = drand_f32((size_t)o.M * D);
             o.y = dalloc((size_t)o.M * D * 4);
             o.scratch = dalloc(B->moe_scratch_floats(o.M, &o.moe) * 4);
             double t = backend_cuda_time(B, run_op, &o, o.M > 8 ? (quick ? 2 : 5) : reps);
             char name[96];
-            snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, bf16)", o.M);
-            double by = o.M == 1 ? (6.0 * 3 * F * D + 3.0 * S * D + (double)E * D) * 2 : 0;
+            if (v)
+                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, %s/%s)", o.M,
+                         dt_label(wdt), dt_label(sdt));
+            else
+                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, bf16)", o.M);
+            double by = o.M == 1 ? 6.0 * 3 * F * quant_row_bytes(wdt, D) + 3.0 * S * quant_row_bytes(sdt, D) +
+                                       (double)E * D * 2
+                                 : 0;
             double fl = o.M > 8 ? 2.0 * o.M * (6.0 * 3 * F * D + 3.0 * S * D + (double)E * D) : 0;
             emit(name, t, fl, by, tf, bw);
             B->free(B, o.x), B->free(B, o.y), B->free(B, o.scratch);
@@ -240,19 +283,24 @@ int main(int argc, char **argv) {
         free(ex);
     }
 
-    /* ---- dense MLP (layer 0) and norms */
-    {
+    /* ---- dense MLP (layer 0), bf16 and Q8_0, and norms */
+    for (int v = 0; v < 2; v++) {
         memset(&o, 0, sizeof o);
         o.kind = OP_SWIGLU;
+        o.wdt = v ? DS_Q8_0 : DS_BF16;
         o.M = 1, o.K = 1280, o.N = 6848;
         o.x = drand_f32(1280);
         o.y = dalloc(1280 * 4);
-        o.w = drand_bf16((size_t)6848 * 1280, 1), o.w2 = drand_bf16((size_t)6848 * 1280, 1),
-        o.w3 = drand_bf16((size_t)6848 * 1280, 1);
+        o.w = drand_w((size_t)6848 * 1280, o.wdt), o.w2 = drand_w((size_t)6848 * 1280, o.wdt),
+        o.w3 = drand_w((size_t)6848 * 1280, o.wdt);
         o.scratch = dalloc(2 * 6848 * 4);
         double t = backend_cuda_time(B, run_op, &o, reps);
-        emit("swiglu dense MLP n1 1280x6848 (bf16)", t, 0, 3.0 * 6848 * 1280 * 2, tf, bw);
+        emit(v ? "swiglu dense MLP n1 1280x6848 (q8_0)" : "swiglu dense MLP n1 1280x6848 (bf16)", t, 0,
+             3.0 * 6848 * quant_row_bytes(o.wdt, 1280), tf, bw);
         B->free(B, o.x), B->free(B, o.y), B->free(B, o.w), B->free(B, o.w2), B->free(B, o.w3), B->free(B, o.scratch);
+    }
+    {
+        double t;
         memset(&o, 0, sizeof o);
         o.kind = OP_RMSNORM;
         o.M = 1, o.N = 1280;
@@ -271,7 +319,7 @@ int main(int argc, char **argv) {
     backend_cuda_mem_info(B, &used, &total);
     printf("\n  ],\n  \"device_memory_peak_bytes\": %zu,\n  \"driver_used_bytes\": %zu\n}\n", B->peak(B), used);
     backend_cuda_free(B);
-    free(g_rand), free(g_randf);
+    free(g_rand), free(g_randf), free(g_randq[0]), free(g_randq[1]);
     return 0;
 }
 #endif

@@ -348,13 +348,14 @@ static void refresh_moe(Model *m) {
     }
 }
 
-/* A layer's q, k, v weights as one [3D, D] matrix when they lie back to back in memory (placed weights do). */
+/* A layer's q, k, v weights as one [3D, D] matrix when they lie back to back in memory (placed weights do; block-
+ * quantised ones too: their rows are whole blocks, so three matrices back to back are one). */
 static void fuse_qkv(Model *m) {
     const size_t D = (size_t)m->cfg.hidden_size;
     for (int i = 0; i < m->cfg.num_hidden_layers; i++) {
         DecLayer *l = &m->layers[i];
-        size_t el = ds_dtype_size(l->q.dtype), bytes = D * D * el;
-        int ok = el && l->k.dtype == l->q.dtype && l->v.dtype == l->q.dtype &&
+        size_t row = quant_row_bytes(l->q.dtype, (int64_t)D), bytes = D * row;
+        int ok = row && l->k.dtype == l->q.dtype && l->v.dtype == l->q.dtype &&
                  (const char *)l->k.data == (const char *)l->q.data + bytes &&
                  (const char *)l->v.data == (const char *)l->k.data + bytes;
         l->qkv = ok ? ds_w(l->q.data, l->q.dtype) : ds_w_none();

@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "cuda/cuda_common.h"
+#include "cuda/quant_cuda.h"
 
 enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8, BLAS_WS_BYTES = 32 << 20 };
 enum { LT_PLANS = 64 }; /* cuBLASLt products kept planned (bf16-output linears: a dozen shapes per view side) */
@@ -157,7 +158,8 @@ static size_t cu_peak(const Backend *b) {
 
 /* ---------------------------------------------------------------------------------------------------------
  * GEMV: y[m, n] (+)= x[m, :]·w[n, :] (+ bias[n]) for few rows. One warp per output column n reads the weight row
- * once per GEMV_ROWS rows, 16 bytes per lane per step when K and the pointers allow; fp32 arithmetic. */
+ * once per GEMV_ROWS rows, 16 bytes per lane per step when K and the pointers allow; fp32 arithmetic. Block-quantised
+ * weights (Q8_0 / Q4_0) go to quant_cuda.cu's kernel. */
 
 struct GemvArgs {
     float *y;
@@ -194,15 +196,6 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
                               v.z * wv[6] + v.w * wv[7];
                 }
             }
-        }
-    } else if (is_block(a.wdt)) { /* Q8_0 / Q4_0: a lane per block of 32 weights */
-        const uint8_t *wr = (const uint8_t *)a.w + (size_t)n * wrow_bytes(a.wdt, a.K);
-        const int qb = a.wdt == DS_Q8_0 ? QB8 : QB4;
-        for (int kb = lane; kb < a.K / 32; kb += 32) {
-            const float *xr[R];
-#pragma unroll
-            for (int r = 0; r < R; r++) xr[r] = x0 + (size_t)(r < nr ? r : 0) * a.ldx + 32 * kb;
-            block_dot<R>(acc, wr + (size_t)kb * qb, a.wdt, xr, nr);
         }
     } else if (a.vec) {
         const float4 *wr = (const float4 *)((const float *)a.w + (size_t)n * a.K);
@@ -266,6 +259,10 @@ void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int 
         c.x = x + (size_t)m0 * ldx;
         c.y = y + (size_t)m0 * ldy;
         c.M = M - m0 < 65535 * GEMV_ROWS ? M - m0 : 65535 * GEMV_ROWS;
+        if (is_block(w.dtype)) { /* Q8_0 / Q4_0: quant_cuda.cu */
+            cu_gemv_q(b, c.y, ldy, c.x, ldx, c.M, K, w, N, bias, flags, round_bf16);
+            continue;
+        }
         dim3 grid(cdiv(N, WARPS), cdiv(c.M, GEMV_ROWS));
         if (c.M == 1)
             launch_pdl(cctx(b), gemv_k<1>, dim3(grid), dim3(WARPS * 32), 0, c);

@@ -141,40 +141,6 @@ static __device__ __forceinline__ float wget(const void *w, int dt, size_t i) {
     const int q = j < 16 ? (b[2 + j] & 15) : (b[2 + j - 16] >> 4);
     return d * (float)(q - 8);
 }
-/* Σ_r: acc[r] += Σ_j w_j · x_r[j] over the 32 weights of one block (x_r: 32 floats each, nr rows). The block's
- * scale multiplies the sum of q·x. */
-template <int R>
-static __device__ __forceinline__ void block_dot(float *acc, const uint8_t *b, int dt, const float *const *x, int nr) {
-    const uint16_t *h = (const uint16_t *)b; /* blocks are 2-byte aligned */
-    const float d = h2f(h[0]);
-    float s[R];
-#pragma unroll
-    for (int r = 0; r < R; r++) s[r] = 0.f;
-    if (dt == DS_Q8_0) {
-#pragma unroll
-        for (int t = 0; t < 16; t++) {
-            uint16_t v = h[1 + t];
-            float q0 = (float)(int8_t)(v & 0xff), q1 = (float)(int8_t)(v >> 8);
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                if (r < nr) s[r] += q0 * x[r][2 * t] + q1 * x[r][2 * t + 1];
-        }
-    } else {
-#pragma unroll
-        for (int t = 0; t < 8; t++) {
-            uint16_t v = h[1 + t];
-            float a0 = (float)((v & 15) - 8), b0 = (float)(((v >> 4) & 15) - 8);
-            float a1 = (float)(((v >> 8) & 15) - 8), b1 = (float)((v >> 12) - 8);
-#pragma unroll
-            for (int r = 0; r < R; r++)
-                if (r < nr)
-                    s[r] += a0 * x[r][2 * t] + a1 * x[r][2 * t + 1] + b0 * x[r][16 + 2 * t] + b1 * x[r][17 + 2 * t];
-        }
-    }
-#pragma unroll
-    for (int r = 0; r < R; r++)
-        if (r < nr) acc[r] += d * s[r];
-}
 static __host__ __device__ inline int is_block(int dt) { return dt == DS_Q8_0 || dt == DS_Q4_0; }
 static __host__ __device__ inline size_t wrow_bytes(int dt, int K) {
     return dt == DS_Q8_0 ? (size_t)K / 32 * QB8 : dt == DS_Q4_0 ? (size_t)K / 32 * QB4 : (size_t)K * (dt == DS_BF16 ? 2 : 4);

@@ -13,10 +13,11 @@
  *      width; the arithmetic of the SwiGLU block's GEMV path), otherwise the SwiGLU block;
  *   6. combine_k: per row, Σ w·y over its experts in ascending expert order, fp32, as the CPU accumulates;
  *      rounded in bf16 mode; plus the shared output.
- * One token: GEMV, route_bucket_k, gateup_k, down_k, combine_k (5 launches).
+ * One token, bf16 or block-quantised (Q8_0 / Q4_0) experts: route1_k, gateup1_k, down1_k or qdown1_k (3 launches,
+ * below); otherwise GEMV, route_bucket_k, gateup_k, down_k, combine_k (5 launches).
  * The expert weight pointers travel as kernel parameters (up to 256 experts; > 4 KiB of parameters needs
  * Volta+ and CUDA 12.1+, which every target here has). */
-#include "cuda/cuda_common.h"
+#include "cuda/quant_cuda.h"
 
 enum { MAXE = 256, MAXK = 16, MW = 8, MR = 4, FUSE_SHARED_ROWS = 8 };
 
@@ -241,14 +242,8 @@ static __device__ __forceinline__ void dot_rows(float *acc, const float *const *
                               v.z * wv[6] + v.w * wv[7];
                 }
         }
-    } else if (is_block(wdt)) { /* Q8_0 / Q4_0: a lane per block of 32 weights */
-        const int qb = wdt == DS_Q8_0 ? QB8 : QB4;
-        for (int kb = lane; kb < K / 32; kb += 32) {
-            const float *xb[MR];
-#pragma unroll
-            for (int r = 0; r < MR; r++) xb[r] = xr[r] + 32 * kb;
-            block_dot<MR>(acc, (const uint8_t *)w + (size_t)kb * qb, wdt, xb, nr);
-        }
+    } else if (is_block(wdt)) { /* Q8_0 / Q4_0: quant_cuda.h */
+        qdot_dt<MR>(acc, xr, nr, w, wdt, K, lane);
     } else {
         for (int k = lane; k < K; k += 32) {
             float wv = wget(w, wdt, k);
@@ -383,20 +378,28 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
 }
 
 /* ---------------------------------------------------------------------------------------------------------
- * One token (decode), bf16 weights: three kernels instead of five, the same arithmetic as the general path.
+ * One token (decode), bf16 or block weights: three kernels instead of five, the same arithmetic as the general path
+ * (block weights: quant_cuda.h's dot products, up to the order of the sums).
  *   route1_k:   the router products (R1B blocks of R1W warps, each expert's dot as gemv_k<1> sums it) and, in
  *               more blocks meanwhile, the shared experts' gate/up; the last block to finish (an atomic count) runs
  *               route_warp;
  *   gateup1_k:  gateup_k's grid over (columns, slot) with slot = the j-th chosen expert;
  *   down1_k:    a warp per output column computes every slot's down product (all slots' weight loads in flight
- *               together) and combines them in ascending expert order as combine_k does, plus the shared output. */
+ *               together) and combines them in ascending expert order as combine_k does, plus the shared output;
+ *               qdown1_k is its block-weight twin. */
 
-/* One column of a gate/up pair for one row x: *out = SiLU(x·wg)·(x·wu) with gateup_k's arithmetic (lane 0 writes). */
-static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int D, int lane,
-                                                  int bf, float *out) {
+/* One column of a gate/up pair for one row x: *out = SiLU(x·wg)·(x·wu) with gateup_k's arithmetic (lane 0 writes).
+ * QW 0: bf16 rows (x and the rows 16-byte aligned, D % 8 == 0); QW 1: rows of block type wdt (D % 32 == 0). The
+ * single-token kernels are instantiated once for each, so that the bf16 path keeps its own registers. */
+template <int QW>
+static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int wdt, int D,
+                                                  int lane, int bf, float *out) {
     const float *xr[MR] = {x, x, x, x};
     float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-    dot_rows2(g, u, xr, 1, wg, wu, D, lane);
+    if (QW)
+        qdot2_dt(g[0], u[0], x, wg, wu, wdt, D, lane);
+    else
+        dot_rows2(g, u, xr, 1, wg, wu, D, lane);
     float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
     if (lane == 0) {
         if (bf) {
@@ -424,9 +427,11 @@ struct PreNorm {
 /* route1_k's blocks past R1B compute the shared experts' gate/up columns (SharedUp) meanwhile: they need no routing. */
 struct SharedUp {
     const void *gate, *up;
+    int wdt; /* bf16 or a block type */
     int S;
     float *out; /* [S] */
 };
+template <int QW>
 __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void *rw, int rdt, int E, int D, int K,
                                                      int bf, float *lg, int *count, int32_t *idx, float *wts,
                                                      float *out_logits, int32_t *out_experts, PreNorm pn,
@@ -460,9 +465,9 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     }
     if (blockIdx.x >= R1B) { /* a shared-expert block */
         const int f = (blockIdx.x - R1B) * R1W + warp;
+        const size_t wo = (size_t)f * wrow_bytes(su.wdt, D);
         if (f < su.S)
-            gateup_col(x, (const uint16_t *)su.gate + (size_t)f * D, (const uint16_t *)su.up + (size_t)f * D, D, lane,
-                       bf, su.out + f);
+            gateup_col<QW>(x, (const char *)su.gate + wo, (const char *)su.up + wo, su.wdt, D, lane, bf, su.out + f);
     }
     for (int e = blockIdx.x * R1W + warp; blockIdx.x < R1B && e < E; e += R1B * R1W) {
         float acc = 0.f;
@@ -510,26 +515,33 @@ struct SharedDown {
     float *sdo;
 };
 /* grid (max(F, D) / MW, slots): slot < K the j-th chosen expert, slot == K (when the grid has it) the shared experts;
- * h [K, F] routed, sh [S] shared */
-__global__ void __launch_bounds__(MW * 32) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
-                                                     int bf, float *h, float *sh, UpPtrs w, SharedDown sd) {
+ * h [K, F] routed, sh [S] shared; wdt, swdt: the routed and the shared experts' dtypes (bf16 or block types) */
+/* (block weights: at most 64 registers, 4 blocks a multiprocessor, for more rows' loads in flight) */
+template <int QW>
+__global__ void __launch_bounds__(MW * 32, QW ? 4 : 0) gateup1_k(const float *x, const int32_t *idx, int K, int D, int F, int S,
+                                                     int bf, float *h, float *sh, UpPtrs w, SharedDown sd, int wdt,
+                                                     int swdt) {
     pdl_wait();
     const int slot = blockIdx.y, shared = slot == K, f = blockIdx.x * MW + threadIdx.x / 32, lane = threadIdx.x & 31;
     if (shared && sd.sdo) {
         if (f >= D) return;
         float acc[MR] = {0.f, 0.f, 0.f, 0.f};
         const float *xr[MR] = {sh, sh, sh, sh};
-        dot_rows(acc, xr, 1, (const uint16_t *)sd.down + (size_t)f * S, DS_BF16, S, 1, lane);
+        const void *wd = (const char *)sd.down + (size_t)f * wrow_bytes(swdt, S);
+        if (QW)
+            qdot_dt<1>(acc, xr, 1, wd, swdt, S, lane);
+        else
+            dot_rows(acc, xr, 1, wd, DS_BF16, S, 1, lane);
         const float v = warp_sum(acc[0]);
         if (lane == 0) sd.sdo[f] = v;
         return;
     }
-    const int N = shared ? S : F;
+    const int N = shared ? S : F, dt = shared ? swdt : wdt;
     if (f >= N) return;
     const int e = shared ? 0 : idx[slot];
-    size_t wo = (size_t)f * D * 2;
+    size_t wo = (size_t)f * wrow_bytes(dt, D);
     const void *wg = (const char *)(shared ? w.sgate : w.gate[e]) + wo, *wu = (const char *)(shared ? w.sup : w.up[e]) + wo;
-    gateup_col(x, wg, wu, D, lane, bf, (shared ? sh : h + (size_t)slot * F) + f);
+    gateup_col<QW>(x, wg, wu, dt, D, lane, bf, (shared ? sh : h + (size_t)slot * F) + f);
 }
 
 enum { MAXK1 = 8, MAXS1 = 8, D1W = 4, D1IT = 2, D1SU = 8, D1_SMEM = 48 * 1024 };
@@ -540,6 +552,39 @@ static bool down1_fits(int K, int F, int S, int has_shared) {
     const int ns = K + (has_shared ? S / F : 0);
     return F % 8 == 0 && (!has_shared || S % F == 0) && K <= MAXK1 && ns >= 1 && ns <= MAXS1 &&
            (size_t)ns * F * sizeof(float) <= D1_SMEM;
+}
+
+/* One output column's last step of the single-token MoE (combine_k's arithmetic): the K routed outputs v [K] of the
+ * experts ex [K] (unrounded; rounded to bf16 here with bf) summed in ascending expert order with weights wts, then,
+ * with shared, plus the shared output sv. v is indexed by compile-time indices only (it stays in registers). */
+static __device__ __forceinline__ float combine1(float *v, const int *ex, const float *wts, int K, int bf, bool shared,
+                                                 float sv) {
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++)
+        if (bf) v[j] = rbf(v[j]);
+    int ord[MAXK1];
+    for (int j = 0; j < K; j++) {
+        int t = j;
+        while (t > 0 && ex[ord[t - 1]] > ex[j]) {
+            ord[t] = ord[t - 1];
+            t--;
+        }
+        ord[t] = j;
+    }
+    float out = 0.f;
+    for (int j = 0; j < K; j++) {
+        float vj = 0.f;
+#pragma unroll
+        for (int t = 0; t < MAXK1; t++)
+            if (t == ord[j]) vj = v[t];
+        out = __fadd_rn(out, __fmul_rn(wts[ord[j]], vj));
+    }
+    if (bf) out = rbf(out);
+    if (shared) {
+        out = (bf ? rbf(sv) : sv) + out;
+        if (bf) out = rbf(out);
+    }
+    return out;
 }
 
 /* grid (D / D1W), D1W warps, dynamic smem ns·F floats; y [D]. A warp per output column: every slot's inputs are
@@ -627,34 +672,7 @@ __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, co
             if (t == j) vj = v[t];
         svv += vj;
     }
-#pragma unroll
-    for (int j = 0; j < MAXK1; j++)
-        if (bf) v[j] = rbf(v[j]);
-    /* combine in ascending expert order (combine_k) */
-    int ord[MAXK1];
-    for (int j = 0; j < K; j++) {
-        int t = j;
-        while (t > 0 && ex[ord[t - 1]] > ex[j]) {
-            ord[t] = ord[t - 1];
-            t--;
-        }
-        ord[t] = j;
-    }
-    float out = 0.f;
-    for (int j = 0; j < K; j++) {
-        float vj = 0.f;
-#pragma unroll
-        for (int t = 0; t < MAXK1; t++)
-            if (t == ord[j]) vj = v[t];
-        out = __fadd_rn(out, __fmul_rn(wts[ord[j]], vj));
-    }
-    if (bf) out = rbf(out);
-    if (sh || sdo) {
-        const float sv = sdo ? sdo[d] : svv;
-        out = (bf ? rbf(sv) : sv) + out;
-        if (bf) out = rbf(out);
-    }
-    y[d] = out;
+    y[d] = combine1(v, ex, wts, K, bf, sh || sdo, sdo ? sdo[d] : svv);
 }
 
 /* sdo: the shared down product already done (gateup1_k), else sh's S / F slots (or none without sh) */
@@ -666,10 +684,116 @@ static void down1(CudaCtx *c, float *y, const float *h, const float *sh, const i
     CU_LAUNCHED();
 }
 
+/* down1_k for block-quantised weights (Q8_0 / Q4_0, quant_cuda.h): grid (D / QD_W), QD_W warps, a warp per output
+ * column d, dynamic smem K·F floats. The K routed slots (input h + j·F, weight row d of down[idx[j]], type DT) go
+ * 8 blocks a round, four lanes a block, QD_U rounds a batch: every slot's weight loads of a batch are issued
+ * first (for the first batch, before the inputs h are staged in shared memory), then used, so a row of up to
+ * 256·QD_U weights (F = 896: 28 blocks) costs one memory round trip for all slots together. The shared part is
+ * either sdo [D] (done by gateup1_k) or, with sh, one more row: sdown's row d of S weights of type sdt against
+ * sh [S] (the dense MLP: K = 0, S = F). The outputs combine as down1_k's (combine1). */
+enum { QD_W = 4, QD_U = 4 };
+template <int DT>
+static __device__ __forceinline__ void qdown_issue(QRaw (&q)[QD_U][MAXK1], const uint8_t *const *wr, int K, int b0,
+                                                   int g, int t, int nb) {
+#pragma unroll
+    for (int u = 0; u < QD_U; u++)
+#pragma unroll
+        for (int j = 0; j < MAXK1; j++)
+            if (j < K && b0 + g + 8 * u < nb) q[u][j] = qload<DT>(wr[j] + (size_t)(b0 + g + 8 * u) * qbytes(DT), t);
+}
+template <int DT>
+__global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, const float *sh, const int32_t *idx,
+                                                     const float *wts, int K, int D, int F, int S, int sdt, int bf,
+                                                     DownPtrs w, const float *sdo) {
+    pdl_wait();
+    extern __shared__ float4 hs4[];
+    const float *hs = (const float *)hs4;
+    const int d0 = blockIdx.x * QD_W + threadIdx.x / 32, lane = threadIdx.x & 31, d = d0 < D ? d0 : D - 1;
+    const int g = lane >> 2, t = lane & 3, nb = F / 32;
+    int ex[MAXK1];
+    const uint8_t *wr[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) {
+        ex[j] = j < K ? idx[j] : 0;
+        wr[j] = j < K ? (const uint8_t *)w.down[ex[j]] + (size_t)d * nb * qbytes(DT) : NULL;
+    }
+    QRaw q[QD_U][MAXK1];
+    qdown_issue<DT>(q, wr, K, 0, g, t, nb);
+    {
+        /* h into shared memory, D1SU loads at a time (down1_k's staging) */
+        const int n4 = K * F / 4;
+        const float4 *h4 = (const float4 *)h;
+        for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * QD_W * 32) {
+            float4 v[D1SU];
+#pragma unroll
+            for (int u = 0; u < D1SU; u++)
+                if (i0 + u * QD_W * 32 < n4) v[u] = __ldg(h4 + i0 + u * QD_W * 32);
+#pragma unroll
+            for (int u = 0; u < D1SU; u++)
+                if (i0 + u * QD_W * 32 < n4) hs4[i0 + u * QD_W * 32] = v[u];
+        }
+    }
+    __syncthreads();
+    float acc[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) acc[j] = 0.f;
+    for (int b0 = 0; b0 < nb; b0 += 8 * QD_U) {
+#pragma unroll
+        for (int u = 0; u < QD_U; u++)
+#pragma unroll
+            for (int j = 0; j < MAXK1; j++) {
+                const int kb = b0 + g + 8 * u;
+                if (j < K && kb < nb) acc[j] += qfma<DT>(q[u][j], qxload<DT>(hs + (size_t)j * F + 32 * kb, t, true));
+            }
+        if (b0 + 8 * QD_U < nb) qdown_issue<DT>(q, wr, K, b0 + 8 * QD_U, g, t, nb);
+    }
+    float v[MAXK1];
+#pragma unroll
+    for (int j = 0; j < MAXK1; j++) v[j] = warp_sum(acc[j]);
+    float sv = 0.f;
+    if (sh) {
+        float a[1] = {0.f};
+        const float *xr[1] = {sh};
+        qdot_dt<1>(a, xr, 1, (const char *)w.sdown + (size_t)d * wrow_bytes(sdt, S), sdt, S, lane);
+        sv = warp_sum(a[0]);
+    } else if (sdo) {
+        sv = sdo[d];
+    }
+    if (lane == 0 && d0 < D) y[d] = combine1(v, ex, wts, K, bf, sh || sdo, sv);
+}
+
+/* qdown1_k for routed experts of type wdt (any block type when K == 0) */
+static void qdown1(CudaCtx *c, float *y, const float *h, const float *sh, const int32_t *idx, const float *wts, int K,
+                   int D, int F, int S, int wdt, int sdt, int bf, const DownPtrs &d, const float *sdo) {
+    DS_ASSERT(K <= MAXK1 && F % 32 == 0 && (size_t)K * F * sizeof(float) <= D1_SMEM && ((uintptr_t)h & 15) == 0 &&
+              (!sh || (is_block(sdt) && S % 32 == 0)));
+    launch_pdl(c, wdt == DS_Q4_0 ? qdown1_k<DS_Q4_0> : qdown1_k<DS_Q8_0>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32),
+               (size_t)K * F * sizeof(float), y, h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
+    CU_LAUNCHED();
+}
+
 static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, DsW up, DsW down, int flags,
                 float *scratch) {
+    if (is_block(gate.dtype) && up.dtype == gate.dtype && is_block(down.dtype)) {
+        /* block weights: gateup1_k's one shared slot into scratch [F], then qdown1_k with no routed slots */
+        if (D % 32 || F % 32 || !aligned16(x) || !aligned16(scratch)) return false;
+        CudaCtx *c = cctx(b);
+        const int bf = flags & OPS_BF16;
+        UpPtrs u;
+        DownPtrs d;
+        memset(&u, 0, sizeof u);
+        memset(&d, 0, sizeof d);
+        u.sgate = gate.data;
+        u.sup = up.data;
+        d.sdown = down.data;
+        launch_pdl(c, gateup1_k<1>, dim3(cdiv(F, MW), 1), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
+                   SharedDown{NULL, NULL}, (int)gate.dtype, (int)gate.dtype);
+        CU_LAUNCHED();
+        qdown1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, DS_Q8_0, (int)down.dtype, bf, d, NULL);
+        return true;
+    }
     if (gate.dtype != DS_BF16 || up.dtype != DS_BF16 || down.dtype != DS_BF16 || D % 8 || D * 4 > 48 * 1024 ||
         !down1_fits(0, F, F, 1))
         return false;
@@ -685,8 +809,8 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     u.sup = up.data;
     d.sdown = down.data;
     /* no routed slots: the "shared" slot is the whole MLP */
-    launch_pdl(c, gateup1_k, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
-               SharedDown{NULL, NULL});
+    launch_pdl(c, gateup1_k<0>, dim3(dim3(cdiv(F, MW), 1)), dim3(MW * 32), 0, x, NULL, 0, D, F, F, bf, NULL, scratch, u,
+               SharedDown{NULL, NULL}, (int)DS_BF16, (int)DS_BF16);
     CU_LAUNCHED();
     down1(c, y, NULL, scratch, NULL, NULL, 0, D, F, F, bf, d, NULL);
     return true;
@@ -732,25 +856,32 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
         vec_ok = vec_ok && (swdt == DS_BF16 ? S % 8 == 0 : S % 4 == 0) && aligned16(s.sw) &&
                  aligned16(sx->gate.data) && aligned16(sx->up.data) && aligned16(sx->down.data);
     }
-    if (n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) && (!has_shared || fuse) &&
-        down1_fits(K, F, S, has_shared) && D % 8 == 0 && D * 4 <= 48 * 1024 && aligned16(s.ysl) && aligned16(x)) {
+    /* one row: route1_k, gateup1_k, then down1_k (bf16 weights) or qdown1_k (block weights) */
+    const bool one_bf16 = n == 1 && vec_ok && wdt == DS_BF16 && (!has_shared || swdt == DS_BF16) &&
+                          (!has_shared || fuse) && down1_fits(K, F, S, has_shared);
+    const bool one_q = n == 1 && is_block(wdt) && (!has_shared || (fuse && is_block(swdt))) && K <= MAXK1 &&
+                       (size_t)K * F * sizeof(float) <= D1_SMEM && aligned16(s.h) && aligned16(s.sw);
+    if ((one_bf16 || one_q) && D % 8 == 0 && D * 4 <= 48 * 1024 && aligned16(s.ysl) && aligned16(x)) {
         const bool fuse_norm = pn.res && D >= 1024 && (size_t)2 * D * sizeof(float) <= 48 * 1024;
         if (pn.res && !fuse_norm) {
             cu_add_rmsnorm(b, pn.a, pn.x, pn.res, 1, D, norm, pn.eps, flags);
             pn.res = NULL;
         }
-        SharedUp su = {up.sgate, up.sup, has_shared ? S : 0, s.sw};
-        launch_pdl(c, route1_k, dim3(R1B + (has_shared ? cdiv(S, R1W) : 0)), dim3(R1W * 32),
+        SharedUp su = {up.sgate, up.sup, swdt, has_shared ? S : 0, s.sw};
+        launch_pdl(c, one_q ? route1_k<1> : route1_k<0>, dim3(R1B + (has_shared ? cdiv(S, R1W) : 0)), dim3(R1W * 32),
                    pn.res ? (size_t)2 * D * sizeof(float) : 0, x, m->router.data, m->router.dtype, E, D, K, bf,
                    s.logits, c->moe_count, s.idx, s.wts, router_logits, experts, pn, su);
         CU_LAUNCHED();
         /* h for the K routed slots in s.h, the shared hidden in s.sw */
         /* the routed gate/up, and with them the shared down (its gate/up came with the router) */
         SharedDown sdn = {has_shared ? down.sdown : NULL, has_shared ? s.shared : NULL};
-        launch_pdl(c, gateup1_k, dim3(dim3(cdiv(has_shared && D > F ? D : F, MW), K + has_shared)), dim3(MW * 32), 0,
-                   x, s.idx, K, D, F, S, bf, s.h, s.sw, up, sdn);
+        launch_pdl(c, one_q ? gateup1_k<1> : gateup1_k<0>, dim3(dim3(cdiv(has_shared && D > F ? D : F, MW), K + has_shared)), dim3(MW * 32), 0,
+                   x, s.idx, K, D, F, S, bf, s.h, s.sw, up, sdn, wdt, swdt);
         CU_LAUNCHED();
-        down1(c, y, s.h, NULL, s.idx, s.wts, K, D, F, S, bf, down, has_shared ? s.shared : NULL);
+        if (one_q)
+            qdown1(c, y, s.h, NULL, s.idx, s.wts, K, D, F, S, wdt, swdt, bf, down, has_shared ? s.shared : NULL);
+        else
+            down1(c, y, s.h, NULL, s.idx, s.wts, K, D, F, S, bf, down, has_shared ? s.shared : NULL);
         return;
     }
     if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);

@@ -185,9 +185,12 @@ static const char *dt_name(int dt) {
 }
 
 /* linear on Q8_0 / Q4_0 weights against ops_linear_ref on the same blocks: few rows run the block GEMV (fp32
- * arithmetic), more rows the GEMM on the weights dequantised to bf16 with bf16 activations */
-static void qlinear_case(int M, int K, int N, int qdt, int with_bias) {
-    int ldx = K + 4, ldy = N + 2;
+ * arithmetic; quant_cuda.cu), more rows the GEMM on the weights dequantised to bf16 with bf16 activations.
+ * xpad: ldx = K + xpad (an odd pad puts rows of x off 16-byte alignment: the GEMV's scalar loads of x). */
+static void qlinear_case_pad(int M, int K, int N, int qdt, int with_bias, int xpad);
+static void qlinear_case(int M, int K, int N, int qdt, int with_bias) { qlinear_case_pad(M, K, N, qdt, with_bias, 4); }
+static void qlinear_case_pad(int M, int K, int N, int qdt, int with_bias, int xpad) {
+    int ldx = K + xpad, ldy = N + 2;
     float *x = rnd((size_t)M * ldx, 1.0f);
     size_t wbytes;
     void *wh = mk_weight((size_t)N * K, 0.5f, qdt, &wbytes);
@@ -200,8 +203,8 @@ static void qlinear_case(int M, int K, int N, int qdt, int with_bias) {
     B->memset0(B, dy, (size_t)M * ldy * 4);
     B->linear(B, dy, ldy, dx, ldx, M, K, ds_w(dw, (DsDtype)qdt), N, with_bias ? ds_w(db, DS_BF16) : ds_w_none(), 0);
     float *yg = down(dy, (size_t)M * ldy);
-    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * ldy), M > 8 ? 8e-3 : 2e-5, "linear %s M%d K%d N%d bias%d", dt_name(qdt), M,
-               K, N, with_bias);
+    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * ldy), M > 8 ? 8e-3 : 2e-5, "linear %s M%d K%d N%d bias%d ldx%d",
+               dt_name(qdt), M, K, N, with_bias, ldx);
     B->free(B, dx), B->free(B, dy), B->free(B, dw), B->free(B, db);
     free(x), free(wh), free(bh), free(yr), free(yg);
 }
@@ -212,6 +215,14 @@ static void test_linear(void) {
     for (size_t s = 0; s < sizeof qshapes / sizeof qshapes[0]; s++)
         for (int q = 0; q < 2; q++)
             qlinear_case(qshapes[s][0], qshapes[s][1], qshapes[s][2], q ? DS_Q4_0 : DS_Q8_0, (int)(s & 1));
+    /* the block GEMV (quant_cuda.cu) at decode's shapes and odd ones: K/32 odd (rows at 2-byte alignment), fewer
+     * blocks than a warp's 8 at a time, 1 to 8 rows, x rows off 16-byte alignment */
+    static const int gshapes[][4] = {{1, 896, 1281, 4}, {1, 6848, 33, 4}, {2, 224, 33, 4}, {4, 160, 17, 1},
+                                     {5, 96, 65, 3},    {7, 1792, 41, 4}, {1, 64, 3, 1},   {1, 1280, 3840, 4}};
+    for (size_t s = 0; s < sizeof gshapes / sizeof gshapes[0]; s++)
+        for (int q = 0; q < 2; q++)
+            qlinear_case_pad(gshapes[s][0], gshapes[s][1], gshapes[s][2], q ? DS_Q4_0 : DS_Q8_0, (int)(s & 1),
+                             gshapes[s][3]);
     static const int shapes[][3] = {{1, 1, 1},    {1, 37, 5},     {2, 100, 33},  {3, 64, 17},    {4, 16, 300},
                                     {5, 129, 31}, {8, 1280, 70},  {9, 64, 64},   {15, 300, 19},  {16, 300, 257},
                                     {17, 513, 300}, {130, 40, 7}, {200, 257, 513}, {33, 1, 9},   {64, 768, 256}};
@@ -832,6 +843,35 @@ static void test_swiglu(void) {
         }
 }
 
+/* The SwiGLU block on block-quantised weights (the dense MLP of a Q8_0 / 4-bit model) against ops_expert_ffn_ref on
+ * the same blocks: one row runs gateup1_k + qdown1_k (moe_cuda.cu), a few rows the block GEMV. */
+static void test_swiglu_q(void) {
+    static const int cases[][4] = {{1, 1280, 6848, DS_Q8_0}, {1, 96, 160, DS_Q8_0}, {1, 64, 96, DS_Q4_0},
+                                   {3, 1280, 896, DS_Q8_0},  {2, 160, 96, DS_Q4_0}, {1, 32, 32, DS_Q4_0}};
+    for (size_t s = 0; s < sizeof cases / sizeof cases[0]; s++)
+        for (int bf = 0; bf < 2; bf++) {
+            const int n = cases[s][0], D = cases[s][1], F = cases[s][2], dt = cases[s][3];
+            float *x = rnd((size_t)n * D, 1.0f);
+            if (bf)
+                for (size_t i = 0; i < (size_t)n * D; i++) x[i] = bf16_round(x[i]);
+            size_t gb, ub, db;
+            void *g = mk_weight((size_t)F * D, 0.2f, dt, &gb), *u = mk_weight((size_t)F * D, 0.2f, dt, &ub);
+            void *dn = mk_weight((size_t)D * F, 0.2f, dt, &db);
+            float *ref = malloc((size_t)n * D * 4), *scr = malloc(2 * (size_t)n * F * 4);
+            ops_expert_ffn_ref(ref, x, n, D, F, ds_w(g, (DsDtype)dt), ds_w(u, (DsDtype)dt), ds_w(dn, (DsDtype)dt),
+                               bf ? OPS_BF16 : 0, scr);
+            float *dx = dev(x, (size_t)n * D * 4), *dy = dev_nan((size_t)n * D), *ds = dev_nan(2 * (size_t)n * F);
+            void *dg = dev(g, gb), *du = dev(u, ub), *dd = dev(dn, db);
+            B->swiglu(B, dy, dx, n, D, F, ds_w(dg, (DsDtype)dt), ds_w(du, (DsDtype)dt), ds_w(dd, (DsDtype)dt),
+                      bf ? OPS_BF16 : 0, ds);
+            float *out = down(dy, (size_t)n * D);
+            EXPECT_ERR(rel_l2(out, ref, (size_t)n * D), bf ? 4e-3 : 2e-5, "swiglu %s n%d D%d F%d bf16%d", dt_name(dt), n,
+                       D, F, bf);
+            B->free(B, dx), B->free(B, dy), B->free(B, ds), B->free(B, dg), B->free(B, du), B->free(B, dd);
+            free(x), free(g), free(u), free(dn), free(ref), free(scr), free(out);
+        }
+}
+
 /* f16 mode (backend.h set_gemm_f16), what a card without bf16 (sm_75) runs: linear on bf16, Q8_0 or fp32 weights
  * against ops_linear_ref on the exact values. Many rows take fp16 inputs: the activations rounded to fp16 (11
  * significant bits: a relative error of at most 2^-11 each), bf16 weights exact in fp16, a Q8_0 value d·q rounded
@@ -1083,6 +1123,16 @@ static void test_moe(void) {
     moe_case_dt(1, 64, 6, 1280, 896, 1792, 1, DS_Q4_0, DS_Q8_0);
     moe_case_dt(3, 16, 6, 64, 32, 96, 0, DS_Q4_0, DS_Q8_0);
     moe_case_dt(50, 13, 4, 64, 32, 64, 0, DS_Q8_0, DS_Q8_0);
+    /* one token on block weights (route1_k, gateup1_k, qdown1_k) at odd sizes: K/32 odd (rows at 2-byte alignment),
+     * fewer blocks than a warp takes at a time, top-8 (the most slots), no shared experts; then a few tokens (the
+     * general path's block dot products) */
+    moe_case_dt(1, 13, 4, 160, 96, 224, 0, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(1, 13, 4, 160, 96, 224, 1, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(1, 9, 8, 96, 32, 64, 0, DS_Q8_0, DS_Q8_0);
+    moe_case_dt(1, 17, 3, 64, 160, 0, 1, DS_Q4_0, DS_Q4_0);
+    moe_case_dt(1, 64, 6, 1280, 896, 1792, 0, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(2, 64, 6, 1280, 896, 1792, 0, DS_Q4_0, DS_Q8_0);
+    moe_case_dt(5, 13, 4, 160, 96, 224, 1, DS_Q8_0, DS_Q8_0);
 }
 
 /* The vectorised elementwise and window ops (16 bytes a step where aligned, the rest one by one) and the residual
@@ -1452,6 +1502,7 @@ int main(void) {
     RUN(test_kv);
     RUN(test_conv2d);
     RUN(test_swiglu);
+    RUN(test_swiglu_q);
     RUN(test_f16);
     RUN(test_moe);
     RUN(test_data_movement);
