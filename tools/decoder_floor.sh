@@ -17,4 +17,4 @@ echo "fast CPU run: $(( $(date +%s) - t0 )) s"
 DSOCR_BACKEND=cpu-ref DSOCR_FORCE_EMBEDS_NO_VISION=1 ./dsocr ocr $C --force-ids "$W/cpu/generated.bin" \
     --force-embeds "$W/cpu/image_embeds.bin" --dump "$W/ref" tests/images/portrait.jpg > /dev/null
 echo "reference CPU run (decoder only): $(( $(date +%s) - t0 )) s"
-python3 tests/py/dumpcmp.py "$W/ref" "$W/cpu"
+${PYTHON:-python3} tests/py/dumpcmp.py "$W/ref" "$W/cpu"
