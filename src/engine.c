@@ -207,6 +207,7 @@ void dsocr_model_free(DsocrModel *m) {
 
 Backend *engine_model_backend(const DsocrModel *m) { return m->be; }
 const ModelConfig *engine_model_config(const DsocrModel *m) { return &m->m->cfg; }
+int engine_model_threads(const DsocrModel *m) { return m->threads; }
 
 void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
     memset(out, 0, sizeof *out);

@@ -44,5 +44,7 @@ const char *engine_compat_name(DsocrCompat c);
 Backend *engine_model_backend(const DsocrModel *m);
 /* Its configuration. */
 const ModelConfig *engine_model_config(const DsocrModel *m);
+/* The CPU threads the model's requests run with (--threads, else every processor). */
+int engine_model_threads(const DsocrModel *m);
 
 #endif

@@ -58,3 +58,52 @@ double figures_decode_bytes_split(const ModelConfig *c, int context, double weig
 double figures_decode_bytes(const ModelConfig *c, int context, double weight_bytes, double kv_bytes) {
     return figures_decode_bytes_split(c, context, weight_bytes, weight_bytes, kv_bytes);
 }
+
+static int add_gemm(FigGemm *out, int n, int max, int M, int K, int N, int count) {
+    for (int i = 0; i < n; i++) /* the same shape again: one entry, counted twice */
+        if (out[i].M == M && out[i].K == K && out[i].N == N) {
+            out[i].count += count;
+            return n;
+        }
+    if (n < max) out[n++] = (FigGemm){M, K, N, count};
+    return n;
+}
+
+int figures_vision_gemms(const ModelConfig *c, int side, FigGemm *out, int max) {
+    const SamConfig *s = &c->sam;
+    const int W = s->width, P = s->patch_size, M = s->mlp_dim, O = s->out_chans;
+    const int D0 = s->downsample_channels[0], D1 = s->downsample_channels[1];
+    const int g = side / P, T = g * g, g2 = (g + 1) / 2, g4 = (g2 + 1) / 2;
+    int n = 0;
+    n = add_gemm(out, n, max, T, 3 * P * P, W, 1); /* patch embedding */
+    n = add_gemm(out, n, max, T, W, 3 * W, s->layers);
+    n = add_gemm(out, n, max, T, W, W, s->layers);
+    n = add_gemm(out, n, max, T, W, M, s->layers);
+    n = add_gemm(out, n, max, T, M, W, s->layers);
+    n = add_gemm(out, n, max, T, W, O, 1);     /* neck 1×1 */
+    n = add_gemm(out, n, max, T, 9 * O, O, 1); /* neck 3×3 */
+    n = add_gemm(out, n, max, g2 * g2, 9 * O, D0, 1);
+    n = add_gemm(out, n, max, g4 * g4, 9 * D0, D1, 1);
+    const ClipConfig *k = &c->clip;
+    const int nn = side / 64, Tc = 1 + nn * nn, CW = k->width, CM = k->mlp_dim;
+    n = add_gemm(out, n, max, Tc, CW, 3 * CW, k->layers);
+    n = add_gemm(out, n, max, Tc, CW, CW, k->layers);
+    n = add_gemm(out, n, max, Tc, CW, CM, k->layers);
+    n = add_gemm(out, n, max, Tc, CM, CW, k->layers);
+    n = add_gemm(out, n, max, nn * nn, c->projector_input_dim, c->hidden_size, 1);
+    return n;
+}
+
+double figures_prefill_flops(const ModelConfig *c, int n) {
+    const double D = c->hidden_size, F = c->moe_intermediate_size, N = n;
+    double per_token = 0;
+    for (int l = 0; l < c->num_hidden_layers; l++) {
+        per_token += 2 * 4 * D * D; /* q, k, v, o */
+        if (config_layer_is_moe(c, l))
+            per_token += 2 * D * c->n_routed_experts + 2 * 3 * D * F * (c->num_experts_per_tok + c->n_shared_experts);
+        else
+            per_token += 2 * 3 * D * (double)c->intermediate_size;
+    }
+    const double attention = c->num_hidden_layers * 2 * 2 * D * N * (N + 1) / 2; /* causal QKᵀ and PV */
+    return per_token * N + attention + 2 * D * (double)c->vocab_size;
+}

@@ -23,4 +23,19 @@ double figures_decode_bytes(const ModelConfig *c, int context, double weight_byt
 double figures_decode_bytes_split(const ModelConfig *c, int context, double weight_bytes, double expert_bytes,
                                   double kv_bytes);
 
+/* The vision encoder's matrix products on one view (linear layers, and the convolutions as the products they are:
+ * rows = output positions, K = kernel area × input channels), unpadded: M rows × K by K × N, `count` times. Their
+ * FLOPs (2·M·K·N·count) are the encoder's FLOPs less attention's. Returns how many shapes were written (at most
+ * max; FIG_VISION_GEMMS is enough). For the CPU GEMM ceiling measured at the encoder's own shapes. */
+typedef struct FigGemm {
+    int M, K, N, count;
+} FigGemm;
+enum { FIG_VISION_GEMMS = 16 };
+int figures_vision_gemms(const ModelConfig *c, int side, FigGemm *out, int max);
+
+/* FLOPs of the decoder's prefill over n prompt tokens: per token the attention projections, the dense MLP or the
+ * router plus the routed and shared experts it uses; causal attention (QKᵀ and PV over the keys each token sees);
+ * lm_head for the last token only. */
+double figures_prefill_flops(const ModelConfig *c, int n);
+
 #endif

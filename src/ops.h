@@ -58,6 +58,15 @@ float ds_w_get(DsW w, size_t i);
  *   F/BW/DQ/VL, "Haswell" with AVX2+FMA) when OpenBLAS chose something weaker and the variable is unset; else
  *   NULL. A program's main may set it and re-exec itself (bench_ops does; so could the CLI). */
 const char *ops_blas_coretype(void);
+
+/* The CPU's ceilings for `dsocr bench --device cpu --ceilings`, measured with `threads` threads:
+ * ops_cpu_sgemm_seconds: the best of `reps` runs of fp32 C[M, N] = A[M, K]·B[N, K]ᵀ through OpenBLAS's own
+ *   threading (set to `threads` for the call, back to one after: the engine runs it single-threaded in its own
+ *   threads), operands fresh in memory;
+ * ops_cpu_read_gbps: the best of `reps` parallel passes summing a `bytes` array (AVX2 with 8 independent sums
+ *   where the CPU has it): the rate a decode step could read its weights at. */
+double ops_cpu_sgemm_seconds(int M, int K, int N, int threads, int reps);
+double ops_cpu_read_gbps(size_t bytes, int threads, int reps);
 const char *ops_blas_better_coretype(void);
 /* For a program's main: when ops_blas_better_coretype() names a better core type, sets OPENBLAS_CORETYPE and
  * re-executes the program with the same argv (OpenBLAS reads the variable only when it loads); returns when

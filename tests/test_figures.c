@@ -70,8 +70,64 @@ static void test_vision_flops_near_spec(void) {
     CHECK(figures_vision_flops(&c, 640) > figures_vision_flops(&c, 512));
 }
 
+
+/* the encoder's matrix products: every shape's K × N, times its count, summed, is the vision tower's matrix
+ * weights counted from the tensor list (SAM, CLIP, projector; CLIP's own patch embedding is unused, SAM's features
+ * replace it), and their FLOPs are most of figures_vision_flops; the rest is attention, about a fifth at 1,024 px
+ * (SAM's four global blocks alone: 4 × 2·2·4096²·768 = 206 GFLOP of 1,103) */
+static void test_vision_gemms_match_tensor_list(void) {
+    ModelConfig c = official();
+    CkExpected *ex = NULL;
+    int n = 0;
+    DsError e;
+    REQUIRE(checkpoint_expected(&c, &ex, &n, &e) == DSOCR_OK);
+    double weights = 0;
+    for (int i = 0; i < n; i++) {
+        const char *nm = ex[i].name;
+        if (ex[i].ndim < 2 || !has(nm, ".weight")) continue;
+        if (!has(nm, "model.sam_model.") && !has(nm, "model.vision_model.") && !has(nm, "model.projector.")) continue;
+        if (has(nm, "embeddings.patch_embedding") || has(nm, "position_embedding") || has(nm, "pos_embed")) continue;
+        double numel = 1;
+        for (int d = 0; d < ex[i].ndim; d++) numel *= (double)ex[i].shape[d];
+        weights += numel;
+    }
+    free(ex);
+    FigGemm g[FIG_VISION_GEMMS];
+    const int k = figures_vision_gemms(&c, 1024, g, FIG_VISION_GEMMS);
+    REQUIRE(k > 0 && k <= FIG_VISION_GEMMS);
+    double kn = 0, flops = 0;
+    for (int i = 0; i < k; i++) {
+        kn += (double)g[i].K * g[i].N * g[i].count;
+        flops += 2.0 * g[i].M * g[i].K * g[i].N * g[i].count;
+    }
+    CHECKF(kn == weights, "K x N summed over the shapes %.0f, the tensor list's vision matrices %.0f", kn, weights);
+    const double all = figures_vision_flops(&c, 1024);
+    printf("  1,024 px: %d shapes, %.3f TFLOP of matrix products of %.3f in all\n", k, flops / 1e12, all / 1e12);
+    CHECKF(flops > 0.7 * all && flops < 0.9 * all, "products %.4g of %.4g FLOP", flops, all);
+    CHECKF(all - flops > 4 * 2 * 2 * 4096.0 * 4096 * 768, "attention %.4g FLOP: less than SAM's global blocks alone",
+           all - flops);
+}
+
+/* prefill FLOPs: 2 per active weight a token (the tensor-list count of test_decode_bytes_match_tensor_list, lm_head
+ * once), plus causal attention (each token's keys: itself and those before it) */
+static void test_prefill_flops(void) {
+    ModelConfig c = official();
+    const double active = figures_decode_bytes(&c, 0, 1.0, 2.0), head = (double)c.vocab_size * c.hidden_size;
+    const int ns[3] = {1, 283, 913};
+    for (int i = 0; i < 3; i++) {
+        const double N = ns[i];
+        const double want = 2 * N * (active - head) + 2 * head +
+                            c.num_hidden_layers * 2.0 * c.hidden_size * N * (N + 1);
+        const double got = figures_prefill_flops(&c, ns[i]);
+        CHECKF(got > want * (1 - 1e-12) && got < want * (1 + 1e-12), "prefill %d tokens: %.6g FLOP, want %.6g", ns[i],
+               got, want);
+    }
+}
+
 int main(void) {
     RUN(test_decode_bytes_match_tensor_list);
     RUN(test_vision_flops_near_spec);
+    RUN(test_vision_gemms_match_tensor_list);
+    RUN(test_prefill_flops);
     return check_summary();
 }

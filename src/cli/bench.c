@@ -3,8 +3,11 @@
  * medians with every sample listed. Stage times come from the engine (preprocessing on the host; the vision
  * encoder until the device is done; prefill; decode) and the page time is from reading the file to the last
  * token. Memory: the process's peak RSS, and on a GPU dsocr's allocator (now and peak) and the driver's view of
- * the card minus what it showed right after the CUDA context was created. --ceilings adds what the card can do
- * (cuBLAS bf16 GEMM rate, device copy bandwidth), measured by the same run. DSOCR_PROFILE=1 adds per-section
+ * the card minus what it showed right after the CUDA context was created. --ceilings adds what the machine can do,
+ * measured by the same run: on a GPU the cuBLAS bf16 GEMM rate and device copy bandwidth; on the CPU, with the
+ * run's threads, OpenBLAS fp32 GEMM at the encoder's own shapes (figures_vision_gemms, summed over each mode's
+ * views) and the memory read bandwidth, and the vision, prefill (figures_prefill_flops) and decode rates as
+ * fractions of them. DSOCR_PROFILE=1 adds per-section
  * device times (stderr). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -16,6 +19,7 @@
 #include "engine.h"
 #include "figures.h"
 #include "hwinfo.h"
+#include "ops.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -31,7 +35,9 @@ static void usage(FILE *f) {
             "  --precision P      bf16 (default), fp32, or f16 (CUDA: fp16 matrix products, fp32 elsewhere)\n"
             "  --quant Q          q8_0 or q4: quantise the decoder's weights at load\n"
             "  --threads N        CPU threads (default all)\n"
-            "  --ceilings         also measure the card's GEMM rate and copy bandwidth (CUDA)\n"
+            "  --ceilings         also measure what the machine can do, by the same run: CUDA, the card's bf16 GEMM\n"
+            "                     rate and copy bandwidth; CPU, fp32 GEMM at the encoder's own shapes and the read\n"
+            "                     bandwidth, with the run's thread count\n"
             "  --note TEXT        a note copied into the JSON (e.g. the command that ran it)\n");
 }
 
@@ -202,8 +208,11 @@ int cli_bench(int argc, char **argv) {
     fflush(stdout);
 
     const char *rate_mode[16];
-    double rate_tflops[16], rate_gbps[16];
+    double rate_tflops[16], rate_gbps[16], rate_prefill[16]; /* prefill: TFLOP/s */
+    ImageMode rate_im[16];
+    int rate_views[16];
     int n_rates = 0;
+    double ceil_tf[16] = {0};
     int rc = 0, first = 1;
     char list[256];
     snprintf(list, sizeof list, "%s", modes);
@@ -265,9 +274,13 @@ int cli_bench(int argc, char **argv) {
             printf("      \"vision_flops\": %.4g, \"vision_tflops\": %.2f, \"decode_bytes_per_token\": %.4g, "
                    "\"decode_gbps\": %.1f,\n",
                    vf, vs > 0 ? vf / vs / 1e12 : 0.0, db, db * ts / 1e9);
+            const double pfs = median(pf, repeat);
             if (n_rates < 16) {
                 rate_mode[n_rates] = mode;
+                rate_im[n_rates] = im;
+                rate_views[n_rates] = n_views;
                 rate_tflops[n_rates] = vs > 0 ? vf / vs / 1e12 : 0.0;
+                rate_prefill[n_rates] = pfs > 0 ? figures_prefill_flops(cf, n_prompt) / pfs / 1e12 : 0.0;
                 rate_gbps[n_rates++] = db * ts / 1e9;
             }
         }
@@ -304,6 +317,41 @@ int cli_bench(int argc, char **argv) {
         for (int i = 0; i < n_rates; i++)
             printf("%s\n    {\"mode\": \"%s\", \"vision_of_gemm_ceiling\": %.3f, \"decode_of_copy_ceiling\": %.3f}",
                    i ? "," : "", rate_mode[i], tf > 0 ? rate_tflops[i] / tf : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0);
+        printf("\n  ]");
+    }
+    if (ceilings && strcmp(di.device, "cuda")) { /* the CPU's: GEMM at the encoder's own shapes, read bandwidth */
+        const int nt = threads > 0 ? threads : engine_model_threads(model);
+        const ModelConfig *cf = engine_model_config(model);
+        const double gb = ops_cpu_read_gbps((size_t)1 << 30, nt, 5);
+        printf(",\n  \"ceilings\": {\"threads\": %d, \"read_gbps\": %.2f, \"fp32_gemm_at_encoder_shapes\": [", nt, gb);
+        double sq = 0; /* one square product for scale */
+        sq = ops_cpu_sgemm_seconds(2048, 2048, 2048, nt, 3);
+        for (int i = 0; i < n_rates; i++) {
+            /* the mode's views: the global view at base_size, the tiles at image_size */
+            FigGemm g[2 * FIG_VISION_GEMMS];
+            int k = figures_vision_gemms(cf, rate_im[i].base_size, g, FIG_VISION_GEMMS);
+            if (rate_views[i] > 1) {
+                const int kt = figures_vision_gemms(cf, rate_im[i].image_size, g + k, FIG_VISION_GEMMS);
+                for (int j = k; j < k + kt; j++) g[j].count *= rate_views[i] - 1;
+                k += kt;
+            }
+            double fl = 0, sec = 0;
+            for (int j = 0; j < k; j++) {
+                const double s1 = ops_cpu_sgemm_seconds(g[j].M, g[j].K, g[j].N, nt, 3);
+                fl += 2.0 * g[j].M * g[j].K * g[j].N * g[j].count;
+                sec += s1 * g[j].count;
+            }
+            ceil_tf[i] = sec > 0 ? fl / sec / 1e12 : 0;
+            printf("%s\n    {\"mode\": \"%s\", \"shapes\": %d, \"gflops\": %.1f}", i ? "," : "", rate_mode[i], k,
+                   ceil_tf[i] * 1e3);
+        }
+        printf("\n  ], \"fp32_gemm_2048_gflops\": %.1f}", sq > 0 ? 2.0 * 2048 * 2048 * 2048 / sq / 1e9 : 0.0);
+        printf(",\n  \"of_ceilings\": [");
+        for (int i = 0; i < n_rates; i++)
+            printf("%s\n    {\"mode\": \"%s\", \"vision_of_gemm_ceiling\": %.3f, \"prefill_of_gemm_ceiling\": %.3f, "
+                   "\"decode_of_read_ceiling\": %.3f}",
+                   i ? "," : "", rate_mode[i], ceil_tf[i] > 0 ? rate_tflops[i] / ceil_tf[i] : 0.0,
+                   ceil_tf[i] > 0 ? rate_prefill[i] / ceil_tf[i] : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0);
         printf("\n  ]");
     }
     printf("\n}\n");

@@ -11,6 +11,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <strings.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "ops.h"
@@ -808,4 +809,83 @@ void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, 
     ops_silu_mul_cpu(g, g, u, (size_t)M * d_ff, flags);
     ops_linear_cpu(y, d_model, g, d_ff, M, d_ff, down, d_model, ds_w_none(), 0);
     if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)M * d_model);
+}
+
+/* ---- ceilings (ops.h) */
+
+static double ceil_now(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
+
+double ops_cpu_sgemm_seconds(int M, int K, int N, int threads, int reps) {
+    float *a = malloc(sizeof(float) * (size_t)M * K + 64), *b = malloc(sizeof(float) * (size_t)N * K + 64),
+          *c = malloc(sizeof(float) * (size_t)M * N + 64);
+    double best = 0;
+    if (a && b && c) {
+        for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)((i * 7) % 13) * 0.1f - 0.6f;
+        for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)((i * 5) % 11) * 0.1f - 0.5f;
+        openblas_set_num_threads(threads > 0 ? threads : 1);
+        for (int r = 0; r < (reps > 0 ? reps : 1); r++) {
+            const double t0 = ceil_now();
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
+            const double dt = ceil_now() - t0;
+            if (best == 0 || dt < best) best = dt;
+        }
+        openblas_set_num_threads(1);
+    }
+    free(a), free(b), free(c);
+    return best;
+}
+
+__attribute__((target("avx2"))) static float read_sum_avx2(const float *p, size_t n) {
+    __m256 s[8];
+    for (int j = 0; j < 8; j++) s[j] = _mm256_setzero_ps();
+    size_t i = 0;
+    for (; i + 64 <= n; i += 64)
+        for (int j = 0; j < 8; j++) s[j] = _mm256_add_ps(s[j], _mm256_load_ps(p + i + 8 * j));
+    for (int j = 1; j < 8; j++) s[0] = _mm256_add_ps(s[0], s[j]);
+    float t[8], r = 0;
+    _mm256_storeu_ps(t, s[0]);
+    for (int j = 0; j < 8; j++) r += t[j];
+    for (; i < n; i++) r += p[i];
+    return r;
+}
+static float read_sum(const float *p, size_t n) {
+    if (cpu_avx2()) return read_sum_avx2(p, n);
+    float s[8] = {0};
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8)
+        for (int j = 0; j < 8; j++) s[j] += p[i + j];
+    for (; i < n; i++) s[0] += p[i];
+    return ((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7]));
+}
+
+double ops_cpu_read_gbps(size_t bytes, int threads, int reps) {
+    const int nt = threads > 0 ? threads : 1;
+    const size_t n = bytes / sizeof(float) / 64 * 64, per = n / (size_t)nt / 64 * 64;
+    float *a = aligned_alloc(64, n * sizeof(float) + 64);
+    if (!a || per == 0) {
+        free(a);
+        return 0;
+    }
+    volatile float sink = 0;
+    /* part t is first touched by the thread that reads it (its memory node) */
+#pragma omp parallel for num_threads(nt) schedule(static, 1)
+    for (int t = 0; t < nt; t++)
+        for (size_t i = 0; i < per; i++) a[(size_t)t * per + i] = (float)(i & 1023);
+    double best = 0;
+    for (int r = 0; r < (reps > 0 ? reps : 1); r++) {
+        float total = 0;
+        const double t0 = ceil_now();
+#pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(+ : total)
+        for (int t = 0; t < nt; t++) total += read_sum(a + (size_t)t * per, per);
+        const double dt = ceil_now() - t0, g = (double)per * nt * sizeof(float) / dt / 1e9;
+        sink += total;
+        if (g > best) best = g;
+    }
+    (void)sink;
+    free(a);
+    return best;
 }

@@ -300,3 +300,28 @@ def test_grounding_matches_python_re():
             blocks = blocks[1:]
         assert [b["label"] for b in blocks] == [m[1] for m in want], s
         assert [b["image"] for b in blocks] == ["<|ref|>image<|/ref|>" in m[0] for m in want], s
+
+
+def test_bench_cpu_ceilings(tiny_model):
+    """`bench --device cpu --ceilings`: the CPU's ceilings measured by the same run (the read bandwidth, OpenBLAS
+    fp32 GEMM at the encoder's own shapes per mode) and each stage's rate as a fraction of them, as JSON."""
+    b = subprocess.run([DSOCR, "bench", "--model", tiny_model, "--device", "cpu", "--threads", "1", "--image",
+                        IMAGES["small.png"], "--mode", "tiny", "--tokens", "2", "--repeat", "1", "--warmup", "0",
+                        "--ceilings"], capture_output=True, text=True, timeout=300)
+    assert b.returncode == 0, b.stderr
+    d = json.loads(b.stdout)
+    c = d["ceilings"]
+    assert c["threads"] == 1 and c["read_gbps"] > 0 and c["fp32_gemm_2048_gflops"] > 0
+    assert [g["mode"] for g in c["fp32_gemm_at_encoder_shapes"]] == ["tiny"]
+    g = c["fp32_gemm_at_encoder_shapes"][0]
+    assert g["shapes"] >= 10 and g["gflops"] > 0
+    (o,) = d["of_ceilings"]
+    assert o["mode"] == "tiny"
+    for k in ("vision_of_gemm_ceiling", "prefill_of_gemm_ceiling", "decode_of_read_ceiling"):
+        assert o[k] > 0, (k, o)
+    # the fractions are the stage rates over the ceilings
+    (run,) = d["runs"]
+    vis = run["vision_flops"] / run["vision_s"]["median"] / 1e9 / g["gflops"]
+    dec = run["decode_bytes_per_token"] * run["decode_tok_s"]["median"] / 1e9 / c["read_gbps"]
+    assert abs(o["vision_of_gemm_ceiling"] - vis) <= 0.002 + 0.02 * vis, (o, vis)
+    assert abs(o["decode_of_read_ceiling"] - dec) <= 0.002 + 0.02 * dec, (o, dec)
