@@ -166,7 +166,8 @@ struct Backend {
 
     /* ---- profiling (optional, NULL when the backend has none): mark starts a section named label (a string
      * literal); the time until the next mark is added to label's total. Only active when the backend was
-     * created with profiling on (CUDA: DSOCR_PROFILE=1); profile_report prints the totals (milliseconds, calls)
+     * created with profiling on (DSOCR_PROFILE=1; CUDA: device time between events, CPU: wall time between marks,
+     * its ops being synchronous; src/prof.h); profile_report prints the totals (milliseconds, calls)
      * to f in descending order and clears them. */
     void (*mark)(Backend *b, const char *label);
     void (*profile_report)(Backend *b, void *file);

@@ -116,6 +116,9 @@ void ops_gelu_ref(float *out, const float *x, size_t n);
 void ops_gelu_cpu(float *out, const float *x, size_t n);
 void ops_quick_gelu_ref(float *out, const float *x, size_t n);
 void ops_quick_gelu_cpu(float *out, const float *x, size_t n);
+/* y[0..n) holding bf16 values (BE_ROUND's output) = rbf(gelu(y)) (quick: rbf(quick_gelu(y))) by a table over all
+ * 2^16 bf16 inputs made with ops_gelu_cpu's / ops_quick_gelu_cpu's own arithmetic: bit for bit those, rounded. */
+void ops_act_bf16_table_cpu(float *y, size_t n, int quick);
 void ops_silu_mul_ref(float *out, const float *g, const float *u, size_t n, int flags);
 void ops_silu_mul_cpu(float *out, const float *g, const float *u, size_t n, int flags);
 void ops_add_ref(float *out, const float *a, const float *b, size_t n);

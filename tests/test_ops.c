@@ -169,6 +169,26 @@ static void test_elementwise(void) {
     free(x), free(u), free(a), free(b);
 }
 
+/* The activation tables of bf16 linears (ops_act_bf16_table_cpu) over every bf16 input: bit for bit the computed
+ * activation, rounded (NaN stays NaN). */
+static void test_act_tables(void) {
+    const size_t n = 65536;
+    float *x = malloc(n * sizeof *x), *t = malloc(n * sizeof *t), *want = malloc(n * sizeof *want);
+    for (int quick = 0; quick < 2; quick++) {
+        for (size_t i = 0; i < n; i++) x[i] = t[i] = bf16_to_f32((uint16_t)i);
+        if (quick)
+            ops_quick_gelu_cpu(want, x, n);
+        else
+            ops_gelu_cpu(want, x, n);
+        ops_round_bf16_cpu(want, n);
+        ops_act_bf16_table_cpu(t, n, quick);
+        long bad = 0;
+        for (size_t i = 0; i < n; i++) bad += want[i] == want[i] ? memcmp(&want[i], &t[i], 4) != 0 : t[i] == t[i];
+        CHECKF(bad == 0, "%s table: %ld of 65536 bf16 inputs differ", quick ? "quick_gelu" : "gelu", bad);
+    }
+    free(x), free(t), free(want);
+}
+
 static void test_softmax_argmax(void) {
     int M = 7, n = 1001;
     float *x = rnd((size_t)M * n, 20.0f), *a = malloc((size_t)M * n * 4), *b = malloc((size_t)M * n * 4);
@@ -261,6 +281,34 @@ static void test_attention_relpos(void) {
         CHECKF(err_ratio(o1, od, (size_t)B * T * W, 2e-6, 2e-5) <= 1, "cpu vs dense, case %zu: %g", ci,
                err_ratio(o1, od, (size_t)B * T * W, 2e-6, 2e-5));
         free(qkv), free(rh), free(rw), free(o0), free(o1), free(od);
+    }
+}
+
+/* the bf16 rule for the relative-position bias (bf16_bias: each term and their sum rounded to bf16, as the
+ * official bf16 run): on inputs that are multiples of 1/8 (every dot product exact in any order, so both
+ * implementations round the same sums) the CPU kernel's rounding, vectorised or not, must match the reference's
+ * to fp32 noise; a rounding off by one bf16 step somewhere would move the output by ~1e-3 */
+static void test_attention_relpos_bf16_bias(void) {
+    static const int cases[][5] = {{14, 14, 3, 2, 16}, {9, 15, 1, 1, 64}, {64, 64, 1, 1, 16}};
+    for (size_t ci = 0; ci < sizeof cases / sizeof cases[0]; ci++) {
+        int gh = cases[ci][0], gw = cases[ci][1], B = cases[ci][2], H = cases[ci][3], D = cases[ci][4];
+        int T = gh * gw, W = H * D, ld = 3 * W;
+        float *qkv = rnd((size_t)B * T * ld, 1.0f), *rh = rnd((size_t)(2 * gh - 1) * D, 2.0f),
+              *rw = rnd((size_t)(2 * gw - 1) * D, 2.0f);
+        for (size_t i = 0; i < (size_t)B * T * ld; i++) qkv[i] = roundf(qkv[i] * 8) / 8;
+        for (size_t i = 0; i < (size_t)(2 * gh - 1) * D; i++) rh[i] = roundf(rh[i] * 8) / 8;
+        for (size_t i = 0; i < (size_t)(2 * gw - 1) * D; i++) rw[i] = roundf(rw[i] * 8) / 8;
+        float *o0 = fill((size_t)B * T * W, 0), *o1 = fill((size_t)B * T * W, 0);
+        OpsAttention a = {.out = o0, .q = qkv, .k = qkv + W, .v = qkv + 2 * W, .ldo = W, .ldq = ld, .ldk = ld,
+                          .ldv = ld, .n_batch = B, .tq = T, .tk = T, .n_heads = H, .head_dim = D,
+                          .scale = 1.0f / sqrtf((float)D), .relpos_h = rh, .relpos_w = rw, .grid_h = gh, .grid_w = gw,
+                          .bf16_bias = 1};
+        ops_attention_ref(&a);
+        a.out = o1;
+        ops_attention_cpu(&a);
+        CHECKF(err_ratio(o1, o0, (size_t)B * T * W, 2e-6, 2e-5) <= 1, "bf16 bias, cpu vs ref, case %zu: %g", ci,
+               err_ratio(o1, o0, (size_t)B * T * W, 2e-6, 2e-5));
+        free(qkv), free(rh), free(rw), free(o0), free(o1);
     }
 }
 
@@ -662,8 +710,10 @@ int main(void) {
     RUN(test_linear_vs_ref);
     RUN(test_norms);
     RUN(test_elementwise);
+    RUN(test_act_tables);
     RUN(test_softmax_argmax);
     RUN(test_attention_relpos);
+    RUN(test_attention_relpos_bf16_bias);
     RUN(test_attention_causal);
     RUN(test_kv_cache);
     RUN(test_kv_cache_f32);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 
 #include "backend.h"
+#include "prof.h"
 
 typedef struct CpuCtx {
     _Atomic size_t allocated, peak;
@@ -52,6 +53,10 @@ static void act_rows(float *y, int ldy, int M, int N, int flags) {
     const size_t n = ldy == N ? (size_t)M * N : (size_t)N;
     for (int i = 0; i < rows; i++) {
         float *r = y + (size_t)i * ldy;
+        if (flags & BE_ROUND) { /* bf16 values in and out: the table (bit for bit the computed act, rounded) */
+            ops_act_bf16_table_cpu(r, n, (flags & BE_GELU) == 0);
+            continue;
+        }
         if (flags & BE_GELU)
             ops_gelu_cpu(r, r, n);
         else
@@ -250,6 +255,28 @@ static void cpu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t 
 }
 
 static CpuCtx g_cpu_ctx;
+/* DSOCR_PROFILE=1: wall time between marks (the CPU's ops are synchronous), per section label */
+static ProfTable g_prof;
+static const char *g_prof_open; /* the section running since g_prof_t */
+static double g_prof_t;
+static int prof_on(void) {
+    static int on = -1;
+    if (on < 0) on = ds_env_on("DSOCR_PROFILE");
+    return on;
+}
+static void cpu_mark(Backend *b, const char *label) {
+    if (!prof_on()) return;
+    const double now = ds_now();
+    if (g_prof_open) prof_add(&g_prof, g_prof_open, 1000 * (now - g_prof_t));
+    g_prof_open = label;
+    g_prof_t = now;
+}
+static void cpu_profile_report(Backend *b, void *file) {
+    if (!prof_on()) return;
+    cpu_mark(b, NULL);
+    prof_report(&g_prof, (FILE *)file);
+}
+
 static Backend g_cpu = {
     .name = "cpu",
     .ctx = &g_cpu_ctx,
@@ -288,6 +315,8 @@ static Backend g_cpu = {
     .concat_cols = cpu_concat_cols,
     .copy_rows = cpu_copy_rows,
     .argmax = cpu_argmax,
+    .mark = cpu_mark,
+    .profile_report = cpu_profile_report,
 };
 
 Backend *backend_cpu(void) { return &g_cpu; }

@@ -10,6 +10,7 @@
 #include <omp.h>
 #include <pthread.h>
 #include <stdlib.h>
+#include <string.h>
 #include <strings.h>
 #include <time.h>
 #include <unistd.h>
@@ -359,20 +360,43 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
     }
 }
 
-/* Tiles of GEMM_MB rows × GEMM_NB outputs; each task widens its weight tile GEMM_KB columns at a time into a
- * 256 KiB stack buffer and accumulates with sgemm. */
+/* A weight widened to fp32 once for a product of many row tiles (the vision encoder's: 4,096 rows), in a buffer of
+ * the calling thread kept for its next call, at most WIDE_MAX floats (the encoder's largest weight is 4M); NULL when
+ * it does not fit or memory runs out (the tiles then widen their own parts, as before). */
+enum { WIDE_MAX = 8 << 20 };
+static _Thread_local float *t_wide;
+static _Thread_local size_t t_wide_n;
+static const float *widen_all(DsW w, int N, int K) {
+    const size_t need = (size_t)N * K;
+    if (need > WIDE_MAX) return NULL;
+    if (need > t_wide_n) {
+        free(t_wide);
+        t_wide = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
+        t_wide_n = t_wide ? need : 0;
+        if (!t_wide) return NULL;
+    }
+    float *dst = t_wide;
+#pragma omp parallel for schedule(static)
+    for (int n = 0; n < N; n++) w_widen(dst + (size_t)n * K, w, (size_t)n * K, K);
+    return dst;
+}
+
+/* Tiles of GEMM_MB rows × GEMM_NB outputs, sgemm on each. A 16-bit or block weight is widened whole first when
+ * the product has several row tiles (widen_all); else each task widens its weight tile GEMM_KB columns at a time
+ * into a 256 KiB stack buffer and accumulates. */
 static void linear_gemm(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     blas_ready();
     int mt = (M + GEMM_MB - 1) / GEMM_MB, nt = (N + GEMM_NB - 1) / GEMM_NB;
+    const float *wf = w.dtype == DS_F32 ? (const float *)w.data : mt >= 2 ? widen_all(w, N, K) : NULL;
 #pragma omp parallel for schedule(dynamic, 1)
     for (int t = 0; t < mt * nt; t++) {
         int m0 = (t / nt) * GEMM_MB, n0 = (t % nt) * GEMM_NB;
         int mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB, nb = N - n0 < GEMM_NB ? N - n0 : GEMM_NB;
         float *yt = y + (size_t)m0 * ldy + n0;
         const float *xt = x + (size_t)m0 * ldx;
-        if (w.dtype == DS_F32) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, K, 1.0f, xt, ldx,
-                        (const float *)w.data + (size_t)n0 * K, K, (flags & OPS_ACCUM) ? 1.0f : 0.0f, yt, ldy);
+        if (wf) {
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, K, 1.0f, xt, ldx, wf + (size_t)n0 * K, K,
+                        (flags & OPS_ACCUM) ? 1.0f : 0.0f, yt, ldy);
         } else {
             float tile[GEMM_NB * GEMM_KB] __attribute__((aligned(64)));
             for (int k0 = 0; k0 < K; k0 += GEMM_KB) {
@@ -457,14 +481,40 @@ void ops_rmsnorm_cpu(float *y, int ldy, const float *x, int ldx, int M, int n, D
 
 /* ============================================== elementwise ============================================= */
 
+static inline float gelu1(float x) { return 0.5f * x * (1.0f + erff(x * (float)M_SQRT1_2)); }
+static inline float quick_gelu1(float x) { return x / (1.0f + expf(-1.702f * x)); }
+
 void ops_gelu_cpu(float *out, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = 0.5f * x[i] * (1.0f + erff(x[i] * (float)M_SQRT1_2));
+    for (size_t i = 0; i < n; i++) out[i] = gelu1(x[i]);
 }
 
 void ops_quick_gelu_cpu(float *out, const float *x, size_t n) {
 #pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-    for (size_t i = 0; i < n; i++) out[i] = x[i] / (1.0f + expf(-1.702f * x[i]));
+    for (size_t i = 0; i < n; i++) out[i] = quick_gelu1(x[i]);
+}
+
+/* rbf(act(v)) for every bf16 input v (its 16 bits index the table), computed once with the expressions above */
+static uint16_t g_act_tab[2][65536];
+static pthread_once_t g_act_once = PTHREAD_ONCE_INIT;
+static void act_tab_init(void) {
+    for (uint32_t h = 0; h < 65536; h++) {
+        const float v = bf16_to_f32((uint16_t)h);
+        g_act_tab[0][h] = f32_to_bf16(gelu1(v));
+        g_act_tab[1][h] = f32_to_bf16(quick_gelu1(v));
+    }
+}
+
+void ops_act_bf16_table_cpu(float *y, size_t n, int quick) {
+    pthread_once(&g_act_once, act_tab_init);
+    const uint16_t *t = g_act_tab[quick ? 1 : 0];
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t i = 0; i < n; i++) {
+        uint32_t u;
+        memcpy(&u, &y[i], 4);
+        u = (uint32_t)t[u >> 16] << 16;
+        memcpy(&y[i], &u, 4);
+    }
 }
 
 void ops_silu_mul_cpu(float *out, const float *g, const float *u, size_t n, int flags) {
@@ -515,6 +565,108 @@ void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) {
 
 enum { ATT_QB = 64, ATT_KB = 128, ATT_DMAX = 256, ATT_GMAX = 128 };
 
+/* s[i] = exp(s[i] − m) for i < n (every s[i] − m finite), returning their sum. AVX2: eight lanes of Cephes's
+ * single-precision exp (x = k·ln2 + r with ln2 split in two, a degree-6 polynomial for e^r, 2^k by the exponent
+ * bits; about 1 ulp, inputs below −87.3 clamped there, i.e. to ~1e-38 instead of a denormal or 0), sums in eight
+ * lanes; elsewhere expf one by one. The scores' exp was the attention's largest cost on the CPU. */
+__attribute__((target("avx2,fma"))) static float exp_shift_sum_avx2(float *s, int n, float m) {
+    const __m256 vm = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.3f), log2e = _mm256_set1_ps(1.44269504088896341f);
+    const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f), one = _mm256_set1_ps(1.f);
+    const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
+                 p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
+                 p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
+    __m256 acc = _mm256_setzero_ps();
+    int i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm), lo);
+        const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        const __m256 r = _mm256_fnmadd_ps(k, c2, _mm256_fnmadd_ps(k, c1, x));
+        __m256 y = _mm256_fmadd_ps(p0, r, p1);
+        y = _mm256_fmadd_ps(y, r, p2);
+        y = _mm256_fmadd_ps(y, r, p3);
+        y = _mm256_fmadd_ps(y, r, p4);
+        y = _mm256_fmadd_ps(y, r, p5);
+        y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), one);
+        const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+        y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        _mm256_storeu_ps(s + i, y);
+        acc = _mm256_add_ps(acc, y);
+    }
+    float t[8], sum = 0;
+    _mm256_storeu_ps(t, acc);
+    for (int j = 0; j < 8; j++) sum += t[j];
+    for (; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        sum += s[i];
+    }
+    return sum;
+}
+static float exp_shift_sum(float *s, int n, float m) {
+    if (cpu_avx2()) return exp_shift_sum_avx2(s, n, m);
+    float sum = 0;
+    for (int i = 0; i < n; i++) {
+        s[i] = expf(s[i] - m);
+        sum += s[i];
+    }
+    return sum;
+}
+
+/* A score row's relative-position bias (rh: this query's terms by key row, rw: by key column; NULL: none) added to
+ * s[0..nk) for keys j0 + jj = (row, column) of a grid gw wide, each sum rounded to bf16 when bf, as the reference
+ * adds its bias tensor; returns the largest of s[0..nvis). Runs along one key row, no division per key. */
+static float bias_max_scalar(float *s, int nk, int nvis, int j0, const float *rh, const float *rw, int gw, int bf) {
+    if (rh)
+        for (int jj = 0, jr = j0 / gw, jc = j0 % gw; jj < nk; jr++, jc = 0) {
+            const int run = nk - jj < gw - jc ? nk - jj : gw - jc;
+            for (int t = 0; t < run; t++) s[jj + t] += bf ? bf16_round(rh[jr] + rw[jc + t]) : rh[jr] + rw[jc + t];
+            jj += run;
+        }
+    float mx = -INFINITY;
+    for (int jj = 0; jj < nvis; jj++) mx = s[jj] > mx ? s[jj] : mx;
+    return mx;
+}
+/* the same, eight lanes (bf16 rounding as f32_to_bf16: to nearest even, NaN kept NaN) */
+__attribute__((target("avx2,fma"))) static float bias_max_avx2(float *s, int nk, int nvis, int j0, const float *rh,
+                                                               const float *rw, int gw, int bf) {
+    if (rh)
+        for (int jj = 0, jr = j0 / gw, jc = j0 % gw; jj < nk; jr++, jc = 0) {
+            const int run = nk - jj < gw - jc ? nk - jj : gw - jc;
+            const __m256 hv = _mm256_set1_ps(rh[jr]);
+            int t = 0;
+            for (; t + 8 <= run; t += 8) {
+                __m256 b = _mm256_add_ps(hv, _mm256_loadu_ps(rw + jc + t));
+                if (bf) {
+                    const __m256i u = _mm256_castps_si256(b), one = _mm256_set1_epi32(1);
+                    const __m256i rnd = _mm256_add_epi32(_mm256_set1_epi32(0x7fff),
+                                                         _mm256_and_si256(_mm256_srli_epi32(u, 16), one));
+                    __m256i r = _mm256_and_si256(_mm256_add_epi32(u, rnd), _mm256_set1_epi32((int)0xffff0000u));
+                    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, _mm256_set1_epi32(0x7fffffff)),
+                                                           _mm256_set1_epi32(0x7f800000));
+                    const __m256i qn = _mm256_and_si256(_mm256_or_si256(u, _mm256_set1_epi32(0x400000)),
+                                                        _mm256_set1_epi32((int)0xffff0000u));
+                    b = _mm256_castsi256_ps(_mm256_blendv_epi8(r, qn, nan));
+                }
+                _mm256_storeu_ps(s + jj + t, _mm256_add_ps(_mm256_loadu_ps(s + jj + t), b));
+            }
+            for (; t < run; t++) s[jj + t] += bf ? bf16_round(rh[jr] + rw[jc + t]) : rh[jr] + rw[jc + t];
+            jj += run;
+        }
+    __m256 vm = _mm256_set1_ps(-INFINITY);
+    int jj = 0;
+    for (; jj + 8 <= nvis; jj += 8) vm = _mm256_max_ps(vm, _mm256_loadu_ps(s + jj));
+    float t8[8], mx = -INFINITY;
+    _mm256_storeu_ps(t8, vm);
+    for (int k = 0; k < 8; k++) mx = t8[k] > mx ? t8[k] : mx;
+    for (; jj < nvis; jj++) mx = s[jj] > mx ? s[jj] : mx;
+    return mx;
+}
+static float bias_max(float *s, int nk, int nvis, int j0, const float *rh, const float *rw, int gw, int bf) {
+    return cpu_avx2() ? bias_max_avx2(s, nk, nvis, j0, rh, rw, gw, bf) : bias_max_scalar(s, nk, nvis, j0, rh, rw, gw, bf);
+}
+
+/* the relative-position products of one task (q·Rh, then q·Rw, for every table row), per thread */
+static _Thread_local float t_relq[ATT_QB * (2 * ATT_GMAX - 1)];
+
 /* One (batch, head, query block) task of the flash-style attention. */
 static void attn_task(const OpsAttention *a, int b, int h, int i0) {
     int D = a->head_dim, nq = a->tq - i0 < ATT_QB ? a->tq - i0 : ATT_QB;
@@ -524,22 +676,20 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
     float S[ATT_QB * ATT_KB], O[ATT_QB * ATT_DMAX], mrow[ATT_QB], lrow[ATT_QB];
     float rq[ATT_QB * 2 * ATT_GMAX]; /* per query row: [grid_h] rel-pos terms along h, then [grid_w] along w */
     int gh = a->grid_h, gw = a->grid_w, rel = a->relpos_h != NULL;
-    if (rel) {
-        for (int r = 0; r < nq; r++) {
-            int i = i0 + r, i1 = i / gw, j1 = i % gw;
-            const float *qr = q + (size_t)r * a->ldq;
-            float *o = rq + (size_t)r * (gh + gw);
-            for (int i2 = 0; i2 < gh; i2++) {
-                const float *t = a->relpos_h + (size_t)(i1 - i2 + gh - 1) * D;
-                float s = 0;
-                for (int c = 0; c < D; c++) s += qr[c] * t[c];
-                o[i2] = a->bf16_bias ? bf16_round(s) : s;
-            }
-            for (int j2 = 0; j2 < gw; j2++) {
-                const float *t = a->relpos_w + (size_t)(j1 - j2 + gw - 1) * D;
-                float s = 0;
-                for (int c = 0; c < D; c++) s += qr[c] * t[c];
-                o[gh + j2] = a->bf16_bias ? bf16_round(s) : s;
+    if (rel) { /* q·R for every table row by sgemm (T: [nq, 2·len − 1]), then each query's len terms picked out */
+        float *T = t_relq;
+        for (int axis = 0; axis < 2; axis++) {
+            const int len = axis ? gw : gh, rows = 2 * len - 1;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, nq, rows, D, 1.0f, q, a->ldq,
+                        axis ? a->relpos_w : a->relpos_h, D, 0.0f, T, rows);
+            for (int r = 0; r < nq; r++) {
+                const int i = i0 + r, c1 = axis ? i % gw : i / gw; /* this query's coordinate on the axis */
+                const float *tr = T + (size_t)r * rows + c1 + len - 1;       /* tr[−c2]: table row c1 − c2 + len − 1 */
+                float *o = rq + (size_t)r * (gh + gw) + (axis ? gh : 0);
+                if (a->bf16_bias)
+                    for (int c2 = 0; c2 < len; c2++) o[c2] = bf16_round(tr[-c2]);
+                else
+                    for (int c2 = 0; c2 < len; c2++) o[c2] = tr[-c2];
             }
         }
     }
@@ -556,19 +706,6 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
                     a->ldk, 0.0f, S, ATT_KB);
         for (int r = 0; r < nq; r++) {
             float *s = S + (size_t)r * ATT_KB;
-            if (rel) {
-                const float *rh = rq + (size_t)r * (gh + gw), *rw = rh + gh;
-                if (a->bf16_bias)
-                    for (int jj = 0; jj < nk; jj++) {
-                        int j = j0 + jj;
-                        s[jj] += bf16_round(rh[j / gw] + rw[j % gw]);
-                    }
-                else
-                    for (int jj = 0; jj < nk; jj++) {
-                        int j = j0 + jj;
-                        s[jj] += rh[j / gw] + rw[j % gw];
-                    }
-            }
             int nvis = nk;
             if (a->causal) {
                 int last = a->q_offset + i0 + r; /* last visible key */
@@ -576,15 +713,11 @@ static void attn_task(const OpsAttention *a, int b, int h, int i0) {
                 if (nvis > nk) nvis = nk;
                 if (nvis < 0) nvis = 0;
             }
-            float bmax = -INFINITY;
-            for (int jj = 0; jj < nvis; jj++) bmax = s[jj] > bmax ? s[jj] : bmax;
+            const float *rh = rel ? rq + (size_t)r * (gh + gw) : NULL;
+            const float bmax = bias_max(s, nk, nvis, j0, rh, rh ? rh + gh : NULL, gw, a->bf16_bias);
             float mnew = bmax > mrow[r] ? bmax : mrow[r];
             float corr = mnew == -INFINITY ? 1.0f : expf(mrow[r] - mnew);
-            float sum = 0;
-            for (int jj = 0; jj < nvis; jj++) {
-                s[jj] = expf(s[jj] - mnew);
-                sum += s[jj];
-            }
+            const float sum = exp_shift_sum(s, nvis, mnew);
             for (int jj = nvis; jj < nk; jj++) s[jj] = 0;
             lrow[r] = lrow[r] * corr + sum;
             mrow[r] = mnew;

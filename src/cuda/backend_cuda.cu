@@ -1565,17 +1565,7 @@ static void prof_flush(CudaCtx *c) {
     for (int i = 0; i + 1 < c->prof_n; i++) {
         float ms = 0.f;
         CU_CHECK(cudaEventElapsedTime(&ms, c->prof_ev[i], c->prof_ev[i + 1]));
-        const char *lab = c->prof_lab[i];
-        int k = 0;
-        while (k < c->prof_labels && strcmp(c->prof_names[k], lab)) k++;
-        if (k == c->prof_labels) {
-            if (k == 128) continue;
-            c->prof_names[c->prof_labels++] = lab;
-            c->prof_ms[k] = 0;
-            c->prof_calls[k] = 0;
-        }
-        c->prof_ms[k] += ms;
-        c->prof_calls[k]++;
+        prof_add(&c->prof_tab, c->prof_lab[i], ms);
     }
     /* keep the last event as the start of the open section */
     cudaEvent_t t = c->prof_ev[0];
@@ -1600,21 +1590,7 @@ static void cu_profile_report(Backend *b, void *file) {
     if (!c->prof) return;
     cu_mark(b, "(end)");
     prof_flush(c);
-    FILE *f = (FILE *)file;
-    double total = 0;
-    for (int k = 0; k < c->prof_labels; k++) total += c->prof_ms[k];
-    for (int done = 0; done < c->prof_labels; done++) {
-        int best = -1;
-        for (int k = 0; k < c->prof_labels; k++)
-            if (c->prof_calls[k] >= 0 && (best < 0 || c->prof_ms[k] > c->prof_ms[best])) best = k;
-        if (best < 0) break;
-        fprintf(f, "profile %-28s %10.3f ms %6.1f%% %8ld calls %9.1f us/call\n", c->prof_names[best],
-                c->prof_ms[best], total > 0 ? 100 * c->prof_ms[best] / total : 0.0, c->prof_calls[best],
-                c->prof_calls[best] ? 1000 * c->prof_ms[best] / c->prof_calls[best] : 0.0);
-        c->prof_calls[best] = -1;
-    }
-    fprintf(f, "profile %-28s %10.3f ms\n", "total", total);
-    c->prof_labels = 0;
+    prof_report(&c->prof_tab, (FILE *)file);
     c->prof_n = 0;
 }
 

@@ -10,6 +10,7 @@
 #endif
 extern "C" {
 #include "backend.h"
+#include "prof.h"
 #include "cuda/backend_cuda.h"
 }
 #include <cublasLt.h>
@@ -71,10 +72,7 @@ typedef struct CudaCtx {
     cudaEvent_t *prof_ev;
     const char **prof_lab;  /* label of the section each event starts */
     int prof_n, prof_cap;
-    const char *prof_names[128];
-    double prof_ms[128];
-    long prof_calls[128];
-    int prof_labels;
+    ProfTable prof_tab;
 } CudaCtx;
 
 static inline CudaCtx *cctx(Backend *b) { return (CudaCtx *)b->ctx; }
