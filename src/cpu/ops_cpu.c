@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "ops.h"
+#include "cpu/scratch.h"
 #include "quant.h"
 
 void openblas_set_num_threads(int num_threads);
@@ -377,20 +378,14 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
 
 /* A weight widened to fp32 once for a product of many row tiles (the vision encoder's: 4,096 rows), in a buffer of
  * the calling thread kept for its next call, at most WIDE_MAX floats (the encoder's largest weight is 4M); NULL when
- * it does not fit or memory runs out (the tiles then widen their own parts, as before). */
+ * it does not fit or memory runs out (the tiles then widen their own parts, as before). The buffer is the calling
+ * thread's (cpu/scratch.h). */
 enum { WIDE_MAX = 8 << 20 };
-static _Thread_local float *t_wide;
-static _Thread_local size_t t_wide_n;
 static const float *widen_all(DsW w, int N, int K) {
     const size_t need = (size_t)N * K;
     if (need > WIDE_MAX) return NULL;
-    if (need > t_wide_n) {
-        free(t_wide);
-        t_wide = aligned_alloc(64, (need * sizeof(float) + 63) / 64 * 64);
-        t_wide_n = t_wide ? need : 0;
-        if (!t_wide) return NULL;
-    }
-    float *dst = t_wide;
+    float *dst = cpu_scratch(SCRATCH_WIDE, need * sizeof(float));
+    if (!dst) return NULL;
 #pragma omp parallel for schedule(static)
     for (int n = 0; n < N; n++) w_widen(dst + (size_t)n * K, w, (size_t)n * K, K);
     return dst;
