@@ -9,6 +9,7 @@
 #include "backend.h"
 #include "check.h"
 #include "ops.h"
+#include "quant.h"
 
 static uint64_t rng_state = 0x9e3779b97f4a7c15ull;
 static float frand(void) { /* uniform in [-1, 1) */
@@ -72,6 +73,33 @@ static void test_linear_vs_ref(void) {
             CHECKF(pad_ok, "M=%d K=%d N=%d: wrote past N in a row", M, K, N);
             free(x), free(wd), free(bd), free(y0), free(y1);
         }
+    }
+}
+
+/* decode's grouped kernels (4 weight rows a pass, M = 1) give each output exactly what the one-row kernels give:
+ * an M = 1 product equals row 0 of the same product over two copies of the row, bit for bit (bf16, Q8_0, Q4_0;
+ * N not a multiple of 4, K with a tail past 16) */
+static void test_gemv_grouping_exact(void) {
+    const int dts[3] = {DS_BF16, DS_Q8_0, DS_Q4_0};
+    for (int d = 0; d < 3; d++) {
+        const int K = dts[d] == DS_BF16 ? 1288 + 5 : 1280, N = 70;
+        float *x = rnd((size_t)2 * K, 1.0f), *wf = rnd((size_t)N * K, 0.5f), *y1 = fill(N, 0), *y2 = fill(2 * (size_t)N, 0);
+        memcpy(x + K, x, sizeof(float) * K);
+        void *wd = NULL;
+        if (dts[d] == DS_BF16) {
+            uint16_t *h = malloc(sizeof(uint16_t) * (size_t)N * K);
+            for (size_t i = 0; i < (size_t)N * K; i++) h[i] = f32_to_bf16(wf[i]);
+            wd = h;
+        } else {
+            wd = malloc(quant_row_bytes((DsDtype)dts[d], K) * N);
+            for (int n = 0; n < N; n++)
+                quant_row_ref((DsDtype)dts[d], (char *)wd + quant_row_bytes((DsDtype)dts[d], K) * n, wf + (size_t)n * K, K);
+        }
+        DsW w = ds_w(wd, (DsDtype)dts[d]);
+        ops_linear_cpu(y1, N, x, K, 1, K, w, N, ds_w_none(), 0);
+        ops_linear_cpu(y2, N, x, K, 2, K, w, N, ds_w_none(), 0);
+        CHECKF(!memcmp(y1, y2, sizeof(float) * N), "dtype %d: the M = 1 product differs from the 2-row one", dts[d]);
+        free(x), free(wf), free(y1), free(y2), free(wd);
     }
 }
 
@@ -708,6 +736,7 @@ static void test_backend_flags(void) {
 int main(void) {
     RUN(test_linear_ref_small_exact);
     RUN(test_linear_vs_ref);
+    RUN(test_gemv_grouping_exact);
     RUN(test_norms);
     RUN(test_elementwise);
     RUN(test_act_tables);

@@ -147,6 +147,37 @@ GEMV_DEFINE(gemv3_f32, 3, float, LOAD_F32)
 GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 #undef WSCALAR
 
+/* One activation row against 4 bf16 weight rows (decode, M = 1): the x block loaded once for the 4 rows, and each
+ * row prefetching the same place of the next group's row (four interleaved streams defeat the hardware prefetcher,
+ * as for the block kernels below). Every output gets exactly gemv1_bf16's operations, so grouping never changes a
+ * result. */
+__attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, const float *x, const uint16_t *w,
+                                                                    int K) {
+    __m256 a0[4], a1[4];
+    for (int r = 0; r < 4; r++) a0[r] = a1[r] = _mm256_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        const __m256 x0 = _mm256_loadu_ps(x + k), x1 = _mm256_loadu_ps(x + k + 8);
+        for (int r = 0; r < 4; r++) {
+            const uint16_t *wr = w + (size_t)r * K + k;
+            _mm_prefetch((const char *)(wr + 4 * (size_t)K), _MM_HINT_T0);
+            __m256 w0, w1;
+            LOAD_BF16(wr, w0, w1);
+            a0[r] = _mm256_fmadd_ps(x0, w0, a0[r]);
+            a1[r] = _mm256_fmadd_ps(x1, w1, a1[r]);
+        }
+    }
+    for (int r = 0; r < 4; r++) {
+        __m256 s = _mm256_add_ps(a0[r], a1[r]);
+        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+        h = _mm_add_ss(h, _mm_movehdup_ps(h));
+        float v = _mm_cvtss_f32(h);
+        for (int kk = k; kk < K; kk++) v += x[kk] * bf16_to_f32(w[(size_t)r * K + kk]);
+        out[r] = v;
+    }
+}
+
 /* Block-quantised GEMV: out[m] = x[m]·dequant(row) for m < MR over nb blocks. Each block's 32 weights are
  * widened to fp32 in registers (Q8_0: sign-extended int8; Q4_0: nibble − 8), multiplied with x by FMA into one
  * 8-lane partial per row, which is then scaled by the block's d and added to the row's accumulator:
@@ -348,6 +379,15 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
     for (int bi = 0; bi < nblk; bi++) {
         int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
         int n = bi * GEMV_NB;
+        if (M == 1 && w.dtype == DS_BF16 && avx2) /* decode: 4 weight rows at a time */
+            for (; n + 4 <= n1; n += 4) {
+                float r[4];
+                gemv_r4_bf16(r, x, (const uint16_t *)w.data + (size_t)n * K, K);
+                for (int j = 0; j < 4; j++) {
+                    float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
+                    y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
+                }
+            }
         if (M == 1 && quant_is_block(w.dtype) && avx2 && cpu_avx2_f16c()) /* decode: 4 weight rows at a time */
             for (; n + 4 <= n1; n += 4) {
                 float r[4];
