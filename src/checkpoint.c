@@ -561,6 +561,13 @@ fail:
     return st;
 }
 
+size_t checkpoint_release(const Checkpoint *ck, const void *p, size_t n) {
+    size_t got = 0;
+    for (int i = 0; i < ck->n_shards && !got; i++) got = ds_map_release(&ck->shards[i].map, p, n);
+    for (int i = 0; i < ck->n_gguf && !got; i++) got = ds_map_release(&ck->gguf[i].map, p, n);
+    return got;
+}
+
 void checkpoint_close(Checkpoint *ck) {
     if (!ck) return;
     close_shards(ck);

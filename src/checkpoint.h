@@ -96,6 +96,9 @@ int checkpoint_gguf_split(const char *gguf, char parts[3][GGUF_MAX_NAME]);
 DsocrStatus checkpoint_open_gguf(const char *path, const CheckpointOptions *opt, Checkpoint *ck, DsError *e);
 DsocrStatus checkpoint_validate(Checkpoint *ck, const char *what, DsError *e);
 void checkpoint_close(Checkpoint *ck);
+/* Gives back the pages of [p, p + n) when they lie in one of the checkpoint's file mappings (ds_map_release): for
+ * tensors no longer read (quantised copies replace them). Returns the bytes given back. */
+size_t checkpoint_release(const Checkpoint *ck, const void *p, size_t n);
 /* The tensor with this name, or NULL. */
 const StTensor *checkpoint_get(const Checkpoint *ck, const char *name);
 

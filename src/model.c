@@ -279,6 +279,9 @@ DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e) {
             st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
             goto done;
         }
+        /* the original is not read again (its slot moves to the copy below, or on failure it is re-read from the
+         * file): its mapped pages go back now, so the peak holds one tensor twice, not the whole model */
+        checkpoint_release(&m->ck, src.data, (size_t)t->numel * ds_dtype_size(src.dtype));
     }
     for (int i = 0; i < m->n_bound; i++) { /* only now, so that a failure above leaves every slot as it was */
         if (!to[i]) continue;

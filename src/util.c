@@ -77,6 +77,16 @@ void ds_map_free(DsMap *m) {
     memset(m, 0, sizeof *m);
 }
 
+size_t ds_map_release(const DsMap *m, const void *p, size_t n) {
+    if (!m || !m->mapped || !m->data || !p) return 0;
+    const uintptr_t lo = (uintptr_t)m->data, hi = lo + m->size, a = (uintptr_t)p;
+    if (a < lo || a >= hi || n > hi - a) return 0;
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    const uintptr_t b = (a + page - 1) / page * page, end = (a + n) / page * page;
+    if (end <= b) return 0;
+    return madvise((void *)b, end - b, MADV_DONTNEED) == 0 ? end - b : 0;
+}
+
 DsocrStatus ds_read_file(const char *path, size_t max_bytes, char **out, size_t *len, DsError *e) {
     *out = NULL;
     if (len) *len = 0;

@@ -37,6 +37,10 @@ typedef struct DsMap {
 } DsMap;
 DsocrStatus ds_map_file(const char *path, DsMap *out, DsError *e);
 void ds_map_free(DsMap *m);
+/* Gives back the resident pages wholly inside [p, p + n) when that range lies in m's file mapping (read-only and
+ * private, so they are clean: the kernel drops them and would read them from the file again if touched); nothing
+ * otherwise (memory that is not a mapping is never touched). Returns the bytes given back. */
+size_t ds_map_release(const DsMap *m, const void *p, size_t n);
 
 /* mkdir -p: creates path (self = 1) or the folder that holds it (self = 0), with missing parents.
  * Returns 0, or -1 with errno set. */
