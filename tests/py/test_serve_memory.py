@@ -74,18 +74,20 @@ def run_1000(s, concurrent):
 
 
 def check_flat(rss, what):
-    """A leak is steady growth: the least-squares slope over requests 100..1000 and the growth between the medians
-    of requests 100..200 and 900..1000 (which a sawtooth of thread stacks and malloc arenas under 16 concurrent
-    clients does not move) must not both reach 1 KB per request."""
+    """A leak is steady growth: the least-squares slope over requests 100..1000 and the growth of the floor (the
+    10th percentile) between requests 100..200 and 900..1000 must not both reach 1 KB per request. Under 16
+    concurrent clients RSS is a sawtooth of live connection threads' stacks and malloc arenas: it moved the slope and
+    even the medians by over 1 KB a request in a run whose RSS at request 1,000 was 96 KB above that at request 100
+    (medians 174,340 -> 175,360 KB; the fake engine, no model); a leak raises the floor, the sawtooth does not."""
     assert len(rss) == 1000
     kb_per_request = slope(rss[100:])
-    first, last = sorted(rss[100:200])[50], sorted(rss[900:])[50]
-    median_growth = (last - first) / 800.0
-    print("%s: RSS %d KB at request 100, %d KB at 1000, slope %.3f KB/request, median growth %.3f KB/request" % (
-        what, rss[100], rss[-1], kb_per_request, median_growth))
-    assert kb_per_request < 1.0 or median_growth < 1.0, (
-        "%s: RSS grows %.3f KB per request (slope), %.3f KB per request (medians %d -> %d KB)" % (
-            what, kb_per_request, median_growth, first, last))
+    first, last = sorted(rss[100:200])[10], sorted(rss[900:])[10]
+    floor_growth = (last - first) / 800.0
+    print("%s: RSS %d KB at request 100, %d KB at 1000, slope %.3f KB/request, floor growth %.3f KB/request" % (
+        what, rss[100], rss[-1], kb_per_request, floor_growth))
+    assert kb_per_request < 1.0 or floor_growth < 1.0, (
+        "%s: RSS grows %.3f KB per request (slope), %.3f KB per request (floors %d -> %d KB)" % (
+            what, kb_per_request, floor_growth, first, last))
 
 
 def server_args(tmp_path, model):
