@@ -34,32 +34,21 @@ DsocrStatus dump_f32(const char *dir, const char *name, const float *x, int64_t 
     return dump_write(dir, name, DUMP_F32, nd, s, x, e);
 }
 
-/* Reads DIR/NAME.bin of dtype f32 or i32 (4-byte elements) into a fresh array; shape[8], *ndim. Every count is
- * checked against the file's length before anything is read from it (the file is untrusted). */
-static DsocrStatus dump_read4(const char *path, int dtype, void **out, int64_t *shape, int *ndim, DsError *e) {
+DsocrStatus dump_parse4(const char *name, const void *data, size_t len, int dtype, void **out, int64_t *shape,
+                        int *ndim, DsError *e) {
     static const char *dname[] = {"f32", "bf16", "i32", "u8", "i64"};
+    const uint8_t *buf = data;
     *out = NULL;
     *ndim = 0;
-    char *buf;
-    size_t len;
-    DsocrStatus st = ds_read_file(path, 1u << 30, &buf, &len, e);
-    if (st) return st;
+    DS_ASSERT(dtype == DUMP_F32 || dtype == DUMP_I32);
     uint32_t dt, nd;
-    if (len < 16 || memcmp(buf, "DSDUMP01", 8)) {
-        free(buf);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: not a DSDUMP01 file", path);
-    }
+    if (len < 16 || memcmp(buf, "DSDUMP01", 8)) return ds_fail(e, DSOCR_E_FORMAT, "%s: not a DSDUMP01 file", name);
     memcpy(&dt, buf + 8, 4);
     memcpy(&nd, buf + 12, 4);
-    if (dt != (uint32_t)dtype) {
-        free(buf);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: not an %s dump (dtype %s)", path, dname[dtype],
+    if (dt != (uint32_t)dtype)
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: not an %s dump (dtype %s)", name, dname[dtype],
                        dt < 5 ? dname[dt] : "unknown");
-    }
-    if (nd > 8 || len < 16 + 8 * (size_t)nd) {
-        free(buf);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: truncated header", path);
-    }
+    if (nd > 8 || len < 16 + 8 * (size_t)nd) return ds_fail(e, DSOCR_E_FORMAT, "%s: truncated header", name);
     uint64_t cnt = 1;
     for (uint32_t i = 0; i < nd; i++) {
         uint64_t d;
@@ -68,22 +57,29 @@ static DsocrStatus dump_read4(const char *path, int dtype, void **out, int64_t *
         if (d > (1u << 28) || __builtin_mul_overflow(cnt, d, &cnt)) cnt = UINT64_MAX;
     }
     size_t off = 16 + 8 * (size_t)nd;
-    if (cnt > (1u << 28) || len - off != cnt * 4) {
-        free(buf);
-        if (cnt > (1u << 28)) return ds_fail(e, DSOCR_E_FORMAT, "%s: its shape is too large", path);
-        return ds_fail(e, DSOCR_E_FORMAT, "%s: %zu data bytes, but its shape needs %llu (truncated or corrupt)", path,
+    if (cnt > (1u << 28)) return ds_fail(e, DSOCR_E_FORMAT, "%s: its shape is too large", name);
+    if (len - off != cnt * 4)
+        return ds_fail(e, DSOCR_E_FORMAT, "%s: %zu data bytes, but its shape needs %llu (truncated or corrupt)", name,
                        len - off, (unsigned long long)cnt * 4);
-    }
     void *v = malloc(cnt * 4 + 4);
-    if (!v) {
-        free(buf);
-        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-    }
+    if (!v) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     memcpy(v, buf + off, cnt * 4);
-    free(buf);
     *out = v;
     *ndim = (int)nd;
     return DSOCR_OK;
+}
+
+/* Reads a dump file of dtype f32 or i32 (dump_parse4 on its bytes). */
+static DsocrStatus dump_read4(const char *path, int dtype, void **out, int64_t *shape, int *ndim, DsError *e) {
+    char *buf;
+    size_t len;
+    *out = NULL;
+    *ndim = 0;
+    DsocrStatus st = ds_read_file(path, 1u << 30, &buf, &len, e);
+    if (st) return st;
+    st = dump_parse4(path, buf, len, dtype, out, shape, ndim, e);
+    free(buf);
+    return st;
 }
 
 DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *e) {

@@ -24,4 +24,8 @@ DsocrStatus dump_read_i32(const char *path, int32_t **out, int64_t *n, DsError *
  * that is not DSDUMP01, not f32, or whose length disagrees with its shape is DSOCR_E_FORMAT with a message
  * naming the file. */
 DsocrStatus dump_read_f32(const char *path, float **out, int64_t *shape, int *ndim, DsError *e);
+/* What both readers do with the file's bytes (dtype DUMP_F32 or DUMP_I32; name for messages): every count is
+ * checked against len before anything is read. For the readers and the fuzz target. */
+DsocrStatus dump_parse4(const char *name, const void *data, size_t len, int dtype, void **out, int64_t *shape,
+                        int *ndim, DsError *e);
 #endif

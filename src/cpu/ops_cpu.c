@@ -5,6 +5,7 @@
  * threads only ever split output rows/columns or independent (batch, head, query block) tasks, and every
  * blocking below is a fixed constant or a function of the shapes alone. Stack use is bounded (see ops.h). */
 #include <cblas.h>
+#include <cpuid.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -52,8 +53,12 @@ static void blas_init(void) { openblas_set_num_threads(1); }
 static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
 
 static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
-/* The block-quantised kernels also convert the fp16 scales with F16C (every AVX2 CPU has it, but it is checked). */
-static inline int cpu_avx2_f16c(void) { return cpu_avx2() && __builtin_cpu_supports("f16c"); }
+/* The block-quantised kernels also convert the fp16 scales with F16C (every AVX2 CPU has it, but it is checked,
+ * by CPUID: clang's __builtin_cpu_supports knows no "f16c", which broke `make fuzz`). */
+static inline int cpu_avx2_f16c(void) {
+    unsigned a, b, c, d;
+    return cpu_avx2() && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
 
 /* Work below this many elements runs on the calling thread only (a parallel region costs microseconds). */
 enum { PAR_MIN = 1 << 14 };
