@@ -217,19 +217,7 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
                 if (r < nr) acc[r] += x0[(size_t)r * a.ldx + k] * wv;
         }
     }
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
-    if (lane < nr) {
-        float v = 0.f;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            if (r == lane) v = acc[r];
-        if (a.bias) v += wget(a.bias, a.bdt, n);
-        float *o = a.y + (size_t)(m0 + lane) * a.ldy + n;
-        if (a.accum) v += *o;
-        if (a.round) v = rbf(v);
-        *o = v;
-    }
+    gemv_rows_store<R>(acc, nr, lane, a.y, a.ldy, m0, n, a.bias, a.bdt, a.accum, a.round);
 }
 
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,

@@ -163,6 +163,29 @@ static __device__ __forceinline__ float warp_max(float v) {
     for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
     return v;
 }
+/* cu_gemv's epilogue, shared by its kernels: output y[m, n] at o gets v + bias[n] (when given), plus what it held
+ * (accum), rounded to bf16 (round) */
+static __device__ __forceinline__ void gemv_store(float *o, float v, const void *bias, int bdt, int n, int accum,
+                                                  int round) {
+    if (bias) v += wget(bias, bdt, n);
+    if (accum) v += *o;
+    if (round) v = rbf(v);
+    *o = v;
+}
+/* a warp's R row sums (rows m0 .. m0 + nr − 1 of one output column n) reduced, lane r storing row r */
+template <int R>
+static __device__ __forceinline__ void gemv_rows_store(float *acc, int nr, int lane, float *y, int ldy, int m0, int n,
+                                                       const void *bias, int bdt, int accum, int round) {
+#pragma unroll
+    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
+    if (lane < nr) {
+        float v = 0.f;
+#pragma unroll
+        for (int r = 0; r < R; r++)
+            if (r == lane) v = acc[r];
+        gemv_store(y + (size_t)(m0 + lane) * ldy + n, v, bias, bdt, n, accum, round);
+    }
+}
 
 static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) / b); }
 

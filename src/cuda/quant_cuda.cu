@@ -31,19 +31,7 @@ __global__ void __launch_bounds__(QG_WARPS * 32) gemvq_k(GemvQArgs a) {
         xr[r] = a.x + (size_t)(m0 + (r < nr ? r : 0)) * a.ldx;
     }
     qdot<DT, R>(acc, xr, nr, a.w + (size_t)n * (a.K / 32) * qbytes(DT), a.K, lane);
-#pragma unroll
-    for (int r = 0; r < R; r++) acc[r] = warp_sum(acc[r]);
-    if (lane < nr) {
-        float v = 0.f;
-#pragma unroll
-        for (int r = 0; r < R; r++)
-            if (r == lane) v = acc[r];
-        if (a.bias) v += wget(a.bias, a.bdt, n);
-        float *o = a.y + (size_t)(m0 + lane) * a.ldy + n;
-        if (a.accum) v += *o;
-        if (a.round) v = rbf(v);
-        *o = v;
-    }
+    gemv_rows_store<R>(acc, nr, lane, a.y, a.ldy, m0, n, a.bias, a.bdt, a.accum, a.round);
 }
 
 /* One row of x: columns n, n + 1 per warp. */
@@ -58,14 +46,7 @@ __global__ void __launch_bounds__(QG_WARPS * 32, 4) gemvq1_k(GemvQArgs a) {
     qdot2<DT>(g, u, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane);
     g = warp_sum(g);
     u = warp_sum(u);
-    if (lane < 2 && n + lane < a.N) {
-        float v = lane ? u : g;
-        if (a.bias) v += wget(a.bias, a.bdt, n + lane);
-        float *o = a.y + n + lane;
-        if (a.accum) v += *o;
-        if (a.round) v = rbf(v);
-        *o = v;
-    }
+    if (lane < 2 && n + lane < a.N) gemv_store(a.y + n + lane, lane ? u : g, a.bias, a.bdt, n + lane, a.accum, a.round);
 }
 
 template <int DT>
