@@ -591,6 +591,23 @@ static __device__ __forceinline__ float combine1(float *v, const int *ex, const 
  * staged in shared memory once per block, then each lane keeps D1IT × ns 16-byte weight loads in flight (the
  * decode step is latency-bound: one round trip per D1IT·32·8 weights of a row). Routed outputs combine in
  * ascending expert order as combine_k does, plus the shared output (its slots summed first). */
+/* dst[0..n4) = a[0..na) followed by b[0..n4 − na) (float4s, into shared memory), D1SU loads in flight a thread
+ * (a loop of dependent load-store pairs would wait one round trip each); the block's NT threads stride it */
+template <int NT>
+static __device__ __forceinline__ void stage4(float4 *dst, const float4 *a, int na, const float4 *b, int n4) {
+    for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * NT) {
+        float4 t[D1SU];
+#pragma unroll
+        for (int u = 0; u < D1SU; u++) {
+            const int i = i0 + u * NT;
+            if (i < n4) t[u] = __ldg(i < na ? a + i : b + (i - na));
+        }
+#pragma unroll
+        for (int u = 0; u < D1SU; u++)
+            if (i0 + u * NT < n4) dst[i0 + u * NT] = t[u];
+    }
+}
+
 __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, const float *sh, const int32_t *idx,
                                                    const float *wts, int K, int D, int F, int S, int bf, DownPtrs w,
                                                    const float *sdo) {
@@ -614,22 +631,7 @@ __global__ void __launch_bounds__(D1W * 32) down1_k(float *y, const float *h, co
 #pragma unroll
         for (int j = 0; j < MAXS1; j++)
             if (j < ns && it * 32 + lane < F8) q[it][j] = __ldg(wr[j] + it * 32 + lane);
-    {
-        /* staged D1SU loads at a time (a loop of dependent load-store pairs would wait one round trip each) */
-        const int n4 = ns * F / 4, kf4 = K * F / 4;
-        const float4 *h4 = (const float4 *)h, *s4 = (const float4 *)sh;
-        for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * D1W * 32) {
-            float4 t[D1SU];
-#pragma unroll
-            for (int u = 0; u < D1SU; u++) {
-                const int i = i0 + u * D1W * 32;
-                if (i < n4) t[u] = __ldg(i < kf4 ? h4 + i : s4 + (i - kf4));
-            }
-#pragma unroll
-            for (int u = 0; u < D1SU; u++)
-                if (i0 + u * D1W * 32 < n4) xs4[i0 + u * D1W * 32] = t[u];
-        }
-    }
+    stage4<D1W * 32>(xs4, (const float4 *)h, K * F / 4, (const float4 *)sh, ns * F / 4);
     __syncthreads();
     float acc[MAXS1];
 #pragma unroll
@@ -719,20 +721,7 @@ __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, 
     }
     QRaw q[QD_U][MAXK1];
     qdown_issue<DT>(q, wr, K, 0, g, t, nb);
-    {
-        /* h into shared memory, D1SU loads at a time (down1_k's staging) */
-        const int n4 = K * F / 4;
-        const float4 *h4 = (const float4 *)h;
-        for (int i0 = threadIdx.x; i0 < n4; i0 += D1SU * QD_W * 32) {
-            float4 v[D1SU];
-#pragma unroll
-            for (int u = 0; u < D1SU; u++)
-                if (i0 + u * QD_W * 32 < n4) v[u] = __ldg(h4 + i0 + u * QD_W * 32);
-#pragma unroll
-            for (int u = 0; u < D1SU; u++)
-                if (i0 + u * QD_W * 32 < n4) hs4[i0 + u * QD_W * 32] = v[u];
-        }
-    }
+    stage4<QD_W * 32>(hs4, (const float4 *)h, K * F / 4, NULL, K * F / 4); /* h into shared memory */
     __syncthreads();
     float acc[MAXK1];
 #pragma unroll
