@@ -324,8 +324,7 @@ int cli_bench(int argc, char **argv) {
         const ModelConfig *cf = engine_model_config(model);
         const double gb = ops_cpu_read_gbps((size_t)1 << 30, nt, 5);
         printf(",\n  \"ceilings\": {\"threads\": %d, \"read_gbps\": %.2f, \"fp32_gemm_at_encoder_shapes\": [", nt, gb);
-        double sq = 0; /* one square product for scale */
-        sq = ops_cpu_sgemm_seconds(2048, 2048, 2048, nt, 3);
+        const double sq = ops_cpu_sgemm_seconds(2048, 2048, 2048, nt, 3); /* one square product for scale */
         for (int i = 0; i < n_rates; i++) {
             /* the mode's views: the global view at base_size, the tiles at image_size */
             FigGemm g[2 * FIG_VISION_GEMMS];

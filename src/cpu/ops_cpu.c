@@ -13,7 +13,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <time.h>
 #include <unistd.h>
 
 #include "ops.h"
@@ -1001,12 +1000,6 @@ void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, 
 
 /* ---- ceilings (ops.h) */
 
-static double ceil_now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
-}
-
 double ops_cpu_sgemm_seconds(int M, int K, int N, int threads, int reps) {
     float *a = malloc(sizeof(float) * (size_t)M * K + 64), *b = malloc(sizeof(float) * (size_t)N * K + 64),
           *c = malloc(sizeof(float) * (size_t)M * N + 64);
@@ -1016,9 +1009,9 @@ double ops_cpu_sgemm_seconds(int M, int K, int N, int threads, int reps) {
         for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)((i * 5) % 11) * 0.1f - 0.5f;
         openblas_set_num_threads(threads > 0 ? threads : 1);
         for (int r = 0; r < (reps > 0 ? reps : 1); r++) {
-            const double t0 = ceil_now();
+            const double t0 = ds_now();
             cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N, K, 1.0f, a, K, b, K, 0.0f, c, N);
-            const double dt = ceil_now() - t0;
+            const double dt = ds_now() - t0;
             if (best == 0 || dt < best) best = dt;
         }
         openblas_set_num_threads(1);
@@ -1066,10 +1059,10 @@ double ops_cpu_read_gbps(size_t bytes, int threads, int reps) {
     double best = 0;
     for (int r = 0; r < (reps > 0 ? reps : 1); r++) {
         float total = 0;
-        const double t0 = ceil_now();
+        const double t0 = ds_now();
 #pragma omp parallel for num_threads(nt) schedule(static, 1) reduction(+ : total)
         for (int t = 0; t < nt; t++) total += read_sum(a + (size_t)t * per, per);
-        const double dt = ceil_now() - t0, g = (double)per * nt * sizeof(float) / dt / 1e9;
+        const double dt = ds_now() - t0, g = (double)per * nt * sizeof(float) / dt / 1e9;
         sink += total;
         if (g > best) best = g;
     }
