@@ -397,40 +397,64 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
     if (!last) return;
     __threadfence();
     if (threadIdx.x == 0) a.count[r * a.H + h] = 0;
-    /* the merge over the ns splits: every warp finds the global max and sum, warp w sums the outputs of splits
-     * w, w + 4, ... (in flight together), then warp 0 adds the four */
+    /* the merge over the ns splits, online as within a split: warp w takes splits w, w + 4, ..., MU at a time with
+     * all their loads (max, sum, output) in flight together, keeping its own max, sum and output; warp 0 then merges
+     * the four as above (one round trip to L2 per 4·MU splits, not three dependent passes) */
     const int ns = (nk + KV_SPLIT - 1) / KV_SPLIT;
+    constexpr int MU = DPL <= 4 ? 8 : 2;
     const float *q0 = a.part + (size_t)(r * a.H + h) * a.nsplit * (a.D + 2);
-    float MM = -INFINITY;
-    for (int s2 = lane; s2 < ns; s2 += 32) MM = fmaxf(MM, __ldcg(q0 + (size_t)s2 * (a.D + 2)));
-    MM = warp_max(MM);
-    float LL = 0.f;
-    for (int s2 = lane; s2 < ns; s2 += 32) {
-        const float *ps = q0 + (size_t)s2 * (a.D + 2);
-        LL += __ldcg(ps + 1) * expf(__ldcg(ps) - MM);
+    float mw = -INFINITY, lw = 0.f, ow[DPL];
+#pragma unroll
+    for (int i = 0; i < DPL; i++) ow[i] = 0.f;
+    for (int c0 = warp; c0 < ns; c0 += 4 * MU) {
+        float Ms[MU], Ls[MU], V[MU][DPL];
+#pragma unroll
+        for (int u = 0; u < MU; u++) {
+            const int s2 = c0 + 4 * u;
+            const float *ps = q0 + (size_t)(s2 < ns ? s2 : 0) * (a.D + 2);
+            Ms[u] = s2 < ns ? __ldcg(ps) : -INFINITY;
+            Ls[u] = s2 < ns ? __ldcg(ps + 1) : 0.f;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) V[u][i] = s2 < ns && dl + i < a.D ? __ldcg(ps + 2 + dl + i) : 0.f;
+        }
+        float mn = mw;
+#pragma unroll
+        for (int u = 0; u < MU; u++) mn = fmaxf(mn, Ms[u]);
+        const float corr = mw == -INFINITY ? 0.f : expf(mw - mn);
+        lw *= corr;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) ow[i] *= corr;
+#pragma unroll
+        for (int u = 0; u < MU; u++) {
+            const float f2 = Ms[u] == -INFINITY ? 0.f : expf(Ms[u] - mn);
+            lw += Ls[u] * f2;
+#pragma unroll
+            for (int i = 0; i < DPL; i++) ow[i] += V[u][i] * f2;
+        }
+        mw = mn;
     }
-    LL = warp_sum(LL);
-    float oo[DPL];
-#pragma unroll
-    for (int i = 0; i < DPL; i++) oo[i] = 0.f;
-#pragma unroll 8
-    for (int s2 = warp; s2 < ns; s2 += 4) {
-        const float *ps = q0 + (size_t)s2 * (a.D + 2);
-        const float f2 = expf(__ldcg(ps) - MM);
-#pragma unroll
-        for (int i = 0; i < DPL; i++)
-            if (dl + i < a.D) oo[i] += __ldcg(ps + 2 + dl + i) * f2;
+    __syncthreads(); /* sm_m, sm_l, sm_acc are free again */
+    if (lane == 0) {
+        sm_m[warp] = mw;
+        sm_l[warp] = lw;
     }
-    __syncthreads(); /* sm_acc is free again */
 #pragma unroll
-    for (int i = 0; i < DPL; i++) sm_acc[warp][dl + i] = oo[i];
+    for (int i = 0; i < DPL; i++) sm_acc[warp][dl + i] = ow[i];
     __syncthreads();
     if (warp) return;
+    const float MM = fmaxf(fmaxf(sm_m[0], sm_m[1]), fmaxf(sm_m[2], sm_m[3]));
+    float LL = 0.f, fw[4];
+#pragma unroll
+    for (int w = 0; w < 4; w++) {
+        fw[w] = sm_m[w] == -INFINITY ? 0.f : expf(sm_m[w] - MM);
+        LL += sm_l[w] * fw[w];
+    }
     float *out = a.out + (size_t)r * a.ldo + (size_t)h * a.D;
 #pragma unroll
     for (int i = 0; i < DPL; i++)
         if (dl + i < a.D) {
-            const float v = (sm_acc[0][dl + i] + sm_acc[1][dl + i] + sm_acc[2][dl + i] + sm_acc[3][dl + i]) / LL;
+            const float v = (sm_acc[0][dl + i] * fw[0] + sm_acc[1][dl + i] * fw[1] + sm_acc[2][dl + i] * fw[2] +
+                             sm_acc[3][dl + i] * fw[3]) / LL;
             out[dl + i] = a.round ? rbf(v) : v;
         }
 }
