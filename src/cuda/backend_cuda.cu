@@ -1106,9 +1106,11 @@ static void cu_residual_add(Backend *b, float *x, const void *r, size_t n, int f
  * the power taken in double so they round to the nearest float as glibc's do; the products are not fused into
  * FMAs (the C reference rounds each one). */
 
-/* One rotation pair (i, i + half) of a head row r at position p (the arithmetic of ops_rope_neox_ref). */
-static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, int p, float theta, int bf) {
-    const int half = hd / 2;
+/* The cos and sin of rotation pair i at position p (the arithmetic of ops_rope_neox_ref). They depend on the
+ * positions only, which no kernel of a decode step or a prefill chunk writes (the host uploads them, or the previous
+ * step's last kernel advances them), so the RoPE kernels compute them before pdl_wait(), while the product before
+ * them finishes: the double-precision pow, cos and sin are then off the step's critical path. */
+static __device__ __forceinline__ float2 rope_cs(int i, int hd, int p, float theta, int bf) {
     float inv = 1.0f / (float)pow((double)theta, (double)((float)(2 * i) / (float)hd));
     float ang = (float)p * inv;
     float c = (float)cos((double)ang), s = (float)sin((double)ang);
@@ -1116,6 +1118,12 @@ static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, int p,
         c = rbf(c);
         s = rbf(s);
     }
+    return make_float2(c, s);
+}
+/* One rotation pair (i, i + half) of a head row r by (c, s) = cs. */
+static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, float2 cs, int bf) {
+    const int half = hd / 2;
+    const float c = cs.x, s = cs.y;
     float x1 = r[i], x2 = r[i + half];
     if (bf) {
         r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
@@ -1127,12 +1135,15 @@ static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, int p,
 }
 
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
-    pdl_wait();
     int half = hd / 2;
     size_t n = (size_t)T * n_heads * half; /* a thread per (row, head, pair): every head in parallel */
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    float2 cs0 = make_float2(0.f, 0.f);
+    if (first < n) cs0 = rope_cs((int)(first % half), hd, pos[first / ((size_t)half * n_heads)], theta, bf);
+    pdl_wait();
     GRID_STRIDE(idx, n) {
         int i = (int)(idx % half), h = (int)((idx / half) % n_heads), t = (int)(idx / ((size_t)half * n_heads));
-        rope_pair(x + (size_t)t * ld + (size_t)h * hd, i, hd, pos[t], theta, bf);
+        rope_pair(x + (size_t)t * ld + (size_t)h * hd, i, hd, idx == first ? cs0 : rope_cs(i, hd, pos[t], theta, bf), bf);
     }
 }
 
@@ -1141,9 +1152,12 @@ __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32
 __global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf,
                           void *data, int kv_bf16, int L, int width, int bs, int layer, int n_blocks,
                           const int32_t *const *tables, const float *v, int ldv) {
-    pdl_wait();
     const int half = hd / 2;
     const size_t nr = (size_t)T * 2 * H * half, n = nr + (size_t)T * width;
+    const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
+    float2 cs0 = make_float2(0.f, 0.f);
+    if (first < nr) cs0 = rope_cs((int)(first % half), hd, pos[first / ((size_t)half * 2 * H)], theta, bf);
+    pdl_wait();
     GRID_STRIDE(idx, n) {
         int t, c0, c1 = -1;
         float k0 = 0.f, k1 = 0.f;
@@ -1151,7 +1165,7 @@ __global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t 
             const int i = (int)(idx % half), h = (int)((idx / half) % (2 * H));
             t = (int)(idx / ((size_t)half * 2 * H));
             float *r = x + (size_t)t * ld + (size_t)h * hd;
-            rope_pair(r, i, hd, pos[t], theta, bf);
+            rope_pair(r, i, hd, idx == first ? cs0 : rope_cs(i, hd, pos[t], theta, bf), bf);
             if (h < H) continue;
             c0 = (h - H) * hd + i, c1 = c0 + half;
             k0 = r[i], k1 = r[i + half];
