@@ -694,16 +694,19 @@ static void down1(CudaCtx *c, float *y, const float *h, const float *sh, const i
  * either sdo [D] (done by gateup1_k) or, with sh, one more row: sdown's row d of S weights of type sdt against
  * sh [S] (the dense MLP: K = 0, S = F). The outputs combine as down1_k's (combine1). */
 enum { QD_W = 4, QD_U = 4 };
-template <int DT>
+template <int DT, bool SMEM>
 static __device__ __forceinline__ void qdown_issue(QRaw (&q)[QD_U][MAXK1], const uint8_t *const *wr, int K, int b0,
                                                    int g, int t, int nb) {
 #pragma unroll
     for (int u = 0; u < QD_U; u++)
 #pragma unroll
         for (int j = 0; j < MAXK1; j++)
-            if (j < K && b0 + g + 8 * u < nb) q[u][j] = qload<DT>(wr[j] + (size_t)(b0 + g + 8 * u) * qbytes(DT), t);
+            if (j < K && b0 + g + 8 * u < nb)
+                q[u][j] = qload<DT, SMEM>(wr[j] + (size_t)(b0 + g + 8 * u) * qbytes(DT), t);
 }
-template <int DT>
+/* QD_SU: 8-byte words a lane loads per slot and round when the rows are staged (ST) */
+enum { QD_SU = 4 };
+template <int DT, bool ST>
 __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, const float *sh, const int32_t *idx,
                                                      const float *wts, int K, int D, int F, int S, int sdt, int bf,
                                                      DownPtrs w, const float *sdo) {
@@ -720,9 +723,36 @@ __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, 
         wr[j] = j < K ? (const uint8_t *)w.down[ex[j]] + (size_t)d * nb * qbytes(DT) : NULL;
     }
     QRaw q[QD_U][MAXK1];
-    qdown_issue<DT>(q, wr, K, 0, g, t, nb);
-    stage4<QD_W * 32>(hs4, (const float4 *)h, K * F / 4, NULL, K * F / 4); /* h into shared memory */
-    __syncthreads();
+    if (ST) {
+        /* The warp's K rows go to its part of shared memory first, read front to back in 8-byte words (every
+         * sector of a load instruction used by it once; read in place, each 2-byte load instruction of the warp
+         * spans 8 blocks, and the sectors came from L2 about three times over), then the blocks are read from
+         * there as in place. The h staging overlaps the first round's loads. */
+        const int rb = nb * qbytes(DT), nw = rb / 8;
+        uint8_t *ws = (uint8_t *)(hs4 + K * F / 4) + (size_t)(threadIdx.x / 32) * K * rb;
+        for (int w0 = 0; w0 < nw; w0 += 32 * QD_SU) {
+            uint2 v[MAXK1][QD_SU];
+#pragma unroll
+            for (int j = 0; j < MAXK1; j++)
+#pragma unroll
+                for (int u = 0; u < QD_SU; u++)
+                    if (j < K && w0 + 32 * u + lane < nw) v[j][u] = __ldg((const uint2 *)wr[j] + w0 + 32 * u + lane);
+            if (w0 == 0) stage4<QD_W * 32>(hs4, (const float4 *)h, K * F / 4, NULL, K * F / 4);
+#pragma unroll
+            for (int j = 0; j < MAXK1; j++)
+#pragma unroll
+                for (int u = 0; u < QD_SU; u++)
+                    if (j < K && w0 + 32 * u + lane < nw) ((uint2 *)(ws + (size_t)j * rb))[w0 + 32 * u + lane] = v[j][u];
+        }
+        __syncthreads();
+#pragma unroll
+        for (int j = 0; j < MAXK1; j++) wr[j] = j < K ? ws + (size_t)j * rb : NULL;
+        qdown_issue<DT, true>(q, wr, K, 0, g, t, nb);
+    } else {
+        qdown_issue<DT, false>(q, wr, K, 0, g, t, nb);
+        stage4<QD_W * 32>(hs4, (const float4 *)h, K * F / 4, NULL, K * F / 4); /* h into shared memory */
+        __syncthreads();
+    }
     float acc[MAXK1];
 #pragma unroll
     for (int j = 0; j < MAXK1; j++) acc[j] = 0.f;
@@ -734,7 +764,7 @@ __global__ void __launch_bounds__(QD_W * 32) qdown1_k(float *y, const float *h, 
                 const int kb = b0 + g + 8 * u;
                 if (j < K && kb < nb) acc[j] += qfma<DT>(q[u][j], qxload<DT>(hs + (size_t)j * F + 32 * kb, t, true));
             }
-        if (b0 + 8 * QD_U < nb) qdown_issue<DT>(q, wr, K, b0 + 8 * QD_U, g, t, nb);
+        if (b0 + 8 * QD_U < nb) qdown_issue<DT, ST>(q, wr, K, b0 + 8 * QD_U, g, t, nb);
     }
     float v[MAXK1];
 #pragma unroll
@@ -756,8 +786,17 @@ static void qdown1(CudaCtx *c, float *y, const float *h, const float *sh, const 
                    int D, int F, int S, int wdt, int sdt, int bf, const DownPtrs &d, const float *sdo) {
     DS_ASSERT(K <= MAXK1 && F % 32 == 0 && (size_t)K * F * sizeof(float) <= D1_SMEM && ((uintptr_t)h & 15) == 0 &&
               (!sh || (is_block(sdt) && S % 32 == 0)));
-    launch_pdl(c, wdt == DS_Q4_0 ? qdown1_k<DS_Q4_0> : qdown1_k<DS_Q8_0>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32),
-               (size_t)K * F * sizeof(float), y, h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
+    /* staged rows (qdown1_k ST) when they are whole 8-byte words at 8-byte alignment and fit beside h */
+    const size_t rb = (size_t)F / 32 * (wdt == DS_Q4_0 ? QB4 : QB8), hb = (size_t)K * F * sizeof(float);
+    bool st = K > 0 && rb % 8 == 0 && hb + (size_t)QD_W * K * rb <= D1_SMEM;
+    for (int e = 0; st && e < MAXE && d.down[e]; e++) st = ((uintptr_t)d.down[e] & 7) == 0;
+    const size_t smem = st ? hb + (size_t)QD_W * K * rb : hb;
+    if (wdt == DS_Q4_0)
+        launch_pdl(c, st ? qdown1_k<DS_Q4_0, true> : qdown1_k<DS_Q4_0, false>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32),
+                   smem, y, h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
+    else
+        launch_pdl(c, st ? qdown1_k<DS_Q8_0, true> : qdown1_k<DS_Q8_0, false>, dim3(cdiv(D, QD_W)), dim3(QD_W * 32),
+                   smem, y, h, sh, idx, wts, K, D, F, S, sdt, bf, d, sdo);
     CU_LAUNCHED();
 }
 

@@ -34,16 +34,19 @@ struct QRaw {
     uint32_t w0, w1;
     uint16_t d;
 };
-template <int DT>
+/* SMEM: the block is in shared memory (a warp staged its rows there with wide loads, qdown1_k), read with plain
+ * loads; else global memory, through the read-only path. */
+template <int DT, bool SMEM = false>
 static __device__ __forceinline__ QRaw qload(const uint8_t *blk, int t) {
     const uint16_t *h = (const uint16_t *)blk; /* blocks are 2-byte aligned */
+    auto ld = [](const uint16_t *p) -> uint32_t { return SMEM ? *p : __ldg(p); };
     QRaw r;
-    r.d = __ldg(h);
+    r.d = (uint16_t)ld(h);
     if (DT == DS_Q8_0) {
-        r.w0 = (uint32_t)__ldg(h + 1 + 4 * t) | ((uint32_t)__ldg(h + 2 + 4 * t) << 16);
-        r.w1 = (uint32_t)__ldg(h + 3 + 4 * t) | ((uint32_t)__ldg(h + 4 + 4 * t) << 16);
+        r.w0 = ld(h + 1 + 4 * t) | (ld(h + 2 + 4 * t) << 16);
+        r.w1 = ld(h + 3 + 4 * t) | (ld(h + 4 + 4 * t) << 16);
     } else {
-        r.w0 = (uint32_t)__ldg(h + 1 + 2 * t) | ((uint32_t)__ldg(h + 2 + 2 * t) << 16);
+        r.w0 = ld(h + 1 + 2 * t) | (ld(h + 2 + 2 * t) << 16);
         r.w1 = 0;
     }
     return r;
