@@ -9,9 +9,11 @@
  * a second layout, and a DsW carries no shape to find the scales by. Read in place, the loads are 2-byte but
  * dense: a warp works on 8 consecutive blocks at a time, four lanes a block, so one load instruction of the warp
  * touches 8 × 34 = 272 (or 144) consecutive bytes, every byte of every sector it fetches is used by the warp, and
- * DRAM sees the row read once, front to back. The price is L1 traffic: 64 useful bytes per load instruction that
- * spans 272, about twice the bf16 kernels' per weight (bench/results/quant-notes.md, "GPU decode", measures it and
- * says what a row-local repack would take). The lane's share of a block is 8 weights (Q8_0: weights 8t..8t+7;
+ * DRAM sees the row read once, front to back. The price is L1 and L2 traffic: 64 useful bytes per load
+ * instruction that spans 272, and the loads of a quarter, issued together, each fetch those sectors from L2 again
+ * (ncu counted 66 % of qdown1_k's sectors as excessive). So qdown1_k, the largest of these products, first copies
+ * its rows into shared memory with 8-byte loads and reads the blocks from there (qload<DT, true>);
+ * bench/results/decode-quant-staged-h100.txt measures it. The GEMV and gate/up kernels still read in place. The lane's share of a block is 8 weights (Q8_0: weights 8t..8t+7;
  * Q4_0: the two nibbles of bytes 4t..4t+3, weights 4t..4t+3 and 16+4t..16+4t+3), so its x values are two aligned
  * float4 loads. The int8 / nibble to float step is a byte permute into the mantissa of 2^23 and one fp32 subtract
  * (exact, and on full-rate units: the int-to-float conversion instruction has a fraction of the fp32 rate).
