@@ -109,23 +109,21 @@ static __device__ void route_warp(const float *l, int coherent, float *p, int E,
     sum = __shfl_sync(0xffffffffu, sum, 0);
     for (int e = lane; e < E; e += 32) p[e] /= sum;
     __syncwarp();
-    unsigned taken = 0; /* bit j: expert lane + 32·j */
-    for (int j = 0; j < K; j++) {
-        float bv = 0.f;
-        int be = -1;
-        for (int e = lane, jj = 0; e < E; e += 32, jj++)
-            if (!((taken >> jj) & 1u) && (be < 0 || p[e] > bv)) bv = p[e], be = e;
-        for (int o = 16; o > 0; o >>= 1) {
-            float ov = __shfl_xor_sync(0xffffffffu, bv, o);
-            int oe = __shfl_xor_sync(0xffffffffu, be, o);
-            if (oe >= 0 && (be < 0 || ov > bv || (ov == bv && oe < be))) bv = ov, be = oe;
+    /* greedy top-K (largest first, the lowest index on ties) as ranks: expert e's rank is the number of experts
+     * ahead of it in that order, and the j-th pick is the expert of rank j. Every lane ranks its experts against all
+     * E at once (no chain of K dependent warp reductions). A NaN counts as below every number, so the ranks stay a
+     * permutation and every slot j < K is written. */
+    for (int e = lane; e < E; e += 32) {
+        const float pe = p[e] == p[e] ? p[e] : -INFINITY;
+        int rank = 0;
+        for (int o = 0; o < E; o++) {
+            const float po = p[o] == p[o] ? p[o] : -INFINITY;
+            rank += po > pe || (po == pe && o < e);
         }
-        be = __shfl_sync(0xffffffffu, be, 0);
-        if ((be & 31) == lane) taken |= 1u << (be / 32);
-        if (lane == 0) {
-            idx[j] = be;
-            wts[j] = p[be];
-            if (out_experts) out_experts[j] = be;
+        if (rank < K) {
+            idx[rank] = e;
+            wts[rank] = p[e];
+            if (out_experts) out_experts[rank] = e;
         }
     }
 }
@@ -491,20 +489,27 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
         acc = warp_sum(acc);
         if (lane == 0) lg[e] = acc;
     }
-    /* the last block to finish routes (its first warp), over every block's logits */
+    /* The last router block to finish routes (its first warp) over the router blocks' logits, while shared-expert
+     * blocks may still run (count[1] counts router blocks); the last block of all writes the new x and a, every
+     * block having read x by then (count[0]). */
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(count, 1) == (int)gridDim.x - 1;
+    __shared__ int last_router;
+    if (threadIdx.x == 0) {
+        last_router = blockIdx.x < R1B && atomicAdd(count + 1, 1) == R1B - 1;
+        last = atomicAdd(count, 1) == (int)gridDim.x - 1;
+    }
     __syncthreads();
-    if (!last) return;
-    if (pn.res)
+    if (last && pn.res)
         for (int i = threadIdx.x; i < D; i += blockDim.x) {
             pn.x[i] = xs[i];
             pn.a[i] = xs[D + i];
         }
     if (warp) return;
+    if (last && lane == 0) count[0] = 0;
+    if (!last_router) return;
     __threadfence();
-    if (lane == 0) *count = 0;
+    if (lane == 0) count[1] = 0;
     route_warp(lg, 1, p, E, K, bf, out_logits, idx, wts, out_experts);
 }
 
