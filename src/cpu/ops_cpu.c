@@ -54,9 +54,25 @@ static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
 static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 /* The block-quantised kernels also convert the fp16 scales with F16C (every AVX2 CPU has it, but it is checked,
  * by CPUID: clang's __builtin_cpu_supports knows no "f16c", which broke `make fuzz`). */
-static inline int cpu_avx2_f16c(void) {
+static int f16c_found(void) {
     unsigned a, b, c, d;
     return cpu_avx2() && __get_cpuid(1, &a, &b, &c, &d) && (c & bit_F16C);
+}
+static pthread_once_t f16c_once = PTHREAD_ONCE_INIT;
+static int f16c_ok;
+/* Every fp16 value as fp32 (256 KB), for the block kernels' scales: a broadcast from memory is a load, where
+ * widening an fp16 scale in registers (vpbroadcastw, vcvtph2ps) took two shuffle-port operations a block, and the
+ * shuffle port was the Q8_0 GEMV's bottleneck (four sign extensions a block already run there). */
+static float f16_tab[65536];
+static void f16c_init(void) {
+    f16c_ok = f16c_found();
+    for (uint32_t h = 0; h < 65536; h++) f16_tab[h] = fp16_to_f32((uint16_t)h);
+}
+/* Asked once: CPUID serialises the core, and in a virtual machine it traps to the hypervisor (asked per GEMV call,
+ * it made the block GEMV ten times slower). */
+static inline int cpu_avx2_f16c(void) {
+    pthread_once(&f16c_once, f16c_init);
+    return f16c_ok;
 }
 
 /* Work below this many elements runs on the calling thread only (a parallel region costs microseconds). */
@@ -212,7 +228,7 @@ __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, 
         for (int b = 0; b < nb; b++) {                                                                          \
             __m256 w0, w1, w2, w3;                                                                              \
             WIDEN(&w[b], w0, w1, w2, w3);                                                                       \
-            __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)w[b].d));                                          \
+            __m256 d = _mm256_broadcast_ss(&f16_tab[w[b].d]);                                                  \
             for (int m = 0; m < MR; m++) {                                                                      \
                 const float *xm = x + (size_t)m * ldx + (size_t)b * QK;                                         \
                 __m256 p = _mm256_mul_ps(_mm256_loadu_ps(xm), w0);                                              \
@@ -257,7 +273,7 @@ GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
                 _mm_prefetch((const char *)(blk + 4 * (size_t)nb), _MM_HINT_T0);                                \
                 __m256 w0, w1, w2, w3;                                                                          \
                 WIDEN(blk, w0, w1, w2, w3);                                                                     \
-                __m256 d = _mm256_cvtph_ps(_mm_set1_epi16((short)blk->d));                                      \
+                __m256 d = _mm256_broadcast_ss(&f16_tab[blk->d]);                                              \
                 __m256 p = _mm256_mul_ps(x0, w0);                                                               \
                 p = _mm256_fmadd_ps(x1, w1, p);                                                                 \
                 p = _mm256_fmadd_ps(x2, w2, p);                                                                 \
