@@ -28,6 +28,12 @@ typedef struct Backend Backend;
  * OPS_ACCUM. The arithmetic is that of the same call with fp32 buffers holding the same values. (ops.h flags use
  * the low bits: OPS_ACCUM, OPS_BF16 = 1.) */
 enum { BE_ROUND = 1 << 8, BE_GELU = 1 << 9, BE_QGELU = 1 << 10, BE_IN_BF16 = 1 << 11, BE_OUT_BF16 = 1 << 12 };
+/* BE_FP32_SUMS (linear, and swiglu / moe, which pass it to their products): the sums of a product of many rows in
+ * fp32 with round-to-nearest, as the CPU computes them (up to their order), not on tensor cores, whose
+ * accumulation inside a matrix instruction truncates. The decoder sets it: on the H100 those sums doubled the GPU
+ * decoder's distance from the CPU engine, past the parity rule at the logits (bench/results/gpu-vs-cpu-*.json).
+ * A backend whose sums are fp32 already ignores it. */
+enum { BE_FP32_SUMS = 1 << 13 };
 
 /* One MoE layer's weights, in the backend's memory (see model.h DecLayer). */
 typedef struct BackendExpert {

@@ -104,6 +104,8 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     Backend *be = w->be;
     const int D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, n = s->n, bf16 = s->bf16;
     const int fl = bf16 ? OPS_BF16 : 0;
+    /* the products' flags: rounded outputs in bf16, and fp32 sums (backend.h BE_FP32_SUMS) */
+    const int lf = (bf16 ? BE_ROUND : 0) | BE_FP32_SUMS;
     const float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
     if (n < 1 || n > w->max_rows) return ds_fail(e, DSOCR_E_INVALID_ARG, "decoder chunk of %d rows", n);
     float *x = s->x;
@@ -125,16 +127,16 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         if (L->qkv.data && n <= FUSED_ROWS) {
             ld = 3 * D;
             q = w->qkv, k = w->qkv + D, v = w->qkv + 2 * D;
-            be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), lf);
             be_mark(be, "dec.rope_kv");
             if (!s->table && be->rope_kv_write_dev)
                 be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v, ld);
             else
                 be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
         } else {
-            be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), bf16 ? BE_ROUND : 0);
-            be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), bf16 ? BE_ROUND : 0);
-            be->linear(be, v, D, w->a, D, n, D, L->v, D, ds_w_none(), bf16 ? BE_ROUND : 0);
+            be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), lf);
+            be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), lf);
+            be->linear(be, v, D, w->a, D, n, D, L->v, D, ds_w_none(), lf);
             be_mark(be, "dec.rope_kv");
             be->rope_neox(be, q, D, n, H, hd, s->pos_dev, theta, fl);
             be->rope_neox(be, k, D, n, H, hd, s->pos_dev, theta, fl);
@@ -149,7 +151,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         be_mark(be, "dec.attn");
         be->attention_kv(be, &a);
         be_mark(be, "dec.o");
-        be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), bf16 ? BE_ROUND : 0);
+        be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), lf);
         if (s->dump_dir) {
             snprintf(nm, sizeof nm, "layer%d.attn", l);
             if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->tmp, n, D, e))) return st;
@@ -159,20 +161,23 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         be_mark(be, L->moe ? "dec.moe" : "dec.dense");
         if (L->moe) {
             if (fused)
-                be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w, fl,
-                                    s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL, w->scratch);
+                be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w,
+                                    fl | BE_FP32_SUMS, s->dump_dir ? w->rlog : NULL,
+                                    s->dump_dir ? w->idx : NULL, w->scratch);
             else
-                be->moe(be, w->tmp, w->a, n, &L->moe_w, fl, s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL,
-                        w->scratch);
+                be->moe(be, w->tmp, w->a, n, &L->moe_w, fl | BE_FP32_SUMS, s->dump_dir ? w->rlog : NULL,
+                        s->dump_dir ? w->idx : NULL, w->scratch);
             if (s->dump_dir) {
                 snprintf(nm, sizeof nm, "layer%d.router_logits", l);
-                if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->rlog, n, c->n_routed_experts, e))) return st;
+                if ((st = dump_dev(be, s->dump_dir, nm, DUMP_F32, w->rlog, n, c->n_routed_experts, e)))
+                    return st;
                 snprintf(nm, sizeof nm, "layer%d.experts", l);
-                if ((st = dump_dev(be, s->dump_dir, nm, DUMP_I32, w->idx, n, c->num_experts_per_tok, e))) return st;
+                if ((st = dump_dev(be, s->dump_dir, nm, DUMP_I32, w->idx, n, c->num_experts_per_tok, e)))
+                    return st;
             }
         } else {
-            be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up, L->dense.down, fl,
-                       w->scratch);
+            be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up,
+                       L->dense.down, fl | BE_FP32_SUMS, w->scratch);
         }
         be_mark(be, "dec.norm");
         if (l + 1 < c->num_hidden_layers) {
@@ -190,7 +195,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         be_mark(be, "dec.lm_head");
         be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
         be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
-                   bf16 ? BE_ROUND : 0);
+                   lf);
     }
 #undef RND
     be_mark(be, "(idle)");

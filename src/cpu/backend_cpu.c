@@ -66,7 +66,7 @@ static void act_rows(float *y, int ldy, int M, int N, int flags) {
 }
 static void cpu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU));
+    ops_linear_cpu(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU | BE_FP32_SUMS));
     if (flags & BE_ROUND) round_rows(y, ldy, M, N);
     act_rows(y, ldy, M, N, flags);
 }
@@ -325,7 +325,7 @@ Backend *backend_cpu(void) { return &g_cpu; }
 
 static void ref_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                        int flags) {
-    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU));
+    ops_linear_ref(y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU | BE_FP32_SUMS));
     if (flags & BE_ROUND) round_rows(y, ldy, M, N);
     act_rows(y, ldy, M, N, flags);
 }

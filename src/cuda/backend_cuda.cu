@@ -665,8 +665,9 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         }
         return;
     }
-    if (M <= GEMV_ROWS) {
-        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU), (flags & BE_ROUND) != 0);
+    if (M <= GEMV_ROWS || ((flags & BE_FP32_SUMS) && !in16 && !out16)) { /* GEMV kernels: fp32 sums */
+        cu_gemv(b, y, ldy, x, ldx, M, K, w, N, bias, flags & ~(BE_ROUND | BE_GELU | BE_QGELU | BE_FP32_SUMS),
+                (flags & BE_ROUND) != 0);
         if (act_of(flags)) bias_round(cctx(b), y, ldy, M, N, ds_w_none(), flags);
         return;
     }
@@ -1283,15 +1284,16 @@ void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW ga
         cu_gemv(b, y, D, g, F, n, F, down, D, ds_w_none(), 0, bf);
         return;
     }
-    cu_linear(b, g, F, x, D, n, D, gate, F, ds_w_none(), 0);
-    cu_linear(b, u, F, x, D, n, D, up, F, ds_w_none(), 0);
+    const int sums = flags & BE_FP32_SUMS;
+    cu_linear(b, g, F, x, D, n, D, gate, F, ds_w_none(), sums);
+    cu_linear(b, u, F, x, D, n, D, up, F, ds_w_none(), sums);
     if (bf) {
         cu_round_bf16(b, g, (size_t)n * F);
         cu_round_bf16(b, u, (size_t)n * F);
     }
     silu_mul_k<<<grid_for((size_t)n * F), 256, 0, cctx(b)->stream>>>(g, u, (size_t)n * F, bf);
     CU_LAUNCHED();
-    cu_linear(b, y, D, g, F, n, F, down, D, ds_w_none(), 0);
+    cu_linear(b, y, D, g, F, n, F, down, D, ds_w_none(), sums);
     if (bf) cu_round_bf16(b, y, (size_t)n * D);
 }
 
