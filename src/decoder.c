@@ -104,8 +104,9 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     Backend *be = w->be;
     const int D = c->hidden_size, H = c->num_attention_heads, hd = c->head_dim, n = s->n, bf16 = s->bf16;
     const int fl = bf16 ? OPS_BF16 : 0;
-    /* the products' flags: rounded outputs in bf16, and fp32 sums (backend.h BE_FP32_SUMS) */
-    const int lf = (bf16 ? BE_ROUND : 0) | BE_FP32_SUMS;
+    /* the flags of the linears (outputs rounded in bf16) and of the MoE / MLP blocks, both with fp32 sums
+     * (backend.h BE_FP32_SUMS) */
+    const int lf = (bf16 ? BE_ROUND : 0) | BE_FP32_SUMS, ff = fl | BE_FP32_SUMS;
     const float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
     if (n < 1 || n > w->max_rows) return ds_fail(e, DSOCR_E_INVALID_ARG, "decoder chunk of %d rows", n);
     float *x = s->x;
@@ -161,11 +162,10 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         be_mark(be, L->moe ? "dec.moe" : "dec.dense");
         if (L->moe) {
             if (fused)
-                be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w,
-                                    fl | BE_FP32_SUMS, s->dump_dir ? w->rlog : NULL,
-                                    s->dump_dir ? w->idx : NULL, w->scratch);
+                be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w, ff,
+                                    s->dump_dir ? w->rlog : NULL, s->dump_dir ? w->idx : NULL, w->scratch);
             else
-                be->moe(be, w->tmp, w->a, n, &L->moe_w, fl | BE_FP32_SUMS, s->dump_dir ? w->rlog : NULL,
+                be->moe(be, w->tmp, w->a, n, &L->moe_w, ff, s->dump_dir ? w->rlog : NULL,
                         s->dump_dir ? w->idx : NULL, w->scratch);
             if (s->dump_dir) {
                 snprintf(nm, sizeof nm, "layer%d.router_logits", l);
@@ -177,7 +177,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             }
         } else {
             be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up,
-                       L->dense.down, fl | BE_FP32_SUMS, w->scratch);
+                       L->dense.down, ff, w->scratch);
         }
         be_mark(be, "dec.norm");
         if (l + 1 < c->num_hidden_layers) {

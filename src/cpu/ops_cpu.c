@@ -304,7 +304,8 @@ GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
  * Q8_0 outputs differ in rounding from an AVX2-only CPU's (the same fp32 dot products up to the order of their
  * sums, as ops_linear_ref's), while the 4-row decode kernel and the 1 to 4-row kernels still agree bit for bit. */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(__m512 a) {
-    const __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
+    const __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
     __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
     h = _mm_add_ps(h, _mm_movehl_ps(h, h));
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
@@ -466,6 +467,19 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
     }
 }
 
+/* out[0..4) = x · rows n .. n + 3 (decode, M = 1) by the 4-row kernel of w's dtype (bf16 or a block type) */
+static void gemv_r4(float *out, const float *x, DsW w, int n, int K) {
+    const int nb = K / QK;
+    if (w.dtype == DS_BF16)
+        gemv_r4_bf16(out, x, (const uint16_t *)w.data + (size_t)n * K, K);
+    else if (w.dtype == DS_Q8_0 && cpu_avx512())
+        gemv_r4_q8_0_z(out, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+    else if (w.dtype == DS_Q8_0)
+        gemv_r4_q8_0(out, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+    else
+        gemv_r4_q4_0(out, x, (const BlockQ4_0 *)w.data + (size_t)n * nb, nb);
+}
+
 enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 256 };
 
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
@@ -475,25 +489,10 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
     for (int bi = 0; bi < nblk; bi++) {
         int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
         int n = bi * GEMV_NB;
-        if (M == 1 && w.dtype == DS_BF16 && avx2) /* decode: 4 weight rows at a time */
-            for (; n + 4 <= n1; n += 4) {
+        if (M == 1 && avx2 && (w.dtype == DS_BF16 || (quant_is_block(w.dtype) && cpu_avx2_f16c())))
+            for (; n + 4 <= n1; n += 4) { /* decode: 4 weight rows at a time */
                 float r[4];
-                gemv_r4_bf16(r, x, (const uint16_t *)w.data + (size_t)n * K, K);
-                for (int j = 0; j < 4; j++) {
-                    float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
-                    y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
-                }
-            }
-        if (M == 1 && quant_is_block(w.dtype) && avx2 && cpu_avx2_f16c()) /* decode: 4 weight rows at a time */
-            for (; n + 4 <= n1; n += 4) {
-                float r[4];
-                int nb = K / QK;
-                if (w.dtype == DS_Q8_0 && cpu_avx512())
-                    gemv_r4_q8_0_z(r, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
-                else if (w.dtype == DS_Q8_0)
-                    gemv_r4_q8_0(r, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
-                else
-                    gemv_r4_q4_0(r, x, (const BlockQ4_0 *)w.data + (size_t)n * nb, nb);
+                gemv_r4(r, x, w, n, K);
                 for (int j = 0; j < 4; j++) {
                     float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
                     y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;

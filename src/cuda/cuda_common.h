@@ -60,7 +60,8 @@ typedef struct CudaCtx {
     size_t part_floats;
     int *kv_count;          /* [1024] zeroed counters for attention_kv's split merge */
     void *blas_ws;          /* [BLAS_WS_BYTES] cuBLAS workspace (cuBLASLt's too) */
-    int *moe_count;         /* [2] zeroed counters: route1_k's blocks done, its router blocks done (kv_count's allocation, after it) */
+    int *moe_count;         /* [2] zeroed counters: route1_k's blocks done, its router blocks done (kv_count's
+                             * allocation, after it) */
     float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
     int *amax_i, *amax_count;
     int exact_gemm;
