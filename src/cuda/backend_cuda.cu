@@ -170,32 +170,30 @@ struct GemvArgs {
 
 template <int R>
 __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
-    pdl_wait();
     int n = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x & 31;
+    /* one row of x (decode), bf16 rows of up to 2,048: the lane's weights loaded before the wait (pre_load) */
+    const bool pre = R == 1 && a.vec && a.wdt == DS_BF16 && n < a.N && a.K / 8 <= PRE_U * 32;
+    uint4 pq[PRE_U];
+    if (pre) pre_load(pq, (const uint16_t *)a.w + (size_t)n * a.K, a.K / 8, lane);
+    pdl_wait();
     if (n >= a.N) return;
     int m0 = blockIdx.y * R, nr = min(R, a.M - m0);
     float acc[R];
 #pragma unroll
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     const float *x0 = a.x + (size_t)m0 * a.ldx;
-    if (a.vec && a.wdt == DS_BF16) {
+    if (pre) {
+#pragma unroll
+        for (int i = 0; i < PRE_U; i++)
+            if (lane + 32 * i < a.K / 8) acc[0] += bf16x8_dot(pq[i], x0 + 8 * (lane + 32 * i));
+    } else if (a.vec && a.wdt == DS_BF16) {
         const uint4 *wr = (const uint4 *)((const uint16_t *)a.w + (size_t)n * a.K);
 #pragma unroll 4
         for (int k8 = lane; k8 < a.K / 8; k8 += 32) {
-            uint4 q = __ldg(wr + k8);
-            float wv[8] = {__uint_as_float(q.x << 16), __uint_as_float(q.x & 0xffff0000u),
-                           __uint_as_float(q.y << 16), __uint_as_float(q.y & 0xffff0000u),
-                           __uint_as_float(q.z << 16), __uint_as_float(q.z & 0xffff0000u),
-                           __uint_as_float(q.w << 16), __uint_as_float(q.w & 0xffff0000u)};
+            const uint4 q = __ldg(wr + k8);
 #pragma unroll
-            for (int r = 0; r < R; r++) {
-                if (r < nr) {
-                    const float4 *xr = (const float4 *)(x0 + (size_t)r * a.ldx) + 2 * k8;
-                    float4 u = xr[0], v = xr[1];
-                    acc[r] += u.x * wv[0] + u.y * wv[1] + u.z * wv[2] + u.w * wv[3] + v.x * wv[4] + v.y * wv[5] +
-                              v.z * wv[6] + v.w * wv[7];
-                }
-            }
+            for (int r = 0; r < R; r++)
+                if (r < nr) acc[r] += bf16x8_dot(q, x0 + (size_t)r * a.ldx + 8 * k8);
         }
     } else if (a.vec) {
         const float4 *wr = (const float4 *)((const float *)a.w + (size_t)n * a.K);
@@ -773,6 +771,13 @@ __global__ void rmsnorm_k(float *y, int ldy, const float *x, int ldx, int n, con
 /* x = x + r (bf16-rounded with bf), then rmsnorm_k's arithmetic on the new row: the same thread owns the same
  * elements in both passes, so no barrier is needed between the write of x and its reads. */
 __global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const void *w, int wdt, float eps, int bf) {
+    enum { WPRE = 8 }; /* the thread's norm weights (at most 8) read before the wait: they are not the kernel before's */
+    float wp[WPRE];
+#pragma unroll
+    for (int k = 0; k < WPRE; k++) {
+        const int i = threadIdx.x + k * blockDim.x;
+        wp[k] = i < n ? wget(w, wdt, i) : 0.f;
+    }
     pdl_wait();
     __shared__ float sh[32];
     float *xr = x + (size_t)blockIdx.x * n;
@@ -786,10 +791,10 @@ __global__ void add_rmsnorm_k(float *y, float *x, const float *res, int n, const
         s += v * v;
     }
     float r = (float)(1.0 / sqrt((double)block_sum(s, sh) / n + eps));
-    for (int i = threadIdx.x; i < n; i += blockDim.x) {
+    for (int i = threadIdx.x, k = 0; i < n; i += blockDim.x, k++) {
         float v = xr[i] * r;
         if (bf) v = rbf(v);
-        v *= wget(w, wdt, i);
+        v *= k < WPRE ? wp[k] : wget(w, wdt, i);
         if (bf) v = rbf(v);
         yr[i] = v;
     }

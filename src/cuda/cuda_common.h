@@ -141,6 +141,23 @@ static __device__ __forceinline__ float wget(const void *w, int dt, size_t i) {
     return d * (float)(q - 8);
 }
 static __host__ __device__ inline int is_block(int dt) { return dt == DS_Q8_0 || dt == DS_Q4_0; }
+/* x[0..8) · the 8 bf16 weights of q (one 16-byte piece of a bf16 row), summed as every bf16 GEMV here sums them */
+static __device__ __forceinline__ float bf16x8_dot(uint4 q, const float *x) {
+    const float4 u = ((const float4 *)x)[0], v = ((const float4 *)x)[1];
+    return u.x * __uint_as_float(q.x << 16) + u.y * __uint_as_float(q.x & 0xffff0000u) +
+           u.z * __uint_as_float(q.y << 16) + u.w * __uint_as_float(q.y & 0xffff0000u) +
+           v.x * __uint_as_float(q.z << 16) + v.y * __uint_as_float(q.z & 0xffff0000u) +
+           v.z * __uint_as_float(q.w << 16) + v.w * __uint_as_float(q.w & 0xffff0000u);
+}
+/* A decode kernel's weights do not depend on the kernel before it, so a lane can load its share of a bf16 row
+ * (pieces lane, lane + 32, ..., at most PRE_U) into registers before pdl_wait(): the row's DRAM round trip then
+ * overlaps the previous kernel's tail instead of following it. */
+enum { PRE_U = 8 };
+static __device__ __forceinline__ void pre_load(uint4 (&q)[PRE_U], const void *row, int n8, int lane) {
+#pragma unroll
+    for (int i = 0; i < PRE_U; i++)
+        if (lane + 32 * i < n8) q[i] = __ldg((const uint4 *)row + lane + 32 * i);
+}
 static __host__ __device__ inline size_t wrow_bytes(int dt, int K) {
     return dt == DS_Q8_0 ? (size_t)K / 32 * QB8 : dt == DS_Q4_0 ? (size_t)K / 32 * QB4 : (size_t)K * (dt == DS_BF16 ? 2 : 4);
 }

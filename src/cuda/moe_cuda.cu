@@ -389,16 +389,9 @@ __global__ void combine_k(float *y, const float *ysl, const float *shared, const
 /* One column of a gate/up pair for one row x: *out = SiLU(x·wg)·(x·wu) with gateup_k's arithmetic (lane 0 writes).
  * QW 0: bf16 rows (x and the rows 16-byte aligned, D % 8 == 0); QW 1: rows of block type wdt (D % 32 == 0). The
  * single-token kernels are instantiated once for each, so that the bf16 path keeps its own registers. */
-template <int QW>
-static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int wdt, int D,
-                                                  int lane, int bf, float *out) {
-    const float *xr[MR] = {x, x, x, x};
-    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
-    if (QW)
-        qdot2_dt(g[0], u[0], x, wg, wu, wdt, D, lane);
-    else
-        dot_rows2(g, u, xr, 1, wg, wu, D, lane);
-    float gv = warp_sum(g[0]), uv = warp_sum(u[0]);
+/* gateup_col's last step: the lanes' shares g and u summed, then *out = SiLU(g)·u (lane 0 writes) */
+static __device__ __forceinline__ void gateup_finish(float g, float u, int lane, int bf, float *out) {
+    float gv = warp_sum(g), uv = warp_sum(u);
     if (lane == 0) {
         if (bf) {
             gv = rbf(gv);
@@ -409,6 +402,17 @@ static __device__ __forceinline__ void gateup_col(const float *x, const void *wg
         float v = sv * uv;
         *out = bf ? rbf(v) : v;
     }
+}
+template <int QW>
+static __device__ __forceinline__ void gateup_col(const float *x, const void *wg, const void *wu, int wdt, int D,
+                                                  int lane, int bf, float *out) {
+    const float *xr[MR] = {x, x, x, x};
+    float g[MR] = {0.f, 0.f, 0.f, 0.f}, u[MR] = {0.f, 0.f, 0.f, 0.f};
+    if (QW)
+        qdot2_dt(g[0], u[0], x, wg, wu, wdt, D, lane);
+    else
+        dot_rows2(g, u, xr, 1, wg, wu, D, lane);
+    gateup_finish(g[0], u[0], lane, bf, out);
 }
 
 enum { R1B = 8, R1W = 8 }; /* route1_k: blocks, warps per block (a warp per expert's router dot) */
@@ -434,6 +438,19 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
                                                      int bf, float *lg, int *count, int32_t *idx, float *wts,
                                                      float *out_logits, int32_t *out_experts, PreNorm pn,
                                                      SharedUp su) {
+    /* bf16 weights (rows of at most 2,048): the warp's router row or shared gate and up rows loaded before the wait */
+    const int wp = threadIdx.x / 32, ln = threadIdx.x & 31, fsh = ((int)blockIdx.x - R1B) * R1W + wp;
+    const bool pre_sh = QW == 0 && blockIdx.x >= R1B && fsh < su.S && su.wdt == DS_BF16 && D % 8 == 0 &&
+                        D / 8 <= PRE_U * 32;
+    const bool pre_r = QW == 0 && blockIdx.x < R1B && E <= R1B * R1W && (int)blockIdx.x * R1W + wp < E &&
+                       rdt == DS_BF16 && D % 8 == 0 && D / 8 <= PRE_U * 32;
+    uint4 pg[PRE_U], pu[PRE_U];
+    if (pre_sh) {
+        pre_load(pg, (const uint16_t *)su.gate + (size_t)fsh * D, D / 8, ln);
+        pre_load(pu, (const uint16_t *)su.up + (size_t)fsh * D, D / 8, ln);
+    } else if (pre_r) {
+        pre_load(pg, (const uint16_t *)rw + (size_t)(blockIdx.x * R1W + wp) * D, D / 8, ln);
+    }
     pdl_wait();
     __shared__ float p[MAXE];
     __shared__ float sh[32];
@@ -464,12 +481,26 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     if (blockIdx.x >= R1B) { /* a shared-expert block */
         const int f = (blockIdx.x - R1B) * R1W + warp;
         const size_t wo = (size_t)f * wrow_bytes(su.wdt, D);
-        if (f < su.S)
+        if (pre_sh) {
+            float g = 0.f, u = 0.f;
+#pragma unroll
+            for (int i = 0; i < PRE_U; i++)
+                if (lane + 32 * i < D / 8) {
+                    g += bf16x8_dot(pg[i], x + 8 * (lane + 32 * i));
+                    u += bf16x8_dot(pu[i], x + 8 * (lane + 32 * i));
+                }
+            gateup_finish(g, u, lane, bf, su.out + f);
+        } else if (f < su.S) {
             gateup_col<QW>(x, (const char *)su.gate + wo, (const char *)su.up + wo, su.wdt, D, lane, bf, su.out + f);
+        }
     }
     for (int e = blockIdx.x * R1W + warp; blockIdx.x < R1B && e < E; e += R1B * R1W) {
         float acc = 0.f;
-        if (rdt == DS_BF16 && D % 8 == 0) {
+        if (pre_r) {
+#pragma unroll
+            for (int i = 0; i < PRE_U; i++)
+                if (lane + 32 * i < D / 8) acc += bf16x8_dot(pg[i], x + 8 * (lane + 32 * i));
+        } else if (rdt == DS_BF16 && D % 8 == 0) {
             const uint4 *wr = (const uint4 *)((const uint16_t *)rw + (size_t)e * D);
 #pragma unroll 4
             for (int k8 = lane; k8 < D / 8; k8 += 32) {
