@@ -164,6 +164,13 @@ struct Backend {
     void (*rope_kv_write_dev)(Backend *b, float *qk, int ld, int n, int n_heads, int head_dim, const int32_t *pos,
                               float theta, int flags, KvCache *kv, int layer, const int32_t *const *tables,
                               const float *v, int ldv);
+    /* For ONE row: linear(qkv, 3·n_heads·head_dim, x, D, 1, D, w, 3·n_heads·head_dim, none, lin_flags) of the fused
+     * [q; k; v] weights, then rope_kv_write_dev(qkv, 3·n_heads·head_dim, 1, n_heads, head_dim, pos, theta,
+     * rope_flags, kv, layer, tables, qkv + 2·n_heads·head_dim, ...), as one call a backend may fuse. Returns 1 when
+     * it did both, 0 when it did nothing (the caller then makes the calls). NULL: always the calls. */
+    int (*qkv_rope_kv_dev)(Backend *b, float *qkv, const float *x, int D, DsW w, int n_heads, int head_dim,
+                           const int32_t *pos, float theta, int lin_flags, int rope_flags, KvCache *kv, int layer,
+                           const int32_t *const *tables);
 
     /* out[0] = the index of the largest of x[0..n) (backend memory; the first one on ties, NaNs skipped, 0 when
      * all are NaN), as ops_argmax. step, when non-NULL: also step[0] = that index and step[1] += 1 (a decode

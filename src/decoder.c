@@ -124,16 +124,24 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         /* q, k, v: one product into [n, 3D] rows when the weights are fused (then q and k, adjacent, take one
          * RoPE call as 2H heads), else three; the same arithmetic per element either way */
         float *q = w->q, *k = w->k, *v = w->v;
-        int ld = D;
+        int ld = D, kv_done = 0;
         if (L->qkv.data && n <= FUSED_ROWS) {
             ld = 3 * D;
             q = w->qkv, k = w->qkv + D, v = w->qkv + 2 * D;
-            be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), lf);
-            be_mark(be, "dec.rope_kv");
-            if (!s->table && be->rope_kv_write_dev)
-                be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v, ld);
-            else
-                be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
+            /* one row on the device: the product, RoPE and the cache write as one call where the backend fuses */
+            kv_done = n == 1 && !s->table && be->qkv_rope_kv_dev &&
+                      be->qkv_rope_kv_dev(be, w->qkv, w->a, D, L->qkv, H, hd, s->pos_dev, theta, lf, fl, s->kv, l,
+                                          s->tables_dev);
+            if (!kv_done) {
+                be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), lf);
+                be_mark(be, "dec.rope_kv");
+                kv_done = !s->table && be->rope_kv_write_dev;
+                if (kv_done)
+                    be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v,
+                                          ld);
+                else
+                    be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
+            }
         } else {
             be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), lf);
             be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), lf);
@@ -144,7 +152,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         }
         if (s->table)
             be->kv_write(be, s->kv, l, s->table, s->pos0, n, k, ld, v, ld);
-        else if (!(ld == 3 * D && be->rope_kv_write_dev))
+        else if (!kv_done)
             be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, k, ld, v, ld);
         OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,

@@ -1126,18 +1126,35 @@ static __device__ __forceinline__ float2 rope_cs(int i, int hd, int p, float the
     }
     return make_float2(c, s);
 }
-/* One rotation pair (i, i + half) of a head row r by (c, s) = cs. */
-static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, float2 cs, int bf) {
-    const int half = hd / 2;
-    const float c = cs.x, s = cs.y;
-    float x1 = r[i], x2 = r[i + half];
+/* The rotation of one pair (x1, x2) by (c, s) = cs, in place. */
+static __device__ __forceinline__ void rope_rot(float &x1, float &x2, float2 cs, int bf) {
+    const float c = cs.x, s = cs.y, a = x1, b = x2;
     if (bf) {
-        r[i] = rbf(rbf(x1 * c) + rbf(-x2 * s));
-        r[i + half] = rbf(rbf(x2 * c) + rbf(x1 * s));
+        x1 = rbf(rbf(a * c) + rbf(-b * s));
+        x2 = rbf(rbf(b * c) + rbf(a * s));
     } else {
-        r[i] = __fsub_rn(__fmul_rn(x1, c), __fmul_rn(x2, s));
-        r[i + half] = __fadd_rn(__fmul_rn(x2, c), __fmul_rn(x1, s));
+        x1 = __fsub_rn(__fmul_rn(a, c), __fmul_rn(b, s));
+        x2 = __fadd_rn(__fmul_rn(b, c), __fmul_rn(a, s));
     }
+}
+/* One rotation pair (i, i + half) of a head row r by cs. */
+static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, float2 cs, int bf) {
+    rope_rot(r[i], r[i + hd / 2], cs, bf);
+}
+/* Column c of the k (is_v 0) or v row at position p of a layer in the block-laid cache (kv_write_dev_k's layout);
+ * nothing where the position's block is outside the pool (the host checks positions; never write outside). */
+struct KvDst {
+    void *data;
+    int bf16, L, width, bs, layer, n_blocks;
+};
+static __device__ __forceinline__ void kv_put(const KvDst &d, const int32_t *table, int p, int c, int is_v, float v) {
+    const int blk = p >= 0 ? table[p / d.bs] : -1;
+    if (blk < 0 || blk >= d.n_blocks) return;
+    const size_t e = ((size_t)(blk * d.L + d.layer) * 2 * d.bs + p % d.bs) * d.width + (is_v ? (size_t)d.bs * d.width : 0) + c;
+    if (d.bf16)
+        ((uint16_t *)d.data)[e] = f2bf(v);
+    else
+        ((float *)d.data)[e] = v;
 }
 
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
@@ -1155,43 +1172,89 @@ __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32
 
 /* rope_k over the 2H q and k heads of each row, then the k heads' rotated pairs and the v row stored into the
  * cache as kv_write_dev_k stores them: threads [0, T·2H·half) rotate, [that, + T·W) copy v. */
-__global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf,
-                          void *data, int kv_bf16, int L, int width, int bs, int layer, int n_blocks,
+__global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf, KvDst d,
                           const int32_t *const *tables, const float *v, int ldv) {
     const int half = hd / 2;
-    const size_t nr = (size_t)T * 2 * H * half, n = nr + (size_t)T * width;
+    const size_t nr = (size_t)T * 2 * H * half, n = nr + (size_t)T * d.width;
     const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
     float2 cs0 = make_float2(0.f, 0.f);
     if (first < nr) cs0 = rope_cs((int)(first % half), hd, pos[first / ((size_t)half * 2 * H)], theta, bf);
     pdl_wait();
     GRID_STRIDE(idx, n) {
-        int t, c0, c1 = -1;
-        float k0 = 0.f, k1 = 0.f;
         if (idx < nr) {
-            const int i = (int)(idx % half), h = (int)((idx / half) % (2 * H));
-            t = (int)(idx / ((size_t)half * 2 * H));
+            const int i = (int)(idx % half), h = (int)((idx / half) % (2 * H)), t = (int)(idx / ((size_t)half * 2 * H));
             float *r = x + (size_t)t * ld + (size_t)h * hd;
             rope_pair(r, i, hd, idx == first ? cs0 : rope_cs(i, hd, pos[t], theta, bf), bf);
             if (h < H) continue;
-            c0 = (h - H) * hd + i, c1 = c0 + half;
-            k0 = r[i], k1 = r[i + half];
+            kv_put(d, tables[0], pos[t], (h - H) * hd + i, 0, r[i]);
+            kv_put(d, tables[0], pos[t], (h - H) * hd + i + half, 0, r[i + half]);
         } else {
-            t = (int)((idx - nr) / width);
-            c0 = (int)((idx - nr) % width);
-            k0 = v[(size_t)t * ldv + c0];
-        }
-        const int p = pos[t];
-        const int blk = p >= 0 ? tables[0][p / bs] : -1;
-        if (blk < 0 || blk >= n_blocks) continue; /* the host checks positions; never write outside */
-        size_t row = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + (c1 < 0 ? (size_t)bs * width : 0);
-        if (kv_bf16) {
-            ((uint16_t *)data)[row + c0] = f2bf(k0);
-            if (c1 >= 0) ((uint16_t *)data)[row + c1] = f2bf(k1);
-        } else {
-            ((float *)data)[row + c0] = k0;
-            if (c1 >= 0) ((float *)data)[row + c1] = k1;
+            const int t = (int)((idx - nr) / d.width), c = (int)((idx - nr) % d.width);
+            kv_put(d, tables[0], pos[t], c, 1, v[(size_t)t * ldv + c]);
         }
     }
+}
+
+/* One row x [D] (decode) times the fused [q; k; v] weights w [3·H·hd, D] (bf16, D ≤ 8·32·PRE_U) summed as gemv_k<1>
+ * sums it (the lane's weights loaded before the wait, the warp's sum, rounded with round), then rope_kv_k's work on
+ * the result, in one kernel of 8 warps a block. Blocks [0, nqk) each hold 4 rotation pairs of one q or k head (warps
+ * 0-3 the columns i .. i + 3 of the head, warps 4-7 those half further on): the sums meet in shared memory, warp j's
+ * lane 0 rotates pair j and stores it (and a k pair into the cache). The blocks after hold 8 v columns each, stored
+ * and copied into the cache. The same arithmetic as linear then rope_kv_write_dev, bit for bit. */
+__global__ void __launch_bounds__(256, 4) qkv_rope_k(float *y, const float *x, const uint16_t *w, int D, int H, int hd,
+                                                  const int32_t *pos, float theta, int round, int bf, KvDst d,
+                                                  const int32_t *const *tables) {
+    const int half = hd / 2, warp = threadIdx.x / 32, lane = threadIdx.x & 31, N = 3 * H * hd;
+    const int nqk = H * half / 2, b = blockIdx.x; /* 2H heads, half / 4 blocks a head */
+    int col, h = 0, i = 0;
+    if (b < nqk) {
+        h = b / (half / 4);
+        i = (b % (half / 4)) * 4 + (warp & 3);
+        col = h * hd + i + (warp >= 4 ? half : 0);
+    } else {
+        col = 2 * H * hd + (b - nqk) * 8 + warp;
+    }
+    /* pair j's cos and sin into shared memory first (no registers held across the loads and sums), then the
+     * lane's weights; both before the wait */
+    const int p = pos[0];
+    __shared__ float2 cs[4];
+    if (b < nqk && warp < 4 && lane == 0) cs[warp] = rope_cs(i, hd, p, theta, bf);
+    uint4 pq[PRE_U];
+    if (col < N) pre_load(pq, w + (size_t)col * D, D / 8, lane);
+    pdl_wait();
+    float acc = 0.f;
+    if (col < N) {
+#pragma unroll
+        for (int u = 0; u < PRE_U; u++)
+            if (lane + 32 * u < D / 8) acc += bf16x8_dot(pq[u], x + 8 * (lane + 32 * u));
+    }
+    acc = warp_sum(acc);
+    if (round) acc = rbf(acc);
+    __shared__ float sv[8];
+    if (b >= nqk) {
+        if (lane == 0 && col < N) {
+            y[col] = acc;
+            kv_put(d, tables[0], p, col - 2 * H * hd, 1, acc);
+        }
+        return;
+    }
+    if (lane == 0) sv[warp] = acc;
+    __syncthreads();
+    if (warp < 4 && lane == 0) {
+        float x1 = sv[warp], x2 = sv[warp + 4];
+        rope_rot(x1, x2, cs[warp], bf);
+        y[col] = x1;
+        y[col + half] = x2;
+        if (h >= H) {
+            kv_put(d, tables[0], p, (h - H) * hd + i, 0, x1);
+            kv_put(d, tables[0], p, (h - H) * hd + i + half, 0, x2);
+        }
+    }
+}
+
+static KvDst kv_dst(const KvCache *kv, int layer) {
+    KvDst d = {kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer, kv->n_blocks};
+    return d;
 }
 
 static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, int hd, const int32_t *pos, float theta,
@@ -1202,9 +1265,22 @@ static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, in
     if (n <= 0) return;
     size_t total = (size_t)n * 2 * H * (hd / 2) + (size_t)n * kv->width;
     launch_pdl(cctx(b), rope_kv_k, dim3(grid_for(total)), dim3(256), 0, qk, ld, n, H, hd, pos, theta,
-               flags & OPS_BF16, kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer,
-               kv->n_blocks, tables, v, ldv);
+               flags & OPS_BF16, kv_dst(kv, layer), tables, v, ldv);
     CU_LAUNCHED();
+}
+
+static int cu_qkv_rope_kv_dev(Backend *b, float *qkv, const float *x, int D, DsW w, int H, int hd, const int32_t *pos,
+                              float theta, int lin_flags, int rope_flags, KvCache *kv, int layer,
+                              const int32_t *const *tables) {
+    if (w.dtype != DS_BF16 || D % 8 || D / 8 > PRE_U * 32 || hd % 8 || (lin_flags & ~(BE_ROUND | BE_FP32_SUMS)) ||
+        ((uintptr_t)x & 15) || ((uintptr_t)w.data & 15) || H * hd != kv->width ||
+        (kv->dtype != DS_BF16 && kv->dtype != DS_F32) || layer < 0 || layer >= kv->n_layers || !tables || !pos)
+        return 0;
+    const int nqk = H * (hd / 2) / 2, nv = (int)cdiv((size_t)H * hd, 8);
+    launch_pdl(cctx(b), qkv_rope_k, dim3(nqk + nv), dim3(256), 0, qkv, x, (const uint16_t *)w.data, D, H, hd, pos, theta,
+               (lin_flags & BE_ROUND) != 0, rope_flags & OPS_BF16, kv_dst(kv, layer), tables);
+    CU_LAUNCHED();
+    return 1;
 }
 
 static void cu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
@@ -1701,6 +1777,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->moe = cu_moe;
     b->add_rmsnorm_moe = cu_add_rmsnorm_moe;
     b->rope_kv_write_dev = cu_rope_kv_write_dev;
+    b->qkv_rope_kv_dev = cu_qkv_rope_kv_dev;
     b->moe_scratch_floats = cu_moe_scratch;
     b->chw_to_hwc = cu_chw_to_hwc;
     b->window_partition = cu_window_partition;

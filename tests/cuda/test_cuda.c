@@ -1478,6 +1478,35 @@ static void test_decode_graph(void) {
             free(a), free(c), free(qkv);
             B->free(B, q1), B->free(B, q2);
         }
+        /* qkv_rope_kv_dev (one row: the fused [q; k; v] product, RoPE and the cache write in one kernel) ==
+         * linear then rope_kv_write_dev, bit for bit: heads of 8 (one block of pairs a head) and of 24 (three),
+         * inputs of 40 and of 1,288 (a partial last load round); heads of 12 are refused (0, nothing done) */
+        for (int cse = 0; cse < 4; cse++) {
+            const int H = cse & 1 ? 1 : 3, hd = Dm / H, D = cse & 2 ? 1288 : 40, N = 3 * Dm;
+            const int fl = cse == 1 ? 0 : OPS_BF16, lf = (fl ? BE_ROUND : 0) | BE_FP32_SUMS;
+            uint16_t *wq = rnd_bf16((size_t)N * D, 1.0f);
+            float *xq = rnd(D, 1.0f);
+            DsW W = {.data = dev(wq, (size_t)N * D * 2), .dtype = DS_BF16};
+            float *dx = dev(xq, (size_t)D * 4), *y1 = dev_nan(N), *y2 = dev_nan(N);
+            B->memset0(B, kg.data, pool);
+            B->memset0(B, kd.data, pool);
+            const int did = B->qkv_rope_kv_dev(B, y1, dx, D, W, H, hd, dpos, 10000.f, lf, fl, &kg, 1,
+                                               (const int32_t *const *)dtabs);
+            B->linear(B, y2, N, dx, D, 1, D, W, N, ds_w_none(), lf);
+            B->rope_kv_write_dev(B, y2, N, 1, H, hd, dpos, 10000.f, fl, &kd, 1, (const int32_t *const *)dtabs,
+                                 y2 + 2 * Dm, N);
+            float *a = down(y1, N), *c = down(y2, N);
+            B->download(B, pg, kg.data, pool);
+            B->download(B, pd, kd.data, pool);
+            CHECKF(did == 1 && exact_eq(a, c, N) && memcmp(pg, pd, pool) == 0,
+                   "qkv_rope_kv_dev differs from linear + rope_kv_write_dev (%s, H %d, hd %d, D %d, bf16 %d)", dn, H,
+                   hd, D, fl);
+            CHECKF(B->qkv_rope_kv_dev(B, y1, dx, D, W, 2, 12, dpos, 10000.f, lf, fl, &kg, 1,
+                                      (const int32_t *const *)dtabs) == 0,
+                   "qkv_rope_kv_dev took heads of 12 (its kernel needs head_dim %% 8 == 0)");
+            free(a), free(c), free(wq), free(xq);
+            B->free(B, (void *)W.data), B->free(B, dx), B->free(B, y1), B->free(B, y2);
+        }
         printf("  decode graph (%s): %d replays match direct runs bit for bit\n", dn, steps);
         B->graph_free(B, g);
         free(pg), free(pd), free(k), free(v), free(tab_h);
