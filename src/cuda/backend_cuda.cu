@@ -1252,6 +1252,55 @@ __global__ void __launch_bounds__(256, 4) qkv_rope_k(float *y, const float *x, c
     }
 }
 
+/* qkv_rope_k for block-type weights (Q8_0 / Q4_0, D % 32 == 0): gemvq1_k's sums, a warp two columns with the
+ * first batch of loads before the wait. Warps [0, H·hd) take the two columns of one rotation pair (i, i + half) of
+ * a q or k head, which lane 0 then rotates and stores (a k pair into the cache too); the warps after take two
+ * adjacent v columns as gemvq1_k pairs them, stored and copied into the cache. */
+template <int DT>
+__global__ void __launch_bounds__(256, 4) qkv_rope_q_k(float *y, const float *x, const uint8_t *w, int D, int H, int hd,
+                                                       const int32_t *pos, float theta, int round, int bf, KvDst d,
+                                                       const int32_t *const *tables) {
+    const int half = hd / 2, lane = threadIdx.x & 31, warp = threadIdx.x / 32, wg = blockIdx.x * 8 + warp;
+    const int W = H * hd, N = 3 * W, nb = D / 32;
+    const bool pair = wg < W; /* 2H heads of half pairs */
+    const int h = pair ? wg / half : 0, i = pair ? wg % half : 0;
+    const int c0 = pair ? h * hd + i : 2 * W + 2 * (wg - W), c1 = pair ? c0 + half : (c0 + 1 < N ? c0 + 1 : c0);
+    const int p = pos[0];
+    __shared__ float2 cs[8]; /* the warp's cos and sin, first (no registers held across the loads) */
+    if (pair && lane == 0) cs[warp] = rope_cs(i, hd, p, theta, bf);
+    const size_t rb = (size_t)nb * qbytes(DT);
+    Q2Batch<DT> q;
+    if (c0 < N) qdot2_load<DT>(q, w + (size_t)c0 * rb, w + (size_t)c1 * rb, lane >> 2, nb, lane & 3);
+    pdl_wait();
+    if (c0 >= N) return;
+    float g = 0.f, u = 0.f;
+    qdot2_use<DT>(g, u, q, x, lane >> 2, nb, lane & 3, ((uintptr_t)x & 15) == 0);
+    qdot2<DT>(g, u, x, w + (size_t)c0 * rb, w + (size_t)c1 * rb, D, lane, 8 * QU2);
+    g = warp_sum(g);
+    u = warp_sum(u);
+    if (lane) return;
+    if (round) {
+        g = rbf(g);
+        u = rbf(u);
+    }
+    if (pair) {
+        rope_rot(g, u, cs[warp], bf);
+        y[c0] = g;
+        y[c1] = u;
+        if (h >= H) {
+            kv_put(d, tables[0], p, c0 - W, 0, g);
+            kv_put(d, tables[0], p, c1 - W, 0, u);
+        }
+    } else {
+        y[c0] = g;
+        kv_put(d, tables[0], p, c0 - 2 * W, 1, g);
+        if (c1 != c0) {
+            y[c1] = u;
+            kv_put(d, tables[0], p, c1 - 2 * W, 1, u);
+        }
+    }
+}
+
 static KvDst kv_dst(const KvCache *kv, int layer) {
     KvDst d = {kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer, kv->n_blocks};
     return d;
@@ -1272,13 +1321,26 @@ static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, in
 static int cu_qkv_rope_kv_dev(Backend *b, float *qkv, const float *x, int D, DsW w, int H, int hd, const int32_t *pos,
                               float theta, int lin_flags, int rope_flags, KvCache *kv, int layer,
                               const int32_t *const *tables) {
-    if (w.dtype != DS_BF16 || D % 8 || D / 8 > PRE_U * 32 || hd % 8 || (lin_flags & ~(BE_ROUND | BE_FP32_SUMS)) ||
-        ((uintptr_t)x & 15) || ((uintptr_t)w.data & 15) || H * hd != kv->width ||
+    if ((lin_flags & ~(BE_ROUND | BE_FP32_SUMS)) || hd % 2 || H * hd != kv->width ||
         (kv->dtype != DS_BF16 && kv->dtype != DS_F32) || layer < 0 || layer >= kv->n_layers || !tables || !pos)
         return 0;
-    const int nqk = H * (hd / 2) / 2, nv = (int)cdiv((size_t)H * hd, 8);
+    const int round = (lin_flags & BE_ROUND) != 0, bf = rope_flags & OPS_BF16, W = H * hd;
+    if (is_block(w.dtype) && D % 32 == 0) {
+        const dim3 grid(cdiv((size_t)W + cdiv(W, 2), 8));
+        if (w.dtype == DS_Q8_0)
+            launch_pdl(cctx(b), qkv_rope_q_k<DS_Q8_0>, grid, dim3(256), 0, qkv, x, (const uint8_t *)w.data, D, H, hd,
+                       pos, theta, round, bf, kv_dst(kv, layer), tables);
+        else
+            launch_pdl(cctx(b), qkv_rope_q_k<DS_Q4_0>, grid, dim3(256), 0, qkv, x, (const uint8_t *)w.data, D, H, hd,
+                       pos, theta, round, bf, kv_dst(kv, layer), tables);
+        CU_LAUNCHED();
+        return 1;
+    }
+    if (w.dtype != DS_BF16 || D % 8 || D / 8 > PRE_U * 32 || hd % 8 || ((uintptr_t)x & 15) || ((uintptr_t)w.data & 15))
+        return 0;
+    const int nqk = H * (hd / 2) / 2, nv = (int)cdiv(W, 8);
     launch_pdl(cctx(b), qkv_rope_k, dim3(nqk + nv), dim3(256), 0, qkv, x, (const uint16_t *)w.data, D, H, hd, pos, theta,
-               (lin_flags & BE_ROUND) != 0, rope_flags & OPS_BF16, kv_dst(kv, layer), tables);
+               round, bf, kv_dst(kv, layer), tables);
     CU_LAUNCHED();
     return 1;
 }

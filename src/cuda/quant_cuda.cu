@@ -34,16 +34,19 @@ __global__ void __launch_bounds__(QG_WARPS * 32) gemvq_k(GemvQArgs a) {
     gemv_rows_store<R>(acc, nr, lane, a.y, a.ldy, m0, n, a.bias, a.bdt, a.accum, a.round);
 }
 
-/* One row of x: columns n, n + 1 per warp. */
+/* One row of x: columns n, n + 1 per warp, the first batch of weight loads issued before the wait. */
 template <int DT>
 __global__ void __launch_bounds__(QG_WARPS * 32, 4) gemvq1_k(GemvQArgs a) {
-    pdl_wait();
     const int n = 2 * (blockIdx.x * QG_WARPS + threadIdx.x / 32), lane = threadIdx.x & 31;
-    if (n >= a.N) return;
     const size_t rb = (size_t)(a.K / 32) * qbytes(DT);
     const int n1 = n + 1 < a.N ? n + 1 : n;
+    Q2Batch<DT> q;
+    if (n < a.N) qdot2_load<DT>(q, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, lane >> 2, a.K / 32, lane & 3);
+    pdl_wait();
+    if (n >= a.N) return;
     float g = 0.f, u = 0.f;
-    qdot2<DT>(g, u, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane);
+    qdot2_use<DT>(g, u, q, a.x, lane >> 2, a.K / 32, lane & 3, ((uintptr_t)a.x & 15) == 0);
+    qdot2<DT>(g, u, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane, 8 * QU2);
     g = warp_sum(g);
     u = warp_sum(u);
     if (lane < 2 && n + lane < a.N) gemv_store(a.y + n + lane, lane ? u : g, a.bias, a.bdt, n + lane, a.accum, a.round);

@@ -125,27 +125,44 @@ static __device__ __forceinline__ void qdot(float *acc, const float *const *x, i
     }
 }
 
-/* g += x · wg and u += x · wu (this lane's shares): one row x against a gate row and an up row of type DT. */
+/* qdot2's batch from block kb0 (the lane's blocks kb0, kb0 + 8, ...): its loads, then its sums. Apart so that a
+ * kernel can issue the first batch's loads before pdl_wait (weights are no kernel's output). */
+template <int DT> struct Q2Batch {
+    QRaw g[QU2], u[QU2];
+};
+template <int DT>
+static __device__ __forceinline__ void qdot2_load(Q2Batch<DT> &q, const uint8_t *wg, const uint8_t *wu, int kb0,
+                                                  int nb, int t) {
+#pragma unroll
+    for (int i = 0; i < QU2; i++)
+        if (kb0 + 8 * i < nb) {
+            q.g[i] = qload<DT>(wg + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
+            q.u[i] = qload<DT>(wu + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
+        }
+}
+template <int DT>
+static __device__ __forceinline__ void qdot2_use(float &g, float &u, const Q2Batch<DT> &q, const float *x, int kb0,
+                                                 int nb, int t, bool vec) {
+#pragma unroll
+    for (int i = 0; i < QU2; i++)
+        if (kb0 + 8 * i < nb) {
+            const QX xv = qxload<DT>(x + 32 * (kb0 + 8 * i), t, vec);
+            g += qfma<DT>(q.g[i], xv);
+            u += qfma<DT>(q.u[i], xv);
+        }
+}
+/* g += x · wg and u += x · wu (this lane's shares): one row x against a gate row and an up row of type DT, from
+ * block `from` on (a multiple of 8·QU2: a kernel that did the first batch itself with qdot2_load / qdot2_use
+ * passes 8·QU2). */
 template <int DT>
 static __device__ __forceinline__ void qdot2(float &g, float &u, const float *x, const uint8_t *wg, const uint8_t *wu,
-                                             int K, int lane) {
+                                             int K, int lane, int from = 0) {
     const int gi = lane >> 2, t = lane & 3, nb = K / 32;
     const bool vec = ((uintptr_t)x & 15) == 0;
-    for (int kb0 = gi; kb0 < nb; kb0 += 8 * QU2) {
-        QRaw qg[QU2], qu[QU2];
-#pragma unroll
-        for (int i = 0; i < QU2; i++)
-            if (kb0 + 8 * i < nb) {
-                qg[i] = qload<DT>(wg + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
-                qu[i] = qload<DT>(wu + (size_t)(kb0 + 8 * i) * qbytes(DT), t);
-            }
-#pragma unroll
-        for (int i = 0; i < QU2; i++)
-            if (kb0 + 8 * i < nb) {
-                const QX xv = qxload<DT>(x + 32 * (kb0 + 8 * i), t, vec);
-                g += qfma<DT>(qg[i], xv);
-                u += qfma<DT>(qu[i], xv);
-            }
+    for (int kb0 = gi + from; kb0 < nb; kb0 += 8 * QU2) {
+        Q2Batch<DT> q;
+        qdot2_load<DT>(q, wg, wu, kb0, nb, t);
+        qdot2_use<DT>(g, u, q, x, kb0, nb, t, vec);
     }
 }
 

@@ -1481,12 +1481,17 @@ static void test_decode_graph(void) {
         /* qkv_rope_kv_dev (one row: the fused [q; k; v] product, RoPE and the cache write in one kernel) ==
          * linear then rope_kv_write_dev, bit for bit: heads of 8 (one block of pairs a head) and of 24 (three),
          * inputs of 40 and of 1,288 (a partial last load round); heads of 12 are refused (0, nothing done) */
-        for (int cse = 0; cse < 4; cse++) {
-            const int H = cse & 1 ? 1 : 3, hd = Dm / H, D = cse & 2 ? 1288 : 40, N = 3 * Dm;
-            const int fl = cse == 1 ? 0 : OPS_BF16, lf = (fl ? BE_ROUND : 0) | BE_FP32_SUMS;
-            uint16_t *wq = rnd_bf16((size_t)N * D, 1.0f);
+        for (int cse = 0; cse < 10; cse++) {
+            /* cases 4 to 9: block-type weights (Q8_0, Q4_0; a warp a rotation pair), K of 64, 1,280 and 2,080
+             * (more than one batch of loads) */
+            const int wdt = cse < 4 ? DS_BF16 : cse < 7 ? DS_Q8_0 : DS_Q4_0;
+            const int H = cse & 1 ? 1 : 3, hd = Dm / H, N = 3 * Dm;
+            const int D = cse < 4 ? (cse & 2 ? 1288 : 40) : (cse % 3 == 0 ? 64 : cse % 3 == 1 ? 1280 : 2080);
+            const int fl = cse == 1 || cse == 5 ? 0 : OPS_BF16, lf = (fl ? BE_ROUND : 0) | BE_FP32_SUMS;
+            size_t wbytes;
+            void *wq = mk_weight((size_t)N * D, 1.0f, wdt, &wbytes);
             float *xq = rnd(D, 1.0f);
-            DsW W = {.data = dev(wq, (size_t)N * D * 2), .dtype = DS_BF16};
+            DsW W = {.data = dev(wq, wbytes), .dtype = (DsDtype)wdt};
             float *dx = dev(xq, (size_t)D * 4), *y1 = dev_nan(N), *y2 = dev_nan(N);
             B->memset0(B, kg.data, pool);
             B->memset0(B, kd.data, pool);
@@ -1499,11 +1504,12 @@ static void test_decode_graph(void) {
             B->download(B, pg, kg.data, pool);
             B->download(B, pd, kd.data, pool);
             CHECKF(did == 1 && exact_eq(a, c, N) && memcmp(pg, pd, pool) == 0,
-                   "qkv_rope_kv_dev differs from linear + rope_kv_write_dev (%s, H %d, hd %d, D %d, bf16 %d)", dn, H,
-                   hd, D, fl);
-            CHECKF(B->qkv_rope_kv_dev(B, y1, dx, D, W, 2, 12, dpos, 10000.f, lf, fl, &kg, 1,
-                                      (const int32_t *const *)dtabs) == 0,
-                   "qkv_rope_kv_dev took heads of 12 (its kernel needs head_dim %% 8 == 0)");
+                   "qkv_rope_kv_dev differs from linear + rope_kv_write_dev (%s, %s, H %d, hd %d, D %d, bf16 %d)",
+                   dn, dt_name(wdt), H, hd, D, fl);
+            if (wdt == DS_BF16)
+                CHECKF(B->qkv_rope_kv_dev(B, y1, dx, D, W, 2, 12, dpos, 10000.f, lf, fl, &kg, 1,
+                                          (const int32_t *const *)dtabs) == 0,
+                       "qkv_rope_kv_dev took bf16 heads of 12 (its kernel needs head_dim %% 8 == 0)");
             free(a), free(c), free(wq), free(xq);
             B->free(B, (void *)W.data), B->free(B, dx), B->free(B, y1), B->free(B, y2);
         }
