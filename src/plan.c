@@ -1,0 +1,53 @@
+/* plan.c: the placement decision under a GPU memory budget (plan.h). */
+#include "plan.h"
+
+#include <stdio.h>
+#include <string.h>
+
+PlanGroup plan_group(const char *name) {
+    if (!strcmp(name, "model.embed_tokens.weight")) return PLAN_EMBED;
+    if (!strncmp(name, "model.layers.", 13) && strstr(name, ".mlp.experts.")) return PLAN_ROUTED;
+    return PLAN_REST;
+}
+
+const char *plan_kind_name(PlanKind k) {
+    return k == PLAN_ALL_GPU ? "all-gpu" : k == PLAN_HYBRID ? "hybrid" : "no-fit";
+}
+
+void plan_make(const PlanInput *in, Plan *p) {
+    memset(p, 0, sizeof *p);
+    const uint64_t all = in->weights[PLAN_EMBED] + in->weights[PLAN_ROUTED] + in->weights[PLAN_REST];
+    p->hybrid_need = in->weights[PLAN_REST] + in->reserve;
+    if (all + in->reserve <= in->budget) {
+        p->kind = PLAN_ALL_GPU;
+        for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 1;
+    } else if (p->hybrid_need <= in->budget) {
+        p->kind = PLAN_HYBRID;
+        p->on_gpu[PLAN_REST] = 1;
+    } else {
+        p->kind = PLAN_NO_FIT;
+    }
+    for (int g = 0; g < PLAN_N_GROUPS; g++) {
+        if (p->on_gpu[g])
+            p->gpu_weights += in->weights[g];
+        else
+            p->host_weights += in->weights[g];
+    }
+    p->expected_peak = p->kind == PLAN_NO_FIT ? 0 : p->gpu_weights + in->reserve;
+}
+
+static double gib(uint64_t b) { return (double)b / (1ull << 30); }
+
+int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
+    if (p->kind == PLAN_NO_FIT)
+        return snprintf(buf, n,
+                        "plan no-fit: the GPU budget is %.2f GiB; the smallest placement (embeddings and routed "
+                        "experts on the CPU) needs %.2f GiB (%.2f GiB of weights + %.2f GiB for a session)",
+                        gib(in->budget), gib(p->hybrid_need), gib(in->weights[PLAN_REST]), gib(in->reserve));
+    return snprintf(buf, n,
+                    "plan %s: %.2f GiB of weights on the GPU, %.2f GiB on the CPU%s; expected GPU peak %.2f GiB "
+                    "(%.2f GiB for a session) of a %.2f GiB budget",
+                    plan_kind_name(p->kind), gib(p->gpu_weights), gib(p->host_weights),
+                    p->kind == PLAN_HYBRID ? " (embeddings and routed experts)" : "", gib(p->expected_peak),
+                    gib(in->reserve), gib(in->budget));
+}
