@@ -1007,12 +1007,26 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
         const float *q = a->q + (size_t)r * a->ldq + h * D;
         float acc[512], p[1024], m = -INFINITY, l = 0;
         memset(acc, 0, sizeof(float) * D);
+        const int f32 = kv->dtype == DS_F32;
+        const size_t esz = f32 ? 4 : 2, hbytes = (size_t)D * esz;
         for (int j0 = 0; j0 < nk; j0 += bs) {
             int blk = table[j0 / bs], n = nk - j0 < bs ? nk - j0 : bs;
             DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
             size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
             size_t vo = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + (size_t)h * D;
-            const int f32 = kv->dtype == DS_F32;
+            if (j0 + bs < nk) { /* the next block's keys and values of this head, while this one is summed: the
+                                 * cache is read cold (a step's weights passed through since), in short strided
+                                 * pieces that the hardware prefetchers do not follow */
+                const int nblk = table[(j0 + bs) / bs], nn = nk - j0 - bs < bs ? nk - j0 - bs : bs;
+                const char *kp = (const char *)kv->data +
+                                 (((size_t)(nblk * kv->n_layers + a->layer) * 2) * bs * kv->width + (size_t)h * D) * esz;
+                const size_t half = (size_t)bs * kv->width * esz, row = (size_t)kv->width * esz;
+                for (int j = 0; j < nn; j++)
+                    for (size_t c = 0; c < hbytes; c += 64) {
+                        _mm_prefetch(kp + (size_t)j * row + c, _MM_HINT_T0);
+                        _mm_prefetch(kp + half + (size_t)j * row + c, _MM_HINT_T0);
+                    }
+            }
             float bmax = -INFINITY;
             for (int j = 0; j < n; j++) {
                 size_t kj = ko + (size_t)j * kv->width;
