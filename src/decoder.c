@@ -113,13 +113,15 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     DsocrStatus st = DSOCR_OK;
     if (s->ids_dev) be->embed_dev(be, x, s->ids_dev, n, m->embed, D);
     char nm[64];
+    /* profile sections (DSOCR_PROFILE): a decode step's (one row) apart from the prefill's */
+#define MARK(name) be_mark(be, n == 1 ? "step." name : "dec." name)
 #define RND(p, cnt)                                                                                           \
     do {                                                                                                      \
         if (bf16) be->round_bf16(be, (p), (cnt));                                                             \
     } while (0)
     for (int l = 0; l < c->num_hidden_layers; l++) {
         const DecLayer *L = &m->layers[l];
-        be_mark(be, "dec.qkv");
+        MARK("qkv");
         if (l == 0) be->rmsnorm(be, w->a, D, x, D, n, D, L->input_norm, eps, fl); /* later: the previous add_rmsnorm */
         /* q, k, v: one product into [n, 3D] rows when the weights are fused (then q and k, adjacent, take one
          * RoPE call as 2H heads), else three; the same arithmetic per element either way */
@@ -134,7 +136,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
                                           s->tables_dev);
             if (!kv_done) {
                 be->linear(be, w->qkv, ld, w->a, D, n, D, L->qkv, 3 * D, ds_w_none(), lf);
-                be_mark(be, "dec.rope_kv");
+                MARK("rope_kv");
                 kv_done = !s->table && be->rope_kv_write_dev;
                 if (kv_done)
                     be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v,
@@ -146,7 +148,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             be->linear(be, q, D, w->a, D, n, D, L->q, D, ds_w_none(), lf);
             be->linear(be, k, D, w->a, D, n, D, L->k, D, ds_w_none(), lf);
             be->linear(be, v, D, w->a, D, n, D, L->v, D, ds_w_none(), lf);
-            be_mark(be, "dec.rope_kv");
+            MARK("rope_kv");
             be->rope_neox(be, q, D, n, H, hd, s->pos_dev, theta, fl);
             be->rope_neox(be, k, D, n, H, hd, s->pos_dev, theta, fl);
         }
@@ -157,9 +159,9 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
                             .scale = 1.0f / sqrtf((float)hd), .round_bf16 = bf16};
-        be_mark(be, "dec.attn");
+        MARK("attn");
         be->attention_kv(be, &a);
-        be_mark(be, "dec.o");
+        MARK("o");
         be->linear(be, w->tmp, D, w->att, D, n, D, L->o, D, ds_w_none(), lf);
         if (s->dump_dir) {
             snprintf(nm, sizeof nm, "layer%d.attn", l);
@@ -167,7 +169,10 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         }
         const int fused = L->moe && be->add_rmsnorm_moe;
         if (!fused) be->add_rmsnorm(be, w->a, x, w->tmp, n, D, L->post_norm, eps, fl);
-        be_mark(be, L->moe ? "dec.moe" : "dec.dense");
+        if (L->moe)
+            MARK("moe");
+        else
+            MARK("dense");
         if (L->moe) {
             if (fused)
                 be->add_rmsnorm_moe(be, w->tmp, w->a, x, w->tmp, n, L->post_norm, eps, &L->moe_w, ff,
@@ -187,7 +192,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             be->swiglu(be, w->tmp, w->a, n, D, c->intermediate_size, L->dense.gate, L->dense.up,
                        L->dense.down, ff, w->scratch);
         }
-        be_mark(be, "dec.norm");
+        MARK("norm");
         if (l + 1 < c->num_hidden_layers) {
             be->add_rmsnorm(be, w->a, x, w->tmp, n, D, m->layers[l + 1].input_norm, eps, fl);
         } else {
@@ -200,12 +205,13 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         }
     }
     if (s->logits) {
-        be_mark(be, "dec.lm_head");
+        MARK("lm_head");
         be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
         be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
                    lf);
     }
+    be_mark(be, n == 1 ? "step.(after)" : "(idle)"); /* step.(after): the argmax and the host's loop */
 #undef RND
-    be_mark(be, "(idle)");
+#undef MARK
     return DSOCR_OK;
 }

@@ -86,8 +86,8 @@ void ops_blas_reexec_if_better(char **argv);
 enum { OPS_ACCUM = 1 };
 void ops_linear_ref(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags);
 void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags);
-/* For tests: on != 0 makes ops_linear_cpu's GEMV use its portable kernels instead of the AVX2 ones (not to be
- * toggled while ops run). */
+/* For tests: on != 0 makes ops_linear_cpu's GEMV, and ops_attention_kv_cpu's sums of values, use their portable
+ * loops instead of the AVX2 ones (not to be toggled while ops run). */
 void ops_cpu_force_scalar(int on);
 
 /* ---------------------------------------------------------------------------------------------------------
