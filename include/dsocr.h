@@ -56,6 +56,11 @@ typedef struct DsocrModelOptions {
      * routed experts as 4-bit blocks (Q4_0), the rest of those as Q8_0. Norms, router, embeddings, position
      * tables and the vision encoder stay as stored. */
     const char *quant;
+    /* GPU memory dsocr may use, in bytes (--gpu-mem); 0 = what the driver reports free, less 5 %. Within it the
+     * weights go all on the GPU when they fit with a session's working memory, else the token embeddings and the
+     * routed experts stay in host memory (the CPU computes those experts); loading fails with DSOCR_E_NOMEM when
+     * even that does not fit, and later allocations past it fail as out of memory. Ignored on the CPU. */
+    uint64_t gpu_mem;
 } DsocrModelOptions;
 
 /* Fills o with defaults. */
@@ -79,6 +84,8 @@ typedef struct DsocrDeviceInfo {
     uint64_t peak;       /* the most it has held */
     uint64_t gpu_baseline; /* the driver's used bytes right after dsocr created its CUDA context, before it
                               allocated anything (0 on the CPU): gpu_used − gpu_baseline is dsocr's share */
+    uint64_t gpu_budget; /* the budget dsocr keeps its allocations within (0 on the CPU) */
+    char placement[16];  /* "all-gpu", "hybrid" (embeddings and routed experts on the CPU), or "cpu" */
 } DsocrDeviceInfo;
 
 /* Fills out for model m; safe to call from any thread while m is in use. */

@@ -45,6 +45,9 @@ typedef struct BackendMoe {
     const BackendExpert *experts; /* [E] host array of device weight handles */
     BackendExpert shared;        /* gate.data NULL when there are no shared experts */
     int n_experts, top_k, d_model, d_ff, d_shared;
+    /* 1: the routed experts' weights are in host memory (plan.h hybrid): a GPU backend computes them on the CPU
+     * (backend_cpu_moe_routed) while it runs the router and the shared experts itself */
+    int experts_host;
 } BackendMoe;
 
 struct Backend {
@@ -78,6 +81,10 @@ struct Backend {
      * pointers cast to float * (see the flags) */
     void (*linear)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                    int flags);
+    /* linear with w (and bias) in host memory (plan.h hybrid+head: lm_head): x's rows go to the host, the CPU
+     * backend computes, y comes back. NULL on backends whose memory is the host's. */
+    void (*linear_host)(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N,
+                        DsW bias, int flags);
     /* flags & OPS_BF16: the HF autocast LayerNorm2d rule (spec §16 R4): the mean is rounded to bf16, x − mean is
      * rounded to bf16, the variance and the output stay fp32. Without it, ops_layernorm semantics. flags & BE_ROUND:
      * the output then rounded to bf16 (as layernorm followed by round_bf16); with BE_OUT_BF16 as well (act_bf16
@@ -221,6 +228,12 @@ static inline void be_mark(Backend *b, const char *label) {
 
 /* The CPU backend (src/cpu/backend_cpu.c): host memory, the ops_*_cpu functions. Never NULL. */
 Backend *backend_cpu(void);
+/* The routed part of the CPU backend's moe for experts in host memory (the CUDA backend's hybrid MoE): acc [n, D]
+ * = Σ_j wts[r, j]·Expert_idx[r, j](x_r) over host rows x [n, D], rounded in bf16 mode (flags OPS_BF16); scratch:
+ * backend_cpu_moe_routed_scratch(n, m) floats. */
+size_t backend_cpu_moe_routed_scratch(int n, const BackendMoe *m);
+void backend_cpu_moe_routed(float *acc, const float *x, int n, const int32_t *idx, const float *wts,
+                            const BackendMoe *m, int flags, float *scratch);
 
 /* The CPU backend with the scalar _ref ops' arithmetic (double accumulation): slow, for testing how far two
  * correct summation orders drift apart (DSOCR_BACKEND=cpu-ref selects it in dsocr_model_load). */

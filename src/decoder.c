@@ -207,7 +207,8 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     if (s->logits) {
         MARK("lm_head");
         be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
-        be->linear(be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
+        (m->lm_head_host && be->linear_host ? be->linear_host : be->linear)(
+            be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
                    lf);
     }
     be_mark(be, n == 1 ? "step.(after)" : "(idle)"); /* step.(after): the argmax and the host's loop */

@@ -4,6 +4,7 @@
  * Memory: everything a run needs is allocated by dsocr_session_new for the worst case the session accepts;
  * a run allocates only the decoded image and its views (sized by the input), the result, and debug dumps. */
 #include "engine.h"
+#include "plan.h"
 
 #include <errno.h>
 #include <math.h>
@@ -23,6 +24,11 @@
 #define KV_BLOCK 16
 #define PREFILL_CHUNK 256
 #define KV_GROW 1024 /* tokens: the KV pool's first size and growth step */
+#define ROWS_GROW 1024 /* rows: feat's and emb's first size and growth step (rows_reserve) */
+/* GPU memory the driver counts for the process beyond dsocr's allocations (kernel modules loaded on first use,
+ * the cuBLAS handles): measured 0.10 GiB on an H100 (bench/results/lowvram-h100-session7.txt). The plan reserves
+ * it and the allocator's budget leaves it free, so that the driver's view stays within --gpu-mem. */
+#define DRIVER_ALLOWANCE ((uint64_t)128 << 20)
 #define MAX_VIEW_SIDE 1280
 #define VIEW_SIDE0 1024 /* the vision working memory's first size */
 
@@ -30,6 +36,8 @@ struct DsocrModel {
     Model *m;
     Backend *be; /* where the weights live and the runs compute */
     int threads;
+    Plan plan;       /* where the weights went (a GPU backend; kind PLAN_ALL_GPU on the CPU) */
+    uint64_t budget; /* the GPU budget in force (0 on the CPU) */
 };
 
 struct DsocrSession {
@@ -43,8 +51,10 @@ struct DsocrSession {
     int32_t *table_dev; /* the same in backend memory */
     int32_t **tables_dev; /* backend array {table_dev} */
     int32_t *pos_dev;   /* [max_context] positions 0.. in backend memory */
-    float *feat;        /* [max_context, D] view outputs before layout (backend) */
-    float *emb;         /* [max_context, D] the prompt's input rows (backend) */
+    float *feat;        /* [rows_cap, D] view outputs before layout (backend) */
+    float *emb;         /* [rows_cap, D] the prompt's input rows (backend) */
+    int rows_cap;       /* rows feat and emb hold: rows_grow steps up to max_context, grown by rows_reserve */
+    int rows_grow;      /* ROWS_GROW ($DSOCR_ROWS_GROW for tests: a small step makes every run grow them) */
     float *chw;         /* [3, MAX_VIEW_SIDE, MAX_VIEW_SIDE] one normalised view (host) */
     float *logits_dev;  /* [V] (backend) */
     float *logits;      /* [V] host copy */
@@ -133,6 +143,36 @@ static void model_log(void *user, const char *line) {
     if (o && o->log) o->log(o->log_user, line);
 }
 
+static size_t session_bytes(const Model *m, int max_context);
+
+/* Places the weights: the CPU backends use them where they are; on a GPU, plan.h decides under the budget
+ * (opt->gpu_mem, else what the driver reports free less 5 %) with one session's working memory and the backend's
+ * own scratch reserved, the plan goes to the log, and from then on the backend refuses allocations past the budget. */
+static DsocrStatus place_planned(DsocrModel *dm, const DsocrModelOptions *opt, DsError *e) {
+    Model *m = dm->m;
+    Backend *be = dm->be;
+    memset(&dm->plan, 0, sizeof dm->plan); /* the CPU: everything where it is (kind all-gpu, reported as "cpu") */
+    if (be == backend_cpu() || be == backend_cpu_ref()) return model_place(m, be, e);
+    size_t used = 0, total = 0;
+    backend_cuda_mem_info(be, &used, &total);
+    const uint64_t have = be->allocated(be), fr = total > used ? total - used : 0;
+    PlanInput in;
+    memset(&in, 0, sizeof in);
+    in.budget = opt->gpu_mem ? opt->gpu_mem : have + fr - fr / 20;
+    model_group_bytes(m, in.weights);
+    in.reserve = have + session_bytes(m, m->cfg.max_position_embeddings) + DRIVER_ALLOWANCE;
+    plan_make(&in, &dm->plan);
+    char line[512];
+    plan_describe(&dm->plan, &in, line, sizeof line);
+    model_log((void *)opt, line);
+    if (dm->plan.kind == PLAN_NO_FIT) return ds_fail(e, DSOCR_E_NOMEM, "%s", line);
+    DsocrStatus st = model_place_plan(m, be, &dm->plan, e);
+    if (st) return st;
+    dm->budget = in.budget;
+    backend_cuda_set_budget(be, in.budget - DRIVER_ALLOWANCE);
+    return DSOCR_OK;
+}
+
 DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, DsocrModel **out, char *err,
                              size_t errlen) {
     DsocrModelOptions def;
@@ -187,7 +227,7 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
                                                                     "decoder's other weights to Q8_0");
         st = model_quantize(dm->m, qtype, &e);
     }
-    if (!st) st = model_place(dm->m, be, &e);
+    if (!st) st = place_planned(dm, opt, &e);
     if (st) {
         dsocr_model_free(dm);
         if (err && errlen) snprintf(err, errlen, "%s", e.msg);
@@ -223,12 +263,25 @@ void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
         out->gpu_total = total;
         snprintf(out->gpu_name, sizeof out->gpu_name, "%s", backend_cuda_device_name(be));
         out->gpu_baseline = backend_cuda_context_used(be);
+        out->gpu_budget = m->budget;
     }
+    snprintf(out->placement, sizeof out->placement, "%s", cuda ? plan_kind_name(m->plan.kind) : "cpu");
 }
 
 /* ---- session ---- */
 
 void dsocr_session_options_default(DsocrSessionOptions *o) { memset(o, 0, sizeof *o); }
+
+/* What dsocr_session_new allocates in backend memory for a context of T tokens with the KV pool at its first size
+ * (KV_GROW tokens; a longer run grows it, and a run the budget cannot hold is refused then). */
+static size_t session_bytes(const Model *m, int T) {
+    const ModelConfig *c = &m->cfg;
+    const size_t D = (size_t)c->hidden_size, nb = ((size_t)T + KV_BLOCK - 1) / KV_BLOCK;
+    const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK, rows = ROWS_GROW < T ? ROWS_GROW : T;
+    return vision_work_bytes(m, VIEW_SIDE0) + decoder_work_bytes(m, PREFILL_CHUNK) +
+           kvcache_bytes(c->num_hidden_layers, (int)D, KV_BLOCK, nb0) + sizeof(int32_t) * (nb + (size_t)T + 4) +
+           sizeof(int32_t *) + 2 * sizeof(float) * (size_t)rows * D + sizeof(float) * (size_t)c->vocab_size;
+}
 
 void dsocr_session_free(DsocrSession *s) {
     if (!s) return;
@@ -283,11 +336,14 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->table_dev = be->alloc(be, sizeof(int32_t) * (size_t)nb);
     s->tables_dev = be->alloc(be, sizeof(int32_t *));
     s->pos_dev = be->alloc(be, sizeof(int32_t) * (size_t)T);
-    s->feat = be->alloc(be, sizeof(float) * (size_t)T * D);
-    s->emb = be->alloc(be, sizeof(float) * (size_t)T * D);
+    const char *rg = getenv("DSOCR_ROWS_GROW");
+    s->rows_grow = rg && atoi(rg) > 0 ? atoi(rg) : ROWS_GROW;
+    s->rows_cap = s->rows_grow < T ? s->rows_grow : T;
+    s->feat = be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D);
+    s->emb = be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
     s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
-    s->no_graph = ds_env_on("DSOCR_NO_GRAPH");
+    s->no_graph = ds_env_on("DSOCR_NO_GRAPH") || dm->plan.kind == PLAN_HYBRID; /* hybrid waits on the host */
     s->chw = be_host_alloc(be, sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
@@ -437,6 +493,36 @@ static int buf_add(Buf *b, const char *s, size_t n) {
  * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
  * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
  * one launch per token instead of a few hundred. */
+/* feat and emb grown to hold `rows` rows (rows_grow steps, at most max_context): both are dead between runs, so
+ * the old ones go first; when the new ones cannot be had the old size comes back and the run is refused. Growing
+ * drops the recorded decode step (it reads emb). */
+static DsocrStatus rows_reserve(DsocrSession *s, int rows) {
+    if (rows <= s->rows_cap) return DSOCR_OK;
+    Backend *be = s->be;
+    const size_t D = (size_t)s->model->m->cfg.hidden_size;
+    int nr = (rows + s->rows_grow - 1) / s->rows_grow * s->rows_grow;
+    if (nr > s->max_context) nr = s->max_context;
+    if (nr < rows) nr = rows;
+    if (s->graph) {
+        be->graph_free(be, s->graph);
+        s->graph = NULL;
+    }
+    be->free(be, s->feat);
+    be->free(be, s->emb);
+    s->feat = be->alloc(be, sizeof(float) * (size_t)nr * D);
+    s->emb = s->feat ? be->alloc(be, sizeof(float) * (size_t)nr * D) : NULL;
+    if (s->feat && s->emb) {
+        s->rows_cap = nr;
+        return DSOCR_OK;
+    }
+    if (s->feat) be->free(be, s->feat);
+    s->feat = be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D);
+    s->emb = s->feat ? be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D) : NULL;
+    if (!s->emb) s->rows_cap = 0; /* nothing held: a later run tries again */
+    return fail(s, DSOCR_E_NOMEM, "out of %s memory for a prompt of %d rows (%zu MiB)", be->name, rows,
+                (2 * sizeof(float) * (size_t)nr * D) >> 20);
+}
+
 /* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for fp32 and f16). The
  * pool starts small and grows to what runs ask for (prompt + max_tokens), at most the session's context, in
  * steps of KV_GROW tokens; a run never grows it midway. Growing drops the recorded decode step (it points at
@@ -452,6 +538,17 @@ static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
         if (nb > max_blocks) nb = max_blocks;
         if (nb < need) nb = need;
         void *p = s->be->alloc(s->be, per_block * (size_t)nb);
+        if (!p && kv->data) { /* the old pool's contents are dead between runs: make room, or keep it as it was */
+            const size_t old = s->kv_bytes;
+            s->be->free(s->be, kv->data);
+            kv->data = NULL;
+            if (!(p = s->be->alloc(s->be, per_block * (size_t)nb))) {
+                kv->data = s->be->alloc(s->be, old);
+                s->kv_bytes = kv->data ? old : 0;
+                kv->n_blocks = kv->data ? blocks : 0;
+                if (kv->data) s->be->memset0(s->be, kv->data, old);
+            }
+        }
         if (!p)
             return fail(s, DSOCR_E_NOMEM, "out of %s memory for a KV cache of %d tokens (%zu MiB)", s->be->name,
                         nb * kv->block_size, (per_block * (size_t)nb) >> 20);
@@ -604,6 +701,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     {
         long need = (long)n_prompt + (opt->max_tokens > 0 ? opt->max_tokens : s->max_context);
         if ((st = kv_reserve(s, need < s->max_context ? (int)need : s->max_context, bf16))) goto done;
+        if ((st = rows_reserve(s, n_prompt))) goto done;
     }
     views = calloc((size_t)plan.n_views, sizeof *views);
     if (!views) {

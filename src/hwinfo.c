@@ -292,13 +292,13 @@ int hwinfo_recommend(const HwInfo *h, const HwModelNeeds *n, uint64_t gpu_budget
         [HW_GPU_BF16] = {"gpu-bf16", "cuda", "bf16 weights and arithmetic", "--device cuda --precision bf16",
                          "the CUDA backend (issue 6)", W + kv16 + n->act_gpu_bytes, host_small, h->cuda_build},
         [HW_GPU_Q8] = {"gpu-q8_0", "cuda", "Q8_0 weights, bf16 arithmetic", "--device cuda --quant q8_0",
-                       "quantised weights (issue 7)", q8 + kv16 + n->act_gpu_bytes, host_small, 0},
+                       "the CUDA backend", q8 + kv16 + n->act_gpu_bytes, host_small, h->cuda_build},
         [HW_GPU_Q4_EXPERTS] = {"gpu-q4-experts", "cuda", "4-bit routed experts, Q8_0 elsewhere",
-                               "--device cuda --quant q4-experts", "4-bit weights (issues 7 and 8)",
-                               q4e + kv16 + n->act_gpu_bytes, host_small, 0},
+                               "--device cuda --quant q4", "the CUDA backend",
+                               q4e + kv16 + n->act_gpu_bytes, host_small, h->cuda_build},
         [HW_GPU_HYBRID] = {"gpu-hybrid", "cuda", "routed experts on the CPU (bf16), the rest on the GPU (Q8_0)",
-                           "--device cuda --gpu-mem SIZE", "the GPU memory budget (issue 8)", hybrid_gpu,
-                           host_small + routed + n->embed_bytes + n->act_cpu_bytes, 0},
+                           "--device cuda --quant q8_0 --gpu-mem SIZE", "the CUDA backend", hybrid_gpu,
+                           host_small + routed + n->embed_bytes + n->act_cpu_bytes, h->cuda_build},
         [HW_CPU_FP32] = {"cpu-fp32", "cpu", "bf16 weights, fp32 arithmetic and KV cache",
                          "--precision fp32", NULL, 0, host_small + W + kv32 + n->act_cpu_bytes, 1},
     };
@@ -319,7 +319,8 @@ int hwinfo_recommend(const HwInfo *h, const HwModelNeeds *n, uint64_t gpu_budget
         char a[32], b[32];
         if (i == HW_GPU_HYBRID) {
             uint64_t want = gpu_budget ? gpu_budget : s->gpu_bytes;
-            snprintf(s->flags, sizeof s->flags, "--device cuda --gpu-mem %.1fG", (double)want / (1ull << 30));
+            snprintf(s->flags, sizeof s->flags, "--device cuda --quant q8_0 --gpu-mem %.1fG",
+                     (double)want / (1ull << 30));
         }
         s->fits = 1;
         if (s->gpu_bytes) {

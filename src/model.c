@@ -1,5 +1,6 @@
 /* model.c: see model.h. */
 #include "model.h"
+#include "plan.h"
 
 #include <errno.h>
 #include <stdarg.h>
@@ -207,6 +208,12 @@ static size_t held_bytes(const BoundWeight *b) {
     return quant_row_bytes(b->slot->dtype, (int64_t)t->numel); /* rows hold whole blocks */
 }
 
+void model_group_bytes(const Model *m, uint64_t *out) {
+    for (int g = 0; g < PLAN_N_GROUPS; g++) out[g] = 0;
+    for (int i = 0; i < m->n_bound; i++)
+        out[plan_group(m->bound[i].t->name)] += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
+}
+
 size_t model_weight_bytes(const Model *m) {
     size_t b = 0;
     for (int i = 0; i < m->n_bound; i++) b += held_bytes(&m->bound[i]);
@@ -365,7 +372,14 @@ static void fuse_qkv(Model *m) {
     }
 }
 
-DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
+DsocrStatus model_place(Model *m, Backend *be, DsError *e) { return model_place_plan(m, be, NULL, e); }
+
+/* whether bound weight i goes to the backend under plan p (NULL: every weight) */
+static int placed_by(const Model *m, int i, const Plan *p) {
+    return !p || p->on_gpu[plan_group(m->bound[i].t->name)];
+}
+
+DsocrStatus model_place_plan(Model *m, Backend *be, const Plan *plan, DsError *e) {
     if (be == m->be) return DSOCR_OK;
     if (be == backend_cpu_ref()) { /* host memory like the CPU backend: use the mapped weights as they are */
         m->be = be;
@@ -376,7 +390,8 @@ DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
      * over the 2,710 tensors), each tensor at a 256-byte boundary, in binding order (q, k, v of a layer end up
      * adjacent: fuse_qkv below) */
     size_t total = 0;
-    for (int i = 0; i < m->n_bound; i++) total += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
+    for (int i = 0; i < m->n_bound; i++)
+        if (placed_by(m, i, plan)) total += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
     m->placed = calloc(2, sizeof *m->placed);
     if (!m->placed) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     char *arena = be->alloc(be, total ? total : 1);
@@ -389,6 +404,7 @@ DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
     m->placed[m->n_placed++] = arena;
     size_t off = 0;
     for (int i = 0; i < m->n_bound; i++) {
+        if (!placed_by(m, i, plan)) continue; /* stays in host memory: its slot keeps the host bytes */
         size_t n = held_bytes(&m->bound[i]);
         be->upload(be, arena + off, m->bound[i].host ? m->bound[i].host : m->bound[i].t->data, n);
         m->bound[i].slot->data = arena + off;
@@ -396,6 +412,9 @@ DsocrStatus model_place(Model *m, Backend *be, DsError *e) {
     }
     fuse_qkv(m);
     refresh_moe(m);
+    for (int l = 0; l < m->cfg.num_hidden_layers; l++)
+        m->layers[l].moe_w.experts_host = plan && !plan->on_gpu[PLAN_ROUTED];
+    m->lm_head_host = plan && !plan->on_gpu[PLAN_LM_HEAD];
     m->be = be;
     return DSOCR_OK;
 }

@@ -83,6 +83,7 @@ typedef struct Model {
     int n_placed;
     void *quant_buf;                        /* owned: the weights model_quantize quantised (host memory) */
     size_t quant_bytes;
+    int lm_head_host;                       /* 1: lm_head left in host memory by model_place_plan */
     int image_token_id;                     /* <image> = 128815 */
     int td_id, td_close_id;                 /* <td>, </td> (the vLLM n-gram whitelist) */
 } Model;
@@ -92,6 +93,10 @@ DsocrStatus model_load(const char *dir, const CheckpointOptions *opt, Model **ou
 /* Copies every weight into backend be's memory (nothing to do for the CPU backend); DSOCR_E_NOMEM with the
  * amount when it does not fit. */
 DsocrStatus model_place(Model *m, Backend *be, DsError *e);
+/* model_place for the weights plan (plan.h) puts on the GPU; the others stay in host memory (their slots keep the
+ * host bytes; with the routed experts there, every MoE layer's moe_w.experts_host is 1). plan NULL: every weight. */
+struct Plan;
+DsocrStatus model_place_plan(Model *m, Backend *be, const struct Plan *plan, DsError *e);
 /* Quantises the weights quant_choose (quant.h) picks for target (DS_Q8_0: every decoder linear weight and lm_head
  * as Q8_0; DS_Q4_0: routed experts as Q4_0, the others as Q8_0) from their bf16/f32 tensors into one owned host
  * buffer, and points their slots at it (the mapped originals are no longer read). Weights already block-quantised
@@ -105,6 +110,9 @@ int model_n_block_weights(const Model *m);
  * config.json and tokenizer beside it, the PyTorch reference runs on exactly these weights. Host weights only
  * (before model_place to another backend). */
 DsocrStatus model_write_f32(const Model *m, const char *path, DsError *e);
+/* Bytes of the weights of each plan.h group as model_place would lay them out on a device (as held, each tensor
+ * at a 256-byte boundary); out has PLAN_N_GROUPS entries. */
+void model_group_bytes(const Model *m, uint64_t *out);
 /* Bytes of all weights (as held: quantised weights at their block size). */
 size_t model_weight_bytes(const Model *m);
 void model_free(Model *m);

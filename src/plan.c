@@ -6,23 +6,28 @@
 
 PlanGroup plan_group(const char *name) {
     if (!strcmp(name, "model.embed_tokens.weight")) return PLAN_EMBED;
+    if (!strcmp(name, "lm_head.weight")) return PLAN_LM_HEAD;
     if (!strncmp(name, "model.layers.", 13) && strstr(name, ".mlp.experts.")) return PLAN_ROUTED;
     return PLAN_REST;
 }
 
 const char *plan_kind_name(PlanKind k) {
-    return k == PLAN_ALL_GPU ? "all-gpu" : k == PLAN_HYBRID ? "hybrid" : "no-fit";
+    static const char *const names[] = {"all-gpu", "hybrid", "hybrid+head", "no-fit"};
+    return k >= PLAN_ALL_GPU && k <= PLAN_NO_FIT ? names[k] : "?";
 }
 
 void plan_make(const PlanInput *in, Plan *p) {
     memset(p, 0, sizeof *p);
-    const uint64_t all = in->weights[PLAN_EMBED] + in->weights[PLAN_ROUTED] + in->weights[PLAN_REST];
-    p->hybrid_need = in->weights[PLAN_REST] + in->reserve;
+    const uint64_t *w = in->weights, all = w[PLAN_EMBED] + w[PLAN_ROUTED] + w[PLAN_LM_HEAD] + w[PLAN_REST];
+    p->min_need = w[PLAN_REST] + in->reserve;
     if (all + in->reserve <= in->budget) {
         p->kind = PLAN_ALL_GPU;
         for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 1;
-    } else if (p->hybrid_need <= in->budget) {
+    } else if (w[PLAN_REST] + w[PLAN_LM_HEAD] + in->reserve <= in->budget) {
         p->kind = PLAN_HYBRID;
+        p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
+    } else if (p->min_need <= in->budget) {
+        p->kind = PLAN_HYBRID_HEAD;
         p->on_gpu[PLAN_REST] = 1;
     } else {
         p->kind = PLAN_NO_FIT;
@@ -41,13 +46,17 @@ static double gib(uint64_t b) { return (double)b / (1ull << 30); }
 int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
     if (p->kind == PLAN_NO_FIT)
         return snprintf(buf, n,
-                        "plan no-fit: the GPU budget is %.2f GiB; the smallest placement (embeddings and routed "
-                        "experts on the CPU) needs %.2f GiB (%.2f GiB of weights + %.2f GiB for a session)",
-                        gib(in->budget), gib(p->hybrid_need), gib(in->weights[PLAN_REST]), gib(in->reserve));
+                        "plan no-fit: the GPU budget is %.2f GiB; the smallest placement (embeddings, routed "
+                        "experts and lm_head on the CPU) needs %.2f GiB (%.2f GiB of weights + %.2f GiB for a "
+                        "session)",
+                        gib(in->budget), gib(p->min_need), gib(in->weights[PLAN_REST]), gib(in->reserve));
     return snprintf(buf, n,
                     "plan %s: %.2f GiB of weights on the GPU, %.2f GiB on the CPU%s; expected GPU peak %.2f GiB "
                     "(%.2f GiB for a session) of a %.2f GiB budget",
                     plan_kind_name(p->kind), gib(p->gpu_weights), gib(p->host_weights),
-                    p->kind == PLAN_HYBRID ? " (embeddings and routed experts)" : "", gib(p->expected_peak),
+                    p->kind == PLAN_HYBRID        ? " (embeddings and routed experts)"
+                    : p->kind == PLAN_HYBRID_HEAD ? " (embeddings, routed experts and lm_head)"
+                                                  : "",
+                    gib(p->expected_peak),
                     gib(in->reserve), gib(in->budget));
 }

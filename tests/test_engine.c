@@ -220,12 +220,39 @@ static void test_memory_flat(void) {
     CHECKF(after - before < 2048, "resident memory grew by %ld KiB over 30 runs", after - before);
 }
 
+/* A session whose prompt buffers start at 16 rows ($DSOCR_ROWS_GROW) grows them for each larger prompt (tiny, then
+ * base) and gives the tokens of the main session, whose buffers never grow. */
+static void test_rows_grow(void) {
+    setenv("DSOCR_ROWS_GROW", "16", 1);
+    DsocrSession *s2 = NULL;
+    char err[512];
+    const DsocrStatus st = dsocr_session_new(g_model, NULL, &s2, err, sizeof err);
+    unsetenv("DSOCR_ROWS_GROW");
+    REQUIRE(st == DSOCR_OK);
+    const char *modes[] = {"tiny", "base", "tiny"};
+    for (int i = 0; i < 3; i++) {
+        DsocrOcrOptions o;
+        opts(&o);
+        o.mode = modes[i];
+        DsocrResult a, b;
+        REQUIRE(run(&o, g_png, g_png_len, &a) == DSOCR_OK);
+        REQUIRE(dsocr_ocr(s2, g_png, g_png_len, &o, &b) == DSOCR_OK);
+        CHECKF(a.n_prompt > 16 && a.n_tokens == b.n_tokens &&
+                   !memcmp(a.tokens, b.tokens, sizeof(int) * (size_t)a.n_tokens),
+               "mode %s: grown prompt buffers change the tokens", modes[i]);
+        dsocr_result_free(&a);
+        dsocr_result_free(&b);
+    }
+    dsocr_session_free(s2);
+}
+
 static void test_device_info(void) {
     DsocrDeviceInfo d;
     memset(&d, 0x5a, sizeof d);
     dsocr_model_device_info(g_model, &d);
     CHECK(!strcmp(d.device, "cpu") && d.gpu_name[0] == 0 && d.gpu_total == 0 && d.gpu_used == 0);
     CHECK(d.allocated > 0 && d.peak >= d.allocated); /* the session's buffers */
+    CHECK(!strcmp(d.placement, "cpu") && d.gpu_budget == 0);
 }
 
 int main(void) {
@@ -241,6 +268,7 @@ int main(void) {
     RUN(test_view_sides);
     RUN(test_callback_and_cancel);
     RUN(test_memory_flat);
+    RUN(test_rows_grow);
     RUN(test_device_info);
     dsocr_session_free(g_sess);
     dsocr_model_free(g_model);

@@ -34,6 +34,7 @@ static void usage(FILE *f) {
             "  --device D         cpu, cuda or auto (default auto)\n"
             "  --precision P      bf16 (default), fp32, or f16 (CUDA: fp16 matrix products, fp32 elsewhere)\n"
             "  --quant Q          q8_0 or q4: quantise the decoder's weights at load\n"
+            "  --gpu-mem SIZE     GPU memory to use (plan.h: what does not fit stays on the CPU)\n"
             "  --threads N        CPU threads (default all)\n"
             "  --ceilings         also measure what the machine can do, by the same run: CUDA, the card's bf16 GEMM\n"
             "                     rate and copy bandwidth; CPU, fp32 GEMM at the encoder's own shapes and the read\n"
@@ -98,9 +99,16 @@ static void *read_file(const char *path, size_t *n) {
     return buf;
 }
 
+/* the engine's messages (the placement plan) to stderr: stdout is the JSON */
+static void bench_log(void *user, const char *line) {
+    (void)user;
+    fprintf(stderr, "dsocr: %s\n", line);
+}
+
 int cli_bench(int argc, char **argv) {
     const char *model_dir = NULL, *image = "tests/images/portrait.jpg", *modes = "base,gundam", *device = "auto";
     const char *precision = "bf16", *note = NULL, *quant = NULL;
+    uint64_t gpu_mem = 0;
     int tokens = 1000, repeat = 3, warmup = 1, threads = 0, ceilings = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -128,6 +136,11 @@ int cli_bench(int argc, char **argv) {
             threads = atoi(argv[++i]);
         } else if (!strcmp(a, "--quant") && more) {
             quant = argv[++i];
+        } else if (!strcmp(a, "--gpu-mem") && more) {
+            if (hwinfo_parse_size(argv[++i], &gpu_mem) || !gpu_mem) {
+                fprintf(stderr, "dsocr bench: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", argv[i]);
+                return 2;
+            }
         } else if (!strcmp(a, "--note") && more) {
             note = argv[++i];
         } else if (!strcmp(a, "--ceilings")) {
@@ -167,6 +180,8 @@ int cli_bench(int argc, char **argv) {
     mo.device = device;
     mo.threads = threads;
     mo.quant = quant;
+    mo.gpu_mem = gpu_mem;
+    mo.log = bench_log;
     DsocrModel *model = NULL;
     DsocrSession *sess = NULL;
     char err[1024];
@@ -306,6 +321,12 @@ int cli_bench(int argc, char **argv) {
                (unsigned long long)di.allocated, (unsigned long long)di.peak, (unsigned long long)di.gpu_used,
                (unsigned long long)di.gpu_baseline, (double)(di.gpu_used - di.gpu_baseline) / (1 << 30),
                (unsigned long long)di.gpu_total);
+        /* the plan (plan.h) and whether its budget held: our allocator's peak, and the driver's view less the
+         * context (which also holds what cuBLAS and the loaded kernels take outside the allocator) */
+        printf(",\n    \"placement\": \"%s\", \"gpu_budget_bytes\": %llu, \"budget_exceeded_allocator\": %s, "
+               "\"budget_exceeded_driver_view\": %s",
+               di.placement, (unsigned long long)di.gpu_budget, di.peak > di.gpu_budget ? "true" : "false",
+               di.gpu_used - di.gpu_baseline > di.gpu_budget ? "true" : "false");
     }
     printf("}");
     if (ceilings && !strcmp(di.device, "cuda")) { /* measured last: their buffers would count in the peaks */

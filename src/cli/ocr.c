@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
+#include "hwinfo.h"
 #include "document.h"
 #include "dump.h"
 #include "engine.h"
@@ -50,8 +51,10 @@ static void usage(FILE *f) {
             "  --device D           cpu, cuda, or auto (default: a GPU when there is one, else the CPU)\n"
             "  --precision P        fp32 (default on the CPU), bf16 (the official rounding points) or f16\n"
             "                       (GPU only: fp16 matrix products, fp32 elsewhere, as cards without bf16 run)\n"
-            "  --quant Q            quantise the weights at load (CPU only): q8_0 (the decoder's linear\n"
-            "                       weights and lm_head as 8-bit) or q4 (routed experts 4-bit, the rest 8-bit)\n"
+            "  --quant Q            quantise the weights at load: q8_0 (the decoder's linear weights and\n"
+            "                       lm_head as 8-bit) or q4 (routed experts 4-bit, the rest 8-bit)\n"
+            "  --gpu-mem SIZE       GPU memory to use, e.g. 1.5G (default: the free memory less 5 %%); what does not\n"
+            "                       fit stays on the CPU (embeddings, routed experts); the plan is printed\n"
             "  --dump DIR           write every stage in the reference's dump format\n"
             "  --force-ids FILE     teacher forcing: feed the ids of this i32 dump (e.g. a reference's\n"
             "                       generated.bin) instead of the model's choices\n"
@@ -321,6 +324,7 @@ int cli_ocr(int argc, char **argv) {
     const char *model = NULL, *dump = NULL, *force = NULL, *force_emb = NULL, *out_dir = NULL, *formats = NULL;
     int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0;
     const char *device = "auto", *quant = NULL;
+    uint64_t gpu_mem = 0;
     const char **args = calloc((size_t)argc + 1, sizeof *args);
     int n_args = 0;
     if (!args) return 1;
@@ -397,6 +401,9 @@ int cli_ocr(int argc, char **argv) {
             NEED();
             if (strcmp(v, "q8_0") && strcmp(v, "q4")) BAD("--quant must be q8_0 or q4");
             quant = v;
+        } else if (!strcmp(a, "--gpu-mem")) {
+            NEED();
+            if (hwinfo_parse_size(v, &gpu_mem) || !gpu_mem) BAD("--gpu-mem wants a size like 2G, 1.5GiB or 512M");
         } else if (!strcmp(a, "--precision")) {
             NEED();
             if (!strcmp(v, "fp32")) o->precision = DSOCR_PRECISION_FP32;
@@ -548,6 +555,7 @@ int cli_ocr(int argc, char **argv) {
     mo.threads = threads;
     mo.device = device;
     mo.quant = quant;
+    mo.gpu_mem = gpu_mem;
     mo.log = log_line;
     if (!model) model = cli_default_model_dir();
     d.model_id = model;

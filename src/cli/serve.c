@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "cli/cli.h"
+#include "hwinfo.h"
 #include "serve/serve.h"
 
 static void usage(FILE *f) {
@@ -18,7 +19,9 @@ static void usage(FILE *f) {
             "  --port N             port (default 8031; 0 = any free port, printed at start)\n"
             "  --device D           cpu (default), cuda or auto\n"
             "  --threads N          CPU threads for the engine (default: all cores)\n"
-            "  --quant Q            quantise the weights at load (CPU only): q8_0 or q4 (routed experts 4-bit)\n"
+            "  --quant Q            quantise the weights at load: q8_0 or q4 (routed experts 4-bit)\n"
+            "  --gpu-mem SIZE       GPU memory to use, e.g. 1.5G (default: the free memory less 5 %%); what does not\n"
+            "                       fit stays on the CPU (embeddings, routed experts), requests past it get 507\n"
             "  --queue N            requests waiting at most (default 16); more get 429 with Retry-After\n"
             "  --max-connections N  open connections at most (default 128)\n"
             "  --max-upload BYTES   request body size limit (default 50000000; K, M, G suffixes); 413 above\n"
@@ -96,6 +99,12 @@ int cli_serve(int argc, char **argv) {
                 return 2;
             }
             c.quant = v;
+        }
+        else if (!strcmp(a, "--gpu-mem")) {
+            if (hwinfo_parse_size(v, &c.gpu_mem) || !c.gpu_mem) {
+                fprintf(stderr, "dsocr serve: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", v);
+                return 2;
+            }
         }
         else if (!strcmp(a, "--results-dir")) c.results_dir = v;
         else if (!strcmp(a, "--api-key")) c.api_key = v;

@@ -150,24 +150,15 @@ static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
 typedef void (*LinearFn)(float *, int, const float *, int, int, int, DsW, int, DsW, int);
 typedef void (*FfnFn)(float *, const float *, int, int, int, DsW, DsW, DsW, int, float *);
 
-static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, int n, const BackendMoe *m, int flags,
-                     float *router_logits, int32_t *experts, float *scratch) {
+/* acc [n, D] = Σ_j wts[r, j]·Expert_idx[r, j](x_r), experts in ascending order, each chosen expert's weights read
+ * once for all its rows (rounded in bf16 mode); scratch: xg, yg [n, D] | rows, wg [n] | ffn 2·n·F */
+static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const int32_t *idx, const float *wts,
+                       const BackendMoe *m, int flags, float *scratch) {
     const int D = m->d_model, E = m->n_experts, K = m->top_k;
-    float *logits = scratch;
-    int32_t *idx = (int32_t *)(logits + (size_t)n * E);
-    float *wts = (float *)(idx + (size_t)n * K);
-    float *acc = wts + (size_t)n * K, *xg = acc + (size_t)n * D, *yg = xg + (size_t)n * D;
+    float *xg = scratch, *yg = xg + (size_t)n * D;
     int32_t *rows = (int32_t *)(yg + (size_t)n * D);
     float *wg = (float *)(rows + n), *ffn = wg + n;
-    linear(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
-    ops_moe_route(logits, E, n, E, K, flags & OPS_BF16, idx, wts);
-    if (router_logits) {
-        memcpy(router_logits, logits, sizeof(float) * (size_t)n * E);
-        if (flags & OPS_BF16) ops_round_bf16_cpu(router_logits, (size_t)n * E);
-    }
-    if (experts) memcpy(experts, idx, sizeof(int32_t) * (size_t)n * K);
     memset(acc, 0, sizeof(float) * (size_t)n * D);
-    /* group the rows routed to each expert, so only selected experts' weights are read, each once */
     for (int e = 0; e < E; e++) {
         int cnt = 0;
         for (int r = 0; r < n; r++)
@@ -184,7 +175,33 @@ static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, in
         for (int i = 0; i < cnt; i++) ops_scale_add_cpu(acc + (size_t)rows[i] * D, wg[i], yg + (size_t)i * D, (size_t)D);
     }
     if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)n * D);
+}
+
+size_t backend_cpu_moe_routed_scratch(int n, const BackendMoe *m) {
+    return (size_t)n * (2 * (size_t)m->d_model + 2 + 2 * (size_t)m->d_ff) + 16;
+}
+void backend_cpu_moe_routed(float *acc, const float *x, int n, const int32_t *idx, const float *wts,
+                            const BackendMoe *m, int flags, float *scratch) {
+    moe_routed(ops_expert_ffn_cpu, acc, x, n, idx, wts, m, flags, scratch);
+}
+
+static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, int n, const BackendMoe *m, int flags,
+                     float *router_logits, int32_t *experts, float *scratch) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k;
+    float *logits = scratch;
+    int32_t *idx = (int32_t *)(logits + (size_t)n * E);
+    float *wts = (float *)(idx + (size_t)n * K);
+    float *acc = wts + (size_t)n * K, *rest = acc + (size_t)n * D;
+    linear(logits, E, x, D, n, D, m->router, E, ds_w_none(), 0);
+    ops_moe_route(logits, E, n, E, K, flags & OPS_BF16, idx, wts);
+    if (router_logits) {
+        memcpy(router_logits, logits, sizeof(float) * (size_t)n * E);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(router_logits, (size_t)n * E);
+    }
+    if (experts) memcpy(experts, idx, sizeof(int32_t) * (size_t)n * K);
+    moe_routed(ffn_fn, acc, x, n, idx, wts, m, flags, rest);
     if (m->shared.gate.data) {
+        float *ffn = rest + 2 * (size_t)n * D + 2 * (size_t)n; /* moe_routed's ffn part: free again */
         ffn_fn(y, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, ffn);
         ops_add_cpu(y, y, acc, (size_t)n * D);
         if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)n * D);

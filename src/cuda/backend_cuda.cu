@@ -79,6 +79,10 @@ static size_t table_take(CudaCtx *c, void *p) {
 static void *cu_alloc(Backend *b, size_t bytes) {
     CudaCtx *c = cctx(b);
     if (bytes == 0) bytes = 1;
+    pthread_mutex_lock(&c->mu);
+    const int over = c->budget && c->allocated + bytes > c->budget;
+    pthread_mutex_unlock(&c->mu);
+    if (over) return NULL; /* past --gpu-mem: the caller reports it as out of memory */
     void *p = NULL;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
@@ -1546,8 +1550,69 @@ static void cu_window_unpartition_residual(Backend *b, float *x, const void *win
 static void cu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
     cu_window_unpartition_residual(b, x, win, g, C, ws, 0);
 }
+float *cu_host_scratch(Backend *b, size_t n) {
+    CudaCtx *c = cctx(b);
+    if (n > c->host_floats) {
+        if (c->host_buf) {
+            CU_CHECK(cudaStreamSynchronize(c->stream)); /* copies from it may be in flight */
+            cu_host_free(b, c->host_buf);
+        }
+        c->host_buf = (float *)cu_host_alloc(b, n * sizeof(float));
+        DS_ASSERT(c->host_buf && "out of host memory for the hybrid MoE's rows");
+        c->host_floats = n;
+    }
+    return c->host_buf;
+}
+
+/* Whether p is host memory (a weight plan.h left on the host), not a device allocation. Never while the stream
+ * records a graph (a pointer query is no stream work, but the engine records only all-GPU models). */
+static bool host_ptr(Backend *b, const void *p) {
+    cudaStreamCaptureStatus cs = cudaStreamCaptureStatusNone;
+    if (cudaStreamIsCapturing(cctx(b)->stream, &cs) == cudaSuccess && cs != cudaStreamCaptureStatusNone) return false;
+    cudaPointerAttributes at;
+    if (cudaPointerGetAttributes(&at, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return true;
+    }
+    return at.type != cudaMemoryTypeDevice && at.type != cudaMemoryTypeManaged;
+}
+
+/* Rows ids[0..n) of a table in host memory, widened on the host and uploaded (embed_k's values). */
+static void embed_host(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D) {
+    CU_CHECK(cudaStreamSynchronize(cctx(b)->stream)); /* an earlier copy from the buffer may be in flight */
+    float *h = cu_host_scratch(b, (size_t)n * D);
+    for (int r = 0; r < n; r++) {
+        DS_ASSERT(ids[r] >= 0);
+        for (int i = 0; i < D; i++) h[(size_t)r * D + i] = ds_w_get(table, (size_t)ids[r] * D + i);
+    }
+    CU_CHECK(cudaMemcpyAsync(dst, h, sizeof(float) * (size_t)n * D, cudaMemcpyHostToDevice, cctx(b)->stream));
+}
+
+static void cu_linear_host(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N,
+                           DsW bias, int flags) {
+    if (M <= 0) return;
+    CudaCtx *c = cctx(b);
+    CU_CHECK(cudaStreamSynchronize(c->stream)); /* an earlier copy from the buffer may be in flight */
+    float *hx = cu_host_scratch(b, (size_t)M * K + (size_t)M * N), *hy = hx + (size_t)M * K;
+    CU_CHECK(cudaMemcpy2DAsync(hx, (size_t)K * 4, x, (size_t)ldx * 4, (size_t)K * 4, (size_t)M, cudaMemcpyDeviceToHost,
+                               c->stream));
+    if (flags & OPS_ACCUM)
+        CU_CHECK(cudaMemcpy2DAsync(hy, (size_t)N * 4, y, (size_t)ldy * 4, (size_t)N * 4, (size_t)M,
+                                   cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    Backend *cpu = backend_cpu();
+    cpu->linear(cpu, hy, N, hx, K, M, K, w, N, bias, flags);
+    CU_CHECK(cudaMemcpy2DAsync(y, (size_t)ldy * 4, hy, (size_t)N * 4, (size_t)N * 4, (size_t)M, cudaMemcpyHostToDevice,
+                               c->stream));
+}
+
 static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW table, int D) {
     DS_ASSERT(n >= 0 && D > 0 && table.data);
+    if (n && host_ptr(b, table.data)) {
+        for (int r0 = 0; r0 < n; r0 += 1024) /* bounded host rows */
+            embed_host(b, dst + (size_t)r0 * D, ids_host + r0, n - r0 < 1024 ? n - r0 : 1024, table, D);
+        return;
+    }
     for (int r0 = 0; r0 < n; r0 += EMBED_IDS) {
         int nc = n - r0 < EMBED_IDS ? n - r0 : EMBED_IDS;
         EmbedIds ids;
@@ -1564,6 +1629,15 @@ static void cu_embed(Backend *b, float *dst, const int32_t *ids_host, int n, DsW
 static void cu_embed_dev(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D) {
     DS_ASSERT(n >= 0 && D > 0 && table.data && ids);
     if (!n) return;
+    if (host_ptr(b, table.data)) { /* the ids come to the host first (not capturable: hybrid runs without graphs) */
+        int32_t few[64], *hid = n <= 64 ? few : (int32_t *)malloc(sizeof(int32_t) * (size_t)n);
+        DS_ASSERT(hid);
+        CU_CHECK(cudaMemcpyAsync(hid, ids, sizeof(int32_t) * (size_t)n, cudaMemcpyDeviceToHost, cctx(b)->stream));
+        CU_CHECK(cudaStreamSynchronize(cctx(b)->stream));
+        cu_embed(b, dst, hid, n, table, D);
+        if (hid != few) free(hid);
+        return;
+    }
     launch_pdl(cctx(b), embed_dev_k, dim3(grid_for((size_t)n * D)), dim3(256), 0, dst, ids, n, table.data, table.dtype, D);
     CU_LAUNCHED();
 }
@@ -1845,6 +1919,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->window_partition = cu_window_partition;
     b->window_unpartition_add = cu_window_unpartition_add;
     b->embed = cu_embed;
+    b->linear_host = cu_linear_host;
     b->fill_rows = cu_fill_rows;
     b->concat_cols = cu_concat_cols;
     b->copy_rows = cu_copy_rows;
@@ -1894,11 +1969,15 @@ fail:
     return NULL;
 }
 
+extern "C" void backend_cuda_set_budget(Backend *b, size_t bytes) { cctx(b)->budget = bytes; }
+
 extern "C" void backend_cuda_free(Backend *b) {
     if (!b) return;
     CudaCtx *c = cctx(b);
     if (c) {
         if (c->stream) cudaStreamSynchronize(c->stream);
+        if (c->host_buf) cu_host_free(b, c->host_buf);
+        if (c->hyb_ev) cudaEventDestroy(c->hyb_ev);
         for (size_t i = 0; i < c->alloc_cap; i++)
             if (c->allocs[i].p) cudaFree(c->allocs[i].p);
         free(c->allocs);

@@ -35,6 +35,9 @@ void backend_cuda_mem_info(const Backend *b, size_t *used, size_t *total);
 /* The driver's used bytes measured right after this backend created its CUDA context, before it allocated
  * anything: "peak device memory" figures subtract it (the context itself is not dsocr's doing). */
 size_t backend_cuda_context_used(const Backend *b);
+/* Every later allocation that would take this backend's allocated bytes past `bytes` fails (returns NULL: the
+ * caller's out-of-memory status), whatever the card has free: the --gpu-mem budget (plan.h). 0: no limit. */
+void backend_cuda_set_budget(Backend *b, size_t bytes);
 
 /* Ceilings for the benchmark, measured on this card: cuBLAS bf16 x bf16 -> bf16 GEMM (fp32 accumulation) of
  * side n in TFLOP/s (median of reps), and a device-to-device copy of `bytes` in GB/s counting bytes read plus

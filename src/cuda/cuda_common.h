@@ -68,6 +68,12 @@ typedef struct CudaCtx {
     int pdl;                /* programmatic dependent launch for the decode-path kernels (sm_90+, not DSOCR_NO_PDL) */
     int gemm_f16;           /* backend.h set_gemm_f16: fp16 inputs to the tensor-core products (wins over exact_gemm) */
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
+    size_t budget;          /* backend_cuda_set_budget: cu_alloc refuses past it (0: no limit) */
+    /* host memory (pinned when it can be) for the hybrid MoE's rows and the host-table embedding lookups, grown
+     * to the largest call (at most the decoder's chunk of rows), and the event the hybrid MoE waits on */
+    float *host_buf;
+    size_t host_floats;
+    cudaEvent_t hyb_ev;
     /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */
     int prof;
     cudaEvent_t *prof_ev;
@@ -214,6 +220,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
              int round_bf16);
 void cu_round_bf16(Backend *b, float *x, size_t n);
+/* ctx's host_buf with room for n floats (grown, never shrunk) */
+float *cu_host_scratch(Backend *b, size_t n);
 void cu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F, DsW gate, DsW up, DsW down, int flags,
                float *scratch);
 /* attention_cuda.cu */

@@ -880,6 +880,43 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     return true;
 }
 
+/* The hybrid MoE (BackendMoe.experts_host: the routed experts in host memory, plan.h). The router and its top-k
+ * run on the GPU (the many-row path's kernels); the rows x and their choices go to the host; the shared experts
+ * are launched on the GPU and run while the CPU computes the routed experts (backend_cpu_moe_routed); their sum
+ * comes back and y = shared + routed (rounded in bf16 mode), the CPU backend's order. Only hidden states and
+ * choices cross the bus. The stream is waited on once a layer, so a recorded graph cannot hold it: the engine runs
+ * hybrid models without graphs. */
+static void moe_hybrid(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags,
+                       float *router_logits, int32_t *experts, float *scratch) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k, bf = flags & OPS_BF16;
+    CudaCtx *c = cctx(b);
+    MoeSlots s;
+    moe_layout(scratch, n, m, &s);
+    cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
+    route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
+    CU_LAUNCHED();
+    /* host: x [n, D] | wts [n, K] | idx [n, K] | acc [n, D] | the CPU's scratch */
+    const size_t nd = (size_t)n * D, nk = (size_t)n * K;
+    float *hx = cu_host_scratch(b, 2 * nd + 2 * nk + backend_cpu_moe_routed_scratch(n, m));
+    float *hw = hx + nd, *hacc = hw + 2 * nk;
+    int32_t *hidx = (int32_t *)(hw + nk);
+    CU_CHECK(cudaMemcpyAsync(hx, x, nd * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaMemcpyAsync(hw, s.wts, nk * sizeof(float), cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaMemcpyAsync(hidx, s.idx, nk * sizeof(int32_t), cudaMemcpyDeviceToHost, c->stream));
+    if (!c->hyb_ev) CU_CHECK(cudaEventCreateWithFlags(&c->hyb_ev, cudaEventDisableTiming));
+    CU_CHECK(cudaEventRecord(c->hyb_ev, c->stream));
+    const int has_shared = m->shared.gate.data != NULL;
+    if (has_shared)
+        cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
+    CU_CHECK(cudaEventSynchronize(c->hyb_ev));
+    backend_cpu_moe_routed(hacc, hx, n, hidx, hw, m, bf, hacc + nd);
+    CU_CHECK(cudaMemcpyAsync(has_shared ? s.ysl : y, hacc, nd * sizeof(float), cudaMemcpyHostToDevice, c->stream));
+    if (has_shared) {
+        b->add(b, y, s.shared, s.ysl, nd);
+        if (bf) cu_round_bf16(b, y, nd);
+    }
+}
+
 /* cu_moe, after add_rmsnorm(a = rmsnorm(x += r)) when pn.res: fused into the router kernel on the one-row path,
  * else the norm's own kernel first. x is then pn.a. */
 static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags, float *router_logits,
@@ -887,6 +924,11 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     const int D = m->d_model, E = m->n_experts, K = m->top_k, F = m->d_ff, bf = flags & OPS_BF16;
     DS_ASSERT(E > 0 && E <= MAXE && K > 0 && K <= E && K <= MAXK && D > 0 && F > 0 && n >= 0);
     if (n == 0) return;
+    if (m->experts_host) {
+        if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);
+        moe_hybrid(b, y, x, n, m, flags, router_logits, experts, scratch);
+        return;
+    }
     CudaCtx *c = cctx(b);
     MoeSlots s;
     moe_layout(scratch, n, m, &s);

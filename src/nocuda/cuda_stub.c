@@ -12,6 +12,8 @@ Backend *backend_cuda_new(int device, DsError *e) {
 
 void backend_cuda_free(Backend *b) { (void)b; }
 
+void backend_cuda_set_budget(Backend *b, size_t bytes) { (void)b, (void)bytes; }
+
 void backend_cuda_bf16_io_counts(const Backend *b, long *direct, long *staged) {
     (void)b;
     *direct = *staged = 0;

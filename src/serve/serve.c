@@ -1160,6 +1160,7 @@ int serve_run(const ServeConfig *cfg) {
     WorkerConfig wc = {.model_dir = cfg->model_dir,
                        .device = cfg->device,
                        .quant = cfg->quant,
+                       .gpu_mem = cfg->gpu_mem,
                        .threads = cfg->threads,
                        .queue_max = cfg->queue_max,
                        .default_max_tokens = cfg->default_max_tokens,

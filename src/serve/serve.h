@@ -10,12 +10,14 @@
 #define DSOCR_SERVE_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 typedef struct ServeConfig {
     const char *model_dir;
     const char *model_name; /* the name /v1/models shows; NULL = model_dir as given */
     const char *device;     /* cpu | cuda | auto */
     const char *quant;      /* NULL, q8_0 or q4 (DsocrModelOptions.quant) */
+    uint64_t gpu_mem;       /* --gpu-mem bytes (DsocrModelOptions.gpu_mem; 0 = free memory less 5 %) */
     const char *host;       /* address to bind (default 127.0.0.1) */
     int port;               /* 0 = any free port (printed at start) */
     int threads;            /* CPU threads for the engine; 0 = all cores */

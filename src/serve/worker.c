@@ -400,6 +400,7 @@ static void *worker_main(void *arg) {
         dsocr_model_options_default(&mo);
         mo.device = w->cfg.device;
         mo.quant = w->cfg.quant;
+        mo.gpu_mem = w->cfg.gpu_mem;
         mo.threads = w->cfg.threads;
         mo.log = model_log;
         mo.log_user = w;

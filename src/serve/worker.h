@@ -65,6 +65,7 @@ typedef struct WorkerConfig {
     const char *model_dir;
     const char *device;
     const char *quant;   /* NULL, q8_0 or q4 (DsocrModelOptions.quant) */
+    uint64_t gpu_mem;    /* DsocrModelOptions.gpu_mem */
     int threads;         /* 0 = all cores */
     int queue_max;       /* waiting jobs at most (the running one not counted) */
     int default_max_tokens; /* when a request names none; 0 = until the context is full */

@@ -125,6 +125,46 @@ static void test_memory(void) {
     CHECK(exact_eq(h, r, 5));
     B->free(B, q);
     CHECK(B->allocated(B) == a0);
+    /* a budget (--gpu-mem): allocations past it fail cleanly, those within it succeed, none is counted twice */
+    backend_cuda_set_budget(B, a0 + (4 << 20));
+    void *in = B->alloc(B, 3 << 20), *out = B->alloc(B, 2 << 20);
+    CHECK(in && !out && B->allocated(B) == a0 + (3 << 20));
+    B->free(B, in);
+    backend_cuda_set_budget(B, 0);
+    CHECK(B->allocated(B) == a0 && (out = B->alloc(B, 2 << 20)) != NULL);
+    B->free(B, out);
+    /* the embedding lookup from a table left in host memory (plan.h hybrid) == from the device copy */
+    {
+        const int V = 50, Dm = 24;
+        uint16_t *tab = rnd_bf16((size_t)V * Dm, 1.0f);
+        DsW ht = ds_w(tab, DS_BF16), dt = ds_w(dev(tab, (size_t)V * Dm * 2), DS_BF16);
+        int32_t ids[4] = {7, 0, 49, 7};
+        int32_t *dids = dev(ids, sizeof ids);
+        float *e1 = dev_nan(4 * Dm), *e2 = dev_nan(4 * Dm), *e3 = dev_nan(4 * Dm);
+        B->embed(B, e1, ids, 4, dt, Dm);
+        B->embed(B, e2, ids, 4, ht, Dm);
+        B->embed_dev(B, e3, dids, 4, ht, Dm);
+        float *a = down(e1, 4 * Dm), *b2 = down(e2, 4 * Dm), *c3 = down(e3, 4 * Dm);
+        CHECK(exact_eq(a, b2, 4 * Dm) && exact_eq(a, c3, 4 * Dm));
+        /* linear with the weights in host memory (plan.h hybrid+head) against the device copy: the CPU's sums, so
+         * the fp32 tolerance; rows with strides, rounded outputs */
+        const int M = 3, N = V, ldy = N + 3;
+        float *y1 = dev_nan((size_t)M * ldy), *y2 = dev_nan((size_t)M * ldy);
+        B->linear(B, y1, ldy, e1, Dm, M, Dm, dt, N, ds_w_none(), BE_ROUND | BE_FP32_SUMS);
+        B->linear_host(B, y2, ldy, e1, Dm, M, Dm, ht, N, ds_w_none(), BE_ROUND | BE_FP32_SUMS);
+        float *l1 = down(y1, (size_t)M * ldy), *l2 = down(y2, (size_t)M * ldy);
+        double err = 0, ref = 0;
+        for (int r = 0; r < M; r++)
+            for (int i = 0; i < N; i++) {
+                const double d = l1[r * ldy + i] - l2[r * ldy + i];
+                err += d * d, ref += (double)l1[r * ldy + i] * l1[r * ldy + i];
+            }
+        CHECKF(sqrt(err / ref) < 8e-3, "linear_host differs from linear: %.2e", sqrt(err / ref));
+        free(l1), free(l2);
+        B->free(B, y1), B->free(B, y2);
+        free(a), free(b2), free(c3), free(tab);
+        B->free(B, (void *)dt.data), B->free(B, dids), B->free(B, e1), B->free(B, e2), B->free(B, e3);
+    }
     size_t used = 0, total = 0;
     backend_cuda_mem_info(B, &used, &total);
     CHECK(total > 0 && used > 0 && used <= total);
@@ -1078,6 +1118,24 @@ static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wd
                bf, dt_name(wdt), dt_name(swdt));
     EXPECT_ERR(rel_l2(gl, lg, (size_t)n * E), bf ? 4e-3 : 2e-5, "moe router logits n%d", n);
     CHECKF(same, "moe expert choice differs (n%d E%d k%d)", n, E, K);
+    /* the hybrid MoE (plan.h): the same layer with its routed experts in host memory, computed on the CPU while
+     * the GPU runs the router and the shared experts; the same rules against the reference */
+    {
+        BackendMoe xm = dm;
+        xm.experts = he;
+        xm.experts_host = 1;
+        float *hy = dev_nan((size_t)n * D), *hl = dev_nan((size_t)n * E);
+        int32_t *hi = (int32_t *)dev_nan((size_t)n * K);
+        B->moe(B, hy, dx, n, &xm, bf ? OPS_BF16 : 0, hl, hi, ds);
+        float *gh = down(hy, (size_t)n * D);
+        int32_t *ghi = malloc((size_t)n * K * 4);
+        B->download(B, ghi, hi, (size_t)n * K * 4);
+        EXPECT_ERR(rel_l2(gh, y, (size_t)n * D), tol, "hybrid moe n%d E%d k%d D%d F%d shared%d bf16%d %s/%s", n, E, K,
+                   D, F, S, bf, dt_name(wdt), dt_name(swdt));
+        CHECKF(!memcmp(ghi, idx, (size_t)n * K * 4), "hybrid moe expert choice differs (n%d E%d k%d)", n, E, K);
+        free(gh), free(ghi);
+        B->free(B, hy), B->free(B, hl), B->free(B, hi);
+    }
     /* add_rmsnorm_moe (the norm fused into the router kernel on the one-row path) == add_rmsnorm then moe, bit for
      * bit: y, the normed a, the updated residual x */
     {
