@@ -23,12 +23,17 @@
 
 #define KV_BLOCK 16
 #define PREFILL_CHUNK 256
+/* Model.lean (placed under a budget it did not fit whole): prefill chunks of 128 rows (half the decoder's working
+ * memory; its prefill waits on the CPU's experts anyway) and a KV pool grown in 128-token steps */
+#define LEAN_PREFILL_CHUNK 128
+#define LEAN_KV_GROW 128
 #define KV_GROW 1024 /* tokens: the KV pool's first size and growth step */
 #define ROWS_GROW 1024 /* rows: feat's and emb's first size and growth step (rows_reserve) */
 /* GPU memory the driver counts for the process beyond dsocr's allocations (kernel modules loaded on first use,
- * the cuBLAS handles): measured 0.10 GiB on an H100 (bench/results/lowvram-h100-session7.txt). The plan reserves
- * it and the allocator's budget leaves it free, so that the driver's view stays within --gpu-mem. */
-#define DRIVER_ALLOWANCE ((uint64_t)128 << 20)
+ * the cuBLAS handles, each allocation rounded to the driver's pages): measured 0.10 GiB all on the GPU and
+ * 0.17 GiB for a hybrid gundam page on an H100 (bench/results/lowvram-h100-session7.txt). The plan reserves it
+ * and the allocator's budget leaves it free, so that the driver's view stays within --gpu-mem. */
+#define DRIVER_ALLOWANCE ((uint64_t)176 << 20)
 #define MAX_VIEW_SIDE 1280
 #define VIEW_SIDE0 1024 /* the vision working memory's first size */
 
@@ -161,6 +166,9 @@ static DsocrStatus place_planned(DsocrModel *dm, const DsocrModelOptions *opt, D
     in.budget = opt->gpu_mem ? opt->gpu_mem : have + fr - fr / 20;
     model_group_bytes(m, in.weights);
     in.reserve = have + session_bytes(m, m->cfg.max_position_embeddings) + DRIVER_ALLOWANCE;
+    m->lean = 1; /* the hybrid placements' smaller working memory (model_place_plan sets lean for them) */
+    in.reserve_lean = have + session_bytes(m, m->cfg.max_position_embeddings) + DRIVER_ALLOWANCE;
+    m->lean = 0;
     plan_make(&in, &dm->plan);
     char line[512];
     plan_describe(&dm->plan, &in, line, sizeof line);
@@ -278,7 +286,7 @@ static size_t session_bytes(const Model *m, int T) {
     const ModelConfig *c = &m->cfg;
     const size_t D = (size_t)c->hidden_size, nb = ((size_t)T + KV_BLOCK - 1) / KV_BLOCK;
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK, rows = ROWS_GROW < T ? ROWS_GROW : T;
-    return vision_work_bytes(m, VIEW_SIDE0) + decoder_work_bytes(m, PREFILL_CHUNK) +
+    return vision_work_bytes(m, VIEW_SIDE0) + decoder_work_bytes(m, m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) +
            kvcache_bytes(c->num_hidden_layers, (int)D, KV_BLOCK, nb0) + sizeof(int32_t) * (nb + (size_t)T + 4) +
            sizeof(int32_t *) + 2 * sizeof(float) * (size_t)rows * D + sizeof(float) * (size_t)c->vocab_size;
 }
@@ -324,7 +332,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
     /* vision working memory for 1024-px views (base, gundam); a run with larger views grows it */
     if ((st = vision_work_new(m, VIEW_SIDE0, &s->vw, &e))) goto fail;
-    if ((st = decoder_work_new(m, PREFILL_CHUNK, &s->dw, &e))) goto fail;
+    if ((st = decoder_work_new(m, m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK, &s->dw, &e))) goto fail;
     /* the KV pool starts with KV_GROW positions of bf16 elements and grows with the runs (kv_reserve) */
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK;
     size_t kv_bytes = kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb0);
@@ -343,7 +351,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->emb = be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
     s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
-    s->no_graph = ds_env_on("DSOCR_NO_GRAPH") || dm->plan.kind == PLAN_HYBRID; /* hybrid waits on the host */
+    s->no_graph = ds_env_on("DSOCR_NO_GRAPH") || dm->plan.kind != PLAN_ALL_GPU; /* hybrid waits on the host */
     s->chw = be_host_alloc(be, sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
@@ -533,7 +541,7 @@ static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
     const int max_blocks = (s->max_context + kv->block_size - 1) / kv->block_size;
     int blocks = (int)(s->kv_bytes / per_block), need = (tokens + kv->block_size - 1) / kv->block_size;
     if (need > blocks) {
-        const int step = KV_GROW / kv->block_size;
+        const int step = (s->model->m->lean ? LEAN_KV_GROW : KV_GROW) / kv->block_size;
         int nb = (need + step - 1) / step * step;
         if (nb > max_blocks) nb = max_blocks;
         if (nb < need) nb = need;
@@ -804,8 +812,8 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     t0 = ds_now();
     progress(opt, "prefill %d tokens", T);
     DecoderWork *dw = s->dw, *dump_dw = NULL;
-    int chunk = PREFILL_CHUNK;
-    if (dd && T > PREFILL_CHUNK) {
+    int chunk = m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK;
+    if (dd && T > chunk) {
         if ((st = decoder_work_new(m, T, &dump_dw, &e))) {
             fail(s, st, "%s", e.msg);
             goto done;

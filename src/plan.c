@@ -19,11 +19,12 @@ const char *plan_kind_name(PlanKind k) {
 void plan_make(const PlanInput *in, Plan *p) {
     memset(p, 0, sizeof *p);
     const uint64_t *w = in->weights, all = w[PLAN_EMBED] + w[PLAN_ROUTED] + w[PLAN_LM_HEAD] + w[PLAN_REST];
-    p->min_need = w[PLAN_REST] + in->reserve;
+    const uint64_t lean = in->reserve_lean ? in->reserve_lean : in->reserve;
+    p->min_need = w[PLAN_REST] + lean;
     if (all + in->reserve <= in->budget) {
         p->kind = PLAN_ALL_GPU;
         for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 1;
-    } else if (w[PLAN_REST] + w[PLAN_LM_HEAD] + in->reserve <= in->budget) {
+    } else if (w[PLAN_REST] + w[PLAN_LM_HEAD] + lean <= in->budget) {
         p->kind = PLAN_HYBRID;
         p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
     } else if (p->min_need <= in->budget) {
@@ -38,7 +39,7 @@ void plan_make(const PlanInput *in, Plan *p) {
         else
             p->host_weights += in->weights[g];
     }
-    p->expected_peak = p->kind == PLAN_NO_FIT ? 0 : p->gpu_weights + in->reserve;
+    p->expected_peak = p->kind == PLAN_NO_FIT ? 0 : p->gpu_weights + (p->kind == PLAN_ALL_GPU ? in->reserve : lean);
 }
 
 static double gib(uint64_t b) { return (double)b / (1ull << 30); }
@@ -49,7 +50,8 @@ int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
                         "plan no-fit: the GPU budget is %.2f GiB; the smallest placement (embeddings, routed "
                         "experts and lm_head on the CPU) needs %.2f GiB (%.2f GiB of weights + %.2f GiB for a "
                         "session)",
-                        gib(in->budget), gib(p->min_need), gib(in->weights[PLAN_REST]), gib(in->reserve));
+                        gib(in->budget), gib(p->min_need), gib(in->weights[PLAN_REST]),
+                        gib(p->min_need - in->weights[PLAN_REST]));
     return snprintf(buf, n,
                     "plan %s: %.2f GiB of weights on the GPU, %.2f GiB on the CPU%s; expected GPU peak %.2f GiB "
                     "(%.2f GiB for a session) of a %.2f GiB budget",
@@ -57,6 +59,5 @@ int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
                     p->kind == PLAN_HYBRID        ? " (embeddings and routed experts)"
                     : p->kind == PLAN_HYBRID_HEAD ? " (embeddings, routed experts and lm_head)"
                                                   : "",
-                    gib(p->expected_peak),
-                    gib(in->reserve), gib(in->budget));
+                    gib(p->expected_peak), gib(p->expected_peak - p->gpu_weights), gib(in->budget));
 }

@@ -30,6 +30,8 @@ typedef enum PlanKind { PLAN_ALL_GPU = 0, PLAN_HYBRID, PLAN_HYBRID_HEAD, PLAN_NO
 typedef struct PlanInput {
     uint64_t weights[PLAN_N_GROUPS]; /* bytes of each group as held (after quantisation) */
     uint64_t reserve;                /* the rest of the GPU peak for one session */
+    uint64_t reserve_lean;           /* the same for the hybrid placements, whose working memory is smaller
+                                      * (Model.lean); 0: as reserve */
     uint64_t budget;                 /* bytes this process may use on the GPU */
 } PlanInput;
 

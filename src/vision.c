@@ -15,6 +15,9 @@
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
 #define VISION_GRAPHS 4             /* recorded views kept (a gundam page uses two sides) */
 #define TABLE_SLOTS 2               /* view sides whose position tables stay on the backend */
+/* Model.lean (a model plan.h placed partly on the host, short of GPU memory): the MLP in passes of 1,024 rows
+ * (the hidden buffer 12 MiB instead of 48) and one table slot (a gundam page then rebuilds its tables twice) */
+#define LEAN_MLP_CHUNK 1024
 
 struct VisionWork {
     Backend *be;
@@ -25,7 +28,9 @@ struct VisionWork {
     float *x, *y;          /* [max_rows, W] residual stream, normed */
     float *qkv;            /* [max_rows, 3W] */
     float *att;            /* [max_rows, W] */
-    float *big;            /* max(MLP_CHUNK·M, max_rows·W): MLP hidden, windowed projection */
+    float *big;            /* max(mlp_chunk·M, max_rows·W): MLP hidden, windowed projection */
+    int mlp_chunk;         /* rows per MLP pass: MLP_CHUNK, or LEAN_MLP_CHUNK for a model placed under a budget */
+    int n_tab;             /* table slots in use: TABLE_SLOTS, or 1 for a model placed under a budget */
     /* the position tables of up to TABLE_SLOTS view sides (a gundam page alternates two), tab[cur] in use */
     struct {
         int side;          /* 0: empty */
@@ -65,6 +70,9 @@ typedef struct Sizes {
     size_t W, g, rows, n, tok, CW, big, G, hd, np, relmax, O, D0, D1, CM, M, F, S;
 } Sizes;
 
+static int mlp_chunk(const Model *m) { return m->lean ? LEAN_MLP_CHUNK : MLP_CHUNK; }
+static int table_slots(const Model *m) { return m->lean ? 1 : TABLE_SLOTS; }
+
 static Sizes sizes(const Model *m, int max_side) {
     const ModelConfig *c = &m->cfg;
     const SamConfig *s = &c->sam;
@@ -78,7 +86,7 @@ static Sizes sizes(const Model *m, int max_side) {
     z.tok = 1 + z.n * z.n;
     z.CW = (size_t)c->clip.width;
     z.M = (size_t)s->mlp_dim;
-    z.big = (size_t)MLP_CHUNK * z.M;
+    z.big = (size_t)mlp_chunk(m) * z.M;
     if (z.big < z.rows * z.W) z.big = z.rows * z.W;
     z.G = (size_t)(s->image_size / s->patch_size);
     z.hd = z.W / (size_t)s->heads;
@@ -97,7 +105,7 @@ static Sizes sizes(const Model *m, int max_side) {
 size_t vision_work_bytes(const Model *m, int max_side) {
     Sizes z = sizes(m, max_side);
     size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big +
-               TABLE_SLOTS * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
+               table_slots(m) * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
                CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
                z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.n * z.n * z.F +
                z.n * z.n * (size_t)m->cfg.hidden_size;
@@ -133,7 +141,9 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(qkv, z.rows * 3 * z.W);
     A(att, z.rows * z.W);
     A(big, z.big);
-    for (int i = 0; i < TABLE_SLOTS; i++) {
+    w->mlp_chunk = mlp_chunk(m);
+    w->n_tab = table_slots(m);
+    for (int i = 0; i < w->n_tab; i++) {
         A(tab[i].pos, z.g * z.g * z.W);
         A(tab[i].rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
         A(tab[i].cpos, z.tok * z.CW);
@@ -328,21 +338,22 @@ static void relpos_table(Ctx *c, const StTensor *t, int len, float *dst) {
 }
 
 /* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input, bf16 storage when y16 is BE_IN_BF16);
- * tmp_out: [MLP_CHUNK, D] scratch. The hidden (w->big) is bf16 storage when act16. defer (act16 only): when the
+ * tmp_out: [mlp_chunk, D] scratch. The hidden (w->big) is bf16 storage when act16. defer (act16 only): when the
  * rows fit one pass, the residual step is left to the caller (the next norm's, see fused_norms): returns tmp_out,
  * fc2's output in bf16 storage, not yet added to x; else NULL (x updated here). */
 static const void *mlp(Ctx *c, float *x, const float *y, int y16, int M, int D, int F, DsW w1, DsW b1, DsW w2,
                        DsW b2, int quick, float *tmp_out, int residual_round, int defer) {
     VisionWork *w = c->w;
     const int h16 = act16(c);
-    for (int r0 = 0; r0 < M; r0 += MLP_CHUNK) {
-        int mm = M - r0 < MLP_CHUNK ? M - r0 : MLP_CHUNK;
+    const int chunk = w->mlp_chunk;
+    for (int r0 = 0; r0 < M; r0 += chunk) {
+        int mm = M - r0 < chunk ? M - r0 : chunk;
         /* row r0 of y: counted in bf16 elements when y holds bf16 */
         const float *yr = y16 ? (const float *)((const uint16_t *)y + (size_t)r0 * D) : y + (size_t)r0 * D;
         linear(c, w->big, F, yr, D, mm, D, w1, F, b1, (quick ? BE_QGELU : BE_GELU) | y16 | (h16 ? BE_OUT_BF16 : 0));
         /* fc2's output in bf16 storage too when act16, added (and rounded) in one pass */
         linear(c, tmp_out, D, w->big, F, mm, F, w2, D, b2, h16 ? BE_IN_BF16 | BE_OUT_BF16 : 0);
-        if (defer && h16 && M <= MLP_CHUNK) return tmp_out;
+        if (defer && h16 && M <= chunk) return tmp_out;
         residual(c, x + (size_t)r0 * D, tmp_out, (size_t)mm * D, h16, residual_round);
     }
     return NULL;
@@ -378,11 +389,11 @@ static void prepare_tables(Ctx *c, int side) {
     VisionWork *w = c->w;
     Backend *be = c->be;
     int t = -1;
-    for (int i = 0; i < TABLE_SLOTS && t < 0; i++)
+    for (int i = 0; i < w->n_tab && t < 0; i++)
         if (w->tab[i].side == side) t = i;
     if (t < 0) {
         t = 0;
-        for (int i = 1; i < TABLE_SLOTS; i++)
+        for (int i = 1; i < w->n_tab; i++)
             if (w->tab[i].used < w->tab[t].used) t = i; /* an empty slot (used 0) or the least recently used */
         for (int i = 0; i < w->n_graphs;) {
             if (w->tab[t].side && w->graphs[i].side == w->tab[t].side) {

@@ -12,7 +12,7 @@ static const uint64_t EMB = 330956800ull, ROUTED = 4844421120ull, HEAD = 3309568
 
 static PlanInput input(uint64_t emb, uint64_t routed, uint64_t head, uint64_t rest, uint64_t reserve,
                        uint64_t budget) {
-    PlanInput in = {{emb, routed, head, rest}, reserve, budget};
+    PlanInput in = {{emb, routed, head, rest}, reserve, 0, budget};
     return in;
 }
 
@@ -83,6 +83,13 @@ static void test_decisions(void) {
     PlanInput q4 = input(EMB, ROUTED * 18 / 64, HEAD * 34 / 64, vision + dec_rest * 34 / 64, 700 * MiB, 4 * GiB);
     plan_make(&q4, &p);
     CHECK(p.kind == PLAN_ALL_GPU && p.expected_peak <= q4.budget);
+    /* a smaller working memory for the hybrid placements (reserve_lean) makes them fit where the full one would not */
+    PlanInput l = input(EMB, ROUTED * 34 / 64, HEAD * 34 / 64, vision + dec_rest * 34 / 64, 700 * MiB, 3 * GiB / 2);
+    plan_make(&l, &p);
+    CHECK(p.kind == PLAN_NO_FIT);
+    l.reserve_lean = 500 * MiB;
+    plan_make(&l, &p);
+    CHECK(p.kind == PLAN_HYBRID_HEAD && p.expected_peak == p.gpu_weights + 500 * MiB && p.expected_peak <= l.budget);
     /* no budget at all (a zero-byte GPU): refused */
     PlanInput z = input(EMB, ROUTED, HEAD, rest, reserve, 0);
     plan_make(&z, &p);

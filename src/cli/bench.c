@@ -21,6 +21,8 @@
 #include "hwinfo.h"
 #include "ops.h"
 
+#define MAX_REPEAT 1000 /* --repeat at most (issue 8's flat-memory check runs 1,000 requests) */
+
 static void usage(FILE *f) {
     fprintf(f,
             "usage: dsocr bench [options]\n\n"
@@ -151,8 +153,8 @@ int cli_bench(int argc, char **argv) {
             return 2;
         }
     }
-    if (tokens < 1 || repeat < 1 || repeat > 256 || warmup < 0 || threads < 0) {
-        fprintf(stderr, "dsocr bench: --tokens >= 1, --repeat 1..256, --warmup >= 0, --threads >= 0\n");
+    if (tokens < 1 || repeat < 1 || repeat > MAX_REPEAT || warmup < 0 || threads < 0) {
+        fprintf(stderr, "dsocr bench: --tokens >= 1, --repeat 1..%d, --warmup >= 0, --threads >= 0\n", MAX_REPEAT);
         return 2;
     }
     DsocrPrecision prec;
@@ -199,7 +201,8 @@ int cli_bench(int argc, char **argv) {
     Backend *be = engine_model_backend(model);
     HwInfo hw;
     hwinfo_probe(&hw, 0);
-    DsocrDeviceInfo di;
+    DsocrDeviceInfo di, di10;
+    memset(&di10, 0, sizeof di10);
     dsocr_model_device_info(model, &di);
 
     printf("{\n  \"what\": \"dsocr bench: whole pages in one warm process (medians of --repeat runs after --warmup)\",\n");
@@ -232,7 +235,8 @@ int cli_bench(int argc, char **argv) {
     char list[256];
     snprintf(list, sizeof list, "%s", modes);
     for (char *save = NULL, *mode = strtok_r(list, ",", &save); mode; mode = strtok_r(NULL, ",", &save)) {
-        double pre[256], vis[256], pf[256], dec[256], tps[256], page[256];
+        static double pre[MAX_REPEAT], vis[MAX_REPEAT], pf[MAX_REPEAT], dec[MAX_REPEAT], tps[MAX_REPEAT],
+            page[MAX_REPEAT];
         int n_prompt = 0, n_tok = 0, n_views = 0;
         for (int r = 0; r < warmup + repeat && !rc; r++) {
             DsocrOcrOptions o;
@@ -266,6 +270,7 @@ int cli_bench(int argc, char **argv) {
             n_tok = res.n_tokens;
             n_views = res.n_views;
             dsocr_result_free(&res);
+            if (first && r == 9) dsocr_model_device_info(model, &di10); /* after 10 requests: the flatness check */
         }
         if (rc) break;
         if (be->profile_report) {
@@ -328,6 +333,10 @@ int cli_bench(int argc, char **argv) {
                di.placement, (unsigned long long)di.gpu_budget, di.peak > di.gpu_budget ? "true" : "false",
                di.gpu_used - di.gpu_baseline > di.gpu_budget ? "true" : "false");
     }
+    if (!strcmp(di.device, "cuda") && warmup + repeat >= 10) /* memory after 10 requests, against the end's */
+        printf(",\n    \"driver_used_after_10_requests_minus_context_gib\": %.3f, "
+               "\"device_allocated_after_10_requests_bytes\": %llu",
+               (double)(di10.gpu_used - di10.gpu_baseline) / (1 << 30), (unsigned long long)di10.allocated);
     printf("}");
     if (ceilings && !strcmp(di.device, "cuda")) { /* measured last: their buffers would count in the peaks */
         double tf = 0, gb = 0;
