@@ -501,6 +501,16 @@ static int buf_add(Buf *b, const char *s, size_t n) {
  * The id and position travel in one upload to s->step_dev; the step's ops read everything else from fixed
  * session buffers, so on a backend with graph_* they are recorded once per session (and precision) and replayed:
  * one launch per token instead of a few hundred. */
+/* Whether replacing `old` bytes by `bytes` would take the backend past the model's budget (dsocr_model_load's GPU
+ * budget, or engine_set_budget's): the admission check, the same on every backend (the CUDA allocator enforces the
+ * budget less the driver's allowance besides). */
+static int over_budget(const DsocrSession *s, size_t old, size_t bytes) {
+    const uint64_t b = s->model->budget;
+    return b && (uint64_t)s->be->allocated(s->be) - old + bytes > b;
+}
+
+void engine_set_budget(DsocrModel *m, uint64_t bytes) { m->budget = bytes; }
+
 /* feat and emb grown to hold `rows` rows (rows_grow steps, at most max_context): both are dead between runs, so
  * the old ones go first; when the new ones cannot be had the old size comes back and the run is refused. Growing
  * drops the recorded decode step (it reads emb). */
@@ -511,6 +521,9 @@ static DsocrStatus rows_reserve(DsocrSession *s, int rows) {
     int nr = (rows + s->rows_grow - 1) / s->rows_grow * s->rows_grow;
     if (nr > s->max_context) nr = s->max_context;
     if (nr < rows) nr = rows;
+    if (over_budget(s, 2 * sizeof(float) * (size_t)s->rows_cap * D, 2 * sizeof(float) * (size_t)nr * D))
+        return fail(s, DSOCR_E_NOMEM, "a prompt of %d rows (%zu MiB) does not fit the memory budget (%.2f GiB)", rows,
+                    (2 * sizeof(float) * (size_t)nr * D) >> 20, s->model->budget / 1073741824.0);
     if (s->graph) {
         be->graph_free(be, s->graph);
         s->graph = NULL;
@@ -545,6 +558,9 @@ static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
         int nb = (need + step - 1) / step * step;
         if (nb > max_blocks) nb = max_blocks;
         if (nb < need) nb = need;
+        if (over_budget(s, s->kv_bytes, per_block * (size_t)nb))
+            return fail(s, DSOCR_E_NOMEM, "a KV cache of %d tokens (%zu MiB) does not fit the memory budget (%.2f GiB)",
+                        nb * kv->block_size, (per_block * (size_t)nb) >> 20, s->model->budget / 1073741824.0);
         void *p = s->be->alloc(s->be, per_block * (size_t)nb);
         if (!p && kv->data) { /* the old pool's contents are dead between runs: make room, or keep it as it was */
             const size_t old = s->kv_bytes;

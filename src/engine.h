@@ -44,6 +44,9 @@ const char *engine_compat_name(DsocrCompat c);
 Backend *engine_model_backend(const DsocrModel *m);
 /* Its configuration. */
 const ModelConfig *engine_model_config(const DsocrModel *m);
+/* Sets the memory budget sessions' growth is admitted against (kv pool, prompt buffers; DSOCR_E_NOMEM past it),
+ * on any backend: for tests of the refusal path on the CPU (a GPU model gets its budget at load). 0: none. */
+void engine_set_budget(DsocrModel *m, uint64_t bytes);
 /* The CPU threads the model's requests run with (--threads, else every processor). */
 int engine_model_threads(const DsocrModel *m);
 

@@ -6,6 +6,7 @@
 #include "check.h"
 #include "ckpt_fixture.h"
 #include "dsocr.h"
+#include "engine.h"
 
 static char *g_dir;
 static DsocrModel *g_model;
@@ -246,6 +247,33 @@ static void test_rows_grow(void) {
     dsocr_session_free(s2);
 }
 
+/* Admission against a memory budget, on the CPU (the logic is the same on every backend): a run whose prompt
+ * buffers would grow past it is refused with DSOCR_E_NOMEM and a message naming the budget; the session stays
+ * usable, and without the budget the same run gives the main session's tokens. */
+static void test_budget_refusal(void) {
+    setenv("DSOCR_ROWS_GROW", "16", 1);
+    DsocrSession *s3 = NULL;
+    char err[512];
+    const DsocrStatus st = dsocr_session_new(g_model, NULL, &s3, err, sizeof err);
+    unsetenv("DSOCR_ROWS_GROW");
+    REQUIRE(st == DSOCR_OK);
+    DsocrDeviceInfo d;
+    dsocr_model_device_info(g_model, &d);
+    engine_set_budget(g_model, d.allocated + 1024); /* less than the tiny prompt's rows need */
+    DsocrOcrOptions o;
+    opts(&o);
+    DsocrResult a, b;
+    CHECK(dsocr_ocr(s3, g_png, g_png_len, &o, &b) == DSOCR_E_NOMEM);
+    CHECK_STR_CONTAINS(dsocr_session_error(s3), "does not fit the memory budget");
+    engine_set_budget(g_model, 0);
+    REQUIRE(run(&o, g_png, g_png_len, &a) == DSOCR_OK);
+    REQUIRE(dsocr_ocr(s3, g_png, g_png_len, &o, &b) == DSOCR_OK);
+    CHECK(a.n_tokens == b.n_tokens && !memcmp(a.tokens, b.tokens, sizeof(int) * (size_t)a.n_tokens));
+    dsocr_result_free(&a);
+    dsocr_result_free(&b);
+    dsocr_session_free(s3);
+}
+
 static void test_device_info(void) {
     DsocrDeviceInfo d;
     memset(&d, 0x5a, sizeof d);
@@ -269,6 +297,7 @@ int main(void) {
     RUN(test_callback_and_cancel);
     RUN(test_memory_flat);
     RUN(test_rows_grow);
+    RUN(test_budget_refusal);
     RUN(test_device_info);
     dsocr_session_free(g_sess);
     dsocr_model_free(g_model);

@@ -80,6 +80,21 @@ static void wlog(Worker *w, const char *rid, const char *msg) {
 
 static void model_log(void *user, const char *line) { wlog(user, "-", line); }
 
+/* After a job on a GPU: our device memory now and at peak, and the driver's view less the context (the seed
+ * server's "GPU memory before / after"): a figure that creeps from job to job would show here. Nothing on the CPU
+ * (or with the fake engine). */
+static void log_device_memory(Worker *w, const char *rid) {
+    if (!w->model) return;
+    DsocrDeviceInfo di;
+    dsocr_model_device_info(w->model, &di);
+    if (strcmp(di.device, "cuda")) return;
+    char msg[256];
+    snprintf(msg, sizeof msg, "GPU memory: %.3f GiB held (peak %.3f), driver's view %.3f GiB, budget %.3f GiB (%s)",
+             di.allocated / 1073741824.0, di.peak / 1073741824.0, (di.gpu_used - di.gpu_baseline) / 1073741824.0,
+             di.gpu_budget / 1073741824.0, di.placement);
+    wlog(w, rid, msg);
+}
+
 /* Appends len bytes to the job's live buffer (j->mu held); a failed allocation drops them. */
 static void live_append(Job *j, const char *text, size_t len) {
     if (j->live_len + len + 1 > j->live_cap) {
@@ -109,9 +124,17 @@ static int on_token(void *user, int id, const char *text, size_t len) {
     return 0;
 }
 
-/* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag. */
-static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r) {
+/* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag. It stands for a model
+ * whose memory budget holds FAKE_BUDGET_TOKENS: a request for more is refused as the engine's admission refuses
+ * one (DSOCR_E_NOMEM; the HTTP layer's 507 is tested with it). */
+#define FAKE_BUDGET_TOKENS 4096
+static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
+    if (o->max_tokens > FAKE_BUDGET_TOKENS) {
+        snprintf(err, errlen, "a KV cache of %d tokens does not fit the memory budget (the fake engine's: %d tokens)",
+                 o->max_tokens, FAKE_BUDGET_TOKENS);
+        return DSOCR_E_NOMEM;
+    }
     int n = o->max_tokens > 0 ? o->max_tokens : 4;
     if (n > 256) n = 256;
     char *text = malloc((size_t)n * 8 + 1);
@@ -188,8 +211,8 @@ static void run_job(Worker *w, Job *j) {
             o.cancel = &j->cancel;
             o.threads = w->cfg.threads;
             if (w->cfg.fake) {
-                st = fake_ocr(&o, &res);
-                if (st) snprintf(err, sizeof err, "out of memory");
+                snprintf(err, sizeof err, "out of memory");
+                st = fake_ocr(&o, &res, err, sizeof err);
             } else {
                 st = dsocr_ocr(w->sess, q->image, q->image_len, &o, &res);
                 if (st) snprintf(err, sizeof err, "%s", dsocr_session_error(w->sess));
@@ -219,6 +242,7 @@ static void run_job(Worker *w, Job *j) {
                                                  : "callback",
                  res.seconds_vision, res.seconds_prefill, res.seconds_decode, saved[0] ? "; saved " : "", saved);
     wlog(w, j->rid, msg);
+    log_device_memory(w, j->rid);
     if (save_err[0]) {
         snprintf(msg, sizeof msg, "result not saved: %s", save_err);
         wlog(w, j->rid, msg);
@@ -310,7 +334,8 @@ static DsocrStatus fake_recognize(void *user, DsocrSession *s, const void *image
     (void)image;
     (void)len;
     (void)dbg;
-    return fake_ocr(o, out);
+    char err[160];
+    return fake_ocr(o, out, err, sizeof err);
 }
 
 /* Bookkeeping when a job ends. */
@@ -375,6 +400,7 @@ static void run_doc_job(Worker *w, Job *j) {
         snprintf(msg, sizeof msg, "document %s done in %.2fs (queued %.2fs): %d pages, %d tokens", j->dreq.filename,
                  t_end - j->t_start, j->t_start - j->t_submit, j->doc_pages, j->live_tokens);
     wlog(w, j->rid, msg);
+    log_device_memory(w, j->rid);
     if (st) {
         cJSON_Delete(json);
         json = NULL;

@@ -382,6 +382,19 @@ def test_api_key(tiny_model, tmp_path):
         assert s.stop() == 0
 
 
+def test_memory_budget_507(tmp_path):
+    # a request the engine's memory budget cannot hold is refused with 507 and says why (the fake engine's budget
+    # holds 4,096 tokens, as a model's KV cache would under --gpu-mem); the server goes on serving
+    s = Server(["--fake-engine", "--results-dir", ""], str(tmp_path / "log"))
+    try:
+        st, _, j = ocr(s, {"max_tokens": "5000"})
+        assert "memory budget" in detail(st, j, 507)
+        st, _, j = ocr(s, {"max_tokens": "2"})
+        assert st == 200 and j["success"] is True
+    finally:
+        assert s.stop() == 0
+
+
 def test_queue_full_429_and_timeout(tiny_model, tmp_path):
     s = Server(["--model", tiny_model, "--queue", "1", "--results-dir", "", "--threads", "2"], str(tmp_path / "log"))
     try:
