@@ -111,7 +111,10 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     if (n < 1 || n > w->max_rows) return ds_fail(e, DSOCR_E_INVALID_ARG, "decoder chunk of %d rows", n);
     float *x = s->x;
     DsocrStatus st = DSOCR_OK;
-    if (s->ids_dev) be->embed_dev(be, x, s->ids_dev, n, m->embed, D);
+    if (s->embed_row)
+        be->upload(be, x, s->embed_row, sizeof(float) * (size_t)D);
+    else if (s->ids_dev)
+        be->embed_dev(be, x, s->ids_dev, n, m->embed, D);
     char nm[64];
     /* profile sections (DSOCR_PROFILE): a decode step's (one row) apart from the prefill's */
 #define MARK(name) be_mark(be, n == 1 ? "step." name : "dec." name)

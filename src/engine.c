@@ -67,6 +67,7 @@ struct DsocrSession {
     int32_t *seq;       /* [max_context] prompt + generated ids */
     int32_t *step_dev;  /* [4] backend: the decode step's input id and position; [2]: the argmax of its logits */
     int32_t step_host[2];
+    float *emb_row;     /* [D] pinned: the step's input row when the embeddings stay on the host (plan.h) */
     void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
     int graph_prec;     /* the DsocrPrecision it was recorded for (the KV cache's dtype and the products' inputs
                            follow it) */
@@ -302,6 +303,7 @@ void dsocr_session_free(DsocrSession *s) {
         if (dev[i]) be->free(be, dev[i]);
     free(s->table);
     if (s->chw) be_host_free(be, s->chw);
+    if (s->emb_row) be_host_free(be, s->emb_row);
     free(s->logits);
     free(s->masked);
     free(s->seq);
@@ -351,7 +353,12 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->emb = be->alloc(be, sizeof(float) * (size_t)s->rows_cap * D);
     s->logits_dev = be->alloc(be, sizeof(float) * (size_t)c->vocab_size);
     s->step_dev = be->alloc(be, sizeof(int32_t) * 4);
-    s->no_graph = ds_env_on("DSOCR_NO_GRAPH") || dm->plan.kind != PLAN_ALL_GPU; /* hybrid waits on the host */
+    /* the hybrid placements wait on the host inside a step: no graph */
+    s->no_graph = ds_env_on("DSOCR_NO_GRAPH") || dm->plan.kind == PLAN_HYBRID || dm->plan.kind == PLAN_HYBRID_HEAD;
+    if (m->embed_host && !(s->emb_row = be_host_alloc(be, sizeof(float) * (size_t)D))) {
+        st = ds_fail(&e, DSOCR_E_NOMEM, "out of memory");
+        goto fail;
+    }
     s->chw = be_host_alloc(be, sizeof(float) * 3 * MAX_VIEW_SIDE * MAX_VIEW_SIDE);
     s->logits = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
@@ -611,9 +618,12 @@ static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, DsocrPreci
     s->step_host[0] = tok;
     s->step_host[1] = pos;
     if (!preset) be->upload(be, s->step_dev, s->step_host, sizeof s->step_host);
+    const Model *m = s->model->m;
+    if (s->emb_row) /* the embeddings in host memory: this step's row, which the step (or its graph) copies in */
+        for (int i = 0, D = m->cfg.hidden_size; i < D; i++) s->emb_row[i] = ds_w_get(m->embed, (size_t)tok * D + i);
     DecoderStep ds = {.x = s->emb, .n = 1, .pos0 = pos, .pos_dev = s->step_dev + 1, .table = NULL,
-                      .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev, .kv = &s->kv,
-                      .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
+                      .tables_dev = (const int32_t *const *)s->tables_dev, .ids_dev = s->step_dev,
+                      .embed_row = s->emb_row, .kv = &s->kv, .bf16 = bf16, .logits = s->logits_dev, .dump_dir = NULL};
     if (!be->graph_begin || s->no_graph) return step_ops(s, &ds, e);
     if (s->graph && s->graph_prec != (int)prec) {
         be->graph_free(be, s->graph);

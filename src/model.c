@@ -415,6 +415,7 @@ DsocrStatus model_place_plan(Model *m, Backend *be, const Plan *plan, DsError *e
     for (int l = 0; l < m->cfg.num_hidden_layers; l++)
         m->layers[l].moe_w.experts_host = plan && !plan->on_gpu[PLAN_ROUTED];
     m->lm_head_host = plan && !plan->on_gpu[PLAN_LM_HEAD];
+    m->embed_host = plan && !plan->on_gpu[PLAN_EMBED];
     m->lean = plan && plan->kind != PLAN_ALL_GPU;
     m->be = be;
     return DSOCR_OK;

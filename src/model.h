@@ -84,6 +84,7 @@ typedef struct Model {
     void *quant_buf;                        /* owned: the weights model_quantize quantised (host memory) */
     size_t quant_bytes;
     int lm_head_host;                       /* 1: lm_head left in host memory by model_place_plan */
+    int embed_host;                         /* 1: the token embeddings left in host memory by model_place_plan */
     int lean;                               /* 1: placed under a budget it did not fit whole (plan.h hybrid): the
                                              * working memory takes its smaller forms (vision.c) */
     int image_token_id;                     /* <image> = 128815 */

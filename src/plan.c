@@ -12,7 +12,7 @@ PlanGroup plan_group(const char *name) {
 }
 
 const char *plan_kind_name(PlanKind k) {
-    static const char *const names[] = {"all-gpu", "hybrid", "hybrid+head", "no-fit"};
+    static const char *const names[] = {"all-gpu", "embed-host", "hybrid", "hybrid+head", "no-fit"};
     return k >= PLAN_ALL_GPU && k <= PLAN_NO_FIT ? names[k] : "?";
 }
 
@@ -24,6 +24,9 @@ void plan_make(const PlanInput *in, Plan *p) {
     if (all + in->reserve <= in->budget) {
         p->kind = PLAN_ALL_GPU;
         for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 1;
+    } else if (w[PLAN_ROUTED] + w[PLAN_REST] + w[PLAN_LM_HEAD] + lean <= in->budget) {
+        p->kind = PLAN_EMBED_HOST;
+        p->on_gpu[PLAN_ROUTED] = p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
     } else if (w[PLAN_REST] + w[PLAN_LM_HEAD] + lean <= in->budget) {
         p->kind = PLAN_HYBRID;
         p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
@@ -56,7 +59,8 @@ int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
                     "plan %s: %.2f GiB of weights on the GPU, %.2f GiB on the CPU%s; expected GPU peak %.2f GiB "
                     "(%.2f GiB for a session) of a %.2f GiB budget",
                     plan_kind_name(p->kind), gib(p->gpu_weights), gib(p->host_weights),
-                    p->kind == PLAN_HYBRID        ? " (embeddings and routed experts)"
+                    p->kind == PLAN_EMBED_HOST    ? " (embeddings)"
+                    : p->kind == PLAN_HYBRID      ? " (embeddings and routed experts)"
                     : p->kind == PLAN_HYBRID_HEAD ? " (embeddings, routed experts and lm_head)"
                                                   : "",
                     gib(p->expected_peak), gib(p->expected_peak - p->gpu_weights), gib(in->budget));

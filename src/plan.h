@@ -1,6 +1,7 @@
 /* plan.h: where the weights live under a GPU memory budget (issue 8, `--gpu-mem`), decided before anything is
  * placed. Three outcomes, tried in order:
  *   all-gpu  every weight on the GPU (the fastest: the decode step is one recorded graph);
+ *   embed-host  the token embeddings in host memory (a lookup: the host copies each step's row in; still a graph);
  *   hybrid   the token embeddings (a lookup: one row a token crosses the bus) and the routed experts (72 % of the
  *            bf16 weights, 6 of 64 read a token) in host memory, the CPU computing the routed experts while the GPU
  *            does the rest (backend.h BackendMoe.experts_host);
@@ -25,12 +26,12 @@ typedef enum PlanGroup {
     PLAN_N_GROUPS
 } PlanGroup;
 
-typedef enum PlanKind { PLAN_ALL_GPU = 0, PLAN_HYBRID, PLAN_HYBRID_HEAD, PLAN_NO_FIT } PlanKind;
+typedef enum PlanKind { PLAN_ALL_GPU = 0, PLAN_EMBED_HOST, PLAN_HYBRID, PLAN_HYBRID_HEAD, PLAN_NO_FIT } PlanKind;
 
 typedef struct PlanInput {
     uint64_t weights[PLAN_N_GROUPS]; /* bytes of each group as held (after quantisation) */
     uint64_t reserve;                /* the rest of the GPU peak for one session */
-    uint64_t reserve_lean;           /* the same for the hybrid placements, whose working memory is smaller
+    uint64_t reserve_lean;           /* the same for the other placements, whose working memory is smaller
                                       * (Model.lean); 0: as reserve */
     uint64_t budget;                 /* bytes this process may use on the GPU */
 } PlanInput;
@@ -47,7 +48,7 @@ typedef struct Plan {
 PlanGroup plan_group(const char *tensor_name);
 /* Decides where the groups go (see the header); never fails (no-fit is an outcome). */
 void plan_make(const PlanInput *in, Plan *out);
-/* "all-gpu", "hybrid", "hybrid+head", "no-fit" */
+/* "all-gpu", "embed-host", "hybrid", "hybrid+head", "no-fit" */
 const char *plan_kind_name(PlanKind k);
 /* One line for the log: the outcome, the bytes on each side, the expected peak against the budget; for no-fit,
  * what the smallest placement would need. Returns snprintf's count. */

@@ -37,11 +37,18 @@ static void test_decisions(void) {
     CHECK(p.kind == PLAN_ALL_GPU && p.on_gpu[PLAN_EMBED] && p.on_gpu[PLAN_ROUTED] && p.on_gpu[PLAN_LM_HEAD] &&
           p.on_gpu[PLAN_REST]);
     CHECK(p.gpu_weights == TOTAL && p.host_weights == 0 && p.expected_peak == TOTAL + reserve);
-    /* exactly at the edge still fits; one byte less goes hybrid (lm_head stays on the GPU) */
+    /* exactly at the edge still fits; one byte less leaves the embeddings on the host (embed-host) */
     in.budget = TOTAL + reserve;
     plan_make(&in, &p);
     CHECK(p.kind == PLAN_ALL_GPU);
     in.budget--;
+    plan_make(&in, &p);
+    CHECK(p.kind == PLAN_EMBED_HOST && !p.on_gpu[PLAN_EMBED] && p.on_gpu[PLAN_ROUTED] && p.on_gpu[PLAN_LM_HEAD] &&
+          p.on_gpu[PLAN_REST] && p.host_weights == EMB);
+    plan_describe(&p, &in, line, sizeof line);
+    CHECK_STR_CONTAINS(line, "plan embed-host");
+    /* past that, hybrid (lm_head stays on the GPU) */
+    in.budget = TOTAL - EMB + reserve - 1;
     plan_make(&in, &p);
     CHECK(p.kind == PLAN_HYBRID && !p.on_gpu[PLAN_EMBED] && !p.on_gpu[PLAN_ROUTED] && p.on_gpu[PLAN_LM_HEAD] &&
           p.on_gpu[PLAN_REST]);
@@ -79,6 +86,11 @@ static void test_decisions(void) {
     PlanInput q = input(EMB, ROUTED * 34 / 64, HEAD * 34 / 64, vision + dec_rest * 34 / 64, 500 * MiB, 3 * GiB / 2);
     plan_make(&q, &p);
     CHECK(p.kind == PLAN_HYBRID_HEAD && p.expected_peak <= q.budget);
+    /* 4-bit routed experts, Q8_0 elsewhere, in 3 GiB: the embeddings on the host, with the smaller working memory */
+    PlanInput q3 = input(EMB, ROUTED * 18 / 64, HEAD * 34 / 64, vision + dec_rest * 34 / 64, 700 * MiB, 3 * GiB);
+    q3.reserve_lean = 560 * MiB;
+    plan_make(&q3, &p);
+    CHECK(p.kind == PLAN_EMBED_HOST && p.expected_peak <= q3.budget);
     /* 4-bit routed experts, Q8_0 elsewhere: all on the GPU in 4 GiB */
     PlanInput q4 = input(EMB, ROUTED * 18 / 64, HEAD * 34 / 64, vision + dec_rest * 34 / 64, 700 * MiB, 4 * GiB);
     plan_make(&q4, &p);
