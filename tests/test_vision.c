@@ -190,6 +190,47 @@ static void test_bf16_storage_same(void) {
         }
 }
 
+/* The lean working memory (Model.lean, a model placed under a GPU budget: the MLP in passes of 1,024 rows, one
+ * position-table slot) gives every view bit for bit what the usual one gives: 1,024-px views (4,096 SAM rows: four
+ * MLP passes instead of one) alternating with 640-px tiles (the one slot rebuilt each time), in fp32 on the CPU
+ * backend and in bf16 with bf16 storage (the deferred residual only in one pass). */
+static void test_lean_same(void) {
+    const int sides[3] = {1024, 640, 1024};
+    for (int bf = 0; bf < 2; bf++) {
+        Backend *be = bf ? &g_io : backend_cpu();
+        VisionWork *w[2] = {NULL, NULL};
+        DsError e = {0};
+        for (int lean = 0; lean < 2; lean++) {
+            g_m->lean = lean;
+            g_m->be = be;
+            REQUIRE(vision_work_new(g_m, 1024, &w[lean], &e) == DSOCR_OK);
+        }
+        g_m->lean = 0;
+        CHECK(vision_work_bytes(g_m, 1024) > 0);
+        for (int k = 0; k < 3; k++) {
+            const int side = sides[k], n = side / 64, D = g_m->cfg.hidden_size;
+            const size_t np = (size_t)3 * side * side, no = (size_t)n * n * D;
+            float *chw = malloc(sizeof(float) * np), *out[2] = {malloc(sizeof(float) * no), malloc(sizeof(float) * no)};
+            uint64_t s = 0x2545f4914f6cdd1dull ^ (uint64_t)(side + k);
+            for (size_t i = 0; i < np; i++) {
+                s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+                chw[i] = (float)((s >> 40) * (2.0 / (1ull << 24)) - 1.0);
+            }
+            VisionOptions o = {.bf16 = bf};
+            for (int lean = 0; lean < 2; lean++) {
+                g_m->lean = lean;
+                CHECK(vision_encode(g_m, w[lean], chw, side, &o, out[lean], &e) == DSOCR_OK);
+            }
+            g_m->lean = 0;
+            CHECKF(!memcmp(out[0], out[1], sizeof(float) * no), "view %d (%d px, bf16 %d): lean differs", k, side, bf);
+            free(chw), free(out[0]), free(out[1]);
+        }
+        vision_work_free(w[0]);
+        vision_work_free(w[1]);
+        g_m->be = backend_cpu();
+    }
+}
+
 int main(void) {
     if (setup() != 0) {
         fprintf(stderr, "setup failed\n");
@@ -197,6 +238,7 @@ int main(void) {
         return 1;
     }
     RUN(test_bf16_storage_same);
+    RUN(test_lean_same);
     g_m->be = backend_cpu();
     model_free(g_m);
     fixture_rmdir(g_dir);
