@@ -276,5 +276,10 @@ void ops_expert_ffn_ref(float *y, const float *x, int M, int d_model, int d_ff, 
                         int flags, float *scratch);
 void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, DsW gate, DsW up, DsW down,
                         int flags, float *scratch);
+/* n (at most 17) expert FFNs of one row x [d_model] (decode: the routed experts and the shared ones), y[i] [d_model]
+ * = ops_expert_ffn_cpu(x, 1, d_model, d_ff[i], gate[i], up[i], down[i], flags) bit for bit, with every gate/up
+ * product in one parallel region and every down product in a second (not 3n). Scratch of its own (per thread). */
+void ops_expert_ffn1_many_cpu(float *const *y, const float *x, int d_model, const int *d_ff, const DsW *gate,
+                              const DsW *up, const DsW *down, int n, int flags);
 
 #endif

@@ -629,6 +629,54 @@ static void test_moe(void) {
     free(g), free(u), free(dn);
 }
 
+/* ops_expert_ffn1_many_cpu (decode: several experts' FFNs of one row in two parallel regions) == one
+ * ops_expert_ffn_cpu a expert, bit for bit: bf16, Q8_0 and Q4_0 weights, experts of two widths (routed and shared),
+ * fp32 and bf16 rounding, with 1 and 2 threads */
+static void test_ffn1_many_exact(void) {
+    const int dts[3] = {DS_BF16, DS_Q8_0, DS_Q4_0}, D = 160, n = 4, F[4] = {96, 96, 64, 224};
+    for (int di = 0; di < 3; di++)
+        for (int fl = 0; fl < 2; fl++)
+            for (int th = 1; th <= 2; th++) {
+                omp_set_num_threads(th);
+                float *x = rnd(D, 1.0f);
+                DsW g[4], u[4], dn[4];
+                void *bufs[12];
+                float *y1[4], *y2[4];
+                for (int i = 0; i < n; i++) {
+                    const size_t cnt = (size_t)F[i] * D;
+                    for (int k = 0; k < 3; k++) {
+                        float *wf = rnd(cnt, 0.3f);
+                        void *wd;
+                        if (dts[di] == DS_BF16) {
+                            uint16_t *h = malloc(sizeof(uint16_t) * cnt);
+                            for (size_t j = 0; j < cnt; j++) h[j] = f32_to_bf16(wf[j]);
+                            wd = h;
+                        } else {
+                            wd = malloc(quant_row_bytes((DsDtype)dts[di], (int64_t)cnt));
+                            quant_row_ref((DsDtype)dts[di], wd, wf, (int64_t)cnt); /* rows hold whole blocks */
+                        }
+                        free(wf);
+                        bufs[3 * i + k] = wd;
+                    }
+                    g[i] = ds_w(bufs[3 * i], (DsDtype)dts[di]);
+                    u[i] = ds_w(bufs[3 * i + 1], (DsDtype)dts[di]);
+                    dn[i] = ds_w(bufs[3 * i + 2], (DsDtype)dts[di]);
+                    y1[i] = fill(D, 0), y2[i] = fill(D, 0);
+                    float *s = malloc(ops_expert_ffn_scratch_floats(1, F[i]) * 4);
+                    ops_expert_ffn_cpu(y1[i], x, 1, D, F[i], g[i], u[i], dn[i], fl ? OPS_BF16 : 0, s);
+                    free(s);
+                }
+                ops_expert_ffn1_many_cpu(y2, x, D, F, g, u, dn, n, fl ? OPS_BF16 : 0);
+                for (int i = 0; i < n; i++)
+                    CHECKF(!memcmp(y1[i], y2[i], sizeof(float) * D), "dtype %d bf16 %d threads %d expert %d differs",
+                           dts[di], fl, th, i);
+                for (int i = 0; i < n; i++) free(y1[i]), free(y2[i]);
+                for (int i = 0; i < 3 * n; i++) free(bufs[i]);
+                free(x);
+            }
+    omp_set_num_threads(omp_get_num_procs());
+}
+
 /* ---------------------------------------------------------------------------------------------------------- */
 
 /* Runs the thread-sensitive fast ops with n threads; the outputs are concatenated into out (caller compares). */
@@ -758,6 +806,7 @@ int main(void) {
     RUN(test_conv2d);
     RUN(test_resample);
     RUN(test_moe);
+    RUN(test_ffn1_many_exact);
     RUN(test_thread_determinism);
     RUN(test_backend_flags);
     return check_summary();

@@ -141,17 +141,19 @@ static void cpu_swiglu(Backend *b, float *y, const float *x, int n, int D, int F
 }
 
 /* Scratch layout of cpu_moe: logits [n, E] | idx [n, k] | wts [n, k] | acc [n, D] | xg [n, D] | yg [n, D] |
- * rows [n] | wg [n] | ffn 2·n·max(F, S). */
+ * rows [n] | wg [n] | ffn 2·n·max(F, S) (one row: the k experts' outputs [k, D] there, moe_routed). */
 static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
     size_t F = (size_t)(m->d_ff > m->d_shared ? m->d_ff : m->d_shared);
-    return (size_t)n * ((size_t)m->n_experts + 2 * (size_t)m->top_k + 3 * (size_t)m->d_model + 2 + 2 * F) + 64;
+    return (size_t)n * ((size_t)m->n_experts + 2 * (size_t)m->top_k + 3 * (size_t)m->d_model + 2 + 2 * F) +
+           (size_t)m->top_k * m->d_model + 64;
 }
 
 typedef void (*LinearFn)(float *, int, const float *, int, int, int, DsW, int, DsW, int);
 typedef void (*FfnFn)(float *, const float *, int, int, int, DsW, DsW, DsW, int, float *);
 
 /* acc [n, D] = Σ_j wts[r, j]·Expert_idx[r, j](x_r), experts in ascending order, each chosen expert's weights read
- * once for all its rows (rounded in bf16 mode); scratch: xg, yg [n, D] | rows, wg [n] | ffn 2·n·F */
+ * once for all its rows (rounded in bf16 mode); scratch: xg, yg [n, D] | rows, wg [n] | ffn 2·n·F (and, for one
+ * row, the k outputs [k, D] from ffn on) */
 static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const int32_t *idx, const float *wts,
                        const BackendMoe *m, int flags, float *scratch) {
     const int D = m->d_model, E = m->n_experts, K = m->top_k;
@@ -159,6 +161,23 @@ static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const in
     int32_t *rows = (int32_t *)(yg + (size_t)n * D);
     float *wg = (float *)(rows + n), *ffn = wg + n;
     memset(acc, 0, sizeof(float) * (size_t)n * D);
+    if (n == 1 && ffn_fn == ops_expert_ffn_cpu && K <= 16) {
+        /* decode: the row's experts in ascending order, their FFNs in two parallel regions (the same bits) */
+        int ord[16] = {0}, nk = 0, fs[16] = {0};
+        DsW g[16] = {0}, u[16] = {0}, d[16] = {0};
+        float *ys[16] = {0};
+        for (int e = 0; e < E; e++)
+            for (int j = 0; j < K; j++)
+                if (idx[j] == e) ord[nk++] = j;
+        for (int i = 0; i < nk; i++) {
+            const BackendExpert *ex = &m->experts[idx[ord[i]]];
+            g[i] = ex->gate, u[i] = ex->up, d[i] = ex->down, fs[i] = m->d_ff, ys[i] = ffn + (size_t)i * D;
+        }
+        ops_expert_ffn1_many_cpu(ys, x, D, fs, g, u, d, nk, flags);
+        for (int i = 0; i < nk; i++) ops_scale_add_cpu(acc, wts[ord[i]], ys[i], (size_t)D);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)D);
+        return;
+    }
     for (int e = 0; e < E; e++) {
         int cnt = 0;
         for (int r = 0; r < n; r++)
@@ -178,7 +197,7 @@ static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const in
 }
 
 size_t backend_cpu_moe_routed_scratch(int n, const BackendMoe *m) {
-    return (size_t)n * (2 * (size_t)m->d_model + 2 + 2 * (size_t)m->d_ff) + 16;
+    return (size_t)n * (2 * (size_t)m->d_model + 2 + 2 * (size_t)m->d_ff) + (size_t)m->top_k * m->d_model + 16;
 }
 void backend_cpu_moe_routed(float *acc, const float *x, int n, const int32_t *idx, const float *wts,
                             const BackendMoe *m, int flags, float *scratch) {

@@ -482,35 +482,100 @@ static void gemv_r4(float *out, const float *x, DsW w, int n, int K) {
 
 enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 256 };
 
+/* Outputs [bi·GEMV_NB, +GEMV_NB) of linear_gemv's product: the unit its threads share out, so that a product
+ * computed in such blocks, by whatever thread, has the same bits. */
+static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
+                       int avx2, int bi) {
+    int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
+    int n = bi * GEMV_NB;
+    if (M == 1 && avx2 && (w.dtype == DS_BF16 || (quant_is_block(w.dtype) && cpu_avx2_f16c())))
+        for (; n + 4 <= n1; n += 4) { /* decode: 4 weight rows at a time */
+            float r[4];
+            gemv_r4(r, x, w, n, K);
+            for (int j = 0; j < 4; j++) {
+                float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
+                y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
+            }
+        }
+    for (; n < n1; n++) {
+        float b = bias.data ? ds_w_get(bias, n) : 0.0f;
+        for (int m0 = 0; m0 < M; m0 += 4) {
+            int mr = M - m0 < 4 ? M - m0 : 4;
+            float r[4];
+            gemv_rows(r, x + (size_t)m0 * ldx, ldx, mr, w, n, K, avx2);
+            for (int m = 0; m < mr; m++) {
+                float *o = &y[(size_t)(m0 + m) * ldy + n];
+                *o = (flags & OPS_ACCUM) ? *o + (r[m] + b) : r[m] + b;
+            }
+        }
+    }
+}
+
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     int avx2 = cpu_avx2() && !g_force_scalar;
     int nblk = (N + GEMV_NB - 1) / GEMV_NB;
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
-    for (int bi = 0; bi < nblk; bi++) {
-        int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
-        int n = bi * GEMV_NB;
-        if (M == 1 && avx2 && (w.dtype == DS_BF16 || (quant_is_block(w.dtype) && cpu_avx2_f16c())))
-            for (; n + 4 <= n1; n += 4) { /* decode: 4 weight rows at a time */
-                float r[4];
-                gemv_r4(r, x, w, n, K);
-                for (int j = 0; j < 4; j++) {
-                    float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
-                    y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
-                }
-            }
-        for (; n < n1; n++) {
-            float b = bias.data ? ds_w_get(bias, n) : 0.0f;
-            for (int m0 = 0; m0 < M; m0 += 4) {
-                int mr = M - m0 < 4 ? M - m0 : 4;
-                float r[4];
-                gemv_rows(r, x + (size_t)m0 * ldx, ldx, mr, w, n, K, avx2);
-                for (int m = 0; m < mr; m++) {
-                    float *o = &y[(size_t)(m0 + m) * ldy + n];
-                    *o = (flags & OPS_ACCUM) ? *o + (r[m] + b) : r[m] + b;
-                }
-            }
-        }
+    for (int bi = 0; bi < nblk; bi++) gemv_block(y, ldy, x, ldx, M, K, w, N, bias, flags, avx2, bi);
+}
+
+/* Several one-row products y_j = x_j · w_jᵀ (decode) as one parallel region: their output blocks in order, shared
+ * out among the threads (one barrier for all, each thread reading a long run of weights), each block as
+ * linear_gemv computes it, so each y_j has ops_linear_cpu's bits. */
+typedef struct {
+    float *y;
+    const float *x;
+    DsW w;
+    int N, K;
+} GemvJob;
+static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
+    enum { MAXJ = 2 * 17 };
+    DS_ASSERT(n_jobs <= MAXJ);
+    int start[MAXJ + 1], total = 0;
+    for (int j = 0; j < n_jobs; j++) {
+        start[j] = total;
+        total += (jobs[j].N + GEMV_NB - 1) / GEMV_NB;
     }
+    start[n_jobs] = total;
+    const int avx2 = cpu_avx2() && !g_force_scalar;
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < total; t++) {
+        int j = 0;
+        while (t >= start[j + 1]) j++;
+        const GemvJob *b = &jobs[j];
+        gemv_block(b->y, b->N, b->x, b->K, 1, b->K, b->w, b->N, ds_w_none(), 0, avx2, t - start[j]);
+    }
+}
+
+void ops_expert_ffn1_many_cpu(float *const *y, const float *x, int d_model, const int *d_ff, const DsW *gate,
+                              const DsW *up, const DsW *down, int n, int flags) {
+    DS_ASSERT(n >= 0 && n <= 17);
+    if (!n) return;
+    size_t fsum = 0;
+    for (int i = 0; i < n; i++) fsum += (size_t)d_ff[i];
+    float *g = cpu_scratch(SCRATCH_FFN, sizeof(float) * 2 * fsum);
+    DS_ASSERT(g && "out of memory for the decode step's expert scratch");
+    GemvJob jobs[2 * 17];
+    float *gi = g;
+    for (int i = 0; i < n; i++) { /* gate, up of every expert */
+        jobs[2 * i] = (GemvJob){gi, x, gate[i], d_ff[i], d_model};
+        jobs[2 * i + 1] = (GemvJob){gi + d_ff[i], x, up[i], d_ff[i], d_model};
+        gi += 2 * (size_t)d_ff[i];
+    }
+    gemv_jobs(jobs, 2 * n);
+    gi = g;
+    for (int i = 0; i < n; i++) { /* ops_expert_ffn_cpu's middle, per expert */
+        float *u = gi + d_ff[i];
+        if (flags & OPS_BF16) {
+            ops_round_bf16_cpu(gi, (size_t)d_ff[i]);
+            ops_round_bf16_cpu(u, (size_t)d_ff[i]);
+        }
+        ops_silu_mul_cpu(gi, gi, u, (size_t)d_ff[i], flags);
+        jobs[i] = (GemvJob){y[i], gi, down[i], d_model, d_ff[i]};
+        gi += 2 * (size_t)d_ff[i];
+    }
+    gemv_jobs(jobs, n);
+    if (flags & OPS_BF16)
+        for (int i = 0; i < n; i++) ops_round_bf16_cpu(y[i], (size_t)d_model);
 }
 
 /* A weight widened to fp32 once for a product of many row tiles (the vision encoder's: 4,096 rows), in a buffer of
