@@ -139,10 +139,7 @@ int cli_bench(int argc, char **argv) {
         } else if (!strcmp(a, "--quant") && more) {
             quant = argv[++i];
         } else if (!strcmp(a, "--gpu-mem") && more) {
-            if (hwinfo_parse_size(argv[++i], &gpu_mem) || !gpu_mem) {
-                fprintf(stderr, "dsocr bench: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", argv[i]);
-                return 2;
-            }
+            if (cli_gpu_mem("bench", argv[++i], &gpu_mem)) return 2;
         } else if (!strcmp(a, "--note") && more) {
             note = argv[++i];
         } else if (!strcmp(a, "--ceilings")) {

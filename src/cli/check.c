@@ -268,8 +268,7 @@ int cli_check(int argc, char **argv) {
             const char *v = argv[++i];
             if (!strcmp(a, "--model")) {
                 model = v;
-            } else if (hwinfo_parse_size(v, &budget) || budget == 0) {
-                fprintf(stderr, "dsocr check: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", v);
+            } else if (cli_gpu_mem("check", v, &budget)) {
                 return 2;
             }
         } else {

@@ -3,6 +3,8 @@
 #ifndef DSOCR_CLI_H
 #define DSOCR_CLI_H
 
+#include <stdint.h>
+
 int cli_check_model(int argc, char **argv);
 int cli_tokenize(int argc, char **argv);
 int cli_ocr(int argc, char **argv);
@@ -16,5 +18,9 @@ int cli_bench(int argc, char **argv);
  * `dsocr pull` fills (pull_cache_dir). When none holds a model it prints, on stderr, the command that fetches
  * one, and returns ./models/deepseek-ocr (whose loading then fails with the missing file named). */
 const char *cli_default_model_dir(void);
+
+/* A --gpu-mem value ("2G", "1.5GiB", "512M"; not 0) into *out: 0, or -1 after printing "dsocr VERB: --gpu-mem
+ * wants a size ..." on stderr. */
+int cli_gpu_mem(const char *verb, const char *v, uint64_t *out);
 
 #endif

@@ -6,6 +6,7 @@
 
 #include "cli/cli.h"
 #include "dsocr.h"
+#include "hwinfo.h"
 #include "ops.h"
 #include "pull.h"
 
@@ -26,6 +27,16 @@ static const Verb VERBS[] = {
     {"tokenize", cli_tokenize, "encode JSON strings to token ids (or --decode ids), one per line"},
 };
 #define N_VERBS (sizeof VERBS / sizeof VERBS[0])
+
+int cli_gpu_mem(const char *verb, const char *v, uint64_t *out) {
+    uint64_t b = 0;
+    if (v && !hwinfo_parse_size(v, &b) && b) {
+        *out = b;
+        return 0;
+    }
+    fprintf(stderr, "dsocr %s: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", verb, v ? v : "");
+    return -1;
+}
 
 const char *cli_default_model_dir(void) {
     static char cache[4096];

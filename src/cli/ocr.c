@@ -13,7 +13,6 @@
 #include <unistd.h>
 
 #include "cli/cli.h"
-#include "hwinfo.h"
 #include "document.h"
 #include "dump.h"
 #include "engine.h"
@@ -403,7 +402,10 @@ int cli_ocr(int argc, char **argv) {
             quant = v;
         } else if (!strcmp(a, "--gpu-mem")) {
             NEED();
-            if (hwinfo_parse_size(v, &gpu_mem) || !gpu_mem) BAD("--gpu-mem wants a size like 2G, 1.5GiB or 512M");
+            if (cli_gpu_mem("ocr", v, &gpu_mem)) {
+                free(args);
+                return 2;
+            }
         } else if (!strcmp(a, "--precision")) {
             NEED();
             if (!strcmp(v, "fp32")) o->precision = DSOCR_PRECISION_FP32;

@@ -4,7 +4,6 @@
 #include <string.h>
 
 #include "cli/cli.h"
-#include "hwinfo.h"
 #include "serve/serve.h"
 
 static void usage(FILE *f) {
@@ -101,10 +100,7 @@ int cli_serve(int argc, char **argv) {
             c.quant = v;
         }
         else if (!strcmp(a, "--gpu-mem")) {
-            if (hwinfo_parse_size(v, &c.gpu_mem) || !c.gpu_mem) {
-                fprintf(stderr, "dsocr serve: --gpu-mem wants a size like 2G, 1.5GiB or 512M, not '%s'\n", v);
-                return 2;
-            }
+            if (cli_gpu_mem("serve", v, &c.gpu_mem)) return 2;
         }
         else if (!strcmp(a, "--results-dir")) c.results_dir = v;
         else if (!strcmp(a, "--api-key")) c.api_key = v;
