@@ -16,33 +16,41 @@ const char *plan_kind_name(PlanKind k) {
     return k >= PLAN_ALL_GPU && k <= PLAN_NO_FIT ? names[k] : "?";
 }
 
+/* The groups placement moves to the host, in order: placement kind k has the first k of them there. */
+static const PlanGroup EVICT[PLAN_NO_FIT - 1] = {PLAN_EMBED, PLAN_ROUTED, PLAN_LM_HEAD};
+static const char *const EVICTED[PLAN_NO_FIT] = {"", " (embeddings)", " (embeddings and routed experts)",
+                                                 " (embeddings, routed experts and lm_head)"};
+
 void plan_make(const PlanInput *in, Plan *p) {
     memset(p, 0, sizeof *p);
-    const uint64_t *w = in->weights, all = w[PLAN_EMBED] + w[PLAN_ROUTED] + w[PLAN_LM_HEAD] + w[PLAN_REST];
     const uint64_t lean = in->reserve_lean ? in->reserve_lean : in->reserve;
-    p->min_need = w[PLAN_REST] + lean;
-    if (all + in->reserve <= in->budget) {
-        p->kind = PLAN_ALL_GPU;
-        for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 1;
-    } else if (w[PLAN_ROUTED] + w[PLAN_REST] + w[PLAN_LM_HEAD] + lean <= in->budget) {
-        p->kind = PLAN_EMBED_HOST;
-        p->on_gpu[PLAN_ROUTED] = p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
-    } else if (w[PLAN_REST] + w[PLAN_LM_HEAD] + lean <= in->budget) {
-        p->kind = PLAN_HYBRID;
-        p->on_gpu[PLAN_REST] = p->on_gpu[PLAN_LM_HEAD] = 1;
-    } else if (p->min_need <= in->budget) {
-        p->kind = PLAN_HYBRID_HEAD;
-        p->on_gpu[PLAN_REST] = 1;
-    } else {
-        p->kind = PLAN_NO_FIT;
+    p->min_need = in->weights[PLAN_REST] + lean; /* hybrid+head's: the smallest placement */
+    uint64_t on = 0; /* the weights still on the GPU */
+    for (int g = 0; g < PLAN_N_GROUPS; g++) {
+        p->on_gpu[g] = 1;
+        on += in->weights[g];
     }
+    int k = 0;
+    for (; k < PLAN_NO_FIT; k++) {
+        const uint64_t need = on + (k ? lean : in->reserve);
+        if (need <= in->budget) {
+            p->expected_peak = need;
+            break;
+        }
+        if (k < PLAN_NO_FIT - 1) {
+            p->on_gpu[EVICT[k]] = 0;
+            on -= in->weights[EVICT[k]];
+        }
+    }
+    p->kind = (PlanKind)k;
+    if (p->kind == PLAN_NO_FIT)
+        for (int g = 0; g < PLAN_N_GROUPS; g++) p->on_gpu[g] = 0;
     for (int g = 0; g < PLAN_N_GROUPS; g++) {
         if (p->on_gpu[g])
             p->gpu_weights += in->weights[g];
         else
             p->host_weights += in->weights[g];
     }
-    p->expected_peak = p->kind == PLAN_NO_FIT ? 0 : p->gpu_weights + (p->kind == PLAN_ALL_GPU ? in->reserve : lean);
 }
 
 static double gib(uint64_t b) { return (double)b / (1ull << 30); }
@@ -58,10 +66,6 @@ int plan_describe(const Plan *p, const PlanInput *in, char *buf, size_t n) {
     return snprintf(buf, n,
                     "plan %s: %.2f GiB of weights on the GPU, %.2f GiB on the CPU%s; expected GPU peak %.2f GiB "
                     "(%.2f GiB for a session) of a %.2f GiB budget",
-                    plan_kind_name(p->kind), gib(p->gpu_weights), gib(p->host_weights),
-                    p->kind == PLAN_EMBED_HOST    ? " (embeddings)"
-                    : p->kind == PLAN_HYBRID      ? " (embeddings and routed experts)"
-                    : p->kind == PLAN_HYBRID_HEAD ? " (embeddings, routed experts and lm_head)"
-                                                  : "",
+                    plan_kind_name(p->kind), gib(p->gpu_weights), gib(p->host_weights), EVICTED[p->kind],
                     gib(p->expected_peak), gib(p->expected_peak - p->gpu_weights), gib(in->budget));
 }
