@@ -149,7 +149,7 @@ static void model_log(void *user, const char *line) {
     if (o && o->log) o->log(o->log_user, line);
 }
 
-static size_t session_bytes(const Model *m, int max_context);
+static size_t session_bytes(const Model *m, int max_context, int lean);
 
 /* Places the weights: the CPU backends use them where they are; on a GPU, plan.h decides under the budget
  * (opt->gpu_mem, else what the driver reports free less 5 %) with one session's working memory and the backend's
@@ -166,10 +166,9 @@ static DsocrStatus place_planned(DsocrModel *dm, const DsocrModelOptions *opt, D
     memset(&in, 0, sizeof in);
     in.budget = opt->gpu_mem ? opt->gpu_mem : have + fr - fr / 20;
     model_group_bytes(m, in.weights);
-    in.reserve = have + session_bytes(m, m->cfg.max_position_embeddings) + DRIVER_ALLOWANCE;
-    m->lean = 1; /* the hybrid placements' smaller working memory (model_place_plan sets lean for them) */
-    in.reserve_lean = have + session_bytes(m, m->cfg.max_position_embeddings) + DRIVER_ALLOWANCE;
-    m->lean = 0;
+    in.reserve = have + session_bytes(m, m->cfg.max_position_embeddings, 0) + DRIVER_ALLOWANCE;
+    /* the other placements' smaller working memory (model_place_plan sets Model.lean for them) */
+    in.reserve_lean = have + session_bytes(m, m->cfg.max_position_embeddings, 1) + DRIVER_ALLOWANCE;
     plan_make(&in, &dm->plan);
     char line[512];
     plan_describe(&dm->plan, &in, line, sizeof line);
@@ -282,12 +281,13 @@ void dsocr_model_device_info(const DsocrModel *m, DsocrDeviceInfo *out) {
 void dsocr_session_options_default(DsocrSessionOptions *o) { memset(o, 0, sizeof *o); }
 
 /* What dsocr_session_new allocates in backend memory for a context of T tokens with the KV pool at its first size
- * (KV_GROW tokens; a longer run grows it, and a run the budget cannot hold is refused then). */
-static size_t session_bytes(const Model *m, int T) {
+ * (KV_GROW tokens; a longer run grows it, and a run the budget cannot hold is refused then), for a model with
+ * Model.lean = lean. */
+static size_t session_bytes(const Model *m, int T, int lean) {
     const ModelConfig *c = &m->cfg;
     const size_t D = (size_t)c->hidden_size, nb = ((size_t)T + KV_BLOCK - 1) / KV_BLOCK;
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK, rows = ROWS_GROW < T ? ROWS_GROW : T;
-    return vision_work_bytes(m, VIEW_SIDE0) + decoder_work_bytes(m, m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) +
+    return vision_work_bytes(m, VIEW_SIDE0, lean) + decoder_work_bytes(m, lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) +
            kvcache_bytes(c->num_hidden_layers, (int)D, KV_BLOCK, nb0) + sizeof(int32_t) * (nb + (size_t)T + 4) +
            sizeof(int32_t *) + 2 * sizeof(float) * (size_t)rows * D + sizeof(float) * (size_t)c->vocab_size;
 }

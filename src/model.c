@@ -208,10 +208,12 @@ static size_t held_bytes(const BoundWeight *b) {
     return quant_row_bytes(b->slot->dtype, (int64_t)t->numel); /* rows hold whole blocks */
 }
 
+/* its room in model_place's arena: every tensor at a 256-byte boundary */
+static size_t arena_bytes(const BoundWeight *b) { return (held_bytes(b) + 255) & ~(size_t)255; }
+
 void model_group_bytes(const Model *m, uint64_t *out) {
     for (int g = 0; g < PLAN_N_GROUPS; g++) out[g] = 0;
-    for (int i = 0; i < m->n_bound; i++)
-        out[plan_group(m->bound[i].t->name)] += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
+    for (int i = 0; i < m->n_bound; i++) out[plan_group(m->bound[i].t->name)] += arena_bytes(&m->bound[i]);
 }
 
 size_t model_weight_bytes(const Model *m) {
@@ -391,7 +393,7 @@ DsocrStatus model_place_plan(Model *m, Backend *be, const Plan *plan, DsError *e
      * adjacent: fuse_qkv below) */
     size_t total = 0;
     for (int i = 0; i < m->n_bound; i++)
-        if (placed_by(m, i, plan)) total += (held_bytes(&m->bound[i]) + 255) & ~(size_t)255;
+        if (placed_by(m, i, plan)) total += arena_bytes(&m->bound[i]);
     m->placed = calloc(2, sizeof *m->placed);
     if (!m->placed) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     char *arena = be->alloc(be, total ? total : 1);
@@ -408,7 +410,7 @@ DsocrStatus model_place_plan(Model *m, Backend *be, const Plan *plan, DsError *e
         size_t n = held_bytes(&m->bound[i]);
         be->upload(be, arena + off, m->bound[i].host ? m->bound[i].host : m->bound[i].t->data, n);
         m->bound[i].slot->data = arena + off;
-        off += (n + 255) & ~(size_t)255;
+        off += arena_bytes(&m->bound[i]);
     }
     fuse_qkv(m);
     refresh_moe(m);

@@ -70,10 +70,11 @@ typedef struct Sizes {
     size_t W, g, rows, n, tok, CW, big, G, hd, np, relmax, O, D0, D1, CM, M, F, S;
 } Sizes;
 
-static int mlp_chunk(const Model *m) { return m->lean ? LEAN_MLP_CHUNK : MLP_CHUNK; }
-static int table_slots(const Model *m) { return m->lean ? 1 : TABLE_SLOTS; }
+static int mlp_chunk(int lean) { return lean ? LEAN_MLP_CHUNK : MLP_CHUNK; }
+static int table_slots(int lean) { return lean ? 1 : TABLE_SLOTS; }
 
-static Sizes sizes(const Model *m, int max_side) {
+/* lean: Model.lean's smaller form (only z.big depends on it) */
+static Sizes sizes(const Model *m, int max_side, int lean) {
     const ModelConfig *c = &m->cfg;
     const SamConfig *s = &c->sam;
     Sizes z;
@@ -86,7 +87,7 @@ static Sizes sizes(const Model *m, int max_side) {
     z.tok = 1 + z.n * z.n;
     z.CW = (size_t)c->clip.width;
     z.M = (size_t)s->mlp_dim;
-    z.big = (size_t)mlp_chunk(m) * z.M;
+    z.big = (size_t)mlp_chunk(lean) * z.M;
     if (z.big < z.rows * z.W) z.big = z.rows * z.W;
     z.G = (size_t)(s->image_size / s->patch_size);
     z.hd = z.W / (size_t)s->heads;
@@ -102,10 +103,10 @@ static Sizes sizes(const Model *m, int max_side) {
     return z;
 }
 
-size_t vision_work_bytes(const Model *m, int max_side) {
-    Sizes z = sizes(m, max_side);
+size_t vision_work_bytes(const Model *m, int max_side, int lean) {
+    Sizes z = sizes(m, max_side, lean);
     size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big +
-               table_slots(m) * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
+               table_slots(lean) * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
                CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
                z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.n * z.n * z.F +
                z.n * z.n * (size_t)m->cfg.hidden_size;
@@ -120,7 +121,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     if (!w) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
     Backend *be = m->be;
     w->be = be;
-    Sizes z = sizes(m, max_side);
+    Sizes z = sizes(m, max_side, m->lean);
     w->max_side = max_side;
     w->max_g = (int)z.g;
     w->max_rows = (int)z.rows;
@@ -141,8 +142,8 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     A(qkv, z.rows * 3 * z.W);
     A(att, z.rows * z.W);
     A(big, z.big);
-    w->mlp_chunk = mlp_chunk(m);
-    w->n_tab = table_slots(m);
+    w->mlp_chunk = mlp_chunk(m->lean);
+    w->n_tab = table_slots(m->lean);
     for (int i = 0; i < w->n_tab; i++) {
         A(tab[i].pos, z.g * z.g * z.W);
         A(tab[i].rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
@@ -175,7 +176,7 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
 oom:
     vision_work_free(w);
     return ds_fail(e, DSOCR_E_NOMEM, "out of %s memory for the vision working memory (%zu MiB for %d-px views)",
-                   be->name, vision_work_bytes(m, max_side) >> 20, max_side);
+                   be->name, vision_work_bytes(m, max_side, m->lean) >> 20, max_side);
 }
 
 int vision_work_max_side(const VisionWork *w) { return w ? w->max_side : 0; }
@@ -413,7 +414,7 @@ static void prepare_tables(Ctx *c, int side) {
             src = w->h_pos;
         }
         be->upload(be, w->tab[t].pos, src, sizeof(float) * (size_t)g * g * W);
-        const size_t relmax = sizes(m, w->max_side).relmax;
+        const size_t relmax = sizes(m, w->max_side, 0).relmax;
         for (int b = 0; b < s->layers; b++) {
             const SamBlock *k = &m->sam.blocks[b];
             const int len = k->global ? g : s->window_size;
@@ -452,7 +453,7 @@ static DsocrStatus sam_forward(Ctx *c, int side) {
     rnd(c, w->x, (size_t)g * g * W);
     if ((st = dump_rows(c, "sam_patch", w->x, g, g, W))) return st;
 
-    const size_t relmax = sizes(m, w->max_side).relmax;
+    const size_t relmax = sizes(m, w->max_side, 0).relmax;
     const float scale = 1.0f / sqrtf((float)hd);
     const int fz = fused_norms(c, W);
     const void *pend = NULL; /* a residual not yet added to x (fused_norms) */

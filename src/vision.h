@@ -14,8 +14,9 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
 void vision_work_free(VisionWork *w);
 /* The largest view side w was sized for (0 for NULL). */
 int vision_work_max_side(const VisionWork *w);
-/* Bytes held by a VisionWork for max_side. */
-size_t vision_work_bytes(const Model *m, int max_side);
+/* Bytes held by a VisionWork for max_side: in its smaller form when lean (what vision_work_new makes for a model
+ * with Model.lean set). */
+size_t vision_work_bytes(const Model *m, int max_side, int lean);
 
 typedef struct VisionOptions {
     int bf16;              /* 1: the official bf16 rounding points (spec §12, §16) */
