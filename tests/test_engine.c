@@ -221,15 +221,22 @@ static void test_memory_flat(void) {
     CHECKF(after - before < 2048, "resident memory grew by %ld KiB over 30 runs", after - before);
 }
 
-/* A session whose prompt buffers start at 16 rows ($DSOCR_ROWS_GROW) grows them for each larger prompt (tiny, then
- * base) and gives the tokens of the main session, whose buffers never grow. */
-static void test_rows_grow(void) {
+/* A second session whose prompt buffers start at 16 rows and grow in 16-row steps ($DSOCR_ROWS_GROW); NULL when it
+ * cannot be made. */
+static DsocrSession *small_rows_session(void) {
     setenv("DSOCR_ROWS_GROW", "16", 1);
-    DsocrSession *s2 = NULL;
+    DsocrSession *s = NULL;
     char err[512];
-    const DsocrStatus st = dsocr_session_new(g_model, NULL, &s2, err, sizeof err);
+    const DsocrStatus st = dsocr_session_new(g_model, NULL, &s, err, sizeof err);
     unsetenv("DSOCR_ROWS_GROW");
-    REQUIRE(st == DSOCR_OK);
+    return st == DSOCR_OK ? s : NULL;
+}
+
+/* A session whose prompt buffers start at 16 rows grows them for each larger prompt (tiny, then base) and gives the
+ * tokens of the main session, whose buffers never grow. */
+static void test_rows_grow(void) {
+    DsocrSession *s2 = small_rows_session();
+    REQUIRE(s2);
     const char *modes[] = {"tiny", "base", "tiny"};
     for (int i = 0; i < 3; i++) {
         DsocrOcrOptions o;
@@ -251,12 +258,8 @@ static void test_rows_grow(void) {
  * buffers would grow past it is refused with DSOCR_E_NOMEM and a message naming the budget; the session stays
  * usable, and without the budget the same run gives the main session's tokens. */
 static void test_budget_refusal(void) {
-    setenv("DSOCR_ROWS_GROW", "16", 1);
-    DsocrSession *s3 = NULL;
-    char err[512];
-    const DsocrStatus st = dsocr_session_new(g_model, NULL, &s3, err, sizeof err);
-    unsetenv("DSOCR_ROWS_GROW");
-    REQUIRE(st == DSOCR_OK);
+    DsocrSession *s3 = small_rows_session();
+    REQUIRE(s3);
     DsocrDeviceInfo d;
     dsocr_model_device_info(g_model, &d);
     engine_set_budget(g_model, d.allocated + 1024); /* less than the tiny prompt's rows need */

@@ -124,9 +124,9 @@ static int on_token(void *user, int id, const char *text, size_t len) {
     return 0;
 }
 
-/* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag. It stands for a model
- * whose memory budget holds FAKE_BUDGET_TOKENS: a request for more is refused as the engine's admission refuses
- * one (DSOCR_E_NOMEM; the HTTP layer's 507 is tested with it). */
+/* The fake engine: max_tokens (default 4) tokens "w0 w1 ...", honouring the cancel flag; err gets the message of a
+ * failure. It stands for a model whose memory budget holds FAKE_BUDGET_TOKENS: a request for more is refused as the
+ * engine's admission refuses one (DSOCR_E_NOMEM; the HTTP layer's 507 is tested with it). */
 #define FAKE_BUDGET_TOKENS 4096
 static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r, char *err, size_t errlen) {
     memset(r, 0, sizeof *r);
@@ -142,6 +142,7 @@ static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r, char *err,
     if (!text || !toks) {
         free(text);
         free(toks);
+        snprintf(err, errlen, "out of memory");
         return DSOCR_E_NOMEM;
     }
     size_t len = 0;
@@ -211,7 +212,6 @@ static void run_job(Worker *w, Job *j) {
             o.cancel = &j->cancel;
             o.threads = w->cfg.threads;
             if (w->cfg.fake) {
-                snprintf(err, sizeof err, "out of memory");
                 st = fake_ocr(&o, &res, err, sizeof err);
             } else {
                 st = dsocr_ocr(w->sess, q->image, q->image_len, &o, &res);
