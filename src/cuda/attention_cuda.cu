@@ -515,21 +515,14 @@ struct KvwIds {
     int32_t id[KVW_BLOCKS];
 };
 
-__global__ void kv_write_k(void *data, int bf16, int L, int width, int bs, int layer, int pos0, int n, int first,
-                           KvwIds ids, const float *k, int ldk, const float *v, int ldv) {
-    size_t total = (size_t)n * width;
+__global__ void kv_write_k(KvDst d, int pos0, int n, int first, KvwIds ids, const float *k, int ldk, const float *v,
+                           int ldv) {
+    size_t total = (size_t)n * d.width;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int t = (int)(i / width), c = (int)(i % width), p = pos0 + t;
-        int blk = ids.id[p / bs - first];
-        size_t kr = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + c, vr = kr + (size_t)bs * width;
-        float kv = k[(size_t)t * ldk + c], vv = v[(size_t)t * ldv + c];
-        if (bf16) {
-            ((uint16_t *)data)[kr] = f2bf(kv);
-            ((uint16_t *)data)[vr] = f2bf(vv);
-        } else {
-            ((float *)data)[kr] = kv;
-            ((float *)data)[vr] = vv;
-        }
+        int t = (int)(i / d.width), c = (int)(i % d.width), p = pos0 + t;
+        int blk = ids.id[p / d.bs - first];
+        kv_store(d, blk, p, c, 0, k[(size_t)t * ldk + c]);
+        kv_store(d, blk, p, c, 1, v[(size_t)t * ldv + c]);
     }
 }
 
@@ -550,33 +543,23 @@ void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, 
         size_t total = (size_t)(end - p) * kv->width;
         unsigned grid = cdiv(total, 256);
         if (grid > 65535 * 8) grid = 65535 * 8;
-        kv_write_k<<<grid, 256, 0, cctx(b)->stream>>>(kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, bs, layer,
-                                                      p, end - p, first, ids, k + (size_t)(p - pos0) * ldk, ldk,
-                                                      v + (size_t)(p - pos0) * ldv, ldv);
+        kv_write_k<<<grid, 256, 0, cctx(b)->stream>>>(kv_dst(kv, layer), p, end - p, first, ids,
+                                                      k + (size_t)(p - pos0) * ldk, ldk, v + (size_t)(p - pos0) * ldv,
+                                                      ldv);
         CU_LAUNCHED();
         p = end;
     }
 }
 
 /* kv_write with the positions and the block table read on the device (capturable in a graph). */
-__global__ void kv_write_dev_k(void *data, int bf16, int L, int width, int bs, int layer, int n, int n_blocks,
-                               const int32_t *const *tables, const int32_t *pos, const float *k, int ldk,
-                               const float *v, int ldv) {
+__global__ void kv_write_dev_k(KvDst d, int n, const int32_t *const *tables, const int32_t *pos, const float *k,
+                               int ldk, const float *v, int ldv) {
     pdl_wait();
-    size_t total = (size_t)n * width;
+    size_t total = (size_t)n * d.width;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
-        int t = (int)(i / width), c = (int)(i % width), p = pos[t];
-        int blk = tables[0][p / bs];
-        if (p < 0 || blk < 0 || blk >= n_blocks) continue; /* the host checks positions; never write outside */
-        size_t kr = ((size_t)(blk * L + layer) * 2 * bs + p % bs) * width + c, vr = kr + (size_t)bs * width;
-        float kv = k[(size_t)t * ldk + c], vv = v[(size_t)t * ldv + c];
-        if (bf16) {
-            ((uint16_t *)data)[kr] = f2bf(kv);
-            ((uint16_t *)data)[vr] = f2bf(vv);
-        } else {
-            ((float *)data)[kr] = kv;
-            ((float *)data)[vr] = vv;
-        }
+        int t = (int)(i / d.width), c = (int)(i % d.width), p = pos[t];
+        kv_put(d, tables[0], p, c, 0, k[(size_t)t * ldk + c]);
+        kv_put(d, tables[0], p, c, 1, v[(size_t)t * ldv + c]);
     }
 }
 
@@ -588,8 +571,6 @@ void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *t
     size_t total = (size_t)n * kv->width;
     unsigned grid = cdiv(total, 256);
     if (grid > 65535 * 8) grid = 65535 * 8;
-    launch_pdl(cctx(b), kv_write_dev_k, dim3(grid), dim3(256), 0, kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width,
-                                                      kv->block_size, layer, n, kv->n_blocks, tables, pos, k, ldk,
-                                                      v, ldv);
+    launch_pdl(cctx(b), kv_write_dev_k, dim3(grid), dim3(256), 0, kv_dst(kv, layer), n, tables, pos, k, ldk, v, ldv);
     CU_LAUNCHED();
 }

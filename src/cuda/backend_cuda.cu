@@ -187,9 +187,7 @@ __global__ void __launch_bounds__(WARPS * 32) gemv_k(GemvArgs a) {
     for (int r = 0; r < R; r++) acc[r] = 0.f;
     const float *x0 = a.x + (size_t)m0 * a.ldx;
     if (pre) {
-#pragma unroll
-        for (int i = 0; i < PRE_U; i++)
-            if (lane + 32 * i < a.K / 8) acc[0] += bf16x8_dot(pq[i], x0 + 8 * (lane + 32 * i));
+        pre_dot(acc[0], pq, x0, a.K / 8, lane);
     } else if (a.vec && a.wdt == DS_BF16) {
         const uint4 *wr = (const uint4 *)((const uint16_t *)a.w + (size_t)n * a.K);
 #pragma unroll 4
@@ -1145,21 +1143,6 @@ static __device__ __forceinline__ void rope_rot(float &x1, float &x2, float2 cs,
 static __device__ __forceinline__ void rope_pair(float *r, int i, int hd, float2 cs, int bf) {
     rope_rot(r[i], r[i + hd / 2], cs, bf);
 }
-/* Column c of the k (is_v 0) or v row at position p of a layer in the block-laid cache (kv_write_dev_k's layout);
- * nothing where the position's block is outside the pool (the host checks positions; never write outside). */
-struct KvDst {
-    void *data;
-    int bf16, L, width, bs, layer, n_blocks;
-};
-static __device__ __forceinline__ void kv_put(const KvDst &d, const int32_t *table, int p, int c, int is_v, float v) {
-    const int blk = p >= 0 ? table[p / d.bs] : -1;
-    if (blk < 0 || blk >= d.n_blocks) return;
-    const size_t e = ((size_t)(blk * d.L + d.layer) * 2 * d.bs + p % d.bs) * d.width + (is_v ? (size_t)d.bs * d.width : 0) + c;
-    if (d.bf16)
-        ((uint16_t *)d.data)[e] = f2bf(v);
-    else
-        ((float *)d.data)[e] = v;
-}
 
 __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32_t *pos, float theta, int bf) {
     int half = hd / 2;
@@ -1175,7 +1158,7 @@ __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32
 }
 
 /* rope_k over the 2H q and k heads of each row, then the k heads' rotated pairs and the v row stored into the
- * cache as kv_write_dev_k stores them: threads [0, T·2H·half) rotate, [that, + T·W) copy v. */
+ * cache (kv_put, as kv_write_dev_k stores them): threads [0, T·2H·half) rotate, [that, + T·W) copy v. */
 __global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf, KvDst d,
                           const int32_t *const *tables, const float *v, int ldv) {
     const int half = hd / 2;
@@ -1227,11 +1210,7 @@ __global__ void __launch_bounds__(256, 4) qkv_rope_k(float *y, const float *x, c
     if (col < N) pre_load(pq, w + (size_t)col * D, D / 8, lane);
     pdl_wait();
     float acc = 0.f;
-    if (col < N) {
-#pragma unroll
-        for (int u = 0; u < PRE_U; u++)
-            if (lane + 32 * u < D / 8) acc += bf16x8_dot(pq[u], x + 8 * (lane + 32 * u));
-    }
+    if (col < N) pre_dot(acc, pq, x, D / 8, lane);
     acc = warp_sum(acc);
     if (round) acc = rbf(acc);
     __shared__ float sv[8];
@@ -1303,11 +1282,6 @@ __global__ void __launch_bounds__(256, 4) qkv_rope_q_k(float *y, const float *x,
             kv_put(d, tables[0], p, c1 - 2 * W, 1, u);
         }
     }
-}
-
-static KvDst kv_dst(const KvCache *kv, int layer) {
-    KvDst d = {kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer, kv->n_blocks};
-    return d;
 }
 
 static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, int hd, const int32_t *pos, float theta,

@@ -164,6 +164,47 @@ static __device__ __forceinline__ void pre_load(uint4 (&q)[PRE_U], const void *r
     for (int i = 0; i < PRE_U; i++)
         if (lane + 32 * i < n8) q[i] = __ldg((const uint4 *)row + lane + 32 * i);
 }
+/* acc += this lane's share of x · the row pre_load loaded (its pieces in order, as the bf16 GEMV loops sum them);
+ * pre_dot2: two rows against the same x, in one loop (a gate and an up row) */
+static __device__ __forceinline__ void pre_dot(float &acc, const uint4 (&q)[PRE_U], const float *x, int n8, int lane) {
+#pragma unroll
+    for (int i = 0; i < PRE_U; i++)
+        if (lane + 32 * i < n8) acc += bf16x8_dot(q[i], x + 8 * (lane + 32 * i));
+}
+static __device__ __forceinline__ void pre_dot2(float &a, float &b, const uint4 (&qa)[PRE_U], const uint4 (&qb)[PRE_U],
+                                                const float *x, int n8, int lane) {
+#pragma unroll
+    for (int i = 0; i < PRE_U; i++)
+        if (lane + 32 * i < n8) {
+            a += bf16x8_dot(qa[i], x + 8 * (lane + 32 * i));
+            b += bf16x8_dot(qb[i], x + 8 * (lane + 32 * i));
+        }
+}
+/* One layer of the block-laid KV cache (backend.h KvCache) as the kernels that write it take it. */
+struct KvDst {
+    void *data;
+    int bf16, L, width, bs, layer, n_blocks;
+};
+static inline KvDst kv_dst(const KvCache *kv, int layer) {
+    KvDst d = {kv->data, kv->dtype == DS_BF16, kv->n_layers, kv->width, kv->block_size, layer, kv->n_blocks};
+    return d;
+}
+/* Column c of the k (is_v 0) or v row at position p, in block blk of the pool */
+static __device__ __forceinline__ void kv_store(const KvDst &d, int blk, int p, int c, int is_v, float v) {
+    const size_t e = ((size_t)(blk * d.L + d.layer) * 2 * d.bs + p % d.bs) * d.width +
+                     (is_v ? (size_t)d.bs * d.width : 0) + c;
+    if (d.bf16)
+        ((uint16_t *)d.data)[e] = f2bf(v);
+    else
+        ((float *)d.data)[e] = v;
+}
+/* kv_store at position p through the sequence's block table; nothing where the position's block is outside the
+ * pool (the host checks positions; never write outside) */
+static __device__ __forceinline__ void kv_put(const KvDst &d, const int32_t *table, int p, int c, int is_v, float v) {
+    const int blk = p >= 0 ? table[p / d.bs] : -1;
+    if (blk < 0 || blk >= d.n_blocks) return;
+    kv_store(d, blk, p, c, is_v, v);
+}
 static __host__ __device__ inline size_t wrow_bytes(int dt, int K) {
     return dt == DS_Q8_0 ? (size_t)K / 32 * QB8 : dt == DS_Q4_0 ? (size_t)K / 32 * QB4 : (size_t)K * (dt == DS_BF16 ? 2 : 4);
 }

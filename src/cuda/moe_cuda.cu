@@ -483,12 +483,7 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
         const size_t wo = (size_t)f * wrow_bytes(su.wdt, D);
         if (pre_sh) {
             float g = 0.f, u = 0.f;
-#pragma unroll
-            for (int i = 0; i < PRE_U; i++)
-                if (lane + 32 * i < D / 8) {
-                    g += bf16x8_dot(pg[i], x + 8 * (lane + 32 * i));
-                    u += bf16x8_dot(pu[i], x + 8 * (lane + 32 * i));
-                }
+            pre_dot2(g, u, pg, pu, x, D / 8, lane);
             gateup_finish(g, u, lane, bf, su.out + f);
         } else if (f < su.S) {
             gateup_col<QW>(x, (const char *)su.gate + wo, (const char *)su.up + wo, su.wdt, D, lane, bf, su.out + f);
@@ -497,9 +492,7 @@ __global__ void __launch_bounds__(R1W * 32) route1_k(const float *x, const void 
     for (int e = blockIdx.x * R1W + warp; blockIdx.x < R1B && e < E; e += R1B * R1W) {
         float acc = 0.f;
         if (pre_r) {
-#pragma unroll
-            for (int i = 0; i < PRE_U; i++)
-                if (lane + 32 * i < D / 8) acc += bf16x8_dot(pg[i], x + 8 * (lane + 32 * i));
+            pre_dot(acc, pg, x, D / 8, lane);
         } else if (rdt == DS_BF16 && D % 8 == 0) {
             const uint4 *wr = (const uint4 *)((const uint16_t *)rw + (size_t)e * D);
 #pragma unroll 4
