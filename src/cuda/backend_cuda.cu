@@ -1253,12 +1253,11 @@ __global__ void __launch_bounds__(256, 4) qkv_rope_q_k(float *y, const float *x,
     if (pair && lane == 0) cs[warp] = rope_cs(i, hd, p, theta, bf);
     const size_t rb = (size_t)nb * qbytes(DT);
     Q2Batch<DT> q;
-    if (c0 < N) qdot2_load<DT>(q, w + (size_t)c0 * rb, w + (size_t)c1 * rb, lane >> 2, nb, lane & 3);
+    if (c0 < N) qdot2_first<DT>(q, w + (size_t)c0 * rb, w + (size_t)c1 * rb, D, lane);
     pdl_wait();
     if (c0 >= N) return;
     float g = 0.f, u = 0.f;
-    qdot2_use<DT>(g, u, q, x, lane >> 2, nb, lane & 3, ((uintptr_t)x & 15) == 0);
-    qdot2<DT>(g, u, x, w + (size_t)c0 * rb, w + (size_t)c1 * rb, D, lane, 8 * QU2);
+    qdot2_rest<DT>(g, u, q, x, w + (size_t)c0 * rb, w + (size_t)c1 * rb, D, lane);
     g = warp_sum(g);
     u = warp_sum(u);
     if (lane) return;

@@ -41,12 +41,11 @@ __global__ void __launch_bounds__(QG_WARPS * 32, 4) gemvq1_k(GemvQArgs a) {
     const size_t rb = (size_t)(a.K / 32) * qbytes(DT);
     const int n1 = n + 1 < a.N ? n + 1 : n;
     Q2Batch<DT> q;
-    if (n < a.N) qdot2_load<DT>(q, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, lane >> 2, a.K / 32, lane & 3);
+    if (n < a.N) qdot2_first<DT>(q, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane);
     pdl_wait();
     if (n >= a.N) return;
     float g = 0.f, u = 0.f;
-    qdot2_use<DT>(g, u, q, a.x, lane >> 2, a.K / 32, lane & 3, ((uintptr_t)a.x & 15) == 0);
-    qdot2<DT>(g, u, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane, 8 * QU2);
+    qdot2_rest<DT>(g, u, q, a.x, a.w + (size_t)n * rb, a.w + (size_t)n1 * rb, a.K, lane);
     g = warp_sum(g);
     u = warp_sum(u);
     if (lane < 2 && n + lane < a.N) gemv_store(a.y + n + lane, lane ? u : g, a.bias, a.bdt, n + lane, a.accum, a.round);

@@ -166,6 +166,20 @@ static __device__ __forceinline__ void qdot2(float &g, float &u, const float *x,
     }
 }
 
+/* qdot2 in two halves for a kernel that loads before pdl_wait: qdot2_first issues the lane's first batch of loads,
+ * qdot2_rest (after the wait) sums it and does the rest of the row */
+template <int DT>
+static __device__ __forceinline__ void qdot2_first(Q2Batch<DT> &q, const uint8_t *wg, const uint8_t *wu, int K,
+                                                   int lane) {
+    qdot2_load<DT>(q, wg, wu, lane >> 2, K / 32, lane & 3);
+}
+template <int DT>
+static __device__ __forceinline__ void qdot2_rest(float &g, float &u, const Q2Batch<DT> &q, const float *x,
+                                                  const uint8_t *wg, const uint8_t *wu, int K, int lane) {
+    qdot2_use<DT>(g, u, q, x, lane >> 2, K / 32, lane & 3, ((uintptr_t)x & 15) == 0);
+    qdot2<DT>(g, u, x, wg, wu, K, lane, 8 * QU2);
+}
+
 /* qdot / qdot2 by a runtime block type dt (DS_Q8_0 or DS_Q4_0) */
 template <int R>
 static __device__ __forceinline__ void qdot_dt(float *acc, const float *const *x, int nr, const void *w, int dt, int K,
