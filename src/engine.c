@@ -51,7 +51,7 @@ struct DsocrSession {
     VisionWork *vw;
     DecoderWork *dw;
     Backend *be;
-    KvCache kv;         /* data in backend memory */
+    KvCache kv;         /* data: the shared region (region_reserve), backend memory */
     int32_t *table;     /* [n_blocks] identity block table of the one sequence (host) */
     int32_t *table_dev; /* the same in backend memory */
     int32_t **tables_dev; /* backend array {table_dev} */
@@ -71,7 +71,8 @@ struct DsocrSession {
     void *graph;        /* the recorded one-row decode step (backend.h graph_*), NULL until the first step */
     int graph_prec;     /* the DsocrPrecision it was recorded for (the KV cache's dtype and the products' inputs
                            follow it) */
-    size_t kv_bytes;    /* bytes allocated for the KV pool (kv_reserve) */
+    size_t region_bytes; /* the shared region's size: the vision encoder's view buffers, then the KV pool */
+    size_t kv_used;     /* bytes of the pool the current run uses (zeroed after its views: kv_reserve) */
     void *graph_kv;     /* the KV pool the graph was recorded with */
     int no_graph;       /* DSOCR_NO_GRAPH=1: run the decode step's ops directly and pick tokens on the host from the
                            downloaded logits every step (the old path, for timing comparisons) */
@@ -150,6 +151,7 @@ static void model_log(void *user, const char *line) {
 }
 
 static size_t session_bytes(const Model *m, int max_context, int lean);
+static DsocrStatus region_reserve(DsocrSession *s, int side, size_t kv_bytes, DsError *e);
 
 /* Places the weights: the CPU backends use them where they are; on a GPU, plan.h decides under the budget
  * (opt->gpu_mem, else what the driver reports free less 5 %) with one session's working memory and the backend's
@@ -282,13 +284,15 @@ void dsocr_session_options_default(DsocrSessionOptions *o) { memset(o, 0, sizeof
 
 /* What dsocr_session_new allocates in backend memory for a context of T tokens with the KV pool at its first size
  * (KV_GROW tokens; a longer run grows it, and a run the budget cannot hold is refused then), for a model with
- * Model.lean = lean. */
+ * Model.lean = lean. The vision encoder's view buffers and the KV pool share one region (region_reserve). */
 static size_t session_bytes(const Model *m, int T, int lean) {
     const ModelConfig *c = &m->cfg;
     const size_t D = (size_t)c->hidden_size, nb = ((size_t)T + KV_BLOCK - 1) / KV_BLOCK;
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK, rows = ROWS_GROW < T ? ROWS_GROW : T;
-    return vision_work_bytes(m, VIEW_SIDE0, lean) + decoder_work_bytes(m, lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) +
-           kvcache_bytes(c->num_hidden_layers, (int)D, KV_BLOCK, nb0) + sizeof(int32_t) * (nb + (size_t)T + 4) +
+    const size_t vs = vision_scratch_bytes(m, VIEW_SIDE0, lean), kv = kvcache_bytes(c->num_hidden_layers, (int)D,
+                                                                                    KV_BLOCK, nb0);
+    return vision_work_bytes(m, VIEW_SIDE0, lean) - vs + (vs > kv ? vs : kv) +
+           decoder_work_bytes(m, lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) + sizeof(int32_t) * (nb + (size_t)T + 4) +
            sizeof(int32_t *) + 2 * sizeof(float) * (size_t)rows * D + sizeof(float) * (size_t)c->vocab_size;
 }
 
@@ -332,15 +336,12 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->max_context = opt->max_context > 0 ? opt->max_context : c->max_position_embeddings;
     if (s->max_context > c->max_position_embeddings) s->max_context = c->max_position_embeddings;
     const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
-    /* vision working memory for 1024-px views (base, gundam); a run with larger views grows it */
-    if ((st = vision_work_new(m, VIEW_SIDE0, &s->vw, &e))) goto fail;
     if ((st = decoder_work_new(m, m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK, &s->dw, &e))) goto fail;
-    /* the KV pool starts with KV_GROW positions of bf16 elements and grows with the runs (kv_reserve) */
+    /* the shared region: vision working memory for 1024-px views (base, gundam) and a KV pool of KV_GROW positions
+     * of bf16 elements, whichever is larger; runs with larger views or longer outputs grow it */
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK;
-    size_t kv_bytes = kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb0);
-    s->kv = (KvCache){.data = kv_bytes ? be->alloc(be, kv_bytes) : NULL, .dtype = DS_BF16,
-                      .n_layers = c->num_hidden_layers, .width = D, .block_size = KV_BLOCK, .n_blocks = nb0};
-    s->kv_bytes = kv_bytes;
+    s->kv = (KvCache){.dtype = DS_BF16, .n_layers = c->num_hidden_layers, .width = D, .block_size = KV_BLOCK};
+    if ((st = region_reserve(s, VIEW_SIDE0, kvcache_bytes(c->num_hidden_layers, D, KV_BLOCK, nb0), &e))) goto fail;
     if ((st = tokenizer_stream_new(m->tok, 0, &s->stream, &e))) goto fail;
     s->table = malloc(sizeof(int32_t) * (size_t)nb);
     s->table_dev = be->alloc(be, sizeof(int32_t) * (size_t)nb);
@@ -364,13 +365,12 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->masked = malloc(sizeof(float) * (size_t)c->vocab_size);
     s->seq = malloc(sizeof(int32_t) * (size_t)T);
     int32_t *pos = malloc(sizeof(int32_t) * (size_t)T);
-    if (!s->kv.data || !s->table || !s->table_dev || !s->tables_dev || !s->pos_dev || !s->feat || !s->emb ||
+    if (!s->table || !s->table_dev || !s->tables_dev || !s->pos_dev || !s->feat || !s->emb ||
         !s->logits_dev || !s->step_dev || !s->chw || !s->logits || !s->masked || !s->seq || !pos) {
         free(pos);
         st = ds_fail(&e, DSOCR_E_NOMEM, "out of %s memory for a session with a %d-token context", be->name, T);
         goto fail;
     }
-    be->memset0(be, s->kv.data, kv_bytes);
     for (int i = 0; i < nb; i++) s->table[i] = i;
     for (int i = 0; i < T; i++) pos[i] = i;
     be->upload(be, s->table_dev, s->table, sizeof(int32_t) * (size_t)nb);
@@ -518,6 +518,44 @@ static int over_budget(const DsocrSession *s, size_t old, size_t bytes) {
 
 void engine_set_budget(DsocrModel *m, uint64_t bytes) { m->budget = bytes; }
 
+/* The session's shared region: the vision encoder's view buffers (vision_work_new's scratch) while a run encodes
+ * its views, the KV pool after them (nothing in either outlives its phase of a run), so a session holds the larger
+ * of the two, not both. Makes it hold views of `side` px (0: the size it holds) and `kv_bytes` of pool. Growing
+ * re-creates the vision work in the new region (its recorded views go) and moves kv.data (the decode step's
+ * recording goes, kv_reserve). The old region is dead between runs, so it goes first; when the new one cannot be
+ * had the old size comes back and the run is refused. */
+static DsocrStatus region_reserve(DsocrSession *s, int side, size_t kv_bytes, DsError *e) {
+    const Model *m = s->model->m;
+    Backend *be = s->be;
+    const int old_side = vision_work_max_side(s->vw), vs = side > old_side ? side : old_side;
+    const int vside = vs ? vs : VIEW_SIDE0; /* a failed growth left no vision work */
+    const size_t vb = vision_scratch_bytes(m, vside, m->lean), old = s->region_bytes;
+    size_t need = vb > kv_bytes ? vb : kv_bytes;
+    if (need < old) need = old;
+    if (need == old && vside == old_side && s->vw) return DSOCR_OK;
+    if (need > old && over_budget(s, old, need))
+        return ds_fail(e, DSOCR_E_NOMEM,
+                       "working memory of %zu MiB (%d-px views, or a KV cache of %zu MiB) does not fit the memory "
+                       "budget (%.2f GiB)",
+                       need >> 20, vside, kv_bytes >> 20, s->model->budget / 1073741824.0);
+    vision_work_free(s->vw);
+    s->vw = NULL;
+    if (need > old) {
+        if (s->kv.data) be->free(be, s->kv.data);
+        s->region_bytes = 0;
+        if (!(s->kv.data = be->alloc(be, need))) {
+            if (old && (s->kv.data = be->alloc(be, old))) {
+                s->region_bytes = old;
+                vision_work_new(m, old_side, s->kv.data, &s->vw, e);
+            }
+            return ds_fail(e, DSOCR_E_NOMEM, "out of %s memory for %zu MiB of working memory (%d-px views, or a KV "
+                           "cache of %zu MiB)", be->name, need >> 20, vside, kv_bytes >> 20);
+        }
+        s->region_bytes = need;
+    }
+    return vision_work_new(m, vside, s->kv.data, &s->vw, e);
+}
+
 /* feat and emb grown to hold `rows` rows (rows_grow steps, at most max_context): both are dead between runs, so
  * the old ones go first; when the new ones cannot be had the old size comes back and the run is refused. Growing
  * drops the recorded decode step (it reads emb). */
@@ -551,54 +589,34 @@ static DsocrStatus rows_reserve(DsocrSession *s, int rows) {
                 (2 * sizeof(float) * (size_t)nr * D) >> 20);
 }
 
-/* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for fp32 and f16). The
- * pool starts small and grows to what runs ask for (prompt + max_tokens), at most the session's context, in
- * steps of KV_GROW tokens; a run never grows it midway. Growing drops the recorded decode step (it points at
- * the pool). */
+/* Makes the KV pool hold `tokens` positions of the run's element type (bf16, or fp32 for fp32 and f16): the
+ * shared region grows to what runs ask for (prompt + max_tokens), at most the session's context, in steps of
+ * KV_GROW tokens; a run never grows it midway. The pool is every whole block the region holds; the run's part of
+ * it is zeroed after its views (engine_ocr: the vision encoder used the region before). A new pool (region or
+ * block count) drops the recorded decode step (it points at the pool). */
 static DsocrStatus kv_reserve(DsocrSession *s, int tokens, int bf16) {
     KvCache *kv = &s->kv;
     const size_t per_block = kvcache_bytes(kv->n_layers, kv->width, kv->block_size, 1) * (bf16 ? 1 : 2);
     const int max_blocks = (s->max_context + kv->block_size - 1) / kv->block_size;
-    int blocks = (int)(s->kv_bytes / per_block), need = (tokens + kv->block_size - 1) / kv->block_size;
-    if (need > blocks) {
+    const int need = (tokens + kv->block_size - 1) / kv->block_size;
+    if ((size_t)need * per_block > s->region_bytes) {
         const int step = (s->model->m->lean ? LEAN_KV_GROW : KV_GROW) / kv->block_size;
         int nb = (need + step - 1) / step * step;
         if (nb > max_blocks) nb = max_blocks;
         if (nb < need) nb = need;
-        if (over_budget(s, s->kv_bytes, per_block * (size_t)nb))
-            return fail(s, DSOCR_E_NOMEM, "a KV cache of %d tokens (%zu MiB) does not fit the memory budget (%.2f GiB)",
-                        nb * kv->block_size, (per_block * (size_t)nb) >> 20, s->model->budget / 1073741824.0);
-        void *p = s->be->alloc(s->be, per_block * (size_t)nb);
-        if (!p && kv->data) { /* the old pool's contents are dead between runs: make room, or keep it as it was */
-            const size_t old = s->kv_bytes;
-            s->be->free(s->be, kv->data);
-            kv->data = NULL;
-            if (!(p = s->be->alloc(s->be, per_block * (size_t)nb))) {
-                kv->data = s->be->alloc(s->be, old);
-                s->kv_bytes = kv->data ? old : 0;
-                kv->n_blocks = kv->data ? blocks : 0;
-                if (kv->data) s->be->memset0(s->be, kv->data, old);
-            }
-        }
-        if (!p)
-            return fail(s, DSOCR_E_NOMEM, "out of %s memory for a KV cache of %d tokens (%zu MiB)", s->be->name,
-                        nb * kv->block_size, (per_block * (size_t)nb) >> 20);
-        if (kv->data) s->be->free(s->be, kv->data);
-        s->be->memset0(s->be, p, per_block * (size_t)nb);
-        kv->data = p;
-        s->kv_bytes = per_block * (size_t)nb;
-        blocks = nb;
+        DsError e = {0};
+        DsocrStatus st = region_reserve(s, 0, per_block * (size_t)nb, &e);
+        if (st) return fail(s, st, "%s", e.msg);
     }
+    int blocks = (int)(s->region_bytes / per_block);
+    if (blocks > max_blocks) blocks = max_blocks;
     kv->dtype = bf16 ? DS_BF16 : DS_F32;
-    if (kv->n_blocks != blocks && s->graph) {
-        s->be->graph_free(s->be, s->graph);
-        s->graph = NULL;
-    }
-    if (s->graph && s->graph_kv != kv->data) {
+    if (s->graph && (kv->n_blocks != blocks || s->graph_kv != kv->data)) {
         s->be->graph_free(s->be, s->graph);
         s->graph = NULL;
     }
     kv->n_blocks = blocks;
+    s->kv_used = per_block * (size_t)need;
     return DSOCR_OK;
 }
 
@@ -750,14 +768,9 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     {
         int side = 0;
         for (int v = 0; v < plan.n_views; v++) side = views[v].w > side ? views[v].w : side;
-        if (side > vision_work_max_side(s->vw)) {
-            vision_work_free(s->vw);
-            s->vw = NULL;
-            if ((st = vision_work_new(m, side, &s->vw, &e))) {
-                fail(s, st, "%s", e.msg);
-                vision_work_new(m, VIEW_SIDE0, &s->vw, &e); /* back to the first size (may fail too) */
-                goto done;
-            }
+        if (side > vision_work_max_side(s->vw) && (st = region_reserve(s, side, 0, &e))) {
+            fail(s, st, "%s", e.msg);
+            goto done;
         }
     }
     double t_pre = ds_now() - t0; /* decoding, planning, resizing, normalising: the host's part */
@@ -800,6 +813,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         fail(s, st, "%s", e.msg);
         goto done;
     }
+    s->be->memset0(s->be, s->kv.data, s->kv_used); /* the views' buffers were there: the run's KV pool from zero */
     s->be->sync(s->be);
     out->seconds_preprocess = t_pre;
     out->seconds_vision = ds_now() - t0 - t_pre;

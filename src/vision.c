@@ -7,6 +7,7 @@
 
 #include <math.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "dump.h"
 
@@ -50,6 +51,7 @@ struct VisionWork {
     float *cx, *cy, *cqkv, *catt; /* CLIP [max_tok, CW / 3CW / CW]; its MLP hidden is big's */
     float *feat;           /* [n², CW + D1] */
     float *proj;           /* [n², hidden] a recorded view's output (copied to the caller's) */
+    void *own;             /* the view's buffers' region when the caller gave none (else they lie in its scratch) */
     int record;            /* record views as graphs (not with DSOCR_NO_GRAPH or DSOCR_PROFILE) */
     struct {
         int side, tag;
@@ -103,17 +105,72 @@ static Sizes sizes(const Model *m, int max_side, int lean) {
     return z;
 }
 
-size_t vision_work_bytes(const Model *m, int max_side, int lean) {
-    Sizes z = sizes(m, max_side, lean);
-    size_t f = 3 * z.S * z.S * 2 + z.rows * z.W * 4 + z.rows * 3 * z.W + z.big +
-               table_slots(lean) * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW) +
-               CONV_SCRATCH_CAP + 2 * z.g * z.g * z.O + (z.g / 2) * (z.g / 2) * z.D0 +
-               z.n * z.n * z.D1 + z.tok * z.CW * 4 + z.tok * 3 * z.CW + z.n * z.n * z.F +
-               z.n * z.n * (size_t)m->cfg.hidden_size;
-    return f * sizeof(float);
+/* The view's own buffers: everything but the position tables (kept across views and runs), laid out in one region
+ * (vision_work_new's scratch, or one allocation of its own). Each piece gets 64 bytes of slack and starts 256-byte
+ * aligned. Pieces of phase 0 live through the whole view; the others share one span, since no two phases are live
+ * at once: 1, the input and its transpose (up to the patch embedding); 2, SAM's qkv (its blocks); 3, the neck,
+ * the strided convolutions and CLIP (after SAM's blocks). */
+enum { PIECES = 18, PIECE_ALIGN = 256, PHASES = 4 };
+typedef struct Piece {
+    float **p;
+    size_t n; /* floats */
+    int phase;
+} Piece;
+
+static void pieces(VisionWork *w, size_t hidden, const Sizes *z, Piece *pc) {
+    const Piece p[PIECES] = {
+        {&w->x, z->rows * z->W, 0},
+        {&w->y, z->rows * z->W, 0},
+        {&w->att, z->rows * z->W, 0},
+        {&w->big, z->big, 0},
+        {&w->conv, CONV_SCRATCH_CAP, 0},
+        {&w->feat, z->n * z->n * z->F, 0},
+        {&w->proj, z->n * z->n * hidden, 0},
+        {&w->chw, 3 * z->S * z->S, 1},
+        {&w->hwc, 3 * z->S * z->S, 1},
+        {&w->qkv, z->rows * 3 * z->W, 2},
+        {&w->neck_a, z->g * z->g * z->O, 3},
+        {&w->neck_b, z->g * z->g * z->O, 3},
+        {&w->net2, (z->g / 2) * (z->g / 2) * z->D0, 3},
+        {&w->sam, z->n * z->n * z->D1, 3},
+        {&w->cx, z->tok * z->CW, 3},
+        {&w->cy, z->tok * z->CW, 3},
+        {&w->cqkv, z->tok * 3 * z->CW, 3},
+        {&w->catt, z->tok * z->CW, 3},
+    };
+    memcpy(pc, p, sizeof p);
 }
 
-DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsError *e) {
+/* Places the pieces from base (NULL: only sizes them); returns the region's bytes. */
+static size_t layout(Piece *pc, char *base) {
+    size_t end[PHASES] = {0};
+    for (int i = 0; i < PIECES; i++) end[pc[i].phase] += (sizeof(float) * pc[i].n + 64 + PIECE_ALIGN - 1) / PIECE_ALIGN *
+                                                        PIECE_ALIGN;
+    size_t span = 0, at[PHASES] = {0};
+    for (int ph = 1; ph < PHASES; ph++) span = end[ph] > span ? end[ph] : span;
+    for (int ph = 1; ph < PHASES; ph++) at[ph] = end[0];
+    for (int i = 0; base && i < PIECES; i++) {
+        *pc[i].p = (float *)(void *)(base + at[pc[i].phase]);
+        at[pc[i].phase] += (sizeof(float) * pc[i].n + 64 + PIECE_ALIGN - 1) / PIECE_ALIGN * PIECE_ALIGN;
+    }
+    return end[0] + span;
+}
+
+size_t vision_scratch_bytes(const Model *m, int max_side, int lean) {
+    VisionWork w;
+    Sizes z = sizes(m, max_side, lean);
+    Piece pc[PIECES];
+    pieces(&w, (size_t)m->cfg.hidden_size, &z, pc);
+    return layout(pc, NULL);
+}
+
+size_t vision_work_bytes(const Model *m, int max_side, int lean) {
+    Sizes z = sizes(m, max_side, lean);
+    size_t tab = table_slots(lean) * (z.g * z.g * z.W + (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd + z.tok * z.CW);
+    return vision_scratch_bytes(m, max_side, lean) + tab * sizeof(float);
+}
+
+DsocrStatus vision_work_new(const Model *m, int max_side, void *scratch, VisionWork **out, DsError *e) {
     *out = NULL;
     if (max_side % 64 || max_side < 64)
         return ds_fail(e, DSOCR_E_INVALID_ARG, "view side %d is not a positive multiple of 64", max_side);
@@ -127,6 +184,11 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     w->max_rows = (int)z.rows;
     w->max_tok = (int)z.tok;
     w->conv_n = CONV_SCRATCH_CAP;
+    Piece pc[PIECES];
+    pieces(w, (size_t)m->cfg.hidden_size, &z, pc);
+    const size_t nbytes = layout(pc, NULL);
+    if (!scratch && !(scratch = w->own = be->alloc(be, nbytes))) goto oom;
+    layout(pc, scratch);
 #define A(field, count)                                                                                       \
     do {                                                                                                      \
         if (!(w->field = be->alloc(be, sizeof(float) * (size_t)(count) + 64))) goto oom;                     \
@@ -135,13 +197,6 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
     do {                                                                                                      \
         if (!(w->field = malloc(sizeof(float) * (size_t)(count) + 64))) goto oom;                            \
     } while (0)
-    A(chw, 3 * z.S * z.S);
-    A(hwc, 3 * z.S * z.S);
-    A(x, z.rows * z.W);
-    A(y, z.rows * z.W);
-    A(qkv, z.rows * 3 * z.W);
-    A(att, z.rows * z.W);
-    A(big, z.big);
     w->mlp_chunk = mlp_chunk(m->lean);
     w->n_tab = table_slots(m->lean);
     for (int i = 0; i < w->n_tab; i++) {
@@ -149,17 +204,6 @@ DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsEr
         A(tab[i].rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
         A(tab[i].cpos, z.tok * z.CW);
     }
-    A(conv, w->conv_n);
-    A(neck_a, z.g * z.g * z.O);
-    A(neck_b, z.g * z.g * z.O);
-    A(net2, (z.g / 2) * (z.g / 2) * z.D0);
-    A(sam, z.n * z.n * z.D1);
-    A(cx, z.tok * z.CW);
-    A(cy, z.tok * z.CW);
-    A(cqkv, z.tok * 3 * z.CW);
-    A(catt, z.tok * z.CW);
-    A(feat, z.n * z.n * z.F);
-    A(proj, z.n * z.n * (size_t)m->cfg.hidden_size);
     H(h_pos_src, z.G * z.G * z.W);
     H(h_pos, z.g * z.g * z.W);
     H(h_rel_src, z.relmax * z.hd);
@@ -184,17 +228,13 @@ int vision_work_max_side(const VisionWork *w) { return w ? w->max_side : 0; }
 void vision_work_free(VisionWork *w) {
     if (!w) return;
     Backend *be = w->be;
-    float *dev[] = {w->chw,    w->hwc,    w->x,    w->y,    w->qkv,  w->att,  w->big,  w->conv,
-                    w->neck_a, w->neck_b, w->net2, w->sam, w->cx,   w->cy,   w->cqkv, w->catt,
-                    w->feat,   w->proj};
     for (int i = 0; i < TABLE_SLOTS; i++) {
         float *t[] = {w->tab[i].pos, w->tab[i].rel, w->tab[i].cpos};
         for (int j = 0; j < 3; j++)
             if (t[j]) be->free(be, t[j]);
     }
     for (int i = 0; i < w->n_graphs; i++) be->graph_free(be, w->graphs[i].g);
-    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
-        if (dev[i]) be->free(be, dev[i]);
+    if (w->own) be->free(be, w->own);
     float *host[] = {w->h_pos_src, w->h_pos, w->h_rel_src, w->h_rel, w->h_cpos_src, w->h_cpos};
     for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
     free(w);

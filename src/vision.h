@@ -10,13 +10,18 @@
 /* Working memory for views up to max_side px, sized once (vision_work_new) and reused. */
 typedef struct VisionWork VisionWork;
 
-DsocrStatus vision_work_new(const Model *m, int max_side, VisionWork **out, DsError *e);
+/* scratch: NULL, or a backend region of at least vision_scratch_bytes(m, max_side, m->lean) bytes that holds the
+ * view's own buffers (everything but the position tables); the caller keeps it and may use it for other things
+ * between vision_encode calls (the session's KV pool: engine.c), since nothing in it outlives a view. */
+DsocrStatus vision_work_new(const Model *m, int max_side, void *scratch, VisionWork **out, DsError *e);
 void vision_work_free(VisionWork *w);
 /* The largest view side w was sized for (0 for NULL). */
 int vision_work_max_side(const VisionWork *w);
 /* Bytes held by a VisionWork for max_side: in its smaller form when lean (what vision_work_new makes for a model
  * with Model.lean set). */
 size_t vision_work_bytes(const Model *m, int max_side, int lean);
+/* The part of it that a scratch region holds (vision_work_new). */
+size_t vision_scratch_bytes(const Model *m, int max_side, int lean);
 
 typedef struct VisionOptions {
     int bf16;              /* 1: the official bf16 rounding points (spec §12, §16) */

@@ -125,10 +125,11 @@ static void test_threads_same(void) {
     dsocr_result_free(&b);
 }
 
-/* Views of three sides (512, 640, 1024 px) in turn in one session, more sides than the vision encoder keeps
- * position tables for: every result equals the same mode run in a fresh session. */
+/* Views of four sides (512, 640, 1024, 1280 px) in turn in one session, more sides than the vision encoder keeps
+ * position tables for, the 1,280-px one growing the region the views' buffers share with the KV pool: every result
+ * equals the same mode run in a fresh session. */
 static void test_view_sides(void) {
-    const char *modes[] = {"tiny", "small", "base", "tiny", "base", "small", "tiny"};
+    const char *modes[] = {"tiny", "small", "base", "tiny", "large", "base", "small", "tiny"};
     DsocrSession *fresh = NULL;
     char err[512];
     REQUIRE(dsocr_session_new(g_model, NULL, &fresh, err, sizeof err) == DSOCR_OK);

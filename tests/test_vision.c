@@ -166,9 +166,9 @@ static void test_bf16_storage_same(void) {
             DsError e = {0};
             VisionWork *wa = NULL, *wb = NULL;
             g_m->be = backend_cpu();
-            REQUIRE(vision_work_new(g_m, side, &wa, &e) == DSOCR_OK);
+            REQUIRE(vision_work_new(g_m, side, NULL, &wa, &e) == DSOCR_OK);
             g_m->be = &g_io;
-            REQUIRE(vision_work_new(g_m, side, &wb, &e) == DSOCR_OK);
+            REQUIRE(vision_work_new(g_m, side, NULL, &wb, &e) == DSOCR_OK);
             g_m->be = backend_cpu();
             g_in16 = g_out16 = g_not_bf16 = g_att16 = g_fused = 0;
             CHECK(vision_encode(g_m, wa, chw, side, &o, a, &e) == DSOCR_OK);
@@ -191,7 +191,8 @@ static void test_bf16_storage_same(void) {
 }
 
 /* The lean working memory (Model.lean, a model placed under a GPU budget: the MLP in passes of 1,024 rows, one
- * position-table slot) gives every view bit for bit what the usual one gives: 1,024-px views (4,096 SAM rows: four
+ * position-table slot), with its view buffers in a shared scratch region that is garbage
+ * before each view, gives every view bit for bit what the usual one gives: 1,024-px views (4,096 SAM rows: four
  * MLP passes instead of one) alternating with 640-px tiles (the one slot rebuilt each time), in fp32 on the CPU
  * backend and in bf16 with bf16 storage (the deferred residual only in one pass). */
 static void test_lean_same(void) {
@@ -200,10 +201,15 @@ static void test_lean_same(void) {
         Backend *be = bf ? &g_io : backend_cpu();
         VisionWork *w[2] = {NULL, NULL};
         DsError e = {0};
+        /* the lean work's view buffers in one scratch region, overwritten with NaN bytes before every view (as
+         * the session's KV pool overwrites it): nothing a view reads may outlive the view before it */
+        const size_t scratch_n = vision_scratch_bytes(g_m, 1024, 1);
+        void *scratch = be->alloc(be, scratch_n);
+        REQUIRE(scratch != NULL);
         for (int lean = 0; lean < 2; lean++) {
             g_m->lean = lean;
             g_m->be = be;
-            REQUIRE(vision_work_new(g_m, 1024, &w[lean], &e) == DSOCR_OK);
+            REQUIRE(vision_work_new(g_m, 1024, lean ? scratch : NULL, &w[lean], &e) == DSOCR_OK);
         }
         g_m->lean = 0;
         CHECK(vision_work_bytes(g_m, 1024, 1) < vision_work_bytes(g_m, 1024, 0));
@@ -217,6 +223,7 @@ static void test_lean_same(void) {
                 chw[i] = (float)((s >> 40) * (2.0 / (1ull << 24)) - 1.0);
             }
             VisionOptions o = {.bf16 = bf};
+            memset(scratch, 0xff, scratch_n); /* CPU backends: backend memory is host memory */
             for (int lean = 0; lean < 2; lean++) {
                 g_m->lean = lean;
                 CHECK(vision_encode(g_m, w[lean], chw, side, &o, out[lean], &e) == DSOCR_OK);
@@ -227,6 +234,7 @@ static void test_lean_same(void) {
         }
         vision_work_free(w[0]);
         vision_work_free(w[1]);
+        be->free(be, scratch);
         g_m->be = backend_cpu();
     }
 }
