@@ -54,7 +54,7 @@ struct VisionWork {
     void *own;             /* the view's buffers' region when the caller gave none (else they lie in its scratch) */
     int record;            /* record views as graphs (not with DSOCR_NO_GRAPH or DSOCR_PROFILE) */
     struct {
-        int side, tag;
+        int side, tag, slot; /* slot: the table slot it reads (valid while that slot holds its side) */
         void *g;
     } graphs[VISION_GRAPHS];
     int n_graphs;
@@ -423,8 +423,9 @@ static void flush(Ctx *c, float *x, const void **pend, size_t n, int round) {
 /* The position tables of one view side, on the backend before any op of the view runs: SAM's absolute position
  * resampled to g × g when g != G (bicubic AA in fp32, back to bf16), every block's rel-pos tables resized, CLIP's
  * position table for n × n patches. They are kept per side in TABLE_SLOTS slots, so a page that alternates tile and
- * global views computes and uploads each side's tables once; evicting a side drops the views recorded with its
- * slot (they read its buffers). */
+ * global views computes and uploads each side's tables once. A view recorded with a slot reads that slot's buffers:
+ * view_graph replays it only while the slot holds its side again (with one slot, the lean form, every view's
+ * recording stays valid across the rebuilds). */
 static void prepare_tables(Ctx *c, int side) {
     const Model *m = c->m;
     VisionWork *w = c->w;
@@ -436,15 +437,6 @@ static void prepare_tables(Ctx *c, int side) {
         t = 0;
         for (int i = 1; i < w->n_tab; i++)
             if (w->tab[i].used < w->tab[t].used) t = i; /* an empty slot (used 0) or the least recently used */
-        for (int i = 0; i < w->n_graphs;) {
-            if (w->tab[t].side && w->graphs[i].side == w->tab[t].side) {
-                be->graph_free(be, w->graphs[i].g);
-                memmove(w->graphs + i, w->graphs + i + 1, sizeof w->graphs[0] * (size_t)(w->n_graphs - i - 1));
-                w->n_graphs--;
-            } else {
-                i++;
-            }
-        }
         const SamConfig *s = &m->cfg.sam;
         const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
         const float *src = w->h_pos_src;
@@ -635,7 +627,8 @@ static void *view_graph(Ctx *c, int side, int tag) {
     VisionWork *w = c->w;
     Backend *be = c->be;
     for (int i = 0; i < w->n_graphs; i++)
-        if (w->graphs[i].side == side && w->graphs[i].tag == tag) return w->graphs[i].g;
+        if (w->graphs[i].side == side && w->graphs[i].tag == tag && w->graphs[i].slot == w->cur)
+            return w->graphs[i].g;
     if (w->n_graphs == VISION_GRAPHS) { /* full: drop the oldest */
         be->graph_free(be, w->graphs[0].g);
         memmove(w->graphs, w->graphs + 1, sizeof w->graphs[0] * (VISION_GRAPHS - 1));
@@ -650,6 +643,7 @@ static void *view_graph(Ctx *c, int side, int tag) {
     }
     w->graphs[w->n_graphs].side = side;
     w->graphs[w->n_graphs].tag = tag;
+    w->graphs[w->n_graphs].slot = w->cur;
     w->graphs[w->n_graphs++].g = g;
     return g;
 }
