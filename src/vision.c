@@ -16,6 +16,7 @@
 #define CONV_SCRATCH_CAP (4u << 20) /* floats of im2col scratch (more passes when smaller than one shot) */
 #define VISION_GRAPHS 4             /* recorded views kept (a gundam page uses two sides) */
 #define TABLE_SLOTS 2               /* view sides whose position tables stay on the backend */
+#define HOST_TABLES 2               /* view sides whose position tables stay in host memory */
 /* Model.lean (a model plan.h placed partly on the host, short of GPU memory): the MLP in passes of 1,024 rows
  * (the hidden buffer 12 MiB instead of 48) and one table slot (a gundam page then rebuilds its tables twice) */
 #define LEAN_MLP_CHUNK 1024
@@ -60,10 +61,16 @@ struct VisionWork {
     int n_graphs;
     /* host buffers */
     float *h_pos_src;      /* [G, G, W] the table widened */
-    float *h_pos;          /* [max_g, max_g, W] resample output */
-    float *h_rel_src, *h_rel; /* [relmax, hd] */
+    float *h_rel_src;      /* [relmax, hd] */
     float *h_cpos_src;     /* [1 + np², CW] */
-    float *h_cpos;         /* [max_tok, CW] */
+    /* the tables of the last HOST_TABLES sides as uploaded (a side's rebuild on the backend is then uploads) */
+    struct {
+        int side;          /* 0: empty */
+        unsigned long used;
+        float *pos;        /* [max_g, max_g, W] */
+        float *rel;        /* [layers][2][relmax, hd] as tab[].rel */
+        float *cpos;       /* [max_tok, CW] */
+    } host[HOST_TABLES];
 };
 
 static int ceil_to(int a, int m) { return (a + m - 1) / m * m; }
@@ -205,11 +212,13 @@ DsocrStatus vision_work_new(const Model *m, int max_side, void *scratch, VisionW
         A(tab[i].cpos, z.tok * z.CW);
     }
     H(h_pos_src, z.G * z.G * z.W);
-    H(h_pos, z.g * z.g * z.W);
     H(h_rel_src, z.relmax * z.hd);
-    H(h_rel, z.relmax * z.hd);
     H(h_cpos_src, (z.np * z.np + 1) * z.CW);
-    H(h_cpos, z.tok * z.CW);
+    for (int i = 0; i < HOST_TABLES; i++) {
+        H(host[i].pos, z.g * z.g * z.W);
+        H(host[i].rel, (size_t)m->cfg.sam.layers * 2 * z.relmax * z.hd);
+        H(host[i].cpos, z.tok * z.CW);
+    }
 #undef A
 #undef H
     w->record = !ds_env_on("DSOCR_NO_GRAPH") && !ds_env_on("DSOCR_PROFILE");
@@ -235,8 +244,10 @@ void vision_work_free(VisionWork *w) {
     }
     for (int i = 0; i < w->n_graphs; i++) be->graph_free(be, w->graphs[i].g);
     if (w->own) be->free(be, w->own);
-    float *host[] = {w->h_pos_src, w->h_pos, w->h_rel_src, w->h_rel, w->h_cpos_src, w->h_cpos};
-    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++) free(host[i]);
+    free(w->h_pos_src);
+    free(w->h_rel_src);
+    free(w->h_cpos_src);
+    for (int i = 0; i < HOST_TABLES; i++) free(w->host[i].pos), free(w->host[i].rel), free(w->host[i].cpos);
     free(w);
 }
 
@@ -365,17 +376,18 @@ static DsocrStatus dump_chw(Ctx *c, const char *stage, const float *hwc, int n, 
 
 /* A rel-pos table [rows, hd] resized (when rows != 2·len−1) to [2·len−1, hd] on the host, rounded to bf16 in both
  * precisions (the official code casts the resized table back to the parameter dtype), uploaded to dst. */
+/* One block's relative-position table for len positions (2·len − 1 rows of hd) into dst (host memory): the
+ * checkpoint's, linearly resampled when its row count differs (then rounded to bf16, as the official model's). */
 static void relpos_table(Ctx *c, const StTensor *t, int len, float *dst) {
     VisionWork *w = c->w;
     int rows = (int)t->shape[0], hd = (int)t->shape[1], want = 2 * len - 1;
-    model_tensor_to_f32(t, w->h_rel_src);
-    const float *src = w->h_rel_src;
-    if (rows != want) {
-        ops_resample_linear_1d(w->h_rel, w->h_rel_src, rows, want, hd);
-        ops_round_bf16_cpu(w->h_rel, (size_t)want * hd);
-        src = w->h_rel;
+    if (rows == want) {
+        model_tensor_to_f32(t, dst);
+        return;
     }
-    c->be->upload(c->be, dst, src, sizeof(float) * (size_t)want * hd);
+    model_tensor_to_f32(t, w->h_rel_src);
+    ops_resample_linear_1d(dst, w->h_rel_src, rows, want, hd);
+    ops_round_bf16_cpu(dst, (size_t)want * hd);
 }
 
 /* x += fc2(act(fc1(y))) over M rows in chunks (y: the normed input, bf16 storage when y16 is BE_IN_BF16);
@@ -420,12 +432,54 @@ static void flush(Ctx *c, float *x, const void **pend, size_t n, int round) {
     *pend = NULL;
 }
 
-/* The position tables of one view side, on the backend before any op of the view runs: SAM's absolute position
- * resampled to g × g when g != G (bicubic AA in fp32, back to bf16), every block's rel-pos tables resized, CLIP's
- * position table for n × n patches. They are kept per side in TABLE_SLOTS slots, so a page that alternates tile and
- * global views computes and uploads each side's tables once. A view recorded with a slot reads that slot's buffers:
- * view_graph replays it only while the slot holds its side again (with one slot, the lean form, every view's
- * recording stays valid across the rebuilds). */
+/* The host copy of side's tables (w->host), computed when none of the kept ones is for it (least recently used
+ * replaced). */
+static int host_tables(Ctx *c, int side) {
+    const Model *m = c->m;
+    VisionWork *w = c->w;
+    int h = -1;
+    for (int i = 0; i < HOST_TABLES && h < 0; i++)
+        if (w->host[i].side == side) h = i;
+    if (h >= 0) return h;
+    h = 0;
+    for (int i = 1; i < HOST_TABLES; i++)
+        if (w->host[i].used < w->host[h].used) h = i;
+    const SamConfig *s = &m->cfg.sam;
+    const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
+    if (g != G) {
+        ops_resample_bicubic_aa(w->host[h].pos, w->h_pos_src, W, G, G, g, g, 1);
+        ops_round_bf16_cpu(w->host[h].pos, (size_t)g * g * W);
+    } else {
+        memcpy(w->host[h].pos, w->h_pos_src, sizeof(float) * (size_t)g * g * W);
+    }
+    const size_t relmax = sizes(m, w->max_side, 0).relmax;
+    for (int b = 0; b < s->layers; b++) {
+        const SamBlock *k = &m->sam.blocks[b];
+        const int len = k->global ? g : s->window_size;
+        relpos_table(c, k->rel_pos_h, len, w->host[h].rel + (size_t)(2 * b) * relmax * hd);
+        relpos_table(c, k->rel_pos_w, len, w->host[h].rel + (size_t)(2 * b + 1) * relmax * hd);
+    }
+    const ClipConfig *k = &m->cfg.clip;
+    const int CW = k->width, n = side / 64, np = k->image_size / k->patch_size;
+    float *cpos = w->host[h].cpos;
+    memcpy(cpos, w->h_cpos_src, sizeof(float) * CW);
+    if (n == np) {
+        memcpy(cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
+    } else {
+        ops_resample_bicubic_aa(cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
+        ops_round_bf16_cpu(cpos + CW, (size_t)n * n * CW);
+    }
+    w->host[h].side = side;
+    return h;
+}
+
+/* Makes tab[w->cur] hold the tables of views of `side` px: SAM's absolute positions resampled from the
+ * checkpoint's 64 × 64 grid to g × g (bicubic with antialias, bf16-rounded as the official model's), each block's
+ * relative-position tables for its window or the global map, and CLIP's position table for n × n patches. They
+ * are kept per side in TABLE_SLOTS backend slots (a page that alternates tile and global views uploads each side's
+ * tables once) and HOST_TABLES host copies (a rebuild of a slot is then uploads only). A view recorded with a slot
+ * reads that slot's buffers: view_graph replays it only while the slot holds its side again (with one slot, the
+ * lean form, every view's recording stays valid across the rebuilds). */
 static void prepare_tables(Ctx *c, int side) {
     const Model *m = c->m;
     VisionWork *w = c->w;
@@ -437,32 +491,14 @@ static void prepare_tables(Ctx *c, int side) {
         t = 0;
         for (int i = 1; i < w->n_tab; i++)
             if (w->tab[i].used < w->tab[t].used) t = i; /* an empty slot (used 0) or the least recently used */
+        const int h = host_tables(c, side);
+        w->host[h].used = w->tab[t].used = ++w->uses;
         const SamConfig *s = &m->cfg.sam;
-        const int W = s->width, g = side / s->patch_size, G = s->image_size / s->patch_size, hd = W / s->heads;
-        const float *src = w->h_pos_src;
-        if (g != G) {
-            ops_resample_bicubic_aa(w->h_pos, w->h_pos_src, W, G, G, g, g, 1);
-            ops_round_bf16_cpu(w->h_pos, (size_t)g * g * W);
-            src = w->h_pos;
-        }
-        be->upload(be, w->tab[t].pos, src, sizeof(float) * (size_t)g * g * W);
-        const size_t relmax = sizes(m, w->max_side, 0).relmax;
-        for (int b = 0; b < s->layers; b++) {
-            const SamBlock *k = &m->sam.blocks[b];
-            const int len = k->global ? g : s->window_size;
-            relpos_table(c, k->rel_pos_h, len, w->tab[t].rel + (size_t)(2 * b) * relmax * hd);
-            relpos_table(c, k->rel_pos_w, len, w->tab[t].rel + (size_t)(2 * b + 1) * relmax * hd);
-        }
-        const ClipConfig *k = &m->cfg.clip;
-        const int CW = k->width, n = side / 64, np = k->image_size / k->patch_size, T = 1 + n * n;
-        memcpy(w->h_cpos, w->h_cpos_src, sizeof(float) * CW);
-        if (n == np) {
-            memcpy(w->h_cpos + CW, w->h_cpos_src + CW, sizeof(float) * (size_t)n * n * CW);
-        } else {
-            ops_resample_bicubic_aa(w->h_cpos + CW, w->h_cpos_src + CW, CW, np, np, n, n, 1);
-            ops_round_bf16_cpu(w->h_cpos + CW, (size_t)n * n * CW);
-        }
-        be->upload(be, w->tab[t].cpos, w->h_cpos, sizeof(float) * (size_t)T * CW);
+        const int W = s->width, g = side / s->patch_size, hd = W / s->heads;
+        const size_t relmax = sizes(m, w->max_side, 0).relmax, T = 1 + (size_t)(side / 64) * (side / 64);
+        be->upload(be, w->tab[t].pos, w->host[h].pos, sizeof(float) * (size_t)g * g * W);
+        be->upload(be, w->tab[t].rel, w->host[h].rel, sizeof(float) * (size_t)s->layers * 2 * relmax * hd);
+        be->upload(be, w->tab[t].cpos, w->host[h].cpos, sizeof(float) * T * m->cfg.clip.width);
         w->tab[t].side = side;
     }
     w->tab[t].used = ++w->uses;
