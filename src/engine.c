@@ -24,8 +24,11 @@
 #define KV_BLOCK 16
 #define PREFILL_CHUNK 256
 /* Model.lean (placed under a budget it did not fit whole): prefill chunks of 128 rows (half the decoder's working
- * memory; its prefill waits on the CPU's experts anyway) and a KV pool grown in 128-token steps */
+ * memory) with the routed experts on the GPU, and a KV pool grown in 128-token steps */
 #define LEAN_PREFILL_CHUNK 128
+/* rows: the hybrid placements' prefill chunk (each chunk copies a layer's routed experts to the GPU, cuda
+ * moe_stream: fewer, larger chunks copy less; 913 rows took 1.42 s in 128-row chunks, H100, Q8_0) */
+#define HYBRID_PREFILL_CHUNK 512
 #define LEAN_KV_GROW 128
 #define KV_GROW 1024 /* tokens: the KV pool's first size and growth step */
 #define ROWS_GROW 1024 /* rows: feat's and emb's first size and growth step (rows_reserve) */
@@ -151,6 +154,14 @@ static void model_log(void *user, const char *line) {
 }
 
 static size_t session_bytes(const Model *m, int max_context, int lean);
+
+/* Rows per prefill pass: PREFILL_CHUNK, or for a model placed under a budget (Model.lean) LEAN_PREFILL_CHUNK, and
+ * HYBRID_PREFILL_CHUNK when its routed experts are on the host (the plan's reserve counts the largest) */
+static int prefill_chunk(const DsocrModel *dm) {
+    if (!dm->m->lean) return PREFILL_CHUNK;
+    return dm->plan.kind == PLAN_HYBRID || dm->plan.kind == PLAN_HYBRID_HEAD ? HYBRID_PREFILL_CHUNK
+                                                                            : LEAN_PREFILL_CHUNK;
+}
 static DsocrStatus region_reserve(DsocrSession *s, int side, size_t kv_bytes, DsError *e);
 
 /* Places the weights: the CPU backends use them where they are; on a GPU, plan.h decides under the budget
@@ -292,7 +303,7 @@ static size_t session_bytes(const Model *m, int T, int lean) {
     const size_t vs = vision_scratch_bytes(m, VIEW_SIDE0, lean), kv = kvcache_bytes(c->num_hidden_layers, (int)D,
                                                                                     KV_BLOCK, nb0);
     return vision_work_bytes(m, VIEW_SIDE0, lean) - vs + (vs > kv ? vs : kv) +
-           decoder_work_bytes(m, lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK) + sizeof(int32_t) * (nb + (size_t)T + 4) +
+           decoder_work_bytes(m, lean ? HYBRID_PREFILL_CHUNK : PREFILL_CHUNK) + sizeof(int32_t) * (nb + (size_t)T + 4) +
            sizeof(int32_t *) + 2 * sizeof(float) * (size_t)rows * D + sizeof(float) * (size_t)c->vocab_size;
 }
 
@@ -336,7 +347,7 @@ DsocrStatus dsocr_session_new(const DsocrModel *dm, const DsocrSessionOptions *o
     s->max_context = opt->max_context > 0 ? opt->max_context : c->max_position_embeddings;
     if (s->max_context > c->max_position_embeddings) s->max_context = c->max_position_embeddings;
     const int T = s->max_context, D = c->hidden_size, nb = (T + KV_BLOCK - 1) / KV_BLOCK;
-    if ((st = decoder_work_new(m, m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK, &s->dw, &e))) goto fail;
+    if ((st = decoder_work_new(m, prefill_chunk(dm), &s->dw, &e))) goto fail;
     /* the shared region: vision working memory for 1024-px views (base, gundam) and a KV pool of KV_GROW positions
      * of bf16 elements, whichever is larger; runs with larger views or longer outputs grow it */
     const int nb0 = (KV_GROW < T ? KV_GROW : T + KV_BLOCK - 1) / KV_BLOCK;
@@ -852,7 +863,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     t0 = ds_now();
     progress(opt, "prefill %d tokens", T);
     DecoderWork *dw = s->dw, *dump_dw = NULL;
-    int chunk = m->lean ? LEAN_PREFILL_CHUNK : PREFILL_CHUNK;
+    int chunk = prefill_chunk(s->model);
     if (dd && T > chunk) {
         if ((st = decoder_work_new(m, T, &dump_dw, &e))) {
             fail(s, st, "%s", e.msg);

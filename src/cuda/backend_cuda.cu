@@ -76,13 +76,8 @@ static size_t table_take(CudaCtx *c, void *p) {
     return bytes;
 }
 
-static void *cu_alloc(Backend *b, size_t bytes) {
-    CudaCtx *c = cctx(b);
-    if (bytes == 0) bytes = 1;
-    pthread_mutex_lock(&c->mu);
-    const int over = c->budget && c->allocated + bytes > c->budget;
-    pthread_mutex_unlock(&c->mu);
-    if (over) return NULL; /* past --gpu-mem: the caller reports it as out of memory */
+/* cudaMalloc, counted in allocated and peak; NULL when the driver refuses */
+static void *tracked_malloc(CudaCtx *c, size_t bytes) {
     void *p = NULL;
     if (cudaMalloc(&p, bytes) != cudaSuccess) {
         (void)cudaGetLastError(); /* out of memory is not sticky: clear it */
@@ -102,6 +97,34 @@ static void *cu_alloc(Backend *b, size_t bytes) {
     return p;
 }
 
+/* Drops the expert staging cache (its work is done: cudaFree waits for the device). */
+static void stage_drop(CudaCtx *c) {
+    if (!c->stage) return;
+    pthread_mutex_lock(&c->mu);
+    size_t bytes = table_take(c, c->stage);
+    if (bytes != (size_t)-1) c->allocated -= bytes;
+    pthread_mutex_unlock(&c->mu);
+    CU_CHECK(cudaFree(c->stage));
+    c->stage = NULL;
+    c->stage_bytes = 0;
+}
+
+static void *cu_alloc(Backend *b, size_t bytes) {
+    CudaCtx *c = cctx(b);
+    if (bytes == 0) bytes = 1;
+    pthread_mutex_lock(&c->mu);
+    int over = c->budget && c->allocated + bytes > c->budget;
+    pthread_mutex_unlock(&c->mu);
+    if (over && c->stage) { /* the staging cache yields */
+        stage_drop(c);
+        pthread_mutex_lock(&c->mu);
+        over = c->budget && c->allocated + bytes > c->budget;
+        pthread_mutex_unlock(&c->mu);
+    }
+    if (over) return NULL; /* past --gpu-mem: the caller reports it as out of memory */
+    return tracked_malloc(c, bytes);
+}
+
 static void cu_free(Backend *b, void *p) {
     if (!p) return;
     CudaCtx *c = cctx(b);
@@ -111,6 +134,29 @@ static void cu_free(Backend *b, void *p) {
     pthread_mutex_unlock(&c->mu);
     DS_ASSERT(bytes != (size_t)-1 && "cuda free of a pointer this backend did not allocate");
     CU_CHECK(cudaFree(p));
+}
+
+/* Keeps the largest staging buffer up to want bytes that the budget leaves room for, less 32 MiB for the small
+ * allocations ops make on their own (cuBLAS plans; nothing else allocates after a session's start). */
+void *cu_stage_get(CudaCtx *c, size_t want, size_t min, size_t *got) {
+    if (c->stage && c->stage_bytes >= want) {
+        *got = c->stage_bytes;
+        return c->stage;
+    }
+    stage_drop(c);
+    pthread_mutex_lock(&c->mu);
+    const size_t margin = (size_t)32 << 20, used = c->allocated;
+    size_t room = !c->budget ? want : c->budget > used + margin ? c->budget - used - margin : 0;
+    pthread_mutex_unlock(&c->mu);
+    size_t bytes = want < room ? want : room;
+    *got = 0;
+    if (bytes < min || bytes == 0) return NULL;
+    void *p = tracked_malloc(c, bytes);
+    if (!p) return NULL;
+    c->stage = p;
+    c->stage_bytes = bytes;
+    *got = bytes;
+    return p;
 }
 
 static void cu_upload(Backend *b, void *dst, const void *src, size_t bytes) {
@@ -148,7 +194,7 @@ static void cu_sync(Backend *b) { CU_CHECK(cudaStreamSynchronize(cctx(b)->stream
 static size_t cu_allocated(const Backend *b) {
     CudaCtx *c = (CudaCtx *)b->ctx;
     pthread_mutex_lock(&c->mu);
-    size_t v = c->allocated;
+    size_t v = c->allocated - c->stage_bytes; /* the staging cache yields to anything (cu_alloc) */
     pthread_mutex_unlock(&c->mu);
     return v;
 }

@@ -39,6 +39,11 @@ size_t backend_cuda_context_used(const Backend *b);
  * caller's out-of-memory status), whatever the card has free: the --gpu-mem budget (plan.h). 0: no limit. */
 void backend_cuda_set_budget(Backend *b, size_t bytes);
 
+/* The hybrid MoE (routed experts in host memory) copies the experts to the GPU and computes there for this many
+ * rows and more (a prefill chunk), when its staging cache fits at least one expert within the budget; for fewer
+ * rows (decode) the CPU computes them. DSOCR_NO_STREAM=1: always the CPU. */
+enum { CU_MOE_STREAM_ROWS = 32 };
+
 /* Ceilings for the benchmark, measured on this card: cuBLAS bf16 x bf16 -> bf16 GEMM (fp32 accumulation) of
  * side n in TFLOP/s (median of reps), and a device-to-device copy of `bytes` in GB/s counting bytes read plus
  * written. Return 0, or -1 when the buffers do not fit (nothing measured). */

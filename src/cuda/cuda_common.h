@@ -38,6 +38,10 @@ typedef struct CudaAlloc {
     size_t bytes;
 } CudaAlloc;
 
+typedef struct CudaCtx CudaCtx;
+/* The expert staging buffer of at least min and up to want bytes, within the budget (stage_get in
+ * backend_cuda.cu); NULL when not even min fits. */
+void *cu_stage_get(CudaCtx *c, size_t want, size_t min, size_t *got);
 typedef struct CudaCtx {
     int device, cc, n_sm, smem_optin;
     char name[256];
@@ -74,6 +78,11 @@ typedef struct CudaCtx {
     float *host_buf;
     size_t host_floats;
     cudaEvent_t hyb_ev;
+    /* the hybrid MoE's expert staging (moe_stream): a cache of device memory that holds a layer's routed experts
+     * while many rows go through them on the GPU. It is not counted in allocated (the engine's admission) and
+     * cu_alloc drops it when an allocation would pass the budget, so it never keeps anything else out. */
+    void *stage;
+    size_t stage_bytes;
     /* profiling (DSOCR_PROFILE=1): events recorded at marks; their gaps summed per label */
     int prof;
     cudaEvent_t *prof_ev;

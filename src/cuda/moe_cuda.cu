@@ -873,6 +873,104 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     return true;
 }
 
+/* The many-row path's routing: the router's logits, each row's top-k (idx, wts) and the rows bucketed by expert
+ * (off, pair_row, pos_of, and act: the experts with rows, ascending). */
+static void route_rows(Backend *b, const MoeSlots *s, const float *x, int n, const BackendMoe *m, int bf,
+                       float *router_logits, int32_t *experts) {
+    CudaCtx *c = cctx(b);
+    const int D = m->d_model, E = m->n_experts, K = m->top_k;
+    cu_gemv(b, s->logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
+    if (n <= RB_MAX_ROWS) {
+        route_bucket_k<<<1, 1024, 0, c->stream>>>(s->logits, n, E, K, bf, s->idx, s->wts, router_logits, experts,
+                                                  s->off, s->pair_row, s->pos_of, s->act);
+        CU_LAUNCHED();
+    } else {
+        route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s->logits, n, E, K, bf, s->idx, s->wts, router_logits, experts);
+        CU_LAUNCHED();
+        bucket_k<<<1, 1024, 0, c->stream>>>(s->idx, n * K, K, E, s->off, s->pair_row, s->pos_of, s->act);
+        CU_LAUNCHED();
+    }
+}
+
+static size_t up256(size_t n) { return (n + 255) & ~(size_t)255; }
+
+/* The hybrid MoE for many rows (n >= CU_MOE_STREAM_ROWS, a prefill chunk): the routed experts that have rows are
+ * copied from host memory into the GPU's staging cache (cu_stage_get), as many as it holds at a time, and each
+ * group goes through the all-GPU path's grouped products (gateup_k and down_k over those experts' rows), then
+ * combine_k. The same kernels on the same weights as with the experts on the GPU: the same bits (the shared
+ * experts unfused, as there for n > FUSE_SHARED_ROWS). false, with nothing queued: not one expert fits. */
+static bool moe_stream(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags,
+                       float *router_logits, int32_t *experts, float *scratch) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k, F = m->d_ff, bf = flags & OPS_BF16;
+    CudaCtx *c = cctx(b);
+    const int wdt = m->experts[0].gate.dtype, has_shared = m->shared.gate.data != NULL;
+    const int swdt = has_shared ? (int)m->shared.gate.dtype : wdt;
+    const size_t gb = wrow_bytes(wdt, D) * F, db = wrow_bytes(wdt, F) * D, per = 2 * up256(gb) + up256(db);
+    size_t got = 0;
+    char *st = (char *)cu_stage_get(c, per * (size_t)E, per, &got);
+    if (!st) return false;
+    MoeSlots s;
+    moe_layout(scratch, n, m, &s);
+    route_rows(b, &s, x, n, m, bf, router_logits, experts);
+    int32_t act[MAXE];
+    CU_CHECK(cudaMemcpyAsync(act, s.act, sizeof(int32_t) * (size_t)E, cudaMemcpyDeviceToHost, c->stream));
+    CU_CHECK(cudaStreamSynchronize(c->stream));
+    int na = 0;
+    while (na < E && act[na] >= 0) na++;
+    const int cap = (int)(got / per);
+    UpPtrs up;
+    DownPtrs down;
+    memset(&up, 0, sizeof up);
+    memset(&down, 0, sizeof down);
+    GroupArgs g;
+    memset(&g, 0, sizeof g);
+    g.off = s.off;
+    g.pair_row = s.pair_row;
+    g.wdt = wdt;
+    g.swdt = swdt;
+    g.bf = bf;
+    g.vec = !is_block(wdt) && (wdt == DS_BF16 ? D % 8 == 0 && F % 8 == 0 : D % 4 == 0 && F % 4 == 0) &&
+            aligned16(x) && aligned16(s.h);
+    g.E = -1;
+    g.n = n;
+    for (int c0 = 0; c0 < na; c0 += cap) {
+        const int cn = na - c0 < cap ? na - c0 : cap;
+        for (int i = 0; i < cn; i++) {
+            const int e = act[c0 + i];
+            const BackendExpert *ex = &m->experts[e];
+            char *p = st + (size_t)i * per;
+            CU_CHECK(cudaMemcpyAsync(p, ex->gate.data, gb, cudaMemcpyHostToDevice, c->stream));
+            CU_CHECK(cudaMemcpyAsync(p + up256(gb), ex->up.data, gb, cudaMemcpyHostToDevice, c->stream));
+            CU_CHECK(cudaMemcpyAsync(p + 2 * up256(gb), ex->down.data, db, cudaMemcpyHostToDevice, c->stream));
+            up.gate[e] = p;
+            up.up[e] = p + up256(gb);
+            down.down[e] = p + 2 * up256(gb);
+        }
+        g.act = s.act + c0;
+        g.x = x;
+        g.y = s.h;
+        g.K = D;
+        g.N = F;
+        gateup_k<<<dim3(cdiv(F, MW), cn), MW * 32, 0, c->stream>>>(g, up);
+        CU_LAUNCHED();
+        g.x = s.h;
+        g.y = s.ysl;
+        g.K = F;
+        g.N = D;
+        down_k<<<dim3(cdiv(D, MW), cn), MW * 32, 0, c->stream>>>(g, down);
+        CU_LAUNCHED();
+    }
+    if (has_shared)
+        cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
+    size_t total = (size_t)n * D;
+    unsigned grid = cdiv(total, 256);
+    if (grid > 65535 * 8) grid = 65535 * 8;
+    combine_k<<<grid, 256, 0, c->stream>>>(y, s.ysl, has_shared ? s.shared : NULL, s.idx, s.wts, s.pos_of, n, D, K,
+                                           bf);
+    CU_LAUNCHED();
+    return true;
+}
+
 /* The hybrid MoE (BackendMoe.experts_host: the routed experts in host memory, plan.h). The router and its top-k
  * run on the GPU (the many-row path's kernels); the rows x and their choices go to the host; the shared experts
  * are launched on the GPU and run while the CPU computes the routed experts (backend_cpu_moe_routed); their sum
@@ -881,6 +979,9 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
  * hybrid models without graphs. */
 static void moe_hybrid(Backend *b, float *y, const float *x, int n, const BackendMoe *m, int flags,
                        float *router_logits, int32_t *experts, float *scratch) {
+    if (n >= CU_MOE_STREAM_ROWS && !ds_env_on("DSOCR_NO_STREAM") &&
+        moe_stream(b, y, x, n, m, flags, router_logits, experts, scratch))
+        return;
     const int D = m->d_model, E = m->n_experts, K = m->top_k, bf = flags & OPS_BF16;
     CudaCtx *c = cctx(b);
     MoeSlots s;
@@ -985,17 +1086,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     }
     if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);
     const int nk = n * K;
-    cu_gemv(b, s.logits, E, x, D, n, D, m->router, E, ds_w_none(), 0, 0);
-    if (n <= RB_MAX_ROWS) {
-        route_bucket_k<<<1, 1024, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts, s.off,
-                                                  s.pair_row, s.pos_of, s.act);
-        CU_LAUNCHED();
-    } else {
-        route_k<<<cdiv(n, 64), 64, 0, c->stream>>>(s.logits, n, E, K, bf, s.idx, s.wts, router_logits, experts);
-        CU_LAUNCHED();
-        bucket_k<<<1, 1024, 0, c->stream>>>(s.idx, nk, K, E, s.off, s.pair_row, s.pos_of, s.act);
-        CU_LAUNCHED();
-    }
+    route_rows(b, &s, x, n, m, bf, router_logits, experts);
     GroupArgs g;
     g.off = s.off;
     g.pair_row = s.pair_row;

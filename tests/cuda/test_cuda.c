@@ -1063,6 +1063,9 @@ static void moe_ref(float *y, float *logits, int32_t *idx, const float *x, int n
 }
 
 static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wdt, int swdt);
+/* > 0: the hybrid MoE runs under a budget that leaves its staging cache room for this many bytes (a streamed
+ * layer then goes through it in several groups of experts) */
+static size_t g_stage_room;
 static void moe_case(int n, int E, int K, int D, int F, int S, int bf, int wdt) {
     moe_case_dt(n, E, K, D, F, S, bf, wdt, wdt);
 }
@@ -1126,13 +1129,20 @@ static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wd
         xm.experts_host = 1;
         float *hy = dev_nan((size_t)n * D), *hl = dev_nan((size_t)n * E);
         int32_t *hi = (int32_t *)dev_nan((size_t)n * K);
+        if (g_stage_room) backend_cuda_set_budget(B, B->allocated(B) + ((size_t)32 << 20) + g_stage_room);
         B->moe(B, hy, dx, n, &xm, bf ? OPS_BF16 : 0, hl, hi, ds);
+        backend_cuda_set_budget(B, 0);
         float *gh = down(hy, (size_t)n * D);
         int32_t *ghi = malloc((size_t)n * K * 4);
         B->download(B, ghi, hi, (size_t)n * K * 4);
         EXPECT_ERR(rel_l2(gh, y, (size_t)n * D), tol, "hybrid moe n%d E%d k%d D%d F%d shared%d bf16%d %s/%s", n, E, K,
                    D, F, S, bf, dt_name(wdt), dt_name(swdt));
         CHECKF(!memcmp(ghi, idx, (size_t)n * K * 4), "hybrid moe expert choice differs (n%d E%d k%d)", n, E, K);
+        /* from CU_MOE_STREAM_ROWS rows the host's experts are copied to the GPU and go through the all-GPU
+         * path's kernels: the all-GPU result bit for bit */
+        if (n >= CU_MOE_STREAM_ROWS)
+            CHECKF(!memcmp(gh, gy, (size_t)n * D * 4), "streamed hybrid moe differs from the all-GPU one (n%d E%d k%d "
+                   "%s)", n, E, K, dt_name(wdt));
         free(gh), free(ghi);
         B->free(B, hy), B->free(B, hl), B->free(B, hi);
     }
@@ -1186,6 +1196,14 @@ static void test_moe(void) {
     moe_case_dt(1, 64, 6, 1280, 896, 1792, 1, DS_Q4_0, DS_Q8_0);
     moe_case_dt(3, 16, 6, 64, 32, 96, 0, DS_Q4_0, DS_Q8_0);
     moe_case_dt(50, 13, 4, 64, 32, 64, 0, DS_Q8_0, DS_Q8_0);
+    /* a prefill chunk of the hybrid MoE: its experts streamed to the GPU, all at once, then (a staging cache of
+     * 2.5 experts) two at a time */
+    moe_case(64, 64, 6, 1280, 896, 1792, 0, DS_Q8_0);
+    moe_case_dt(128, 64, 6, 1280, 896, 1792, 0, DS_Q4_0, DS_Q8_0);
+    g_stage_room = (size_t)5 * 896 * 1280 * 34 / 32 * 3 / 2;
+    moe_case(64, 64, 6, 1280, 896, 1792, 0, DS_Q8_0);
+    moe_case(40, 13, 4, 40, 24, 48, 1, DS_BF16);
+    g_stage_room = 0;
     /* one token on block weights (route1_k, gateup1_k, qdown1_k) at odd sizes: K/32 odd (rows at 2-byte alignment),
      * fewer blocks than a warp takes at a time, top-8 (the most slots), no shared experts; then a few tokens (the
      * general path's block dot products) */
