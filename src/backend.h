@@ -161,16 +161,17 @@ struct Backend {
     /* ---- device-position variants (capturable: nothing about the step is read on the host) */
     /* embed with ids [n] in backend memory */
     void (*embed_dev)(Backend *b, float *dst, const int32_t *ids, int n, DsW table, int D);
-    /* kv_write of n rows at positions pos[0..n) (backend memory) of the sequence whose block table is tables[0]
-     * (a backend array holding a backend pointer, as attention_kv's tables) */
-    void (*kv_write_dev)(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
-                         const float *k, int ldk, const float *v, int ldv);
+    /* kv_write of n rows at positions pos[0..n) (backend memory), row t into the sequence whose block table is
+     * tables[seq[t]] (seq NULL: tables[0] for every row; tables a backend array of backend pointers, seq backend
+     * memory, as attention_kv's) */
+    void (*kv_write_dev)(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *seq,
+                         const int32_t *pos, int n, const float *k, int ldk, const float *v, int ldv);
     /* rope_neox(qk, ld, n, 2·n_heads, head_dim, pos, theta, flags) over rows holding the q heads then the k heads,
-     * then kv_write_dev(kv, layer, tables, pos, n, qk + n_heads·head_dim, ld, v, ldv), as one call a backend may
-     * fuse. NULL: the caller makes the two calls. */
+     * then kv_write_dev(kv, layer, tables, seq, pos, n, qk + n_heads·head_dim, ld, v, ldv), as one call a backend
+     * may fuse. NULL: the caller makes the two calls. */
     void (*rope_kv_write_dev)(Backend *b, float *qk, int ld, int n, int n_heads, int head_dim, const int32_t *pos,
                               float theta, int flags, KvCache *kv, int layer, const int32_t *const *tables,
-                              const float *v, int ldv);
+                              const int32_t *seq, const float *v, int ldv);
     /* For ONE row: linear(qkv, 3·n_heads·head_dim, x, D, 1, D, w, 3·n_heads·head_dim, none, lin_flags) of the fused
      * [q; k; v] weights, then rope_kv_write_dev(qkv, 3·n_heads·head_dim, 1, n_heads, head_dim, pos, theta,
      * rope_flags, kv, layer, tables, qkv + 2·n_heads·head_dim, ...), as one call a backend may fuse. Returns 1 when

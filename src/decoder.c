@@ -134,7 +134,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
             ld = 3 * D;
             q = w->qkv, k = w->qkv + D, v = w->qkv + 2 * D;
             /* one row on the device: the product, RoPE and the cache write as one call where the backend fuses */
-            kv_done = n == 1 && !s->table && be->qkv_rope_kv_dev &&
+            kv_done = n == 1 && !s->table && !s->seq_dev && be->qkv_rope_kv_dev &&
                       be->qkv_rope_kv_dev(be, w->qkv, w->a, D, L->qkv, H, hd, s->pos_dev, theta, lf, fl, s->kv, l,
                                           s->tables_dev);
             if (!kv_done) {
@@ -142,8 +142,8 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
                 MARK("rope_kv");
                 kv_done = !s->table && be->rope_kv_write_dev;
                 if (kv_done)
-                    be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev, v,
-                                          ld);
+                    be->rope_kv_write_dev(be, q, ld, n, H, hd, s->pos_dev, theta, fl, s->kv, l, s->tables_dev,
+                                          s->seq_dev, v, ld);
                 else
                     be->rope_neox(be, q, ld, n, 2 * H, hd, s->pos_dev, theta, fl);
             }
@@ -158,8 +158,8 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
         if (s->table)
             be->kv_write(be, s->kv, l, s->table, s->pos0, n, k, ld, v, ld);
         else if (!kv_done)
-            be->kv_write_dev(be, s->kv, l, s->tables_dev, s->pos_dev, n, k, ld, v, ld);
-        OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = NULL,
+            be->kv_write_dev(be, s->kv, l, s->tables_dev, s->seq_dev, s->pos_dev, n, k, ld, v, ld);
+        OpsAttentionKv a = {.out = w->att, .q = q, .ldo = D, .ldq = ld, .n = n, .pos = s->pos_dev, .seq = s->seq_dev,
                             .tables = s->tables_dev, .kv = s->kv, .layer = l, .n_heads = H, .head_dim = hd,
                             .scale = 1.0f / sqrtf((float)hd), .round_bf16 = bf16};
         MARK("attn");
@@ -209,10 +209,12 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     }
     if (s->logits) {
         MARK("lm_head");
-        be->rmsnorm(be, w->last, D, x + (size_t)(n - 1) * D, D, 1, D, m->final_norm, eps, fl);
+        /* one row's logits, or with seq_dev every row's (each its sequence's next token): the normed rows in a */
+        const int nl = s->seq_dev ? n : 1;
+        float *h = s->seq_dev ? w->a : w->last;
+        be->rmsnorm(be, h, D, x + (size_t)(n - nl) * D, D, nl, D, m->final_norm, eps, fl);
         (m->lm_head_host && be->linear_host ? be->linear_host : be->linear)(
-            be, s->logits, c->vocab_size, w->last, D, 1, D, m->lm_head, c->vocab_size, ds_w_none(),
-                   lf);
+            be, s->logits, c->vocab_size, h, D, nl, D, m->lm_head, c->vocab_size, ds_w_none(), lf);
     }
     be_mark(be, n == 1 ? "step.(after)" : "(idle)"); /* step.(after): the argmax and the host's loop */
 #undef RND

@@ -21,8 +21,11 @@ size_t decoder_work_bytes(const Model *m, int max_rows);
  * Device-position mode (a step that can be recorded once and replayed, backend.h graph_begin): table NULL, pos0
  * ignored, the positions only in pos_dev; ids_dev, when non-NULL, holds the n input ids in backend memory and x
  * is first filled with their embeddings; embed_row instead (one row, the embedding table in host memory: plan.h
- * embed-host): that row already widened in pinned host memory, copied in (a copy a graph can hold). Keys/values are written to kv and every row attends causally to positions 0..its own. logits: when non-NULL, a
- * backend buffer receiving the lm_head output of the last row ([vocab]). bf16: the official rounding points.
+ * embed-host): that row already widened in pinned host memory, copied in (a copy a graph can hold). Keys/values are written to kv and every row attends causally to positions 0..its own.
+ * seq_dev (device-position mode; NULL: every row in sequence 0): rows of several sequences in one pass (batched
+ * decode), row r at position pos_dev[r] of sequence seq_dev[r], whose block table is tables_dev[seq_dev[r]]; each
+ * row then attends to its own sequence's cache only. logits: when non-NULL, a
+ * backend buffer receiving the lm_head output of the last row ([vocab]), with seq_dev of every row ([n, vocab]). bf16: the official rounding points.
  * dump_dir: write layerL.{attn,out,router_logits,experts}. */
 typedef struct DecoderStep {
     float *x;
@@ -31,6 +34,7 @@ typedef struct DecoderStep {
     const int32_t *pos_dev;
     const int32_t *table;
     const int32_t *const *tables_dev;
+    const int32_t *seq_dev;
     const int32_t *ids_dev;
     const float *embed_row;
     KvCache *kv;

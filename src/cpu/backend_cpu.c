@@ -122,10 +122,10 @@ static void cpu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int 
     if (flags & OPS_BF16) b->round_bf16(b, x, (size_t)M * n);
     b->rmsnorm(b, y, n, x, n, M, n, w, eps, flags);
 }
-static void cpu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos,
-                             int n, const float *k, int ldk, const float *v, int ldv) {
+static void cpu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *seq,
+                             const int32_t *pos, int n, const float *k, int ldk, const float *v, int ldv) {
     for (int t = 0; t < n; t++)
-        kv_write(kv, layer, tables[0], pos[t], 1, k + (size_t)t * ldk, ldk, v + (size_t)t * ldv, ldv);
+        kv_write(kv, layer, tables[seq ? seq[t] : 0], pos[t], 1, k + (size_t)t * ldk, ldk, v + (size_t)t * ldv, ldv);
 }
 static void cpu_rope(Backend *b, float *x, int ld, int T, int n_heads, int head_dim, const int32_t *pos, float theta,
                      int flags) {

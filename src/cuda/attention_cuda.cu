@@ -552,25 +552,27 @@ void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, 
 }
 
 /* kv_write with the positions and the block table read on the device (capturable in a graph). */
-__global__ void kv_write_dev_k(KvDst d, int n, const int32_t *const *tables, const int32_t *pos, const float *k,
-                               int ldk, const float *v, int ldv) {
+__global__ void kv_write_dev_k(KvDst d, int n, const int32_t *const *tables, const int32_t *seq, const int32_t *pos,
+                               const float *k, int ldk, const float *v, int ldv) {
     pdl_wait();
     size_t total = (size_t)n * d.width;
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < total; i += (size_t)gridDim.x * blockDim.x) {
         int t = (int)(i / d.width), c = (int)(i % d.width), p = pos[t];
-        kv_put(d, tables[0], p, c, 0, k[(size_t)t * ldk + c]);
-        kv_put(d, tables[0], p, c, 1, v[(size_t)t * ldv + c]);
+        const int32_t *table = tables[seq ? seq[t] : 0];
+        kv_put(d, table, p, c, 0, k[(size_t)t * ldk + c]);
+        kv_put(d, table, p, c, 1, v[(size_t)t * ldv + c]);
     }
 }
 
-void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
-                     const float *k, int ldk, const float *v, int ldv) {
+void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *seq,
+                     const int32_t *pos, int n, const float *k, int ldk, const float *v, int ldv) {
     DS_ASSERT(layer >= 0 && layer < kv->n_layers && n >= 0 && tables && pos);
     DS_ASSERT(kv->dtype == DS_BF16 || kv->dtype == DS_F32);
     if (n == 0) return;
     size_t total = (size_t)n * kv->width;
     unsigned grid = cdiv(total, 256);
     if (grid > 65535 * 8) grid = 65535 * 8;
-    launch_pdl(cctx(b), kv_write_dev_k, dim3(grid), dim3(256), 0, kv_dst(kv, layer), n, tables, pos, k, ldk, v, ldv);
+    launch_pdl(cctx(b), kv_write_dev_k, dim3(grid), dim3(256), 0, kv_dst(kv, layer), n, tables, seq, pos, k, ldk, v,
+               ldv);
     CU_LAUNCHED();
 }

@@ -1206,7 +1206,7 @@ __global__ void rope_k(float *x, int ld, int T, int n_heads, int hd, const int32
 /* rope_k over the 2H q and k heads of each row, then the k heads' rotated pairs and the v row stored into the
  * cache (kv_put, as kv_write_dev_k stores them): threads [0, T·2H·half) rotate, [that, + T·W) copy v. */
 __global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t *pos, float theta, int bf, KvDst d,
-                          const int32_t *const *tables, const float *v, int ldv) {
+                          const int32_t *const *tables, const int32_t *seq, const float *v, int ldv) {
     const int half = hd / 2;
     const size_t nr = (size_t)T * 2 * H * half, n = nr + (size_t)T * d.width;
     const size_t first = blockIdx.x * (size_t)blockDim.x + threadIdx.x;
@@ -1219,11 +1219,12 @@ __global__ void rope_kv_k(float *x, int ld, int T, int H, int hd, const int32_t 
             float *r = x + (size_t)t * ld + (size_t)h * hd;
             rope_pair(r, i, hd, idx == first ? cs0 : rope_cs(i, hd, pos[t], theta, bf), bf);
             if (h < H) continue;
-            kv_put(d, tables[0], pos[t], (h - H) * hd + i, 0, r[i]);
-            kv_put(d, tables[0], pos[t], (h - H) * hd + i + half, 0, r[i + half]);
+            const int32_t *table = tables[seq ? seq[t] : 0];
+            kv_put(d, table, pos[t], (h - H) * hd + i, 0, r[i]);
+            kv_put(d, table, pos[t], (h - H) * hd + i + half, 0, r[i + half]);
         } else {
             const int t = (int)((idx - nr) / d.width), c = (int)((idx - nr) % d.width);
-            kv_put(d, tables[0], pos[t], c, 1, v[(size_t)t * ldv + c]);
+            kv_put(d, tables[seq ? seq[t] : 0], pos[t], c, 1, v[(size_t)t * ldv + c]);
         }
     }
 }
@@ -1330,14 +1331,14 @@ __global__ void __launch_bounds__(256, 4) qkv_rope_q_k(float *y, const float *x,
 }
 
 static void cu_rope_kv_write_dev(Backend *b, float *qk, int ld, int n, int H, int hd, const int32_t *pos, float theta,
-                                 int flags, KvCache *kv, int layer, const int32_t *const *tables, const float *v,
-                                 int ldv) {
+                                 int flags, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *seq,
+                                 const float *v, int ldv) {
     DS_ASSERT(hd > 0 && hd % 2 == 0 && ld >= 2 * H * hd && H * hd == kv->width && tables && pos);
     DS_ASSERT((kv->dtype == DS_BF16 || kv->dtype == DS_F32) && layer >= 0 && layer < kv->n_layers);
     if (n <= 0) return;
     size_t total = (size_t)n * 2 * H * (hd / 2) + (size_t)n * kv->width;
     launch_pdl(cctx(b), rope_kv_k, dim3(grid_for(total)), dim3(256), 0, qk, ld, n, H, hd, pos, theta,
-               flags & OPS_BF16, kv_dst(kv, layer), tables, v, ldv);
+               flags & OPS_BF16, kv_dst(kv, layer), tables, seq, v, ldv);
     CU_LAUNCHED();
 }
 

@@ -282,7 +282,8 @@ bool cu_attention_mma(Backend *b, const OpsAttention *a);
 void cu_attention_kv(Backend *b, const OpsAttentionKv *a);
 void cu_kv_write(Backend *b, KvCache *kv, int layer, const int32_t *table_host, int pos0, int n, const float *k,
                  int ldk, const float *v, int ldv);
-void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *pos, int n,
+void cu_kv_write_dev(Backend *b, KvCache *kv, int layer, const int32_t *const *tables, const int32_t *seq,
+                     const int32_t *pos, int n,
                      const float *k, int ldk, const float *v, int ldv);
 /* moe_cuda.cu */
 void cu_add_rmsnorm(Backend *b, float *y, float *x, const float *r, int M, int n, DsW w, float eps, int flags);

@@ -1508,7 +1508,7 @@ static void test_decode_graph(void) {
                 CHECK(B->graph_begin(B) == 0);
                 B->embed_dev(B, xg, step, 1, table, Dm);
                 B->rmsnorm(B, yg, Dm, xg, Dm, 1, Dm, nw, 1e-6f, OPS_BF16);
-                B->kv_write_dev(B, &kg, layer, (const int32_t *const *)dtabs, step + 1, 1, yg, Dm, xg, Dm);
+                B->kv_write_dev(B, &kg, layer, (const int32_t *const *)dtabs, NULL, step + 1, 1, yg, Dm, xg, Dm);
                 g = B->graph_end(B);
                 REQUIRE(g);
             }
@@ -1532,20 +1532,34 @@ static void test_decode_graph(void) {
         float *k = rnd(3 * Dm, 1.0f), *v = rnd(3 * Dm, 1.0f);
         float *dk = dev(k, 3 * Dm * 4), *dv = dev(v, 3 * Dm * 4);
         int32_t *dpos = dev(pos, sizeof pos);
-        B->kv_write_dev(B, &kg, 0, (const int32_t *const *)dtabs, dpos, 3, dk, Dm, dv, Dm);
+        B->kv_write_dev(B, &kg, 0, (const int32_t *const *)dtabs, NULL, dpos, 3, dk, Dm, dv, Dm);
         for (int r = 0; r < 3; r++) B->kv_write(B, &kd, 0, perm, pos[r], 1, dk + r * Dm, Dm, dv + r * Dm, Dm);
         B->download(B, pg, kg.data, pool);
         B->download(B, pd, kd.data, pool);
         CHECKF(memcmp(pg, pd, pool) == 0, "kv_write_dev of 3 scattered rows differs (%s)", dn);
+        /* rows of two sequences (seq {1, 0, 1}; sequence 1's table maps block b to perm2[b]) */
+        {
+            int32_t perm2[5] = {1, 4, 2, 0, 3}, seq[3] = {1, 0, 1};
+            int32_t *dperm2 = dev(perm2, sizeof perm2), *dseq = dev(seq, sizeof seq);
+            const int32_t *tabs2_h[2] = {dperm, dperm2};
+            void *dtabs2 = dev(tabs2_h, sizeof tabs2_h);
+            B->kv_write_dev(B, &kg, 1, (const int32_t *const *)dtabs2, dseq, dpos, 3, dk, Dm, dv, Dm);
+            for (int r = 0; r < 3; r++)
+                B->kv_write(B, &kd, 1, seq[r] ? perm2 : perm, pos[r], 1, dk + r * Dm, Dm, dv + r * Dm, Dm);
+            B->download(B, pg, kg.data, pool);
+            B->download(B, pd, kd.data, pool);
+            CHECKF(memcmp(pg, pd, pool) == 0, "kv_write_dev of rows of two sequences differs (%s)", dn);
+            B->free(B, dperm2), B->free(B, dseq), B->free(B, dtabs2);
+        }
         /* rope_kv_write_dev == rope_neox over the q and k heads then kv_write_dev, bit for bit (rows [q | k | v]) */
         for (int fl = 0; fl <= OPS_BF16; fl += OPS_BF16) {
             const int H = 2, hd = Dm / H, ld = 3 * Dm;
             float *qkv = rnd((size_t)3 * ld, 2.0f);
             float *q1 = dev(qkv, (size_t)3 * ld * 4), *q2 = dev(qkv, (size_t)3 * ld * 4);
-            B->rope_kv_write_dev(B, q1, ld, 3, H, hd, dpos, 10000.f, fl, &kg, 1, (const int32_t *const *)dtabs,
+            B->rope_kv_write_dev(B, q1, ld, 3, H, hd, dpos, 10000.f, fl, &kg, 1, (const int32_t *const *)dtabs, NULL,
                                  q1 + 2 * Dm, ld);
             B->rope_neox(B, q2, ld, 3, 2 * H, hd, dpos, 10000.f, fl);
-            B->kv_write_dev(B, &kd, 1, (const int32_t *const *)dtabs, dpos, 3, q2 + Dm, ld, q2 + 2 * Dm, ld);
+            B->kv_write_dev(B, &kd, 1, (const int32_t *const *)dtabs, NULL, dpos, 3, q2 + Dm, ld, q2 + 2 * Dm, ld);
             float *a = down(q1, (size_t)3 * ld), *c = down(q2, (size_t)3 * ld);
             B->download(B, pg, kg.data, pool);
             B->download(B, pd, kd.data, pool);
@@ -1574,7 +1588,7 @@ static void test_decode_graph(void) {
             const int did = B->qkv_rope_kv_dev(B, y1, dx, D, W, H, hd, dpos, 10000.f, lf, fl, &kg, 1,
                                                (const int32_t *const *)dtabs);
             B->linear(B, y2, N, dx, D, 1, D, W, N, ds_w_none(), lf);
-            B->rope_kv_write_dev(B, y2, N, 1, H, hd, dpos, 10000.f, fl, &kd, 1, (const int32_t *const *)dtabs,
+            B->rope_kv_write_dev(B, y2, N, 1, H, hd, dpos, 10000.f, fl, &kd, 1, (const int32_t *const *)dtabs, NULL,
                                  y2 + 2 * Dm, N);
             float *a = down(y1, N), *c = down(y2, N);
             B->download(B, pg, kg.data, pool);
