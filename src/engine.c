@@ -17,6 +17,7 @@
 #include "cuda/backend_cuda.h"
 #include "decoder.h"
 #include "dump.h"
+#include "kvpool.h"
 #include "model.h"
 #include "ngram.h"
 #include "vision.h"
@@ -675,6 +676,14 @@ static DsocrStatus decode_step(DsocrSession *s, int32_t tok, int pos, DsocrPreci
     return DSOCR_OK;
 }
 
+/* The n-gram guard's size and window for these options (the official paths' defaults: HF 20 over the whole
+ * sequence, vLLM 30 over the last 90 generated ids) */
+static void ngram_params(const DsocrOcrOptions *opt, int *ngram, int *window) {
+    const int vllm = opt->compat == DSOCR_COMPAT_VLLM;
+    *ngram = opt->no_repeat_ngram >= 0 ? opt->no_repeat_ngram : (vllm ? 30 : 20);
+    *window = opt->ngram_window >= 0 ? opt->ngram_window : (vllm ? 90 : 0);
+}
+
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
                        const EngineDebug *dbg, DsocrResult *out) {
     memset(out, 0, sizeof *out);
@@ -706,8 +715,8 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     const int gemm_f16 = s->be->set_gemm_f16 ? engine_gemm_f16(s->be, opt->precision) : 0;
     if (s->be->set_gemm_f16) s->be->set_gemm_f16(s->be, gemm_f16);
     const int vllm = opt->compat == DSOCR_COMPAT_VLLM;
-    const int ngram = opt->no_repeat_ngram >= 0 ? opt->no_repeat_ngram : (vllm ? 30 : 20);
-    const int window = opt->ngram_window >= 0 ? opt->ngram_window : (vllm ? 90 : 0);
+    int ngram, window;
+    ngram_params(opt, &ngram, &window);
     char prompt[4096];
     if (engine_prompt_text(opt->prompt, prompt, sizeof prompt) != 0)
         return fail(s, DSOCR_E_INVALID_ARG,
@@ -886,6 +895,7 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
     }
     s->be->download(s->be, s->logits, s->logits_dev, sizeof(float) * (size_t)V);
     out->seconds_prefill = ds_now() - t0;
+    if (dbg->prefill_only) goto done;
 
     /* generation */
     t0 = ds_now();
@@ -999,4 +1009,205 @@ done:
 DsocrStatus dsocr_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
                       DsocrResult *out) {
     return engine_ocr(s, image, image_len, opt, NULL, out);
+}
+
+/* One page of engine_ocr_batch while it generates. */
+typedef struct BatchSeq {
+    int T, max_new, n_gen, slot, held; /* held: blocks of its table already on the backend */
+    int done;                          /* stopped, for reason stop */
+    DsocrStop stop;
+    int32_t *hist;                           /* [T + max_new] prompt then generated ids (the n-gram guard's) */
+    float *logits;                           /* [V] its next token's */
+} BatchSeq;
+
+DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
+                             DsocrResult *out) {
+    DsocrOcrOptions def;
+    dsocr_ocr_options_default(&def);
+    if (!opt) opt = &def;
+    memset(out, 0, sizeof *out * (size_t)(n > 0 ? n : 0));
+    if (n <= 0 || n > prefill_chunk(s->model))
+        return fail(s, DSOCR_E_INVALID_ARG, "a batch takes 1 to %d pages, not %d", prefill_chunk(s->model), n);
+    const Model *m = s->model->m;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = s->be;
+    const int D = c->hidden_size, V = c->vocab_size, bf16 = opt->precision == DSOCR_PRECISION_BF16;
+    const int vllm = opt->compat == DSOCR_COMPAT_VLLM, bs = KV_BLOCK;
+    int ngram, window;
+    ngram_params(opt, &ngram, &window);
+    const int32_t white[2] = {m->td_id, m->td_close_id};
+    const size_t per_block = kvcache_bytes(c->num_hidden_layers, D, bs, 1) * (bf16 ? 1 : 2);
+    DsocrStatus st = DSOCR_OK;
+    DsError e = {0};
+    BatchSeq *q = calloc((size_t)n, sizeof *q);
+    void **held_kv = calloc((size_t)n, sizeof *held_kv);
+    KvPool *pool = NULL;
+    KvCache kv = {0};
+    void *dev = NULL;
+    int32_t *ids = malloc(sizeof(int32_t) * 3 * (size_t)n);
+    if (!q || !held_kv || !ids) {
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto end;
+    }
+    /* each page alone up to its prefill; its prompt's KV blocks kept in host memory meanwhile */
+    int blocks = 0;
+    for (int i = 0; i < n; i++) {
+        EngineDebug pre = {.prefill_only = 1};
+        if ((st = engine_ocr(s, pages[i].image, pages[i].len, opt, &pre, &out[i]))) goto end;
+        BatchSeq *b = &q[i];
+        b->T = out[i].n_prompt;
+        b->max_new = opt->max_tokens > 0 ? opt->max_tokens : s->max_context - b->T;
+        if (b->T + b->max_new > s->max_context) b->max_new = s->max_context - b->T;
+        const int nb = (b->T + bs - 1) / bs;
+        b->hist = malloc(sizeof(int32_t) * (size_t)(b->T + b->max_new + 1));
+        b->logits = malloc(sizeof(float) * (size_t)V);
+        held_kv[i] = malloc(per_block * (size_t)nb);
+        if (!b->hist || !b->logits || !held_kv[i]) {
+            st = fail(s, DSOCR_E_NOMEM, "out of memory");
+            goto end;
+        }
+        memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
+        memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
+        be->download(be, held_kv[i], s->kv.data, per_block * (size_t)nb); /* its blocks are 0 .. nb − 1 */
+        blocks += (b->T + b->max_new + bs - 1) / bs;
+    }
+    /* the shared pool: every page's reservation; device arrays: the tables, their pointers, positions, sequence
+     * indices, input rows and logits of up to n rows */
+    const size_t pool_bytes = per_block * (size_t)blocks;
+    const size_t tab_bytes = sizeof(int32_t) * (size_t)blocks * (size_t)n, ptr_bytes = sizeof(int32_t *) * (size_t)n;
+    const size_t dev_bytes = tab_bytes + ptr_bytes + sizeof(int32_t) * 2 * (size_t)n +
+                             sizeof(float) * (size_t)n * ((size_t)D + (size_t)V) + 256;
+    if (over_budget(s, 0, pool_bytes + dev_bytes)) {
+        st = fail(s, DSOCR_E_NOMEM, "a batch of %d pages (a KV pool of %zu MiB) does not fit the memory budget (%.2f GiB)",
+                  n, pool_bytes >> 20, s->model->budget / 1073741824.0);
+        goto end;
+    }
+    kv = (KvCache){.data = be->alloc(be, pool_bytes), .dtype = bf16 ? DS_BF16 : DS_F32,
+                   .n_layers = c->num_hidden_layers, .width = D, .block_size = bs, .n_blocks = blocks};
+    dev = be->alloc(be, dev_bytes);
+    pool = kvpool_new(blocks, bs, n);
+    if (!kv.data || !dev || !pool) {
+        st = fail(s, DSOCR_E_NOMEM, "out of %s memory for a batch of %d pages (a KV pool of %zu MiB)", be->name, n,
+                  pool_bytes >> 20);
+        goto end;
+    }
+    be->memset0(be, kv.data, pool_bytes);
+    int32_t *tabs = dev, *pos_dev = (int32_t *)((char *)dev + tab_bytes + ptr_bytes), *seq_dev = pos_dev + n;
+    const int32_t **ptrs = (const int32_t **)((char *)dev + tab_bytes);
+    float *x = (float *)(((uintptr_t)(seq_dev + n) + 63) & ~(uintptr_t)63), *logits = x + (size_t)n * D;
+    const int32_t **ptrs_h = malloc(ptr_bytes);
+    if (!ptrs_h) {
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto end;
+    }
+    for (int i = 0; i < n; i++) {
+        BatchSeq *b = &q[i];
+        b->slot = kvpool_join(pool, b->T + b->max_new); /* the pool is the sum of the reservations: never -1 */
+        const int grown = b->slot >= 0 ? kvpool_grow(pool, b->slot, b->T) : -1;
+        DS_ASSERT(grown == 0);
+        const int32_t *t = kvpool_table(pool, b->slot);
+        for (int j = 0; j < (b->T + bs - 1) / bs; j++)
+            be->upload(be, (char *)kv.data + per_block * (size_t)t[j], (char *)held_kv[i] + per_block * (size_t)j,
+                       per_block);
+        ptrs_h[b->slot] = tabs + (size_t)b->slot * blocks;
+    }
+    be->upload(be, ptrs, ptrs_h, ptr_bytes);
+    free(ptrs_h);
+    /* generation: every page still going gives a row to each pass */
+    const double t0 = ds_now();
+    int32_t *row_ids = ids, *row_pos = ids + n, *row_seq = ids + 2 * n;
+    int *row_of = calloc((size_t)n, sizeof(int));
+    float *masked = malloc(sizeof(float) * (size_t)V);
+    if (!row_of || !masked) {
+        free(row_of), free(masked);
+        st = fail(s, DSOCR_E_NOMEM, "out of memory");
+        goto end;
+    }
+    for (;;) {
+        int nr = 0;
+        for (int i = 0; i < n; i++) {
+            BatchSeq *b = &q[i];
+            if (b->done) continue;
+            if (opt->cancel && *opt->cancel) {
+                b->stop = DSOCR_STOP_CANCEL, b->done = 1;
+                continue;
+            }
+            if (b->n_gen >= b->max_new) {
+                b->stop = DSOCR_STOP_LENGTH, b->done = 1;
+                continue;
+            }
+            const int32_t *gen = b->hist + b->T;
+            memcpy(masked, b->logits, sizeof(float) * (size_t)V);
+            if (vllm)
+                ngram_ban(masked, V, gen, b->n_gen, ngram, window, white, 2);
+            else
+                ngram_ban(masked, V, b->hist, b->T + b->n_gen, ngram, window, NULL, 0);
+            const int tok = ops_argmax(masked, V);
+            if (tok == c->eos_token_id && !opt->ignore_eos) {
+                b->stop = DSOCR_STOP_EOS, b->done = 1;
+                continue;
+            }
+            b->hist[b->T + b->n_gen++] = tok;
+            if (b->n_gen >= b->max_new) {
+                b->stop = DSOCR_STOP_LENGTH, b->done = 1;
+                continue;
+            }
+            /* its next row: this token at the position after it; the table grown to hold it */
+            const int p = b->T + b->n_gen - 1;
+            const int grown = kvpool_grow(pool, b->slot, p + 1); /* within its reservation */
+            DS_ASSERT(grown == 0);
+            const int nb = (p + 1 + bs - 1) / bs;
+            if (nb > b->held) {
+                be->upload(be, tabs + (size_t)b->slot * blocks, kvpool_table(pool, b->slot), sizeof(int32_t) * (size_t)nb);
+                b->held = nb;
+            }
+            row_ids[nr] = tok, row_pos[nr] = p, row_seq[nr] = b->slot, row_of[nr] = i, nr++;
+        }
+        if (!nr) break;
+        decoder_embed(m, row_ids, nr, x);
+        be->upload(be, pos_dev, row_pos, sizeof(int32_t) * (size_t)nr);
+        be->upload(be, seq_dev, row_seq, sizeof(int32_t) * (size_t)nr);
+        DecoderStep ds = {.x = x, .n = nr, .pos_dev = pos_dev, .tables_dev = (const int32_t *const *)ptrs,
+                          .seq_dev = seq_dev, .kv = &kv, .bf16 = bf16, .logits = logits};
+        if ((st = decoder_forward(m, s->dw, &ds, &e))) {
+            fail(s, st, "%s", e.msg);
+            break;
+        }
+        for (int r = 0; r < nr; r++)
+            be->download(be, q[row_of[r]].logits, logits + (size_t)r * V, sizeof(float) * (size_t)V);
+    }
+    free(row_of), free(masked);
+    if (st) goto end;
+    const double t_dec = ds_now() - t0;
+    for (int i = 0; i < n; i++) {
+        BatchSeq *b = &q[i];
+        DsocrResult *r = &out[i];
+        char *text = NULL;
+        size_t len = 0;
+        r->tokens = malloc(sizeof(int32_t) * (size_t)(b->n_gen + 1));
+        if (!r->tokens) {
+            st = fail(s, DSOCR_E_NOMEM, "out of memory");
+            goto end;
+        }
+        if ((st = tokenizer_decode(m->tok, b->hist + b->T, (size_t)b->n_gen, 0, &text, &len, &e))) {
+            fail(s, st, "%s", e.msg);
+            goto end;
+        }
+        memcpy(r->tokens, b->hist + b->T, sizeof(int32_t) * (size_t)b->n_gen);
+        r->n_tokens = b->n_gen;
+        r->text = text;
+        r->text_len = len;
+        r->stop = b->stop;
+        r->seconds_decode = t_dec;
+    }
+end:
+    if (st)
+        for (int i = 0; i < n; i++) dsocr_result_free(&out[i]);
+    for (int i = 0; q && i < n; i++) free(q[i].hist), free(q[i].logits);
+    for (int i = 0; held_kv && i < n; i++) free(held_kv[i]);
+    free(q), free(held_kv), free(ids);
+    kvpool_free(pool);
+    if (kv.data) be->free(be, kv.data);
+    if (dev) be->free(be, dev);
+    return st;
 }

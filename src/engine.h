@@ -19,10 +19,28 @@ typedef struct EngineDebug {
     const float *force_embeds;
     int64_t embeds_rows, embeds_cols;
     const char *embeds_path; /* for messages */
+    int prefill_only; /* stop after the prefill: the result holds n_prompt and the timings, no tokens; the session's
+                         KV pool holds the prompt (its first blocks) and its logits are the first token's (batch) */
 } EngineDebug;
 
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
                        const EngineDebug *dbg, DsocrResult *out);
+
+/* One page of a batch: the image file's bytes. */
+typedef struct EnginePage {
+    const void *image;
+    size_t len;
+} EnginePage;
+
+/* Several pages decoded together (issue 13): each page's views and prompt go through the session as for one page
+ * (engine_ocr up to its prefill) and its prompt's KV blocks move into a pool the pages share (kvpool.h, each page
+ * admitted with the positions it may reach); then every page still generating gives one row to each decoder pass
+ * (decoder.h DecoderStep.seq_dev) and takes its next token from its own logits by the one-page rules (greedy, the
+ * n-gram ban, EOS, max_tokens), leaving when it stops. out[i] is what dsocr_ocr gives for page i, the same tokens
+ * where the backend's products do not depend on the row count (the CPU); on_token is not called; cancel stops
+ * every page. The session's error on failure (then no result is kept). */
+DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
+                             DsocrResult *out);
 
 /* The prompt text for a prompt name (markdown, ocr, free, figure, describe, locate:TEXT, raw:TEXT) into buf;
  * -1 for an unknown name. */

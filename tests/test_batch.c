@@ -1,7 +1,9 @@
 /* test_batch.c: rows of several sequences in one decoder pass (decoder.h DecoderStep.seq_dev, issue 13's batched
  * decode) on the small random model (tests/ckpt_fixture.h), CPU backend: two sequences with their own prompts and
  * block tables in one shared KV pool, prefilled one after the other, then decoded together a row each step, give
- * every step's logits bit for bit as each sequence decoded alone in a pool of its own, in fp32 and bf16 mode. */
+ * every step's logits bit for bit as each sequence decoded alone in a pool of its own, in fp32 and bf16 mode; and
+ * engine_ocr_batch: pages of different sizes (so different prompt lengths) decoded together give each page the
+ * tokens, text and stop reason dsocr_ocr gives it alone, with and without EOS stops, in both compat modes. */
 #include <stdlib.h>
 #include <string.h>
 
@@ -9,6 +11,8 @@
 #include "check.h"
 #include "ckpt_fixture.h"
 #include "decoder.h"
+#include "dsocr.h"
+#include "engine.h"
 #include "model.h"
 #include "ops.h"
 
@@ -118,6 +122,61 @@ static void test_two_sequences(void) {
     }
 }
 
+static void test_engine_batch(void) {
+    const char *files[3] = {"tests/images/small.png", "tests/images/portrait.jpg", "tests/images/wide.png"};
+    EnginePage pages[3];
+    char *buf[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < 3; i++) {
+        size_t len = 0;
+        REQUIRE(ds_read_file(files[i], 1 << 24, &buf[i], &len, NULL) == 0);
+        pages[i] = (EnginePage){buf[i], len};
+    }
+    DsocrModel *dm = NULL;
+    DsocrSession *s = NULL;
+    char err[512];
+    REQUIRE(dsocr_model_load(g_dir, NULL, &dm, err, sizeof err) == DSOCR_OK);
+    REQUIRE(dsocr_session_new(dm, NULL, &s, err, sizeof err) == DSOCR_OK);
+    for (int k = 0; k < 4; k++) {
+        DsocrOcrOptions o;
+        dsocr_ocr_options_default(&o);
+        o.mode = k < 2 ? "small" : "gundam";
+        o.max_tokens = 10 + 7 * k;
+        o.ignore_eos = k % 2 == 0;
+        o.compat = k == 3 ? DSOCR_COMPAT_VLLM : DSOCR_COMPAT_HF;
+        DsocrResult batch[3], alone;
+        REQUIRE(engine_ocr_batch(s, pages, 3, &o, batch) == DSOCR_OK);
+        for (int i = 0; i < 3; i++) {
+            REQUIRE(dsocr_ocr(s, pages[i].image, pages[i].len, &o, &alone) == DSOCR_OK);
+            CHECKF(batch[i].n_prompt == alone.n_prompt && batch[i].n_tokens == alone.n_tokens &&
+                       !memcmp(batch[i].tokens, alone.tokens, sizeof(int) * (size_t)alone.n_tokens) &&
+                       batch[i].stop == alone.stop && !strcmp(batch[i].text, alone.text),
+                   "case %d page %d: the batch gave %d tokens (stop %d), alone %d (stop %d)", k, i, batch[i].n_tokens,
+                   batch[i].stop, alone.n_tokens, alone.stop);
+            dsocr_result_free(&alone);
+        }
+        printf("  case %d (%s, max %d, ignore_eos %d, compat %d): prompts %d / %d / %d, tokens %d / %d / %d\n", k, o.mode,
+               o.max_tokens, o.ignore_eos, (int)o.compat, batch[0].n_prompt, batch[1].n_prompt, batch[2].n_prompt,
+               batch[0].n_tokens, batch[1].n_tokens, batch[2].n_tokens);
+        for (int i = 0; i < 3; i++) dsocr_result_free(&batch[i]);
+    }
+    /* bad sizes are refused with a message, and the session goes on */
+    DsocrResult r[1];
+    CHECK(engine_ocr_batch(s, pages, 0, NULL, r) == DSOCR_E_INVALID_ARG);
+    CHECK_STR_CONTAINS(dsocr_session_error(s), "a batch takes");
+    EnginePage bad[2] = {pages[0], {"not an image", 12}};
+    DsocrResult rb[2];
+    CHECK(engine_ocr_batch(s, bad, 2, NULL, rb) != DSOCR_OK);
+    CHECK(rb[0].tokens == NULL && rb[1].tokens == NULL);
+    DsocrOcrOptions o;
+    dsocr_ocr_options_default(&o);
+    o.max_tokens = 4;
+    CHECK(engine_ocr_batch(s, pages, 1, &o, r) == DSOCR_OK && r[0].n_tokens > 0);
+    dsocr_result_free(&r[0]);
+    dsocr_session_free(s);
+    dsocr_model_free(dm);
+    for (int i = 0; i < 3; i++) free(buf[i]);
+}
+
 int main(void) {
     if (setup() != 0) {
         fprintf(stderr, "setup failed\n");
@@ -125,6 +184,7 @@ int main(void) {
         return 1;
     }
     RUN(test_two_sequences);
+    RUN(test_engine_batch);
     model_free(g_m);
     fixture_rmdir(g_dir);
     return check_summary();
