@@ -1011,203 +1011,271 @@ DsocrStatus dsocr_ocr(DsocrSession *s, const void *image, size_t image_len, cons
     return engine_ocr(s, image, image_len, opt, NULL, out);
 }
 
-/* One page of engine_ocr_batch while it generates. */
+/* One page of engine_ocr_queue from its prefill on. */
 typedef struct BatchSeq {
     int T, max_new, n_gen, slot, held; /* held: blocks of its table already on the backend */
     int done;                          /* stopped, for reason stop */
     DsocrStop stop;
-    int32_t *hist;                           /* [T + max_new] prompt then generated ids (the n-gram guard's) */
-    float *logits;                           /* [V] its next token's */
+    int32_t *hist; /* [T + max_new] prompt then generated ids (the n-gram guard's) */
+    float *logits; /* [V] its next token's */
+    void *kv_host; /* its prompt's KV blocks in host memory until it joins the pool */
 } BatchSeq;
 
-DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
-                             DsocrResult *out) {
-    DsocrOcrOptions def;
-    dsocr_ocr_options_default(&def);
-    if (!opt) opt = &def;
-    memset(out, 0, sizeof *out * (size_t)(n > 0 ? n : 0));
-    if (n <= 0 || n > prefill_chunk(s->model))
-        return fail(s, DSOCR_E_INVALID_ARG, "a batch takes 1 to %d pages, not %d", prefill_chunk(s->model), n);
-    const Model *m = s->model->m;
-    const ModelConfig *c = &m->cfg;
+static void batch_seq_free(BatchSeq *b) {
+    free(b->hist), free(b->logits), free(b->kv_host);
+    memset(b, 0, sizeof *b);
+}
+
+/* The pages' shared pool and the device arrays of up to max_batch rows. */
+typedef struct Batch {
+    DsocrSession *s;
+    KvCache kv;
+    KvPool *pool;
+    size_t per_block;
+    int max_batch, tab_len;
+    void *dev;          /* tables [max_batch][tab_len] | pointers [max_batch] | pos | seq | x | logits */
+    int32_t *tabs, *pos, *seq;
+    const int32_t **ptrs;
+    float *x, *logits;
+} Batch;
+
+/* Grows the pool so that `blocks` more can be reserved (the old blocks copied, the new ones zeroed), doubling it
+ * when the budget allows (so that pages joining one by one copy the pool a few times, not once each): 0, or −1 past
+ * the memory budget or out of memory (nothing changed). */
+static int batch_grow_pool(Batch *bt, int blocks) {
+    DsocrSession *s = bt->s;
     Backend *be = s->be;
-    const int D = c->hidden_size, V = c->vocab_size, bf16 = opt->precision == DSOCR_PRECISION_BF16;
-    const int vllm = opt->compat == DSOCR_COMPAT_VLLM, bs = KV_BLOCK;
+    const int have = kvpool_blocks(bt->pool);
+    if (have > blocks && !over_budget(s, bt->per_block * (size_t)have, bt->per_block * (size_t)(2 * have)))
+        blocks = have;
+    const int want = have + blocks;
+    if (over_budget(s, bt->per_block * (size_t)have, bt->per_block * (size_t)want)) return -1;
+    void *p = be->alloc(be, bt->per_block * (size_t)want);
+    if (!p || kvpool_add_blocks(bt->pool, blocks)) {
+        if (p) be->free(be, p);
+        return -1;
+    }
+    if (have) be->copy(be, p, bt->kv.data, bt->per_block * (size_t)have);
+    be->memset0(be, (char *)p + bt->per_block * (size_t)have, bt->per_block * (size_t)blocks);
+    if (bt->kv.data) be->free(be, bt->kv.data);
+    bt->kv.data = p;
+    bt->kv.n_blocks = want;
+    return 0;
+}
+
+/* Page i's views and prompt through the session, up to its prefill: its ids, next logits and prompt KV blocks
+ * (in host memory) into b. */
+static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, size_t per_block,
+                                 BatchSeq *b, DsocrResult *out) {
+    const int V = s->model->m->cfg.vocab_size, bs = KV_BLOCK;
+    EngineDebug pre = {.prefill_only = 1};
+    DsocrStatus st = engine_ocr(s, pg->image, pg->len, opt, &pre, out);
+    if (st) return st;
+    b->T = out->n_prompt;
+    b->max_new = opt->max_tokens > 0 ? opt->max_tokens : s->max_context - b->T;
+    if (b->T + b->max_new > s->max_context) b->max_new = s->max_context - b->T;
+    const int nb = (b->T + bs - 1) / bs;
+    b->hist = malloc(sizeof(int32_t) * (size_t)(b->T + b->max_new + 1));
+    b->logits = malloc(sizeof(float) * (size_t)V);
+    b->kv_host = malloc(per_block * (size_t)nb);
+    if (!b->hist || !b->logits || !b->kv_host) return fail(s, DSOCR_E_NOMEM, "out of memory");
+    memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
+    memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
+    s->be->download(s->be, b->kv_host, s->kv.data, per_block * (size_t)nb); /* the session's blocks 0 .. nb − 1 */
+    return DSOCR_OK;
+}
+
+/* Page b joins the pool (growing it when its reservation does not fit): 1 joined, 0 not now (the pool cannot grow
+ * while others hold it: it waits for them to leave), −1 never (alone it passes the budget). */
+static int batch_join(Batch *bt, BatchSeq *b, int active) {
+    const int bs = KV_BLOCK, need = (b->T + b->max_new + bs - 1) / bs;
+    const int room = kvpool_blocks(bt->pool) - kvpool_reserved_blocks(bt->pool);
+    if (need > room && batch_grow_pool(bt, need - room)) return active ? 0 : -1;
+    b->slot = kvpool_join(bt->pool, b->T + b->max_new);
+    if (b->slot < 0) return active ? 0 : -1;
+    const int grown = kvpool_grow(bt->pool, b->slot, b->T);
+    DS_ASSERT(grown == 0);
+    const int32_t *t = kvpool_table(bt->pool, b->slot);
+    for (int j = 0; j < (b->T + bs - 1) / bs; j++)
+        bt->s->be->upload(bt->s->be, (char *)bt->kv.data + bt->per_block * (size_t)t[j],
+                          (char *)b->kv_host + bt->per_block * (size_t)j, bt->per_block);
+    free(b->kv_host);
+    b->kv_host = NULL;
+    b->held = 0;
+    return 1;
+}
+
+/* Page b's next token from its logits by the one-page rules; 0 when it stops instead. */
+static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, float *masked) {
+    const int V = m->cfg.vocab_size;
     int ngram, window;
     ngram_params(opt, &ngram, &window);
     const int32_t white[2] = {m->td_id, m->td_close_id};
-    const size_t per_block = kvcache_bytes(c->num_hidden_layers, D, bs, 1) * (bf16 ? 1 : 2);
+    if (opt->cancel && *opt->cancel) {
+        b->stop = DSOCR_STOP_CANCEL, b->done = 1;
+        return 0;
+    }
+    if (b->n_gen >= b->max_new) {
+        b->stop = DSOCR_STOP_LENGTH, b->done = 1;
+        return 0;
+    }
+    memcpy(masked, b->logits, sizeof(float) * (size_t)V);
+    if (opt->compat == DSOCR_COMPAT_VLLM)
+        ngram_ban(masked, V, b->hist + b->T, b->n_gen, ngram, window, white, 2);
+    else
+        ngram_ban(masked, V, b->hist, b->T + b->n_gen, ngram, window, NULL, 0);
+    const int tok = ops_argmax(masked, V);
+    if (tok == m->cfg.eos_token_id && !opt->ignore_eos) {
+        b->stop = DSOCR_STOP_EOS, b->done = 1;
+        return 0;
+    }
+    b->hist[b->T + b->n_gen++] = tok;
+    if (b->n_gen >= b->max_new) {
+        b->stop = DSOCR_STOP_LENGTH, b->done = 1;
+        return 0;
+    }
+    return 1;
+}
+
+/* A stopped page's result: its tokens and text into out. */
+static DsocrStatus batch_result(DsocrSession *s, const BatchSeq *b, double t_dec, DsocrResult *r) {
+    DsError e = {0};
+    char *text = NULL;
+    size_t len = 0;
+    if (!(r->tokens = malloc(sizeof(int32_t) * (size_t)(b->n_gen + 1)))) return fail(s, DSOCR_E_NOMEM, "out of memory");
+    DsocrStatus st = tokenizer_decode(s->model->m->tok, b->hist + b->T, (size_t)b->n_gen, 0, &text, &len, &e);
+    if (st) return fail(s, st, "%s", e.msg);
+    memcpy(r->tokens, b->hist + b->T, sizeof(int32_t) * (size_t)b->n_gen);
+    r->n_tokens = b->n_gen;
+    r->text = text;
+    r->text_len = len;
+    r->stop = b->stop;
+    r->seconds_decode = t_dec;
+    return DSOCR_OK;
+}
+
+DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, int max_batch,
+                             const DsocrOcrOptions *opt, DsocrResult *out, EnginePageDone on_done, void *user) {
+    DsocrOcrOptions def;
+    dsocr_ocr_options_default(&def);
+    if (!opt) opt = &def;
+    if (n > 0) memset(out, 0, sizeof *out * (size_t)n);
+    const int cap = prefill_chunk(s->model);
+    if (n <= 0 || max_batch <= 0 || max_batch > cap)
+        return fail(s, DSOCR_E_INVALID_ARG, "a batch takes 1 to %d pages at a time and at least one page (%d, %d)",
+                    cap, max_batch, n);
+    if (max_batch > n) max_batch = n;
+    const Model *m = s->model->m;
+    const ModelConfig *c = &m->cfg;
+    Backend *be = s->be;
+    const int D = c->hidden_size, V = c->vocab_size, bf16 = opt->precision == DSOCR_PRECISION_BF16, bs = KV_BLOCK;
     DsocrStatus st = DSOCR_OK;
     DsError e = {0};
+    Batch bt = {.s = s, .max_batch = max_batch, .tab_len = (s->max_context + bs - 1) / bs};
+    bt.per_block = kvcache_bytes(c->num_hidden_layers, D, bs, 1) * (bf16 ? 1 : 2);
+    bt.kv = (KvCache){.dtype = bf16 ? DS_BF16 : DS_F32, .n_layers = c->num_hidden_layers, .width = D,
+                      .block_size = bs};
     BatchSeq *q = calloc((size_t)n, sizeof *q);
-    void **held_kv = calloc((size_t)n, sizeof *held_kv);
-    KvPool *pool = NULL;
-    KvCache kv = {0};
-    void *dev = NULL;
-    int32_t *ids = malloc(sizeof(int32_t) * 3 * (size_t)n);
-    if (!q || !held_kv || !ids) {
-        st = fail(s, DSOCR_E_NOMEM, "out of memory");
-        goto end;
-    }
-    /* each page alone up to its prefill; its prompt's KV blocks kept in host memory meanwhile */
-    int blocks = 0;
-    for (int i = 0; i < n; i++) {
-        EngineDebug pre = {.prefill_only = 1};
-        if ((st = engine_ocr(s, pages[i].image, pages[i].len, opt, &pre, &out[i]))) goto end;
-        BatchSeq *b = &q[i];
-        b->T = out[i].n_prompt;
-        b->max_new = opt->max_tokens > 0 ? opt->max_tokens : s->max_context - b->T;
-        if (b->T + b->max_new > s->max_context) b->max_new = s->max_context - b->T;
-        const int nb = (b->T + bs - 1) / bs;
-        b->hist = malloc(sizeof(int32_t) * (size_t)(b->T + b->max_new + 1));
-        b->logits = malloc(sizeof(float) * (size_t)V);
-        held_kv[i] = malloc(per_block * (size_t)nb);
-        if (!b->hist || !b->logits || !held_kv[i]) {
-            st = fail(s, DSOCR_E_NOMEM, "out of memory");
-            goto end;
-        }
-        memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
-        memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
-        be->download(be, held_kv[i], s->kv.data, per_block * (size_t)nb); /* its blocks are 0 .. nb − 1 */
-        blocks += (b->T + b->max_new + bs - 1) / bs;
-    }
-    /* the shared pool: every page's reservation; device arrays: the tables, their pointers, positions, sequence
-     * indices, input rows and logits of up to n rows */
-    const size_t pool_bytes = per_block * (size_t)blocks;
-    const size_t tab_bytes = sizeof(int32_t) * (size_t)blocks * (size_t)n, ptr_bytes = sizeof(int32_t *) * (size_t)n;
-    const size_t dev_bytes = tab_bytes + ptr_bytes + sizeof(int32_t) * 2 * (size_t)n +
-                             sizeof(float) * (size_t)n * ((size_t)D + (size_t)V) + 256;
-    if (over_budget(s, 0, pool_bytes + dev_bytes)) {
-        st = fail(s, DSOCR_E_NOMEM, "a batch of %d pages (a KV pool of %zu MiB) does not fit the memory budget (%.2f GiB)",
-                  n, pool_bytes >> 20, s->model->budget / 1073741824.0);
-        goto end;
-    }
-    kv = (KvCache){.data = be->alloc(be, pool_bytes), .dtype = bf16 ? DS_BF16 : DS_F32,
-                   .n_layers = c->num_hidden_layers, .width = D, .block_size = bs, .n_blocks = blocks};
-    dev = be->alloc(be, dev_bytes);
-    pool = kvpool_new(blocks, bs, n);
-    if (!kv.data || !dev || !pool) {
-        st = fail(s, DSOCR_E_NOMEM, "out of %s memory for a batch of %d pages (a KV pool of %zu MiB)", be->name, n,
-                  pool_bytes >> 20);
-        goto end;
-    }
-    be->memset0(be, kv.data, pool_bytes);
-    int32_t *tabs = dev, *pos_dev = (int32_t *)((char *)dev + tab_bytes + ptr_bytes), *seq_dev = pos_dev + n;
-    const int32_t **ptrs = (const int32_t **)((char *)dev + tab_bytes);
-    float *x = (float *)(((uintptr_t)(seq_dev + n) + 63) & ~(uintptr_t)63), *logits = x + (size_t)n * D;
-    const int32_t **ptrs_h = malloc(ptr_bytes);
-    if (!ptrs_h) {
-        st = fail(s, DSOCR_E_NOMEM, "out of memory");
-        goto end;
-    }
-    for (int i = 0; i < n; i++) {
-        BatchSeq *b = &q[i];
-        b->slot = kvpool_join(pool, b->T + b->max_new); /* the pool is the sum of the reservations: never -1 */
-        const int grown = b->slot >= 0 ? kvpool_grow(pool, b->slot, b->T) : -1;
-        DS_ASSERT(grown == 0);
-        const int32_t *t = kvpool_table(pool, b->slot);
-        for (int j = 0; j < (b->T + bs - 1) / bs; j++)
-            be->upload(be, (char *)kv.data + per_block * (size_t)t[j], (char *)held_kv[i] + per_block * (size_t)j,
-                       per_block);
-        ptrs_h[b->slot] = tabs + (size_t)b->slot * blocks;
-    }
-    be->upload(be, ptrs, ptrs_h, ptr_bytes);
-    free(ptrs_h);
-    /* generation: every page still going gives a row to each pass */
-    const double t0 = ds_now();
-    int32_t *row_ids = ids, *row_pos = ids + n, *row_seq = ids + 2 * n;
-    int *row_of = calloc((size_t)n, sizeof(int));
+    int *row_of = calloc((size_t)max_batch, sizeof(int)), *active = calloc((size_t)max_batch, sizeof(int));
+    int32_t *rows = malloc(sizeof(int32_t) * 3 * (size_t)max_batch);
     float *masked = malloc(sizeof(float) * (size_t)V);
-    if (!row_of || !masked) {
-        free(row_of), free(masked);
+    const int32_t **ptrs_h = malloc(sizeof(int32_t *) * (size_t)max_batch);
+    const size_t tab_bytes = sizeof(int32_t) * (size_t)bt.tab_len * (size_t)max_batch;
+    const size_t dev_bytes = tab_bytes + sizeof(int32_t *) * (size_t)max_batch + sizeof(int32_t) * 2 * (size_t)max_batch +
+                             sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + 256;
+    bt.pool = kvpool_new(0, bs, max_batch, bt.tab_len);
+    if (!q || !row_of || !active || !rows || !masked || !ptrs_h || !bt.pool) {
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
         goto end;
     }
+    if (over_budget(s, 0, dev_bytes) || !(bt.dev = be->alloc(be, dev_bytes))) {
+        st = fail(s, DSOCR_E_NOMEM, "a batch of %d pages at a time does not fit the %s memory", max_batch, be->name);
+        goto end;
+    }
+    bt.tabs = bt.dev;
+    bt.ptrs = (const int32_t **)((char *)bt.dev + tab_bytes);
+    bt.pos = (int32_t *)(bt.ptrs + max_batch);
+    bt.seq = bt.pos + max_batch;
+    bt.x = (float *)(((uintptr_t)(bt.seq + max_batch) + 63) & ~(uintptr_t)63);
+    bt.logits = bt.x + (size_t)max_batch * D;
+    for (int k = 0; k < max_batch; k++) ptrs_h[k] = bt.tabs + (size_t)k * bt.tab_len;
+    be->upload(be, bt.ptrs, ptrs_h, sizeof(int32_t *) * (size_t)max_batch);
+    int next = 0, n_active = 0, waiting = -1; /* waiting: a prefilled page the pool cannot take yet */
+    double t_dec = 0;
     for (;;) {
+        /* pages join at this token boundary while there is a free row: the one waiting first, then new ones */
+        while (n_active < max_batch && (waiting >= 0 || next < n)) {
+            const int i = waiting >= 0 ? waiting : next++;
+            if (waiting < 0 && (st = batch_prefill(s, &pages[i], opt, bt.per_block, &q[i], &out[i]))) goto end;
+            const int j = batch_join(&bt, &q[i], n_active);
+            if (j < 0) {
+                st = fail(s, DSOCR_E_NOMEM, "page %d: a KV pool for %d tokens does not fit the memory", i,
+                          q[i].T + q[i].max_new);
+                goto end;
+            }
+            waiting = j ? -1 : i;
+            if (!j) break;
+            active[n_active++] = i;
+        }
+        if (!n_active) break;
+        /* every active page picks its token; those going on give a row */
+        const double t0 = ds_now();
         int nr = 0;
-        for (int i = 0; i < n; i++) {
+        int32_t *ids = rows, *pos = rows + max_batch, *seq = rows + 2 * max_batch;
+        for (int k = 0; k < n_active; k++) {
+            const int i = active[k];
             BatchSeq *b = &q[i];
-            if (b->done) continue;
-            if (opt->cancel && *opt->cancel) {
-                b->stop = DSOCR_STOP_CANCEL, b->done = 1;
-                continue;
-            }
-            if (b->n_gen >= b->max_new) {
-                b->stop = DSOCR_STOP_LENGTH, b->done = 1;
-                continue;
-            }
-            const int32_t *gen = b->hist + b->T;
-            memcpy(masked, b->logits, sizeof(float) * (size_t)V);
-            if (vllm)
-                ngram_ban(masked, V, gen, b->n_gen, ngram, window, white, 2);
-            else
-                ngram_ban(masked, V, b->hist, b->T + b->n_gen, ngram, window, NULL, 0);
-            const int tok = ops_argmax(masked, V);
-            if (tok == c->eos_token_id && !opt->ignore_eos) {
-                b->stop = DSOCR_STOP_EOS, b->done = 1;
-                continue;
-            }
-            b->hist[b->T + b->n_gen++] = tok;
-            if (b->n_gen >= b->max_new) {
-                b->stop = DSOCR_STOP_LENGTH, b->done = 1;
-                continue;
-            }
-            /* its next row: this token at the position after it; the table grown to hold it */
-            const int p = b->T + b->n_gen - 1;
-            const int grown = kvpool_grow(pool, b->slot, p + 1); /* within its reservation */
+            if (!batch_pick(m, opt, b, masked)) continue;
+            const int p = b->T + b->n_gen - 1, nb = (p + 1 + bs - 1) / bs;
+            const int grown = kvpool_grow(bt.pool, b->slot, p + 1); /* within its reservation */
             DS_ASSERT(grown == 0);
-            const int nb = (p + 1 + bs - 1) / bs;
             if (nb > b->held) {
-                be->upload(be, tabs + (size_t)b->slot * blocks, kvpool_table(pool, b->slot), sizeof(int32_t) * (size_t)nb);
+                be->upload(be, bt.tabs + (size_t)b->slot * bt.tab_len, kvpool_table(bt.pool, b->slot),
+                           sizeof(int32_t) * (size_t)nb);
                 b->held = nb;
             }
-            row_ids[nr] = tok, row_pos[nr] = p, row_seq[nr] = b->slot, row_of[nr] = i, nr++;
+            ids[nr] = b->hist[b->T + b->n_gen - 1], pos[nr] = p, seq[nr] = b->slot, row_of[nr] = i, nr++;
         }
-        if (!nr) break;
-        decoder_embed(m, row_ids, nr, x);
-        be->upload(be, pos_dev, row_pos, sizeof(int32_t) * (size_t)nr);
-        be->upload(be, seq_dev, row_seq, sizeof(int32_t) * (size_t)nr);
-        DecoderStep ds = {.x = x, .n = nr, .pos_dev = pos_dev, .tables_dev = (const int32_t *const *)ptrs,
-                          .seq_dev = seq_dev, .kv = &kv, .bf16 = bf16, .logits = logits};
-        if ((st = decoder_forward(m, s->dw, &ds, &e))) {
-            fail(s, st, "%s", e.msg);
-            break;
+        if (nr) {
+            decoder_embed(m, ids, nr, bt.x);
+            be->upload(be, bt.pos, pos, sizeof(int32_t) * (size_t)nr);
+            be->upload(be, bt.seq, seq, sizeof(int32_t) * (size_t)nr);
+            DecoderStep ds = {.x = bt.x, .n = nr, .pos_dev = bt.pos, .tables_dev = (const int32_t *const *)bt.ptrs,
+                              .seq_dev = bt.seq, .kv = &bt.kv, .bf16 = bf16, .logits = bt.logits};
+            if ((st = decoder_forward(m, s->dw, &ds, &e))) {
+                fail(s, st, "%s", e.msg);
+                goto end;
+            }
+            for (int r = 0; r < nr; r++)
+                be->download(be, q[row_of[r]].logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
         }
-        for (int r = 0; r < nr; r++)
-            be->download(be, q[row_of[r]].logits, logits + (size_t)r * V, sizeof(float) * (size_t)V);
-    }
-    free(row_of), free(masked);
-    if (st) goto end;
-    const double t_dec = ds_now() - t0;
-    for (int i = 0; i < n; i++) {
-        BatchSeq *b = &q[i];
-        DsocrResult *r = &out[i];
-        char *text = NULL;
-        size_t len = 0;
-        r->tokens = malloc(sizeof(int32_t) * (size_t)(b->n_gen + 1));
-        if (!r->tokens) {
-            st = fail(s, DSOCR_E_NOMEM, "out of memory");
-            goto end;
+        t_dec += ds_now() - t0;
+        /* the stopped ones leave */
+        for (int k = 0; k < n_active;) {
+            const int i = active[k];
+            if (!q[i].done) {
+                k++;
+                continue;
+            }
+            if ((st = batch_result(s, &q[i], t_dec, &out[i]))) goto end;
+            kvpool_leave(bt.pool, q[i].slot);
+            batch_seq_free(&q[i]);
+            active[k] = active[--n_active];
+            if (on_done) on_done(user, i, &out[i]);
         }
-        if ((st = tokenizer_decode(m->tok, b->hist + b->T, (size_t)b->n_gen, 0, &text, &len, &e))) {
-            fail(s, st, "%s", e.msg);
-            goto end;
-        }
-        memcpy(r->tokens, b->hist + b->T, sizeof(int32_t) * (size_t)b->n_gen);
-        r->n_tokens = b->n_gen;
-        r->text = text;
-        r->text_len = len;
-        r->stop = b->stop;
-        r->seconds_decode = t_dec;
     }
 end:
     if (st)
         for (int i = 0; i < n; i++) dsocr_result_free(&out[i]);
-    for (int i = 0; q && i < n; i++) free(q[i].hist), free(q[i].logits);
-    for (int i = 0; held_kv && i < n; i++) free(held_kv[i]);
-    free(q), free(held_kv), free(ids);
-    kvpool_free(pool);
-    if (kv.data) be->free(be, kv.data);
-    if (dev) be->free(be, dev);
+    for (int i = 0; q && i < n; i++) batch_seq_free(&q[i]);
+    free(q), free(row_of), free(active), free(rows), free(masked), free(ptrs_h);
+    kvpool_free(bt.pool);
+    if (bt.kv.data) be->free(be, bt.kv.data);
+    if (bt.dev) be->free(be, bt.dev);
     return st;
+}
+
+DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
+                             DsocrResult *out) {
+    return engine_ocr_queue(s, pages, n, n, opt, out, NULL, NULL);
 }

@@ -36,11 +36,18 @@ typedef struct EnginePage {
  * (engine_ocr up to its prefill) and its prompt's KV blocks move into a pool the pages share (kvpool.h, each page
  * admitted with the positions it may reach); then every page still generating gives one row to each decoder pass
  * (decoder.h DecoderStep.seq_dev) and takes its next token from its own logits by the one-page rules (greedy, the
- * n-gram ban, EOS, max_tokens), leaving when it stops. out[i] is what dsocr_ocr gives for page i, the same tokens
+ * n-gram ban, EOS, max_tokens), leaving when it stops (engine_ocr_queue with every page at once). out[i] is what dsocr_ocr gives for page i, the same tokens
  * where the backend's products do not depend on the row count (the CPU); on_token is not called; cancel stops
  * every page. The session's error on failure (then no result is kept). */
 DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
                              DsocrResult *out);
+/* engine_ocr_batch with at most max_batch pages decoding at a time (continuous batching): a page joins at a token
+ * boundary when a row is free and the pool can take its reservation (the pool grows within the memory budget, or
+ * the page waits for others to leave), and leaves when it stops; on_done (NULL: none) gets each page's result as it
+ * stops, in the order they stop. */
+typedef void (*EnginePageDone)(void *user, int page, const DsocrResult *r);
+DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, int max_batch,
+                             const DsocrOcrOptions *opt, DsocrResult *out, EnginePageDone on_done, void *user);
 
 /* The prompt text for a prompt name (markdown, ocr, free, figure, describe, locate:TEXT, raw:TEXT) into buf;
  * -1 for an unknown name. */

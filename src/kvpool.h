@@ -12,13 +12,18 @@
 
 typedef struct KvPool KvPool;
 
-/* A pool of n_blocks blocks of block_size positions for at most max_seqs sequences at once; NULL when out of
- * memory or a size is not positive. */
-KvPool *kvpool_new(int n_blocks, int block_size, int max_seqs);
+/* A pool of n_blocks blocks (0 or more) of block_size positions for at most max_seqs sequences at once, each
+ * holding at most max_seq_blocks blocks (its table's length); NULL when out of memory or a size is not positive. */
+KvPool *kvpool_new(int n_blocks, int block_size, int max_seqs, int max_seq_blocks);
+/* The pool grows by `blocks` blocks (numbered after the ones it has; the caller has grown the memory behind them):
+ * 0, or −1 when out of memory (nothing changed). */
+int kvpool_add_blocks(KvPool *p, int blocks);
+/* Blocks in the pool. */
+int kvpool_blocks(const KvPool *p);
 void kvpool_free(KvPool *p);
 
 /* Admits a sequence that may reach `reserve` positions: its slot (0 .. max_seqs − 1), or −1 when the reservations
- * would pass the pool or every slot is taken (the caller keeps it waiting: admission, never an out-of-memory
+ * would pass the pool, it needs more than max_seq_blocks, or every slot is taken (the caller keeps it waiting: admission, never an out-of-memory
  * midway). */
 int kvpool_join(KvPool *p, int reserve);
 /* Makes sequence s hold positions [0, n) (blocks taken from the free list as needed): 0, or −1 when n is past its
@@ -33,7 +38,7 @@ void kvpool_leave(KvPool *p, int s);
 /* Blocks on the free list; blocks reserved by the joined sequences (held or not yet taken). */
 int kvpool_free_blocks(const KvPool *p);
 int kvpool_reserved_blocks(const KvPool *p);
-/* Entries a block table has (the pool's block count: the most one sequence could hold). */
+/* Entries a block table has (max_seq_blocks: the most one sequence can hold). */
 int kvpool_table_len(const KvPool *p);
 
 #endif

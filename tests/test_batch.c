@@ -122,6 +122,14 @@ static void test_two_sequences(void) {
     }
 }
 
+static void page_done(void *user, int page, const DsocrResult *r) {
+    struct Done {
+        int *seen, n;
+    } *d = user;
+    if (page >= 0 && page < 5 && r && r->tokens) d->seen[page]++;
+    d->n++;
+}
+
 static void test_engine_batch(void) {
     const char *files[3] = {"tests/images/small.png", "tests/images/portrait.jpg", "tests/images/wide.png"};
     EnginePage pages[3];
@@ -158,6 +166,32 @@ static void test_engine_batch(void) {
                o.max_tokens, o.ignore_eos, (int)o.compat, batch[0].n_prompt, batch[1].n_prompt, batch[2].n_prompt,
                batch[0].n_tokens, batch[1].n_tokens, batch[2].n_tokens);
         for (int i = 0; i < 3; i++) dsocr_result_free(&batch[i]);
+    }
+    /* five pages, at most two at a time (each joins at a token boundary when one leaves, the pool growing for
+     * the larger prompts): the same results; on_done hears of each page once, when it stops */
+    {
+        EnginePage five[5] = {pages[0], pages[1], pages[2], pages[1], pages[0]};
+        DsocrOcrOptions o;
+        dsocr_ocr_options_default(&o);
+        o.mode = "tiny";
+        o.max_tokens = 9;
+        o.ignore_eos = 1;
+        DsocrResult rq[5], alone;
+        int seen[5] = {0};
+        struct Done {
+            int *seen, n;
+        } done = {seen, 0};
+        REQUIRE(engine_ocr_queue(s, five, 5, 2, &o, rq, page_done, &done) == DSOCR_OK);
+        CHECK(done.n == 5);
+        for (int i = 0; i < 5; i++) {
+            CHECKF(seen[i] == 1, "page %d reported %d times", i, seen[i]);
+            REQUIRE(dsocr_ocr(s, five[i].image, five[i].len, &o, &alone) == DSOCR_OK);
+            CHECKF(rq[i].n_tokens == alone.n_tokens && !memcmp(rq[i].tokens, alone.tokens, sizeof(int) * (size_t)alone.n_tokens) &&
+                       !strcmp(rq[i].text, alone.text),
+                   "queued page %d differs from its run alone", i);
+            dsocr_result_free(&alone);
+            dsocr_result_free(&rq[i]);
+        }
     }
     /* bad sizes are refused with a message, and the session goes on */
     DsocrResult r[1];

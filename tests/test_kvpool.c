@@ -7,10 +7,11 @@
 #include "kvpool.h"
 
 static void test_bad_args(void) {
-    CHECK(kvpool_new(0, 16, 4) == NULL);
-    CHECK(kvpool_new(8, 0, 4) == NULL);
-    CHECK(kvpool_new(8, 16, 0) == NULL);
-    KvPool *p = kvpool_new(8, 16, 2);
+    CHECK(kvpool_new(-1, 16, 4, 8) == NULL);
+    CHECK(kvpool_new(8, 0, 4, 8) == NULL);
+    CHECK(kvpool_new(8, 16, 0, 8) == NULL);
+    CHECK(kvpool_new(8, 16, 4, 0) == NULL);
+    KvPool *p = kvpool_new(8, 16, 2, 8);
     REQUIRE(p);
     CHECK(kvpool_join(p, -1) == -1);
     CHECK(kvpool_grow(p, 0, 1) == -1); /* slot not joined */
@@ -23,7 +24,7 @@ static void test_bad_args(void) {
 }
 
 static void test_admission_and_tables(void) {
-    KvPool *p = kvpool_new(10, 16, 3);
+    KvPool *p = kvpool_new(10, 16, 3, 10);
     REQUIRE(p);
     const int a = kvpool_join(p, 100); /* 7 blocks */
     REQUIRE(a >= 0);
@@ -78,7 +79,7 @@ static int consistent(const KvPool *p, int max_seqs, const int *reserve) {
 
 static void test_random_run(void) {
     enum { NB = 64, MS = 8, OPS = 20000 };
-    KvPool *p = kvpool_new(NB, 16, MS);
+    KvPool *p = kvpool_new(NB, 16, MS, NB);
     REQUIRE(p);
     int reserve[MS] = {0}, len[MS] = {0};
     unsigned long r = 12345;
@@ -110,9 +111,33 @@ static void test_random_run(void) {
     kvpool_free(p);
 }
 
+/* A pool that starts empty and grows: the new blocks are taken after the older free ones, tables stay valid, a
+ * sequence's table is capped at max_seq_blocks. */
+static void test_grow_pool(void) {
+    KvPool *p = kvpool_new(0, 16, 2, 4);
+    REQUIRE(p);
+    CHECK(kvpool_join(p, 1) == -1); /* nothing to reserve yet */
+    CHECK(kvpool_add_blocks(p, 3) == 0 && kvpool_blocks(p) == 3 && kvpool_free_blocks(p) == 3);
+    const int a = kvpool_join(p, 40);
+    REQUIRE(a >= 0);
+    CHECK(kvpool_grow(p, a, 20) == 0 && kvpool_table(p, a)[0] == 0 && kvpool_table(p, a)[1] == 1);
+    CHECK(kvpool_join(p, 17) == -1); /* 2 more blocks: the pool has 3, 3 reserved */
+    CHECK(kvpool_add_blocks(p, 2) == 0 && kvpool_blocks(p) == 5);
+    const int b = kvpool_join(p, 17);
+    REQUIRE(b >= 0);
+    CHECK(kvpool_grow(p, b, 17) == 0 && kvpool_table(p, b)[0] == 2 && kvpool_table(p, b)[1] == 3);
+    CHECK(kvpool_grow(p, a, 40) == 0 && kvpool_table(p, a)[2] == 4);
+    kvpool_leave(p, a);
+    CHECK(kvpool_add_blocks(p, 20) == 0 && kvpool_join(p, 5 * 16) == -1); /* past max_seq_blocks */
+    CHECK(kvpool_join(p, 4 * 16) >= 0);
+    CHECK(kvpool_add_blocks(p, -1) == -1 && kvpool_add_blocks(p, 0) == 0);
+    kvpool_free(p);
+}
+
 int main(void) {
     RUN(test_bad_args);
     RUN(test_admission_and_tables);
     RUN(test_random_run);
+    RUN(test_grow_pool);
     return check_summary();
 }
