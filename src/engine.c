@@ -1016,6 +1016,7 @@ typedef struct BatchSeq {
     int T, max_new, n_gen, slot, held; /* held: blocks of its table already on the backend */
     int done;                          /* stopped, for reason stop */
     DsocrStop stop;
+    int tok; /* >= 0: its next token already taken on the backend (the n-gram guard had nothing to ban) */
     int32_t *hist; /* [T + max_new] prompt then generated ids (the n-gram guard's) */
     float *logits; /* [V] its next token's */
     void *kv_host; /* its prompt's KV blocks in host memory until it joins the pool */
@@ -1033,8 +1034,8 @@ typedef struct Batch {
     KvPool *pool;
     size_t per_block;
     int max_batch, tab_len;
-    void *dev;          /* tables [max_batch][tab_len] | pointers [max_batch] | pos | seq | x | logits */
-    int32_t *tabs, *pos, *seq;
+    void *dev;          /* tables [max_batch][tab_len] | pointers [max_batch] | pos | seq | argmax | x | logits */
+    int32_t *tabs, *pos, *seq, *amax;
     const int32_t **ptrs;
     float *x, *logits;
 } Batch;
@@ -1081,6 +1082,7 @@ static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const Ds
     if (!b->hist || !b->logits || !b->kv_host) return fail(s, DSOCR_E_NOMEM, "out of memory");
     memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
     memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
+    b->tok = -1;
     s->be->download(s->be, b->kv_host, s->kv.data, per_block * (size_t)nb); /* the session's blocks 0 .. nb − 1 */
     return DSOCR_OK;
 }
@@ -1119,12 +1121,16 @@ static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, f
         b->stop = DSOCR_STOP_LENGTH, b->done = 1;
         return 0;
     }
-    memcpy(masked, b->logits, sizeof(float) * (size_t)V);
-    if (opt->compat == DSOCR_COMPAT_VLLM)
-        ngram_ban(masked, V, b->hist + b->T, b->n_gen, ngram, window, white, 2);
-    else
-        ngram_ban(masked, V, b->hist, b->T + b->n_gen, ngram, window, NULL, 0);
-    const int tok = ops_argmax(masked, V);
+    int tok = b->tok;
+    if (tok < 0) {
+        memcpy(masked, b->logits, sizeof(float) * (size_t)V);
+        if (opt->compat == DSOCR_COMPAT_VLLM)
+            ngram_ban(masked, V, b->hist + b->T, b->n_gen, ngram, window, white, 2);
+        else
+            ngram_ban(masked, V, b->hist, b->T + b->n_gen, ngram, window, NULL, 0);
+        tok = ops_argmax(masked, V);
+    }
+    b->tok = -1;
     if (tok == m->cfg.eos_token_id && !opt->ignore_eos) {
         b->stop = DSOCR_STOP_EOS, b->done = 1;
         return 0;
@@ -1135,6 +1141,15 @@ static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, f
         return 0;
     }
     return 1;
+}
+
+/* Whether the n-gram guard could ban anything at page b's next pick (else its argmax is the raw logits'). */
+static int batch_guard(const Model *m, const DsocrOcrOptions *opt, const BatchSeq *b) {
+    int ngram, window;
+    ngram_params(opt, &ngram, &window);
+    const int32_t white[2] = {m->td_id, m->td_close_id};
+    return opt->compat == DSOCR_COMPAT_VLLM ? ngram_candidates(b->hist + b->T, b->n_gen, ngram, window, white, 2) != 0
+                                            : ngram_candidates(b->hist, b->T + b->n_gen, ngram, window, NULL, 0) != 0;
 }
 
 /* A stopped page's result: its tokens and text into out. */
@@ -1181,7 +1196,7 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
     float *masked = malloc(sizeof(float) * (size_t)V);
     const int32_t **ptrs_h = malloc(sizeof(int32_t *) * (size_t)max_batch);
     const size_t tab_bytes = sizeof(int32_t) * (size_t)bt.tab_len * (size_t)max_batch;
-    const size_t dev_bytes = tab_bytes + sizeof(int32_t *) * (size_t)max_batch + sizeof(int32_t) * 2 * (size_t)max_batch +
+    const size_t dev_bytes = tab_bytes + sizeof(int32_t *) * (size_t)max_batch + sizeof(int32_t) * 3 * (size_t)max_batch +
                              sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + 256;
     bt.pool = kvpool_new(0, bs, max_batch, bt.tab_len);
     if (!q || !row_of || !active || !rows || !masked || !ptrs_h || !bt.pool) {
@@ -1196,7 +1211,8 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
     bt.ptrs = (const int32_t **)((char *)bt.dev + tab_bytes);
     bt.pos = (int32_t *)(bt.ptrs + max_batch);
     bt.seq = bt.pos + max_batch;
-    bt.x = (float *)(((uintptr_t)(bt.seq + max_batch) + 63) & ~(uintptr_t)63);
+    bt.amax = bt.seq + max_batch;
+    bt.x = (float *)(((uintptr_t)(bt.amax + max_batch) + 63) & ~(uintptr_t)63);
     bt.logits = bt.x + (size_t)max_batch * D;
     for (int k = 0; k < max_batch; k++) ptrs_h[k] = bt.tabs + (size_t)k * bt.tab_len;
     be->upload(be, bt.ptrs, ptrs_h, sizeof(int32_t *) * (size_t)max_batch);
@@ -1246,8 +1262,23 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
                 fail(s, st, "%s", e.msg);
                 goto end;
             }
-            for (int r = 0; r < nr; r++)
-                be->download(be, q[row_of[r]].logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
+            /* a page whose n-gram guard has nothing to ban takes the argmax on the backend (a number comes back,
+             * not its logits, as one page's decode does) */
+            int n_amax = 0;
+            for (int r = 0; r < nr; r++) {
+                BatchSeq *b = &q[row_of[r]];
+                if (batch_guard(m, opt, b)) {
+                    be->download(be, b->logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
+                } else {
+                    be->argmax(be, bt.amax + r, bt.logits + (size_t)r * V, V, NULL);
+                    n_amax++;
+                }
+            }
+            if (n_amax) {
+                be->download(be, ids, bt.amax, sizeof(int32_t) * (size_t)nr);
+                for (int r = 0; r < nr; r++)
+                    if (!batch_guard(m, opt, &q[row_of[r]])) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
+            }
         }
         t_dec += ds_now() - t0;
         /* the stopped ones leave */

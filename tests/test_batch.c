@@ -151,6 +151,7 @@ static void test_engine_batch(void) {
         o.max_tokens = 10 + 7 * k;
         o.ignore_eos = k % 2 == 0;
         o.compat = k == 3 ? DSOCR_COMPAT_VLLM : DSOCR_COMPAT_HF;
+        if (k == 1) o.no_repeat_ngram = 1; /* the guard bans every id seen before: the logits come to the host */
         DsocrResult batch[3], alone;
         REQUIRE(engine_ocr_batch(s, pages, 3, &o, batch) == DSOCR_OK);
         for (int i = 0; i < 3; i++) {
@@ -162,8 +163,8 @@ static void test_engine_batch(void) {
                    batch[i].stop, alone.n_tokens, alone.stop);
             dsocr_result_free(&alone);
         }
-        printf("  case %d (%s, max %d, ignore_eos %d, compat %d): prompts %d / %d / %d, tokens %d / %d / %d\n", k, o.mode,
-               o.max_tokens, o.ignore_eos, (int)o.compat, batch[0].n_prompt, batch[1].n_prompt, batch[2].n_prompt,
+        printf("  case %d (%s, max %d, ignore_eos %d, compat %d, ngram %d): prompts %d / %d / %d, tokens %d / %d / %d\n", k, o.mode,
+               o.max_tokens, o.ignore_eos, (int)o.compat, o.no_repeat_ngram, batch[0].n_prompt, batch[1].n_prompt, batch[2].n_prompt,
                batch[0].n_tokens, batch[1].n_tokens, batch[2].n_tokens);
         for (int i = 0; i < 3; i++) dsocr_result_free(&batch[i]);
     }
