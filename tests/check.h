@@ -11,6 +11,15 @@
 static int check_passed_, check_failed_, check_cur_failed_;
 static const char *check_cur_name_ = "";
 
+/* In main, before the tests: a failed set-up (fixture, model) counts as one failed test and ends the program. */
+#define SETUP_OR_FAIL(ok)                                                                                     \
+    do {                                                                                                      \
+        if (!(ok)) {                                                                                          \
+            fprintf(stderr, "setup failed\n");                                                                \
+            printf("0 passed, 1 failed\n");                                                                   \
+            return 1;                                                                                         \
+        }                                                                                                     \
+    } while (0)
 #define CHECK(c)                                                                                              \
     do {                                                                                                      \
         if (!(c)) {                                                                                           \

@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "checkpoint.h"
+#include "model.h"
 
 /* The tiny configuration (tools/reference/README.md): official sparse file with small sizes. */
 static inline char *fixture_tiny_config(void) {
@@ -191,6 +192,19 @@ static inline char *fixture_tiny_model_dir(void) {
         return NULL;
     }
     return dir;
+}
+
+/* fixture_tiny_model_dir, and the model loaded from it into *m (weights in host memory, not placed): 0, or −1
+ * with the reason on stderr. */
+static inline int fixture_tiny_model(char **dir, Model **m) {
+    if (!(*dir = fixture_tiny_model_dir())) return -1;
+    DsError e = {0};
+    CheckpointOptions co = {0};
+    if (model_load(*dir, &co, m, &e) != DSOCR_OK) {
+        fprintf(stderr, "load: %s\n", e.msg);
+        return -1;
+    }
+    return 0;
 }
 
 #endif

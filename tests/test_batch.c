@@ -22,13 +22,8 @@ static char *g_dir;
 static Model *g_m;
 
 static int setup(void) {
-    if (!(g_dir = fixture_tiny_model_dir())) return -1;
     DsError e = {0};
-    CheckpointOptions co = {0};
-    if (model_load(g_dir, &co, &g_m, &e) != DSOCR_OK || model_place(g_m, backend_cpu(), &e) != DSOCR_OK) {
-        fprintf(stderr, "load: %s\n", e.msg);
-        return -1;
-    }
+    if (fixture_tiny_model(&g_dir, &g_m) || model_place(g_m, backend_cpu(), &e) != DSOCR_OK) return -1;
     return 0;
 }
 
@@ -213,11 +208,7 @@ static void test_engine_batch(void) {
 }
 
 int main(void) {
-    if (setup() != 0) {
-        fprintf(stderr, "setup failed\n");
-        printf("0 passed, 1 failed\n");
-        return 1;
-    }
+    SETUP_OR_FAIL(setup() == 0);
     RUN(test_two_sequences);
     RUN(test_engine_batch);
     model_free(g_m);

@@ -288,11 +288,7 @@ static void test_device_info(void) {
 }
 
 int main(void) {
-    if (setup() != 0) {
-        fprintf(stderr, "setup failed\n");
-        printf("0 passed, 1 failed\n");
-        return 1;
-    }
+    SETUP_OR_FAIL(setup() == 0);
     RUN(test_good_run);
     RUN(test_bad_images);
     RUN(test_bad_options);

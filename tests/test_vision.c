@@ -129,13 +129,7 @@ static char *g_dir;
 static Model *g_m;
 
 static int setup(void) {
-    if (!(g_dir = fixture_tiny_model_dir())) return -1;
-    DsError e = {0};
-    CheckpointOptions co = {0};
-    if (model_load(g_dir, &co, &g_m, &e) != DSOCR_OK) {
-        fprintf(stderr, "load: %s\n", e.msg);
-        return -1;
-    }
+    if (fixture_tiny_model(&g_dir, &g_m)) return -1;
     g_io = *backend_cpu(); /* same memory and other ops; the CPU backend's weights are host memory too */
     g_io.name = "cpu-bf16-io";
     g_io.act_bf16 = 1;
@@ -240,11 +234,7 @@ static void test_lean_same(void) {
 }
 
 int main(void) {
-    if (setup() != 0) {
-        fprintf(stderr, "setup failed\n");
-        printf("0 passed, 1 failed\n");
-        return 1;
-    }
+    SETUP_OR_FAIL(setup() == 0);
     RUN(test_bf16_storage_same);
     RUN(test_lean_same);
     g_m->be = backend_cpu();
