@@ -78,7 +78,7 @@ int main(int argc, char **argv) {
         EnginePage *pages = malloc(sizeof *pages * (size_t)B);
         DsocrResult *res = calloc((size_t)B, sizeof *res);
         if (!pages || !res) return 1;
-        for (int i = 0; i < B; i++) pages[i] = (EnginePage){bytes, len};
+        for (int i = 0; i < B; i++) pages[i] = (EnginePage){.image = bytes, .len = len};
         DsocrOcrOptions o;
         dsocr_ocr_options_default(&o);
         o.mode = mode;

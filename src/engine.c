@@ -1017,13 +1017,18 @@ typedef struct BatchSeq {
     int done;                          /* stopped, for reason stop */
     DsocrStop stop;
     int tok; /* >= 0: its next token already taken on the backend (the n-gram guard had nothing to ban) */
+    int oom; /* its text could not grow */
     int32_t *hist; /* [T + max_new] prompt then generated ids (the n-gram guard's) */
     float *logits; /* [V] its next token's */
     void *kv_host; /* its prompt's KV blocks in host memory until it joins the pool */
+    const DsocrOcrOptions *opt;
+    TokenizerStream *stream; /* its text as it goes (on_token's pieces) */
+    Buf text;
 } BatchSeq;
 
 static void batch_seq_free(BatchSeq *b) {
-    free(b->hist), free(b->logits), free(b->kv_host);
+    free(b->hist), free(b->logits), free(b->kv_host), free(b->text.p);
+    if (b->stream) tokenizer_stream_free(b->stream);
     memset(b, 0, sizeof *b);
 }
 
@@ -1080,6 +1085,9 @@ static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const Ds
     b->logits = malloc(sizeof(float) * (size_t)V);
     b->kv_host = malloc(per_block * (size_t)nb);
     if (!b->hist || !b->logits || !b->kv_host) return fail(s, DSOCR_E_NOMEM, "out of memory");
+    b->opt = opt;
+    DsError e = {0};
+    if ((st = tokenizer_stream_new(s->model->m->tok, 0, &b->stream, &e))) return fail(s, st, "%s", e.msg);
     memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
     memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
     b->tok = -1;
@@ -1108,7 +1116,8 @@ static int batch_join(Batch *bt, BatchSeq *b, int active) {
 }
 
 /* Page b's next token from its logits by the one-page rules; 0 when it stops instead. */
-static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, float *masked) {
+static int batch_pick(const Model *m, BatchSeq *b, float *masked) {
+    const DsocrOcrOptions *opt = b->opt;
     const int V = m->cfg.vocab_size;
     int ngram, window;
     ngram_params(opt, &ngram, &window);
@@ -1136,6 +1145,14 @@ static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, f
         return 0;
     }
     b->hist[b->T + b->n_gen++] = tok;
+    const char *piece = NULL;
+    size_t plen = 0;
+    if (tokenizer_stream_push(b->stream, tok, &piece, &plen, NULL) != DSOCR_OK) plen = 0;
+    if (plen && buf_add(&b->text, piece, plen)) b->oom = 1;
+    if (opt->on_token && opt->on_token(opt->user, tok, piece ? piece : "", plen)) {
+        b->stop = DSOCR_STOP_CALLBACK, b->done = 1;
+        return 0;
+    }
     if (b->n_gen >= b->max_new) {
         b->stop = DSOCR_STOP_LENGTH, b->done = 1;
         return 0;
@@ -1144,7 +1161,8 @@ static int batch_pick(const Model *m, const DsocrOcrOptions *opt, BatchSeq *b, f
 }
 
 /* Whether the n-gram guard could ban anything at page b's next pick (else its argmax is the raw logits'). */
-static int batch_guard(const Model *m, const DsocrOcrOptions *opt, const BatchSeq *b) {
+static int batch_guard(const Model *m, const BatchSeq *b) {
+    const DsocrOcrOptions *opt = b->opt;
     int ngram, window;
     ngram_params(opt, &ngram, &window);
     const int32_t white[2] = {m->td_id, m->td_close_id};
@@ -1153,17 +1171,19 @@ static int batch_guard(const Model *m, const DsocrOcrOptions *opt, const BatchSe
 }
 
 /* A stopped page's result: its tokens and text into out. */
-static DsocrStatus batch_result(DsocrSession *s, const BatchSeq *b, double t_dec, DsocrResult *r) {
-    DsError e = {0};
-    char *text = NULL;
-    size_t len = 0;
-    if (!(r->tokens = malloc(sizeof(int32_t) * (size_t)(b->n_gen + 1)))) return fail(s, DSOCR_E_NOMEM, "out of memory");
-    DsocrStatus st = tokenizer_decode(s->model->m->tok, b->hist + b->T, (size_t)b->n_gen, 0, &text, &len, &e);
-    if (st) return fail(s, st, "%s", e.msg);
+static DsocrStatus batch_result(DsocrSession *s, BatchSeq *b, double t_dec, DsocrResult *r) {
+    const char *tail = NULL;
+    size_t tlen = 0;
+    if (tokenizer_stream_flush(b->stream, &tail, &tlen, NULL) == DSOCR_OK && tlen && buf_add(&b->text, tail, tlen))
+        b->oom = 1;
+    if (b->oom || !(r->tokens = malloc(sizeof(int32_t) * (size_t)(b->n_gen + 1))) ||
+        (!b->text.p && !(b->text.p = calloc(1, 1))))
+        return fail(s, DSOCR_E_NOMEM, "out of memory");
     memcpy(r->tokens, b->hist + b->T, sizeof(int32_t) * (size_t)b->n_gen);
     r->n_tokens = b->n_gen;
-    r->text = text;
-    r->text_len = len;
+    r->text = b->text.p;
+    r->text_len = b->text.n;
+    b->text.p = NULL;
     r->stop = b->stop;
     r->seconds_decode = t_dec;
     return DSOCR_OK;
@@ -1222,7 +1242,12 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
         /* pages join at this token boundary while there is a free row: the one waiting first, then new ones */
         while (n_active < max_batch && (waiting >= 0 || next < n)) {
             const int i = waiting >= 0 ? waiting : next++;
-            if (waiting < 0 && (st = batch_prefill(s, &pages[i], opt, bt.per_block, &q[i], &out[i]))) goto end;
+            const DsocrOcrOptions *po = pages[i].opt ? pages[i].opt : opt;
+            if (po->precision != opt->precision) {
+                st = fail(s, DSOCR_E_INVALID_ARG, "page %d: every page of a batch needs the same precision", i);
+                goto end;
+            }
+            if (waiting < 0 && (st = batch_prefill(s, &pages[i], po, bt.per_block, &q[i], &out[i]))) goto end;
             const int j = batch_join(&bt, &q[i], n_active);
             if (j < 0) {
                 st = fail(s, DSOCR_E_NOMEM, "page %d: a KV pool for %d tokens does not fit the memory", i,
@@ -1241,7 +1266,7 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
         for (int k = 0; k < n_active; k++) {
             const int i = active[k];
             BatchSeq *b = &q[i];
-            if (!batch_pick(m, opt, b, masked)) continue;
+            if (!batch_pick(m, b, masked)) continue;
             const int p = b->T + b->n_gen - 1, nb = (p + 1 + bs - 1) / bs;
             const int grown = kvpool_grow(bt.pool, b->slot, p + 1); /* within its reservation */
             DS_ASSERT(grown == 0);
@@ -1267,7 +1292,7 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
             int n_amax = 0;
             for (int r = 0; r < nr; r++) {
                 BatchSeq *b = &q[row_of[r]];
-                if (batch_guard(m, opt, b)) {
+                if (batch_guard(m, b)) {
                     be->download(be, b->logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
                 } else {
                     be->argmax(be, bt.amax + r, bt.logits + (size_t)r * V, V, NULL);
@@ -1277,7 +1302,7 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
             if (n_amax) {
                 be->download(be, ids, bt.amax, sizeof(int32_t) * (size_t)nr);
                 for (int r = 0; r < nr; r++)
-                    if (!batch_guard(m, opt, &q[row_of[r]])) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
+                    if (!batch_guard(m, &q[row_of[r]])) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
             }
         }
         t_dec += ds_now() - t0;

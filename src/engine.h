@@ -26,10 +26,12 @@ typedef struct EngineDebug {
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,
                        const EngineDebug *dbg, DsocrResult *out);
 
-/* One page of a batch: the image file's bytes. */
+/* One page of a batch: the image file's bytes, and its own options (NULL: the batch's). Every page of a batch
+ * must have the same precision. */
 typedef struct EnginePage {
     const void *image;
     size_t len;
+    const DsocrOcrOptions *opt;
 } EnginePage;
 
 /* Several pages decoded together (issue 13): each page's views and prompt go through the session as for one page
@@ -37,8 +39,8 @@ typedef struct EnginePage {
  * admitted with the positions it may reach); then every page still generating gives one row to each decoder pass
  * (decoder.h DecoderStep.seq_dev) and takes its next token from its own logits by the one-page rules (greedy, the
  * n-gram ban, EOS, max_tokens), leaving when it stops (engine_ocr_queue with every page at once). out[i] is what dsocr_ocr gives for page i, the same tokens
- * where the backend's products do not depend on the row count (the CPU); on_token is not called; cancel stops
- * every page. The session's error on failure (then no result is kept). */
+ * where the backend's products do not depend on the row count (the CPU); each page's on_token gets its pieces and may
+ * stop it, its cancel flag stops it. The session's error on failure (then no result is kept). */
 DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
                              DsocrResult *out);
 /* engine_ocr_batch with at most max_batch pages decoding at a time (continuous batching): a page joins at a token

@@ -20,6 +20,7 @@ enum { SEQS = 2, STEPS = 4, BS = 16, BLOCKS = 8 };
 
 static char *g_dir;
 static Model *g_m;
+static int *g_counts1; /* the counter whose on_token stops its page at 3 */
 
 static int setup(void) {
     DsError e = {0};
@@ -117,6 +118,14 @@ static void test_two_sequences(void) {
     }
 }
 
+/* on_token: counts a page's pieces (user: its counter); the page counting into g_counts1 stops at 3 */
+static int count_token(void *user, int id, const char *text, size_t len) {
+    (void)id, (void)text, (void)len;
+    int *c = user;
+    ++*c;
+    return c == g_counts1 && *c >= 3;
+}
+
 static void page_done(void *user, int page, const DsocrResult *r) {
     struct Done {
         int *seen, n;
@@ -132,7 +141,7 @@ static void test_engine_batch(void) {
     for (int i = 0; i < 3; i++) {
         size_t len = 0;
         REQUIRE(ds_read_file(files[i], 1 << 24, &buf[i], &len, NULL) == 0);
-        pages[i] = (EnginePage){buf[i], len};
+        pages[i] = (EnginePage){.image = buf[i], .len = len};
     }
     DsocrModel *dm = NULL;
     DsocrSession *s = NULL;
@@ -189,11 +198,43 @@ static void test_engine_batch(void) {
             dsocr_result_free(&rq[i]);
         }
     }
+    /* pages with options of their own in one batch: modes, lengths, compat and the n-gram guard differ; page 1's
+     * on_token stops it after 3 tokens, page 2's counts its pieces; each result as alone */
+    {
+        DsocrOcrOptions po[3];
+        int counts[3] = {0, 0, 0};
+        g_counts1 = &counts[1];
+        for (int i = 0; i < 3; i++) {
+            dsocr_ocr_options_default(&po[i]);
+            po[i].mode = i == 0 ? "tiny" : i == 1 ? "small" : "base";
+            po[i].max_tokens = 6 + 5 * i;
+            po[i].ignore_eos = 1;
+            po[i].compat = i == 2 ? DSOCR_COMPAT_VLLM : DSOCR_COMPAT_HF;
+            po[i].on_token = i ? count_token : NULL;
+            po[i].user = &counts[i];
+        }
+        EnginePage own[3];
+        for (int i = 0; i < 3; i++) own[i] = (EnginePage){.image = pages[i].image, .len = pages[i].len, .opt = &po[i]};
+        DsocrResult rq[3], alone;
+        REQUIRE(engine_ocr_queue(s, own, 3, 3, NULL, rq, NULL, NULL) == DSOCR_OK);
+        CHECK(rq[1].n_tokens == 3 && rq[1].stop == DSOCR_STOP_CALLBACK && counts[1] == 3);
+        CHECK(rq[2].n_tokens == 16 && counts[2] == 16);
+        for (int i = 0; i < 3; i++) {
+            counts[1] = counts[2] = 0;
+            REQUIRE(dsocr_ocr(s, own[i].image, own[i].len, &po[i], &alone) == DSOCR_OK);
+            CHECKF(rq[i].n_prompt == alone.n_prompt && rq[i].n_tokens == alone.n_tokens && rq[i].stop == alone.stop &&
+                       !memcmp(rq[i].tokens, alone.tokens, sizeof(int) * (size_t)alone.n_tokens) &&
+                       !strcmp(rq[i].text, alone.text),
+                   "page %d with its own options differs from its run alone", i);
+            dsocr_result_free(&alone);
+            dsocr_result_free(&rq[i]);
+        }
+    }
     /* bad sizes are refused with a message, and the session goes on */
     DsocrResult r[1];
     CHECK(engine_ocr_batch(s, pages, 0, NULL, r) == DSOCR_E_INVALID_ARG);
     CHECK_STR_CONTAINS(dsocr_session_error(s), "a batch takes");
-    EnginePage bad[2] = {pages[0], {"not an image", 12}};
+    EnginePage bad[2] = {pages[0], {.image = "not an image", .len = 12}};
     DsocrResult rb[2];
     CHECK(engine_ocr_batch(s, bad, 2, NULL, rb) != DSOCR_OK);
     CHECK(rb[0].tokens == NULL && rb[1].tokens == NULL);
