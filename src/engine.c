@@ -1022,6 +1022,7 @@ typedef struct BatchSeq {
     float *logits; /* [V] its next token's */
     void *kv_host; /* its prompt's KV blocks in host memory until it joins the pool */
     const DsocrOcrOptions *opt;
+    int id;                  /* the page's, for the caller */
     TokenizerStream *stream; /* its text as it goes (on_token's pieces) */
     Buf text;
 } BatchSeq;
@@ -1189,17 +1190,24 @@ static DsocrStatus batch_result(DsocrSession *s, BatchSeq *b, double t_dec, Dsoc
     return DSOCR_OK;
 }
 
-DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, int max_batch,
-                             const DsocrOcrOptions *opt, DsocrResult *out, EnginePageDone on_done, void *user) {
+/* Hands page i of the stream to end_page, then forgets it (its result's contents moved, its q slot free). */
+static void stream_end(EnginePageEnd end_page, void *user, BatchSeq *b, DsocrResult *r, DsocrStatus st,
+                       const char *err) {
+    const int id = b->id;
+    if (st) dsocr_result_free(r);
+    batch_seq_free(b);
+    end_page(user, id, st, st ? err : "", r);
+    memset(r, 0, sizeof *r);
+}
+
+DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOptions *opt, EnginePageNext next,
+                              EnginePageEnd end_page, void *user) {
     DsocrOcrOptions def;
     dsocr_ocr_options_default(&def);
     if (!opt) opt = &def;
-    if (n > 0) memset(out, 0, sizeof *out * (size_t)n);
     const int cap = prefill_chunk(s->model);
-    if (n <= 0 || max_batch <= 0 || max_batch > cap)
-        return fail(s, DSOCR_E_INVALID_ARG, "a batch takes 1 to %d pages at a time and at least one page (%d, %d)",
-                    cap, max_batch, n);
-    if (max_batch > n) max_batch = n;
+    if (max_batch <= 0 || max_batch > cap)
+        return fail(s, DSOCR_E_INVALID_ARG, "a batch takes 1 to %d pages at a time, not %d", cap, max_batch);
     const Model *m = s->model->m;
     const ModelConfig *c = &m->cfg;
     Backend *be = s->be;
@@ -1210,7 +1218,9 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
     bt.per_block = kvcache_bytes(c->num_hidden_layers, D, bs, 1) * (bf16 ? 1 : 2);
     bt.kv = (KvCache){.dtype = bf16 ? DS_BF16 : DS_F32, .n_layers = c->num_hidden_layers, .width = D,
                       .block_size = bs};
-    BatchSeq *q = calloc((size_t)n, sizeof *q);
+    /* q, res: max_batch active pages and one waiting for the pool (free slots: hist NULL); active: their indices */
+    BatchSeq *q = calloc((size_t)max_batch + 1, sizeof *q);
+    DsocrResult *res = calloc((size_t)max_batch + 1, sizeof *res);
     int *row_of = calloc((size_t)max_batch, sizeof(int)), *active = calloc((size_t)max_batch, sizeof(int));
     int32_t *rows = malloc(sizeof(int32_t) * 3 * (size_t)max_batch);
     float *masked = malloc(sizeof(float) * (size_t)V);
@@ -1219,7 +1229,8 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
     const size_t dev_bytes = tab_bytes + sizeof(int32_t *) * (size_t)max_batch + sizeof(int32_t) * 3 * (size_t)max_batch +
                              sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + 256;
     bt.pool = kvpool_new(0, bs, max_batch, bt.tab_len);
-    if (!q || !row_of || !active || !rows || !masked || !ptrs_h || !bt.pool) {
+    int n_active = 0, waiting = -1, more = 1; /* waiting: the q index of a prefilled page the pool cannot take yet */
+    if (!q || !res || !row_of || !active || !rows || !masked || !ptrs_h || !bt.pool) {
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
         goto end;
     }
@@ -1236,23 +1247,33 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
     bt.logits = bt.x + (size_t)max_batch * D;
     for (int k = 0; k < max_batch; k++) ptrs_h[k] = bt.tabs + (size_t)k * bt.tab_len;
     be->upload(be, bt.ptrs, ptrs_h, sizeof(int32_t *) * (size_t)max_batch);
-    int next = 0, n_active = 0, waiting = -1; /* waiting: a prefilled page the pool cannot take yet */
     double t_dec = 0;
     for (;;) {
-        /* pages join at this token boundary while there is a free row: the one waiting first, then new ones */
-        while (n_active < max_batch && (waiting >= 0 || next < n)) {
-            const int i = waiting >= 0 ? waiting : next++;
-            const DsocrOcrOptions *po = pages[i].opt ? pages[i].opt : opt;
-            if (po->precision != opt->precision) {
-                st = fail(s, DSOCR_E_INVALID_ARG, "page %d: every page of a batch needs the same precision", i);
-                goto end;
+        /* pages join at this token boundary while there is a free row: the one waiting first, then new ones; a
+         * page that fails on its own (a bad image, a prompt too long, a pool it alone cannot fit) ends alone */
+        while (n_active < max_batch && (waiting >= 0 || more)) {
+            int i = waiting;
+            if (i < 0) {
+                for (i = 0; q[i].hist; i++) {
+                }
+                EnginePage pg;
+                memset(&pg, 0, sizeof pg);
+                if (!(more = next(user, &pg, &q[i].id))) break;
+                const DsocrOcrOptions *po = pg.opt ? pg.opt : opt;
+                DsocrStatus ps = po->precision != opt->precision
+                                     ? fail(s, DSOCR_E_INVALID_ARG, "every page of a batch needs the same precision")
+                                     : batch_prefill(s, &pg, po, bt.per_block, &q[i], &res[i]);
+                if (ps) {
+                    stream_end(end_page, user, &q[i], &res[i], ps, s->err);
+                    continue;
+                }
             }
-            if (waiting < 0 && (st = batch_prefill(s, &pages[i], po, bt.per_block, &q[i], &out[i]))) goto end;
             const int j = batch_join(&bt, &q[i], n_active);
             if (j < 0) {
-                st = fail(s, DSOCR_E_NOMEM, "page %d: a KV pool for %d tokens does not fit the memory", i,
-                          q[i].T + q[i].max_new);
-                goto end;
+                fail(s, DSOCR_E_NOMEM, "a KV pool for %d tokens does not fit the memory budget", q[i].T + q[i].max_new);
+                waiting = -1;
+                stream_end(end_page, user, &q[i], &res[i], DSOCR_E_NOMEM, s->err);
+                continue;
             }
             waiting = j ? -1 : i;
             if (!j) break;
@@ -1313,22 +1334,63 @@ DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, in
                 k++;
                 continue;
             }
-            if ((st = batch_result(s, &q[i], t_dec, &out[i]))) goto end;
+            const DsocrStatus ps = batch_result(s, &q[i], t_dec, &res[i]);
             kvpool_leave(bt.pool, q[i].slot);
-            batch_seq_free(&q[i]);
             active[k] = active[--n_active];
-            if (on_done) on_done(user, i, &out[i]);
+            stream_end(end_page, user, &q[i], &res[i], ps, s->err);
         }
     }
 end:
-    if (st)
-        for (int i = 0; i < n; i++) dsocr_result_free(&out[i]);
-    for (int i = 0; q && i < n; i++) batch_seq_free(&q[i]);
-    free(q), free(row_of), free(active), free(rows), free(masked), free(ptrs_h);
+    /* a failure of the batch itself: every page still in it ends with it */
+    for (int k = 0; st && k < n_active; k++) stream_end(end_page, user, &q[active[k]], &res[active[k]], st, s->err);
+    if (st && waiting >= 0) stream_end(end_page, user, &q[waiting], &res[waiting], st, s->err);
+    for (int i = 0; q && i <= max_batch; i++) batch_seq_free(&q[i]);
+    free(q), free(res), free(row_of), free(active), free(rows), free(masked), free(ptrs_h);
     kvpool_free(bt.pool);
     if (bt.kv.data) be->free(be, bt.kv.data);
     if (bt.dev) be->free(be, bt.dev);
     return st;
+}
+
+/* engine_ocr_queue over engine_ocr_stream: the pages of an array in order, results into out. */
+typedef struct QueueCtx {
+    const EnginePage *pages;
+    int n, next;
+    DsocrResult *out;
+    DsocrStatus first; /* the first failed page's */
+    char err[1100];
+    EnginePageDone on_done;
+    void *user;
+} QueueCtx;
+
+static int queue_next(void *user, EnginePage *page, int *id) {
+    QueueCtx *qc = user;
+    if (qc->next >= qc->n) return 0;
+    *id = qc->next;
+    *page = qc->pages[qc->next++];
+    return 1;
+}
+
+static void queue_end(void *user, int id, DsocrStatus st, const char *err, DsocrResult *r) {
+    QueueCtx *qc = user;
+    qc->out[id] = *r; /* moved */
+    memset(r, 0, sizeof *r);
+    if (st && !qc->first) {
+        qc->first = st;
+        snprintf(qc->err, sizeof qc->err, "page %d: %s", id, err);
+    }
+    if (qc->on_done) qc->on_done(qc->user, id, &qc->out[id]);
+}
+
+DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, int max_batch,
+                             const DsocrOcrOptions *opt, DsocrResult *out, EnginePageDone on_done, void *user) {
+    if (n > 0) memset(out, 0, sizeof *out * (size_t)n);
+    if (n <= 0) return fail(s, DSOCR_E_INVALID_ARG, "a batch takes at least one page");
+    QueueCtx qc = {.pages = pages, .n = n, .out = out, .on_done = on_done, .user = user};
+    DsocrStatus st = engine_ocr_stream(s, max_batch < n ? max_batch : n, opt, queue_next, queue_end, &qc);
+    if (st) return st;
+    if (qc.first) return fail(s, qc.first, "%s", qc.err);
+    return DSOCR_OK;
 }
 
 DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,

@@ -40,16 +40,28 @@ typedef struct EnginePage {
  * (decoder.h DecoderStep.seq_dev) and takes its next token from its own logits by the one-page rules (greedy, the
  * n-gram ban, EOS, max_tokens), leaving when it stops (engine_ocr_queue with every page at once). out[i] is what dsocr_ocr gives for page i, the same tokens
  * where the backend's products do not depend on the row count (the CPU); each page's on_token gets its pieces and may
- * stop it, its cancel flag stops it. The session's error on failure (then no result is kept). */
+ * stop it, its cancel flag stops it. A page that fails on its own (a bad image) gets no result and the others go on;
+ * the status is then the first such page's, with its number in the session's error. */
 DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,
                              DsocrResult *out);
 /* engine_ocr_batch with at most max_batch pages decoding at a time (continuous batching): a page joins at a token
  * boundary when a row is free and the pool can take its reservation (the pool grows within the memory budget, or
  * the page waits for others to leave), and leaves when it stops; on_done (NULL: none) gets each page's result as it
- * stops, in the order they stop. */
+ * stops, in the order they stop (a failed page's with no tokens). */
 typedef void (*EnginePageDone)(void *user, int page, const DsocrResult *r);
 DsocrStatus engine_ocr_queue(DsocrSession *s, const EnginePage *pages, int n, int max_batch,
                              const DsocrOcrOptions *opt, DsocrResult *out, EnginePageDone on_done, void *user);
+
+/* The pages coming from a source, as a server's requests come (continuous batching): at each token boundary with a
+ * free row, next(user, &page, &id) is asked for a page: 1 with one (id: the caller's, for end_page), 0 with none
+ * now (the stream ends when no page is active either). end_page(user, id, status, message, result) once per page
+ * when it ends: its result, which the callee takes over (the struct's contents), or a status with the message of a
+ * page that failed on its own (a bad image, a pool it alone cannot fit: the others go on). Returns DSOCR_OK, or the
+ * failure of the batch itself (every page in it has ended with it then). */
+typedef int (*EnginePageNext)(void *user, EnginePage *page, int *id);
+typedef void (*EnginePageEnd)(void *user, int id, DsocrStatus st, const char *err, DsocrResult *r);
+DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOptions *opt, EnginePageNext next,
+                              EnginePageEnd end_page, void *user);
 
 /* The prompt text for a prompt name (markdown, ocr, free, figure, describe, locate:TEXT, raw:TEXT) into buf;
  * -1 for an unknown name. */
