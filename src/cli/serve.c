@@ -5,6 +5,7 @@
 
 #include "cli/cli.h"
 #include "serve/serve.h"
+#include "serve/worker.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -22,6 +23,8 @@ static void usage(FILE *f) {
             "  --gpu-mem SIZE       GPU memory to use, e.g. 1.5G (default: the free memory less 5 %%); what does not\n"
             "                       fit stays on the CPU (embeddings, routed experts), requests past it get 507\n"
             "  --queue N            requests waiting at most (default 16); more get 429 with Retry-After\n"
+            "  --max-batch N        image requests decoded together at most (default 1, up to 128): each joins\n"
+            "                       the running batch at a token boundary and leaves when it is done\n"
             "  --max-connections N  open connections at most (default 128)\n"
             "  --max-upload BYTES   request body size limit (default 50000000; K, M, G suffixes); 413 above\n"
             "  --max-pixels N       decoded image pixels at most (default 50000000); 400 above\n"
@@ -116,6 +119,7 @@ int cli_serve(int argc, char **argv) {
         NUM("--port", 0, 65535, c.port)
         NUM("--threads", 0, 4096, c.threads)
         NUM("--queue", 1, 100000, c.queue_max)
+        NUM("--max-batch", 1, WORKER_MAX_BATCH, c.max_batch)
         NUM("--max-connections", 2, 100000, c.max_connections)
         NUM("--max-pixels", 1, 1e9, c.max_pixels)
         NUM("--max-tokens", 0, 1e6, c.default_max_tokens)

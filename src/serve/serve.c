@@ -1064,6 +1064,7 @@ void serve_config_default(ServeConfig *c) {
     c->host = "127.0.0.1";
     c->port = 8031;
     c->queue_max = 16;
+    c->max_batch = 1;
     c->max_connections = 128;
     c->max_upload = 50u * 1000 * 1000;
     c->max_pixels = 50000000;
@@ -1163,6 +1164,7 @@ int serve_run(const ServeConfig *cfg) {
                        .gpu_mem = cfg->gpu_mem,
                        .threads = cfg->threads,
                        .queue_max = cfg->queue_max,
+                       .max_batch = cfg->max_batch,
                        .default_max_tokens = cfg->default_max_tokens,
                        .results = s->results,
                        .fake = cfg->fake_engine,

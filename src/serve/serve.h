@@ -22,6 +22,7 @@ typedef struct ServeConfig {
     int port;               /* 0 = any free port (printed at start) */
     int threads;            /* CPU threads for the engine; 0 = all cores */
     int queue_max;          /* jobs waiting at most; more get 429 */
+    int max_batch;          /* image requests decoded together at most (continuous batching); 1 = one at a time */
     int max_connections;    /* open connections at most */
     size_t max_upload;      /* request body bytes at most; more get 413 */
     long long max_pixels;   /* decoded image pixels at most; more get 400 */

@@ -1,5 +1,6 @@
 /* worker.c: the bounded job queue and the one inference thread. See worker.h. */
 #include "serve/worker.h"
+#include "engine.h"
 
 #include <errno.h>
 #include <malloc.h>
@@ -15,7 +16,8 @@ struct Worker {
     Job *head, *tail;
     int depth;
     int draining, stop;
-    Job *running;
+    Job *running[WORKER_MAX_BATCH]; /* the jobs running now (one, or a batch's: cfg.max_batch) */
+    int n_running;
     WorkerState state;
     char load_error[512];
     long long served;
@@ -170,62 +172,62 @@ static DsocrStatus fake_ocr(const DsocrOcrOptions *o, DsocrResult *r, char *err,
 
 static void job_ended(Worker *w, Job *j, double t_end);
 
-static void run_job(Worker *w, Job *j) {
-    char msg[768];
+static void running_add(Worker *w, Job *j) {
+    pthread_mutex_lock(&w->mu);
+    if (w->n_running < WORKER_MAX_BATCH) w->running[w->n_running++] = j;
+    pthread_mutex_unlock(&w->mu);
+}
+
+/* Job j starts: its clock, its state; 1 when it was cancelled before that. */
+static int job_start(Job *j) {
     pthread_mutex_lock(&j->mu);
     j->t_start = ds_now();
     j->state = JOB_RUNNING;
     int cancelled = __atomic_load_n(&j->cancel, __ATOMIC_ACQUIRE);
     pthread_mutex_unlock(&j->mu);
-    DsocrStatus st;
-    DsocrResult res;
-    memset(&res, 0, sizeof res);
-    char err[512] = "";
-    if (cancelled) {
-        st = DSOCR_E_CANCELLED;
-        snprintf(err, sizeof err, "cancelled before it started");
+    return cancelled;
+}
+
+/* The options of job j's request into o (its prompt name in *name, to free once the job ends): 0, or a status
+ * with the reason in err. */
+static DsocrStatus job_options(Worker *w, Job *j, DsocrOcrOptions *o, char **name, char *err, size_t n) {
+    dsocr_ocr_options_default(o);
+    const OcrRequest *q = &j->req;
+    if (q->mode[0]) {
+        o->mode = q->mode;
     } else {
-        DsocrOcrOptions o;
-        dsocr_ocr_options_default(&o);
-        const OcrRequest *q = &j->req;
-        if (q->mode[0]) {
-            o.mode = q->mode;
-        } else {
-            o.mode = NULL;
-            o.base_size = q->base_size;
-            o.image_size = q->image_size;
-            o.crop_mode = q->crop_mode;
-        }
-        size_t pl = strlen(q->prompt);
-        char *name = malloc(pl + 5);
-        if (!name) {
-            st = DSOCR_E_NOMEM;
-            snprintf(err, sizeof err, "out of memory");
-        } else {
-            memcpy(name, "raw:", 4);
-            memcpy(name + 4, q->prompt, pl + 1);
-            o.prompt = name;
-            o.compat = q->compat;
-            o.max_tokens = q->max_tokens > 0 ? q->max_tokens : w->cfg.default_max_tokens;
-            o.on_token = on_token;
-            o.user = j;
-            o.cancel = &j->cancel;
-            o.threads = w->cfg.threads;
-            if (w->cfg.fake) {
-                st = fake_ocr(&o, &res, err, sizeof err);
-            } else {
-                st = dsocr_ocr(w->sess, q->image, q->image_len, &o, &res);
-                if (st) snprintf(err, sizeof err, "%s", dsocr_session_error(w->sess));
-            }
-            free(name);
-        }
+        o->mode = NULL;
+        o->base_size = q->base_size;
+        o->image_size = q->image_size;
+        o->crop_mode = q->crop_mode;
     }
+    size_t pl = strlen(q->prompt);
+    if (!(*name = malloc(pl + 5))) {
+        snprintf(err, n, "out of memory");
+        return DSOCR_E_NOMEM;
+    }
+    memcpy(*name, "raw:", 4);
+    memcpy(*name + 4, q->prompt, pl + 1);
+    o->prompt = *name;
+    o->compat = q->compat;
+    o->max_tokens = q->max_tokens > 0 ? q->max_tokens : w->cfg.default_max_tokens;
+    o->on_token = on_token;
+    o->user = j;
+    o->cancel = &j->cancel;
+    o->threads = w->cfg.threads;
+    return DSOCR_OK;
+}
+
+/* Job j ended with status st (err: why, when st) and result *res (taken over): saved when asked, logged, its
+ * waiters woken. */
+static void job_finish(Worker *w, Job *j, DsocrStatus st, DsocrResult *res, const char *err) {
+    char msg[768];
     char saved[RESULTS_NAME_LEN + 1] = "", save_err[256] = "";
-    if (!st && res.stop != DSOCR_STOP_CANCEL && j->req.save_to_file) {
+    if (!st && res->stop != DSOCR_STOP_CANCEL && j->req.save_to_file) {
         DsError e = {0};
         if (!w->cfg.results)
             snprintf(save_err, sizeof save_err, "this server has no results folder");
-        else if (results_save(w->cfg.results, res.text, res.text_len, saved, &e))
+        else if (results_save(w->cfg.results, res->text, res->text_len, saved, &e))
             snprintf(save_err, sizeof save_err, "%s", e.msg);
     }
     double t_end = ds_now();
@@ -235,12 +237,12 @@ static void run_job(Worker *w, Job *j) {
         snprintf(msg, sizeof msg,
                  "job done in %.2fs (queued %.2fs): %d prompt tokens, %d views, %d generated, stop %s; vision %.2fs, "
                  "prefill %.2fs, decode %.2fs%s%s",
-                 t_end - j->t_start, j->t_start - j->t_submit, res.n_prompt, res.n_views, res.n_tokens,
-                 res.stop == DSOCR_STOP_EOS      ? "eos"
-                 : res.stop == DSOCR_STOP_LENGTH ? "length"
-                 : res.stop == DSOCR_STOP_CANCEL ? "cancelled"
-                                                 : "callback",
-                 res.seconds_vision, res.seconds_prefill, res.seconds_decode, saved[0] ? "; saved " : "", saved);
+                 t_end - j->t_start, j->t_start - j->t_submit, res->n_prompt, res->n_views, res->n_tokens,
+                 res->stop == DSOCR_STOP_EOS      ? "eos"
+                 : res->stop == DSOCR_STOP_LENGTH ? "length"
+                 : res->stop == DSOCR_STOP_CANCEL ? "cancelled"
+                                                  : "callback",
+                 res->seconds_vision, res->seconds_prefill, res->seconds_decode, saved[0] ? "; saved " : "", saved);
     wlog(w, j->rid, msg);
     log_device_memory(w, j->rid);
     if (save_err[0]) {
@@ -250,7 +252,8 @@ static void run_job(Worker *w, Job *j) {
     pthread_mutex_lock(&j->mu);
     j->status = st;
     snprintf(j->err, sizeof j->err, "%s", err);
-    j->res = res;
+    j->res = *res;
+    memset(res, 0, sizeof *res);
     memcpy(j->output_file, saved, sizeof saved);
     snprintf(j->save_err, sizeof j->save_err, "%s", save_err);
     j->t_end = t_end;
@@ -258,6 +261,129 @@ static void run_job(Worker *w, Job *j) {
     pthread_cond_broadcast(&j->cv);
     pthread_mutex_unlock(&j->mu);
     job_ended(w, j, t_end);
+}
+
+static void run_job(Worker *w, Job *j) {
+    DsocrStatus st;
+    DsocrResult res;
+    memset(&res, 0, sizeof res);
+    char err[512] = "", *name = NULL;
+    if (job_start(j)) {
+        st = DSOCR_E_CANCELLED;
+        snprintf(err, sizeof err, "cancelled before it started");
+    } else {
+        DsocrOcrOptions o;
+        if (!(st = job_options(w, j, &o, &name, err, sizeof err))) {
+            if (w->cfg.fake) {
+                st = fake_ocr(&o, &res, err, sizeof err);
+            } else {
+                st = dsocr_ocr(w->sess, j->req.image, j->req.image_len, &o, &res);
+                if (st) snprintf(err, sizeof err, "%s", dsocr_session_error(w->sess));
+            }
+        }
+        free(name);
+    }
+    job_finish(w, j, st, &res, err);
+}
+
+/* ---- image jobs decoded together (cfg.max_batch > 1: engine_ocr_stream) ---- */
+
+typedef struct BatchSlot {
+    Job *j; /* NULL: free */
+    DsocrOcrOptions o;
+    char *name;
+} BatchSlot;
+
+typedef struct BatchCtx {
+    Worker *w;
+    Job *first; /* the job the worker took, until the stream asks for it */
+    int jobs, running, most; /* jobs taken, running now, running at once at most */
+    BatchSlot slot[WORKER_MAX_BATCH + 1];
+} BatchCtx;
+
+/* The next image job at the head of the queue, taken off it; NULL when the head is a document job or the queue is
+ * empty (the batch goes on without). */
+static Job *take_image_job(Worker *w) {
+    pthread_mutex_lock(&w->mu);
+    Job *j = w->head && !w->head->doc && !w->stop ? w->head : NULL;
+    if (j) {
+        w->head = j->next;
+        if (!w->head) w->tail = NULL;
+        j->next = NULL;
+        w->depth--;
+    }
+    pthread_mutex_unlock(&w->mu);
+    return j;
+}
+
+static int batch_next(void *user, EnginePage *page, int *id) {
+    BatchCtx *bc = user;
+    Worker *w = bc->w;
+    for (;;) {
+        Job *j = bc->first ? bc->first : take_image_job(w);
+        bc->first = NULL;
+        if (!j) return 0;
+        running_add(w, j);
+        DsocrResult none;
+        memset(&none, 0, sizeof none);
+        char err[512] = "";
+        if (job_start(j)) {
+            job_finish(w, j, DSOCR_E_CANCELLED, &none, "cancelled before it started");
+            job_release(j);
+            continue;
+        }
+        int k = 0;
+        while (bc->slot[k].j) k++; /* max_batch + 1 slots: the stream holds at most that many pages */
+        BatchSlot *sl = &bc->slot[k];
+        DsocrStatus st = job_options(w, j, &sl->o, &sl->name, err, sizeof err);
+        if (st) {
+            free(sl->name);
+            sl->name = NULL;
+            job_finish(w, j, st, &none, err);
+            job_release(j);
+            continue;
+        }
+        sl->j = j;
+        bc->jobs++;
+        if (++bc->running > bc->most) bc->most = bc->running;
+        *page = (EnginePage){.image = j->req.image, .len = j->req.image_len, .opt = &sl->o};
+        *id = k;
+        return 1;
+    }
+}
+
+static void batch_end(void *user, int id, DsocrStatus st, const char *err, DsocrResult *r) {
+    BatchCtx *bc = user;
+    BatchSlot *sl = &bc->slot[id];
+    Job *j = sl->j;
+    job_finish(bc->w, j, st, r, err);
+    bc->running--;
+    free(sl->name);
+    memset(sl, 0, sizeof *sl);
+    job_release(j);
+}
+
+/* Runs j and the image jobs queued behind it (and those that come while it runs) as one continuous batch of at
+ * most cfg.max_batch pages; every job is released here. */
+static void run_batch(Worker *w, Job *first) {
+    BatchCtx *bc = calloc(1, sizeof *bc);
+    if (!bc) { /* without room for the batch: the job alone */
+        run_job(w, first);
+        job_release(first);
+        return;
+    }
+    bc->w = w;
+    bc->first = first;
+    DsocrStatus st = engine_ocr_stream(w->sess, w->cfg.max_batch, NULL, batch_next, batch_end, bc);
+    if (st) wlog(w, "-", dsocr_session_error(w->sess));
+    char msg[128];
+    snprintf(msg, sizeof msg, "batch done: %d jobs, at most %d at once", bc->jobs, bc->most);
+    if (bc->jobs) wlog(w, "-", msg);
+    if (bc->first) { /* the stream refused to start: the job alone */
+        run_job(w, first);
+        job_release(first);
+    }
+    free(bc);
 }
 
 /* ---- document jobs (POST /v1/ocr) ---- */
@@ -341,7 +467,11 @@ static DsocrStatus fake_recognize(void *user, DsocrSession *s, const void *image
 /* Bookkeeping when a job ends. */
 static void job_ended(Worker *w, Job *j, double t_end) {
     pthread_mutex_lock(&w->mu);
-    w->running = NULL;
+    for (int i = 0; i < w->n_running; i++)
+        if (w->running[i] == j) {
+            w->running[i] = w->running[--w->n_running];
+            break;
+        }
     w->served++;
     double dt = t_end - j->t_start;
     w->avg_seconds = w->served == 1 ? dt : 0.8 * w->avg_seconds + 0.2 * dt;
@@ -458,13 +588,17 @@ static void *worker_main(void *arg) {
         if (!w->head) w->tail = NULL;
         j->next = NULL;
         w->depth--;
-        w->running = j;
         pthread_mutex_unlock(&w->mu);
-        if (j->doc)
-            run_doc_job(w, j);
-        else
-            run_job(w, j);
-        job_release(j);
+        if (!j->doc && w->cfg.max_batch > 1 && !w->cfg.fake) {
+            run_batch(w, j); /* releases its jobs */
+        } else {
+            running_add(w, j);
+            if (j->doc)
+                run_doc_job(w, j);
+            else
+                run_job(w, j);
+            job_release(j);
+        }
         malloc_trim(0); /* hand freed pages of large images back, so RSS follows the live data */
     }
     dsocr_session_free(w->sess);
@@ -526,7 +660,7 @@ void worker_stats(Worker *w, WorkerStats *s) {
     s->state = w->state;
     snprintf(s->load_error, sizeof s->load_error, "%s", w->load_error);
     s->queue_depth = w->depth;
-    s->running = w->running != NULL;
+    s->running = w->n_running;
     s->served = w->served;
     s->avg_seconds = w->avg_seconds;
     s->load_seconds = w->load_seconds;
@@ -541,14 +675,14 @@ void worker_stop(Worker *w, double timeout_s) {
     pthread_mutex_lock(&w->mu);
     w->draining = 1;
     for (;;) {
-        int busy = w->head || w->running;
+        int busy = w->head || w->n_running;
         if (!busy || ds_now() - t0 > timeout_s) break;
         pthread_mutex_unlock(&w->mu);
         nanosleep(&(struct timespec){0, 20000000}, NULL);
         pthread_mutex_lock(&w->mu);
     }
     for (Job *j = w->head; j; j = j->next) job_cancel(j);
-    if (w->running) job_cancel(w->running);
+    for (int i = 0; i < w->n_running; i++) job_cancel(w->running[i]);
     w->stop = 1;
     pthread_cond_broadcast(&w->cv);
     pthread_mutex_unlock(&w->mu);

@@ -61,6 +61,8 @@ Job *job_new_doc(const char *rid, DocRequest *req, Document *doc);
 void job_release(Job *j);
 void job_cancel(Job *j);
 
+enum { WORKER_MAX_BATCH = 128 }; /* cfg.max_batch at most (the engine's prefill chunk bounds it too) */
+
 typedef struct WorkerConfig {
     const char *model_dir;
     const char *device;
@@ -71,6 +73,8 @@ typedef struct WorkerConfig {
     int default_max_tokens; /* when a request names none; 0 = until the context is full */
     ResultsStore *results;  /* where save_to_file goes (may be NULL: saving then fails with a message) */
     int fake;               /* 1: no model; every job gets a short fixed text (tests of the HTTP layer) */
+    int max_batch;          /* image jobs decoded together at most (continuous batching, engine_ocr_stream); <= 1:
+                               one at a time */
     void (*log)(const char *rid, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 } WorkerConfig;
 
@@ -101,7 +105,7 @@ typedef struct WorkerStats {
     WorkerState state;
     char load_error[512];
     int queue_depth;        /* jobs waiting */
-    int running;            /* 1 while a job runs */
+    int running;            /* jobs running now (more than one in a batch) */
     long long served;       /* jobs finished (any outcome) */
     double avg_seconds;     /* running average time of a job, for Retry-After */
     double load_seconds;
