@@ -2,9 +2,12 @@
  * each batch size B, B copies of one page go through the batch (every page's views and prefill alone, then one
  * decoder pass a step for all of them), --tokens each past end-of-sequence; prints JSON with the decode seconds,
  * the aggregate tokens per second (B x tokens / decode seconds), the whole batch's seconds and pages per second
- * (and per day), and the machine.
+ * (and per day), and the machine. --check: every batch's pages also run alone (dsocr_ocr, the same options), and
+ * the JSON says how many pages gave the same tokens and where the first one that did not parted from its run alone
+ * (issue 13: "output of each sequence in a batch equals its output run alone"; on a GPU the products of a batch
+ * may round differently from one row's, so a divergence is then to be judged by the teacher-forced margins rule).
  * Usage: bench_batch --model DIR [--device cpu|cuda] [--quant q8_0|q4] [--gpu-mem SIZE] [--image FILE]
- *                    [--mode base|gundam|...] [--tokens N] [--batches 1,8,32] */
+ *                    [--mode base|gundam|...] [--tokens N] [--batches 1,8,32] [--check] */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -17,7 +20,7 @@
 int main(int argc, char **argv) {
     const char *model = NULL, *device = "cpu", *quant = NULL, *image = "tests/images/portrait.jpg", *mode = "base";
     const char *batches = "1,8,32", *gpu_mem = NULL;
-    int tokens = 1000;
+    int tokens = 1000, check = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
         const int more = i + 1 < argc;
@@ -29,6 +32,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--mode") && more) mode = argv[++i];
         else if (!strcmp(a, "--tokens") && more) tokens = atoi(argv[++i]);
         else if (!strcmp(a, "--batches") && more) batches = argv[++i];
+        else if (!strcmp(a, "--check")) check = 1;
         else {
             fprintf(stderr, "bench_batch: unknown or incomplete option %s (see the file's header)\n", a);
             return 2;
@@ -95,9 +99,26 @@ int main(int argc, char **argv) {
             for (int i = 0; i < B; i++) gen += res[i].n_tokens;
             const double dec = res[0].seconds_decode;
             printf("%s\n    {\"batch\": %d, \"prompt_tokens\": %d, \"generated\": %ld, \"decode_s\": %.3f, "
-                   "\"decode_tok_s\": %.1f, \"batch_s\": %.3f, \"pages_per_s\": %.3f, \"pages_per_day\": %.0f}",
+                   "\"decode_tok_s\": %.1f, \"batch_s\": %.3f, \"pages_per_s\": %.3f, \"pages_per_day\": %.0f",
                    first ? "" : ",", B, res[0].n_prompt, gen, dec, dec > 0 ? gen / dec : 0.0, total, B / total,
                    B / total * 86400.0);
+            if (check) { /* the pages are copies of one: one run alone is every page's reference */
+                DsocrResult alone;
+                int same = 0, first_diff = -1;
+                if (dsocr_ocr(s, bytes, len, &o, &alone) == DSOCR_OK) {
+                    for (int i = 0; i < B; i++) {
+                        int k = 0;
+                        while (k < res[i].n_tokens && k < alone.n_tokens && res[i].tokens[k] == alone.tokens[k]) k++;
+                        if (k == alone.n_tokens && k == res[i].n_tokens)
+                            same++;
+                        else if (first_diff < 0 || k < first_diff)
+                            first_diff = k;
+                    }
+                    dsocr_result_free(&alone);
+                }
+                printf(", \"pages_same_as_alone\": %d, \"first_divergence\": %d", same, first_diff);
+            }
+            printf("}");
             first = 0;
             fflush(stdout);
         }
