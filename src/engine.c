@@ -1020,7 +1020,6 @@ typedef struct BatchSeq {
     int oom; /* its text could not grow */
     int32_t *hist; /* [T + max_new] prompt then generated ids (the n-gram guard's) */
     float *logits; /* [V] its next token's */
-    void *kv_host; /* its prompt's KV blocks in host memory until it joins the pool */
     const DsocrOcrOptions *opt;
     int id;                  /* the page's, for the caller */
     TokenizerStream *stream; /* its text as it goes (on_token's pieces) */
@@ -1028,7 +1027,7 @@ typedef struct BatchSeq {
 } BatchSeq;
 
 static void batch_seq_free(BatchSeq *b) {
-    free(b->hist), free(b->logits), free(b->kv_host), free(b->text.p);
+    free(b->hist), free(b->logits), free(b->text.p);
     if (b->stream) tokenizer_stream_free(b->stream);
     memset(b, 0, sizeof *b);
 }
@@ -1070,34 +1069,33 @@ static int batch_grow_pool(Batch *bt, int blocks) {
     return 0;
 }
 
-/* Page i's views and prompt through the session, up to its prefill: its ids, next logits and prompt KV blocks
- * (in host memory) into b. */
-static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, size_t per_block,
-                                 BatchSeq *b, DsocrResult *out) {
-    const int V = s->model->m->cfg.vocab_size, bs = KV_BLOCK;
+/* Page i's views and prompt through the session, up to its prefill: its ids and next logits into b; its prompt's
+ * KV blocks stay in the session's pool (blocks 0, 1, ...) until it joins the batch's (the session runs no other
+ * page before that). */
+static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, BatchSeq *b,
+                                 DsocrResult *out) {
+    const int V = s->model->m->cfg.vocab_size;
     EngineDebug pre = {.prefill_only = 1};
     DsocrStatus st = engine_ocr(s, pg->image, pg->len, opt, &pre, out);
     if (st) return st;
     b->T = out->n_prompt;
     b->max_new = opt->max_tokens > 0 ? opt->max_tokens : s->max_context - b->T;
     if (b->T + b->max_new > s->max_context) b->max_new = s->max_context - b->T;
-    const int nb = (b->T + bs - 1) / bs;
     b->hist = malloc(sizeof(int32_t) * (size_t)(b->T + b->max_new + 1));
     b->logits = malloc(sizeof(float) * (size_t)V);
-    b->kv_host = malloc(per_block * (size_t)nb);
-    if (!b->hist || !b->logits || !b->kv_host) return fail(s, DSOCR_E_NOMEM, "out of memory");
+    if (!b->hist || !b->logits) return fail(s, DSOCR_E_NOMEM, "out of memory");
     b->opt = opt;
     DsError e = {0};
     if ((st = tokenizer_stream_new(s->model->m->tok, 0, &b->stream, &e))) return fail(s, st, "%s", e.msg);
     memcpy(b->hist, s->seq, sizeof(int32_t) * (size_t)b->T);
     memcpy(b->logits, s->logits, sizeof(float) * (size_t)V);
     b->tok = -1;
-    s->be->download(s->be, b->kv_host, s->kv.data, per_block * (size_t)nb); /* the session's blocks 0 .. nb − 1 */
     return DSOCR_OK;
 }
 
-/* Page b joins the pool (growing it when its reservation does not fit): 1 joined, 0 not now (the pool cannot grow
- * while others hold it: it waits for them to leave), −1 never (alone it passes the budget). */
+/* Page b joins the pool (growing it when its reservation does not fit), its prompt's KV blocks copied from the
+ * session's pool: 1 joined, 0 not now (the pool cannot grow while others hold it: it waits for them to leave), −1
+ * never (alone it passes the budget). */
 static int batch_join(Batch *bt, BatchSeq *b, int active) {
     const int bs = KV_BLOCK, need = (b->T + b->max_new + bs - 1) / bs;
     const int room = kvpool_blocks(bt->pool) - kvpool_reserved_blocks(bt->pool);
@@ -1108,10 +1106,8 @@ static int batch_join(Batch *bt, BatchSeq *b, int active) {
     DS_ASSERT(grown == 0);
     const int32_t *t = kvpool_table(bt->pool, b->slot);
     for (int j = 0; j < (b->T + bs - 1) / bs; j++)
-        bt->s->be->upload(bt->s->be, (char *)bt->kv.data + bt->per_block * (size_t)t[j],
-                          (char *)b->kv_host + bt->per_block * (size_t)j, bt->per_block);
-    free(b->kv_host);
-    b->kv_host = NULL;
+        bt->s->be->copy(bt->s->be, (char *)bt->kv.data + bt->per_block * (size_t)t[j],
+                        (char *)bt->s->kv.data + bt->per_block * (size_t)j, bt->per_block);
     b->held = 0;
     return 1;
 }
@@ -1222,6 +1218,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
     BatchSeq *q = calloc((size_t)max_batch + 1, sizeof *q);
     DsocrResult *res = calloc((size_t)max_batch + 1, sizeof *res);
     int *row_of = calloc((size_t)max_batch, sizeof(int)), *active = calloc((size_t)max_batch, sizeof(int));
+    int *guarded = calloc((size_t)max_batch, sizeof(int)); /* per row: its n-gram guard may ban (logits to the host) */
     int32_t *rows = malloc(sizeof(int32_t) * 3 * (size_t)max_batch);
     float *masked = malloc(sizeof(float) * (size_t)V);
     const int32_t **ptrs_h = malloc(sizeof(int32_t *) * (size_t)max_batch);
@@ -1230,7 +1227,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
                              sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + 256;
     bt.pool = kvpool_new(0, bs, max_batch, bt.tab_len);
     int n_active = 0, waiting = -1, more = 1; /* waiting: the q index of a prefilled page the pool cannot take yet */
-    if (!q || !res || !row_of || !active || !rows || !masked || !ptrs_h || !bt.pool) {
+    if (!q || !res || !row_of || !active || !guarded || !rows || !masked || !ptrs_h || !bt.pool) {
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
         goto end;
     }
@@ -1262,7 +1259,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
                 const DsocrOcrOptions *po = pg.opt ? pg.opt : opt;
                 DsocrStatus ps = po->precision != opt->precision
                                      ? fail(s, DSOCR_E_INVALID_ARG, "every page of a batch needs the same precision")
-                                     : batch_prefill(s, &pg, po, bt.per_block, &q[i], &res[i]);
+                                     : batch_prefill(s, &pg, po, &q[i], &res[i]);
                 if (ps) {
                     stream_end(end_page, user, &q[i], &res[i], ps, s->err);
                     continue;
@@ -1313,7 +1310,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
             int n_amax = 0;
             for (int r = 0; r < nr; r++) {
                 BatchSeq *b = &q[row_of[r]];
-                if (batch_guard(m, b)) {
+                if ((guarded[r] = batch_guard(m, b))) {
                     be->download(be, b->logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
                 } else {
                     be->argmax(be, bt.amax + r, bt.logits + (size_t)r * V, V, NULL);
@@ -1323,7 +1320,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
             if (n_amax) {
                 be->download(be, ids, bt.amax, sizeof(int32_t) * (size_t)nr);
                 for (int r = 0; r < nr; r++)
-                    if (!batch_guard(m, &q[row_of[r]])) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
+                    if (!guarded[r]) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
             }
         }
         t_dec += ds_now() - t0;
@@ -1345,7 +1342,7 @@ end:
     for (int k = 0; st && k < n_active; k++) stream_end(end_page, user, &q[active[k]], &res[active[k]], st, s->err);
     if (st && waiting >= 0) stream_end(end_page, user, &q[waiting], &res[waiting], st, s->err);
     for (int i = 0; q && i <= max_batch; i++) batch_seq_free(&q[i]);
-    free(q), free(res), free(row_of), free(active), free(rows), free(masked), free(ptrs_h);
+    free(q), free(res), free(row_of), free(active), free(guarded), free(rows), free(masked), free(ptrs_h);
     kvpool_free(bt.pool);
     if (bt.kv.data) be->free(be, bt.kv.data);
     if (bt.dev) be->free(be, bt.dev);
