@@ -148,17 +148,21 @@ static void pieces(VisionWork *w, size_t hidden, const Sizes *z, Piece *pc) {
     memcpy(pc, p, sizeof p);
 }
 
+/* A piece's bytes in the region: its floats, 64 bytes of slack, rounded up to PIECE_ALIGN */
+static size_t piece_bytes(const Piece *p) {
+    return (sizeof(float) * p->n + 64 + PIECE_ALIGN - 1) / PIECE_ALIGN * PIECE_ALIGN;
+}
+
 /* Places the pieces from base (NULL: only sizes them); returns the region's bytes. */
 static size_t layout(Piece *pc, char *base) {
     size_t end[PHASES] = {0};
-    for (int i = 0; i < PIECES; i++) end[pc[i].phase] += (sizeof(float) * pc[i].n + 64 + PIECE_ALIGN - 1) / PIECE_ALIGN *
-                                                        PIECE_ALIGN;
+    for (int i = 0; i < PIECES; i++) end[pc[i].phase] += piece_bytes(&pc[i]);
     size_t span = 0, at[PHASES] = {0};
     for (int ph = 1; ph < PHASES; ph++) span = end[ph] > span ? end[ph] : span;
     for (int ph = 1; ph < PHASES; ph++) at[ph] = end[0];
     for (int i = 0; base && i < PIECES; i++) {
         *pc[i].p = (float *)(void *)(base + at[pc[i].phase]);
-        at[pc[i].phase] += (sizeof(float) * pc[i].n + 64 + PIECE_ALIGN - 1) / PIECE_ALIGN * PIECE_ALIGN;
+        at[pc[i].phase] += piece_bytes(&pc[i]);
     }
     return end[0] + span;
 }
