@@ -184,6 +184,11 @@ struct Backend {
      * all are NaN), as ops_argmax. step, when non-NULL: also step[0] = that index and step[1] += 1 (a decode
      * step's input id and position advanced on the device). Capturable. */
     void (*argmax)(Backend *b, int32_t *out, const float *x, int n, int32_t *step);
+    /* out[r] = argmax of row r of x (rows of n at stride ld floats), r < rows, each as argmax (one launch on a GPU:
+     * a batch's step) */
+    void (*argmax_rows)(Backend *b, int32_t *out, const float *x, size_t ld, int rows, int n);
+    /* x[idx[i]] = −inf for i < n (idx in backend memory): a batch's n-gram bans applied on the device */
+    void (*mask_ids)(Backend *b, float *x, const int32_t *idx, int n);
 
     /* ---- profiling (optional, NULL when the backend has none): mark starts a section named label (a string
      * literal); the time until the next mark is added to label's total. Only active when the backend was

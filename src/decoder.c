@@ -106,7 +106,7 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     const int fl = bf16 ? OPS_BF16 : 0;
     /* the flags of the linears (outputs rounded in bf16) and of the MoE / MLP blocks, both with fp32 sums
      * (backend.h BE_FP32_SUMS) */
-    const int lf = (bf16 ? BE_ROUND : 0) | BE_FP32_SUMS, ff = fl | BE_FP32_SUMS;
+    const int sums = s->gemm ? 0 : BE_FP32_SUMS, lf = (bf16 ? BE_ROUND : 0) | sums, ff = fl | sums;
     const float eps = (float)c->rms_norm_eps, theta = (float)c->rope_theta;
     if (n < 1 || n > w->max_rows) return ds_fail(e, DSOCR_E_INVALID_ARG, "decoder chunk of %d rows", n);
     float *x = s->x;
@@ -116,8 +116,9 @@ DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s
     else if (s->ids_dev)
         be->embed_dev(be, x, s->ids_dev, n, m->embed, D);
     char nm[64];
-    /* profile sections (DSOCR_PROFILE): a decode step's (one row) apart from the prefill's */
-#define MARK(name) be_mark(be, n == 1 ? "step." name : "dec." name)
+    /* profile sections (DSOCR_PROFILE): a decode step's (one row), a batch's step (rows of several sequences) and
+     * the prefill's apart */
+#define MARK(name) be_mark(be, n == 1 ? "step." name : s->seq_dev ? "batch." name : "dec." name)
 #define RND(p, cnt)                                                                                           \
     do {                                                                                                      \
         if (bf16) be->round_bf16(be, (p), (cnt));                                                             \

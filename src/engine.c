@@ -885,7 +885,8 @@ DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, con
         int n = T - r0 < chunk ? T - r0 : chunk;
         DecoderStep ds = {.x = s->emb + (size_t)r0 * D, .n = n, .pos0 = r0, .pos_dev = s->pos_dev + r0,
                           .table = s->table, .tables_dev = (const int32_t *const *)s->tables_dev, .kv = &s->kv,
-                          .bf16 = bf16, .logits = r0 + n == T ? s->logits_dev : NULL, .dump_dir = dd};
+                          .bf16 = bf16, .logits = r0 + n == T ? s->logits_dev : NULL, .dump_dir = dd,
+                          .gemm = dbg->prefill_gemm};
         st = decoder_forward(m, dw, &ds, &e);
     }
     decoder_work_free(dump_dw);
@@ -1039,8 +1040,8 @@ typedef struct Batch {
     KvPool *pool;
     size_t per_block;
     int max_batch, tab_len;
-    void *dev;          /* tables [max_batch][tab_len] | pointers [max_batch] | pos | seq | argmax | x | logits */
-    int32_t *tabs, *pos, *seq, *amax;
+    void *dev; /* tables [max_batch][tab_len] | pointers [max_batch] | pos | seq | argmax | x | logits | bans */
+    int32_t *tabs, *pos, *seq, *amax, *bans;
     const int32_t **ptrs;
     float *x, *logits;
 } Batch;
@@ -1075,7 +1076,7 @@ static int batch_grow_pool(Batch *bt, int blocks) {
 static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, BatchSeq *b,
                                  DsocrResult *out) {
     const int V = s->model->m->cfg.vocab_size;
-    EngineDebug pre = {.prefill_only = 1};
+    EngineDebug pre = {.prefill_only = 1, .prefill_gemm = !ds_env_on("DSOCR_BATCH_EXACT")};
     DsocrStatus st = engine_ocr(s, pg->image, pg->len, opt, &pre, out);
     if (st) return st;
     b->T = out->n_prompt;
@@ -1157,14 +1158,15 @@ static int batch_pick(const Model *m, BatchSeq *b, float *masked) {
     return 1;
 }
 
-/* Whether the n-gram guard could ban anything at page b's next pick (else its argmax is the raw logits'). */
-static int batch_guard(const Model *m, const BatchSeq *b) {
+/* The ids page b's n-gram guard bans at its next pick (ngram_banned: repeats and out-of-range ids included), into
+ * out (room for T + max_new); returns how many. */
+static int batch_banned(const Model *m, const BatchSeq *b, int32_t *out) {
     const DsocrOcrOptions *opt = b->opt;
     int ngram, window;
     ngram_params(opt, &ngram, &window);
     const int32_t white[2] = {m->td_id, m->td_close_id};
-    return opt->compat == DSOCR_COMPAT_VLLM ? ngram_candidates(b->hist + b->T, b->n_gen, ngram, window, white, 2) != 0
-                                            : ngram_candidates(b->hist, b->T + b->n_gen, ngram, window, NULL, 0) != 0;
+    return opt->compat == DSOCR_COMPAT_VLLM ? ngram_banned(b->hist + b->T, b->n_gen, ngram, window, white, 2, out)
+                                            : ngram_banned(b->hist, b->T + b->n_gen, ngram, window, NULL, 0, out);
 }
 
 /* A stopped page's result: its tokens and text into out. */
@@ -1218,16 +1220,20 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
     BatchSeq *q = calloc((size_t)max_batch + 1, sizeof *q);
     DsocrResult *res = calloc((size_t)max_batch + 1, sizeof *res);
     int *row_of = calloc((size_t)max_batch, sizeof(int)), *active = calloc((size_t)max_batch, sizeof(int));
-    int *guarded = calloc((size_t)max_batch, sizeof(int)); /* per row: its n-gram guard may ban (logits to the host) */
+    /* a step's n-gram bans: flat indices into the rows' logits (host, then device), and one row's ids */
+    const size_t max_bans = (size_t)max_batch * (size_t)s->max_context;
+    DS_ASSERT((size_t)max_batch * (size_t)V < INT32_MAX);
+    int32_t *bans = malloc(sizeof(int32_t) * max_bans), *row_bans = malloc(sizeof(int32_t) * (size_t)s->max_context);
     int32_t *rows = malloc(sizeof(int32_t) * 3 * (size_t)max_batch);
     float *masked = malloc(sizeof(float) * (size_t)V);
     const int32_t **ptrs_h = malloc(sizeof(int32_t *) * (size_t)max_batch);
     const size_t tab_bytes = sizeof(int32_t) * (size_t)bt.tab_len * (size_t)max_batch;
     const size_t dev_bytes = tab_bytes + sizeof(int32_t *) * (size_t)max_batch + sizeof(int32_t) * 3 * (size_t)max_batch +
-                             sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + 256;
+                             sizeof(float) * (size_t)max_batch * ((size_t)D + (size_t)V) + sizeof(int32_t) * max_bans +
+                             256;
     bt.pool = kvpool_new(0, bs, max_batch, bt.tab_len);
     int n_active = 0, waiting = -1, more = 1; /* waiting: the q index of a prefilled page the pool cannot take yet */
-    if (!q || !res || !row_of || !active || !guarded || !rows || !masked || !ptrs_h || !bt.pool) {
+    if (!q || !res || !row_of || !active || !bans || !row_bans || !rows || !masked || !ptrs_h || !bt.pool) {
         st = fail(s, DSOCR_E_NOMEM, "out of memory");
         goto end;
     }
@@ -1242,9 +1248,14 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
     bt.amax = bt.seq + max_batch;
     bt.x = (float *)(((uintptr_t)(bt.amax + max_batch) + 63) & ~(uintptr_t)63);
     bt.logits = bt.x + (size_t)max_batch * D;
+    bt.bans = (int32_t *)(bt.logits + (size_t)max_batch * V);
     for (int k = 0; k < max_batch; k++) ptrs_h[k] = bt.tabs + (size_t)k * bt.tab_len;
     be->upload(be, bt.ptrs, ptrs_h, sizeof(int32_t *) * (size_t)max_batch);
     double t_dec = 0;
+    /* a step of more than 8 rows, and every page's prefill: products on the tensor cores (DecoderStep.gemm),
+     * unless DSOCR_BATCH_EXACT=1 keeps every product's fp32 sums (a page's tokens then equal its run alone bit for
+     * bit, at a fraction of the speed) */
+    const int exact = ds_env_on("DSOCR_BATCH_EXACT");
     for (;;) {
         /* pages join at this token boundary while there is a free row: the one waiting first, then new ones; a
          * page that fails on its own (a bad image, a prompt too long, a pool it alone cannot fit) ends alone */
@@ -1300,28 +1311,28 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
             be->upload(be, bt.pos, pos, sizeof(int32_t) * (size_t)nr);
             be->upload(be, bt.seq, seq, sizeof(int32_t) * (size_t)nr);
             DecoderStep ds = {.x = bt.x, .n = nr, .pos_dev = bt.pos, .tables_dev = (const int32_t *const *)bt.ptrs,
-                              .seq_dev = bt.seq, .kv = &bt.kv, .bf16 = bf16, .logits = bt.logits};
+                              .seq_dev = bt.seq, .kv = &bt.kv, .bf16 = bf16, .logits = bt.logits,
+                              .gemm = nr > 8 && !exact};
             if ((st = decoder_forward(m, s->dw, &ds, &e))) {
                 fail(s, st, "%s", e.msg);
                 goto end;
             }
-            /* a page whose n-gram guard has nothing to ban takes the argmax on the backend (a number comes back,
-             * not its logits, as one page's decode does) */
-            int n_amax = 0;
+            /* every row's token on the backend: its n-gram bans set to −inf in its logits, then the argmax of
+             * each row (a number a row comes back, not its logits; the same pick as batch_pick's on the host) */
+            size_t nb = 0;
             for (int r = 0; r < nr; r++) {
-                BatchSeq *b = &q[row_of[r]];
-                if ((guarded[r] = batch_guard(m, b))) {
-                    be->download(be, b->logits, bt.logits + (size_t)r * V, sizeof(float) * (size_t)V);
-                } else {
-                    be->argmax(be, bt.amax + r, bt.logits + (size_t)r * V, V, NULL);
-                    n_amax++;
-                }
+                const int k = batch_banned(m, &q[row_of[r]], row_bans);
+                for (int j = 0; j < k; j++)
+                    if (row_bans[j] >= 0 && row_bans[j] < V) bans[nb++] = (int32_t)((size_t)r * V + (size_t)row_bans[j]);
             }
-            if (n_amax) {
-                be->download(be, ids, bt.amax, sizeof(int32_t) * (size_t)nr);
-                for (int r = 0; r < nr; r++)
-                    if (!guarded[r]) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
+            DS_ASSERT(nb <= max_bans);
+            if (nb) {
+                be->upload(be, bt.bans, bans, sizeof(int32_t) * nb);
+                be->mask_ids(be, bt.logits, bt.bans, (int)nb);
             }
+            be->argmax_rows(be, bt.amax, bt.logits, (size_t)V, nr, V);
+            be->download(be, ids, bt.amax, sizeof(int32_t) * (size_t)nr);
+            for (int r = 0; r < nr; r++) q[row_of[r]].tok = ids[r] >= 0 && ids[r] < V ? ids[r] : 0;
         }
         t_dec += ds_now() - t0;
         /* the stopped ones leave */
@@ -1342,7 +1353,7 @@ end:
     for (int k = 0; st && k < n_active; k++) stream_end(end_page, user, &q[active[k]], &res[active[k]], st, s->err);
     if (st && waiting >= 0) stream_end(end_page, user, &q[waiting], &res[waiting], st, s->err);
     for (int i = 0; q && i <= max_batch; i++) batch_seq_free(&q[i]);
-    free(q), free(res), free(row_of), free(active), free(guarded), free(rows), free(masked), free(ptrs_h);
+    free(q), free(res), free(row_of), free(active), free(bans), free(row_bans), free(rows), free(masked), free(ptrs_h);
     kvpool_free(bt.pool);
     if (bt.kv.data) be->free(be, bt.kv.data);
     if (bt.dev) be->free(be, bt.dev);

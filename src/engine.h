@@ -21,6 +21,7 @@ typedef struct EngineDebug {
     const char *embeds_path; /* for messages */
     int prefill_only; /* stop after the prefill: the result holds n_prompt and the timings, no tokens; the session's
                          KV pool holds the prompt (its first blocks) and its logits are the first token's (batch) */
+    int prefill_gemm; /* the prefill's products on the GPU's tensor cores (DecoderStep.gemm; a batch's pages) */
 } EngineDebug;
 
 DsocrStatus engine_ocr(DsocrSession *s, const void *image, size_t image_len, const DsocrOcrOptions *opt,

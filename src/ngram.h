@@ -18,4 +18,10 @@ int ngram_ban(float *logits, int vocab, const int32_t *seq, int len, int n, int 
  * the argmax of any logits, so the caller may pick the token without them. */
 int ngram_candidates(const int32_t *seq, int len, int n, int window, const int32_t *whitelist, int n_white);
 
+/* The ids ngram_ban would set to −inf, into out (room for ngram_candidates of them; repeats and ids outside the
+ * vocabulary included, which the caller skips): the guard applied elsewhere (a GPU batch masks them on the
+ * device). Returns how many. */
+int ngram_banned(const int32_t *seq, int len, int n, int window, const int32_t *whitelist, int n_white,
+                 int32_t *out);
+
 #endif

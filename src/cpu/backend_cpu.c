@@ -282,6 +282,12 @@ static void cpu_copy_rows(Backend *b, float *dst, int ldd, const float *src, int
     for (int r = 0; r < n; r++) memmove(dst + (size_t)r * ldd, src + (size_t)r * lds, sizeof(float) * w);
 }
 
+static void cpu_mask_ids(Backend *b, float *x, const int32_t *idx, int n) {
+    for (int i = 0; i < n; i++) x[idx[i]] = -INFINITY;
+}
+static void cpu_argmax_rows(Backend *b, int32_t *out, const float *x, size_t ld, int rows, int n) {
+    for (int r = 0; r < rows; r++) out[r] = ops_argmax(x + (size_t)r * ld, n);
+}
 static void cpu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *step) {
     out[0] = ops_argmax(x, n);
     if (step) {
@@ -351,6 +357,8 @@ static Backend g_cpu = {
     .concat_cols = cpu_concat_cols,
     .copy_rows = cpu_copy_rows,
     .argmax = cpu_argmax,
+    .argmax_rows = cpu_argmax_rows,
+    .mask_ids = cpu_mask_ids,
     .mark = cpu_mark,
     .profile_report = cpu_profile_report,
 };

@@ -43,28 +43,6 @@ struct MmaArgs {
     int wb, rws; /* REL: the relW terms start at word wb of a pair's row of rws words */
 };
 
-/* Two floats to a bf16 pair, round to nearest even (one cvt on sm_80+, where this kernel runs; f2bf's result for
- * every finite value) */
-__device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    uint32_t r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-#else
-    return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
-#endif
-}
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-#else
-    __trap();
-#endif
-}
-
 /* Four 8×8 bf16 matrices from shared memory into mma fragments (sm_75+): lane l gives the address of row l % 8 of
  * matrix l / 8; register i receives matrix i's (row l / 4, columns 2·(l % 4) and +1), an m16n8k16 B fragment half;
  * TRANS (ldmatrix .trans): matrix i's (rows 2·(l % 4) and +1, column l / 4). */

@@ -1796,6 +1796,47 @@ static void cu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *
     CU_LAUNCHED();
 }
 
+/* argmax_rows: a block per row, the same comparisons (amax_take, amax_block) */
+__global__ void __launch_bounds__(AMAX_THREADS) argmax_rows_k(int32_t *out, const float *x, size_t ld, int n) {
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    const float *xr = x + (size_t)blockIdx.x * ld;
+    float bv = -INFINITY;
+    int bi = -1;
+    if (((uintptr_t)xr & 15) == 0) {
+        const int n4 = n / 4;
+        for (int q = threadIdx.x; q < n4; q += blockDim.x) {
+            float4 v = ((const float4 *)xr)[q];
+            amax_take(bv, bi, v.x, 4 * q);
+            amax_take(bv, bi, v.y, 4 * q + 1);
+            amax_take(bv, bi, v.z, 4 * q + 2);
+            amax_take(bv, bi, v.w, 4 * q + 3);
+        }
+        for (int i = n4 * 4 + threadIdx.x; i < n; i += blockDim.x) amax_take(bv, bi, xr[i], i);
+    } else {
+        for (int i = threadIdx.x; i < n; i += blockDim.x) amax_take(bv, bi, xr[i], i);
+    }
+    amax_block(bv, bi, sv, si);
+    if (threadIdx.x == 0) out[blockIdx.x] = bi < 0 ? 0 : bi;
+}
+
+__global__ void mask_ids_k(float *x, const int32_t *idx, int n) {
+    GRID_STRIDE(i, (size_t)n) x[idx[i]] = -INFINITY;
+}
+
+static void cu_mask_ids(Backend *b, float *x, const int32_t *idx, int n) {
+    if (n <= 0) return;
+    mask_ids_k<<<grid_for((size_t)n), 256, 0, cctx(b)->stream>>>(x, idx, n);
+    CU_LAUNCHED();
+}
+
+static void cu_argmax_rows(Backend *b, int32_t *out, const float *x, size_t ld, int rows, int n) {
+    DS_ASSERT(n > 0 && rows >= 0);
+    if (!rows) return;
+    argmax_rows_k<<<rows, AMAX_THREADS, 0, cctx(b)->stream>>>(out, x, ld, n);
+    CU_LAUNCHED();
+}
+
 /* ---------------------------------------------------------------------------------------------------------
  * Profiling: an event per mark (not while a graph is being recorded); gaps summed per label when the pool fills
  * or at the report. */
@@ -1951,6 +1992,8 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     b->graph_launch = cu_graph_launch;
     b->graph_free = cu_graph_free;
     b->argmax = cu_argmax;
+    b->argmax_rows = cu_argmax_rows;
+    b->mask_ids = cu_mask_ids;
     b->mark = cu_mark;
     b->profile_report = cu_profile_report;
     c->wq_elems = WQ_ELEMS;

@@ -128,6 +128,28 @@ static __device__ __forceinline__ uint16_t f2bf(float f) {
     return (uint16_t)(u >> 16);
 }
 static __device__ __forceinline__ float rbf(float f) { return bf2f(f2bf(f)); }
+/* Two floats to a bf16 pair, round to nearest even (one cvt on sm_80+, where this kernel runs; f2bf's result for
+ * every finite value) */
+static __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    uint32_t r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#else
+    return (uint32_t)f2bf(lo) | ((uint32_t)f2bf(hi) << 16);
+#endif
+}
+static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#else
+    __trap();
+#endif
+}
+
 /* float to fp16 bits, round to nearest even, saturating: beyond ±65504 gives ±65504 (never inf); NaN stays NaN.
  * (A conversion instruction every target has; no half arithmetic.) */
 static __device__ __forceinline__ uint16_t f2h_sat(float f) {

@@ -347,6 +347,164 @@ __global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
     }
 }
 
+/* Tensor-core grouped products (many rows: a batch's decode step; the caller's BE_FP32_SUMS off): the same
+ * (output columns, expert) grid as gateup_k / down_k, bf16 or Q8_0 weights read in place, mma.sync m16n8k16 with
+ * fp32 accumulation. A block of GW warps; a warp takes GN = 16 output columns (two n8 tiles) of one expert and
+ * that expert's rows 32 at a time (two m16 tiles). Per 32-wide step of the reduction, lane (g = lane / 4,
+ * t = lane % 4) loads weights 8t..8t+7 of its two weight rows (one 16-byte load each in bf16; a Q8_0 row's step
+ * is exactly one block) and x values 8t..8t+7 of its four rows (rows g, g + 8, g + 16, g + 24), rounded to bf16
+ * (exact in bf16 mode, where this kernel runs: the inputs are bf16 values). The reduction index within a step is
+ * permuted the same way for both operands (an mma's k pair 2t, 2t + 1 is the step's 8t + 4s, +1 and its pair
+ * 2t + 8, 2t + 9 the step's 8t + 4s + 2, +3, for its half s), so the loads are contiguous. Q8_0: the int8
+ * weights enter the mma as bf16 (exact), each block's sums are scaled by the block's scale and added in fp32.
+ * The sums' order and the tensor cores' accumulation differ from one row's GEMV: the batch's rule is the
+ * teacher-forced margins one, not bit equality. SwiGLU rounding points as gateup_k's. The grid's z blocks share an
+ * expert's 32-row groups (round robin), so that an expert chosen by many rows (pages alike) is not one block's
+ * long loop. */
+enum { GW = 4, GN = 16 };
+
+/* int8 bytes b0, b1 of u (from byte 2i) as a bf16 pair (exact: |q| <= 128) */
+static __device__ __forceinline__ uint32_t q8_pair(uint32_t u, int i) {
+    return pack_bf16((float)(int8_t)(u >> (16 * i)), (float)(int8_t)(u >> (16 * i + 8)));
+}
+
+template <int DT, bool GATEUP>
+__global__ void __launch_bounds__(GW * 32) group_mma_k(GroupArgs a, UpPtrs wu, DownPtrs wd) {
+    const int e = a.act[blockIdx.y];
+    if (e < 0) return;
+    const int p0 = a.off[e], cnt = a.off[e + 1] - p0, K = a.K, N = a.N;
+    const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int c0 = ((int)blockIdx.x * GW + (int)(threadIdx.x >> 5)) * GN;
+    if (cnt == 0 || c0 >= N) return;
+    constexpr int NM = GATEUP ? 2 : 1; /* weight matrices: gate and up, or down */
+    const size_t rb = DT == DS_Q8_0 ? (size_t)(K / 32) * 34 : (size_t)K * 2;
+    const uint8_t *wr[NM][2]; /* this lane's weight rows: columns c0 + g and c0 + 8 + g */
+#pragma unroll
+    for (int mi = 0; mi < NM; mi++) {
+        const uint8_t *w = (const uint8_t *)(GATEUP ? (mi ? wu.up[e] : wu.gate[e]) : wd.down[e]);
+        wr[mi][0] = w + (size_t)(c0 + g) * rb;
+        wr[mi][1] = w + (size_t)(c0 + 8 + g) * rb;
+    }
+    for (int m0 = 32 * (int)blockIdx.z; m0 < cnt; m0 += 32 * (int)gridDim.z) {
+        const bool two = cnt - m0 > 16; /* the second m16 tile has rows (warp-uniform) */
+        const float *xr[4];
+#pragma unroll
+        for (int i = 0; i < 4; i++) {
+            const int p = p0 + min(m0 + 8 * i + g, cnt - 1);
+            xr[i] = a.x + (size_t)(GATEUP ? a.pair_row[p] : p) * K + 8 * t;
+        }
+        float acc[NM][2][2][4];
+#pragma unroll
+        for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+            for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+                for (int j = 0; j < 2; j++)
+#pragma unroll
+                    for (int q = 0; q < 4; q++) acc[mi][mt][j][q] = 0.f;
+#pragma unroll 2
+        for (int kb = 0; kb < K; kb += 32) {
+            uint32_t A[4][4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                if (i >= 2 && !two) break;
+                const float4 u = __ldg((const float4 *)(xr[i] + kb)), v = __ldg((const float4 *)(xr[i] + kb + 4));
+                A[i][0] = pack_bf16(u.x, u.y), A[i][1] = pack_bf16(u.z, u.w);
+                A[i][2] = pack_bf16(v.x, v.y), A[i][3] = pack_bf16(v.z, v.w);
+            }
+#pragma unroll
+            for (int mi = 0; mi < NM; mi++)
+#pragma unroll
+                for (int j = 0; j < 2; j++) {
+                    uint32_t B[4];
+                    float sc0 = 1.f, sc1 = 1.f;
+                    if (DT == DS_Q8_0) {
+                        const QRaw r = qload<DS_Q8_0>(wr[mi][j] + (size_t)(kb / 32) * 34, t);
+                        B[0] = q8_pair(r.w0, 0), B[1] = q8_pair(r.w0, 1), B[2] = q8_pair(r.w1, 0), B[3] = q8_pair(r.w1, 1);
+                        const float d = __half2float(__ushort_as_half(r.d));
+                        /* the scales of this lane's accumulator columns 2t and 2t + 1 (rows of lanes 8t, 8t + 4) */
+                        sc0 = __shfl_sync(0xffffffffu, d, 8 * t), sc1 = __shfl_sync(0xffffffffu, d, 8 * t + 4);
+                    } else {
+                        const uint4 q = __ldg((const uint4 *)(wr[mi][j] + (size_t)kb * 2) + t);
+                        B[0] = q.x, B[1] = q.y, B[2] = q.z, B[3] = q.w;
+                    }
+#pragma unroll
+                    for (int mt = 0; mt < 2; mt++) {
+                        if (mt && !two) break;
+                        float c[4] = {0.f, 0.f, 0.f, 0.f};
+                        float *cc = DT == DS_Q8_0 ? c : acc[mi][mt][j];
+#pragma unroll
+                        for (int s = 0; s < 2; s++) {
+                            const uint32_t af[4] = {A[2 * mt][2 * s], A[2 * mt + 1][2 * s], A[2 * mt][2 * s + 1],
+                                                    A[2 * mt + 1][2 * s + 1]};
+                            mma_bf16(cc, af, B[2 * s], B[2 * s + 1]);
+                        }
+                        if (DT == DS_Q8_0) {
+                            acc[mi][mt][j][0] += c[0] * sc0, acc[mi][mt][j][1] += c[1] * sc1;
+                            acc[mi][mt][j][2] += c[2] * sc0, acc[mi][mt][j][3] += c[3] * sc1;
+                        }
+                    }
+                }
+        }
+        /* accumulator q of (mt, j): row m0 + 16 mt + g (+ 8 for q >= 2), column c0 + 8 j + 2t (+ 1 for odd q) */
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++)
+#pragma unroll
+            for (int j = 0; j < 2; j++)
+#pragma unroll
+                for (int q = 0; q < 4; q++) {
+                    const int row = m0 + 16 * mt + g + (q >= 2 ? 8 : 0), col = c0 + 8 * j + 2 * t + (q & 1);
+                    if (row >= cnt) continue;
+                    float v = acc[0][mt][j][q];
+                    if (GATEUP) {
+                        float gv = v, uv = acc[NM - 1][mt][j][q];
+                        if (a.bf) gv = rbf(gv), uv = rbf(uv);
+                        float sv = gv / (1.f + expf(-gv));
+                        if (a.bf) sv = rbf(sv);
+                        v = sv * uv;
+                    }
+                    a.y[(size_t)(p0 + row) * N + col] = a.bf ? rbf(v) : v;
+                }
+    }
+}
+
+static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+/* Whether group_mma_k takes a layer's grouped products: many rows without BE_FP32_SUMS, bf16 mode, sm_80+, sizes
+ * of whole 32-wide steps, 16-byte aligned rows, bf16 (vectorisable) or Q8_0 experts, shared experts not fused */
+static bool group_mma_ok(const CudaCtx *c, int flags, int fuse, int D, int F, const float *x, const float *h, int wdt,
+                         int vec) {
+    return !(flags & BE_FP32_SUMS) && (flags & OPS_BF16) && !fuse && c->cc >= 80 && D % 32 == 0 && F % 32 == 0 &&
+           aligned16(x) && aligned16(h) && ((wdt == DS_BF16 && vec) || wdt == DS_Q8_0);
+}
+
+/* The grouped gate/up products (g's x -> y, reduction g.K, outputs g.N) over ny expert slots (+ the fused shared
+ * experts' slot), then, after the caller points g at h, the down products: the tensor-core kernels or the SIMT
+ * ones */
+/* group_mma_k's z blocks for n rows (an expert has at most n) */
+static int mma_z(int n) { return n > 32 * 16 ? 16 : (n + 31) / 32; }
+
+static void group_gateup(CudaCtx *c, const GroupArgs &g, const UpPtrs &up, const DownPtrs &down, int ny, int fuse,
+                         bool mma) {
+    if (mma && g.wdt == DS_Q8_0)
+        group_mma_k<DS_Q8_0, true><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
+    else if (mma)
+        group_mma_k<DS_BF16, true><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
+    else
+        gateup_k<<<dim3(cdiv(fuse && g.sN > g.N ? g.sN : g.N, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, up);
+    CU_LAUNCHED();
+}
+static void group_down(CudaCtx *c, const GroupArgs &g, const UpPtrs &up, const DownPtrs &down, int ny, int fuse,
+                       bool mma) {
+    if (mma && g.wdt == DS_Q8_0)
+        group_mma_k<DS_Q8_0, false><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
+    else if (mma)
+        group_mma_k<DS_BF16, false><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
+    else
+        down_k<<<dim3(cdiv(g.N, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, down);
+    CU_LAUNCHED();
+}
+
 __global__ void combine_k(float *y, const float *ysl, const float *shared, const int32_t *idx, const float *wts,
                           const int32_t *pos_of, int n, int D, int K, int bf) {
     size_t total = (size_t)n * D;
@@ -829,7 +987,6 @@ static void qdown1(CudaCtx *c, float *y, const float *h, const float *sh, const 
     CU_LAUNCHED();
 }
 
-static int aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
 
 bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, DsW up, DsW down, int flags,
                 float *scratch) {
@@ -933,6 +1090,8 @@ static bool moe_stream(Backend *b, float *y, const float *x, int n, const Backen
             aligned16(x) && aligned16(s.h);
     g.E = -1;
     g.n = n;
+    /* the all-GPU path's choice of kernels, so that both give the same bits */
+    const bool mma = group_mma_ok(c, flags, 0, D, F, x, s.h, wdt, g.vec);
     for (int c0 = 0; c0 < na; c0 += cap) {
         const int cn = na - c0 < cap ? na - c0 : cap;
         for (int i = 0; i < cn; i++) {
@@ -951,14 +1110,12 @@ static bool moe_stream(Backend *b, float *y, const float *x, int n, const Backen
         g.y = s.h;
         g.K = D;
         g.N = F;
-        gateup_k<<<dim3(cdiv(F, MW), cn), MW * 32, 0, c->stream>>>(g, up);
-        CU_LAUNCHED();
+        group_gateup(c, g, up, down, cn, 0, mma);
         g.x = s.h;
         g.y = s.ysl;
         g.K = F;
         g.N = D;
-        down_k<<<dim3(cdiv(D, MW), cn), MW * 32, 0, c->stream>>>(g, down);
-        CU_LAUNCHED();
+        group_down(c, g, up, down, cn, 0, mma);
     }
     if (has_shared)
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
@@ -1104,8 +1261,8 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.N = F;
     g.sN = S;
     g.sy = s.sw;
-    gateup_k<<<dim3(cdiv(fuse && S > F ? S : F, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, up);
-    CU_LAUNCHED();
+    const bool mma = group_mma_ok(c, flags, fuse, D, F, x, s.h, wdt, vec_ok);
+    group_gateup(c, g, up, down, ny, fuse, mma);
     g.x = s.h;
     g.y = s.ysl;
     g.K = F;
@@ -1113,8 +1270,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sK = S;
     g.sx = s.sw;
     g.sy = s.shared;
-    down_k<<<dim3(cdiv(D, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, down);
-    CU_LAUNCHED();
+    group_down(c, g, up, down, ny, fuse, mma);
     const float *shared = fuse ? s.shared : NULL;
     if (has_shared && !fuse) {
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);

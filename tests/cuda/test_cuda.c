@@ -603,6 +603,31 @@ static void test_argmax(void) {
             free(x);
         }
     printf("  argmax: 24 cases against ops_argmax\n");
+    /* argmax_rows: rows of a tie, NaNs, all NaN and plain values, an odd stride (unaligned rows) and a round one */
+    for (int odd = 0; odd < 2; odd++) {
+        const int rows = 9, n = 129280 + odd;
+        const size_t ld = (size_t)n + (odd ? 3 : 4);
+        float *x = rnd(ld * rows, 1.0f);
+        for (int r = 0; r < rows; r++) {
+            float *xr = x + ld * r;
+            if (r % 4 == 1) xr[n - 2] = 9.f, xr[r * 7] = 9.f;
+            if (r % 4 == 2)
+                for (int i = 0; i < n; i += 3) xr[i] = NAN;
+            if (r % 4 == 3)
+                for (int i = 0; i < n; i++) xr[i] = NAN;
+        }
+        float *dx = dev(x, ld * rows * 4);
+        int32_t *dout = B->alloc(B, sizeof(int32_t) * rows), got[9];
+        B->argmax_rows(B, dout, dx, ld, rows, n);
+        B->download(B, got, dout, sizeof got);
+        for (int r = 0; r < rows; r++) {
+            const int want = ops_argmax(x + ld * r, n);
+            CHECKF(got[r] == want, "argmax_rows odd%d row %d: %d, want %d", odd, r, got[r], want);
+        }
+        B->free(B, dx), B->free(B, dout);
+        free(x);
+    }
+    printf("  argmax_rows: 18 rows against ops_argmax\n");
 }
 
 static void test_rope(void) {
@@ -1214,6 +1239,11 @@ static void test_moe(void) {
     moe_case_dt(1, 64, 6, 1280, 896, 1792, 0, DS_Q4_0, DS_Q8_0);
     moe_case_dt(2, 64, 6, 1280, 896, 1792, 0, DS_Q4_0, DS_Q8_0);
     moe_case_dt(5, 13, 4, 160, 96, 224, 1, DS_Q8_0, DS_Q8_0);
+    /* many rows in bf16 mode without BE_FP32_SUMS (a batch's decode step): the tensor-core grouped kernels, with
+     * experts of 1 to 30-odd rows (two m16 tiles and a partial one) */
+    moe_case(64, 64, 6, 1280, 896, 1792, 1, DS_BF16);
+    moe_case(128, 64, 6, 1280, 896, 0, 1, DS_Q8_0);
+    moe_case(300, 16, 6, 256, 96, 0, 1, DS_BF16);
 }
 
 /* The vectorised elementwise and window ops (16 bytes a step where aligned, the rest one by one) and the residual
