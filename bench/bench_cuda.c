@@ -86,6 +86,7 @@ typedef struct Op {
     OpsAttention att;
     OpsAttentionKv akv;
     BackendMoe moe;
+    int moe_flags;
 } Op;
 
 enum { OP_LINEAR, OP_ATT, OP_ATT_KV, OP_MOE, OP_RMSNORM, OP_LAYERNORM, OP_SWIGLU };
@@ -96,7 +97,7 @@ static void run_op(void *arg) {
     case OP_LINEAR: B->linear(B, o->y, o->N, o->x, o->K, o->M, o->K, ds_w(o->w, o->wdt), o->N, ds_w_none(), 0); break;
     case OP_ATT: B->attention(B, &o->att); break;
     case OP_ATT_KV: B->attention_kv(B, &o->akv); break;
-    case OP_MOE: B->moe(B, o->y, o->x, o->M, &o->moe, OPS_BF16, NULL, NULL, o->scratch); break;
+    case OP_MOE: B->moe(B, o->y, o->x, o->M, &o->moe, OPS_BF16 | o->moe_flags, NULL, NULL, o->scratch); break;
     case OP_RMSNORM: B->rmsnorm(B, o->y, o->N, o->x, o->N, o->M, o->N, ds_w(o->w, DS_BF16), 1e-6f, OPS_BF16); break;
     case OP_LAYERNORM:
         B->layernorm(B, o->y, o->N, o->x, o->N, o->M, o->N, ds_w(o->w, DS_BF16), ds_w(o->w, DS_BF16), 1e-6f, 0);
@@ -254,20 +255,24 @@ int main(int argc, char **argv) {
                              .shared = {ds_w(drand_w((size_t)S * D, sdt), sdt), ds_w(drand_w((size_t)S * D, sdt), sdt),
                                         ds_w(drand_w((size_t)D * S, sdt), sdt)},
                              .n_experts = E, .top_k = 6, .d_model = D, .d_ff = F, .d_shared = S};
-        static const int ns[] = {1, 4, 1000};
-        for (int i = 0; i < 3; i++) {
+        static const int ns[] = {1, 4, 128, 128, 1000};
+        for (int i = 0; i < 5; i++) {
             o.M = ns[i];
-            if (v && o.M > 8) continue; /* many rows: dequantised chunks, not this benchmark's concern */
+            /* the second n128: with BE_FP32_SUMS (the SIMT grouped kernels, as a prefill), the first without (a
+             * batch's step: the tensor-core ones for bf16 and Q8_0) */
+            o.moe_flags = i == 3 ? BE_FP32_SUMS : 0;
+            if (v == 2 && o.M > 8) continue; /* 4-bit experts, many rows: not this benchmark's concern */
             o.x = drand_f32((size_t)o.M * D);
             o.y = dalloc((size_t)o.M * D * 4);
             o.scratch = dalloc(B->moe_scratch_floats(o.M, &o.moe) * 4);
             double t = backend_cuda_time(B, run_op, &o, o.M > 8 ? (quick ? 2 : 5) : reps);
             char name[96];
             if (v)
-                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, %s/%s)", o.M,
-                         dt_label(wdt), dt_label(sdt));
+                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, %s/%s%s)", o.M,
+                         dt_label(wdt), dt_label(sdt), o.moe_flags ? ", fp32 sums" : "");
             else
-                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, bf16)", o.M);
+                snprintf(name, sizeof name, "moe layer n%d (E64 k6 1280x896 + shared 1792, bf16%s)", o.M,
+                         o.moe_flags ? ", fp32 sums" : "");
             double by = o.M == 1 ? 6.0 * 3 * F * quant_row_bytes(wdt, D) + 3.0 * S * quant_row_bytes(sdt, D) +
                                        (double)E * D * 2
                                  : 0;
