@@ -363,8 +363,9 @@ static void test_attention_causal(void) {
     }
 }
 
-static void kv_case(DsDtype dt) {
-    int L = 2, H = 2, D = 40, W = H * D, bs = 16, T = 75, layer = 1; /* D: a 32-column SIMD part and a tail */
+/* D = 40: a 32-column SIMD part and a tail; D = 104: a 64-column AVX-512 part, then both of those */
+static void kv_case(DsDtype dt, int D) {
+    int L = 2, H = 2, W = H * D, bs = 16, T = 75, layer = 1;
     KvCache kv;
     DsError e = {0};
     REQUIRE(kvcache_new_typed(&kv, L, W, bs, 12, dt, &e) == DSOCR_OK);
@@ -441,9 +442,9 @@ static void kv_case(DsDtype dt) {
         free(p1);
 }
 
-static void test_kv_cache(void) { kv_case(DS_BF16); }
+static void test_kv_cache(void) { kv_case(DS_BF16, 40), kv_case(DS_BF16, 104); }
 static void test_kv_cache_f32(void) {
-    kv_case(DS_F32);
+    kv_case(DS_F32, 40);
     KvCache kv;
     DsError e = {0};
     CHECK(kvcache_new_typed(&kv, 1, 8, 4, 2, DS_I32, &e) == DSOCR_E_INVALID_ARG);
