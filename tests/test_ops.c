@@ -363,8 +363,9 @@ static void test_attention_causal(void) {
     }
 }
 
-static void kv_case(DsDtype dt) {
-    int L = 2, H = 2, D = 40, W = H * D, bs = 16, T = 75, layer = 1; /* D: a 32-column SIMD part and a tail */
+/* D = 40: a 32-column SIMD part and a tail; D = 104: a 64-column AVX-512 part, then both of those */
+static void kv_case(DsDtype dt, int D) {
+    int L = 2, H = 2, W = H * D, bs = 16, T = 75, layer = 1;
     KvCache kv;
     DsError e = {0};
     REQUIRE(kvcache_new_typed(&kv, L, W, bs, 12, dt, &e) == DSOCR_OK);
@@ -441,9 +442,9 @@ static void kv_case(DsDtype dt) {
         free(p1);
 }
 
-static void test_kv_cache(void) { kv_case(DS_BF16); }
+static void test_kv_cache(void) { kv_case(DS_BF16, 40), kv_case(DS_BF16, 104); }
 static void test_kv_cache_f32(void) {
-    kv_case(DS_F32);
+    kv_case(DS_F32, 40);
     KvCache kv;
     DsError e = {0};
     CHECK(kvcache_new_typed(&kv, 1, 8, 4, 2, DS_I32, &e) == DSOCR_E_INVALID_ARG);
@@ -789,8 +790,54 @@ static void test_backend_flags(void) {
     free(x), free(wf), free(bias), free(y0), free(y1);
 }
 
+/* The CPU backend's MoE for one row (decode: routed and shared experts in one ops_expert_ffn1_many_cpu call) equals
+ * the step by step sequence: router, route, each chosen expert alone in ascending order weighted into acc, (round),
+ * the shared experts, add, (round); bit for bit. */
+static void test_backend_moe1(void) {
+    Backend *b = backend_cpu();
+    enum { D = 64, E = 8, K = 3, F = 32, S = 64 };
+    for (int fl = 0; fl < 2; fl++) {
+        const int flags = fl ? OPS_BF16 : 0;
+        BackendExpert ex[E];
+        void *bufs[3 * E + 4];
+        int nb = 0;
+        for (int e = 0; e < E; e++) {
+            ex[e].gate = ds_w(bufs[nb++] = rnd_bf16((size_t)F * D, 0.3f), DS_BF16);
+            ex[e].up = ds_w(bufs[nb++] = rnd_bf16((size_t)F * D, 0.3f), DS_BF16);
+            ex[e].down = ds_w(bufs[nb++] = rnd_bf16((size_t)D * F, 0.3f), DS_BF16);
+        }
+        BackendMoe m = {.router = ds_w(bufs[nb++] = rnd_bf16((size_t)E * D, 0.5f), DS_BF16), .experts = ex,
+                        .n_experts = E, .top_k = K, .d_model = D, .d_ff = F, .d_shared = S};
+        m.shared.gate = ds_w(bufs[nb++] = rnd_bf16((size_t)S * D, 0.3f), DS_BF16);
+        m.shared.up = ds_w(bufs[nb++] = rnd_bf16((size_t)S * D, 0.3f), DS_BF16);
+        m.shared.down = ds_w(bufs[nb++] = rnd_bf16((size_t)D * S, 0.3f), DS_BF16);
+        float *x = rnd(D, 1.0f), *y = fill(D, 0), *want = fill(D, 0), *acc = fill(D, 0), *ye = fill(D, 0);
+        float *scr = malloc(b->moe_scratch_floats(1, &m) * 4), *fs = malloc(ops_expert_ffn_scratch_floats(1, S) * 4);
+        float logits[E], rl[E], wts[K];
+        int32_t idx[K], got[K];
+        b->moe(b, y, x, 1, &m, flags, rl, got, scr);
+        ops_linear_cpu(logits, E, x, D, 1, D, m.router, E, ds_w_none(), 0);
+        ops_moe_route(logits, E, 1, E, K, flags, idx, wts);
+        for (int e = 0; e < E; e++)
+            for (int j = 0; j < K; j++)
+                if (idx[j] == e) {
+                    ops_expert_ffn_cpu(ye, x, 1, D, F, ex[e].gate, ex[e].up, ex[e].down, flags, fs);
+                    ops_scale_add_cpu(acc, wts[j], ye, D);
+                }
+        if (fl) ops_round_bf16_cpu(acc, D);
+        ops_expert_ffn_cpu(want, x, 1, D, S, m.shared.gate, m.shared.up, m.shared.down, flags, fs);
+        ops_add_cpu(want, want, acc, D);
+        if (fl) ops_round_bf16_cpu(want, D);
+        CHECKF(!memcmp(idx, got, sizeof idx), "moe1 bf16 %d: experts differ", fl);
+        CHECKF(!memcmp(y, want, sizeof(float) * D), "moe1 bf16 %d: output differs from the step by step sequence", fl);
+        for (int i = 0; i < nb; i++) free(bufs[i]);
+        free(x), free(y), free(want), free(acc), free(ye), free(scr), free(fs);
+    }
+}
+
 int main(void) {
     RUN(test_linear_ref_small_exact);
+    RUN(test_backend_moe1);
     RUN(test_linear_vs_ref);
     RUN(test_gemv_grouping_exact);
     RUN(test_norms);

@@ -151,6 +151,29 @@ static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
 typedef void (*LinearFn)(float *, int, const float *, int, int, int, DsW, int, DsW, int);
 typedef void (*FfnFn)(float *, const float *, int, int, int, DsW, DsW, DsW, int, float *);
 
+/* One row (decode): the row's experts in ascending order, their FFNs in two parallel regions (the same bits as one
+ * expert at a time); shared_y != NULL: the shared experts' FFN (an expert of d_shared) joins the same two regions,
+ * its output into shared_y. acc must be zero. ffn: the k outputs [k, D]. */
+static void moe_routed1(float *acc, const float *x, const int32_t *idx, const float *wts, const BackendMoe *m,
+                        int flags, float *ffn, float *shared_y) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k;
+    int ord[16] = {0}, nk = 0, fs[17] = {0};
+    DsW g[17] = {0}, u[17] = {0}, d[17] = {0};
+    float *ys[17] = {0};
+    for (int e = 0; e < E; e++)
+        for (int j = 0; j < K; j++)
+            if (idx[j] == e) ord[nk++] = j;
+    for (int i = 0; i < nk; i++) {
+        const BackendExpert *ex = &m->experts[idx[ord[i]]];
+        g[i] = ex->gate, u[i] = ex->up, d[i] = ex->down, fs[i] = m->d_ff, ys[i] = ffn + (size_t)i * D;
+    }
+    const int ns = shared_y != NULL;
+    if (ns) g[nk] = m->shared.gate, u[nk] = m->shared.up, d[nk] = m->shared.down, fs[nk] = m->d_shared, ys[nk] = shared_y;
+    ops_expert_ffn1_many_cpu(ys, x, D, fs, g, u, d, nk + ns, flags);
+    for (int i = 0; i < nk; i++) ops_scale_add_cpu(acc, wts[ord[i]], ys[i], (size_t)D);
+    if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)D);
+}
+
 /* acc [n, D] = Σ_j wts[r, j]·Expert_idx[r, j](x_r), experts in ascending order, each chosen expert's weights read
  * once for all its rows (rounded in bf16 mode); scratch: xg, yg [n, D] | rows, wg [n] | ffn 2·n·F (and, for one
  * row, the k outputs [k, D] from ffn on) */
@@ -162,20 +185,7 @@ static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const in
     float *wg = (float *)(rows + n), *ffn = wg + n;
     memset(acc, 0, sizeof(float) * (size_t)n * D);
     if (n == 1 && ffn_fn == ops_expert_ffn_cpu && K <= 16) {
-        /* decode: the row's experts in ascending order, their FFNs in two parallel regions (the same bits) */
-        int ord[16] = {0}, nk = 0, fs[16] = {0};
-        DsW g[16] = {0}, u[16] = {0}, d[16] = {0};
-        float *ys[16] = {0};
-        for (int e = 0; e < E; e++)
-            for (int j = 0; j < K; j++)
-                if (idx[j] == e) ord[nk++] = j;
-        for (int i = 0; i < nk; i++) {
-            const BackendExpert *ex = &m->experts[idx[ord[i]]];
-            g[i] = ex->gate, u[i] = ex->up, d[i] = ex->down, fs[i] = m->d_ff, ys[i] = ffn + (size_t)i * D;
-        }
-        ops_expert_ffn1_many_cpu(ys, x, D, fs, g, u, d, nk, flags);
-        for (int i = 0; i < nk; i++) ops_scale_add_cpu(acc, wts[ord[i]], ys[i], (size_t)D);
-        if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)D);
+        moe_routed1(acc, x, idx, wts, m, flags, ffn, NULL);
         return;
     }
     for (int e = 0; e < E; e++) {
@@ -218,6 +228,16 @@ static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, in
         if (flags & OPS_BF16) ops_round_bf16_cpu(router_logits, (size_t)n * E);
     }
     if (experts) memcpy(experts, idx, sizeof(int32_t) * (size_t)n * K);
+    if (n == 1 && ffn_fn == ops_expert_ffn_cpu && K <= 16 && m->shared.gate.data) {
+        /* decode: the shared experts in the routed experts' two parallel regions, not two more (the same bits:
+         * ops_expert_ffn1_many_cpu equals ops_expert_ffn_cpu expert by expert) */
+        float *ffn = rest + 2 * (size_t)n * D + 2 * (size_t)n; /* moe_routed's ffn part */
+        memset(acc, 0, sizeof(float) * D);
+        moe_routed1(acc, x, idx, wts, m, flags, ffn, y);
+        ops_add_cpu(y, y, acc, (size_t)D);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)D);
+        return;
+    }
     moe_routed(ffn_fn, acc, x, n, idx, wts, m, flags, rest);
     if (m->shared.gate.data) {
         float *ffn = rest + 2 * (size_t)n * D + 2 * (size_t)n; /* moe_routed's ffn part: free again */

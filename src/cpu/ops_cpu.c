@@ -1068,70 +1068,138 @@ static float dot_f32(const float *x, const float *y, int K) {
     return r;
 }
 
+/* dot_f32_bf16_avx2 and kv_accum_avx2 in sixteen lanes: lanes 0-7 of the one accumulator are the AVX2 dot's a0 and
+ * lanes 8-15 its a1, each with the same FMAs in the same order, and the same reduction after; the value sums are
+ * kv_accum's multiply-then-add per element. The same bits, from half the instructions. */
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static float dot_f32_bf16_avx512(const float *x,
+                                                                                                const uint16_t *w, int K) {
+    __m512 a = _mm512_setzero_ps();
+    int k = 0;
+    for (; k + 16 <= K; k += 16) {
+        __m512 wv = _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16));
+        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), wv, a);
+    }
+    __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    float r = _mm_cvtss_f32(h);
+    for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
+    return r;
+}
+
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void kv_accum_avx512(float *acc, int D, float corr,
+                                                                                       const float *p,
+                                                                                       const uint16_t *v0,
+                                                                                       size_t vstride, int n) {
+    const __m512 cr = _mm512_set1_ps(corr);
+    int c = 0;
+    for (; c + 64 <= D; c += 64) {
+        __m512 a[4];
+        for (int i = 0; i < 4; i++) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + c + 16 * i), cr);
+        for (int j = 0; j < n; j++) {
+            const uint16_t *vr = v0 + (size_t)j * vstride + c;
+            const __m512 pj = _mm512_set1_ps(p[j]);
+            for (int i = 0; i < 4; i++)
+                a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_slli_epi32(
+                                                                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(
+                                                                     (const __m256i *)(vr + 16 * i))),
+                                                                 16))));
+        }
+        for (int i = 0; i < 4; i++) _mm512_storeu_ps(acc + c + 16 * i, a[i]);
+    }
+    if (c < D) kv_accum_avx2(acc + c, D - c, corr, p, v0 + c, vstride, n);
+}
+
 void ops_attention_kv_cpu(const OpsAttentionKv *a) {
     DS_ASSERT(a->n >= 0 && a->n_heads > 0 && a->head_dim > 0 && a->head_dim <= 512);
     DS_ASSERT(a->n_heads * a->head_dim == a->kv->width && a->ldq >= a->kv->width && a->ldo >= a->kv->width);
     DS_ASSERT(a->layer >= 0 && a->layer < a->kv->n_layers && a->pos && a->tables);
     const KvCache *kv = a->kv;
-    /* vsimd: the value sums' SIMD loops (ops_cpu_force_scalar turns them off; they do the same operations) */
+    /* vsimd: the value sums' SIMD loops; z: the 16-lane dot and value sums (ops_cpu_force_scalar turns both off:
+     * the portable value sums and the 8-lane dot, which do the same operations) */
     int D = a->head_dim, bs = kv->block_size, avx2 = cpu_avx2(), vsimd = avx2 && !g_force_scalar;
+    int z = vsimd && kv->dtype == DS_BF16 && cpu_avx512();
     DS_ASSERT(bs <= 1024);
-    int ntask = a->n * a->n_heads;
+    /* A task is a row and a group of G adjacent heads, taken one after the other block by block (each head's sums
+     * as if it were alone: grouping changes no result). Decode (one row) gives each thread a group, whose keys and
+     * values of a token are one run of G·head_dim elements: a block's share is G·head_dim·esz bytes of each of
+     * block_size rows, not head_dim's, which the prefetch below asks for in one go. */
+    enum { ACC = 2048, GMAX = 64 };
+    int nth = omp_get_max_threads(), groups = a->n > 0 && a->n < nth ? (nth + a->n - 1) / a->n : 1;
+    groups = groups > a->n_heads ? a->n_heads : groups;
+    int G = (a->n_heads + groups - 1) / groups;
+    G = G > ACC / D ? ACC / D : G;
+    G = G > GMAX ? GMAX : G;
+    const int ng = (a->n_heads + G - 1) / G, ntask = a->n * ng;
 #pragma omp parallel for schedule(dynamic, 1) if (ntask > 1)
     for (int t = 0; t < ntask; t++) {
-        int r = t / a->n_heads, h = t % a->n_heads;
+        int r = t / ng, h0 = (t % ng) * G, nh = a->n_heads - h0 < G ? a->n_heads - h0 : G;
         const int32_t *table = a->tables[a->seq ? a->seq[r] : 0];
         int nk = a->pos[r] + 1;
         DS_ASSERT(nk > 0);
-        const float *q = a->q + (size_t)r * a->ldq + h * D;
-        float acc[512], p[1024], m = -INFINITY, l = 0;
-        memset(acc, 0, sizeof(float) * D);
+        float acc[ACC], p[1024], m[GMAX], l[GMAX];
+        memset(acc, 0, sizeof(float) * (size_t)nh * D);
+        for (int i = 0; i < nh; i++) m[i] = -INFINITY, l[i] = 0;
         const int f32 = kv->dtype == DS_F32;
-        const size_t esz = f32 ? 4 : 2, hbytes = (size_t)D * esz;
+        const size_t esz = f32 ? 4 : 2, gbytes = (size_t)nh * D * esz;
         for (int j0 = 0; j0 < nk; j0 += bs) {
             int blk = table[j0 / bs], n = nk - j0 < bs ? nk - j0 : bs;
             DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
-            size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
-            size_t vo = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + (size_t)h * D;
-            if (j0 + bs < nk) { /* the next block's keys and values of this head, while this one is summed: the
-                                 * cache is read cold (a step's weights passed through since), in short strided
-                                 * pieces that the hardware prefetchers do not follow */
+            if (j0 + bs < nk) { /* the next block's keys and values of these heads, while this one is summed: the
+                                 * cache is read cold (a step's weights passed through since), in strided pieces
+                                 * that the hardware prefetchers do not follow; into L2 (into L1, the group's
+                                 * 2 x 16 runs overflowed it) */
                 const int nblk = table[(j0 + bs) / bs], nn = nk - j0 - bs < bs ? nk - j0 - bs : bs;
                 const char *kp = (const char *)kv->data +
-                                 (((size_t)(nblk * kv->n_layers + a->layer) * 2) * bs * kv->width + (size_t)h * D) * esz;
+                                 (((size_t)(nblk * kv->n_layers + a->layer) * 2) * bs * kv->width + (size_t)h0 * D) * esz;
                 const size_t half = (size_t)bs * kv->width * esz, row = (size_t)kv->width * esz;
                 for (int j = 0; j < nn; j++)
-                    for (size_t c = 0; c < hbytes; c += 64) {
-                        _mm_prefetch(kp + (size_t)j * row + c, _MM_HINT_T0);
-                        _mm_prefetch(kp + half + (size_t)j * row + c, _MM_HINT_T0);
+                    for (size_t c = 0; c < gbytes; c += 64) {
+                        _mm_prefetch(kp + (size_t)j * row + c, _MM_HINT_T1);
+                        _mm_prefetch(kp + half + (size_t)j * row + c, _MM_HINT_T1);
                     }
             }
-            float bmax = -INFINITY;
-            for (int j = 0; j < n; j++) {
-                size_t kj = ko + (size_t)j * kv->width;
-                p[j] = a->scale * (f32 ? dot_f32(q, (const float *)kv->data + kj, D)
-                                       : dot_f32_bf16(q, (const uint16_t *)kv->data + kj, D, avx2));
-                bmax = p[j] > bmax ? p[j] : bmax;
+            for (int hi = 0; hi < nh; hi++) {
+                const int h = h0 + hi;
+                const float *q = a->q + (size_t)r * a->ldq + h * D;
+                float *ah = acc + (size_t)hi * D;
+                size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
+                size_t vo = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + (size_t)h * D;
+                float bmax = -INFINITY;
+                for (int j = 0; j < n; j++) {
+                    size_t kj = ko + (size_t)j * kv->width;
+                    p[j] = a->scale * (f32 ? dot_f32(q, (const float *)kv->data + kj, D)
+                                       : z ? dot_f32_bf16_avx512(q, (const uint16_t *)kv->data + kj, D)
+                                           : dot_f32_bf16(q, (const uint16_t *)kv->data + kj, D, avx2));
+                    bmax = p[j] > bmax ? p[j] : bmax;
+                }
+                float mnew = bmax > m[hi] ? bmax : m[hi];
+                float corr = expf(m[hi] - mnew), sum = 0;
+                for (int j = 0; j < n; j++) {
+                    p[j] = expf(p[j] - mnew);
+                    sum += p[j];
+                }
+                l[hi] = l[hi] * corr + sum;
+                m[hi] = mnew;
+                if (f32 && vsimd)
+                    kv_accum_f32_avx2(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
+                else if (f32)
+                    kv_accum_f32(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
+                else if (z)
+                    kv_accum_avx512(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
+                else if (vsimd)
+                    kv_accum_avx2(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
+                else
+                    kv_accum(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
             }
-            float mnew = bmax > m ? bmax : m;
-            float corr = expf(m - mnew), sum = 0;
-            for (int j = 0; j < n; j++) {
-                p[j] = expf(p[j] - mnew);
-                sum += p[j];
-            }
-            l = l * corr + sum;
-            m = mnew;
-            if (f32 && vsimd)
-                kv_accum_f32_avx2(acc, D, corr, p, (const float *)kv->data + vo, kv->width, n);
-            else if (f32)
-                kv_accum_f32(acc, D, corr, p, (const float *)kv->data + vo, kv->width, n);
-            else if (vsimd)
-                kv_accum_avx2(acc, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
-            else
-                kv_accum(acc, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
         }
-        float *o = a->out + (size_t)r * a->ldo + h * D;
-        for (int c = 0; c < D; c++) o[c] = a->round_bf16 ? bf16_round(acc[c] / l) : acc[c] / l;
+        for (int hi = 0; hi < nh; hi++) {
+            float *o = a->out + (size_t)r * a->ldo + (h0 + hi) * D;
+            const float *ah = acc + (size_t)hi * D;
+            for (int c = 0; c < D; c++) o[c] = a->round_bf16 ? bf16_round(ah[c] / l[hi]) : ah[c] / l[hi];
+        }
     }
 }
 
