@@ -3,7 +3,9 @@ acceptance rules). Used by test_engine_reference.py and by tools/compare_full.sh
 
 Rules (errors per tensor: relative L2 = |c - r| / |r|):
   - u8 pixels and normalised inputs identical; prompt ids identical;
-  - every float stage within `tol` relative L2;
+  - every float stage within `tol` relative L2, except, once an expert choice flipped at a near-tie (below), the
+    stages of that layer and later ones and the logits (reported with the near-ties: a flipped expert moves them
+    by more than any summation order does);
   - routed experts (as sets) identical in every row whose reference gap between the k-th and (k+1)-th router
     logit exceeds 10x the measured router-logit error of that layer;
   - teacher-forced on the reference's tokens: the C argmax equals the reference argmax at every step whose
@@ -48,6 +50,7 @@ def check(cdir, rdir, tol):
     tol_of = tol if callable(tol) else (lambda name: tol)
     res = compare(cdir, rdir)
     fails, report, ties = [], [], []
+    rel_fails, flips = [], []  # (stage, message) over tolerance; layers where an expert choice flipped at a near-tie
     for n, v in res.items():
         if v[0] == "shape":
             fails.append(f"{n}: shape {v[1]} vs reference {v[2]}")
@@ -62,7 +65,7 @@ def check(cdir, rdir, tol):
             exact = n.endswith(".pixels") or n.endswith(".input")
             t = tol_of(n)
             if (exact and rel != 0.0) or rel > t:
-                fails.append(f"{n}: relative L2 {rel:.3e} > {0 if exact else t:.3e}")
+                rel_fails.append((n, f"{n}: relative L2 {rel:.3e} > {0 if exact else t:.3e}"))
     # experts: as sets, where the reference's k-th/(k+1)-th gap is clear of the measured error
     for n in res:
         if not n.endswith(".experts"):
@@ -81,6 +84,16 @@ def check(cdir, rdir, tol):
                                  f"(gap {gap[i]:.3e} > 10 x error {err:.3e})")
                 else:
                     ties.append(f"{n} row {i} (gap {gap[i]:.2e}, error {err:.2e})")
+                    flips.append(int(layer[len("layer"):]))
+    # A near-tie flip of an expert (not judged) changes that row's output and, through attention, the later rows and
+    # layers, by far more than the summation order does: the stages from the flip's layer on, and the logits, are
+    # then reported, not judged by relative L2 (the tokens still are, by the margin rule below).
+    for n, msg in rel_fails:
+        stage_layer = int(n.split(".")[0][len("layer"):]) if n.startswith("layer") and "." in n else None
+        if flips and (n == "logits" or (stage_layer is not None and stage_layer >= min(flips))):
+            ties.append(f"{msg} (after an expert near-tie flip in layer {min(flips)})")
+        else:
+            fails.append(msg)
     # teacher-forced tokens
     cl, rl = load(cdir, "logits"), load(rdir, "logits")
     if cl.shape != rl.shape:
