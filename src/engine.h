@@ -40,7 +40,9 @@ typedef struct EnginePage {
  * admitted with the positions it may reach); then every page still generating gives one row to each decoder pass
  * (decoder.h DecoderStep.seq_dev) and takes its next token from its own logits by the one-page rules (greedy, the
  * n-gram ban, EOS, max_tokens), leaving when it stops (engine_ocr_queue with every page at once). out[i] is what dsocr_ocr gives for page i, the same tokens
- * where the backend's products do not depend on the row count (the CPU); each page's on_token gets its pieces and may
+ * where the backend's products do not depend on the row count (the CPU; on a GPU a step of more than 8 rows and the
+ * pages' prefills run on the tensor cores, DecoderStep.gemm, so a page may part from its run alone where two
+ * tokens are a near tie; DSOCR_BATCH_EXACT=1 keeps one page's sums); each page's on_token gets its pieces and may
  * stop it, its cancel flag stops it. A page that fails on its own (a bad image) gets no result and the others go on;
  * the status is then the first such page's, with its number in the session's error. */
 DsocrStatus engine_ocr_batch(DsocrSession *s, const EnginePage *pages, int n, const DsocrOcrOptions *opt,

@@ -134,6 +134,13 @@ static void page_done(void *user, int page, const DsocrResult *r) {
     d->n++;
 }
 
+/* on_done for the fairness check: the pages in the order they end */
+static void order_done(void *user, int page, const DsocrResult *r) {
+    (void)r;
+    int *ord = user; /* ord[0]: how many so far, then the pages */
+    if (ord[0] < 8) ord[1 + ord[0]++] = page;
+}
+
 static void test_engine_batch(void) {
     const char *files[3] = {"tests/images/small.png", "tests/images/portrait.jpg", "tests/images/wide.png"};
     EnginePage pages[3];
@@ -155,7 +162,7 @@ static void test_engine_batch(void) {
         o.max_tokens = 10 + 7 * k;
         o.ignore_eos = k % 2 == 0;
         o.compat = k == 3 ? DSOCR_COMPAT_VLLM : DSOCR_COMPAT_HF;
-        if (k == 1) o.no_repeat_ngram = 1; /* the guard bans every id seen before: the logits come to the host */
+        if (k == 1) o.no_repeat_ngram = 1; /* the guard bans every id seen before (mask_ids, argmax_rows) */
         DsocrResult batch[3], alone;
         REQUIRE(engine_ocr_batch(s, pages, 3, &o, batch) == DSOCR_OK);
         for (int i = 0; i < 3; i++) {
@@ -194,6 +201,32 @@ static void test_engine_batch(void) {
             CHECKF(rq[i].n_tokens == alone.n_tokens && !memcmp(rq[i].tokens, alone.tokens, sizeof(int) * (size_t)alone.n_tokens) &&
                        !strcmp(rq[i].text, alone.text),
                    "queued page %d differs from its run alone", i);
+            dsocr_result_free(&alone);
+            dsocr_result_free(&rq[i]);
+        }
+    }
+    /* fairness: a long page (30 tokens) first, then four short ones (4 tokens), two rows at a time: the short ones
+     * take the other row in turn while the long one goes on (none waits for it), so it ends last; every page's
+     * tokens as alone */
+    {
+        DsocrOcrOptions lo, so;
+        dsocr_ocr_options_default(&lo);
+        lo.mode = "tiny", lo.max_tokens = 30, lo.ignore_eos = 1;
+        so = lo;
+        so.max_tokens = 4;
+        EnginePage five[5];
+        for (int i = 0; i < 5; i++) five[i] = (EnginePage){.image = pages[i % 3].image, .len = pages[i % 3].len,
+                                                            .opt = i ? &so : &lo};
+        DsocrResult rq[5], alone;
+        int ord[9] = {0};
+        REQUIRE(engine_ocr_queue(s, five, 5, 2, NULL, rq, order_done, ord) == DSOCR_OK);
+        CHECKF(ord[0] == 5 && ord[1] == 1 && ord[2] == 2 && ord[3] == 3 && ord[4] == 4 && ord[5] == 0,
+               "pages ended in the order %d %d %d %d %d (of %d), want 1 2 3 4 0", ord[1], ord[2], ord[3], ord[4], ord[5],
+               ord[0]);
+        for (int i = 0; i < 5; i++) {
+            REQUIRE(dsocr_ocr(s, five[i].image, five[i].len, five[i].opt, &alone) == DSOCR_OK);
+            CHECKF(rq[i].n_tokens == alone.n_tokens && !memcmp(rq[i].tokens, alone.tokens, sizeof(int) * (size_t)alone.n_tokens),
+                   "fairness page %d differs from its run alone", i);
             dsocr_result_free(&alone);
             dsocr_result_free(&rq[i]);
         }
