@@ -1080,11 +1080,7 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static float dot_f
             _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16));
         a = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), wv, a);
     }
-    __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1)));
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float r = _mm_cvtss_f32(h);
+    float r = hsum16(a);
     for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
     return r;
 }

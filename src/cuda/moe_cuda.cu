@@ -478,28 +478,22 @@ static bool group_mma_ok(const CudaCtx *c, int flags, int fuse, int D, int F, co
            aligned16(x) && aligned16(h) && ((wdt == DS_BF16 && vec) || wdt == DS_Q8_0);
 }
 
-/* The grouped gate/up products (g's x -> y, reduction g.K, outputs g.N) over ny expert slots (+ the fused shared
- * experts' slot), then, after the caller points g at h, the down products: the tensor-core kernels or the SIMT
- * ones */
 /* group_mma_k's z blocks for n rows (an expert has at most n) */
 static int mma_z(int n) { return n > 32 * 16 ? 16 : (n + 31) / 32; }
 
-static void group_gateup(CudaCtx *c, const GroupArgs &g, const UpPtrs &up, const DownPtrs &down, int ny, int fuse,
-                         bool mma) {
+/* The grouped products over ny expert slots (+ the fused shared experts' slot): GATEUP, gate/up from g's x into y
+ * (reduction g.K, outputs g.N); else, once the caller has pointed g at h, the down products; by the tensor-core
+ * kernel or the SIMT ones */
+template <bool GATEUP>
+static void group_products(CudaCtx *c, const GroupArgs &g, const UpPtrs &up, const DownPtrs &down, int ny, int fuse,
+                           bool mma) {
+    const dim3 grid(cdiv(g.N, GW * GN), ny, mma_z(g.n)), blk(GW * 32);
     if (mma && g.wdt == DS_Q8_0)
-        group_mma_k<DS_Q8_0, true><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
+        group_mma_k<DS_Q8_0, GATEUP><<<grid, blk, 0, c->stream>>>(g, up, down);
     else if (mma)
-        group_mma_k<DS_BF16, true><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
-    else
+        group_mma_k<DS_BF16, GATEUP><<<grid, blk, 0, c->stream>>>(g, up, down);
+    else if (GATEUP)
         gateup_k<<<dim3(cdiv(fuse && g.sN > g.N ? g.sN : g.N, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, up);
-    CU_LAUNCHED();
-}
-static void group_down(CudaCtx *c, const GroupArgs &g, const UpPtrs &up, const DownPtrs &down, int ny, int fuse,
-                       bool mma) {
-    if (mma && g.wdt == DS_Q8_0)
-        group_mma_k<DS_Q8_0, false><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
-    else if (mma)
-        group_mma_k<DS_BF16, false><<<dim3(cdiv(g.N, GW * GN), ny, mma_z(g.n)), GW * 32, 0, c->stream>>>(g, up, down);
     else
         down_k<<<dim3(cdiv(g.N, MW), ny + fuse), MW * 32, 0, c->stream>>>(g, down);
     CU_LAUNCHED();
@@ -1110,12 +1104,12 @@ static bool moe_stream(Backend *b, float *y, const float *x, int n, const Backen
         g.y = s.h;
         g.K = D;
         g.N = F;
-        group_gateup(c, g, up, down, cn, 0, mma);
+        group_products<true>(c, g, up, down, cn, 0, mma);
         g.x = s.h;
         g.y = s.ysl;
         g.K = F;
         g.N = D;
-        group_down(c, g, up, down, cn, 0, mma);
+        group_products<false>(c, g, up, down, cn, 0, mma);
     }
     if (has_shared)
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
@@ -1262,7 +1256,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sN = S;
     g.sy = s.sw;
     const bool mma = group_mma_ok(c, flags, fuse, D, F, x, s.h, wdt, vec_ok);
-    group_gateup(c, g, up, down, ny, fuse, mma);
+    group_products<true>(c, g, up, down, ny, fuse, mma);
     g.x = s.h;
     g.y = s.ysl;
     g.K = F;
@@ -1270,7 +1264,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sK = S;
     g.sx = s.sw;
     g.sy = s.shared;
-    group_down(c, g, up, down, ny, fuse, mma);
+    group_products<false>(c, g, up, down, ny, fuse, mma);
     const float *shared = fuse ? s.shared : NULL;
     if (has_shared && !fuse) {
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
