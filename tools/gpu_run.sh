@@ -10,6 +10,10 @@
 #           dsocr bench --quant on the full checkpoint (base page, 1,000 tokens)
 #   quant   issue 7's quality check on the machine's CPU: KL of Q8_0 and 4-bit against bf16 (tools/quant_quality.py),
 #           gundam page, 128 teacher-forced steps, on the full and the full --stress checkpoints
+#   batch   issue 13: bench_batch (B different pages decoded together, 1,000 tokens each, --check on the first
+#           two pages of every batch) for bf16 and Q8_0 at B = 1, 8, 32, 64, 128, then bf16 B = 128 for 300 tokens
+#           with DSOCR_PROFILE=1 (batch.* sections: the batch's steps; dec.*: the pages' prefills), then gundam
+#           pages at B = 64 (pages per second)
 #   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
 #           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
 #           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
@@ -122,4 +126,18 @@ if has f16 || has f16-stress; then
     echo "f16 bench rc $?: $(grep -E '"gpu"|vision_s|prefill_s|decode_tok_s|page_s|driver_used_minus' "$OUT/bench-cuda-f16.json" \
         | tr -s ' ' | cut -c1-90 | tr '\n' ' ')"
     tail -2 "$OUT/bench-cuda-f16.err"
+fi
+if has batch; then
+    full_ckpt
+    BB="timeout 200 .devrun/bench_batch --model $M --device cuda --tokens 1000"
+    for q in bf16 q8_0; do
+        qa=""; [ $q = bf16 ] || qa="--quant $q"
+        $BB $qa --batches 1,8,32,64,128 --check --check-pages 2 > "$OUT/batch-$q.json" 2> "$OUT/batch-$q.err"
+        echo "bench_batch $q rc $?"; grep '"batch"' "$OUT/batch-$q.json" | cut -c1-200; tail -2 "$OUT/batch-$q.err"
+    done
+    DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --batches 128 --tokens 300 \
+        > "$OUT/batch-profile.json" 2> "$OUT/batch-profile.err"
+    grep '"batch"' "$OUT/batch-profile.json" | cut -c1-200; grep -E "profile (batch\.|\(idle\)|total)" "$OUT/batch-profile.err"
+    $BB --mode gundam --batches 64 > "$OUT/batch-gundam.json" 2> "$OUT/batch-gundam.err"
+    echo "bench_batch gundam rc $?"; grep '"batch"' "$OUT/batch-gundam.json" | cut -c1-200
 fi
