@@ -15,7 +15,8 @@
  * copies (every row then picks the same 6 experts: the MoE's worst case). --check-pages: how many of each batch's
  * first pages run alone for --check (default 4).
  * --ngram N: the n-gram guard's size (0 = off; default the profile's). With DSOCR_PROFILE=1 the backend's
- * sections of each batch go to stderr (dec.*: the decoder passes; (idle): the host's work between them). */
+ * sections of each batch go to stderr (batch.*: the batch's steps; dec.*: the pages' prefills; (idle): the host's
+ * work between them). */
 #include <dirent.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,17 +59,17 @@ static uint8_t *page_variant(const DsImage *im, int i, size_t *len) {
 /* The teacher-forced margins rule for pages that parted from their run alone: at a page's first differing step k,
  * the run alone's logits there (its own prefix, which the page shared up to k) give margin = logit(alone's token)
  * − logit(the page's token), >= 0; a small one means the two picks were a near tie that the batch's sums (tensor
- * cores, another order) could tip. Returns page res's margin at its first differing step kmax, or −1 when the
- * logits could not be had. The run alone is repeated teacher-forced
- * on its own tokens with its logits dumped (engine.h EngineDebug) to a temporary folder, removed after. */
+ * cores, another order) could tip. Returns page res's margin at its first differing step k, or −1 when the
+ * logits could not be had. The run alone is repeated teacher-forced on its own tokens with its logits dumped
+ * (engine.h EngineDebug) to a temporary folder, removed after. */
 static double divergence_margin(DsocrSession *s, const void *bytes, size_t len, const DsocrOcrOptions *o,
-                                const DsocrResult *alone, const DsocrResult *res, int kmax) {
-    if (kmax >= alone->n_tokens || kmax >= res->n_tokens) return -1; /* a page shorter than its run alone: none */
+                                const DsocrResult *alone, const DsocrResult *res, int k) {
+    if (k >= alone->n_tokens || k >= res->n_tokens) return -1; /* a page shorter than its run alone: none */
     char dir[] = "/tmp/bench_batch.XXXXXX", path[4096];
     if (!mkdtemp(dir)) return -1;
-    EngineDebug dbg = {.dump_dir = dir, .force_ids = alone->tokens, .n_force = kmax + 1};
+    EngineDebug dbg = {.dump_dir = dir, .force_ids = alone->tokens, .n_force = k + 1};
     DsocrResult r;
-    double worst = -1;
+    double margin = -1;
     if (engine_ocr(s, bytes, len, o, &dbg, &r) == DSOCR_OK) {
         dsocr_result_free(&r);
         float *lg = NULL;
@@ -76,9 +77,9 @@ static double divergence_margin(DsocrSession *s, const void *bytes, size_t len, 
         int nd = 0;
         DsError e = {0};
         snprintf(path, sizeof path, "%s/logits.bin", dir);
-        if (dump_read_f32(path, &lg, shape, &nd, &e) == DSOCR_OK && nd == 2 && shape[0] > kmax) {
-            const float *row = lg + (size_t)kmax * (size_t)shape[1];
-            worst = (double)row[alone->tokens[kmax]] - (double)row[res->tokens[kmax]];
+        if (dump_read_f32(path, &lg, shape, &nd, &e) == DSOCR_OK && nd == 2 && shape[0] > k) {
+            const float *row = lg + (size_t)k * (size_t)shape[1];
+            margin = (double)row[alone->tokens[k]] - (double)row[res->tokens[k]];
         }
         free(lg);
     }
@@ -90,7 +91,7 @@ static double divergence_margin(DsocrSession *s, const void *bytes, size_t len, 
         }
     if (d) closedir(d);
     rmdir(dir);
-    return worst;
+    return margin;
 }
 
 int main(int argc, char **argv) {

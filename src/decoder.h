@@ -41,8 +41,8 @@ typedef struct DecoderStep {
     int bf16;
     float *logits;
     const char *dump_dir;
-    int gemm; /* products of many rows on the GPU's tensor cores (backend.h BE_FP32_SUMS off): a batch's steps,
-                 whose rule is the teacher-forced margins one; 0: fp32 sums, as the CPU's (prefill, one page) */
+    int gemm; /* products of many rows on the GPU's tensor cores (backend.h BE_FP32_SUMS off): a batch's steps and
+                 its pages' prefills, whose rule is the teacher-forced margins one; 0: fp32 sums, as the CPU's */
 } DecoderStep;
 DsocrStatus decoder_forward(const Model *m, DecoderWork *w, const DecoderStep *s, DsError *e);
 

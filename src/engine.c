@@ -1070,13 +1070,14 @@ static int batch_grow_pool(Batch *bt, int blocks) {
     return 0;
 }
 
-/* Page i's views and prompt through the session, up to its prefill: its ids and next logits into b; its prompt's
+/* Page i's views and prompt through the session, up to its prefill (gemm: DecoderStep.gemm): its ids and next
+ * logits into b; its prompt's
  * KV blocks stay in the session's pool (blocks 0, 1, ...) until it joins the batch's (the session runs no other
  * page before that). */
-static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, BatchSeq *b,
-                                 DsocrResult *out) {
+static DsocrStatus batch_prefill(DsocrSession *s, const EnginePage *pg, const DsocrOcrOptions *opt, int gemm,
+                                 BatchSeq *b, DsocrResult *out) {
     const int V = s->model->m->cfg.vocab_size;
-    EngineDebug pre = {.prefill_only = 1, .prefill_gemm = !ds_env_on("DSOCR_BATCH_EXACT")};
+    EngineDebug pre = {.prefill_only = 1, .prefill_gemm = gemm};
     DsocrStatus st = engine_ocr(s, pg->image, pg->len, opt, &pre, out);
     if (st) return st;
     b->T = out->n_prompt;
@@ -1252,9 +1253,9 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
     for (int k = 0; k < max_batch; k++) ptrs_h[k] = bt.tabs + (size_t)k * bt.tab_len;
     be->upload(be, bt.ptrs, ptrs_h, sizeof(int32_t *) * (size_t)max_batch);
     double t_dec = 0;
-    /* a step of more than 8 rows, and every page's prefill: products on the tensor cores (DecoderStep.gemm),
-     * unless DSOCR_BATCH_EXACT=1 keeps every product's fp32 sums (a page's tokens then equal its run alone bit for
-     * bit, at a fraction of the speed) */
+    /* the steps and every page's prefill: products of many rows on the tensor cores (DecoderStep.gemm; the
+     * backend keeps its one-row kernels for up to 8 rows), unless DSOCR_BATCH_EXACT=1 keeps every product's fp32
+     * sums (a page's tokens then equal its run alone bit for bit, at a fraction of the speed) */
     const int exact = ds_env_on("DSOCR_BATCH_EXACT");
     for (;;) {
         /* pages join at this token boundary while there is a free row: the one waiting first, then new ones; a
@@ -1270,7 +1271,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
                 const DsocrOcrOptions *po = pg.opt ? pg.opt : opt;
                 DsocrStatus ps = po->precision != opt->precision
                                      ? fail(s, DSOCR_E_INVALID_ARG, "every page of a batch needs the same precision")
-                                     : batch_prefill(s, &pg, po, &q[i], &res[i]);
+                                     : batch_prefill(s, &pg, po, !exact, &q[i], &res[i]);
                 if (ps) {
                     stream_end(end_page, user, &q[i], &res[i], ps, s->err);
                     continue;
@@ -1312,7 +1313,7 @@ DsocrStatus engine_ocr_stream(DsocrSession *s, int max_batch, const DsocrOcrOpti
             be->upload(be, bt.seq, seq, sizeof(int32_t) * (size_t)nr);
             DecoderStep ds = {.x = bt.x, .n = nr, .pos_dev = bt.pos, .tables_dev = (const int32_t *const *)bt.ptrs,
                               .seq_dev = bt.seq, .kv = &bt.kv, .bf16 = bf16, .logits = bt.logits,
-                              .gemm = nr > 8 && !exact};
+                              .gemm = !exact};
             if ((st = decoder_forward(m, s->dw, &ds, &e))) {
                 fail(s, st, "%s", e.msg);
                 goto end;

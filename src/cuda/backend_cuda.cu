@@ -1743,18 +1743,11 @@ static __device__ void amax_block(float &bv, int &bi, float *sv, int *si) {
     for (int w = 0; w < nw; w++) amax_take(bv, bi, sv[w], si[w]);
 }
 
-__global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const float *x, int n, int32_t *step,
-                                                        float *pv, int *pi, int *count) {
-    pdl_wait();
-    __shared__ float sv[32];
-    __shared__ int si[32];
-    __shared__ int last;
-    const int chunk = ((n + AMAX_BLOCKS - 1) / AMAX_BLOCKS + 3) & ~3;
-    const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
-    float bv = -INFINITY;
-    int bi = -1;
+/* This thread's share of x[lo, hi) (lo a multiple of 4) into its best (bv, bi): float4 loads where x is 16-byte
+ * aligned */
+static __device__ __forceinline__ void amax_range(const float *x, int lo, int hi, float &bv, int &bi) {
     if (((uintptr_t)x & 15) == 0) {
-        const int lo4 = lo / 4, hi4 = hi / 4; /* lo is a multiple of 4 */
+        const int lo4 = lo / 4, hi4 = hi / 4;
         for (int q = lo4 + threadIdx.x; q < hi4; q += blockDim.x) {
             float4 v = ((const float4 *)x)[q];
             amax_take(bv, bi, v.x, 4 * q);
@@ -1766,6 +1759,19 @@ __global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const flo
     } else {
         for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) amax_take(bv, bi, x[i], i);
     }
+}
+
+__global__ void __launch_bounds__(AMAX_THREADS) argmax_k(int32_t *out, const float *x, int n, int32_t *step,
+                                                        float *pv, int *pi, int *count) {
+    pdl_wait();
+    __shared__ float sv[32];
+    __shared__ int si[32];
+    __shared__ int last;
+    const int chunk = ((n + AMAX_BLOCKS - 1) / AMAX_BLOCKS + 3) & ~3;
+    const int lo = blockIdx.x * chunk, hi = min(n, lo + chunk);
+    float bv = -INFINITY;
+    int bi = -1;
+    amax_range(x, lo, hi, bv, bi);
     amax_block(bv, bi, sv, si);
     if (threadIdx.x == 0) {
         pv[blockIdx.x] = bv;
@@ -1796,26 +1802,13 @@ static void cu_argmax(Backend *b, int32_t *out, const float *x, int n, int32_t *
     CU_LAUNCHED();
 }
 
-/* argmax_rows: a block per row, the same comparisons (amax_take, amax_block) */
+/* argmax_rows: a block per row, argmax_k's scan and comparisons (amax_range, amax_block) */
 __global__ void __launch_bounds__(AMAX_THREADS) argmax_rows_k(int32_t *out, const float *x, size_t ld, int n) {
     __shared__ float sv[32];
     __shared__ int si[32];
-    const float *xr = x + (size_t)blockIdx.x * ld;
     float bv = -INFINITY;
     int bi = -1;
-    if (((uintptr_t)xr & 15) == 0) {
-        const int n4 = n / 4;
-        for (int q = threadIdx.x; q < n4; q += blockDim.x) {
-            float4 v = ((const float4 *)xr)[q];
-            amax_take(bv, bi, v.x, 4 * q);
-            amax_take(bv, bi, v.y, 4 * q + 1);
-            amax_take(bv, bi, v.z, 4 * q + 2);
-            amax_take(bv, bi, v.w, 4 * q + 3);
-        }
-        for (int i = n4 * 4 + threadIdx.x; i < n; i += blockDim.x) amax_take(bv, bi, xr[i], i);
-    } else {
-        for (int i = threadIdx.x; i < n; i += blockDim.x) amax_take(bv, bi, xr[i], i);
-    }
+    amax_range(x + (size_t)blockIdx.x * ld, 0, n, bv, bi);
     amax_block(bv, bi, sv, si);
     if (threadIdx.x == 0) out[blockIdx.x] = bi < 0 ? 0 : bi;
 }
