@@ -297,12 +297,17 @@ GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
     }
 GEMVQ_R4_DEFINE(gemv_r4_q8_0, BlockQ8_0, QWIDEN_Q8_0)
 GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
-/* The Q8_0 GEMV in 16 lanes (AVX-512 F/BW/VL; every Q8_0 product of 1 to 4 rows on such a CPU): a block's 32
- * weights in two sign extensions and two conversions, not four, which bind the GEMV (bench_quant: about a third
- * faster from cache, and Q8_0 decode 20 -> 25 tok/s on the full page). Lane l holds weights l and l + 16 of each
- * block; the lanes are summed as the 8-lane kernels sum theirs after adding the two halves. So on such a CPU the
- * Q8_0 outputs differ in rounding from an AVX2-only CPU's (the same fp32 dot products up to the order of their
- * sums, as ops_linear_ref's), while the 4-row decode kernel and the 1 to 4-row kernels still agree bit for bit. */
+/* The Q8_0 GEMV on an AVX-512 CPU (F, BW, VL): x is first quantised to 16-bit integers per block of 32 (xq_rows:
+ * x ≈ 2^-e·q, one power of two a block, |q| < 2^15), once per product; then a block's 32 weights are one sign
+ * extension to 16 bits, one vpmaddwd against the block's q (16 lanes of int32 sums of two products, exact), one
+ * conversion to fp32 (exact: |sum| < 2^24) and one FMA by the block's scale d·2^-e (exact). That is 4 vector
+ * operations a block where widening the weights to fp32 took 7 (two sign extensions, two conversions, three FMAs);
+ * on the Zen 4 development VM, which runs 512-bit operations at half rate, the fp32 kernel bound the GEMV at
+ * ~5 % fewer bytes a second than bf16's (bench/results/cpu-q8-decode-vm-session9.txt). The only rounding added is
+ * x's to 15 significant bits of its block's largest magnitude (relative error under 2^-15 of that magnitude;
+ * products of small integers, such as test_quant's exact cases, stay exact). All outputs of 1 to 4 rows and the
+ * 4-row decode kernel do the same operations in the same order, so they agree bit for bit; an AVX2-only CPU (or
+ * DSOCR_NO_AVX512) widens to fp32 as above, so its outputs differ in rounding. */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(__m512 a) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
     const __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
@@ -311,64 +316,105 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(
     h = _mm_add_ss(h, _mm_movehdup_ps(h));
     return _mm_cvtss_f32(h);
 }
-#define QWIDEN_Q8_0_Z(blk, w01, w23)                                                                            \
-    do {                                                                                                        \
-        w01 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(blk)->q)));            \
-        w23 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)((blk)->q + 16))));     \
-    } while (0)
-#define GEMVQ_Z_DEFINE(NAME, MR)                                                                                \
-    __attribute__((target("avx512f,avx512vl,avx512bw"))) static void NAME(float *out, const float *x, int ldx, \
+/* x quantised for the Q8_0 GEMV: row m's block b is q[m·K + 32b ..] · s[m·K/32 + b] */
+typedef struct {
+    const int16_t *q;
+    const float *s;
+    int K;
+} XQ;
+/* Rows [0, M) of x (stride ldx, K a multiple of 32) quantised into q (M·K) and s (M·K/32): per block the power of
+ * two 2^-e with max|x| · 2^e < 2^15, q = rint(x · 2^e) (clamped to ±32767 for the value that rounds up to 2^15),
+ * s = 2^-e; a block of zeros (or of non-finite values' NaN) gets s = 0 or NaN as x does. */
+static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K) {
+    const int nb = K / QK;
+    for (int m = 0; m < M; m++)
+        for (int b = 0; b < nb; b++) {
+            const float *xb = x + (size_t)m * ldx + (size_t)b * QK;
+            int16_t *qb = q + (size_t)m * K + (size_t)b * QK;
+            float amax = 0;
+            int finite = 1;
+            for (int j = 0; j < QK; j++) {
+                float a = fabsf(xb[j]);
+                finite &= isfinite(a);
+                amax = a > amax ? a : amax;
+            }
+            if (!finite || amax == 0) { /* zeros; or NaN through the scale so the output is NaN as x·w would be */
+                for (int j = 0; j < QK; j++) qb[j] = finite ? 0 : 1;
+                s[(size_t)m * nb + b] = finite ? 0.0f : NAN;
+                continue;
+            }
+            int ex;
+            frexpf(amax, &ex); /* amax < 2^ex */
+            const float up = ldexpf(1.0f, 15 - ex), down = ldexpf(1.0f, ex - 15);
+            for (int j = 0; j < QK; j++) {
+                float v = rintf(xb[j] * up);
+                qb[j] = (int16_t)(v > 32767.0f ? 32767.0f : v < -32767.0f ? -32767.0f : v);
+            }
+            s[(size_t)m * nb + b] = down;
+        }
+}
+/* x quantised in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
+ * keeps the fp32 kernels). */
+static const XQ *xq_rows(XQ *out, const float *x, int ldx, int M, int K) {
+    const size_t nq = (size_t)M * K, bytes = nq * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float);
+    uint8_t *buf = cpu_scratch(SCRATCH_XQ, bytes);
+    if (!buf) return NULL;
+    int16_t *q = (int16_t *)buf;
+    float *s = (float *)(buf + nq * sizeof(int16_t));
+    xq_quantize(q, s, x, ldx, M, K);
+    *out = (XQ){q, s, K};
+    return out;
+}
+/* One block of a row's sums: acc + d·s · Σ q_j·w_j (lanes: the sums of pairs 2l, 2l + 1) */
+__attribute__((target("avx512f,avx512vl,avx512bw"))) static inline __m512 q8_0_xq_block(__m512 acc, const int16_t *qb,
+                                                                                        float sb,
+                                                                                        const BlockQ8_0 *blk) {
+    const __m512i w = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)blk->q));
+    const __m512i p = _mm512_madd_epi16(w, _mm512_loadu_si512((const void *)qb));
+    return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(f16_tab[blk->d] * sb), acc);
+}
+/* out[m] = xq row m · row, m < MR, the weight block widened once for the MR rows */
+#define GEMVQ_X_DEFINE(NAME, MR)                                                                                \
+    __attribute__((target("avx512f,avx512vl,avx512bw"))) static void NAME(float *out, const XQ *xq, int m0,    \
                                                                          const BlockQ8_0 *w, int nb) {          \
         __m512 acc[MR];                                                                                         \
         for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();                                              \
         for (int b = 0; b < nb; b++) {                                                                          \
-            __m512 w01, w23;                                                                                    \
-            QWIDEN_Q8_0_Z(&w[b], w01, w23);                                                                     \
-            const __m512 d = _mm512_set1_ps(f16_tab[w[b].d]);                                                   \
+            const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)w[b].q));              \
+            const float d = f16_tab[w[b].d];                                                                    \
             for (int m = 0; m < MR; m++) {                                                                      \
-                const float *xm = x + (size_t)m * ldx + (size_t)b * QK;                                         \
-                __m512 p = _mm512_mul_ps(_mm512_loadu_ps(xm), w01);                                             \
-                p = _mm512_fmadd_ps(_mm512_loadu_ps(xm + 16), w23, p);                                          \
-                acc[m] = _mm512_fmadd_ps(p, d, acc[m]);                                                         \
+                const size_t r = (size_t)(m0 + m);                                                              \
+                const __m512i p =                                                                               \
+                    _mm512_madd_epi16(wv, _mm512_loadu_si512((const void *)(xq->q + r * xq->K + (size_t)b * QK))); \
+                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * xq->s[r * nb + b]), acc[m]); \
             }                                                                                                   \
         }                                                                                                       \
         for (int m = 0; m < MR; m++) out[m] = hsum16(acc[m]);                                                  \
     }
-GEMVQ_Z_DEFINE(gemv1_q8_0_z, 1)
-GEMVQ_Z_DEFINE(gemv2_q8_0_z, 2)
-GEMVQ_Z_DEFINE(gemv3_q8_0_z, 3)
-GEMVQ_Z_DEFINE(gemv4_q8_0_z, 4)
-/* One block of gemv1_q8_0_z's sums: acc + d · (x[0..16)·q[0..16) + x[16..32)·q[16..32)), 16 lanes */
-__attribute__((target("avx512f,avx512vl,avx512bw"))) static inline __m512 q8_0_z_block(__m512 acc, const float *xb,
-                                                                                       const BlockQ8_0 *blk) {
-    __m512 w01, w23;
-    QWIDEN_Q8_0_Z(blk, w01, w23);
-    __m512 p = _mm512_mul_ps(_mm512_loadu_ps(xb), w01);
-    p = _mm512_fmadd_ps(_mm512_loadu_ps(xb + 16), w23, p);
-    return _mm512_fmadd_ps(p, _mm512_set1_ps(f16_tab[blk->d]), acc);
-}
-/* 4 weight rows against one x row (decode), one row after the other. A thread's rows are adjacent in memory (its
+GEMVQ_X_DEFINE(gemv1_q8_0_x, 1)
+GEMVQ_X_DEFINE(gemv2_q8_0_x, 2)
+GEMVQ_X_DEFINE(gemv3_q8_0_x, 3)
+GEMVQ_X_DEFINE(gemv4_q8_0_x, 4)
+/* 4 weight rows against xq's row 0 (decode), one row after the other. A thread's rows are adjacent in memory (its
  * static share of whole 16-row blocks), so this reads one sequential stream; once per two blocks (68 bytes) it
- * prefetches 1 KiB ahead into L1 and 8 KiB ahead into L2 (software prefetch never faults, also past the end).
- * On the 2-core development VM the hardware prefetcher alone streams 12 to 15 GB/s, this 19 to 24; the far L2
- * prefetch keeps more lines in flight than L1's fill buffers allow, and one prefetch pair per 68 bytes costs fewer
- * instructions than one per block. Against the 4 interleaved rows that prefetched the next group's block: 9 to
- * 13 % more bytes a second from memory (bench/results/cpu-q8-decode-vm-session8.txt). Each row's sums are
- * gemv1_q8_0_z's, in the same order, so the results are unchanged. */
-__attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_z(float *out, const float *x,
+ * prefetches 2 KiB ahead into L1 (software prefetch never faults, also past the end). With the fp32 kernel, a
+ * further prefetch 8 KiB ahead into L2 had helped (bench/results/cpu-q8-decode-vm-session8.txt, an Intel VM); with
+ * this one, on the Zen 4 VM, bench_quant's Q8_0 shapes from memory stream 33-35 GB/s with the L1 prefetch alone,
+ * 25-31 with both (bench/results/cpu-q8-decode-vm-session10.txt). Each row's sums are gemv1_q8_0_x's, in the
+ * same order, so the results are unchanged. */
+__attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(float *out, const XQ *xq,
                                                                                 const BlockQ8_0 *w, int nb) {
-    enum { PF_L1 = 1024, PF_L2 = 8192 };
+    enum { PF_L1 = 2048 };
     for (int r = 0; r < 4; r++) {
         const BlockQ8_0 *row = w + (size_t)r * nb;
         __m512 acc = _mm512_setzero_ps();
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
-            _mm_prefetch((const char *)(row + b) + PF_L2, _MM_HINT_T1);
             _mm_prefetch((const char *)(row + b) + PF_L1, _MM_HINT_T0);
-            acc = q8_0_z_block(acc, x + (size_t)b * QK, row + b);
-            acc = q8_0_z_block(acc, x + (size_t)(b + 1) * QK, row + b + 1);
+            acc = q8_0_xq_block(acc, xq->q + (size_t)b * QK, xq->s[b], row + b);
+            acc = q8_0_xq_block(acc, xq->q + (size_t)(b + 1) * QK, xq->s[b + 1], row + b + 1);
         }
-        if (b < nb) acc = q8_0_z_block(acc, x + (size_t)b * QK, row + b);
+        if (b < nb) acc = q8_0_xq_block(acc, xq->q + (size_t)b * QK, xq->s[b], row + b);
         out[r] = hsum16(acc);
     }
 }
@@ -409,19 +455,21 @@ static void gemvq_scalar(float *out, const float *x, int ldx, int mr, DsW w, int
     }
 }
 
-static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int simd) {
+/* xq (NULL or x quantised, Q8_0 on an AVX-512 CPU) from row m0 */
+static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int simd, const XQ *xq,
+                       int m0) {
     if (!simd) {
         gemvq_scalar(out, x, ldx, mr, w, n, K);
         return;
     }
     int nb = K / QK;
-    if (w.dtype == DS_Q8_0 && cpu_avx512()) {
+    if (xq) {
         const BlockQ8_0 *wr = (const BlockQ8_0 *)w.data + (size_t)n * nb;
         switch (mr) {
-        case 1: gemv1_q8_0_z(out, x, ldx, wr, nb); return;
-        case 2: gemv2_q8_0_z(out, x, ldx, wr, nb); return;
-        case 3: gemv3_q8_0_z(out, x, ldx, wr, nb); return;
-        default: gemv4_q8_0_z(out, x, ldx, wr, nb); return;
+        case 1: gemv1_q8_0_x(out, xq, m0, wr, nb); return;
+        case 2: gemv2_q8_0_x(out, xq, m0, wr, nb); return;
+        case 3: gemv3_q8_0_x(out, xq, m0, wr, nb); return;
+        default: gemv4_q8_0_x(out, xq, m0, wr, nb); return;
         }
     }
     if (w.dtype == DS_Q8_0) {
@@ -446,10 +494,11 @@ static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n
 static int g_force_scalar;
 void ops_cpu_force_scalar(int on) { g_force_scalar = on; }
 
-/* out[m] = x[m]·row(n) for m < mr (<= 4), any weight dtype. */
-static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int avx2) {
+/* out[m] = x[m]·row(n) for m < mr (<= 4), any weight dtype; xq: see gemvq_rows. */
+static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int avx2, const XQ *xq,
+                      int m0) {
     if (quant_is_block(w.dtype)) {
-        gemvq_rows(out, x, ldx, mr, w, n, K, avx2 && cpu_avx2_f16c());
+        gemvq_rows(out, x, ldx, mr, w, n, K, avx2 && cpu_avx2_f16c(), xq, m0);
         return;
     }
     if (avx2 && w.dtype == DS_BF16) {
@@ -482,12 +531,12 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
 }
 
 /* out[0..4) = x · rows n .. n + 3 (decode, M = 1) by the 4-row kernel of w's dtype (bf16 or a block type) */
-static void gemv_r4(float *out, const float *x, DsW w, int n, int K) {
+static void gemv_r4(float *out, const float *x, DsW w, int n, int K, const XQ *xq) {
     const int nb = K / QK;
     if (w.dtype == DS_BF16)
         gemv_r4_bf16(out, x, (const uint16_t *)w.data + (size_t)n * K, K);
-    else if (w.dtype == DS_Q8_0 && cpu_avx512())
-        gemv_r4_q8_0_z(out, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+    else if (xq)
+        gemv_r4_q8_0_x(out, xq, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
     else if (w.dtype == DS_Q8_0)
         gemv_r4_q8_0(out, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
     else
@@ -499,13 +548,13 @@ enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 25
 /* Outputs [bi·GEMV_NB, +GEMV_NB) of linear_gemv's product: the unit its threads share out, so that a product
  * computed in such blocks, by whatever thread, has the same bits. */
 static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
-                       int avx2, int bi) {
+                       int avx2, const XQ *xq, int bi) {
     int n1 = (bi + 1) * GEMV_NB < N ? (bi + 1) * GEMV_NB : N;
     int n = bi * GEMV_NB;
     if (M == 1 && avx2 && (w.dtype == DS_BF16 || (quant_is_block(w.dtype) && cpu_avx2_f16c())))
         for (; n + 4 <= n1; n += 4) { /* decode: 4 weight rows at a time */
             float r[4];
-            gemv_r4(r, x, w, n, K);
+            gemv_r4(r, x, w, n, K, xq);
             for (int j = 0; j < 4; j++) {
                 float b = bias.data ? ds_w_get(bias, n + j) : 0.0f;
                 y[n + j] = (flags & OPS_ACCUM) ? y[n + j] + (r[j] + b) : r[j] + b;
@@ -516,7 +565,7 @@ static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K,
         for (int m0 = 0; m0 < M; m0 += 4) {
             int mr = M - m0 < 4 ? M - m0 : 4;
             float r[4];
-            gemv_rows(r, x + (size_t)m0 * ldx, ldx, mr, w, n, K, avx2);
+            gemv_rows(r, x + (size_t)m0 * ldx, ldx, mr, w, n, K, avx2, xq, m0);
             for (int m = 0; m < mr; m++) {
                 float *o = &y[(size_t)(m0 + m) * ldy + n];
                 *o = (flags & OPS_ACCUM) ? *o + (r[m] + b) : r[m] + b;
@@ -525,11 +574,17 @@ static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K,
     }
 }
 
+/* Whether a product on w quantises x first (the AVX-512 Q8_0 kernels) */
+static int wants_xq(DsW w, int avx2) { return avx2 && w.dtype == DS_Q8_0 && cpu_avx512(); }
+
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     int avx2 = cpu_avx2() && !g_force_scalar;
     int nblk = (N + GEMV_NB - 1) / GEMV_NB;
+    XQ xqs;
+    const XQ *xq = wants_xq(w, avx2) ? xq_rows(&xqs, x, ldx, M, K) : NULL;
+    if (!xq && wants_xq(w, avx2)) avx2 = 0; /* no memory for x's quantised copy: the portable kernel */
 #pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
-    for (int bi = 0; bi < nblk; bi++) gemv_block(y, ldy, x, ldx, M, K, w, N, bias, flags, avx2, bi);
+    for (int bi = 0; bi < nblk; bi++) gemv_block(y, ldy, x, ldx, M, K, w, N, bias, flags, avx2, xq, bi);
 }
 
 /* Several one-row products y_j = x_j · w_jᵀ (decode) as one parallel region: their output blocks in order, shared
@@ -550,13 +605,36 @@ static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
         total += (jobs[j].N + GEMV_NB - 1) / GEMV_NB;
     }
     start[n_jobs] = total;
-    const int avx2 = cpu_avx2() && !g_force_scalar;
+    int avx2 = cpu_avx2() && !g_force_scalar;
+    /* the Q8_0 jobs' x quantised (xq_rows), once for jobs in a row that share it (an expert's gate and up) */
+    XQ xq[MAXJ];
+    const XQ *xqp[MAXJ] = {0};
+    size_t bytes = 0;
+    for (int j = 0; j < n_jobs; j++)
+        if (wants_xq(jobs[j].w, avx2) && !(j && jobs[j - 1].x == jobs[j].x && wants_xq(jobs[j - 1].w, avx2)))
+            bytes += (size_t)jobs[j].K * sizeof(int16_t) + (size_t)(jobs[j].K / QK) * sizeof(float);
+    uint8_t *buf = bytes ? cpu_scratch(SCRATCH_XQ, bytes) : NULL;
+    if (bytes && !buf) avx2 = 0; /* no memory for x's quantised copies: the portable kernels */
+    for (int j = 0; buf && j < n_jobs; j++) {
+        if (!wants_xq(jobs[j].w, avx2)) continue;
+        if (j && xqp[j - 1] && jobs[j - 1].x == jobs[j].x) {
+            xqp[j] = xqp[j - 1];
+            continue;
+        }
+        const int K = jobs[j].K;
+        int16_t *q = (int16_t *)buf;
+        float *sc = (float *)(buf + (size_t)K * sizeof(int16_t));
+        buf += (size_t)K * sizeof(int16_t) + (size_t)(K / QK) * sizeof(float);
+        xq_quantize(q, sc, jobs[j].x, K, 1, K);
+        xq[j] = (XQ){q, sc, K};
+        xqp[j] = &xq[j];
+    }
 #pragma omp parallel for schedule(static)
     for (int t = 0; t < total; t++) {
         int j = 0;
         while (t >= start[j + 1]) j++;
         const GemvJob *b = &jobs[j];
-        gemv_block(b->y, b->N, b->x, b->K, 1, b->K, b->w, b->N, ds_w_none(), 0, avx2, t - start[j]);
+        gemv_block(b->y, b->N, b->x, b->K, 1, b->K, b->w, b->N, ds_w_none(), 0, avx2, xqp[j], t - start[j]);
     }
 }
 

@@ -56,6 +56,10 @@ class Server:
             r = c.getresponse()
             data = r.read()
             return r.status, dict((k.lower(), v) for k, v in r.getheaders()), data
+        except http.client.RemoteDisconnected as e:
+            # the same exception (tests that expect it still catch it), with what the server said meanwhile
+            raise http.client.RemoteDisconnected("%s %s: %s; the server's log ends:\n%s" %
+                                                 (method, path, e, self.text()[-4000:])) from e
         finally:
             c.close()
 
