@@ -1858,6 +1858,7 @@ static void cu_mark(Backend *b, const char *label) {
     if (c->prof_n == c->prof_cap) prof_flush(c);
     CU_CHECK(cudaEventRecord(c->prof_ev[c->prof_n], c->stream));
     c->prof_lab[c->prof_n++] = label;
+    c->prof_last = label;
 }
 
 static void cu_profile_report(Backend *b, void *file) {

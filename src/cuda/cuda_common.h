@@ -88,6 +88,7 @@ typedef struct CudaCtx {
     cudaEvent_t *prof_ev;
     const char **prof_lab;  /* label of the section each event starts */
     int prof_n, prof_cap;
+    const char *prof_last;  /* the label of the last mark (moe_mark names its parts after it) */
     ProfTable prof_tab;
 } CudaCtx;
 

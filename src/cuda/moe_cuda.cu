@@ -1026,6 +1026,21 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
 
 /* The many-row path's routing: the router's logits, each row's top-k (idx, wts) and the rows bucketed by expert
  * (off, pair_row, pos_of, and act: the experts with rows, ascending). */
+/* DSOCR_PROFILE's sections inside a MoE call of many rows: the part's label under the decoder's current section's
+ * prefix ("batch.moe" -> "batch.moe.gateup"; prefill "dec.", one row "step."); nothing when not profiling. */
+enum { MP_ROUTE, MP_GATEUP, MP_DOWN, MP_SHARED, MP_COMBINE, MP_N };
+static void moe_mark(Backend *b, int part) {
+    const CudaCtx *c = cctx(b);
+    if (!c->prof || !c->prof_last || !b->mark) return;
+    static const char *const lab[3][MP_N] = {
+        {"batch.moe.route", "batch.moe.gateup", "batch.moe.down", "batch.moe.shared", "batch.moe.combine"},
+        {"dec.moe.route", "dec.moe.gateup", "dec.moe.down", "dec.moe.shared", "dec.moe.combine"},
+        {"step.moe.route", "step.moe.gateup", "step.moe.down", "step.moe.shared", "step.moe.combine"}};
+    const char *l = c->prof_last;
+    const int pre = !strncmp(l, "batch.", 6) ? 0 : !strncmp(l, "dec.", 4) ? 1 : !strncmp(l, "step.", 5) ? 2 : -1;
+    if (pre >= 0) b->mark(b, lab[pre][part]);
+}
+
 static void route_rows(Backend *b, const MoeSlots *s, const float *x, int n, const BackendMoe *m, int bf,
                        float *router_logits, int32_t *experts) {
     CudaCtx *c = cctx(b);
@@ -1237,6 +1252,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     }
     if (pn.res) cu_add_rmsnorm(b, pn.a, pn.x, pn.res, n, D, norm, pn.eps, flags);
     const int nk = n * K;
+    moe_mark(b, MP_ROUTE);
     route_rows(b, &s, x, n, m, bf, router_logits, experts);
     GroupArgs g;
     g.off = s.off;
@@ -1256,6 +1272,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sN = S;
     g.sy = s.sw;
     const bool mma = group_mma_ok(c, flags, fuse, D, F, x, s.h, wdt, vec_ok);
+    moe_mark(b, MP_GATEUP);
     group_products<true>(c, g, up, down, ny, fuse, mma);
     g.x = s.h;
     g.y = s.ysl;
@@ -1264,15 +1281,18 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sK = S;
     g.sx = s.sw;
     g.sy = s.shared;
+    moe_mark(b, MP_DOWN);
     group_products<false>(c, g, up, down, ny, fuse, mma);
     const float *shared = fuse ? s.shared : NULL;
     if (has_shared && !fuse) {
+        moe_mark(b, MP_SHARED);
         cu_swiglu(b, s.shared, x, n, D, m->d_shared, m->shared.gate, m->shared.up, m->shared.down, flags, s.sw);
         shared = s.shared;
     }
     size_t total = (size_t)n * D;
     unsigned grid = cdiv(total, 256);
     if (grid > 65535 * 8) grid = 65535 * 8;
+    moe_mark(b, MP_COMBINE);
     combine_k<<<grid, 256, 0, c->stream>>>(y, s.ysl, shared, s.idx, s.wts, s.pos_of, n, D, K, bf);
     CU_LAUNCHED();
 }
