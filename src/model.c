@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "quant.h"
 
@@ -240,6 +241,20 @@ static void widen_f32(float *dst, DsW w, size_t off, size_t n) {
     }
 }
 
+/* Memory for the quantised weights: 2 MiB-aligned and, where the kernel has transparent huge pages ("madvise" or
+ * "always"), asked to be backed by them. Decode reads every weight once a token; with 4 KiB pages a 0.6 GB Q8_0
+ * model is 150,000 pages whose TLB misses the GEMV pays (huge pages: 300). Freed with free(). */
+static uint8_t *weights_alloc(size_t n) {
+    enum { HUGE = 2 << 20 };
+    const size_t rounded = (n + HUGE - 1) / HUGE * HUGE;
+    uint8_t *p = aligned_alloc(HUGE, rounded);
+    if (!p) return malloc(n);
+#ifdef MADV_HUGEPAGE
+    (void)madvise(p, rounded, MADV_HUGEPAGE); /* advice only: without THP the pages stay small */
+#endif
+    return p;
+}
+
 DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e) {
     DS_ASSERT((target == DS_Q8_0 || target == DS_Q4_0) && !m->quant_buf && !m->placed);
     size_t *off = calloc((size_t)m->n_bound + 1, sizeof *off);
@@ -258,7 +273,7 @@ DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e) {
         total += (quant_row_bytes(dt, t->shape[1]) * (size_t)t->shape[0] + 63) & ~(size_t)63;
     }
     DsocrStatus st = DSOCR_OK;
-    uint8_t *buf = total ? malloc(total) : NULL;
+    uint8_t *buf = total ? weights_alloc(total) : NULL;
     if (total && !buf) {
         st = ds_fail(e, DSOCR_E_NOMEM, "out of memory quantising the weights (%.2f GiB needed)",
                      (double)total / (1u << 30));
