@@ -4,6 +4,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -325,6 +326,8 @@ typedef struct Ctx {
     DsocrSession *s;
     Document *d;
     const DocOptions *o;
+    pthread_mutex_t *mu;     /* parallel pages: events one at a time; NULL: one thread */
+    pthread_mutex_t *pdf_mu; /* parallel pages: the PDF renderer one page at a time; NULL: one thread */
     char fingerprint[2048];
     char stem_base[512];  /* basename of the stem: crop names */
     char pages_dir[4200]; /* out_dir/stem.pages */
@@ -365,7 +368,10 @@ static cJSON *failed_page(int page, const char *msg, double t_render, double t0)
 }
 
 static void emit(const Ctx *c, DocEvent *ev) {
-    if (c->o->on_event) c->o->on_event(c->o->event_user, ev);
+    if (!c->o->on_event) return;
+    if (c->mu) pthread_mutex_lock(c->mu);
+    c->o->on_event(c->o->event_user, ev);
+    if (c->mu) pthread_mutex_unlock(c->mu);
 }
 
 /* Recognises one page into *pj (status failed on a page-level problem). Returns non-OK only for cancellation,
@@ -380,7 +386,10 @@ static DsocrStatus do_page(Ctx *c, int page, const DocEvent *evbase, cJSON **pj,
     *pj = NULL;
     *n_tok = 0;
     if (c->d->pdf) {
-        if (pdf_render(c->d->pdf, page, o->dpi, &png, &len, &pe)) {
+        if (c->pdf_mu) pthread_mutex_lock(c->pdf_mu);
+        int bad = pdf_render(c->d->pdf, page, o->dpi, &png, &len, &pe);
+        if (c->pdf_mu) pthread_mutex_unlock(c->pdf_mu);
+        if (bad) {
             *pj = failed_page(page, pe.msg, ds_now() - t0, t0);
             return *pj ? DSOCR_OK : ds_fail(e, DSOCR_E_NOMEM, "out of memory");
         }
@@ -445,7 +454,11 @@ static DsocrStatus do_page(Ctx *c, int page, const DocEvent *evbase, cJSON **pj,
             if (have_best) break; /* keep what an earlier attempt gave */
             cJSON_Delete(att);
             att = NULL;
-            *pj = failed_page(page, c->s ? dsocr_session_error(c->s) : "recognition failed", t_render, t0);
+            *pj = failed_page(page,
+                              o->recognize_error ? o->recognize_error(o->recognize_user)
+                              : c->s             ? dsocr_session_error(c->s)
+                                                 : "recognition failed",
+                              t_render, t0);
             break;
         }
         if (r.stop == DSOCR_STOP_CANCEL) {
@@ -774,6 +787,169 @@ static DsocrStatus assemble(const Ctx *c, cJSON *doc, const cJSON *pages, DsErro
     return st;
 }
 
+/* A finished page's record (out_dir/S.pages/NNNN.json): the fingerprint and the page object. */
+static DsocrStatus write_record(const Ctx *c, int pg, cJSON *pj, DsError *e) {
+    cJSON *rec = cJSON_CreateObject();
+    cJSON_AddStringToObject(rec, "fingerprint", c->fingerprint);
+    cJSON_AddItemReferenceToObject(rec, "page", pj);
+    char *txt = cJSON_Print(rec);
+    cJSON_Delete(rec);
+    char path[5000];
+    snprintf(path, sizeof path, "%s/%04d.json", c->pages_dir, pg);
+    DsocrStatus st = txt ? document_write_file(path, txt, strlen(txt), e) : ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    free(txt);
+    return st;
+}
+
+/* ---- pages in flight at once (DocOptions.parallel) ---- */
+
+typedef struct ParPage {
+    int page, cached, n_tok, done;
+    cJSON *pj;
+    double t0;
+    DsocrStatus st;
+    DsError e;
+} ParPage;
+
+typedef struct Par {
+    Ctx *c;
+    pthread_mutex_t mu; /* the pages' states; c->mu is ev_mu, c->pdf_mu pdf_mu */
+    pthread_mutex_t ev_mu, pdf_mu;
+    pthread_cond_t cv;
+    ParPage *pp; /* [n] the selected pages in order */
+    int n, next, stop, n_threads;
+    pthread_t *th;
+} Par;
+
+static void *par_main(void *arg) {
+    Par *p = arg;
+    Ctx *c = p->c;
+    sem_t *slots = c->o->slots;
+    for (;;) {
+        if (slots)
+            while (sem_wait(slots) && errno == EINTR) {
+            }
+        pthread_mutex_lock(&p->mu);
+        int cancel;
+        cancelled_check(c->o, &cancel);
+        if (p->stop || cancel || p->next >= p->n) {
+            if (cancel) p->stop = 1; /* the pages not taken end as cancelled (par_wait) */
+            pthread_cond_broadcast(&p->cv);
+            pthread_mutex_unlock(&p->mu);
+            if (slots) sem_post(slots);
+            return NULL;
+        }
+        ParPage *q = &p->pp[p->next];
+        DocEvent ev = {.source = c->d->name, .page = q->page, .index = p->next, .n_pages = p->n};
+        p->next++;
+        pthread_mutex_unlock(&p->mu);
+        q->t0 = ds_now();
+        cJSON *pj = c->o->out_dir && !c->o->force ? cached_page(c, q->page) : NULL;
+        int n_tok = 0, cached = pj != NULL;
+        DsocrStatus st = DSOCR_OK;
+        DsError e = {0};
+        if (!pj) {
+            ev.kind = DOC_EV_PAGE_START;
+            emit(c, &ev);
+            st = do_page(c, q->page, &ev, &pj, &n_tok, &e);
+            if (!st && c->o->out_dir) st = write_record(c, q->page, pj, &e);
+        }
+        if (slots) sem_post(slots);
+        pthread_mutex_lock(&p->mu);
+        q->pj = pj;
+        q->cached = cached;
+        q->n_tok = n_tok;
+        q->st = st;
+        q->e = e;
+        q->done = 1;
+        if (st) p->stop = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
+
+/* Starts min(parallel, n_sel) page threads over the selected pages. */
+static DsocrStatus par_start(Par *p, Ctx *c, const unsigned char *sel, int n_pages, int n_sel, DsError *e) {
+    memset(p, 0, sizeof *p);
+    p->c = c;
+    p->n = n_sel;
+    p->pp = calloc((size_t)n_sel, sizeof *p->pp);
+    int nt = c->o->parallel < n_sel ? c->o->parallel : n_sel;
+    p->th = calloc((size_t)nt, sizeof *p->th);
+    if (!p->pp || !p->th) {
+        free(p->pp);
+        free(p->th);
+        return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    }
+    for (int pg = 1, k = 0; pg <= n_pages; pg++)
+        if (sel[pg - 1]) p->pp[k++].page = pg;
+    pthread_mutex_init(&p->mu, NULL);
+    pthread_mutex_init(&p->ev_mu, NULL);
+    pthread_mutex_init(&p->pdf_mu, NULL);
+    pthread_cond_init(&p->cv, NULL);
+    c->mu = &p->ev_mu;
+    c->pdf_mu = &p->pdf_mu;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setstacksize(&at, (size_t)2 << 20);
+    for (int i = 0; i < nt; i++) {
+        if (pthread_create(&p->th[i], &at, par_main, p)) break;
+        p->n_threads++;
+    }
+    pthread_attr_destroy(&at);
+    if (!p->n_threads) {
+        c->mu = c->pdf_mu = NULL;
+        pthread_mutex_destroy(&p->mu);
+        pthread_mutex_destroy(&p->ev_mu);
+        pthread_mutex_destroy(&p->pdf_mu);
+        pthread_cond_destroy(&p->cv);
+        free(p->pp);
+        free(p->th);
+        return ds_fail(e, DSOCR_E_NOMEM, "cannot start page threads");
+    }
+    return DSOCR_OK;
+}
+
+/* Waits for the k-th selected page; its object (the caller's), or the failure that stopped its thread. */
+static DsocrStatus par_wait(Par *p, int k, cJSON **pj, int *cached, int *n_tok, double *t0, DsError *e) {
+    pthread_mutex_lock(&p->mu);
+    while (!p->pp[k].done && !(p->stop && k >= p->next)) pthread_cond_wait(&p->cv, &p->mu);
+    ParPage *q = &p->pp[k];
+    DsocrStatus st = DSOCR_OK;
+    if (!q->done) { /* never started: pages are taken in order, so the threads stopped at a cancellation (a failed
+                       page stops them too, but the caller meets that page first) */
+        st = ds_fail(e, DSOCR_E_CANCELLED, "cancelled");
+    } else if (q->st) {
+        st = q->st;
+        *e = q->e;
+    } else {
+        *pj = q->pj;
+        q->pj = NULL;
+        *cached = q->cached;
+        *n_tok = q->n_tok;
+        *t0 = q->t0;
+    }
+    if (st) p->stop = 1;
+    pthread_mutex_unlock(&p->mu);
+    return st;
+}
+
+/* Stops taking pages, joins the threads (pages in flight finish; their records are written) and frees the rest. */
+static void par_end(Par *p) {
+    pthread_mutex_lock(&p->mu);
+    p->stop = 1;
+    pthread_mutex_unlock(&p->mu);
+    for (int i = 0; i < p->n_threads; i++) pthread_join(p->th[i], NULL);
+    p->c->mu = p->c->pdf_mu = NULL;
+    for (int i = 0; i < p->n; i++) cJSON_Delete(p->pp[i].pj);
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->ev_mu);
+    pthread_mutex_destroy(&p->pdf_mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->pp);
+    free(p->th);
+}
+
 DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSON **json, DsError *e) {
     if (json) *json = NULL;
     DocOptions def;
@@ -842,6 +1018,13 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
     int counts[4] = {0};
     double t_all = ds_now();
     int idx = 0;
+    Par par;
+    const int parallel = o->parallel > 1 && n_sel > 1 && o->recognize; /* engine_ocr: one page at a time */
+    if (parallel && (st = par_start(&par, &c, sel, n_pages, n_sel, e))) {
+        free(sel);
+        cJSON_Delete(doc);
+        return st;
+    }
     for (int pg = 1; pg <= n_pages && !st; pg++) {
         if (!sel[pg - 1]) continue;
         int cancel;
@@ -852,23 +1035,18 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
         }
         DocEvent ev = {.source = d->name, .page = pg, .index = idx, .n_pages = n_sel};
         double t0 = ds_now();
-        cJSON *pj = o->out_dir && !o->force ? cached_page(&c, pg) : NULL;
-        int cached = pj != NULL, n_tok = 0;
-        if (!pj) {
-            ev.kind = DOC_EV_PAGE_START;
-            emit(&c, &ev);
-            if ((st = do_page(&c, pg, &ev, &pj, &n_tok, e))) break;
-            if (o->out_dir) {
-                cJSON *rec = cJSON_CreateObject();
-                cJSON_AddStringToObject(rec, "fingerprint", c.fingerprint);
-                cJSON_AddItemReferenceToObject(rec, "page", pj);
-                char *txt = cJSON_Print(rec);
-                cJSON_Delete(rec);
-                char path[5000];
-                snprintf(path, sizeof path, "%s/%04d.json", c.pages_dir, pg);
-                if (!txt) st = ds_fail(e, DSOCR_E_NOMEM, "out of memory");
-                else st = document_write_file(path, txt, strlen(txt), e);
-                free(txt);
+        cJSON *pj = NULL;
+        int cached = 0, n_tok = 0;
+        if (parallel) {
+            if ((st = par_wait(&par, idx, &pj, &cached, &n_tok, &t0, e))) break;
+        } else {
+            pj = o->out_dir && !o->force ? cached_page(&c, pg) : NULL;
+            cached = pj != NULL;
+            if (!pj) {
+                ev.kind = DOC_EV_PAGE_START;
+                emit(&c, &ev);
+                if ((st = do_page(&c, pg, &ev, &pj, &n_tok, e))) break;
+                if (o->out_dir) st = write_record(&c, pg, pj, e);
             }
         }
         char stt[16];
@@ -893,6 +1071,7 @@ DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSO
         }
         idx++;
     }
+    if (parallel) par_end(&par);
     free(sel);
     cJSON *sm = cJSON_AddObjectToObject(doc, "summary");
     cJSON_AddNumberToObject(sm, "ok", counts[0]);

@@ -27,11 +27,13 @@
  * gives the JSON object of S.json without touching the disk (PDF bytes go to a private temporary file for the
  * renderer), with on_event for per-page progress and ocr.on_token for token streaming.
  *
- * Threads: a Document and its run belong to one thread (like the session it uses). */
+ * Threads: a Document and its run belong to one thread (like the session it uses); with DocOptions.parallel the
+ * run starts and joins its own page threads. */
 #ifndef DSOCR_DOCUMENT_H
 #define DSOCR_DOCUMENT_H
 
 #include <cjson/cJSON.h>
+#include <semaphore.h>
 
 #include "dsocr.h"
 #include "engine.h"
@@ -97,6 +99,17 @@ typedef struct DocOptions {
     DsocrStatus (*recognize)(void *user, DsocrSession *s, const void *image, size_t len, const DsocrOcrOptions *o,
                              const EngineDebug *dbg, DsocrResult *out);
     void *recognize_user;
+    /* The message of the calling thread's last failed recognize (NULL: the session's error) */
+    const char *(*recognize_error)(void *user);
+    /* Pages in flight at once (0 or 1: one after another). More needs a recognize that may be called from several
+     * threads at once and decodes their pages together (pagequeue.h): each page is rendered, recognised,
+     * retried, post-processed and written (its files and record) on a thread of its own, and the pages' DONE
+     * events, the JSON and the assembled files still come in page order. on_event is called from those threads
+     * too, one call at a time. */
+    int parallel;
+    /* With parallel: a semaphore that documents run at once share, taken by a page before it is rendered and
+     * given back when it is written, so that all of them together hold at most its count of pages; NULL: none */
+    sem_t *slots;
     void (*on_event)(void *user, const DocEvent *ev);
     void *event_user;
 } DocOptions;

@@ -14,6 +14,10 @@
 
 #include "cli/cli.h"
 #include "document.h"
+#include "pagequeue.h"
+
+#include <pthread.h>
+#include <semaphore.h>
 #include "dump.h"
 #include "engine.h"
 
@@ -60,6 +64,11 @@ static void usage(FILE *f) {
             "  --force-embeds FILE  feed the decoder these image embeddings (an f32 [slots, hidden] dump,\n"
             "                       e.g. another run's image_embeds.bin; same image, mode and model)\n"
             "                       instead of this run's vision output; vision still runs and dumps\n"
+            "  --batch N            decode up to N pages of a PDF together (continuous batching: a page joins\n"
+            "                       when another ends; on a big GPU many times the pages per second of one at a\n"
+            "                       time); files still go one after another. Results and stdout keep page order\n"
+            "                       (without -o each page's raw text is printed when it ends, not token by\n"
+            "                       token). Not with --dump / --force-ids / --force-embeds\n"
             "  --quiet              no progress on stderr\n");
 }
 
@@ -180,6 +189,7 @@ static int collect(Inputs *in, const char *arg, const char *skip_dir) {
 
 typedef struct Prog {
     int tty, quiet, stream;
+    int batch; /* --batch: pages print whole at their DONE event */
     int total, done, cached, pages_run, tokens;
     double decode_s, work_s, t0;
     const char *doc;
@@ -215,13 +225,22 @@ static void clear_bar(Prog *p) {
     if (p->tty && !p->quiet) fprintf(stderr, "\r\033[K");
 }
 
+static void on_event_locked(void *user, const DocEvent *ev);
+/* Documents may run at once (--batch with -o): their events one at a time */
+static pthread_mutex_t g_ev_mu = PTHREAD_MUTEX_INITIALIZER;
 static void on_event(void *user, const DocEvent *ev) {
+    pthread_mutex_lock(&g_ev_mu);
+    on_event_locked(user, ev);
+    pthread_mutex_unlock(&g_ev_mu);
+}
+
+static void on_event_locked(void *user, const DocEvent *ev) {
     Prog *p = user;
     p->doc = ev->source;
     p->page = ev->page;
     if (ev->kind == DOC_EV_PAGE_START) {
         p->stage[0] = 0;
-        if (p->stream && p->any_page) {
+        if (p->stream && p->any_page && !p->batch) {
             fputs("\n<--- Page Split --->\n\n", stdout);
             fflush(stdout);
         }
@@ -231,7 +250,7 @@ static void on_event(void *user, const DocEvent *ev) {
     if (ev->kind == DOC_EV_RETRY) {
         clear_bar(p);
         if (!p->quiet) fprintf(stderr, "dsocr: %s page %d: %s\n", ev->source, ev->page, ev->message);
-        if (p->stream) fputs("\n<--- Retry --->\n\n", stdout);
+        if (p->stream && !p->batch) fputs("\n<--- Retry --->\n\n", stdout);
         draw_bar(p);
         return;
     }
@@ -245,6 +264,11 @@ static void on_event(void *user, const DocEvent *ev) {
         p->work_s += ev->seconds;
         p->tokens += ev->tokens;
         p->decode_s += cJSON_IsNumber(dec) ? dec->valuedouble : 0;
+    }
+    if (p->stream && p->batch) { /* the page's raw text whole, in page order */
+        const cJSON *raw = cJSON_GetObjectItemCaseSensitive(ev->page_json, "raw");
+        if (p->any_page) fputs("\n<--- Page Split --->\n\n", stdout);
+        if (cJSON_IsString(raw)) fputs(raw->valuestring, stdout);
     }
     if (p->stream) {
         fputs("\n", stdout);
@@ -310,6 +334,53 @@ static int parse_int(const char *s, int *out) {
 }
 
 static volatile int g_cancel;
+
+/* --batch with -o: documents run at once on W threads (each its pages through the one queue); the results are
+ * taken in input order. */
+typedef struct DocRun {
+    DsocrStatus st;
+    cJSON *js;
+    DsError e;
+    int done;
+} DocRun;
+typedef struct DocPool {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int next, n;
+    DocRun *runs;
+    const Inputs *in;
+    const DocOptions *d;
+    DsocrSession *s;
+} DocPool;
+
+/* Input i as a document: its status and JSON into r. */
+static void run_one(DsocrSession *s, const DocOptions *d0, const Input *in, DocRun *r) {
+    DocOptions d = *d0;
+    Document *doc = NULL;
+    d.out_stem = in->stem;
+    r->js = NULL;
+    r->st = document_open(in->path, &d, &doc, &r->e);
+    if (!r->st) r->st = document_run(s, doc, &d, &r->js, &r->e);
+    document_close(doc);
+}
+
+static void *pool_main(void *arg) {
+    DocPool *p = arg;
+    for (;;) {
+        pthread_mutex_lock(&p->mu);
+        int i = g_cancel ? p->n : p->next++;
+        if (i >= p->n) pthread_cond_broadcast(&p->cv); /* the reader may wait for an input no one will take */
+        pthread_mutex_unlock(&p->mu);
+        if (i >= p->n) return NULL;
+        DocRun r = {0};
+        run_one(p->s, p->d, &p->in->v[i], &r);
+        pthread_mutex_lock(&p->mu);
+        p->runs[i] = r;
+        p->runs[i].done = 1;
+        pthread_cond_broadcast(&p->cv);
+        pthread_mutex_unlock(&p->mu);
+    }
+}
 static void on_sigint(int sig) {
     (void)sig;
     g_cancel = 1;
@@ -321,7 +392,7 @@ int cli_ocr(int argc, char **argv) {
     document_options_default(&d);
     DsocrOcrOptions *o = &d.ocr;
     const char *model = NULL, *dump = NULL, *force = NULL, *force_emb = NULL, *out_dir = NULL, *formats = NULL;
-    int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0;
+    int threads = 0, quiet = 0, custom = 0, retries = -1, loop_span = 0, timeout = 0, batch = 1;
     const char *device = "auto", *quant = NULL;
     uint64_t gpu_mem = 0;
     const char **args = calloc((size_t)argc + 1, sizeof *args);
@@ -421,6 +492,9 @@ int cli_ocr(int argc, char **argv) {
         } else if (!strcmp(a, "--force-embeds")) {
             NEED();
             force_emb = v;
+        } else if (!strcmp(a, "--batch")) {
+            INT(batch);
+            if (batch < 1 || batch > 4096) BAD("--batch must be within 1..4096");
         } else if (!strcmp(a, "--quiet")) {
             quiet = 1;
         } else if (!strcmp(a, "-o") || !strcmp(a, "--output")) {
@@ -464,6 +538,8 @@ int cli_ocr(int argc, char **argv) {
     char err[1024];
     if (formats && document_parse_formats(formats, &d.formats, err, sizeof err)) BAD("--format: %s", err);
     if (formats && !out_dir) BAD("--format needs -o DIR (without it the raw text goes to stdout)");
+    if (batch > 1 && (dump || force || force_emb))
+        BAD("--dump, --force-ids and --force-embeds run one page at a time: not with --batch");
     {
         ImageMode m;
         if (engine_mode(o, &m, err, sizeof err)) BAD("%s", err);
@@ -514,6 +590,7 @@ int cli_ocr(int argc, char **argv) {
     DsError e = {0};
     DsocrModel *m = NULL;
     DsocrSession *s = NULL;
+    PageQueue *pq = NULL;
     if (force && dump_read_i32(force, &force_ids, &n_force, &e)) {
         fprintf(stderr, "dsocr ocr: %s\n", e.msg);
         rc = 1;
@@ -590,17 +667,60 @@ int cli_ocr(int argc, char **argv) {
     o->on_progress = on_progress;
     o->user = &prog;
     o->cancel = &g_cancel;
+    if (batch > 1) { /* pages from every thread go through one queue, decoded together */
+        if (pq_start(s, batch, &pq, &e)) {
+            fprintf(stderr, "dsocr ocr: %s\n", e.msg);
+            rc = 1;
+            goto out;
+        }
+        d.recognize = pq_recognize;
+        d.recognize_user = pq;
+        d.recognize_error = pq_error;
+        d.parallel = batch + 2; /* a page or two rendered and waiting when a row frees */
+        o->on_token = NULL;     /* pages print whole at their end (on_event) */
+        o->on_progress = NULL;  /* stage lines of many pages at once say nothing */
+        prog.batch = 1;
+    }
     d.on_event = on_event;
     d.event_user = &prog;
     void (*old)(int) = signal(SIGINT, on_sigint);
     int n_failed_docs = 0, counts[4] = {0};
+    /* --batch with -o: up to N documents at once, their pages in flight N + 2 at most in all (DocOptions.slots) */
+    DocPool pool = {.n = in.n, .in = &in, .d = &d, .s = s};
+    pthread_t *pth = NULL;
+    int n_pth = 0, have_slots = 0;
+    sem_t slots;
+    if (pq && out_dir && in.n > 1 && (pool.runs = calloc((size_t)in.n, sizeof *pool.runs)) &&
+        (pth = calloc((size_t)(in.n < batch ? in.n : batch), sizeof *pth)) && !sem_init(&slots, 0, (unsigned)d.parallel)) {
+        have_slots = 1;
+        d.slots = &slots;
+        pthread_mutex_init(&pool.mu, NULL);
+        pthread_cond_init(&pool.cv, NULL);
+        pthread_attr_t at;
+        pthread_attr_init(&at);
+        pthread_attr_setstacksize(&at, (size_t)2 << 20);
+        for (int t = 0; t < (in.n < batch ? in.n : batch); t++)
+            if (!pthread_create(&pth[n_pth], &at, pool_main, &pool)) n_pth++;
+        pthread_attr_destroy(&at);
+    }
     for (int i = 0; i < in.n && !g_cancel; i++) {
-        Document *doc = NULL;
         cJSON *js = NULL;
-        d.out_stem = in.v[i].stem;
-        DsocrStatus st = document_open(in.v[i].path, &d, &doc, &e);
-        if (!st) st = document_run(s, doc, &d, &js, &e);
-        document_close(doc);
+        DsocrStatus st;
+        if (n_pth) { /* the pool's result for input i */
+            pthread_mutex_lock(&pool.mu);
+            while (!pool.runs[i].done && !(g_cancel && i >= pool.next)) pthread_cond_wait(&pool.cv, &pool.mu);
+            int done = pool.runs[i].done;
+            pthread_mutex_unlock(&pool.mu);
+            if (!done) break;
+            st = pool.runs[i].st;
+            js = pool.runs[i].js;
+            pool.runs[i].js = NULL;
+            e = pool.runs[i].e;
+        } else {
+            DocRun r = {0};
+            run_one(s, &d, &in.v[i], &r);
+            st = r.st, js = r.js, e = r.e;
+        }
         if (st == DSOCR_E_CANCELLED) break;
         if (st) {
             clear_bar(&prog);
@@ -634,8 +754,26 @@ int cli_ocr(int argc, char **argv) {
         }
         cJSON_Delete(js);
     }
+    if (n_pth) {
+        pthread_mutex_lock(&pool.mu);
+        pool.next = pool.n; /* no more documents: the threads finish theirs (cancelled ones quickly) */
+        pthread_mutex_unlock(&pool.mu);
+        for (int t = 0; t < n_pth; t++) pthread_join(pth[t], NULL);
+        for (int i = 0; i < in.n; i++) cJSON_Delete(pool.runs[i].js);
+        pthread_mutex_destroy(&pool.mu);
+        pthread_cond_destroy(&pool.cv);
+    }
+    if (have_slots) sem_destroy(&slots);
+    d.slots = NULL;
+    free(pool.runs);
+    free(pth);
     signal(SIGINT, old);
     clear_bar(&prog);
+    if (pq) {
+        int np = 0, most = 0;
+        pq_stats(pq, &np, &most);
+        if (!quiet) fprintf(stderr, "dsocr: batch: %d pages decoded, at most %d at once\n", np, most);
+    }
     if (g_cancel) {
         fprintf(stderr, "dsocr ocr: interrupted%s\n", out_dir ? "; run the same command again to resume" : "");
         rc = 130;
@@ -649,6 +787,7 @@ int cli_ocr(int argc, char **argv) {
                 in.n, in.n == 1 ? "" : "s", prog.done, counts[0], counts[1], counts[2], counts[3], prog.cached,
                 n_failed_docs, n_failed_docs == 1 ? "" : "s", ds_now() - prog.t0);
 out:
+    pq_stop(pq);
     dsocr_session_free(s);
     dsocr_model_free(m);
     free(force_ids);
