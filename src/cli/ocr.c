@@ -64,9 +64,10 @@ static void usage(FILE *f) {
             "  --force-embeds FILE  feed the decoder these image embeddings (an f32 [slots, hidden] dump,\n"
             "                       e.g. another run's image_embeds.bin; same image, mode and model)\n"
             "                       instead of this run's vision output; vision still runs and dumps\n"
-            "  --batch N            decode up to N pages of a PDF together (continuous batching: a page joins\n"
-            "                       when another ends; on a big GPU many times the pages per second of one at a\n"
-            "                       time); files still go one after another. Results and stdout keep page order\n"
+            "  --batch N            decode up to N pages together (continuous batching: a page joins when\n"
+            "                       another ends; on a big GPU many times the pages per second of one at a\n"
+            "                       time): the pages of a PDF, and with -o several files at once (without -o files\n"
+            "                       go one after another). Results and stdout keep page order\n"
             "                       (without -o each page's raw text is printed when it ends, not token by\n"
             "                       token). Not with --dump / --force-ids / --force-embeds\n"
             "  --quiet              no progress on stderr\n");
