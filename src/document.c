@@ -868,6 +868,18 @@ static void *par_main(void *arg) {
     }
 }
 
+/* Frees p once no page thread runs (pages not taken by the caller are dropped: their records are on disk). */
+static void par_free(Par *p) {
+    p->c->mu = p->c->pdf_mu = NULL;
+    for (int i = 0; i < p->n; i++) cJSON_Delete(p->pp[i].pj);
+    pthread_mutex_destroy(&p->mu);
+    pthread_mutex_destroy(&p->ev_mu);
+    pthread_mutex_destroy(&p->pdf_mu);
+    pthread_cond_destroy(&p->cv);
+    free(p->pp);
+    free(p->th);
+}
+
 /* Starts min(parallel, n_sel) page threads over the selected pages. */
 static DsocrStatus par_start(Par *p, Ctx *c, const unsigned char *sel, int n_pages, int n_sel, DsError *e) {
     memset(p, 0, sizeof *p);
@@ -898,13 +910,7 @@ static DsocrStatus par_start(Par *p, Ctx *c, const unsigned char *sel, int n_pag
     }
     pthread_attr_destroy(&at);
     if (!p->n_threads) {
-        c->mu = c->pdf_mu = NULL;
-        pthread_mutex_destroy(&p->mu);
-        pthread_mutex_destroy(&p->ev_mu);
-        pthread_mutex_destroy(&p->pdf_mu);
-        pthread_cond_destroy(&p->cv);
-        free(p->pp);
-        free(p->th);
+        par_free(p);
         return ds_fail(e, DSOCR_E_NOMEM, "cannot start page threads");
     }
     return DSOCR_OK;
@@ -940,14 +946,7 @@ static void par_end(Par *p) {
     p->stop = 1;
     pthread_mutex_unlock(&p->mu);
     for (int i = 0; i < p->n_threads; i++) pthread_join(p->th[i], NULL);
-    p->c->mu = p->c->pdf_mu = NULL;
-    for (int i = 0; i < p->n; i++) cJSON_Delete(p->pp[i].pj);
-    pthread_mutex_destroy(&p->mu);
-    pthread_mutex_destroy(&p->ev_mu);
-    pthread_mutex_destroy(&p->pdf_mu);
-    pthread_cond_destroy(&p->cv);
-    free(p->pp);
-    free(p->th);
+    par_free(p);
 }
 
 DsocrStatus document_run(DsocrSession *s, Document *d, const DocOptions *o, cJSON **json, DsError *e) {

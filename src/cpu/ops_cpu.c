@@ -205,18 +205,10 @@ __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, 
     }
 }
 
-/* Block-quantised GEMV: out[m] = x[m]·dequant(row) for m < MR over nb blocks. Each block's 32 weights are
- * widened to fp32 in registers (Q8_0: sign-extended int8; Q4_0: nibble − 8), multiplied with x by FMA into one
+/* Block-quantised GEMV (Q4_0; Q8_0 goes through the 16-bit kernels below): out[m] = x[m]·dequant(row) for m < MR
+ * over nb blocks. Each block's 32 weights are widened to fp32 in registers (nibble − 8), multiplied with x by FMA into one
  * 8-lane partial per row, which is then scaled by the block's d and added to the row's accumulator:
  *   acc += d_b · Σ_j q_j·x_j  (lanes summed horizontally at the end). */
-#define QWIDEN_Q8_0(blk, w0, w1, w2, w3)                                                                        \
-    do {                                                                                                        \
-        const int8_t *q_ = (blk)->q;                                                                            \
-        w0 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)q_)));                   \
-        w1 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 8))));             \
-        w2 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 16))));            \
-        w3 = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(q_ + 24))));            \
-    } while (0)
 #define QWIDEN_Q4_0(blk, w0, w1, w2, w3)                                                                        \
     do {                                                                                                        \
         __m128i r_ = _mm_loadu_si128((const __m128i *)(blk)->q), m_ = _mm_set1_epi8(0x0f), e_ = _mm_set1_epi8(8); \
@@ -252,10 +244,6 @@ __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, 
             out[m] = _mm_cvtss_f32(h);                                                                          \
         }                                                                                                       \
     }
-GEMVQ_DEFINE(gemv1_q8_0, 1, BlockQ8_0, QWIDEN_Q8_0)
-GEMVQ_DEFINE(gemv2_q8_0, 2, BlockQ8_0, QWIDEN_Q8_0)
-GEMVQ_DEFINE(gemv3_q8_0, 3, BlockQ8_0, QWIDEN_Q8_0)
-GEMVQ_DEFINE(gemv4_q8_0, 4, BlockQ8_0, QWIDEN_Q8_0)
 GEMVQ_DEFINE(gemv1_q4_0, 1, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv2_q4_0, 2, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv3_q4_0, 3, BlockQ4_0, QWIDEN_Q4_0)
@@ -295,7 +283,6 @@ GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
             out[r] = _mm_cvtss_f32(h);                                                                          \
         }                                                                                                       \
     }
-GEMVQ_R4_DEFINE(gemv_r4_q8_0, BlockQ8_0, QWIDEN_Q8_0)
 GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
 /* The Q8_0 GEMV on an AVX-512 CPU (F, BW, VL): x is first quantised to 16-bit integers per block of 32 (xq_rows:
  * x ≈ 2^-e·q, one power of two a block, |q| < 2^15), once per product; then a block's 32 weights are one sign
@@ -307,7 +294,7 @@ GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
  * x's to 15 significant bits of its block's largest magnitude (relative error under 2^-15 of that magnitude;
  * products of small integers, such as test_quant's exact cases, stay exact). All outputs of 1 to 4 rows and the
  * 4-row decode kernel do the same operations in the same order, so they agree bit for bit; an AVX2-only CPU (or
- * DSOCR_NO_AVX512) widens to fp32 as above, so its outputs differ in rounding. */
+ * DSOCR_NO_AVX512) runs the same products in 8 lanes (below), whose outputs differ in rounding. */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(__m512 a) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
     const __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
@@ -418,6 +405,57 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(
         out[r] = hsum16(acc);
     }
 }
+/* The same 16-bit products in 8 lanes (AVX2: a CPU without AVX-512, or DSOCR_NO_AVX512): a block is two sign
+ * extensions, two vpmaddwd, one integer add (each lane the exact sum of 4 products: |sum| < 4·127·2^15 < 2^24, so
+ * the conversion is exact too), one conversion and one FMA, where widening to fp32 took 13 operations. The
+ * outputs differ in rounding from the 16-lane kernels' (the lanes are summed in another order). */
+__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+__attribute__((target("avx2,fma,f16c"))) static inline __m256i q8_0_madd8(const BlockQ8_0 *blk, const int16_t *qb) {
+    const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->q));
+    const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk->q + 16)));
+    return _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)qb)),
+                            _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(qb + 16))));
+}
+#define GEMVQ_X8_DEFINE(NAME, MR)                                                                               \
+    __attribute__((target("avx2,fma,f16c"))) static void NAME(float *out, const XQ *xq, int m0,                \
+                                                              const BlockQ8_0 *w, int nb) {                     \
+        __m256 acc[MR];                                                                                         \
+        for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_ps();                                              \
+        for (int b = 0; b < nb; b++) {                                                                          \
+            const float d = f16_tab[w[b].d];                                                                    \
+            for (int m = 0; m < MR; m++) {                                                                      \
+                const size_t r = (size_t)(m0 + m);                                                              \
+                const __m256i p = q8_0_madd8(&w[b], xq->q + r * xq->K + (size_t)b * QK);                       \
+                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xq->s[r * nb + b]), acc[m]); \
+            }                                                                                                   \
+        }                                                                                                       \
+        for (int m = 0; m < MR; m++) out[m] = hsum8(acc[m]);                                                   \
+    }
+GEMVQ_X8_DEFINE(gemv1_q8_0_x8, 1)
+GEMVQ_X8_DEFINE(gemv2_q8_0_x8, 2)
+GEMVQ_X8_DEFINE(gemv3_q8_0_x8, 3)
+GEMVQ_X8_DEFINE(gemv4_q8_0_x8, 4)
+/* 4 rows against xq's row 0, one after the other, as gemv_r4_q8_0_x (the same prefetch); each row's sums are
+ * gemv1_q8_0_x8's */
+__attribute__((target("avx2,fma,f16c"))) static void gemv_r4_q8_0_x8(float *out, const XQ *xq, const BlockQ8_0 *w,
+                                                                     int nb) {
+    enum { PF_L1 = 2048 };
+    for (int r = 0; r < 4; r++) {
+        const BlockQ8_0 *row = w + (size_t)r * nb;
+        __m256 acc = _mm256_setzero_ps();
+        for (int b = 0; b < nb; b++) {
+            if (!(b & 1)) _mm_prefetch((const char *)(row + b) + PF_L1, _MM_HINT_T0);
+            const __m256i p = q8_0_madd8(row + b, xq->q + (size_t)b * QK);
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_tab[row[b].d] * xq->s[b]), acc);
+        }
+        out[r] = hsum8(acc);
+    }
+}
 
 /* The portable block GEMV: each block dequantised to 32 floats on the stack, then the same sums as above
  * (8 lanes per block, scaled by d, lanes added at the end). */
@@ -463,7 +501,7 @@ static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n
         return;
     }
     int nb = K / QK;
-    if (xq) {
+    if (xq && cpu_avx512()) {
         const BlockQ8_0 *wr = (const BlockQ8_0 *)w.data + (size_t)n * nb;
         switch (mr) {
         case 1: gemv1_q8_0_x(out, xq, m0, wr, nb); return;
@@ -472,15 +510,16 @@ static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n
         default: gemv4_q8_0_x(out, xq, m0, wr, nb); return;
         }
     }
-    if (w.dtype == DS_Q8_0) {
+    if (xq) {
         const BlockQ8_0 *wr = (const BlockQ8_0 *)w.data + (size_t)n * nb;
         switch (mr) {
-        case 1: gemv1_q8_0(out, x, ldx, wr, nb); return;
-        case 2: gemv2_q8_0(out, x, ldx, wr, nb); return;
-        case 3: gemv3_q8_0(out, x, ldx, wr, nb); return;
-        default: gemv4_q8_0(out, x, ldx, wr, nb); return;
+        case 1: gemv1_q8_0_x8(out, xq, m0, wr, nb); return;
+        case 2: gemv2_q8_0_x8(out, xq, m0, wr, nb); return;
+        case 3: gemv3_q8_0_x8(out, xq, m0, wr, nb); return;
+        default: gemv4_q8_0_x8(out, xq, m0, wr, nb); return;
         }
     }
+    DS_ASSERT(w.dtype == DS_Q4_0 && "Q8_0 products get x quantised (wants_xq)");
     const BlockQ4_0 *wr = (const BlockQ4_0 *)w.data + (size_t)n * nb;
     switch (mr) {
     case 1: gemv1_q4_0(out, x, ldx, wr, nb); return;
@@ -535,10 +574,10 @@ static void gemv_r4(float *out, const float *x, DsW w, int n, int K, const XQ *x
     const int nb = K / QK;
     if (w.dtype == DS_BF16)
         gemv_r4_bf16(out, x, (const uint16_t *)w.data + (size_t)n * K, K);
-    else if (xq)
+    else if (xq && cpu_avx512())
         gemv_r4_q8_0_x(out, xq, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
-    else if (w.dtype == DS_Q8_0)
-        gemv_r4_q8_0(out, x, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+    else if (xq)
+        gemv_r4_q8_0_x8(out, xq, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
     else
         gemv_r4_q4_0(out, x, (const BlockQ4_0 *)w.data + (size_t)n * nb, nb);
 }
@@ -574,8 +613,8 @@ static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K,
     }
 }
 
-/* Whether a product on w quantises x first (the AVX-512 Q8_0 kernels) */
-static int wants_xq(DsW w, int avx2) { return avx2 && w.dtype == DS_Q8_0 && cpu_avx512(); }
+/* Whether a product on w quantises x first (the 16-bit Q8_0 kernels, AVX-512 or AVX2) */
+static int wants_xq(DsW w, int avx2) { return avx2 && w.dtype == DS_Q8_0 && cpu_avx2_f16c(); }
 
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     int avx2 = cpu_avx2() && !g_force_scalar;
