@@ -582,7 +582,7 @@ static void gemv_r4(float *out, const float *x, DsW w, int n, int K, const XQ *x
         gemv_r4_q4_0(out, x, (const BlockQ4_0 *)w.data + (size_t)n * nb, nb);
 }
 
-enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 128, GEMM_NB = 256, GEMM_KB = 256 };
+enum { GEMV_NB = 16, GEMV_MAX_M = 16, GEMM_MB = 512, GEMM_NB = 256, GEMM_KB = 256 };
 
 /* Outputs [bi·GEMV_NB, +GEMV_NB) of linear_gemv's product: the unit its threads share out, so that a product
  * computed in such blocks, by whatever thread, has the same bits. */
