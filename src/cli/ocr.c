@@ -4,6 +4,8 @@
  * terminal, log lines otherwise. */
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
+#include <semaphore.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -14,12 +16,9 @@
 
 #include "cli/cli.h"
 #include "document.h"
-#include "pagequeue.h"
-
-#include <pthread.h>
-#include <semaphore.h>
 #include "dump.h"
 #include "engine.h"
+#include "pagequeue.h"
 
 static void usage(FILE *f) {
     fprintf(f,
@@ -226,15 +225,6 @@ static void clear_bar(Prog *p) {
     if (p->tty && !p->quiet) fprintf(stderr, "\r\033[K");
 }
 
-static void on_event_locked(void *user, const DocEvent *ev);
-/* Documents may run at once (--batch with -o): their events one at a time */
-static pthread_mutex_t g_ev_mu = PTHREAD_MUTEX_INITIALIZER;
-static void on_event(void *user, const DocEvent *ev) {
-    pthread_mutex_lock(&g_ev_mu);
-    on_event_locked(user, ev);
-    pthread_mutex_unlock(&g_ev_mu);
-}
-
 static void on_event_locked(void *user, const DocEvent *ev) {
     Prog *p = user;
     p->doc = ev->source;
@@ -297,6 +287,14 @@ static void on_event_locked(void *user, const DocEvent *ev) {
         fprintf(stderr, "dsocr: %s page %d/%d: %s, %d tokens, %.2f s%s%s [%d/%d pages]\n", ev->source, ev->page,
                 ev->n_pages, ev->status, ev->tokens, ev->seconds, ev->message ? ": " : "",
                 ev->message ? ev->message : "", p->done, p->total);
+}
+
+/* Documents may run at once (--batch with -o): their events one at a time */
+static pthread_mutex_t g_ev_mu = PTHREAD_MUTEX_INITIALIZER;
+static void on_event(void *user, const DocEvent *ev) {
+    pthread_mutex_lock(&g_ev_mu);
+    on_event_locked(user, ev);
+    pthread_mutex_unlock(&g_ev_mu);
 }
 
 static void on_progress(void *user, const char *line) {
@@ -689,18 +687,18 @@ int cli_ocr(int argc, char **argv) {
     /* --batch with -o: up to N documents at once, their pages in flight N + 2 at most in all (DocOptions.slots) */
     DocPool pool = {.n = in.n, .in = &in, .d = &d, .s = s};
     pthread_t *pth = NULL;
-    int n_pth = 0, have_slots = 0;
+    const int n_workers = in.n < batch ? in.n : batch;
+    int n_pth = 0;
     sem_t slots;
     if (pq && out_dir && in.n > 1 && (pool.runs = calloc((size_t)in.n, sizeof *pool.runs)) &&
-        (pth = calloc((size_t)(in.n < batch ? in.n : batch), sizeof *pth)) && !sem_init(&slots, 0, (unsigned)d.parallel)) {
-        have_slots = 1;
+        (pth = calloc((size_t)n_workers, sizeof *pth)) && !sem_init(&slots, 0, (unsigned)d.parallel)) {
         d.slots = &slots;
         pthread_mutex_init(&pool.mu, NULL);
         pthread_cond_init(&pool.cv, NULL);
         pthread_attr_t at;
         pthread_attr_init(&at);
         pthread_attr_setstacksize(&at, (size_t)2 << 20);
-        for (int t = 0; t < (in.n < batch ? in.n : batch); t++)
+        for (int t = 0; t < n_workers; t++)
             if (!pthread_create(&pth[n_pth], &at, pool_main, &pool)) n_pth++;
         pthread_attr_destroy(&at);
     }
@@ -764,7 +762,7 @@ int cli_ocr(int argc, char **argv) {
         pthread_mutex_destroy(&pool.mu);
         pthread_cond_destroy(&pool.cv);
     }
-    if (have_slots) sem_destroy(&slots);
+    if (d.slots) sem_destroy(d.slots);
     d.slots = NULL;
     free(pool.runs);
     free(pth);

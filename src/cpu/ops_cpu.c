@@ -85,6 +85,14 @@ static inline int cpu_avx512(void) {
 /* Work below this many elements runs on the calling thread only (a parallel region costs microseconds). */
 enum { PAR_MIN = 1 << 14 };
 
+/* The sum of 8 lanes, in the order every 8-lane kernel here sums them (halves, then pairs, then the last two) */
+__attribute__((target("avx2"))) static inline float hsum8(__m256 a) {
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_add_ss(h, _mm_movehdup_ps(h));
+    return _mm_cvtss_f32(h);
+}
+
 /* Widens n weights starting at element off into dst (fp32). */
 /* bf16 to fp32 in eight lanes (the GEMM tiles' and MoE experts' weights: widening was their largest cost) */
 __attribute__((target("avx2"))) static void widen_bf16_avx2(float *dst, const uint16_t *s, int n) {
@@ -139,11 +147,7 @@ static void w_widen(float *dst, DsW w, size_t off, int n) {
             }                                                                                                   \
         }                                                                                                       \
         for (int m = 0; m < MR; m++) {                                                                          \
-            __m256 s = _mm256_add_ps(a0[m], a1[m]);                                                             \
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));                      \
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
-            float r = _mm_cvtss_f32(h);                                                                         \
+            float r = hsum8(_mm256_add_ps(a0[m], a1[m]));                                                       \
             for (int kk = k; kk < K; kk++) r += x[(size_t)m * ldx + kk] * WSCALAR(w[kk]);                     \
             out[m] = r;                                                                                         \
         }                                                                                                       \
@@ -195,11 +199,7 @@ __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, 
         }
     }
     for (int r = 0; r < 4; r++) {
-        __m256 s = _mm256_add_ps(a0[r], a1[r]);
-        __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-        h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-        h = _mm_add_ss(h, _mm_movehdup_ps(h));
-        float v = _mm_cvtss_f32(h);
+        float v = hsum8(_mm256_add_ps(a0[r], a1[r]));
         for (int kk = k; kk < K; kk++) v += x[kk] * bf16_to_f32(w[(size_t)r * K + kk]);
         out[r] = v;
     }
@@ -237,12 +237,7 @@ __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, 
                 acc[m] = _mm256_fmadd_ps(p, d, acc[m]);                                                         \
             }                                                                                                   \
         }                                                                                                       \
-        for (int m = 0; m < MR; m++) {                                                                          \
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[m]), _mm256_extractf128_ps(acc[m], 1));            \
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
-            out[m] = _mm_cvtss_f32(h);                                                                          \
-        }                                                                                                       \
+        for (int m = 0; m < MR; m++) out[m] = hsum8(acc[m]);                                                   \
     }
 GEMVQ_DEFINE(gemv1_q4_0, 1, BlockQ4_0, QWIDEN_Q4_0)
 GEMVQ_DEFINE(gemv2_q4_0, 2, BlockQ4_0, QWIDEN_Q4_0)
@@ -276,12 +271,7 @@ GEMVQ_DEFINE(gemv4_q4_0, 4, BlockQ4_0, QWIDEN_Q4_0)
                 acc[r] = _mm256_fmadd_ps(p, d, acc[r]);                                                         \
             }                                                                                                   \
         }                                                                                                       \
-        for (int r = 0; r < 4; r++) {                                                                           \
-            __m128 h = _mm_add_ps(_mm256_castps256_ps128(acc[r]), _mm256_extractf128_ps(acc[r], 1));            \
-            h = _mm_add_ps(h, _mm_movehl_ps(h, h));                                                             \
-            h = _mm_add_ss(h, _mm_movehdup_ps(h));                                                              \
-            out[r] = _mm_cvtss_f32(h);                                                                          \
-        }                                                                                                       \
+        for (int r = 0; r < 4; r++) out[r] = hsum8(acc[r]);                                                    \
     }
 GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
 /* The Q8_0 GEMV on an AVX-512 CPU (F, BW, VL): x is first quantised to 16-bit integers per block of 32 (xq_rows:
@@ -297,11 +287,7 @@ GEMVQ_R4_DEFINE(gemv_r4_q4_0, BlockQ4_0, QWIDEN_Q4_0)
  * DSOCR_NO_AVX512) runs the same products in 8 lanes (below), whose outputs differ in rounding. */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(__m512 a) {
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
-    const __m256 s = _mm256_add_ps(_mm512_castps512_ps256(a), hi);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
+    return hsum8(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
 }
 /* x quantised for the Q8_0 GEMV: row m's block b is q[m·K + 32b ..] · s[m·K/32 + b] */
 typedef struct {
@@ -340,16 +326,21 @@ static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, in
             s[(size_t)m * nb + b] = down;
         }
 }
-/* x quantised in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
- * keeps the fp32 kernels). */
-static const XQ *xq_rows(XQ *out, const float *x, int ldx, int M, int K) {
-    const size_t nq = (size_t)M * K, bytes = nq * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float);
-    uint8_t *buf = cpu_scratch(SCRATCH_XQ, bytes);
-    if (!buf) return NULL;
+/* Bytes of M rows of K quantised (q, then s) */
+static size_t xq_bytes(int M, int K) { return (size_t)M * K * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float); }
+/* M rows of x quantised into buf (xq_bytes(M, K) of them), described by *out */
+static void xq_into(XQ *out, uint8_t *buf, const float *x, int ldx, int M, int K) {
     int16_t *q = (int16_t *)buf;
-    float *s = (float *)(buf + nq * sizeof(int16_t));
+    float *s = (float *)(buf + (size_t)M * K * sizeof(int16_t));
     xq_quantize(q, s, x, ldx, M, K);
     *out = (XQ){q, s, K};
+}
+/* x quantised in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
+ * takes the portable kernels). */
+static const XQ *xq_rows(XQ *out, const float *x, int ldx, int M, int K) {
+    uint8_t *buf = cpu_scratch(SCRATCH_XQ, xq_bytes(M, K));
+    if (!buf) return NULL;
+    xq_into(out, buf, x, ldx, M, K);
     return out;
 }
 /* One block of a row's sums: acc + d·s · Σ q_j·w_j (lanes: the sums of pairs 2l, 2l + 1) */
@@ -409,12 +400,6 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(
  * extensions, two vpmaddwd, one integer add (each lane the exact sum of 4 products: |sum| < 4·127·2^15 < 2^24, so
  * the conversion is exact too), one conversion and one FMA, where widening to fp32 took 13 operations. The
  * outputs differ in rounding from the 16-lane kernels' (the lanes are summed in another order). */
-__attribute__((target("avx2,fma,f16c"))) static inline float hsum8(__m256 a) {
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(a), _mm256_extractf128_ps(a, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    return _mm_cvtss_f32(h);
-}
 __attribute__((target("avx2,fma,f16c"))) static inline __m256i q8_0_madd8(const BlockQ8_0 *blk, const int16_t *qb) {
     const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->q));
     const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk->q + 16)));
@@ -493,7 +478,7 @@ static void gemvq_scalar(float *out, const float *x, int ldx, int mr, DsW w, int
     }
 }
 
-/* xq (NULL or x quantised, Q8_0 on an AVX-512 CPU) from row m0 */
+/* xq: NULL, or x quantised from row m0 for the 16-bit Q8_0 kernels (wants_xq) */
 static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n, int K, int simd, const XQ *xq,
                        int m0) {
     if (!simd) {
@@ -651,7 +636,7 @@ static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
     size_t bytes = 0;
     for (int j = 0; j < n_jobs; j++)
         if (wants_xq(jobs[j].w, avx2) && !(j && jobs[j - 1].x == jobs[j].x && wants_xq(jobs[j - 1].w, avx2)))
-            bytes += (size_t)jobs[j].K * sizeof(int16_t) + (size_t)(jobs[j].K / QK) * sizeof(float);
+            bytes += xq_bytes(1, jobs[j].K);
     uint8_t *buf = bytes ? cpu_scratch(SCRATCH_XQ, bytes) : NULL;
     if (bytes && !buf) avx2 = 0; /* no memory for x's quantised copies: the portable kernels */
     for (int j = 0; buf && j < n_jobs; j++) {
@@ -660,12 +645,8 @@ static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
             xqp[j] = xqp[j - 1];
             continue;
         }
-        const int K = jobs[j].K;
-        int16_t *q = (int16_t *)buf;
-        float *sc = (float *)(buf + (size_t)K * sizeof(int16_t));
-        buf += (size_t)K * sizeof(int16_t) + (size_t)(K / QK) * sizeof(float);
-        xq_quantize(q, sc, jobs[j].x, K, 1, K);
-        xq[j] = (XQ){q, sc, K};
+        xq_into(&xq[j], buf, jobs[j].x, jobs[j].K, 1, jobs[j].K);
+        buf += xq_bytes(1, jobs[j].K);
         xqp[j] = &xq[j];
     }
 #pragma omp parallel for schedule(static)
@@ -1108,11 +1089,7 @@ __attribute__((target("avx2,fma"))) static float dot_f32_bf16_avx2(const float *
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
     }
-    __m256 s = _mm256_add_ps(a0, a1);
-    __m128 h = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
-    h = _mm_add_ss(h, _mm_movehdup_ps(h));
-    float r = _mm_cvtss_f32(h);
+    float r = hsum8(_mm256_add_ps(a0, a1));
     for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
     return r;
 }

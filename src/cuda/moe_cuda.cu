@@ -1024,8 +1024,6 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
     return true;
 }
 
-/* The many-row path's routing: the router's logits, each row's top-k (idx, wts) and the rows bucketed by expert
- * (off, pair_row, pos_of, and act: the experts with rows, ascending). */
 /* DSOCR_PROFILE's sections inside a MoE call of many rows: the part's label under the decoder's current section's
  * prefix ("batch.moe" -> "batch.moe.gateup"; prefill "dec.", one row "step."); nothing when not profiling. */
 enum { MP_ROUTE, MP_GATEUP, MP_DOWN, MP_SHARED, MP_COMBINE, MP_N };
@@ -1041,6 +1039,8 @@ static void moe_mark(Backend *b, int part) {
     if (pre >= 0) b->mark(b, lab[pre][part]);
 }
 
+/* The many-row path's routing: the router's logits, each row's top-k (idx, wts) and the rows bucketed by expert
+ * (off, pair_row, pos_of, and act: the experts with rows, ascending). */
 static void route_rows(Backend *b, const MoeSlots *s, const float *x, int n, const BackendMoe *m, int bf,
                        float *router_logits, int32_t *experts) {
     CudaCtx *c = cctx(b);
