@@ -9,11 +9,14 @@
  * margins rule: max_divergence_margin, see divergence_margin; DSOCR_BATCH_EXACT=1 keeps one row's fp32 sums).
  * Usage: bench_batch --model DIR [--device cpu|cuda] [--quant q8_0|q4] [--gpu-mem SIZE] [--image FILE]
  *                    [--mode base|gundam|...] [--tokens N] [--batches 1,8,32] [--check] [--check-pages N]
- *                    [--ngram N] [--copies]
+ *                    [--ngram N] [--copies] [--precision bf16|fp32]
  * The B pages are the image with a small square of its own XOR-ed into each (page_variant), so that they decode to
  * different tokens and route to different experts as a batch of real documents does; --copies: B identical
  * copies (every row then picks the same 6 experts: the MoE's worst case). --check-pages: how many of each batch's
  * first pages run alone for --check (default 4).
+ * --precision: bf16 (default, as `dsocr bench` and the GPU's default; the official rounding points, and the
+ * batch's products on the tensor cores) or fp32 (every product with fp32 inputs: the grouped MoE products on the
+ * SIMT kernels; issue 13's session-9 tables ran so, unnamed).
  * --ngram N: the n-gram guard's size (0 = off; default the profile's). With DSOCR_PROFILE=1 the backend's
  * sections of each batch go to stderr (batch.*: the batch's steps; dec.*: the pages' prefills; (idle): the host's
  * work between them). */
@@ -96,7 +99,7 @@ static double divergence_margin(DsocrSession *s, const void *bytes, size_t len, 
 
 int main(int argc, char **argv) {
     const char *model = NULL, *device = "cpu", *quant = NULL, *image = "tests/images/portrait.jpg", *mode = "base";
-    const char *batches = "1,8,32", *gpu_mem = NULL;
+    const char *batches = "1,8,32", *gpu_mem = NULL, *precision = "bf16";
     int tokens = 1000, check = 0, ngram = -1, copies = 0, check_pages = 4;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -113,13 +116,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(a, "--check-pages") && more) check_pages = atoi(argv[++i]);
         else if (!strcmp(a, "--copies")) copies = 1;
         else if (!strcmp(a, "--ngram") && more) ngram = atoi(argv[++i]);
+        else if (!strcmp(a, "--precision") && more) precision = argv[++i];
         else {
             fprintf(stderr, "bench_batch: unknown or incomplete option %s (see the file's header)\n", a);
             return 2;
         }
     }
-    if (!model || tokens < 1) {
-        fprintf(stderr, "bench_batch: --model DIR is needed, --tokens >= 1\n");
+    if (!model || tokens < 1 || (strcmp(precision, "bf16") && strcmp(precision, "fp32"))) {
+        fprintf(stderr, "bench_batch: --model DIR is needed, --tokens >= 1, --precision bf16 or fp32\n");
         return 2;
     }
     char *bytes = NULL, err[1024];
@@ -153,8 +157,8 @@ int main(int argc, char **argv) {
     hwinfo_probe(&hw, 0);
     printf("  \"machine\": {\"cpu\": \"%s\", \"cpus\": %d, \"device\": \"%s\", \"gpu\": \"%s\"},\n", hw.cpu_model,
            hw.cpus, di.device, di.gpu_name);
-    printf("  \"model\": \"%s\", \"quant\": \"%s\", \"image\": \"%s\", \"mode\": \"%s\",\n  \"runs\": [", model,
-           quant ? quant : "bf16", image, mode);
+    printf("  \"model\": \"%s\", \"quant\": \"%s\", \"precision\": \"%s\", \"image\": \"%s\", \"mode\": \"%s\",\n"
+           "  \"runs\": [", model, quant ? quant : "bf16", precision, image, mode);
     int rc = 0, first = 1;
     for (const char *p = batches; *p && !rc;) {
         const int B = atoi(p);
@@ -177,6 +181,7 @@ int main(int argc, char **argv) {
         o.max_tokens = tokens;
         o.ignore_eos = 1;
         o.no_repeat_ngram = ngram;
+        o.precision = strcmp(precision, "fp32") ? DSOCR_PRECISION_BF16 : DSOCR_PRECISION_FP32;
         Backend *be = engine_model_backend(m);
         if (be->profile_report) be->profile_report(be, NULL); /* forget the sections before this batch */
         const double t0 = ds_now();

@@ -14,6 +14,9 @@
 #           two pages of every batch) for bf16 and Q8_0 at B = 1, 8, 32, 64, 128, then bf16 B = 128 for 300 tokens
 #           with DSOCR_PROFILE=1 (batch.* sections: the batch's steps; dec.*: the pages' prefills), then gundam
 #           pages at B = 64 (pages per second)
+#   batchprof  only the profile run of batch (B = 128, 300 tokens, DSOCR_PROFILE=1)
+#   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
+#           base and gundam; the PyTorch reference's stage times beside them)
 #   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
 #           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
 #           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
@@ -135,9 +138,20 @@ if has batch; then
         $BB $qa --batches 1,8,32,64,128 --check --check-pages 2 > "$OUT/batch-$q.json" 2> "$OUT/batch-$q.err"
         echo "bench_batch $q rc $?"; grep '"batch"' "$OUT/batch-$q.json" | cut -c1-200; tail -2 "$OUT/batch-$q.err"
     done
+    $BB --mode gundam --batches 64 > "$OUT/batch-gundam.json" 2> "$OUT/batch-gundam.err"
+    echo "bench_batch gundam rc $?"; grep '"batch"' "$OUT/batch-gundam.json" | cut -c1-200
+fi
+if has batch || has batchprof; then
+    full_ckpt
     DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --batches 128 --tokens 300 \
         > "$OUT/batch-profile.json" 2> "$OUT/batch-profile.err"
     grep '"batch"' "$OUT/batch-profile.json" | cut -c1-200; grep -E "profile (batch\.|\(idle\)|total)" "$OUT/batch-profile.err"
-    $BB --mode gundam --batches 64 > "$OUT/batch-gundam.json" 2> "$OUT/batch-gundam.err"
-    echo "bench_batch gundam rc $?"; grep '"batch"' "$OUT/batch-gundam.json" | cut -c1-200
+fi
+if has cpu; then
+    full_ckpt
+    timeout 540 tools/bench_cpu.sh $M "$OUT/bench-cpu-host.json" "the GPU machine's CPU, $(nproc) cores" \
+        2> "$OUT/bench-cpu-host.err"
+    echo "bench_cpu rc $?"; tail -3 "$OUT/bench-cpu-host.err"
+    python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['speedup'])); \
+[print(o['quant'], json.dumps(o['of_ceilings']), o['memory']) for o in d['dsocr']]" "$OUT/bench-cpu-host.json"
 fi

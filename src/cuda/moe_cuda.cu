@@ -1025,15 +1025,19 @@ bool cu_swiglu1(Backend *b, float *y, const float *x, int D, int F, DsW gate, Ds
 }
 
 /* DSOCR_PROFILE's sections inside a MoE call of many rows: the part's label under the decoder's current section's
- * prefix ("batch.moe" -> "batch.moe.gateup"; prefill "dec.", one row "step."); nothing when not profiling. */
-enum { MP_ROUTE, MP_GATEUP, MP_DOWN, MP_SHARED, MP_COMBINE, MP_N };
+ * prefix ("batch.moe" -> "batch.moe.gateup"; prefill "dec.", one row "step."; "_simt": the grouped products on the
+ * SIMT kernels, not group_mma_k); nothing when not profiling. */
+enum { MP_ROUTE, MP_GATEUP, MP_DOWN, MP_SHARED, MP_COMBINE, MP_GATEUP_SIMT, MP_DOWN_SIMT, MP_N };
 static void moe_mark(Backend *b, int part) {
     const CudaCtx *c = cctx(b);
     if (!c->prof || !c->prof_last || !b->mark) return;
     static const char *const lab[3][MP_N] = {
-        {"batch.moe.route", "batch.moe.gateup", "batch.moe.down", "batch.moe.shared", "batch.moe.combine"},
-        {"dec.moe.route", "dec.moe.gateup", "dec.moe.down", "dec.moe.shared", "dec.moe.combine"},
-        {"step.moe.route", "step.moe.gateup", "step.moe.down", "step.moe.shared", "step.moe.combine"}};
+        {"batch.moe.route", "batch.moe.gateup", "batch.moe.down", "batch.moe.shared", "batch.moe.combine",
+         "batch.moe.gateup_simt", "batch.moe.down_simt"},
+        {"dec.moe.route", "dec.moe.gateup", "dec.moe.down", "dec.moe.shared", "dec.moe.combine", "dec.moe.gateup_simt",
+         "dec.moe.down_simt"},
+        {"step.moe.route", "step.moe.gateup", "step.moe.down", "step.moe.shared", "step.moe.combine",
+         "step.moe.gateup_simt", "step.moe.down_simt"}};
     const char *l = c->prof_last;
     const int pre = !strncmp(l, "batch.", 6) ? 0 : !strncmp(l, "dec.", 4) ? 1 : !strncmp(l, "step.", 5) ? 2 : -1;
     if (pre >= 0) b->mark(b, lab[pre][part]);
@@ -1272,7 +1276,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sN = S;
     g.sy = s.sw;
     const bool mma = group_mma_ok(c, flags, fuse, D, F, x, s.h, wdt, vec_ok);
-    moe_mark(b, MP_GATEUP);
+    moe_mark(b, mma ? MP_GATEUP : MP_GATEUP_SIMT);
     group_products<true>(c, g, up, down, ny, fuse, mma);
     g.x = s.h;
     g.y = s.ysl;
@@ -1281,7 +1285,7 @@ static void moe_impl(Backend *b, float *y, const float *x, int n, const BackendM
     g.sK = S;
     g.sx = s.sw;
     g.sy = s.shared;
-    moe_mark(b, MP_DOWN);
+    moe_mark(b, mma ? MP_DOWN : MP_DOWN_SIMT);
     group_products<false>(c, g, up, down, ny, fuse, mma);
     const float *shared = fuse ? s.shared : NULL;
     if (has_shared && !fuse) {

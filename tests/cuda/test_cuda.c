@@ -1160,7 +1160,10 @@ static void moe_case_dt(int n, int E, int K, int D, int F, int S, int bf, int wd
         float *gh = down(hy, (size_t)n * D);
         int32_t *ghi = malloc((size_t)n * K * 4);
         B->download(B, ghi, hi, (size_t)n * K * 4);
-        EXPECT_ERR(rel_l2(gh, y, (size_t)n * D), tol, "hybrid moe n%d E%d k%d D%d F%d shared%d bf16%d %s/%s", n, E, K,
+        /* the CPU's Q8_0 products round x to 16 bits a 32-block (cpu/ops_cpu.c xq_quantize): a relative
+         * error up to 2^-15 an element, a few 1e-5 over a layer in fp32 */
+        const double htol = !bf && wdt == DS_Q8_0 && tol < 1e-4 ? 1e-4 : tol;
+        EXPECT_ERR(rel_l2(gh, y, (size_t)n * D), htol, "hybrid moe n%d E%d k%d D%d F%d shared%d bf16%d %s/%s", n, E, K,
                    D, F, S, bf, dt_name(wdt), dt_name(swdt));
         CHECKF(!memcmp(ghi, idx, (size_t)n * K * 4), "hybrid moe expert choice differs (n%d E%d k%d)", n, E, K);
         /* from CU_MOE_STREAM_ROWS rows the host's experts are copied to the GPU and go through the all-GPU
