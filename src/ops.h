@@ -127,6 +127,8 @@ void ops_scale_add_ref(float *y, float s, const float *x, size_t n);
 void ops_scale_add_cpu(float *y, float s, const float *x, size_t n);
 void ops_round_bf16_ref(float *x, size_t n);
 void ops_round_bf16_cpu(float *x, size_t n);
+/* rows [M, N] of stride ldy rounded to bf16 in place */
+void ops_round_bf16_rows_cpu(float *y, int ldy, int M, int N);
 
 /* Softmax over each of M rows of width n (in place allowed), max-subtracted, fp32. */
 void ops_softmax_ref(float *y, int ldy, const float *x, int ldx, int M, int n);
@@ -281,5 +283,17 @@ void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, 
  * product in one parallel region and every down product in a second (not 3n). Scratch of its own (per thread). */
 void ops_expert_ffn1_many_cpu(float *const *y, const float *x, int d_model, const int *d_ff, const DsW *gate,
                               const DsW *up, const DsW *down, int n, int flags);
+/* n expert FFNs, each over its own M rows (a prefill chunk's experts and the shared ones): e[i].y [M, d_model] =
+ * ops_expert_ffn_cpu(e[i].x [M, d_model], ...) with the same rounding points, every gate/up product in one parallel
+ * region and every down product in a second, each product's tiles shared out among the threads (an expert's few
+ * rows alone would keep most threads idle). A product of several row tiles may part from ops_expert_ffn_cpu's in
+ * the last bits (its tiles widen their own weights). Scratch of its own (per thread). */
+typedef struct {
+    float *y;
+    const float *x;
+    int M, d_ff;
+    DsW gate, up, down;
+} OpsExpertJob;
+void ops_expert_ffn_jobs_cpu(const OpsExpertJob *e, int n, int d_model, int flags);
 
 #endif

@@ -194,6 +194,44 @@ static void test_elementwise(void) {
     float r[4] = {1.0f + 1.0f / 256, 1.0f + 3.0f / 256, -1.0f - 1.0f / 128, 1.0f + 1.0f / 256 + 1.0f / 65536};
     ops_round_bf16_cpu(r, 4);
     CHECK(r[0] == 1.0f && r[1] == 1.0f + 1.0f / 64 && r[2] == -1.0f - 1.0f / 128 && r[3] == 1.0f + 1.0f / 128);
+    /* every kind of float bits (NaNs quiet and signalling, infinities, the largest finite value that rounds up to
+     * infinity, subnormals, ties): the vector and scalar paths as bf16_round, element by element; then rows of a
+     * strided matrix (ops_round_bf16_rows_cpu) leave the gaps alone */
+    {
+        const size_t nb = (size_t)1 << 20;
+        uint32_t *bits = malloc(nb * 4), *want = malloc(nb * 4);
+        for (size_t i = 0; i < nb; i++) bits[i] = (uint32_t)(i * 4099u) ^ (uint32_t)(i << 12);
+        const uint32_t special[] = {0x7f800000u, 0xff800000u, 0x7f800001u, 0x7fc00000u, 0xffffffffu, 0x7f7fffffu,
+                                    0x7f7f8000u, 0x00000001u, 0x80008000u, 0x3f808000u, 0x3f818000u, 0};
+        memcpy(bits, special, sizeof special);
+        for (size_t i = 0; i < nb; i++) {
+            float f;
+            memcpy(&f, &bits[i], 4);
+            f = bf16_round(f);
+            memcpy(&want[i], &f, 4);
+        }
+        for (int scalar = 0; scalar < 2; scalar++) {
+            uint32_t *got = malloc(nb * 4);
+            memcpy(got, bits, nb * 4);
+            ops_cpu_force_scalar(scalar);
+            ops_round_bf16_cpu((float *)got, nb - 3); /* a tail past the last 8 */
+            ops_cpu_force_scalar(0);
+            long bad = 0;
+            for (size_t i = 0; i < nb - 3; i++) bad += got[i] != want[i];
+            for (size_t i = nb - 3; i < nb; i++) bad += got[i] != bits[i];
+            CHECKF(bad == 0, "round_bf16 (%s): %ld of %zu floats differ from bf16_round", scalar ? "scalar" : "vector",
+                   bad, nb);
+            free(got);
+        }
+        const int M = 300, N = 1000, ld = 1003;
+        uint32_t *got = malloc((size_t)M * ld * 4);
+        memcpy(got, bits, (size_t)M * ld * 4);
+        ops_round_bf16_rows_cpu((float *)got, ld, M, N);
+        long bad = 0;
+        for (size_t i = 0; i < (size_t)M * ld; i++) bad += got[i] != ((i % ld) < (size_t)N ? want[i] : bits[i]);
+        CHECKF(bad == 0, "round_bf16_rows: %ld elements wrong", bad);
+        free(got), free(bits), free(want);
+    }
     free(x), free(u), free(a), free(b);
 }
 

@@ -6,6 +6,7 @@
 
 #include "backend.h"
 #include "prof.h"
+#include "cpu/scratch.h"
 
 typedef struct CpuCtx {
     _Atomic size_t allocated, peak;
@@ -43,9 +44,7 @@ static void cpu_sync(Backend *b) {}
 static size_t cpu_allocated(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->allocated); }
 static size_t cpu_peak(const Backend *b) { return atomic_load(&((CpuCtx *)b->ctx)->peak); }
 
-static void round_rows(float *y, int ldy, int M, int N) {
-    for (int i = 0; i < M; i++) ops_round_bf16_cpu(y + (size_t)i * ldy, (size_t)N);
-}
+static void round_rows(float *y, int ldy, int M, int N) { ops_round_bf16_rows_cpu(y, ldy, M, N); }
 /* linear's BE_GELU / BE_QGELU step over the M × N outputs (after BE_ROUND's rounding), rounded again with BE_ROUND */
 static void act_rows(float *y, int ldy, int M, int N, int flags) {
     if (!(flags & (BE_GELU | BE_QGELU))) return;
@@ -70,30 +69,53 @@ static void cpu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, i
     if (flags & BE_ROUND) round_rows(y, ldy, M, N);
     act_rows(y, ldy, M, N, flags);
 }
+/* bf16 mode: the mean rounded to bf16, x − mean rounded to bf16 before the variance and the output (the official
+ * module's bf16 arithmetic); the sums in double, four partial sums a row (summed in a fixed order), w and bias widened
+ * once per call */
+enum { LN_MAX = 16384 };
 static void cpu_layernorm_rows(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
                                float eps, int flags) {
     if (!(flags & OPS_BF16)) {
         ops_layernorm_cpu(y, ldy, x, ldx, M, n, w, bias, eps);
         return;
     }
+    float *wb = n <= LN_MAX ? malloc(sizeof(float) * 2 * (size_t)n) : NULL;
+    if (wb)
+        for (int i = 0; i < n; i++) {
+            wb[i] = ds_w_get(w, (size_t)i);
+            wb[n + i] = bias.data ? ds_w_get(bias, (size_t)i) : 0.0f;
+        }
 #pragma omp parallel for schedule(static) if ((size_t)M * n > 65536)
     for (int r = 0; r < M; r++) {
         const float *xr = x + (size_t)r * ldx;
         float *yr = y + (size_t)r * ldy;
-        double sum = 0;
-        for (int i = 0; i < n; i++) sum += xr[i];
-        const float u = bf16_round((float)(sum / n));
-        double sq = 0;
-        for (int i = 0; i < n; i++) {
-            float d = bf16_round(xr[i] - u);
-            sq += (double)d * d;
+        double s4[4] = {0, 0, 0, 0};
+        int i = 0;
+        for (; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++) s4[j] += xr[i + j];
+        for (; i < n; i++) s4[0] += xr[i];
+        const float u = bf16_round((float)((s4[0] + s4[1] + (s4[2] + s4[3])) / n));
+        double q4[4] = {0, 0, 0, 0};
+        for (i = 0; i + 4 <= n; i += 4)
+            for (int j = 0; j < 4; j++) {
+                const float d = bf16_round(xr[i + j] - u);
+                q4[j] += (double)d * d;
+            }
+        for (; i < n; i++) {
+            const float d = bf16_round(xr[i] - u);
+            q4[0] += (double)d * d;
         }
-        const float inv = 1.0f / sqrtf((float)(sq / n) + eps);
-        for (int i = 0; i < n; i++) {
-            float d = bf16_round(xr[i] - u);
-            yr[i] = d * inv * ds_w_get(w, (size_t)i) + (bias.data ? ds_w_get(bias, (size_t)i) : 0.0f);
+        const float inv = 1.0f / sqrtf((float)((q4[0] + q4[1] + (q4[2] + q4[3])) / n) + eps);
+        if (wb) {
+            for (i = 0; i < n; i++) yr[i] = bf16_round(xr[i] - u) * inv * wb[i] + wb[n + i];
+        } else {
+            for (i = 0; i < n; i++) {
+                const float d = bf16_round(xr[i] - u);
+                yr[i] = d * inv * ds_w_get(w, (size_t)i) + (bias.data ? ds_w_get(bias, (size_t)i) : 0.0f);
+            }
         }
     }
+    free(wb);
 }
 /* flags & BE_ROUND: the output rounded to bf16 as well (backend.h layernorm) */
 static void cpu_layernorm(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int n, DsW w, DsW bias,
@@ -148,6 +170,8 @@ static size_t cpu_moe_scratch(int n, const BackendMoe *m) {
            (size_t)m->top_k * m->d_model + 64;
 }
 
+enum { MAXK_ROW = 64 }; /* the grouped path's most experts a row */
+
 typedef void (*LinearFn)(float *, int, const float *, int, int, int, DsW, int, DsW, int);
 typedef void (*FfnFn)(float *, const float *, int, int, int, DsW, DsW, DsW, int, float *);
 
@@ -174,6 +198,60 @@ static void moe_routed1(float *acc, const float *x, const int32_t *idx, const fl
     if (flags & OPS_BF16) ops_round_bf16_cpu(acc, (size_t)D);
 }
 
+/* Many rows (a prefill chunk): acc [n, D] as moe_routed computes it, every chosen expert's FFN over its rows (and
+ * the shared experts' over all rows into shared_y, when given) as one job list (ops_expert_ffn_jobs_cpu: two parallel
+ * regions for all of them), each row's outputs then added in ascending expert order, as moe_routed adds them.
+ * Returns 0 when out of memory (nothing done). */
+static int moe_routed_grouped(float *acc, const float *x, int n, const int32_t *idx, const float *wts,
+                              const BackendMoe *m, int flags, float *shared_y) {
+    const int D = m->d_model, E = m->n_experts, K = m->top_k, nk = n * K;
+    /* xg, yg [nk, D] (the pairs in expert order) | pair_of [nk]: row r's j-th choice's place in that order */
+    float *xg = cpu_scratch(SCRATCH_MOE, sizeof(float) * 2 * (size_t)nk * D + sizeof(int32_t) * (size_t)nk);
+    OpsExpertJob *jobs = malloc(sizeof *jobs * ((size_t)E + 1));
+    int32_t *cnt = calloc((size_t)E + 1, sizeof *cnt);
+    if (!xg || !jobs || !cnt) {
+        free(jobs), free(cnt);
+        return 0;
+    }
+    float *yg = xg + (size_t)nk * D;
+    int32_t *pair_of = (int32_t *)(yg + (size_t)nk * D);
+    for (int p = 0; p < nk; p++) cnt[idx[p] + 1]++;
+    for (int e = 0; e < E; e++) cnt[e + 1] += cnt[e]; /* cnt[e]: expert e's first pair */
+    int nj = 0;
+    for (int e = 0; e < E; e++) {
+        const int c0 = cnt[e], c1 = cnt[e + 1];
+        if (c1 == c0) continue;
+        const BackendExpert *ex = &m->experts[e];
+        jobs[nj++] = (OpsExpertJob){yg + (size_t)c0 * D, xg + (size_t)c0 * D, c1 - c0, m->d_ff, ex->gate, ex->up,
+                                    ex->down};
+    }
+    for (int r = 0; r < n; r++) /* rows in order within an expert, as moe_routed gathers them */
+        for (int j = 0; j < K; j++) pair_of[r * K + j] = cnt[idx[r * K + j]]++;
+#pragma omp parallel for schedule(static) if ((size_t)nk * D >= 65536)
+    for (int p = 0; p < nk; p++) memcpy(xg + (size_t)pair_of[p] * D, x + (size_t)(p / K) * D, sizeof(float) * D);
+    if (shared_y)
+        jobs[nj++] = (OpsExpertJob){shared_y, x, n, m->d_shared, m->shared.gate, m->shared.up, m->shared.down};
+    ops_expert_ffn_jobs_cpu(jobs, nj, D, flags);
+#pragma omp parallel for schedule(static) if ((size_t)n * D >= 65536)
+    for (int r = 0; r < n; r++) {
+        float *a = acc + (size_t)r * D;
+        memset(a, 0, sizeof(float) * D);
+        int done[MAXK_ROW] = {0};
+        for (int c = 0; c < K; c++) { /* the row's choices by ascending expert */
+            int b = -1;
+            for (int j = 0; j < K; j++)
+                if (!done[j] && (b < 0 || idx[r * K + j] < idx[r * K + b])) b = j;
+            done[b] = 1;
+            const float w = wts[r * K + b], *y = yg + (size_t)pair_of[r * K + b] * D;
+            for (int i = 0; i < D; i++) a[i] += w * y[i];
+        }
+        if (flags & OPS_BF16)
+            for (int i = 0; i < D; i++) a[i] = bf16_round(a[i]);
+    }
+    free(jobs), free(cnt);
+    return 1;
+}
+
 /* acc [n, D] = Σ_j wts[r, j]·Expert_idx[r, j](x_r), experts in ascending order, each chosen expert's weights read
  * once for all its rows (rounded in bf16 mode); scratch: xg, yg [n, D] | rows, wg [n] | ffn 2·n·F (and, for one
  * row, the k outputs [k, D] from ffn on) */
@@ -183,6 +261,8 @@ static void moe_routed(FfnFn ffn_fn, float *acc, const float *x, int n, const in
     float *xg = scratch, *yg = xg + (size_t)n * D;
     int32_t *rows = (int32_t *)(yg + (size_t)n * D);
     float *wg = (float *)(rows + n), *ffn = wg + n;
+    if (n > 1 && ffn_fn == ops_expert_ffn_cpu && K <= MAXK_ROW && moe_routed_grouped(acc, x, n, idx, wts, m, flags, NULL))
+        return;
     memset(acc, 0, sizeof(float) * (size_t)n * D);
     if (n == 1 && ffn_fn == ops_expert_ffn_cpu && K <= 16) {
         moe_routed1(acc, x, idx, wts, m, flags, ffn, NULL);
@@ -238,6 +318,12 @@ static void moe_with(LinearFn linear, FfnFn ffn_fn, float *y, const float *x, in
         if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)D);
         return;
     }
+    if (n > 1 && ffn_fn == ops_expert_ffn_cpu && K <= MAXK_ROW && m->shared.gate.data &&
+        moe_routed_grouped(acc, x, n, idx, wts, m, flags, y)) { /* the shared experts in the same regions */
+        ops_add_cpu(y, y, acc, (size_t)n * D);
+        if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)n * D);
+        return;
+    }
     moe_routed(ffn_fn, acc, x, n, idx, wts, m, flags, rest);
     if (m->shared.gate.data) {
         float *ffn = rest + 2 * (size_t)n * D + 2 * (size_t)n; /* moe_routed's ffn part: free again */
@@ -260,23 +346,30 @@ static void cpu_chw_to_hwc(Backend *b, float *dst, const float *src, int S) {
         for (size_t i = 0; i < P; i++) dst[i * 3 + c] = src[(size_t)c * P + i];
 }
 
+/* the windows of a g × g grid, zero rows where a window passes the edge; a thread per padded grid row */
 static void cpu_window_partition(Backend *b, float *dst, const float *src, int g, int C, int ws) {
-    const int nw = (g + ws - 1) / ws;
-    memset(dst, 0, sizeof(float) * (size_t)nw * nw * ws * ws * C);
-    for (int i = 0; i < g; i++)
-        for (int j = 0; j < g; j++) {
+    const int nw = (g + ws - 1) / ws, gp = nw * ws;
+#pragma omp parallel for schedule(static) if ((size_t)g * g * C >= 65536)
+    for (int i = 0; i < gp; i++)
+        for (int j = 0; j < gp; j++) {
             size_t wi = (size_t)(i / ws) * nw + j / ws, t = (size_t)(i % ws) * ws + j % ws;
-            memcpy(dst + (wi * ws * ws + t) * C, src + ((size_t)i * g + j) * C, sizeof(float) * C);
+            float *d = dst + (wi * ws * ws + t) * C;
+            if (i < g && j < g)
+                memcpy(d, src + ((size_t)i * g + j) * C, sizeof(float) * C);
+            else
+                memset(d, 0, sizeof(float) * C);
         }
 }
 
 static void cpu_window_unpartition_add(Backend *b, float *x, const float *win, int g, int C, int ws) {
     const int nw = (g + ws - 1) / ws;
+#pragma omp parallel for schedule(static) if ((size_t)g * g * C >= 65536)
     for (int i = 0; i < g; i++)
         for (int j = 0; j < g; j++) {
             size_t wi = (size_t)(i / ws) * nw + j / ws, t = (size_t)(i % ws) * ws + j % ws;
             float *xr = x + ((size_t)i * g + j) * C;
-            ops_add_cpu(xr, xr, win + (wi * ws * ws + t) * C, (size_t)C);
+            const float *wr = win + (wi * ws * ws + t) * C;
+            for (int c = 0; c < C; c++) xr[c] += wr[c];
         }
 }
 

@@ -705,39 +705,122 @@ static const float *widen_all(DsW w, int N, int K) {
     return dst;
 }
 
-/* Tiles of GEMM_MB rows × GEMM_NB outputs, sgemm on each. A 16-bit or block weight is widened whole first when
- * the product has several row tiles (widen_all); else each task widens its weight tile GEMM_KB columns at a time
- * into a 256 KiB stack buffer and accumulates. */
-static void linear_gemm(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
-    blas_ready();
-    int mt = (M + GEMM_MB - 1) / GEMM_MB, nt = (N + GEMM_NB - 1) / GEMM_NB;
-    const float *wf = w.dtype == DS_F32 ? (const float *)w.data : mt >= 2 ? widen_all(w, N, K) : NULL;
-#pragma omp parallel for schedule(dynamic, 1)
-    for (int t = 0; t < mt * nt; t++) {
-        int m0 = (t / nt) * GEMM_MB, n0 = (t % nt) * GEMM_NB;
-        int mb = M - m0 < GEMM_MB ? M - m0 : GEMM_MB, nb = N - n0 < GEMM_NB ? N - n0 : GEMM_NB;
-        float *yt = y + (size_t)m0 * ldy + n0;
-        const float *xt = x + (size_t)m0 * ldx;
-        if (wf) {
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, K, 1.0f, xt, ldx, wf + (size_t)n0 * K, K,
-                        (flags & OPS_ACCUM) ? 1.0f : 0.0f, yt, ldy);
-        } else {
-            float tile[GEMM_NB * GEMM_KB] __attribute__((aligned(64)));
-            for (int k0 = 0; k0 < K; k0 += GEMM_KB) {
-                int kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
-                for (int n = 0; n < nb; n++) w_widen(tile + (size_t)n * kb, w, (size_t)(n0 + n) * K + k0, kb);
-                float beta = (k0 > 0 || (flags & OPS_ACCUM)) ? 1.0f : 0.0f;
-                cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, kb, 1.0f, xt + k0, ldx, tile, kb, beta,
-                            yt, ldy);
-            }
-        }
-        if (bias.data) {
-            float bv[GEMM_NB];
-            w_widen(bv, bias, n0, nb);
-            for (int m = 0; m < mb; m++)
-                for (int n = 0; n < nb; n++) yt[(size_t)m * ldy + n] += bv[n];
+/* linear_gemm's tiles of a product of M rows and N outputs: at most GEMM_MB rows × GEMM_NB outputs, smaller (down
+ * to 128 rows then 64 outputs) until the product has GEMM_TASKS of them, so that many threads share even a small
+ * product (a prefill's 283 rows, CLIP's 257); the rows split evenly over the row tiles (m_lo). The plan depends on
+ * the shape alone: the same bits whatever the thread count. */
+enum { GEMM_TASKS = 64 };
+typedef struct {
+    int mt, nt, nb;
+} GemmPlan;
+static GemmPlan gemm_plan(int M, int N) {
+    int mb = GEMM_MB, nb = GEMM_NB;
+#define TILES(m, n) (((M + (m) - 1) / (m)) * ((N + (n) - 1) / (n)))
+    while (TILES(mb, nb) < GEMM_TASKS && nb > 128) nb /= 2;
+    while (TILES(mb, nb) < GEMM_TASKS && mb > 128) mb /= 2;
+    while (TILES(mb, nb) < GEMM_TASKS && nb > 64) nb /= 2;
+#undef TILES
+    return (GemmPlan){(M + mb - 1) / mb, (N + nb - 1) / nb, nb};
+}
+/* rows [m_lo(i), m_lo(i + 1)) are row tile i of mt over M rows */
+static int m_lo(int i, int mt, int M) { return (int)((long long)M * i / mt); }
+
+/* Tile t of product (y, x, w) under plan p: sgemm on the widened weights wf when given, else the tile widens its
+ * weight part GEMM_KB columns at a time into a 256 KiB stack buffer and accumulates. */
+static void gemm_tile(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, const float *wf, int N,
+                      DsW bias, int flags, GemmPlan p, int t) {
+    const int mi = t / p.nt, m0 = m_lo(mi, p.mt, M), mb = m_lo(mi + 1, p.mt, M) - m0;
+    const int n0 = (t % p.nt) * p.nb, nb = N - n0 < p.nb ? N - n0 : p.nb;
+    float *yt = y + (size_t)m0 * ldy + n0;
+    const float *xt = x + (size_t)m0 * ldx;
+    if (wf) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, K, 1.0f, xt, ldx, wf + (size_t)n0 * K, K,
+                    (flags & OPS_ACCUM) ? 1.0f : 0.0f, yt, ldy);
+    } else {
+        float tile[GEMM_NB * GEMM_KB] __attribute__((aligned(64)));
+        for (int k0 = 0; k0 < K; k0 += GEMM_KB) {
+            int kb = K - k0 < GEMM_KB ? K - k0 : GEMM_KB;
+            for (int n = 0; n < nb; n++) w_widen(tile + (size_t)n * kb, w, (size_t)(n0 + n) * K + k0, kb);
+            float beta = (k0 > 0 || (flags & OPS_ACCUM)) ? 1.0f : 0.0f;
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, mb, nb, kb, 1.0f, xt + k0, ldx, tile, kb, beta, yt,
+                        ldy);
         }
     }
+    if (bias.data) {
+        float bv[GEMM_NB];
+        w_widen(bv, bias, n0, nb);
+        for (int m = 0; m < mb; m++)
+            for (int n = 0; n < nb; n++) yt[(size_t)m * ldy + n] += bv[n];
+    }
+}
+
+/* The product in gemm_plan's tiles, sgemm on each. A 16-bit or block weight is widened whole first when the
+ * product has several row tiles (widen_all); else each tile widens its own part (gemm_tile). */
+static void linear_gemm(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
+    blas_ready();
+    const GemmPlan p = gemm_plan(M, N);
+    const float *wf = w.dtype == DS_F32 ? (const float *)w.data : p.mt >= 2 ? widen_all(w, N, K) : NULL;
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < p.mt * p.nt; t++) gemm_tile(y, ldy, x, ldx, M, K, w, wf, N, bias, flags, p, t);
+}
+
+/* Several products y_j [M_j, N_j] = x_j [M_j, K_j] · w_jᵀ (dense rows) as one parallel region: every job's units
+ * (linear_gemv's output blocks under GEMV_MAX_M rows, else gemm_plan's tiles) shared out among the threads. A job's
+ * bits are ops_linear_cpu's, except that a job of several row tiles on 16-bit or block weights widens each tile's
+ * weights itself (gemm_tile without wf: the sums in GEMM_KB steps) rather than the whole weight first. */
+typedef struct {
+    float *y;
+    const float *x;
+    DsW w;
+    int M, K, N;
+} LinJob;
+static void lin_jobs(const LinJob *jobs, int n) {
+    if (n <= 0) return;
+    blas_ready();
+    int avx2 = cpu_avx2() && !g_force_scalar, total = 0;
+    int *start = malloc(sizeof(int) * ((size_t)n + 1));
+    GemmPlan *pl = malloc(sizeof *pl * (size_t)n);
+    XQ *xq = malloc(sizeof *xq * (size_t)n);
+    const XQ **xqp = calloc((size_t)n, sizeof *xqp);
+    DS_ASSERT(start && pl && xq && xqp && "out of memory for a MoE layer's job list");
+    size_t bytes = 0;
+    for (int j = 0; j < n; j++) {
+        const LinJob *b = &jobs[j];
+        start[j] = total;
+        if (b->M <= 0) continue;
+        if (b->M < GEMV_MAX_M) {
+            total += (b->N + GEMV_NB - 1) / GEMV_NB;
+            if (wants_xq(b->w, avx2)) bytes += xq_bytes(b->M, b->K);
+        } else {
+            pl[j] = gemm_plan(b->M, b->N);
+            total += pl[j].mt * pl[j].nt;
+        }
+    }
+    start[n] = total;
+    uint8_t *buf = bytes ? cpu_scratch(SCRATCH_XQ, bytes) : NULL;
+    if (bytes && !buf) avx2 = 0; /* no memory for x's quantised copies: the portable kernels */
+    for (int j = 0; buf && j < n; j++)
+        if (jobs[j].M > 0 && jobs[j].M < GEMV_MAX_M && wants_xq(jobs[j].w, avx2)) {
+            xq_into(&xq[j], buf, jobs[j].x, jobs[j].K, jobs[j].M, jobs[j].K);
+            buf += xq_bytes(jobs[j].M, jobs[j].K);
+            xqp[j] = &xq[j];
+        }
+#pragma omp parallel for schedule(dynamic, 1)
+    for (int t = 0; t < total; t++) {
+        int lo = 0, hi = n - 1; /* the job of unit t: the last j with start[j] <= t */
+        while (lo < hi) {
+            const int mid = (lo + hi + 1) / 2;
+            if (start[mid] <= t) lo = mid;
+            else hi = mid - 1;
+        }
+        const LinJob *b = &jobs[lo];
+        if (b->M < GEMV_MAX_M)
+            gemv_block(b->y, b->N, b->x, b->K, b->M, b->K, b->w, b->N, ds_w_none(), 0, avx2, xqp[lo], t - start[lo]);
+        else
+            gemm_tile(b->y, b->N, b->x, b->K, b->M, b->K, b->w, b->w.dtype == DS_F32 ? (const float *)b->w.data : NULL,
+                      b->N, ds_w_none(), 0, pl[lo], t - start[lo]);
+    }
+    free(start), free(pl), free(xq), free(xqp);
 }
 
 void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
@@ -861,9 +944,45 @@ void ops_scale_add_cpu(float *y, float s, const float *x, size_t n) {
     for (size_t i = 0; i < n; i++) y[i] += s * x[i];
 }
 
+/* bf16_round on 8 lanes: u + 0x7fff + (bit 16 of u), the low half cleared; a NaN keeps its top half, made quiet */
+__attribute__((target("avx2"))) static void round_bf16_avx2(float *x, size_t n) {
+    const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
+                  one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff),
+                  top = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256i u = _mm256_loadu_si256((const __m256i *)(x + i));
+        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+        r = _mm256_blendv_epi8(_mm256_and_si256(r, top), _mm256_and_si256(_mm256_or_si256(u, quiet), top), nan);
+        _mm256_storeu_si256((__m256i *)(x + i), r);
+    }
+    for (; i < n; i++) x[i] = bf16_round(x[i]);
+}
+
+enum { ROUND_CHUNK = 1 << 14 };
 void ops_round_bf16_cpu(float *x, size_t n) {
+    const int avx2 = cpu_avx2() && !g_force_scalar;
+    const size_t chunks = (n + ROUND_CHUNK - 1) / ROUND_CHUNK;
 #pragma omp parallel for schedule(static) if (n >= 4 * PAR_MIN)
-    for (size_t i = 0; i < n; i++) x[i] = bf16_round(x[i]);
+    for (size_t c = 0; c < chunks; c++) {
+        float *p = x + c * ROUND_CHUNK;
+        const size_t m = n - c * ROUND_CHUNK < ROUND_CHUNK ? n - c * ROUND_CHUNK : ROUND_CHUNK;
+        if (avx2) {
+            round_bf16_avx2(p, m);
+        } else {
+            for (size_t i = 0; i < m; i++) p[i] = bf16_round(p[i]);
+        }
+    }
+}
+
+void ops_round_bf16_rows_cpu(float *y, int ldy, int M, int N) {
+    if (ldy == N || M <= 1) {
+        ops_round_bf16_cpu(y, (size_t)M * N);
+        return;
+    }
+#pragma omp parallel for schedule(static) if ((size_t)M * N >= 4 * PAR_MIN)
+    for (int i = 0; i < M; i++) ops_round_bf16_cpu(y + (size_t)i * ldy, (size_t)N);
 }
 
 void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) {
@@ -1380,6 +1499,36 @@ void ops_expert_ffn_cpu(float *y, const float *x, int M, int d_model, int d_ff, 
     ops_silu_mul_cpu(g, g, u, (size_t)M * d_ff, flags);
     ops_linear_cpu(y, d_model, g, d_ff, M, d_ff, down, d_model, ds_w_none(), 0);
     if (flags & OPS_BF16) ops_round_bf16_cpu(y, (size_t)M * d_model);
+}
+
+void ops_expert_ffn_jobs_cpu(const OpsExpertJob *e, int n, int d_model, int flags) {
+    if (n <= 0) return;
+    size_t hs = 0; /* every expert's gate and up outputs: G then U, each Σ M·d_ff floats */
+    for (int i = 0; i < n; i++) hs += (size_t)e[i].M * (size_t)e[i].d_ff;
+    float *g = cpu_scratch(SCRATCH_FFN, sizeof(float) * 2 * (hs ? hs : 1)), *u = g + hs;
+    LinJob *jobs = malloc(sizeof *jobs * 2 * (size_t)n);
+    DS_ASSERT(g && jobs && "out of memory for a MoE layer's expert scratch");
+    size_t o = 0;
+    for (int i = 0; i < n; i++) {
+        jobs[2 * i] = (LinJob){g + o, e[i].x, e[i].gate, e[i].M, d_model, e[i].d_ff};
+        jobs[2 * i + 1] = (LinJob){u + o, e[i].x, e[i].up, e[i].M, d_model, e[i].d_ff};
+        o += (size_t)e[i].M * (size_t)e[i].d_ff;
+    }
+    lin_jobs(jobs, 2 * n);
+    if (flags & OPS_BF16) {
+        ops_round_bf16_cpu(g, hs);
+        ops_round_bf16_cpu(u, hs);
+    }
+    ops_silu_mul_cpu(g, g, u, hs, flags);
+    o = 0;
+    for (int i = 0; i < n; i++) {
+        jobs[i] = (LinJob){e[i].y, g + o, e[i].down, e[i].M, e[i].d_ff, d_model};
+        o += (size_t)e[i].M * (size_t)e[i].d_ff;
+    }
+    lin_jobs(jobs, n);
+    if (flags & OPS_BF16)
+        for (int i = 0; i < n; i++) ops_round_bf16_cpu(e[i].y, (size_t)e[i].M * (size_t)d_model);
+    free(jobs);
 }
 
 /* ---- ceilings (ops.h) */
