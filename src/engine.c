@@ -30,6 +30,10 @@
 /* rows: the hybrid placements' prefill chunk (each chunk copies a layer's routed experts to the GPU, cuda
  * moe_stream: fewer, larger chunks copy less; 913 rows took 1.42 s in 128-row chunks, H100, Q8_0) */
 #define HYBRID_PREFILL_CHUNK 512
+/* rows: the CPU's prefill chunk (host memory: a gundam page's 913 prompt rows in one pass, each weight read and
+ * widened once a layer, and every product with rows enough for many threads; 1,024 rows of decoder working memory
+ * are about 120 MB) */
+#define CPU_PREFILL_CHUNK 1024
 #define LEAN_KV_GROW 128
 #define KV_GROW 1024 /* tokens: the KV pool's first size and growth step */
 #define ROWS_GROW 1024 /* rows: feat's and emb's first size and growth step (rows_reserve) */
@@ -156,9 +160,11 @@ static void model_log(void *user, const char *line) {
 
 static size_t session_bytes(const Model *m, int max_context, int lean);
 
-/* Rows per prefill pass: PREFILL_CHUNK, or for a model placed under a budget (Model.lean) LEAN_PREFILL_CHUNK, and
- * HYBRID_PREFILL_CHUNK when its routed experts are on the host (the plan's reserve counts the largest) */
+/* Rows per prefill pass: CPU_PREFILL_CHUNK on the CPU backend; PREFILL_CHUNK, or for a model placed under a budget
+ * (Model.lean) LEAN_PREFILL_CHUNK, and HYBRID_PREFILL_CHUNK when its routed experts are on the host (the plan's
+ * reserve counts the largest) */
 static int prefill_chunk(const DsocrModel *dm) {
+    if (dm->m->be == backend_cpu()) return CPU_PREFILL_CHUNK;
     if (!dm->m->lean) return PREFILL_CHUNK;
     return dm->plan.kind == PLAN_HYBRID || dm->plan.kind == PLAN_HYBRID_HEAD ? HYBRID_PREFILL_CHUNK
                                                                             : LEAN_PREFILL_CHUNK;
