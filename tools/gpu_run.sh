@@ -16,7 +16,7 @@
 #           pages at B = 64 (pages per second)
 #   batchprof  only the profile run of batch (B = 128, 300 tokens, DSOCR_PROFILE=1)
 #   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
-#           base and gundam; the PyTorch reference's stage times beside them)
+#           base and gundam, medians of REPEAT runs, default 3; the PyTorch reference's stage times beside them)
 #   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
 #           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
 #           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
@@ -149,7 +149,7 @@ if has batch || has batchprof; then
 fi
 if has cpu; then
     full_ckpt
-    timeout 540 tools/bench_cpu.sh $M "$OUT/bench-cpu-host.json" "the GPU machine's CPU, $(nproc) cores" \
+    REPEAT=${REPEAT:-3} timeout 540 tools/bench_cpu.sh $M "$OUT/bench-cpu-host.json" "the GPU machine's CPU, $(nproc) cores" \
         2> "$OUT/bench-cpu-host.err"
     echo "bench_cpu rc $?"; tail -3 "$OUT/bench-cpu-host.err"
     python3 -c "import json,sys; d=json.load(open(sys.argv[1])); print(json.dumps(d['speedup'])); \

@@ -107,6 +107,17 @@ __attribute__((target("avx2"))) static void widen_bf16_avx2(float *dst, const ui
     }
 }
 
+/* dequant_q8_0_ref on 8 lanes (the same q · d products: d from f16_tab, fp16_to_f32's values) */
+__attribute__((target("avx2"))) static void dequant_q8_0_avx2(float *dst, const BlockQ8_0 *src, int n) {
+    for (int b = 0; b < n / QK; b++, dst += QK) {
+        const __m256 d = _mm256_set1_ps(f16_tab[src[b].d]);
+        for (int j = 0; j < QK; j += 8) {
+            const __m256i q = _mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(src[b].q + j)));
+            _mm256_storeu_ps(dst + j, _mm256_mul_ps(_mm256_cvtepi32_ps(q), d));
+        }
+    }
+}
+
 static void w_widen(float *dst, DsW w, size_t off, int n) {
     if (w.dtype == DS_BF16 && cpu_avx2()) {
         widen_bf16_avx2(dst, (const uint16_t *)w.data + off, n);
@@ -120,7 +131,9 @@ static void w_widen(float *dst, DsW w, size_t off, int n) {
         memcpy(dst, (const float *)w.data + off, (size_t)n * sizeof(float));
     } else if (quant_is_block(w.dtype) && off % QK == 0 && n % QK == 0) {
         /* whole blocks (the GEMM tiles: K and the tile width are multiples of 32): dequantise in place */
-        if (w.dtype == DS_Q8_0)
+        if (w.dtype == DS_Q8_0 && cpu_avx2_f16c())
+            dequant_q8_0_avx2(dst, (const BlockQ8_0 *)w.data + off / QK, n);
+        else if (w.dtype == DS_Q8_0)
             dequant_q8_0_ref(dst, (const BlockQ8_0 *)w.data + off / QK, n);
         else
             dequant_q4_0_ref(dst, (const BlockQ4_0 *)w.data + off / QK, n);
