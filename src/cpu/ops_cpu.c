@@ -178,12 +178,6 @@ static void w_widen(float *dst, DsW w, size_t off, int n) {
         w1 = _mm256_loadu_ps((p) + 8);                                                                          \
     } while (0)
 
-#define WSCALAR(v) bf16_to_f32(v)
-GEMV_DEFINE(gemv1_bf16, 1, uint16_t, LOAD_BF16)
-GEMV_DEFINE(gemv2_bf16, 2, uint16_t, LOAD_BF16)
-GEMV_DEFINE(gemv3_bf16, 3, uint16_t, LOAD_BF16)
-GEMV_DEFINE(gemv4_bf16, 4, uint16_t, LOAD_BF16)
-#undef WSCALAR
 #define WSCALAR(v) (v)
 GEMV_DEFINE(gemv1_f32, 1, float, LOAD_F32)
 GEMV_DEFINE(gemv2_f32, 2, float, LOAD_F32)
@@ -191,29 +185,39 @@ GEMV_DEFINE(gemv3_f32, 3, float, LOAD_F32)
 GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 #undef WSCALAR
 
-/* One activation row against 4 bf16 weight rows (decode, M = 1), one row after the other: a thread's rows are
- * adjacent in memory (its static share of whole 16-row blocks), so this reads one sequential stream, prefetching
- * 2 KiB ahead into L1 once a 64-byte line (as gemv_r4_q8_0_x; the earlier kernel read the 4 rows interleaved, each
- * prefetching the next group's row, and streamed about half the machine's read bandwidth). Every output gets
- * exactly gemv1_bf16's operations, so grouping never changes a result. */
+/* One row of x against one bf16 weight row: four 8-lane FMA chains over 32 inputs a step (two chains of 4-cycle
+ * FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s on one Zen 4 core: less than its read bandwidth), then
+ * a 16-input step into chains 0 and 1, the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs
+ * one by one. Prefetches 2 KiB ahead into L1 once a 64-byte line (the decode kernel's rows are adjacent: one
+ * sequential stream; the VM streams one row far better than four interleaved). Every bf16 GEMV output (any M, any
+ * grouping of rows) is this function's, so the batch's rows and a page alone get the same bits. */
+__attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x, const uint16_t *w, int K) {
+    enum { PF_L1 = 2048 };
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + PF_L1, _MM_HINT_T0);
+        LOAD_BF16(w + k, w0, w1);
+        LOAD_BF16(w + k + 16, w2, w3);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w2, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), w3, a3);
+    }
+    if (k + 16 <= K) {
+        LOAD_BF16(w + k, w0, w1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+        k += 16;
+    }
+    float v = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
+    return v;
+}
+/* 4 adjacent weight rows against one row of x (decode, M = 1) */
 __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, const float *x, const uint16_t *w,
                                                                     int K) {
-    enum { PF_L1 = 2048 };
-    for (int r = 0; r < 4; r++) {
-        const uint16_t *wr = w + (size_t)r * K;
-        __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-        int k = 0;
-        for (; k + 16 <= K; k += 16) {
-            if (!(k & 16)) _mm_prefetch((const char *)(wr + k) + PF_L1, _MM_HINT_T0);
-            __m256 w0, w1;
-            LOAD_BF16(wr + k, w0, w1);
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
-        }
-        float v = hsum8(_mm256_add_ps(a0, a1));
-        for (int kk = k; kk < K; kk++) v += x[kk] * bf16_to_f32(wr[kk]);
-        out[r] = v;
-    }
+    for (int r = 0; r < 4; r++) out[r] = bf16_dot(x, w + (size_t)r * K, K);
 }
 
 /* Block-quantised GEMV (Q4_0; Q8_0 goes through the 16-bit kernels below): out[m] = x[m]·dequant(row) for m < MR
@@ -538,12 +542,8 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
     }
     if (avx2 && w.dtype == DS_BF16) {
         const uint16_t *wr = (const uint16_t *)w.data + (size_t)n * K;
-        switch (mr) {
-        case 1: gemv1_bf16(out, x, ldx, wr, K); return;
-        case 2: gemv2_bf16(out, x, ldx, wr, K); return;
-        case 3: gemv3_bf16(out, x, ldx, wr, K); return;
-        default: gemv4_bf16(out, x, ldx, wr, K); return;
-        }
+        for (int m = 0; m < mr; m++) out[m] = bf16_dot(x + (size_t)m * ldx, wr, K);
+        return;
     }
     if (avx2 && w.dtype == DS_F32) {
         const float *wr = (const float *)w.data + (size_t)n * K;
