@@ -188,15 +188,14 @@ GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 /* One row of x against one bf16 weight row: four 8-lane FMA chains over 32 inputs a step (two chains of 4-cycle
  * FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s on one Zen 4 core: less than its read bandwidth), then
  * a 16-input step into chains 0 and 1, the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs
- * one by one. Prefetches 2 KiB ahead into L1 once a 64-byte line (the decode kernel's rows are adjacent: one
- * sequential stream; the VM streams one row far better than four interleaved). Every bf16 GEMV output (any M, any
- * grouping of rows) is this function's, so the batch's rows and a page alone get the same bits. */
+ * one by one. No software prefetch: the decode kernel's rows are adjacent, one sequential stream that the hardware
+ * prefetchers follow (on the Zen 4 VM a 2 KiB L1 prefetch made it slower in 6 of 8 pairs, and four interleaved rows
+ * slower still: bench/results/cpu-bf16-gemv-prefetch-vm-session11.txt). Every bf16 GEMV output (any M, any grouping
+ * of rows) is this function's, so the batch's rows and a page alone get the same bits. */
 __attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x, const uint16_t *w, int K) {
-    enum { PF_L1 = 2048 };
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
-        _mm_prefetch((const char *)(w + k) + PF_L1, _MM_HINT_T0);
         LOAD_BF16(w + k, w0, w1);
         LOAD_BF16(w + k + 16, w2, w3);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
@@ -214,7 +213,7 @@ __attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x,
     for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
     return v;
 }
-/* 4 adjacent weight rows against one row of x (decode, M = 1) */
+/* 4 adjacent weight rows against one row of x (decode, M = 1), one after the other */
 __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, const float *x, const uint16_t *w,
                                                                     int K) {
     for (int r = 0; r < 4; r++) out[r] = bf16_dot(x, w + (size_t)r * K, K);
