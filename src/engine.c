@@ -255,6 +255,8 @@ DsocrStatus dsocr_model_load(const char *dir, const DsocrModelOptions *opt, Dsoc
                                                                     "decoder's other weights to Q8_0");
         st = model_quantize(dm->m, qtype, &e);
     }
+    if (!st && qtype == DS_DTYPE_UNKNOWN && be == backend_cpu() && !ds_env_on("DSOCR_MAPPED_WEIGHTS"))
+        st = model_own_decoder(dm->m, &e);
     if (!st) st = place_planned(dm, opt, &e);
     if (st) {
         dsocr_model_free(dm);

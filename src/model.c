@@ -12,6 +12,7 @@
 #include "quant.h"
 
 static void refresh_moe(Model *m);
+static void fuse_qkv(Model *m);
 
 /* The tensor named by fmt/ap (validated by checkpoint_open, so it exists). */
 static const StTensor *tensor_v(const Model *m, const char *fmt, va_list ap) {
@@ -318,6 +319,54 @@ DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e) {
 done:
     free(off), free(to);
     return st;
+}
+
+/* whether the kernel gives transparent huge pages to memory that asks (MADV_HUGEPAGE): "always" or "madvise" */
+static int thp_available(void) {
+    char line[128] = "";
+    FILE *f = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!f) return 0;
+    const int ok = fgets(line, sizeof line, f) && !strstr(line, "[never]");
+    fclose(f);
+    return ok;
+}
+
+DsocrStatus model_own_decoder(Model *m, DsError *e) {
+    DS_ASSERT(!m->quant_buf && !m->placed);
+    if (!thp_available()) return DSOCR_OK; /* small pages either way: the mapped weights serve */
+    size_t *off = calloc((size_t)m->n_bound + 1, sizeof *off), total = 0;
+    if (!off) return ds_fail(e, DSOCR_E_NOMEM, "out of memory");
+    for (int i = 0; i < m->n_bound; i++) {
+        const char *nm = m->bound[i].t->name;
+        off[i] = SIZE_MAX;
+        if (strncmp(nm, "model.layers.", 13) && strncmp(nm, "lm_head.", 8)) continue;
+        off[i] = total;
+        total += (held_bytes(&m->bound[i]) + 63) & ~(size_t)63;
+    }
+    uint8_t *buf = total ? weights_alloc(total) : NULL;
+    if (!buf) { /* advice only: the mapped weights serve as before */
+        free(off);
+        return DSOCR_OK;
+    }
+    for (int i = 0; i < m->n_bound; i++) {
+        if (off[i] == SIZE_MAX) continue;
+        const DsW src = *m->bound[i].slot;
+        const size_t n = held_bytes(&m->bound[i]);
+        enum { PIECE = 4 << 20 }; /* the copy in pieces over the threads: its page faults (huge pages zeroed, file
+                                    * pages read) are most of its time */
+#pragma omp parallel for schedule(dynamic, 1)
+        for (size_t p = 0; p < n; p += PIECE)
+            memcpy(buf + off[i] + p, (const uint8_t *)src.data + p, n - p < PIECE ? n - p : PIECE);
+        checkpoint_release(&m->ck, src.data, n); /* as model_quantize: one tensor twice at the peak */
+        *m->bound[i].slot = ds_w(buf + off[i], src.dtype);
+        m->bound[i].host = buf + off[i];
+    }
+    m->quant_buf = buf;
+    m->quant_bytes = total;
+    refresh_moe(m);
+    fuse_qkv(m);
+    free(off);
+    return DSOCR_OK;
 }
 
 DsocrStatus model_write_f32(const Model *m, const char *path, DsError *e) {

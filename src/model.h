@@ -105,6 +105,13 @@ DsocrStatus model_place_plan(Model *m, Backend *be, const struct Plan *plan, DsE
  * buffer, and points their slots at it (the mapped originals are no longer read). Weights already block-quantised
  * (a GGUF checkpoint) stay as they are. Call after model_load, before model_place. DSOCR_E_NOMEM with the size
  * when the buffer cannot be had. */
+/* The CPU's decoder weights (model.layers.*, lm_head) copied from the mapped checkpoint into memory of their own,
+ * 2 MiB-aligned and asked for transparent huge pages (weights_alloc): decode reads them all once a token, and the
+ * file's 4 KiB pages cost the GEMV TLB misses. Held in quant_buf; without the memory, or where the kernel has no
+ * transparent huge pages, the mapped weights stay. The engine does it for the CPU backend without --quant, unless
+ * DSOCR_MAPPED_WEIGHTS=1. Costs load time (the VM: 1-13 s for 5.3 GB, as the kernel finds 2 MiB pages) and resident
+ * memory (every expert's pages, where mapped ones are only read when routed to). */
+DsocrStatus model_own_decoder(Model *m, DsError *e);
 DsocrStatus model_quantize(Model *m, DsDtype target, DsError *e);
 /* The number of weights held block-quantised (from the checkpoint or model_quantize). */
 int model_n_block_weights(const Model *m);
