@@ -7,7 +7,10 @@
  * measured by the same run: on a GPU the cuBLAS bf16 GEMM rate and device copy bandwidth; on the CPU, with the
  * run's threads, OpenBLAS fp32 GEMM at the encoder's own shapes (figures_vision_gemms, summed over each mode's
  * views) and the memory read bandwidth, and the vision, prefill (figures_prefill_flops) and decode rates as
- * fractions of them. DSOCR_PROFILE=1 adds per-section
+ * fractions of them. The CPU's read bandwidth moves with the rest of the host (a shared VM's by 2x within
+ * seconds), so it is also measured right after each measured page, next to that page's decode, and each decode
+ * sample is given as a fraction of its own neighbour too. Those probes' buffers are kept out of the peak RSS
+ * (Linux: clear_refs 5 resets the high-water mark; elsewhere they are skipped). DSOCR_PROFILE=1 adds per-section
  * device times (stderr). */
 #include <stdio.h>
 #include <stdlib.h>
@@ -40,7 +43,8 @@ static void usage(FILE *f) {
             "  --threads N        CPU threads (default all)\n"
             "  --ceilings         also measure what the machine can do, by the same run: CUDA, the card's bf16 GEMM\n"
             "                     rate and copy bandwidth; CPU, fp32 GEMM at the encoder's own shapes and the read\n"
-            "                     bandwidth, with the run's thread count\n"
+            "                     bandwidth, with the run's thread count (the latter also right after each measured\n"
+            "                     page, next to its decode)\n"
             "  --note TEXT        a note copied into the JSON (e.g. the command that ran it)\n");
 }
 
@@ -99,6 +103,20 @@ static void *read_file(const char *path, size_t *n) {
     fclose(f);
     *n = len;
     return buf;
+}
+
+/* the process's peak RSS so far, and a reset of it to the current RSS (Linux's clear_refs 5); the reset
+ * returns nonzero where it cannot be done */
+static long long peak_rss_bytes(void) {
+    struct rusage ru;
+    getrusage(RUSAGE_SELF, &ru);
+    return (long long)ru.ru_maxrss * 1024;
+}
+static int reset_peak_rss(void) {
+    FILE *f = fopen("/proc/self/clear_refs", "w");
+    if (!f) return 1;
+    const int bad = fputs("5", f) < 0;
+    return fclose(f) || bad;
 }
 
 /* the engine's messages (the placement plan) to stderr: stdout is the JSON */
@@ -227,13 +245,18 @@ int cli_bench(int argc, char **argv) {
     ImageMode rate_im[16];
     int rate_views[16];
     int n_rates = 0;
-    double ceil_tf[16] = {0};
+    double ceil_tf[16] = {0}, adj_ratio[16] = {0}, adj_best = 0;
+    /* the read probes next to each decode (CPU --ceilings): where the peak RSS cannot be reset they are skipped */
+    const int cpu_ceilings = ceilings && strcmp(di.device, "cuda");
+    const int adjacent = cpu_ceilings && reset_peak_rss() == 0;
+    const int probe_threads = threads > 0 ? threads : engine_model_threads(model);
+    long long engine_peak = 0;
     int rc = 0, first = 1;
     char list[256];
     snprintf(list, sizeof list, "%s", modes);
     for (char *save = NULL, *mode = strtok_r(list, ",", &save); mode; mode = strtok_r(NULL, ",", &save)) {
         static double pre[MAX_REPEAT], vis[MAX_REPEAT], pf[MAX_REPEAT], dec[MAX_REPEAT], tps[MAX_REPEAT],
-            page[MAX_REPEAT];
+            page[MAX_REPEAT], adj[MAX_REPEAT];
         int n_prompt = 0, n_tok = 0, n_views = 0;
         for (int r = 0; r < warmup + repeat && !rc; r++) {
             DsocrOcrOptions o;
@@ -262,6 +285,15 @@ int cli_bench(int argc, char **argv) {
                 dec[k] = res.seconds_decode;
                 tps[k] = res.seconds_decode > 0 ? res.n_tokens / res.seconds_decode : 0;
                 page[k] = dt;
+                if (adjacent) { /* 512 MiB, best of 3: well past the caches, about 0.1 s */
+                    if (peak_rss_bytes() > engine_peak) engine_peak = peak_rss_bytes();
+                    adj[k] = ops_cpu_read_gbps((size_t)512 << 20, probe_threads, 3);
+                    if (adj[k] > adj_best) adj_best = adj[k];
+                    if (reset_peak_rss()) { /* it worked before: not expected */
+                        fprintf(stderr, "dsocr bench: cannot reset the peak RSS after a read probe\n");
+                        rc = 1;
+                    }
+                }
             }
             n_prompt = res.n_prompt;
             n_tok = res.n_tokens;
@@ -292,6 +324,11 @@ int cli_bench(int argc, char **argv) {
                    "\"decode_gbps\": %.1f,\n",
                    vf, vs > 0 ? vf / vs / 1e12 : 0.0, db, db * ts / 1e9);
             const double pfs = median(pf, repeat);
+            if (adjacent && n_rates < 16) { /* each decode sample against the probe right after it */
+                double rt[MAX_REPEAT];
+                for (int k = 0; k < repeat; k++) rt[k] = adj[k] > 0 ? db * tps[k] / 1e9 / adj[k] : 0;
+                adj_ratio[n_rates] = median(rt, repeat);
+            }
             if (n_rates < 16) {
                 rate_mode[n_rates] = mode;
                 rate_im[n_rates] = im;
@@ -306,16 +343,16 @@ int cli_bench(int argc, char **argv) {
         print_samples("prefill_s", pf, repeat, 0);
         print_samples("decode_s", dec, repeat, 0);
         print_samples("decode_tok_s", tps, repeat, 0);
-        print_samples("page_s", page, repeat, 1);
+        print_samples("page_s", page, repeat, !adjacent);
+        if (adjacent) print_samples("read_gbps_after_run", adj, repeat, 1);
         printf("    }");
         fflush(stdout);
         first = 0;
     }
     printf("\n  ],\n");
-    struct rusage ru;
-    getrusage(RUSAGE_SELF, &ru);
+    if (peak_rss_bytes() > engine_peak) engine_peak = peak_rss_bytes();
     dsocr_model_device_info(model, &di);
-    printf("  \"memory\": {\"peak_rss_bytes\": %lld", (long long)ru.ru_maxrss * 1024);
+    printf("  \"memory\": {\"peak_rss_bytes\": %lld", engine_peak);
     if (!strcmp(di.device, "cuda")) {
         printf(",\n    \"device_allocated_bytes\": %llu, \"device_peak_bytes\": %llu,\n"
                "    \"driver_used_bytes\": %llu, \"driver_context_bytes\": %llu, \"driver_used_minus_context_gib\": "
@@ -346,11 +383,14 @@ int cli_bench(int argc, char **argv) {
                    i ? "," : "", rate_mode[i], tf > 0 ? rate_tflops[i] / tf : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0);
         printf("\n  ]");
     }
-    if (ceilings && strcmp(di.device, "cuda")) { /* the CPU's: GEMM at the encoder's own shapes, read bandwidth */
-        const int nt = threads > 0 ? threads : engine_model_threads(model);
+    if (cpu_ceilings) { /* the CPU's: GEMM at the encoder's own shapes, read bandwidth */
+        const int nt = probe_threads;
         const ModelConfig *cf = engine_model_config(model);
-        const double gb = ops_cpu_read_gbps((size_t)1 << 30, nt, 5);
-        printf(",\n  \"ceilings\": {\"threads\": %d, \"read_gbps\": %.2f, \"fp32_gemm_at_encoder_shapes\": [", nt, gb);
+        /* the best the run saw: this 1 GiB probe or any of those next to the decodes */
+        const double gb_end = ops_cpu_read_gbps((size_t)1 << 30, nt, 5), gb = gb_end > adj_best ? gb_end : adj_best;
+        printf(",\n  \"ceilings\": {\"threads\": %d, \"read_gbps\": %.2f, \"read_gbps_at_end\": %.2f, "
+               "\"read_probes_after_runs\": %s, \"fp32_gemm_at_encoder_shapes\": [",
+               nt, gb, gb_end, adjacent ? "true" : "false");
         const double sq = ops_cpu_sgemm_seconds(2048, 2048, 2048, nt, 3); /* one square product for scale */
         for (int i = 0; i < n_rates; i++) {
             /* the mode's views: the global view at base_size, the tiles at image_size */
@@ -375,9 +415,10 @@ int cli_bench(int argc, char **argv) {
         printf(",\n  \"of_ceilings\": [");
         for (int i = 0; i < n_rates; i++)
             printf("%s\n    {\"mode\": \"%s\", \"vision_of_gemm_ceiling\": %.3f, \"prefill_of_gemm_ceiling\": %.3f, "
-                   "\"decode_of_read_ceiling\": %.3f}",
+                   "\"decode_of_read_ceiling\": %.3f, \"decode_of_read_after_run\": %.3f}",
                    i ? "," : "", rate_mode[i], ceil_tf[i] > 0 ? rate_tflops[i] / ceil_tf[i] : 0.0,
-                   ceil_tf[i] > 0 ? rate_prefill[i] / ceil_tf[i] : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0);
+                   ceil_tf[i] > 0 ? rate_prefill[i] / ceil_tf[i] : 0.0, gb > 0 ? rate_gbps[i] / gb : 0.0,
+                   adj_ratio[i]);
         printf("\n  ]");
     }
     printf("\n}\n");

@@ -19,6 +19,14 @@ def test_bench_cpu_table(tiny_model, tmp_path):
     for o in d["dsocr"]:
         assert [r["mode"] for r in o["runs"]] == ["base", "gundam"]
         assert o["ceilings"]["read_gbps"] > 0
+        # a read probe right after each measured page (Linux), each decode sample a fraction of its own probe;
+        # the probes' 512 MiB buffers stay out of the peak RSS (the tiny model's run is far below that)
+        assert o["ceilings"]["read_probes_after_runs"] is True
+        for r in o["runs"]:
+            assert len(r["read_gbps_after_run"]["samples"]) == 1 and r["read_gbps_after_run"]["median"] > 0
+            assert o["ceilings"]["read_gbps"] >= r["read_gbps_after_run"]["median"]
+        assert all(f["decode_of_read_after_run"] > 0 for f in o["of_ceilings"])
+        assert 0 < o["memory"]["peak_rss_bytes"] < 512 << 20
         assert all(0 < f["vision_of_gemm_ceiling"] for f in o["of_ceilings"])
     ref = d["pytorch_reference"]
     assert ref["precision"] == "fp32" and ref["threads"] == os.cpu_count()
