@@ -266,6 +266,57 @@ struct KvArgs {
     int *count;  /* [n][H] split blocks done (the last one merges and resets it to 0) */
 };
 
+/* One step of a warp's walk over the keys: KV_U keys' scores (q·k, summed over the warp, scaled; keys past j1 get
+ * -inf), the running max m and sum l rescaled, and acc += p·v. */
+template <int DPL, int KV_U>
+static __device__ __forceinline__ void kv_update(const float (&kv)[KV_U][DPL], const float (&vv)[KV_U][DPL],
+                                                 const float (&q)[DPL], int jb, int j1, float scale, float &m,
+                                                 float &l, float (&acc)[DPL]) {
+    float sc[KV_U];
+#pragma unroll
+    for (int u = 0; u < KV_U; u++) {
+        float dot = 0.f;
+#pragma unroll
+        for (int i = 0; i < DPL; i++) dot += q[i] * kv[u][i];
+        sc[u] = dot;
+    }
+#pragma unroll
+    for (int u = 0; u < KV_U; u++) sc[u] = jb + u < j1 ? warp_sum(sc[u]) * scale : -INFINITY;
+    float mn = m;
+#pragma unroll
+    for (int u = 0; u < KV_U; u++) mn = fmaxf(mn, sc[u]);
+    float corr = expf(m - mn), p[KV_U];
+    l *= corr;
+#pragma unroll
+    for (int u = 0; u < KV_U; u++) {
+        p[u] = expf(sc[u] - mn);
+        l += p[u];
+    }
+#pragma unroll
+    for (int i = 0; i < DPL; i++) {
+        float t = acc[i] * corr;
+#pragma unroll
+        for (int u = 0; u < KV_U; u++) t += p[u] * vv[u][i];
+        acc[i] = t;
+    }
+    m = mn;
+}
+
+/* The raw bf16 K and V of keys jb .. jb + KV_U - 1 (past j1: key jb's again, masked later), 4 dimensions a lane */
+template <int KV_U>
+static __device__ __forceinline__ void kv_load_bf16x4(uint2 (&kn)[KV_U], uint2 (&vn)[KV_U], const uint16_t *d,
+                                                      const int32_t *table, const KvArgs &a, int jb, int j1, int h,
+                                                      int dl) {
+#pragma unroll
+    for (int u = 0; u < KV_U; u++) {
+        const int j = jb + u < j1 ? jb + u : jb;
+        const size_t row = ((size_t)(table[j / a.bs] * a.L + a.layer) * 2 * a.bs + j % a.bs) * a.width +
+                           (size_t)h * a.D + dl;
+        kn[u] = __ldg((const uint2 *)(d + row));
+        vn[u] = __ldg((const uint2 *)(d + row + (size_t)a.bs * a.width));
+    }
+}
+
 template <int DPL>
 __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
     pdl_wait();
@@ -289,67 +340,58 @@ __global__ void __launch_bounds__(128) attn_kv_k(KvArgs a) {
         acc[i] = 0.f;
     }
     float m = -INFINITY, l = 0.f;
-    for (int jb = j0 + warp * KV_U; jb < j1; jb += 4 * KV_U) {
-        float kv[KV_U][DPL], vv[KV_U][DPL], sc[KV_U];
+    if (DPL == 4 && a.bf16 && a.D == 128) {
+        /* the model's case (bf16 pool, head_dim 128): a warp loads its next KV_U keys while it computes on the
+         * current ones, twice the bytes in flight of the loop below, with the same arithmetic in the same order */
+        const uint16_t *d = (const uint16_t *)a.data;
+        uint2 kn[KV_U], vn[KV_U];
+        int jb = j0 + warp * KV_U;
+        if (jb < j1) kv_load_bf16x4<KV_U>(kn, vn, d, table, a, jb, j1, h, dl);
+        for (; jb < j1; jb += 4 * KV_U) {
+            float kv[KV_U][DPL], vv[KV_U][DPL];
 #pragma unroll
-        for (int u = 0; u < KV_U; u++) {
-            const int j = jb + u;
-            const bool ok = j < j1;
-            int blk = table[(ok ? j : jb) / a.bs];
-            size_t row = ((size_t)(blk * a.L + a.layer) * 2 * a.bs + (ok ? j : jb) % a.bs) * a.width + (size_t)h * a.D;
-            size_t vrow = row + (size_t)a.bs * a.width;
-            if (a.bf16 && DPL == 4 && dl + 4 <= a.D) {
-                const uint16_t *d = (const uint16_t *)a.data;
-                uint2 kq = *(const uint2 *)(d + row + dl), vq = *(const uint2 *)(d + vrow + dl);
-                kv[u][0] = __uint_as_float(kq.x << 16);
-                kv[u][1 % DPL] = __uint_as_float(kq.x & 0xffff0000u);
-                kv[u][2 % DPL] = __uint_as_float(kq.y << 16);
-                kv[u][3 % DPL] = __uint_as_float(kq.y & 0xffff0000u);
-                vv[u][0] = __uint_as_float(vq.x << 16);
-                vv[u][1 % DPL] = __uint_as_float(vq.x & 0xffff0000u);
-                vv[u][2 % DPL] = __uint_as_float(vq.y << 16);
-                vv[u][3 % DPL] = __uint_as_float(vq.y & 0xffff0000u);
-            } else if (a.bf16) {
-                const uint16_t *d = (const uint16_t *)a.data;
+            for (int u = 0; u < KV_U; u++) {
+                kv[u][0] = __uint_as_float(kn[u].x << 16);
+                kv[u][1 % DPL] = __uint_as_float(kn[u].x & 0xffff0000u);
+                kv[u][2 % DPL] = __uint_as_float(kn[u].y << 16);
+                kv[u][3 % DPL] = __uint_as_float(kn[u].y & 0xffff0000u);
+                vv[u][0] = __uint_as_float(vn[u].x << 16);
+                vv[u][1 % DPL] = __uint_as_float(vn[u].x & 0xffff0000u);
+                vv[u][2 % DPL] = __uint_as_float(vn[u].y << 16);
+                vv[u][3 % DPL] = __uint_as_float(vn[u].y & 0xffff0000u);
+            }
+            if (jb + 4 * KV_U < j1) kv_load_bf16x4<KV_U>(kn, vn, d, table, a, jb + 4 * KV_U, j1, h, dl);
+            kv_update<DPL, KV_U>(kv, vv, q, jb, j1, a.scale, m, l, acc);
+        }
+    } else
+        for (int jb = j0 + warp * KV_U; jb < j1; jb += 4 * KV_U) {
+            float kv[KV_U][DPL], vv[KV_U][DPL];
 #pragma unroll
-                for (int i = 0; i < DPL; i++) {
-                    kv[u][i] = dl + i < a.D ? bf2f(d[row + dl + i]) : 0.f;
-                    vv[u][i] = dl + i < a.D ? bf2f(d[vrow + dl + i]) : 0.f;
-                }
-            } else {
-                const float *d = (const float *)a.data;
+            for (int u = 0; u < KV_U; u++) {
+                const int j = jb + u;
+                const bool ok = j < j1;
+                int blk = table[(ok ? j : jb) / a.bs];
+                size_t row =
+                    ((size_t)(blk * a.L + a.layer) * 2 * a.bs + (ok ? j : jb) % a.bs) * a.width + (size_t)h * a.D;
+                size_t vrow = row + (size_t)a.bs * a.width;
+                if (a.bf16) {
+                    const uint16_t *d = (const uint16_t *)a.data;
 #pragma unroll
-                for (int i = 0; i < DPL; i++) {
-                    kv[u][i] = dl + i < a.D ? d[row + dl + i] : 0.f;
-                    vv[u][i] = dl + i < a.D ? d[vrow + dl + i] : 0.f;
+                    for (int i = 0; i < DPL; i++) {
+                        kv[u][i] = dl + i < a.D ? bf2f(d[row + dl + i]) : 0.f;
+                        vv[u][i] = dl + i < a.D ? bf2f(d[vrow + dl + i]) : 0.f;
+                    }
+                } else {
+                    const float *d = (const float *)a.data;
+#pragma unroll
+                    for (int i = 0; i < DPL; i++) {
+                        kv[u][i] = dl + i < a.D ? d[row + dl + i] : 0.f;
+                        vv[u][i] = dl + i < a.D ? d[vrow + dl + i] : 0.f;
+                    }
                 }
             }
-            float dot = 0.f;
-#pragma unroll
-            for (int i = 0; i < DPL; i++) dot += q[i] * kv[u][i];
-            sc[u] = dot;
+            kv_update<DPL, KV_U>(kv, vv, q, jb, j1, a.scale, m, l, acc);
         }
-#pragma unroll
-        for (int u = 0; u < KV_U; u++) sc[u] = jb + u < j1 ? warp_sum(sc[u]) * a.scale : -INFINITY;
-        float mn = m;
-#pragma unroll
-        for (int u = 0; u < KV_U; u++) mn = fmaxf(mn, sc[u]);
-        float corr = expf(m - mn), p[KV_U];
-        l *= corr;
-#pragma unroll
-        for (int u = 0; u < KV_U; u++) {
-            p[u] = expf(sc[u] - mn);
-            l += p[u];
-        }
-#pragma unroll
-        for (int i = 0; i < DPL; i++) {
-            float t = acc[i] * corr;
-#pragma unroll
-            for (int u = 0; u < KV_U; u++) t += p[u] * vv[u][i];
-            acc[i] = t;
-        }
-        m = mn;
-    }
     if (lane == 0) {
         sm_m[warp] = m;
         sm_l[warp] = l;

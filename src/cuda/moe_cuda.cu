@@ -130,7 +130,8 @@ static __device__ void route_warp(const float *l, int coherent, float *p, int E,
 
 /* route_k and bucket_k in one block for few rows (decode): one warp a row (warp max, the exponentials in shared
  * memory, their sum in expert order by one lane as route_k, greedy top-k by warp argmax with the lowest index on
- * ties), then the bucketing of bucket_k. Bit for bit what route_k + bucket_k give. */
+ * ties), then the bucketing of bucket_k. Bit for bit what route_k + bucket_k give. (Taking it up to 256 rows left
+ * batch.moe.route at B = 128 where it was, 55 against 52 us a layer on an H200: bench/results/batch-h200-session12.txt.) */
 enum { RB_MAX_ROWS = 64 };
 __global__ void __launch_bounds__(1024) route_bucket_k(const float *logits, int n, int E, int K, int bf, int32_t *idx,
                                                        float *wts, float *out_logits, int32_t *out_experts,

@@ -1215,6 +1215,8 @@ static void test_moe(void) {
     moe_case(50, 13, 4, 40, 24, 48, 0, DS_BF16);
     moe_case(7, 9, 2, 33, 17, 20, 0, DS_F32); /* odd sizes: scalar loads */
     moe_case(2, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* the model's shapes */
+    moe_case(128, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* a decode batch of 128 pages (route_k + bucket_k) */
+    moe_case(300, 13, 4, 40, 24, 48, 1, DS_BF16);
     moe_case(1, 64, 6, 1280, 896, 1792, 1, DS_BF16); /* decode: the single-token kernels */
     moe_case(1, 64, 6, 1280, 896, 1792, 0, DS_BF16);
     moe_case(1, 16, 6, 64, 32, 0, 1, DS_BF16);       /* single token, no shared experts */
