@@ -15,8 +15,15 @@
 #           with DSOCR_PROFILE=1 (batch.* sections: the batch's steps; dec.*: the pages' prefills), then gundam
 #           pages at B = 64 (pages per second)
 #   batchprof  only the profile run of batch (B = 128, 300 tokens, DSOCR_PROFILE=1)
+#   batchtop   the top of batch's table only: B = 128, 1,000 tokens, --check, bf16 and Q8_0; then the Q8_0 profile
+#           (B = 128, 300 tokens)
 #   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
 #           base and gundam, medians of REPEAT runs, default 3; the PyTorch reference's stage times beside them)
+#   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and
+#           Q8_0, 64 tokens, all cores), then decode rates at THREADS_SWEEP threads (default "4 8 12")
+#   cpusweep  issue 12's decode knobs on the machine's CPU: base page, 64 tokens, medians of 2, bf16 and Q8_0, each
+#           setting of SWEEP (default: the defaults, session 11's (static, no far prefetch), each of the two alone,
+#           DSOCR_PF=8192, dynamic,2, the defaults again)
 #   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
 #           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
 #           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
@@ -146,6 +153,53 @@ if has batch || has batchprof; then
     DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --batches 128 --tokens 300 \
         > "$OUT/batch-profile.json" 2> "$OUT/batch-profile.err"
     grep '"batch"' "$OUT/batch-profile.json" | cut -c1-200; grep -E "profile (batch\.|\(idle\)|total)" "$OUT/batch-profile.err"
+fi
+if has batchtop; then
+    full_ckpt
+    for q in bf16 q8_0; do
+        qa=""; [ $q = bf16 ] || qa="--quant $q"
+        # shellcheck disable=SC2086
+        timeout 150 .devrun/bench_batch --model $M --device cuda --tokens 1000 $qa --batches 128 --check \
+            --check-pages 2 > "$OUT/batchtop-$q.json" 2> "$OUT/batchtop-$q.err"
+        echo "batchtop $q rc $?"; grep '"batch"' "$OUT/batchtop-$q.json" | cut -c1-400
+    done
+    DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --quant q8_0 --batches 128 --tokens 300 \
+        > "$OUT/batch-profile-q8_0.json" 2> "$OUT/batch-profile-q8_0.err"
+    grep -E "profile (batch\.|total)" "$OUT/batch-profile-q8_0.err"
+fi
+if has cpuprof; then
+    full_ckpt
+    for q in none q8_0; do
+        qa=""; [ $q = none ] || qa="--quant $q"
+        # shellcheck disable=SC2086
+        DSOCR_PROFILE=1 timeout 200 ./dsocr bench --model $M --device cpu --mode base --tokens 64 --repeat 2 \
+            --ceilings $qa > "$OUT/cpuprof-$q.json" 2> "$OUT/cpuprof-$q.err"
+        echo "$q: $(grep -E '"decode_tok_s"' "$OUT/cpuprof-$q.json")"
+        grep -E "step\.|read_gbps" "$OUT/cpuprof-$q.err" "$OUT/cpuprof-$q.json" | head -14
+        for t in ${THREADS_SWEEP:-4 8 12}; do
+            # shellcheck disable=SC2086
+            timeout 100 ./dsocr bench --model $M --device cpu --mode base --tokens 64 --repeat 2 --threads "$t" \
+                $qa > "$OUT/cpuprof-$q-t$t.json" 2> /dev/null
+            echo "$q threads $t: $(grep -E '"decode_tok_s"' "$OUT/cpuprof-$q-t$t.json")"
+        done
+    done
+fi
+if has cpusweep; then
+    full_ckpt
+    i=0
+    for q in none q8_0; do
+        qa=""; [ $q = none ] || qa="--quant $q"
+        for e in ${SWEEP:-X DSOCR_GEMV_SCHED=static,DSOCR_PF=0 DSOCR_PF=0 DSOCR_GEMV_SCHED=static DSOCR_PF=8192 \
+            DSOCR_GEMV_SCHED=dynamic,2 X}; do
+            # shellcheck disable=SC2046,SC2086
+            env $(echo "$e" | tr ',' ' ' | sed 's/^X$//; s/dynamic 2/dynamic,2/') timeout 100 ./dsocr bench --model $M \
+                --device cpu --mode base --tokens 64 --repeat 2 --ceilings $qa > "$OUT/sweep-$i.json" 2> /dev/null
+            python3 -c "import json,sys; d=json.load(open(sys.argv[1])); r=d['runs'][0]; \
+print(sys.argv[2], sys.argv[3], r['decode_tok_s']['samples'], r['read_gbps_after_run']['samples'], \
+d['of_ceilings'][0]['decode_of_read_after_run'])" "$OUT/sweep-$i.json" $q "$e" || echo "$q $e failed"
+            i=$((i + 1))
+        done
+    done
 fi
 if has cpu; then
     full_ckpt

@@ -214,10 +214,51 @@ __attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x,
     for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
     return v;
 }
+/* bf16_dot with a software prefetch `pf` bytes ahead into L2 once per cache line: the same sums in the same order */
+__attribute__((target("avx2,fma"))) static inline float bf16_dot_pf(const float *x, const uint16_t *w, int K,
+                                                                   int pf) {
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
+    int k = 0;
+    for (; k + 32 <= K; k += 32) {
+        _mm_prefetch((const char *)(w + k) + pf, _MM_HINT_T1);
+        LOAD_BF16(w + k, w0, w1);
+        LOAD_BF16(w + k + 16, w2, w3);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w2, a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), w3, a3);
+    }
+    if (k + 16 <= K) {
+        LOAD_BF16(w + k, w0, w1);
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+        k += 16;
+    }
+    float v = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
+    for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
+    return v;
+}
+/* The decode GEMVs' far software prefetch, in bytes ahead of the load, into L2 (0: none), read once. On Intel 4 KiB:
+ * on the 16-core Xeon (a VM) it took bf16 decode from 52 to 61-63 tok/s, and with guided scheduling (gemv_schedule)
+ * to 74 (bench/results/cpu-decode-knobs-xeon-session12.txt); on the Zen 4 VM far prefetches made the Q8_0 kernel
+ * slower (session 10), so elsewhere none. DSOCR_PF=N sets it (0 turns it off). */
+static int decode_pf(void) {
+    static int pf = -1;
+    if (pf < 0) {
+        const char *e = getenv("DSOCR_PF");
+        const int v = e ? atoi(e) : __builtin_cpu_is("intel") ? 4096 : 0;
+        pf = v > 0 && v <= (1 << 20) ? v : 0;
+    }
+    return pf;
+}
 /* 4 adjacent weight rows against one row of x (decode, M = 1), one after the other */
 __attribute__((target("avx2,fma"))) static inline void gemv_r4_bf16(float *out, const float *x, const uint16_t *w,
                                                                     int K) {
-    for (int r = 0; r < 4; r++) out[r] = bf16_dot(x, w + (size_t)r * K, K);
+    const int pf = decode_pf();
+    if (pf)
+        for (int r = 0; r < 4; r++) out[r] = bf16_dot_pf(x, w + (size_t)r * K, K, pf);
+    else
+        for (int r = 0; r < 4; r++) out[r] = bf16_dot(x, w + (size_t)r * K, K);
 }
 
 /* Block-quantised GEMV (Q4_0; Q8_0 goes through the 16-bit kernels below): out[m] = x[m]·dequant(row) for m < MR
@@ -388,22 +429,24 @@ GEMVQ_X_DEFINE(gemv1_q8_0_x, 1)
 GEMVQ_X_DEFINE(gemv2_q8_0_x, 2)
 GEMVQ_X_DEFINE(gemv3_q8_0_x, 3)
 GEMVQ_X_DEFINE(gemv4_q8_0_x, 4)
-/* 4 weight rows against xq's row 0 (decode), one row after the other. A thread's rows are adjacent in memory (its
- * static share of whole 16-row blocks), so this reads one sequential stream; once per two blocks (68 bytes) it
+/* 4 weight rows against xq's row 0 (decode), one row after the other. A thread's rows are adjacent in memory (runs
+ * of whole 16-row blocks, gemv_schedule), so this reads one sequential stream; once per two blocks (68 bytes) it
  * prefetches 2 KiB ahead into L1 (software prefetch never faults, also past the end). With the fp32 kernel, a
  * further prefetch 8 KiB ahead into L2 had helped (bench/results/cpu-q8-decode-vm-session8.txt, an Intel VM); with
  * this one, on the Zen 4 VM, bench_quant's Q8_0 shapes from memory stream 33-35 GB/s with the L1 prefetch alone,
- * 25-31 with both (bench/results/cpu-q8-decode-vm-session10.txt). Each row's sums are gemv1_q8_0_x's, in the
- * same order, so the results are unchanged. */
+ * 25-31 with both (bench/results/cpu-q8-decode-vm-session10.txt). On Intel a far prefetch into L2 is back
+ * (decode_pf). Each row's sums are gemv1_q8_0_x's, in the same order, so the results are unchanged. */
 __attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(float *out, const XQ *xq,
                                                                                 const BlockQ8_0 *w, int nb) {
     enum { PF_L1 = 2048 };
+    const int pf = decode_pf();
     for (int r = 0; r < 4; r++) {
         const BlockQ8_0 *row = w + (size_t)r * nb;
         __m512 acc = _mm512_setzero_ps();
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
             _mm_prefetch((const char *)(row + b) + PF_L1, _MM_HINT_T0);
+            if (pf) _mm_prefetch((const char *)(row + b) + pf, _MM_HINT_T1);
             acc = q8_0_xq_block(acc, xq->q + (size_t)b * QK, xq->s[b], row + b);
             acc = q8_0_xq_block(acc, xq->q + (size_t)(b + 1) * QK, xq->s[b + 1], row + b + 1);
         }
@@ -612,13 +655,33 @@ static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K,
 /* Whether a product on w quantises x first (the 16-bit Q8_0 kernels, AVX-512 or AVX2) */
 static int wants_xq(DsW w, int avx2) { return avx2 && w.dtype == DS_Q8_0 && cpu_avx2_f16c(); }
 
+/* How the GEMVs' 16-row blocks are shared out among the threads: guided (default: each thread first takes a long
+ * run of blocks, then smaller ones as they are left, so a thread that fell behind, such as a vCPU the host
+ * descheduled, no longer holds up the region's barrier; 52 -> 60-63 tok/s bf16 decode on the 16-core Xeon, see
+ * decode_pf), or DSOCR_GEMV_SCHED=static (each thread one equal run) or dynamic[,chunk]. A block computes the same
+ * bits whichever thread takes it. */
+static void gemv_schedule(void) {
+    static int kind = -1, chunk = 0;
+    if (kind < 0) {
+        const char *e = getenv("DSOCR_GEMV_SCHED");
+        kind = omp_sched_guided;
+        if (e && !strncmp(e, "static", 6)) kind = omp_sched_static;
+        if (e && !strncmp(e, "guided", 6)) kind = omp_sched_guided;
+        if (e && !strncmp(e, "dynamic", 7)) kind = omp_sched_dynamic;
+        const char *c = e ? strchr(e, ',') : NULL;
+        chunk = c ? atoi(c + 1) : 0;
+    }
+    omp_set_schedule((omp_sched_t)kind, chunk);
+}
+
 static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags) {
     int avx2 = cpu_avx2() && !g_force_scalar;
     int nblk = (N + GEMV_NB - 1) / GEMV_NB;
     XQ xqs;
     const XQ *xq = wants_xq(w, avx2) ? xq_rows(&xqs, x, ldx, M, K) : NULL;
     if (!xq && wants_xq(w, avx2)) avx2 = 0; /* no memory for x's quantised copy: the portable kernel */
-#pragma omp parallel for schedule(static) if ((size_t)N * K >= PAR_MIN)
+    gemv_schedule();
+#pragma omp parallel for schedule(runtime) if ((size_t)N * K >= PAR_MIN)
     for (int bi = 0; bi < nblk; bi++) gemv_block(y, ldy, x, ldx, M, K, w, N, bias, flags, avx2, xq, bi);
 }
 
@@ -660,7 +723,8 @@ static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
         buf += xq_bytes(1, jobs[j].K);
         xqp[j] = &xq[j];
     }
-#pragma omp parallel for schedule(static)
+    gemv_schedule();
+#pragma omp parallel for schedule(runtime)
     for (int t = 0; t < total; t++) {
         int j = 0;
         while (t >= start[j + 1]) j++;
