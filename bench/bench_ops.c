@@ -1,5 +1,7 @@
 /* bench_ops: speed of the fast CPU ops at the model's shapes, printed as JSON (not a test).
  *   build/bench/bench_ops [--quick]
+ *   build/bench/bench_ops --read-trace N   N samples of the read ceiling of `dsocr bench --ceilings` (512 MiB, best of
+ *                                          3 passes, all threads) one after another: how much it moves over time
  * Linear: GFLOP/s (2·M·N·K per call) and, for decode (M = 1), the weight-read rate in GB/s. Attention: GFLOP/s
  * counting q·kᵀ and p·v (4·T²·D per head). Each figure is the best of several timed calls after a warm-up.
  * The machine (CPU model from /proc/cpuinfo) and the OpenMP thread count are part of the output. */
@@ -9,6 +11,7 @@
 #include <unistd.h>
 
 #include "hwinfo.h"
+#include "util.h"
 #include "ops.h"
 
 static uint32_t seed = 1;
@@ -156,6 +159,22 @@ int main(int argc, char **argv) {
     quick = argc > 1 && !strcmp(argv[1], "--quick");
     char cpu[256];
     cpu_name(cpu, sizeof cpu);
+    if (argc > 2 && !strcmp(argv[1], "--read-trace")) {
+        const int n = atoi(argv[2]);
+        if (n < 1 || n > 100000) {
+            fprintf(stderr, "bench_ops: --read-trace N, 1 <= N <= 100000\n");
+            return 2;
+        }
+        printf("{\"bench\": \"read trace\", \"machine\": \"%s\", \"threads\": %d, \"bytes\": %d, \"gbps\": [", cpu,
+               omp_get_max_threads(), 512 << 20);
+        const double t0 = ds_now();
+        for (int i = 0; i < n; i++) {
+            printf("%s%.1f", i ? ", " : "", ops_cpu_read_gbps((size_t)512 << 20, omp_get_max_threads(), 3));
+            fflush(stdout);
+        }
+        printf("], \"seconds\": %.1f}\n", ds_now() - t0);
+        return 0;
+    }
     printf("{\"bench\": \"ops\", \"machine\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\", \"results\": [", cpu,
            omp_get_max_threads(), ops_blas_coretype());
     /* decode: one token through the decoder's projections and the head */

@@ -189,14 +189,18 @@ GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 /* One row of x against one bf16 weight row: four 8-lane FMA chains over 32 inputs a step (two chains of 4-cycle
  * FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s on one Zen 4 core: less than its read bandwidth), then
  * a 16-input step into chains 0 and 1, the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs
- * one by one. No software prefetch: the decode kernel's rows are adjacent, one sequential stream that the hardware
- * prefetchers follow (on the Zen 4 VM a 2 KiB L1 prefetch made it slower in 6 of 8 pairs, and four interleaved rows
- * slower still: bench/results/cpu-bf16-gemv-prefetch-vm-session11.txt). Every bf16 GEMV output (any M, any grouping
- * of rows) is this function's, so the batch's rows and a page alone get the same bits. */
-__attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x, const uint16_t *w, int K) {
+ * one by one. pf > 0 adds a software prefetch pf bytes ahead into L2 once per cache line (the same sums in the same
+ * order): the decode's rows are adjacent, one sequential stream, which on the Zen 4 VM the hardware prefetchers
+ * follow best alone (a 2 KiB L1 prefetch made it slower in 6 of 8 pairs, four interleaved rows slower still:
+ * bench/results/cpu-bf16-gemv-prefetch-vm-session11.txt), while on Intel a prefetch 4 KiB ahead helps (decode_pf).
+ * Inlined, so that bf16_dot's pf = 0 costs nothing. Every bf16 GEMV output (any M, any grouping of rows) is this
+ * function's, so the batch's rows and a page alone get the same bits. */
+__attribute__((target("avx2,fma"), always_inline)) static inline float bf16_dot_pf(const float *x, const uint16_t *w,
+                                                                                  int K, int pf) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
     int k = 0;
     for (; k + 32 <= K; k += 32) {
+        if (pf) _mm_prefetch((const char *)(w + k) + pf, _MM_HINT_T1);
         LOAD_BF16(w + k, w0, w1);
         LOAD_BF16(w + k + 16, w2, w3);
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
@@ -214,29 +218,8 @@ __attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x,
     for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
     return v;
 }
-/* bf16_dot with a software prefetch `pf` bytes ahead into L2 once per cache line: the same sums in the same order */
-__attribute__((target("avx2,fma"))) static inline float bf16_dot_pf(const float *x, const uint16_t *w, int K,
-                                                                   int pf) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
-    int k = 0;
-    for (; k + 32 <= K; k += 32) {
-        _mm_prefetch((const char *)(w + k) + pf, _MM_HINT_T1);
-        LOAD_BF16(w + k, w0, w1);
-        LOAD_BF16(w + k + 16, w2, w3);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
-        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w2, a2);
-        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 24), w3, a3);
-    }
-    if (k + 16 <= K) {
-        LOAD_BF16(w + k, w0, w1);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
-        k += 16;
-    }
-    float v = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
-    for (; k < K; k++) v += x[k] * bf16_to_f32(w[k]);
-    return v;
+__attribute__((target("avx2,fma"))) static inline float bf16_dot(const float *x, const uint16_t *w, int K) {
+    return bf16_dot_pf(x, w, K, 0);
 }
 /* The decode GEMVs' far software prefetch, in bytes ahead of the load, into L2 (0: none), read once. On Intel 4 KiB:
  * on the 16-core Xeon (a VM) it took bf16 decode from 52 to 61-63 tok/s, and with guided scheduling (gemv_schedule)
