@@ -87,6 +87,7 @@ typedef struct Op {
     OpsAttentionKv akv;
     BackendMoe moe;
     int moe_flags;
+    int lin_flags;
 } Op;
 
 enum { OP_LINEAR, OP_ATT, OP_ATT_KV, OP_MOE, OP_RMSNORM, OP_LAYERNORM, OP_SWIGLU };
@@ -94,7 +95,9 @@ enum { OP_LINEAR, OP_ATT, OP_ATT_KV, OP_MOE, OP_RMSNORM, OP_LAYERNORM, OP_SWIGLU
 static void run_op(void *arg) {
     Op *o = arg;
     switch (o->kind) {
-    case OP_LINEAR: B->linear(B, o->y, o->N, o->x, o->K, o->M, o->K, ds_w(o->w, o->wdt), o->N, ds_w_none(), 0); break;
+    case OP_LINEAR:
+        B->linear(B, o->y, o->N, o->x, o->K, o->M, o->K, ds_w(o->w, o->wdt), o->N, ds_w_none(), o->lin_flags);
+        break;
     case OP_ATT: B->attention(B, &o->att); break;
     case OP_ATT_KV: B->attention_kv(B, &o->akv); break;
     case OP_MOE: B->moe(B, o->y, o->x, o->M, &o->moe, OPS_BF16 | o->moe_flags, NULL, NULL, o->scratch); break;
@@ -145,27 +148,34 @@ int main(int argc, char **argv) {
     Op o;
 
     /* ---- linear */
-    static const struct { const char *name; int M, K, N; DsDtype dt; } lin[] = {
-        {"linear decode q/k/v/o M1 1280x1280", 1, 1280, 1280, DS_BF16},
-        {"linear lm_head M1 1280x129280", 1, 1280, 129280, DS_BF16},
-        {"linear router M1 1280x64", 1, 1280, 64, DS_BF16},
-        {"linear M4 1280x1280", 4, 1280, 1280, DS_BF16},
-        {"linear decode q/k/v/o M1 1280x1280 q8_0", 1, 1280, 1280, DS_Q8_0},
-        {"linear decode q/k/v/o M1 1280x1280 q4_0", 1, 1280, 1280, DS_Q4_0},
-        {"linear decode qkv M1 1280x3840 q8_0", 1, 1280, 3840, DS_Q8_0},
-        {"linear lm_head M1 1280x129280 q8_0", 1, 1280, 129280, DS_Q8_0},
-        {"linear lm_head M1 1280x129280 q4_0", 1, 1280, 129280, DS_Q4_0},
-        {"linear M4 1280x1280 q8_0", 4, 1280, 1280, DS_Q8_0},
-        {"linear SAM qkv M4096 768x2304", 4096, 768, 2304, DS_BF16},
-        {"linear SAM mlp1 M4096 768x3072", 4096, 768, 3072, DS_BF16},
-        {"linear CLIP fc1 M257 1024x4096", 257, 1024, 4096, DS_BF16},
-        {"linear prefill q M1000 1280x1280", 1000, 1280, 1280, DS_BF16},
+    /* fl BE_ROUND: bf16 outputs, as the decoder's products in bf16 mode (a decode batch's Q8_0 rows then take
+     * cu_linear_q8_rows) */
+    static const struct { const char *name; int M, K, N; DsDtype dt; int fl; } lin[] = {
+        {"linear decode q/k/v/o M1 1280x1280", 1, 1280, 1280, DS_BF16, 0},
+        {"linear lm_head M1 1280x129280", 1, 1280, 129280, DS_BF16, 0},
+        {"linear router M1 1280x64", 1, 1280, 64, DS_BF16, 0},
+        {"linear M4 1280x1280", 4, 1280, 1280, DS_BF16, 0},
+        {"linear decode q/k/v/o M1 1280x1280 q8_0", 1, 1280, 1280, DS_Q8_0, 0},
+        {"linear decode q/k/v/o M1 1280x1280 q4_0", 1, 1280, 1280, DS_Q4_0, 0},
+        {"linear decode qkv M1 1280x3840 q8_0", 1, 1280, 3840, DS_Q8_0, 0},
+        {"linear lm_head M1 1280x129280 q8_0", 1, 1280, 129280, DS_Q8_0, 0},
+        {"linear lm_head M1 1280x129280 q4_0", 1, 1280, 129280, DS_Q4_0, 0},
+        {"linear M4 1280x1280 q8_0", 4, 1280, 1280, DS_Q8_0, 0},
+        {"linear SAM qkv M4096 768x2304", 4096, 768, 2304, DS_BF16, 0},
+        {"linear SAM mlp1 M4096 768x3072", 4096, 768, 3072, DS_BF16, 0},
+        {"linear CLIP fc1 M257 1024x4096", 257, 1024, 4096, DS_BF16, 0},
+        {"linear prefill q M1000 1280x1280", 1000, 1280, 1280, DS_BF16, 0},
+        {"linear lm_head M128 1280x129280 bf16 out", 128, 1280, 129280, DS_BF16, BE_ROUND},
+        {"linear lm_head M128 1280x129280 q8_0 bf16 out", 128, 1280, 129280, DS_Q8_0, BE_ROUND},
+        {"linear qkv M128 1280x3840 bf16 out", 128, 1280, 3840, DS_BF16, BE_ROUND},
+        {"linear qkv M128 1280x3840 q8_0 bf16 out", 128, 1280, 3840, DS_Q8_0, BE_ROUND},
     };
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
         memset(&o, 0, sizeof o);
         o.kind = OP_LINEAR;
         o.M = lin[i].M, o.K = lin[i].K, o.N = lin[i].N;
         o.wdt = lin[i].dt;
+        o.lin_flags = lin[i].fl;
         o.x = drand_f32((size_t)o.M * o.K);
         o.y = dalloc((size_t)o.M * o.N * 4);
         o.w = drand_w((size_t)o.N * o.K, o.wdt);

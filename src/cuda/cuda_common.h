@@ -69,6 +69,8 @@ typedef struct CudaCtx {
     float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
     int *amax_i, *amax_count;
     int exact_gemm;
+    int q8_rows;            /* DSOCR_Q8_ROWS=1: cu_linear_q8_rows for a decode batch's Q8_0 rows (not yet run on a GPU:
+                             * off by default until test_cuda has passed on one) */
     int pdl;                /* programmatic dependent launch for the decode-path kernels (sm_90+, not DSOCR_NO_PDL) */
     int gemm_f16;           /* backend.h set_gemm_f16: fp16 inputs to the tensor-core products (wins over exact_gemm) */
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
@@ -290,6 +292,7 @@ static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) 
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags);
 /* The GEMV path (fp32 arithmetic, weights read once per 8 rows) for any M; optional row gathers. */
+bool cu_linear_q8_rows(Backend *b, float *y, const float *x, int M, int K, int N, const void *w, int round);
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
              int round_bf16);
 void cu_round_bf16(Backend *b, float *x, size_t n);

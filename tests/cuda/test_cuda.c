@@ -250,7 +250,30 @@ static void qlinear_case_pad(int M, int K, int N, int qdt, int with_bias, int xp
     free(x), free(wh), free(bh), free(yr), free(yg);
 }
 
+/* a decode batch's rows on a Q8_0 weight in bf16 mode (BE_ROUND, dense rows: cu_linear_q8_rows's tensor-core
+ * kernel, 9 to 256 rows; other shapes fall back to the dequantised weight): x of bf16 values, against the reference on
+ * the same blocks with its outputs rounded to bf16 */
+static void q8_rows_case(int M, int K, int N) {
+    float *x = rnd((size_t)M * K, 1.0f);
+    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+    size_t wbytes;
+    void *wh = mk_weight((size_t)N * K, 0.5f, DS_Q8_0, &wbytes);
+    float *yr = malloc((size_t)M * N * 4 + 4);
+    ops_linear_ref(yr, N, x, K, M, K, ds_w(wh, DS_Q8_0), N, ds_w_none(), 0);
+    for (size_t i = 0; i < (size_t)M * N; i++) yr[i] = bf16_to_f32(f32_to_bf16(yr[i]));
+    float *dx = dev(x, (size_t)M * K * 4), *dy = dev(yr, (size_t)M * N * 4);
+    void *dw = dev(wh, wbytes);
+    B->memset0(B, dy, (size_t)M * N * 4);
+    B->linear(B, dy, N, dx, K, M, K, ds_w(dw, DS_Q8_0), N, ds_w_none(), BE_ROUND);
+    float *yg = down(dy, (size_t)M * N);
+    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * N), 4e-3, "linear q8_0 rows M%d K%d N%d bf16 out", M, K, N);
+    B->free(B, dx), B->free(B, dy), B->free(B, dw);
+    free(x), free(wh), free(yr), free(yg);
+}
+
 static void test_linear(void) {
+    static const int q8rows[][3] = {{9, 64, 16}, {37, 1280, 3840}, {128, 1280, 2048}, {256, 96, 48}, {128, 64, 40}};
+    for (size_t s = 0; s < sizeof q8rows / sizeof q8rows[0]; s++) q8_rows_case(q8rows[s][0], q8rows[s][1], q8rows[s][2]);
     static const int qshapes[][3] = {{1, 32, 1}, {1, 1280, 1280}, {3, 96, 37}, {8, 1280, 70}, {9, 64, 64},
                                      {37, 1280, 300}, {1, 1280, 129}};
     for (size_t s = 0; s < sizeof qshapes / sizeof qshapes[0]; s++)
@@ -1649,6 +1672,7 @@ static void test_decode_graph(void) {
 
 int main(void) {
     DsError e = {0};
+    setenv("DSOCR_Q8_ROWS", "1", 0); /* cu_linear_q8_rows is tested here (q8_rows_case, and every case it takes) */
     B = backend_cuda_new(0, &e);
     if (!B) {
         fprintf(stderr, "test_cuda: no CUDA backend: %s\n", e.msg);
