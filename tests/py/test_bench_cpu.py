@@ -24,7 +24,8 @@ def test_bench_cpu_table(tiny_model, tmp_path):
         assert o["ceilings"]["read_probes_after_runs"] is True
         for r in o["runs"]:
             assert len(r["read_gbps_after_run"]["samples"]) == 1 and r["read_gbps_after_run"]["median"] > 0
-            assert o["ceilings"]["read_gbps"] >= r["read_gbps_after_run"]["median"]
+            # the best of the run (printed to 2 decimals) is at least every probe after a run
+            assert o["ceilings"]["read_gbps"] >= r["read_gbps_after_run"]["median"] - 0.006
         assert all(f["decode_of_read_after_run"] > 0 for f in o["of_ceilings"])
         assert 0 < o["memory"]["peak_rss_bytes"] < 512 << 20
         assert all(0 < f["vision_of_gemm_ceiling"] for f in o["of_ceilings"])
