@@ -1064,7 +1064,7 @@ void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) {
 
 /* =============================================== attention ============================================== */
 
-enum { ATT_QB = 64, ATT_KB = 128, ATT_DMAX = 256, ATT_GMAX = 128 };
+enum { ATT_QB = 128, ATT_KB = 256, ATT_DMAX = 256, ATT_GMAX = 128 };
 
 /* s[i] = exp(s[i] − m) for i < n (every s[i] − m finite), returning their sum. AVX2: eight lanes of Cephes's
  * single-precision exp (x = k·ln2 + r with ln2 split in two, a degree-6 polynomial for e^r, 2^k by the exponent
