@@ -22,8 +22,8 @@
 #   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and
 #           Q8_0, 64 tokens, all cores), then decode rates at THREADS_SWEEP threads (default "4 8 12")
 #   cpusweep  issue 12's decode knobs on the machine's CPU: base page, 64 tokens, medians of 2, bf16 and Q8_0, each
-#           setting of SWEEP (default: the defaults, session 11's (static, no far prefetch), each of the two alone,
-#           DSOCR_PF=8192, dynamic,2, the defaults again)
+#           setting of SWEEP (words; X: none, "+" joins variables; default: the defaults, session 11's (static, no
+#           far prefetch), each of the two alone, DSOCR_PF=8192, dynamic,2, the defaults again)
 #   f16     the path of cards without bf16 (fp16 matrix products, fp32 everywhere else), forced on this card with
 #           --precision f16: f16-parity (GPU f16 against the CPU engine in fp32, the parity rules; tiny and full)
 #           and f16-stress (base and gundam pages on the full --stress checkpoint with every dumped stage checked
@@ -189,10 +189,10 @@ if has cpusweep; then
     i=0
     for q in none q8_0; do
         qa=""; [ $q = none ] || qa="--quant $q"
-        for e in ${SWEEP:-X DSOCR_GEMV_SCHED=static,DSOCR_PF=0 DSOCR_PF=0 DSOCR_GEMV_SCHED=static DSOCR_PF=8192 \
+        for e in ${SWEEP:-X DSOCR_GEMV_SCHED=static+DSOCR_PF=0 DSOCR_PF=0 DSOCR_GEMV_SCHED=static DSOCR_PF=8192 \
             DSOCR_GEMV_SCHED=dynamic,2 X}; do
             # shellcheck disable=SC2046,SC2086
-            env $(echo "$e" | tr ',' ' ' | sed 's/^X$//; s/dynamic 2/dynamic,2/') timeout 100 ./dsocr bench --model $M \
+            env $(echo "$e" | tr '+' ' ' | sed 's/^X$//') timeout 100 ./dsocr bench --model $M \
                 --device cpu --mode base --tokens 64 --repeat 2 --ceilings $qa > "$OUT/sweep-$i.json" 2> /dev/null
             python3 -c "import json,sys; d=json.load(open(sys.argv[1])); r=d['runs'][0]; \
 print(sys.argv[2], sys.argv[3], r['decode_tok_s']['samples'], r['read_gbps_after_run']['samples'], \

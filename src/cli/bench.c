@@ -112,6 +112,10 @@ static long long peak_rss_bytes(void) {
     getrusage(RUSAGE_SELF, &ru);
     return (long long)ru.ru_maxrss * 1024;
 }
+static void note_peak_rss(long long *peak) {
+    const long long now = peak_rss_bytes();
+    if (now > *peak) *peak = now;
+}
 static int reset_peak_rss(void) {
     FILE *f = fopen("/proc/self/clear_refs", "w");
     if (!f) return 1;
@@ -286,7 +290,7 @@ int cli_bench(int argc, char **argv) {
                 tps[k] = res.seconds_decode > 0 ? res.n_tokens / res.seconds_decode : 0;
                 page[k] = dt;
                 if (adjacent) { /* 512 MiB, best of 3: well past the caches, about 0.1 s */
-                    if (peak_rss_bytes() > engine_peak) engine_peak = peak_rss_bytes();
+                    note_peak_rss(&engine_peak);
                     adj[k] = ops_cpu_read_gbps((size_t)512 << 20, probe_threads, 3);
                     if (adj[k] > adj_best) adj_best = adj[k];
                     if (reset_peak_rss()) { /* it worked before: not expected */
@@ -350,7 +354,7 @@ int cli_bench(int argc, char **argv) {
         first = 0;
     }
     printf("\n  ],\n");
-    if (peak_rss_bytes() > engine_peak) engine_peak = peak_rss_bytes();
+    note_peak_rss(&engine_peak);
     dsocr_model_device_info(model, &di);
     printf("  \"memory\": {\"peak_rss_bytes\": %lld", engine_peak);
     if (!strcmp(di.device, "cuda")) {

@@ -697,9 +697,9 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
     }
     /* a decode batch's rows on a Q8_0 weight in bf16 mode: the tensor-core kernel that reads the blocks as they are
      * (with DSOCR_Q8_ROWS=1 only, until it has run on a GPU) */
-    if (cctx(b)->q8_rows && w.dtype == DS_Q8_0 && M > GEMV_ROWS && M <= Q8_ROWS_MAX && (flags & BE_ROUND) && !act_of(flags) &&
-        !(flags & (OPS_ACCUM | BE_FP32_SUMS | BE_IN_BF16 | BE_OUT_BF16)) && !bias.data && ldx == K && ldy == N &&
-        !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, x, M, K, N, w.data, 1))
+    if (cctx(b)->q8_rows && w.dtype == DS_Q8_0 && M > GEMV_ROWS && M <= Q8_ROWS_MAX && (flags & BE_ROUND) &&
+        !act_of(flags) && !(flags & (OPS_ACCUM | BE_FP32_SUMS | BE_IN_BF16 | BE_OUT_BF16)) && !bias.data &&
+        ldx == K && ldy == N && !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, x, M, K, N, w.data, 1))
         return;
     if (is_block(w.dtype) && M > GEMV_ROWS) {
         /* many rows: the weight in bf16 chunks of output columns (dequantised into wq), then the bf16 path */

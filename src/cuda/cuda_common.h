@@ -291,8 +291,9 @@ static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) 
 /* backend_cuda.cu */
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags);
-/* The GEMV path (fp32 arithmetic, weights read once per 8 rows) for any M; optional row gathers. */
+/* moe_cuda.cu: a decode batch's rows on a Q8_0 weight through group_mma_k (false: shapes or card do not fit) */
 bool cu_linear_q8_rows(Backend *b, float *y, const float *x, int M, int K, int N, const void *w, int round);
+/* The GEMV path (fp32 arithmetic, weights read once per 8 rows) for any M; optional row gathers. */
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
              int round_bf16);
 void cu_round_bf16(Backend *b, float *x, size_t n);
