@@ -149,7 +149,7 @@ int main(int argc, char **argv) {
 
     /* ---- linear */
     /* fl BE_ROUND: bf16 outputs, as the decoder's products in bf16 mode (a decode batch's Q8_0 rows then take
-     * cu_linear_q8_rows) */
+     * cu_linear_q8_rows; DSOCR_NO_Q8_ROWS=1: the dequantised chunks) */
     static const struct { const char *name; int M, K, N; DsDtype dt; int fl; } lin[] = {
         {"linear decode q/k/v/o M1 1280x1280", 1, 1280, 1280, DS_BF16, 0},
         {"linear lm_head M1 1280x129280", 1, 1280, 129280, DS_BF16, 0},
@@ -169,6 +169,12 @@ int main(int argc, char **argv) {
         {"linear lm_head M128 1280x129280 q8_0 bf16 out", 128, 1280, 129280, DS_Q8_0, BE_ROUND},
         {"linear qkv M128 1280x3840 bf16 out", 128, 1280, 3840, DS_BF16, BE_ROUND},
         {"linear qkv M128 1280x3840 q8_0 bf16 out", 128, 1280, 3840, DS_Q8_0, BE_ROUND},
+        {"linear o M128 1280x1280 bf16 out", 128, 1280, 1280, DS_BF16, BE_ROUND},
+        {"linear o M128 1280x1280 q8_0 bf16 out", 128, 1280, 1280, DS_Q8_0, BE_ROUND},
+        {"linear dense down M128 6848x1280 bf16 out", 128, 6848, 1280, DS_BF16, BE_ROUND},
+        {"linear dense down M128 6848x1280 q8_0 bf16 out", 128, 6848, 1280, DS_Q8_0, BE_ROUND},
+        {"linear lm_head M64 1280x129280 q8_0 bf16 out", 64, 1280, 129280, DS_Q8_0, BE_ROUND},
+        {"linear lm_head M256 1280x129280 q8_0 bf16 out", 256, 1280, 129280, DS_Q8_0, BE_ROUND},
     };
     for (size_t i = 0; i < sizeof lin / sizeof lin[0]; i++) {
         memset(&o, 0, sizeof o);

@@ -20,7 +20,9 @@ struct DecoderWork {
     float *qkv;                   /* [FUSED_ROWS, 3D]: q | k | v of a few rows from one fused product */
 };
 
-#define FUSED_ROWS 16 /* chunks up to this many rows use the layer's fused qkv weight when it has one */
+/* chunks up to this many rows use the layer's fused qkv weight when it has one (a decode batch of up to 256 pages:
+ * one product of 3D outputs, not three of D) */
+#define FUSED_ROWS 256
 
 static size_t scratch_floats(const Model *m, int R) {
     const ModelConfig *c = &m->cfg;

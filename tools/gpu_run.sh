@@ -11,11 +11,12 @@
 #   quant   issue 7's quality check on the machine's CPU: KL of Q8_0 and 4-bit against bf16 (tools/quant_quality.py),
 #           gundam page, 128 teacher-forced steps, on the full and the full --stress checkpoints
 #   batch   issue 13: bench_batch (B different pages decoded together, 1,000 tokens each, --check on the first
-#           two pages of every batch) for bf16 and Q8_0 at B = 1, 8, 32, 64, 128, then bf16 B = 128 for 300 tokens
-#           with DSOCR_PROFILE=1 (batch.* sections: the batch's steps; dec.*: the pages' prefills), then gundam
+#           two pages of every batch) for bf16 and Q8_0 at B = 1, 8, 32, 64, 128, then bf16 and Q8_0 B = 128 for 300
+#           tokens with DSOCR_PROFILE=1 (batch.* sections: the batch's steps; dec.*: the pages' prefills), then gundam
 #           pages at B = 64 (pages per second)
-#   batchprof  only the profile run of batch (B = 128, 300 tokens, DSOCR_PROFILE=1)
-#   batchtop   the top of batch's table only: B = 128, 1,000 tokens, --check, bf16 and Q8_0; then the Q8_0 profile
+#   batchprof  only the profile runs of batch (B = 128, 300 tokens, DSOCR_PROFILE=1, bf16 and Q8_0)
+#   batchtop   the top of batch's table only: B = 128, 1,000 tokens, --check, bf16 and Q8_0 (BATCHTOP_QUANTS: which);
+#           then the Q8_0 profile
 #           (B = 128, 300 tokens)
 #   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
 #           base and gundam, medians of REPEAT runs, default 3; the PyTorch reference's stage times beside them)
@@ -57,6 +58,9 @@ if has test; then
     echo "test_cuda rc $?"; grep -E "FAIL|passed" "$OUT/cuda-test.log" | tail -15
     timeout 120 .devrun/bench_cuda > "$OUT/cuda-ops.json" 2> "$OUT/cuda-ops.err"
     grep -E '"op"' "$OUT/cuda-ops.json" | grep -E "attention|moe|q/k/v|lm_head" | cut -c1-150
+    DSOCR_NO_Q8_ROWS=1 timeout 120 .devrun/bench_cuda > "$OUT/cuda-ops-noq8rows.json" 2>> "$OUT/cuda-ops.err"
+    echo "bench_cuda with DSOCR_NO_Q8_ROWS=1:"
+    grep -E '"op"' "$OUT/cuda-ops-noq8rows.json" | grep -E "M128" | cut -c1-150
 fi
 if has check; then
     ./dsocr check --json > "$OUT/check-gpu.json" 2> /dev/null || true
@@ -150,13 +154,18 @@ if has batch; then
 fi
 if has batch || has batchprof; then
     full_ckpt
-    DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --batches 128 --tokens 300 \
-        > "$OUT/batch-profile.json" 2> "$OUT/batch-profile.err"
-    grep '"batch"' "$OUT/batch-profile.json" | cut -c1-200; grep -E "profile (batch\.|\(idle\)|total)" "$OUT/batch-profile.err"
+    for q in bf16 q8_0; do
+        qa=""; sfx=""; [ $q = bf16 ] || { qa="--quant $q"; sfx="-$q"; }
+        # shellcheck disable=SC2086
+        DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda $qa --batches 128 --tokens 300 \
+            > "$OUT/batch-profile$sfx.json" 2> "$OUT/batch-profile$sfx.err"
+        grep '"batch"' "$OUT/batch-profile$sfx.json" | cut -c1-200
+        grep -E "profile (batch\.|\(idle\)|total)" "$OUT/batch-profile$sfx.err"
+    done
 fi
 if has batchtop; then
     full_ckpt
-    for q in bf16 q8_0; do
+    for q in ${BATCHTOP_QUANTS:-bf16 q8_0}; do
         qa=""; [ $q = bf16 ] || qa="--quant $q"
         # shellcheck disable=SC2086
         timeout 150 .devrun/bench_batch --model $M --device cuda --tokens 1000 $qa --batches 128 --check \

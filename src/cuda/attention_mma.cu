@@ -85,25 +85,6 @@ __global__ void __launch_bounds__(256) kv_to_bf16_k(const float *k, const float 
     vd[0] = make_uint4(vo[0], vo[1], vo[2], vo[3]), vd[1] = make_uint4(vo[4], vo[5], vo[6], vo[7]);
 }
 
-/* 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !ok */
-__device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
-#else
-    __trap();
-#endif
-}
-__device__ __forceinline__ void cp_commit() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-template <int N> __device__ __forceinline__ void cp_wait() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
-#endif
-}
 /* a + b on bf16 pairs, rounded to nearest even (one instruction on sm_80+) */
 __device__ __forceinline__ uint32_t add_bf16x2(uint32_t a, uint32_t b) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

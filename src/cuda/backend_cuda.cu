@@ -16,8 +16,10 @@
 #include "cuda/quant_cuda.h"
 
 /* Q8_ROWS_MAX: cu_linear's rows on a Q8_0 weight up to which cu_linear_q8_rows takes them (a decode batch; a prefill
- * chunk keeps the dequantised weight and cuBLAS) */
-enum { Q8_ROWS_MAX = 256 };
+ * chunk keeps the dequantised weight and cuBLAS); Q8_ROWS_MIN_N: its outputs from which it does (the lm_head: 434
+ * against 1,584 us at 128 rows on an H200; at N of 1,280 to 6,848 the dequantised chunks and cuBLAS were faster,
+ * 28-66 against 43-213 us: bench/results/batch-h200-session13.txt) */
+enum { Q8_ROWS_MAX = 256, Q8_ROWS_MIN_N = 16384 };
 enum { XB_ELEMS = 16 << 20, WQ_ELEMS = 8 << 20, PART_FLOATS = 4 << 20, GEMV_ROWS = 8, WARPS = 8, BLAS_WS_BYTES = 32 << 20 };
 enum { LT_PLANS = 64 }; /* cuBLASLt products kept planned (bf16-output linears: a dozen shapes per view side) */
 
@@ -696,10 +698,11 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
         return;
     }
     /* a decode batch's rows on a Q8_0 weight in bf16 mode: the tensor-core kernel that reads the blocks as they are
-     * (with DSOCR_Q8_ROWS=1 only, until it has run on a GPU) */
-    if (cctx(b)->q8_rows && w.dtype == DS_Q8_0 && M > GEMV_ROWS && M <= Q8_ROWS_MAX && (flags & BE_ROUND) &&
+     * (DSOCR_NO_Q8_ROWS=1: the dequantised chunks below, for comparison) */
+    if (!cctx(b)->no_q8_rows && w.dtype == DS_Q8_0 && M > GEMV_ROWS && M <= Q8_ROWS_MAX && N >= Q8_ROWS_MIN_N &&
+        (flags & BE_ROUND) &&
         !act_of(flags) && !(flags & (OPS_ACCUM | BE_FP32_SUMS | BE_IN_BF16 | BE_OUT_BF16)) && !bias.data &&
-        ldx == K && ldy == N && !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, x, M, K, N, w.data, 1))
+        !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, ldy, x, ldx, M, K, N, w.data, 1))
         return;
     if (is_block(w.dtype) && M > GEMV_ROWS) {
         /* many rows: the weight in bf16 chunks of output columns (dequantised into wq), then the bf16 path */
@@ -1905,7 +1908,7 @@ extern "C" Backend *backend_cuda_new(int device, DsError *e) {
     snprintf(c->name, sizeof c->name, "%s", prop.name);
     c->cc = prop.major * 10 + prop.minor;
     c->pdl = c->cc >= 90 && !ds_env_on("DSOCR_NO_PDL");
-    c->q8_rows = ds_env_on("DSOCR_Q8_ROWS");
+    c->no_q8_rows = ds_env_on("DSOCR_NO_Q8_ROWS");
     c->n_sm = prop.multiProcessorCount;
     c->smem_optin = (int)prop.sharedMemPerBlockOptin;
     if (c->cc < 75) {

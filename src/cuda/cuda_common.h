@@ -69,8 +69,8 @@ typedef struct CudaCtx {
     float *amax_v;          /* argmax: per-block candidates, and a zeroed counter after amax_i's */
     int *amax_i, *amax_count;
     int exact_gemm;
-    int q8_rows;            /* DSOCR_Q8_ROWS=1: cu_linear_q8_rows for a decode batch's Q8_0 rows (not yet run on a GPU:
-                             * off by default until test_cuda has passed on one) */
+    int no_q8_rows;         /* DSOCR_NO_Q8_ROWS=1: a decode batch's Q8_0 lm_head by dequantised chunks, not
+                             * cu_linear_q8_rows */
     int pdl;                /* programmatic dependent launch for the decode-path kernels (sm_90+, not DSOCR_NO_PDL) */
     int gemm_f16;           /* backend.h set_gemm_f16: fp16 inputs to the tensor-core products (wins over exact_gemm) */
     size_t base_used;       /* the driver's used bytes right after context creation (before any allocation) */
@@ -153,6 +153,26 @@ static __device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uin
 #endif
 }
 
+/* 16 bytes global -> shared, asynchronously; zero-filled (nothing read) when !ok */
+static __device__ __forceinline__ void cp16(void *dst, const void *src, bool ok) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    const uint32_t d = (uint32_t)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+#else
+    __trap();
+#endif
+}
+static __device__ __forceinline__ void cp_commit() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int N>
+static __device__ __forceinline__ void cp_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
+}
 /* float to fp16 bits, round to nearest even, saturating: beyond ±65504 gives ±65504 (never inf); NaN stays NaN.
  * (A conversion instruction every target has; no half arithmetic.) */
 static __device__ __forceinline__ uint16_t f2h_sat(float f) {
@@ -292,7 +312,11 @@ static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) 
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags);
 /* moe_cuda.cu: a decode batch's rows on a Q8_0 weight through group_mma_k (false: shapes or card do not fit) */
-bool cu_linear_q8_rows(Backend *b, float *y, const float *x, int M, int K, int N, const void *w, int round);
+/* y [M, N] = x [M, K] · wᵀ (rounded to bf16 when round) on a Q8_0 weight by the tensor cores, the blocks read as
+ * stored (quant_cuda.cu); x of bf16 values. false, with nothing launched, where the card (sm_80+) or the shapes
+ * (K % 32, N % 16, ldx % 4, ldy % 2, x 16-byte and y 8-byte aligned) do not fit it. */
+bool cu_linear_q8_rows(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, int N, const void *w,
+                       int round);
 /* The GEMV path (fp32 arithmetic, weights read once per 8 rows) for any M; optional row gathers. */
 void cu_gemv(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias, int flags,
              int round_bf16);

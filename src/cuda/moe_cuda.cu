@@ -218,7 +218,6 @@ struct GroupArgs {
                                  and output columns */
     const float *sx;
     float *sy;
-    int dense; /* group_mma_k only: one plain product of n rows (x [n, K] -> y [n, N], weight wd.down[0]), no routing */
 };
 
 /* acc[r] += x_r · w over K for up to MR rows (rows r >= nr skipped). */
@@ -372,9 +371,9 @@ static __device__ __forceinline__ uint32_t q8_pair(uint32_t u, int i) {
 
 template <int DT, bool GATEUP>
 __global__ void __launch_bounds__(GW * 32) group_mma_k(GroupArgs a, UpPtrs wu, DownPtrs wd) {
-    const int e = a.dense ? 0 : a.act[blockIdx.y];
+    const int e = a.act[blockIdx.y];
     if (e < 0) return;
-    const int p0 = a.dense ? 0 : a.off[e], cnt = a.dense ? a.n : a.off[e + 1] - p0, K = a.K, N = a.N;
+    const int p0 = a.off[e], cnt = a.off[e + 1] - p0, K = a.K, N = a.N;
     const int lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int c0 = ((int)blockIdx.x * GW + (int)(threadIdx.x >> 5)) * GN;
     if (cnt == 0 || c0 >= N) return;
@@ -478,39 +477,6 @@ static bool group_mma_ok(const CudaCtx *c, int flags, int fuse, int D, int F, co
                          int vec) {
     return !(flags & BE_FP32_SUMS) && (flags & OPS_BF16) && !fuse && c->cc >= 80 && D % 32 == 0 && F % 32 == 0 &&
            aligned16(x) && aligned16(h) && ((wdt == DS_BF16 && vec) || wdt == DS_Q8_0);
-}
-
-/* y [M, N] = x [M, K] · wᵀ on a Q8_0 weight by group_mma_k as one dense product (no routing), each output rounded
- * to bf16 when round: a decode batch's non-expert products (cu_linear), which otherwise dequantise the whole weight
- * to bf16 in chunks every step (Q8_0 lm_head at 128 rows: 1.57 ms a step on an H200, against 0.16 for bf16).
- * x's values are rounded to bf16 (cu_linear takes this only with BE_ROUND, bf16 mode, where they are bf16 values
- * already), each block's sums scaled by the block's scale in fp32. false, with nothing launched: the shapes or the
- * card do not fit it (rows of x and y dense and 16-byte aligned, K % 32 == 0, N % 16 == 0, sm_80+). Compiled, not
- * yet run on a GPU (session 12 ran out of device time): cu_linear takes it only with DSOCR_Q8_ROWS=1, which
- * test_cuda sets. */
-bool cu_linear_q8_rows(Backend *b, float *y, const float *x, int M, int K, int N, const void *w, int round) {
-    CudaCtx *c = cctx(b);
-    if (c->cc < 80 || K % 32 || N % GN || !aligned16(x) || !aligned16(y) || M <= 0) return false;
-    GroupArgs g;
-    memset(&g, 0, sizeof g);
-    g.x = x;
-    g.y = y;
-    g.K = K;
-    g.N = N;
-    g.wdt = DS_Q8_0;
-    g.bf = round != 0;
-    g.n = M;
-    g.E = -1;
-    g.dense = 1;
-    UpPtrs up;
-    DownPtrs down;
-    memset(&up, 0, sizeof up);
-    memset(&down, 0, sizeof down);
-    down.down[0] = w;
-    /* one z slice: a warp keeps its 16 weight rows (22 KB) near while it walks the row groups */
-    group_mma_k<DS_Q8_0, false><<<dim3(cdiv(N, GW * GN), 1, 1), GW * 32, 0, c->stream>>>(g, up, down);
-    CU_LAUNCHED();
-    return true;
 }
 
 /* group_mma_k's z blocks for n rows (an expert has at most n) */

@@ -74,3 +74,156 @@ void cu_gemv_q(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
     else
         gemvq<DS_Q4_0>(cctx(b), a);
 }
+
+/* Many rows on a Q8_0 weight in bf16 mode (a decode batch's attention projections and lm_head; cu_linear): the
+ * tensor cores on the blocks as stored, instead of dequantising the whole weight into bf16 chunks every step
+ * (Q8_0 lm_head at 128 rows took 1.57 ms a step on an H200 that way, against 0.16 ms in bf16).
+ * A block of nw warps takes nw·16 output columns (a warp 16: two n8 tiles) and rpb rows of x (grid x: the row
+ * groups, so that blocks on the same weight columns run together). Over the reduction, QR_KC values at a time, the
+ * block's rows of x land in shared memory by cp.async, two stages (the next lands while the current is used), and
+ * each warp runs mma.sync m16n8k16 on all of them, so a weight block is read once per rpb rows. Per 32-wide step
+ * lane (g = lane / 4, t = lane % 4) holds weights 8t..8t+7 of its two weight rows (loaded a stage ahead, into
+ * registers) and x values 8t..8t+7 of its rows, rounded to bf16 (exact in bf16 mode, where the inputs are bf16
+ * values); the step's index is permuted the same way in both operands (an mma's k pair 2t, 2t+1 is the step's
+ * 8t + 4s, +1 and its pair 2t + 8, 2t + 9 the step's 8t + 4s + 2, +3, for its half s), as in moe_cuda.cu's
+ * group_mma_k. The int8 weights enter the mma as bf16 (exact); each block's sums are scaled by the block's scale
+ * and added in fp32. The order of the sums differs from ops_linear_ref's block path: the batch's rule is the
+ * teacher-forced margins one, not bit equality. */
+enum { QR_ROWS = 128, QR_KC = 64, QR_STEPS = QR_KC / 32, QR_MT = QR_ROWS / 16 };
+/* bytes a row of x takes in a stage (fp32): = 16 mod 128, so that a quarter warp's 16-byte loads (rows g, g + 1 at
+ * 32t, 32t + 16) meet no bank twice */
+enum { QR_XS = QR_KC * 4 + 16 };
+
+/* int8 bytes 2i, 2i + 1 of u as a bf16 pair (exact: |q| <= 128) */
+static __device__ __forceinline__ uint32_t q8_bf16_pair(uint32_t u, int i) {
+    return pack_bf16((float)(int8_t)(u >> (16 * i)), (float)(int8_t)(u >> (16 * i + 8)));
+}
+
+__global__ void __launch_bounds__(256) q8_rows_k(float *y, int ldy, const float *x, int ldx, const uint8_t *w, int M,
+                                                 int K, int N, int rpb, int round) {
+    extern __shared__ uint4 q8_rows_smem[];
+    uint8_t *xs = (uint8_t *)q8_rows_smem;
+    const int nw = (int)blockDim.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int m0 = (int)blockIdx.x * rpb, rows = min(rpb, M - m0), nmt = (rows + 15) / 16;
+    const int c0 = ((int)blockIdx.y * nw + (int)(threadIdx.x >> 5)) * 16;
+    const bool live = c0 < N; /* warp-uniform; a dead warp still helps stage x */
+    const size_t rb = (size_t)(K / 32) * 34, stage = (size_t)nmt * 16 * QR_XS;
+    const uint8_t *wr0 = w + (size_t)(live ? c0 + g : 0) * rb, *wr1 = w + (size_t)(live ? c0 + 8 + g : 0) * rb;
+    const int nst = (K + QR_KC - 1) / QR_KC;
+    /* stage st's x: rows 16·nmt (zeros past rows), values st·QR_KC.. (zeros past K), 16 bytes a copy */
+    auto fill = [&](int st) {
+        uint8_t *dst = xs + (size_t)(st & 1) * stage;
+        const int k0 = st * QR_KC;
+        for (int i = threadIdx.x; i < nmt * 16 * (QR_KC / 4); i += blockDim.x) {
+            const int r = i / (QR_KC / 4), c4 = i % (QR_KC / 4);
+            const bool ok = r < rows && k0 + 4 * c4 < K;
+            cp16(dst + (size_t)r * QR_XS + 16 * c4, ok ? x + (size_t)(m0 + r) * ldx + k0 + 4 * c4 : x, ok);
+        }
+        cp_commit();
+    };
+    QRaw wq[QR_STEPS][2];
+    auto wload = [&](int st) {
+#pragma unroll
+        for (int s = 0; s < QR_STEPS; s++) {
+            const int kb = st * QR_STEPS + s;
+            if (live && kb < K / 32) {
+                wq[s][0] = qload<DS_Q8_0>(wr0 + (size_t)kb * 34, t);
+                wq[s][1] = qload<DS_Q8_0>(wr1 + (size_t)kb * 34, t);
+            } else {
+                wq[s][0].w0 = wq[s][0].w1 = wq[s][1].w0 = wq[s][1].w1 = 0;
+                wq[s][0].d = wq[s][1].d = 0;
+            }
+        }
+    };
+    float acc[QR_MT][2][4];
+#pragma unroll
+    for (int mt = 0; mt < QR_MT; mt++)
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int q = 0; q < 4; q++) acc[mt][j][q] = 0.f;
+    fill(0);
+    wload(0);
+    for (int st = 0; st < nst; st++) {
+        uint32_t B[QR_STEPS][2][4];
+        float sc[QR_STEPS][2][2];
+#pragma unroll
+        for (int s = 0; s < QR_STEPS; s++)
+#pragma unroll
+            for (int j = 0; j < 2; j++) {
+                const QRaw &r = wq[s][j];
+                B[s][j][0] = q8_bf16_pair(r.w0, 0), B[s][j][1] = q8_bf16_pair(r.w0, 1);
+                B[s][j][2] = q8_bf16_pair(r.w1, 0), B[s][j][3] = q8_bf16_pair(r.w1, 1);
+                const float d = __half2float(__ushort_as_half(r.d));
+                /* the scales of this lane's accumulator columns 2t and 2t + 1 (weight rows of lanes 8t, 8t + 4) */
+                sc[s][j][0] = __shfl_sync(0xffffffffu, d, 8 * t), sc[s][j][1] = __shfl_sync(0xffffffffu, d, 8 * t + 4);
+            }
+        if (st + 1 < nst) {
+            wload(st + 1);
+            fill(st + 1);
+            cp_wait<1>();
+        } else {
+            cp_wait<0>();
+        }
+        __syncthreads(); /* stage st is in for every thread */
+        const uint8_t *xst = xs + (size_t)(st & 1) * stage;
+        if (live) {
+#pragma unroll
+            for (int s = 0; s < QR_STEPS; s++) {
+#pragma unroll
+                for (int mt = 0; mt < QR_MT; mt++) {
+                    if (mt >= nmt) break;
+                    const uint8_t *xa = xst + (size_t)(16 * mt + g) * QR_XS + 128 * s + 32 * t;
+                    const float4 p0 = *(const float4 *)xa, p1 = *(const float4 *)(xa + 16);
+                    const float4 q0 = *(const float4 *)(xa + 8 * QR_XS), q1 = *(const float4 *)(xa + 8 * QR_XS + 16);
+                    const uint32_t a0[4] = {pack_bf16(p0.x, p0.y), pack_bf16(q0.x, q0.y), pack_bf16(p0.z, p0.w),
+                                            pack_bf16(q0.z, q0.w)};
+                    const uint32_t a1[4] = {pack_bf16(p1.x, p1.y), pack_bf16(q1.x, q1.y), pack_bf16(p1.z, p1.w),
+                                            pack_bf16(q1.z, q1.w)};
+#pragma unroll
+                    for (int j = 0; j < 2; j++) {
+                        float c[4] = {0.f, 0.f, 0.f, 0.f};
+                        mma_bf16(c, a0, B[s][j][0], B[s][j][1]);
+                        mma_bf16(c, a1, B[s][j][2], B[s][j][3]);
+                        acc[mt][j][0] += c[0] * sc[s][j][0], acc[mt][j][1] += c[1] * sc[s][j][1];
+                        acc[mt][j][2] += c[2] * sc[s][j][0], acc[mt][j][3] += c[3] * sc[s][j][1];
+                    }
+                }
+            }
+        }
+        __syncthreads(); /* stage st is used up before stage st + 2 lands in its place */
+    }
+    if (!live) return;
+    /* accumulator q of (mt, j): row 16 mt + g (+ 8 for q >= 2), column c0 + 8 j + 2t (+ 1 for odd q) */
+#pragma unroll
+    for (int mt = 0; mt < QR_MT; mt++) {
+        if (mt >= nmt) break;
+#pragma unroll
+        for (int j = 0; j < 2; j++)
+#pragma unroll
+            for (int h = 0; h < 2; h++) {
+                const int row = 16 * mt + g + 8 * h, col = c0 + 8 * j + 2 * t;
+                if (row >= rows) continue;
+                float v0 = acc[mt][j][2 * h], v1 = acc[mt][j][2 * h + 1];
+                if (round) v0 = rbf(v0), v1 = rbf(v1);
+                *(float2 *)(y + (size_t)(m0 + row) * ldy + col) = make_float2(v0, v1);
+            }
+    }
+}
+
+bool cu_linear_q8_rows(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, int N, const void *w,
+                       int round) {
+    CudaCtx *c = cctx(b);
+    if (c->cc < 80 || M <= 0 || K % 32 || N % 16 || ldx % 4 || ldy % 2 || ((uintptr_t)x & 15) || ((uintptr_t)y & 7))
+        return false;
+    /* 8 warps (128 columns) and 128 rows a block: cu_linear takes this for wide products only (the lm_head) */
+    const int nw = 8, rpb = QR_ROWS;
+    const int smem = 2 * (int)cdiv(rpb < M ? rpb : M, 16) * 16 * QR_XS;
+    if (smem > c->smem_optin) return false;
+    if (smem > 48 * 1024) /* 128 rows' stage pair: 68 KB */
+        CU_CHECK(cudaFuncSetAttribute(q8_rows_k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
+    q8_rows_k<<<dim3(cdiv(M, rpb), cdiv(N, 16 * nw)), nw * 32, smem, c->stream>>>(y, ldy, x, ldx, (const uint8_t *)w,
+                                                                                M, K, N, rpb, round);
+    CU_LAUNCHED();
+    return true;
+}

@@ -250,30 +250,41 @@ static void qlinear_case_pad(int M, int K, int N, int qdt, int with_bias, int xp
     free(x), free(wh), free(bh), free(yr), free(yg);
 }
 
-/* a decode batch's rows on a Q8_0 weight in bf16 mode (BE_ROUND, dense rows: cu_linear_q8_rows's tensor-core
- * kernel, 9 to 256 rows; other shapes fall back to the dequantised weight): x of bf16 values, against the reference on
- * the same blocks with its outputs rounded to bf16 */
-static void q8_rows_case(int M, int K, int N) {
-    float *x = rnd((size_t)M * K, 1.0f);
-    for (size_t i = 0; i < (size_t)M * K; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
+/* a decode batch's rows on a Q8_0 weight in bf16 mode (BE_ROUND: cu_linear_q8_rows's tensor-core kernel, 9 to 256
+ * rows, N >= 16384; other shapes take the dequantised weight): x of bf16 values, rows ldx = K + 4·pad and
+ * ldy = N + 2·pad apart, against the reference on the same blocks with its outputs rounded to bf16; y's padding
+ * stays untouched */
+static void q8_rows_case(int M, int K, int N, int pad) {
+    const int ldx = K + 4 * pad, ldy = N + 2 * pad;
+    float *x = rnd((size_t)M * ldx, 1.0f);
+    for (size_t i = 0; i < (size_t)M * ldx; i++) x[i] = bf16_to_f32(f32_to_bf16(x[i]));
     size_t wbytes;
     void *wh = mk_weight((size_t)N * K, 0.5f, DS_Q8_0, &wbytes);
-    float *yr = malloc((size_t)M * N * 4 + 4);
-    ops_linear_ref(yr, N, x, K, M, K, ds_w(wh, DS_Q8_0), N, ds_w_none(), 0);
-    for (size_t i = 0; i < (size_t)M * N; i++) yr[i] = bf16_to_f32(f32_to_bf16(yr[i]));
-    float *dx = dev(x, (size_t)M * K * 4), *dy = dev(yr, (size_t)M * N * 4);
+    float *yr = malloc((size_t)M * ldy * 4 + 4), *y7 = malloc((size_t)M * ldy * 4 + 4);
+    for (size_t i = 0; i < (size_t)M * ldy; i++) yr[i] = y7[i] = 7.f;
+    ops_linear_ref(yr, ldy, x, ldx, M, K, ds_w(wh, DS_Q8_0), N, ds_w_none(), 0);
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) yr[(size_t)m * ldy + n] = bf16_to_f32(f32_to_bf16(yr[(size_t)m * ldy + n]));
+    float *dx = dev(x, (size_t)M * ldx * 4), *dy = dev(y7, (size_t)M * ldy * 4); /* the padding keeps its 7s */
     void *dw = dev(wh, wbytes);
-    B->memset0(B, dy, (size_t)M * N * 4);
-    B->linear(B, dy, N, dx, K, M, K, ds_w(dw, DS_Q8_0), N, ds_w_none(), BE_ROUND);
-    float *yg = down(dy, (size_t)M * N);
-    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * N), 4e-3, "linear q8_0 rows M%d K%d N%d bf16 out", M, K, N);
+    B->linear(B, dy, ldy, dx, ldx, M, K, ds_w(dw, DS_Q8_0), N, ds_w_none(), BE_ROUND);
+    float *yg = down(dy, (size_t)M * ldy);
+    for (int m = 0; m < M; m++)
+        for (int n = N; n < ldy; n++)
+            CHECKF(yg[(size_t)m * ldy + n] == 7.f, "q8_0 rows M%d N%d: padding column %d of row %d written", M, N, n,
+                   m);
+    EXPECT_ERR(rel_l2(yg, yr, (size_t)M * ldy), 4e-3, "linear q8_0 rows M%d K%d N%d pad%d bf16 out", M, K, N, pad);
     B->free(B, dx), B->free(B, dy), B->free(B, dw);
-    free(x), free(wh), free(yr), free(yg);
+    free(x), free(wh), free(yr), free(yg), free(y7);
 }
 
 static void test_linear(void) {
-    static const int q8rows[][3] = {{9, 64, 16}, {37, 1280, 3840}, {128, 1280, 2048}, {256, 96, 48}, {128, 64, 40}};
-    for (size_t s = 0; s < sizeof q8rows / sizeof q8rows[0]; s++) q8_rows_case(q8rows[s][0], q8rows[s][1], q8rows[s][2]);
+    /* cu_linear_q8_rows takes N >= 16384 (Q8_ROWS_MIN_N); the narrower ones check the dequantised chunks' path */
+    static const int q8rows[][4] = {{9, 64, 16, 0},        {37, 1280, 3840, 0},  {128, 64, 40, 0},
+                                    {129, 160, 16400, 1},  {256, 96, 16384, 2},  {200, 1056, 16384, 3},
+                                    {17, 1280, 129280, 0}, {9, 32, 16384, 0}};
+    for (size_t s = 0; s < sizeof q8rows / sizeof q8rows[0]; s++)
+        q8_rows_case(q8rows[s][0], q8rows[s][1], q8rows[s][2], q8rows[s][3]);
     static const int qshapes[][3] = {{1, 32, 1}, {1, 1280, 1280}, {3, 96, 37}, {8, 1280, 70}, {9, 64, 64},
                                      {37, 1280, 300}, {1, 1280, 129}};
     for (size_t s = 0; s < sizeof qshapes / sizeof qshapes[0]; s++)
@@ -1672,7 +1683,6 @@ static void test_decode_graph(void) {
 
 int main(void) {
     DsError e = {0};
-    setenv("DSOCR_Q8_ROWS", "1", 0); /* cu_linear_q8_rows is tested here (q8_rows_case, and every case it takes) */
     B = backend_cuda_new(0, &e);
     if (!B) {
         fprintf(stderr, "test_cuda: no CUDA backend: %s\n", e.msg);
