@@ -188,7 +188,8 @@ static void test_bf16_storage_same(void) {
  * position-table slot), with its view buffers in a shared scratch region that is garbage
  * before each view, gives every view bit for bit what the usual one gives: 1,024-px views (4,096 SAM rows: four
  * MLP passes instead of one) alternating with 640-px tiles (the one slot rebuilt each time), in fp32 on the CPU
- * backend and in bf16 with bf16 storage (the deferred residual only in one pass). */
+ * backend and in bf16 with bf16 storage (the deferred residual only in one pass). In fp32 "bit for bit" holds where
+ * sgemm's sums do not depend on M (below), else to 1e-5 of the outputs' scale. */
 static void test_lean_same(void) {
     const int sides[3] = {1024, 640, 1024};
     for (int bf = 0; bf < 2; bf++) {
@@ -223,7 +224,24 @@ static void test_lean_same(void) {
                 CHECK(vision_encode(g_m, w[lean], chw, side, &o, out[lean], &e) == DSOCR_OK);
             }
             g_m->lean = 0;
-            CHECKF(!memcmp(out[0], out[1], sizeof(float) * no), "view %d (%d px, bf16 %d): lean differs", k, side, bf);
+            if (bf) {
+                CHECKF(!memcmp(out[0], out[1], sizeof(float) * no), "view %d (%d px, bf16 %d): lean differs", k,
+                       side, bf);
+            } else {
+                /* fp32: sgemm's bits may depend on the product's M (OpenBLAS 0.3.21's Haswell / Zen kernels, which
+                 * a CPU without AVX-512 gets, sum a tile's last 8 rows or outputs in another order: the lean
+                 * passes' 1,024 rows tile differently from one pass of 4,096). A read of anything stale (NaN bytes
+                 * above) still shows: every output finite and within 1e-5 of the scale of the usual one's. */
+                double amax = 0, dmax = 0;
+                int finite = 1;
+                for (size_t i = 0; i < no; i++) {
+                    finite &= isfinite(out[1][i]);
+                    amax = fmax(amax, fabs(out[0][i]));
+                    dmax = fmax(dmax, fabs((double)out[0][i] - out[1][i]));
+                }
+                CHECKF(finite && dmax <= 1e-5 * amax, "view %d (%d px, fp32): lean differs by %g (scale %g)", k,
+                       side, dmax, amax);
+            }
             free(chw), free(out[0]), free(out[1]);
         }
         vision_work_free(w[0]);
