@@ -390,12 +390,13 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline __m512 q8_0_x
     const __m512i p = _mm512_madd_epi16(w, _mm512_loadu_si512((const void *)qb));
     return _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(f16_tab[blk->d] * sb), acc);
 }
-/* out[m] = xq row m · row, m < MR, the weight block widened once for the MR rows */
+/* out[m] = xq row m · row, m < MR, the weight block widened once for the MR rows. Two accumulators a row (even
+ * and odd blocks, added at the end), so that a row's chain of FMAs is not one block per FMA latency. */
 #define GEMVQ_X_DEFINE(NAME, MR)                                                                                \
     __attribute__((target("avx512f,avx512vl,avx512bw"))) static void NAME(float *out, const XQ *xq, int m0,    \
                                                                          const BlockQ8_0 *w, int nb) {          \
-        __m512 acc[MR];                                                                                         \
-        for (int m = 0; m < MR; m++) acc[m] = _mm512_setzero_ps();                                              \
+        __m512 acc[MR][2];                                                                                      \
+        for (int m = 0; m < MR; m++) acc[m][0] = acc[m][1] = _mm512_setzero_ps();                               \
         for (int b = 0; b < nb; b++) {                                                                          \
             const __m512i wv = _mm512_cvtepi8_epi16(_mm256_loadu_si256((const __m256i *)w[b].q));              \
             const float d = f16_tab[w[b].d];                                                                    \
@@ -403,10 +404,11 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline __m512 q8_0_x
                 const size_t r = (size_t)(m0 + m);                                                              \
                 const __m512i p =                                                                               \
                     _mm512_madd_epi16(wv, _mm512_loadu_si512((const void *)(xq->q + r * xq->K + (size_t)b * QK))); \
-                acc[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * xq->s[r * nb + b]), acc[m]); \
+                acc[m][b & 1] =                                                                                 \
+                    _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_set1_ps(d * xq->s[r * nb + b]), acc[m][b & 1]); \
             }                                                                                                   \
         }                                                                                                       \
-        for (int m = 0; m < MR; m++) out[m] = hsum16(acc[m]);                                                  \
+        for (int m = 0; m < MR; m++) out[m] = hsum16(_mm512_add_ps(acc[m][0], acc[m][1]));                     \
     }
 GEMVQ_X_DEFINE(gemv1_q8_0_x, 1)
 GEMVQ_X_DEFINE(gemv2_q8_0_x, 2)
@@ -425,16 +427,16 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(
     const int pf = decode_pf();
     for (int r = 0; r < 4; r++) {
         const BlockQ8_0 *row = w + (size_t)r * nb;
-        __m512 acc = _mm512_setzero_ps();
+        __m512 acc0 = _mm512_setzero_ps(), acc1 = _mm512_setzero_ps(); /* even, odd blocks */
         int b = 0;
         for (; b + 2 <= nb; b += 2) {
             _mm_prefetch((const char *)(row + b) + PF_L1, _MM_HINT_T0);
             if (pf) _mm_prefetch((const char *)(row + b) + pf, _MM_HINT_T1);
-            acc = q8_0_xq_block(acc, xq->q + (size_t)b * QK, xq->s[b], row + b);
-            acc = q8_0_xq_block(acc, xq->q + (size_t)(b + 1) * QK, xq->s[b + 1], row + b + 1);
+            acc0 = q8_0_xq_block(acc0, xq->q + (size_t)b * QK, xq->s[b], row + b);
+            acc1 = q8_0_xq_block(acc1, xq->q + (size_t)(b + 1) * QK, xq->s[b + 1], row + b + 1);
         }
-        if (b < nb) acc = q8_0_xq_block(acc, xq->q + (size_t)b * QK, xq->s[b], row + b);
-        out[r] = hsum16(acc);
+        if (b < nb) acc0 = q8_0_xq_block(acc0, xq->q + (size_t)b * QK, xq->s[b], row + b);
+        out[r] = hsum16(_mm512_add_ps(acc0, acc1));
     }
 }
 /* The same 16-bit products in 8 lanes (AVX2: a CPU without AVX-512, or DSOCR_NO_AVX512): a block is two sign
