@@ -49,7 +49,17 @@ void ops_blas_reexec_if_better(char **argv) {
 }
 
 static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-static void blas_init(void) { openblas_set_num_threads(1); }
+/* One thread for OpenBLAS (ours share the tiles out), and one sgemm of 512 x 512 x 512 on the calling thread
+ * before any parallel region calls it: when the first large calls came from two OpenMP threads at once, every later
+ * call from them ran at about half the speed (OpenBLAS 0.3.21's pthread build on a 2-core AMD EPYC: the vision
+ * encoder's products at 21-23 against 37-45 GFLOPS, bench/results/cpu-issue12-vm-session13.txt). */
+static void blas_init(void) {
+    openblas_set_num_threads(1);
+    enum { W = 512 }; /* 256 was not enough (OpenBLAS runs small products on stack buffers) */
+    float *a = calloc((size_t)W * W, sizeof(float)), *c = malloc(sizeof(float) * (size_t)W * W);
+    if (a && c) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, W, W, W, 1.0f, a, W, a, W, 0.0f, c, W);
+    free(a), free(c);
+}
 static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
 
 static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
