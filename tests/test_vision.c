@@ -6,6 +6,7 @@
  * Attention with io_bf16 (q/k/v and output in bf16 storage) is honoured the same way.
  * Views of 512 px (one MLP pass) and 1,280 px (6,400 SAM rows: two MLP passes), in bf16 mode (storage used) and
  * fp32 mode (never used). */
+#include <math.h>
 #include <stdlib.h>
 
 #include "backend.h"

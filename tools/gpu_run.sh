@@ -16,8 +16,7 @@
 #           pages at B = 64 (pages per second)
 #   batchprof  only the profile runs of batch (B = 128, 300 tokens, DSOCR_PROFILE=1, bf16 and Q8_0)
 #   batchtop   the top of batch's table only: B = 128, 1,000 tokens, --check, bf16 and Q8_0 (BATCHTOP_QUANTS: which);
-#           then the Q8_0 profile
-#           (B = 128, 300 tokens)
+#           then the Q8_0 profile (B = 128, 300 tokens)
 #   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
 #           base and gundam, medians of REPEAT runs, default 3; the PyTorch reference's stage times beside them)
 #   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and

@@ -700,9 +700,8 @@ void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, in
     /* a decode batch's rows on a Q8_0 weight in bf16 mode: the tensor-core kernel that reads the blocks as they are
      * (DSOCR_NO_Q8_ROWS=1: the dequantised chunks below, for comparison) */
     if (!cctx(b)->no_q8_rows && w.dtype == DS_Q8_0 && M > GEMV_ROWS && M <= Q8_ROWS_MAX && N >= Q8_ROWS_MIN_N &&
-        (flags & BE_ROUND) &&
-        !act_of(flags) && !(flags & (OPS_ACCUM | BE_FP32_SUMS | BE_IN_BF16 | BE_OUT_BF16)) && !bias.data &&
-        !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, ldy, x, ldx, M, K, N, w.data, 1))
+        (flags & BE_ROUND) && !act_of(flags) && !(flags & (OPS_ACCUM | BE_FP32_SUMS | BE_IN_BF16 | BE_OUT_BF16)) &&
+        !bias.data && !cctx(b)->exact_gemm && cu_linear_q8_rows(b, y, ldy, x, ldx, M, K, N, w.data, 1))
         return;
     if (is_block(w.dtype) && M > GEMV_ROWS) {
         /* many rows: the weight in bf16 chunks of output columns (dequantised into wq), then the bf16 path */

@@ -311,7 +311,6 @@ static inline unsigned cdiv(size_t a, size_t b) { return (unsigned)((a + b - 1) 
 /* backend_cuda.cu */
 void cu_linear(Backend *b, float *y, int ldy, const float *x, int ldx, int M, int K, DsW w, int N, DsW bias,
                int flags);
-/* moe_cuda.cu: a decode batch's rows on a Q8_0 weight through group_mma_k (false: shapes or card do not fit) */
 /* y [M, N] = x [M, K] · wᵀ (rounded to bf16 when round) on a Q8_0 weight by the tensor cores, the blocks read as
  * stored (quant_cuda.cu); x of bf16 values. false, with nothing launched, where the card (sm_80+) or the shapes
  * (K % 32, N % 16, ldx % 4, ldy % 2, x 16-byte and y 8-byte aligned) do not fit it. */

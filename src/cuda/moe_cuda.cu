@@ -364,10 +364,6 @@ __global__ void __launch_bounds__(MW * 32) down_k(GroupArgs a, DownPtrs w) {
  * long loop. */
 enum { GW = 4, GN = 16 };
 
-/* int8 bytes b0, b1 of u (from byte 2i) as a bf16 pair (exact: |q| <= 128) */
-static __device__ __forceinline__ uint32_t q8_pair(uint32_t u, int i) {
-    return pack_bf16((float)(int8_t)(u >> (16 * i)), (float)(int8_t)(u >> (16 * i + 8)));
-}
 
 template <int DT, bool GATEUP>
 __global__ void __launch_bounds__(GW * 32) group_mma_k(GroupArgs a, UpPtrs wu, DownPtrs wd) {

@@ -94,17 +94,12 @@ enum { QR_ROWS = 128, QR_KC = 64, QR_STEPS = QR_KC / 32, QR_MT = QR_ROWS / 16 };
  * 32t, 32t + 16) meet no bank twice */
 enum { QR_XS = QR_KC * 4 + 16 };
 
-/* int8 bytes 2i, 2i + 1 of u as a bf16 pair (exact: |q| <= 128) */
-static __device__ __forceinline__ uint32_t q8_bf16_pair(uint32_t u, int i) {
-    return pack_bf16((float)(int8_t)(u >> (16 * i)), (float)(int8_t)(u >> (16 * i + 8)));
-}
-
 __global__ void __launch_bounds__(256) q8_rows_k(float *y, int ldy, const float *x, int ldx, const uint8_t *w, int M,
-                                                 int K, int N, int rpb, int round) {
+                                                 int K, int N, int round) {
     extern __shared__ uint4 q8_rows_smem[];
     uint8_t *xs = (uint8_t *)q8_rows_smem;
     const int nw = (int)blockDim.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int m0 = (int)blockIdx.x * rpb, rows = min(rpb, M - m0), nmt = (rows + 15) / 16;
+    const int m0 = (int)blockIdx.x * QR_ROWS, rows = min((int)QR_ROWS, M - m0), nmt = (rows + 15) / 16;
     const int c0 = ((int)blockIdx.y * nw + (int)(threadIdx.x >> 5)) * 16;
     const bool live = c0 < N; /* warp-uniform; a dead warp still helps stage x */
     const size_t rb = (size_t)(K / 32) * 34, stage = (size_t)nmt * 16 * QR_XS;
@@ -152,8 +147,8 @@ __global__ void __launch_bounds__(256) q8_rows_k(float *y, int ldy, const float 
 #pragma unroll
             for (int j = 0; j < 2; j++) {
                 const QRaw &r = wq[s][j];
-                B[s][j][0] = q8_bf16_pair(r.w0, 0), B[s][j][1] = q8_bf16_pair(r.w0, 1);
-                B[s][j][2] = q8_bf16_pair(r.w1, 0), B[s][j][3] = q8_bf16_pair(r.w1, 1);
+                B[s][j][0] = q8_pair(r.w0, 0), B[s][j][1] = q8_pair(r.w0, 1);
+                B[s][j][2] = q8_pair(r.w1, 0), B[s][j][3] = q8_pair(r.w1, 1);
                 const float d = __half2float(__ushort_as_half(r.d));
                 /* the scales of this lane's accumulator columns 2t and 2t + 1 (weight rows of lanes 8t, 8t + 4) */
                 sc[s][j][0] = __shfl_sync(0xffffffffu, d, 8 * t), sc[s][j][1] = __shfl_sync(0xffffffffu, d, 8 * t + 4);
@@ -216,14 +211,13 @@ bool cu_linear_q8_rows(Backend *b, float *y, int ldy, const float *x, int ldx, i
     CudaCtx *c = cctx(b);
     if (c->cc < 80 || M <= 0 || K % 32 || N % 16 || ldx % 4 || ldy % 2 || ((uintptr_t)x & 15) || ((uintptr_t)y & 7))
         return false;
-    /* 8 warps (128 columns) and 128 rows a block: cu_linear takes this for wide products only (the lm_head) */
-    const int nw = 8, rpb = QR_ROWS;
-    const int smem = 2 * (int)cdiv(rpb < M ? rpb : M, 16) * 16 * QR_XS;
+    /* 8 warps (128 columns) and QR_ROWS rows a block: cu_linear takes this for wide products only (the lm_head) */
+    const int nw = 8, smem = 2 * (int)cdiv(M < QR_ROWS ? M : QR_ROWS, 16) * 16 * QR_XS;
     if (smem > c->smem_optin) return false;
     if (smem > 48 * 1024) /* 128 rows' stage pair: 68 KB */
         CU_CHECK(cudaFuncSetAttribute(q8_rows_k, cudaFuncAttributeMaxDynamicSharedMemorySize, smem));
-    q8_rows_k<<<dim3(cdiv(M, rpb), cdiv(N, 16 * nw)), nw * 32, smem, c->stream>>>(y, ldy, x, ldx, (const uint8_t *)w,
-                                                                                M, K, N, rpb, round);
+    q8_rows_k<<<dim3(cdiv(M, QR_ROWS), cdiv(N, 16 * nw)), nw * 32, smem, c->stream>>>(y, ldy, x, ldx,
+                                                                                    (const uint8_t *)w, M, K, N, round);
     CU_LAUNCHED();
     return true;
 }

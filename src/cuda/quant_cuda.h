@@ -53,6 +53,10 @@ static __device__ __forceinline__ QRaw qload(const uint8_t *blk, int t) {
     }
     return r;
 }
+/* int8 bytes 2i, 2i + 1 of u (a QRaw's w0 or w1) as a bf16 pair for the tensor cores (exact: |q| <= 128) */
+static __device__ __forceinline__ uint32_t q8_pair(uint32_t u, int i) {
+    return pack_bf16((float)(int8_t)(u >> (16 * i)), (float)(int8_t)(u >> (16 * i + 8)));
+}
 /* The x values quarter t multiplies, from the block's 32 (xb; vec: 16-byte aligned): Q8_0 xb[8t..8t+7], Q4_0
  * xb[4t..4t+3] and xb[16+4t..16+4t+3]. */
 struct QX {
