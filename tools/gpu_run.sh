@@ -17,8 +17,9 @@
 #   batchprof  only the profile runs of batch (B = 128, 300 tokens, DSOCR_PROFILE=1, bf16 and Q8_0)
 #   batchtop   the top of batch's table only: B = 128, 1,000 tokens, --check, bf16 and Q8_0 (BATCHTOP_QUANTS: which);
 #           then the Q8_0 profile (B = 128, 300 tokens)
-#   cpu     issue 12 on the machine's CPU: tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0,
-#           base and gundam, medians of REPEAT runs, default 3; the PyTorch reference's stage times beside them)
+#   cpu     issue 12 on the machine's CPU: bench_blas (OpenBLAS's tiles on cold and warmed buffers), then
+#           tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0, base and gundam, medians of
+#           REPEAT runs, default 3; the PyTorch reference's stage times beside them)
 #   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and
 #           Q8_0, 64 tokens, all cores), then decode rates at THREADS_SWEEP threads (default "4 8 12")
 #   cpusweep  issue 12's decode knobs on the machine's CPU: base page, 64 tokens, medians of 2, bf16 and Q8_0, each
@@ -211,6 +212,7 @@ d['of_ceilings'][0]['decode_of_read_after_run'])" "$OUT/sweep-$i.json" $q "$e" |
 fi
 if has cpu; then
     full_ckpt
+    timeout 120 .devrun/bench_blas > "$OUT/bench-blas-host.json" 2>&1; echo "bench_blas rc $?"; grep case "$OUT/bench-blas-host.json"
     REPEAT=${REPEAT:-3} timeout 540 tools/bench_cpu.sh $M "$OUT/bench-cpu-host.json" "the GPU machine's CPU, $(nproc) cores" \
         2> "$OUT/bench-cpu-host.err"
     echo "bench_cpu rc $?"; tail -3 "$OUT/bench-cpu-host.err"

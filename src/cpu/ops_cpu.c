@@ -48,19 +48,37 @@ void ops_blas_reexec_if_better(char **argv) {
     }
 }
 
-static pthread_once_t blas_once = PTHREAD_ONCE_INIT;
-/* One thread for OpenBLAS (ours share the tiles out), and one sgemm of 512 x 512 x 512 on the calling thread
- * before any parallel region calls it: when the first large calls came from two OpenMP threads at once, every later
- * call from them ran at about half the speed (OpenBLAS 0.3.21's pthread build on a 2-core AMD EPYC: the vision
- * encoder's products at 21-23 against 37-45 GFLOPS, bench/results/cpu-issue12-vm-session13.txt). */
-static void blas_init(void) {
-    openblas_set_num_threads(1);
-    enum { W = 512 }; /* 256 was not enough (OpenBLAS runs small products on stack buffers) */
-    float *a = calloc((size_t)W * W, sizeof(float)), *c = malloc(sizeof(float) * (size_t)W * W);
-    if (a && c) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, W, W, W, 1.0f, a, W, a, W, 0.0f, c, W);
-    free(a), free(c);
+/* OpenBLAS with one thread of its own (ours share the tiles out), its per-call buffers warmed for every thread of
+ * ours. Its pthread build hands each concurrent sgemm the lowest free buffer of a global pool, so T OpenMP threads use
+ * buffers 0..T-1. On a 2-core AMD EPYC VM (Zen 1, OpenBLAS 0.3.21 "Zen" kernels, transparent huge pages on madvise
+ * only) a buffer whose first calls packed small panels stayed slow for good (sgemm 512 x 256 x 768 on one thread:
+ * 12 GFLOPS) until one call packed a panel of over 512 KiB (then 37: bench/results/cpu-issue12-vm-session14.txt;
+ * with transparent huge pages always on, fast from the start). So before our first products every thread of the
+ * team runs a 512-cubed sgemm at once (a barrier first, so that they hold different buffers), again whenever the
+ * thread count has grown (called inside a parallel region, it counts as a team of one: it warms one buffer). */
+static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
+static int blas_warm; /* threads whose buffers were warmed */
+static void blas_warm_team(int nt) {
+    enum { W = 512 };
+#pragma omp parallel num_threads(nt)
+    {
+        float *a = calloc((size_t)W * W, sizeof(float)), *c = malloc(sizeof(float) * (size_t)W * W);
+#pragma omp barrier
+        if (a && c) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, W, W, W, 1.0f, a, W, a, W, 0.0f, c, W);
+        free(a), free(c);
+    }
 }
-static inline void blas_ready(void) { pthread_once(&blas_once, blas_init); }
+static void blas_ready(void) {
+    const int nt = omp_in_parallel() ? 1 : omp_get_max_threads();
+    if (__atomic_load_n(&blas_warm, __ATOMIC_ACQUIRE) >= nt) return;
+    pthread_mutex_lock(&blas_lock);
+    if (blas_warm == 0) openblas_set_num_threads(1);
+    if (blas_warm < nt) {
+        blas_warm_team(nt);
+        __atomic_store_n(&blas_warm, nt, __ATOMIC_RELEASE);
+    }
+    pthread_mutex_unlock(&blas_lock);
+}
 
 static inline int cpu_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
 /* The block-quantised kernels also convert the fp16 scales with F16C (every AVX2 CPU has it, but it is checked,
