@@ -54,17 +54,21 @@ void ops_blas_reexec_if_better(char **argv) {
  * only) a buffer whose first calls packed small panels stayed slow for good (sgemm 512 x 256 x 768 on one thread:
  * 12 GFLOPS) until one call packed a panel of over 512 KiB (then 37: bench/results/cpu-issue12-vm-session14.txt;
  * with transparent huge pages always on, fast from the start). So before our first products every thread of the
- * team runs a 512-cubed sgemm at once (a barrier first, so that they hold different buffers), again whenever the
- * thread count has grown (called inside a parallel region, it counts as a team of one: it warms one buffer). */
+ * team runs 512-cubed sgemms at once (a barrier first, so that they hold different buffers), again whenever the
+ * thread count has grown (called inside a parallel region, it counts as a team of one: it warms one buffer). Each
+ * thread runs WARM_CALLS of them back to back, so that a thread the host starts late still finds the others inside
+ * a call: with one call, a late thread could take the buffer just freed and leave one cold (the likely cause of one
+ * run of session 14 whose vision took 28 s where the same binary took 20 s four times). */
 static pthread_mutex_t blas_lock = PTHREAD_MUTEX_INITIALIZER;
 static int blas_warm; /* threads whose buffers were warmed */
 static void blas_warm_team(int nt) {
-    enum { W = 512 };
+    enum { W = 512, WARM_CALLS = 4 };
 #pragma omp parallel num_threads(nt)
     {
         float *a = calloc((size_t)W * W, sizeof(float)), *c = malloc(sizeof(float) * (size_t)W * W);
 #pragma omp barrier
-        if (a && c) cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, W, W, W, 1.0f, a, W, a, W, 0.0f, c, W);
+        for (int r = 0; a && c && r < WARM_CALLS; r++)
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, W, W, W, 1.0f, a, W, a, W, 0.0f, c, W);
         free(a), free(c);
     }
 }
