@@ -6,7 +6,8 @@
  * threads with schedule(dynamic, 1), as ops_cpu.c's linear_gemm does):
  *   cold: nothing before the tiles
  *   main: one 512-cubed sgemm on the calling thread first (what ops_cpu.c did up to session 13)
- *   team: one 512-cubed sgemm on every thread of the team at once, after a barrier (ops_cpu.c's blas_ready)
+ *   team: one 512-cubed sgemm on every thread of the team at once, after a barrier (ops_cpu.c's blas_ready
+ *         does the same with four calls a thread)
  * and on one thread, sgemm 512 x 256 x 768 repeated before and after one call of 512 x 512 x 512. */
 #include <cblas.h>
 #include <omp.h>
@@ -49,7 +50,7 @@ static double one_thread(const float *a, const float *b, float *c, int reps) {
     return 2.0 * MB * NB * K * reps / (ds_now() - t0) / 1e9;
 }
 
-/* one case in this process: its figures as a JSON object on fd */
+/* one case in this process: its figures as a JSON object on out */
 static void run_case(const char *name, int rounds, FILE *out) {
     float *a = malloc(sizeof(float) * (size_t)M * K), *b = malloc(sizeof(float) * (size_t)N * K),
           *c = malloc(sizeof(float) * (size_t)M * N);
@@ -61,7 +62,8 @@ static void run_case(const char *name, int rounds, FILE *out) {
     if (!strcmp(name, "one_thread")) {
         const double before = one_thread(a, b, c, 10);
         square();
-        fprintf(out, "\"gflops_before_square\": %.1f, \"gflops_after_square\": %.1f}", before, one_thread(a, b, c, 10));
+        fprintf(out, "\"gflops_before_square\": %.1f, \"gflops_after_square\": %.1f}", before,
+                one_thread(a, b, c, 10));
     } else {
         if (!strcmp(name, "main")) square();
         if (!strcmp(name, "team")) {
@@ -87,14 +89,13 @@ int main(int argc, char **argv) {
             return 2;
         }
     if (rounds < 1) rounds = 1;
-    HwInfo hw;
-    hwinfo_probe(&hw, 0);
-    for (char *q = hw.cpu_model; *q; q++)
-        if (*q == '"' || *q == '\\') *q = ' ';
-    printf("{\n  \"what\": \"bench_blas: sgemm tiles %dx%dx%d of a %dx%dx%d product, GFLOPS, per case a fresh process\",\n",
+    char cpu[128];
+    hwinfo_cpu_name(cpu, sizeof cpu);
+    printf("{\n  \"what\": \"bench_blas: sgemm tiles %dx%dx%d of a %dx%dx%d product, GFLOPS, per case a fresh "
+           "process\",\n",
            MB, NB, K, M, N, K);
-    printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\"},\n  \"cases\": [", hw.cpu_model[0] ? hw.cpu_model : "unknown",
-           omp_get_max_threads(), openblas_get_corename());
+    printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\"},\n  \"cases\": [",
+           cpu, omp_get_max_threads(), openblas_get_corename());
     const char *cases[] = {"cold", "main", "team", "one_thread"};
     for (int k = 0; k < 4; k++) {
         fflush(stdout);

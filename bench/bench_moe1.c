@@ -67,13 +67,11 @@ static int run(int dt, int passes, double *ms_each, double *ms_many, double *byt
 
 int main(int argc, char **argv) {
     const int passes = argc > 1 && atoi(argv[1]) > 0 ? atoi(argv[1]) : 3;
-    HwInfo h;
-    hwinfo_probe(&h, 0);
-    for (char *c = h.cpu_model; *c; c++)
-        if (*c == '"' || *c == '\\') *c = ' ';
+    char cpu[128];
+    hwinfo_cpu_name(cpu, sizeof cpu);
     printf("{\n  \"what\": \"six one-row expert FFNs (1280 x 896) from memory: 6 x ops_expert_ffn_cpu against one "
            "ops_expert_ffn1_many_cpu, alternating, medians over %d calls each\",\n", passes * SETS);
-    printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d},\n  \"results\": [", h.cpu_model, omp_get_max_threads());
+    printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d},\n  \"results\": [", cpu, omp_get_max_threads());
     const int dts[2] = {DS_Q8_0, DS_BF16};
     for (int i = 0; i < 2; i++) {
         double a, b, by;

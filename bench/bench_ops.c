@@ -145,20 +145,11 @@ static void bench_view_tables(const char *what, int W, int G, int g, int CW, int
     free(ps), free(pd), free(cs), free(cd);
 }
 
-/* The CPU's model name (hwinfo.h), quotes and backslashes blanked for the JSON. */
-static void cpu_name(char *out, size_t n) {
-    HwInfo h;
-    hwinfo_probe(&h, 0);
-    snprintf(out, n, "%s", h.cpu_model[0] ? h.cpu_model : "unknown");
-    for (char *q = out; *q; q++)
-        if (*q == '"' || *q == '\\') *q = ' ';
-}
-
 int main(int argc, char **argv) {
     ops_blas_reexec_if_better(argv);
     quick = argc > 1 && !strcmp(argv[1], "--quick");
     char cpu[256];
-    cpu_name(cpu, sizeof cpu);
+    hwinfo_cpu_name(cpu, sizeof cpu);
     if (argc > 2 && !strcmp(argv[1], "--read-trace")) {
         const int n = atoi(argv[2]);
         if (n < 1 || n > 100000) {

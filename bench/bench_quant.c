@@ -25,15 +25,6 @@ static int quick;
 static const char *only; /* a substring of the shapes to run, or NULL for all */
 static int first = 1;
 
-/* The CPU's model name (hwinfo.h), quotes and backslashes blanked for the JSON. */
-static void cpu_name(char *out, size_t n) {
-    HwInfo h;
-    hwinfo_probe(&h, 0);
-    snprintf(out, n, "%s", h.cpu_model[0] ? h.cpu_model : "unknown");
-    for (char *q = out; *q; q++)
-        if (*q == '"' || *q == '\\') *q = ' ';
-}
-
 /* Best seconds per call of y = x·Wᵀ over calls totalling about min_s, W cycling over n_copies copies. */
 static double time_gemv(const float *x, float *y, int K, int N, DsDtype dt, const uint8_t *w, size_t wbytes,
                         int n_copies, double min_s, int *c) {
@@ -125,7 +116,7 @@ int main(int argc, char **argv) {
             only = argv[i];
     }
     char cpu[256];
-    cpu_name(cpu, sizeof cpu);
+    hwinfo_cpu_name(cpu, sizeof cpu);
     printf("{\"bench\": \"quant_gemv\", \"command\": \"");
     for (int i = 0; i < argc; i++) printf("%s%s", i ? " " : "", argv[i]);
     printf("\", \"machine\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\", \"quick\": %s, "

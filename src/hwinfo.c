@@ -352,3 +352,11 @@ int hwinfo_recommend(const HwInfo *h, const HwModelNeeds *n, uint64_t gpu_budget
     if (best < 0 && out[HW_CPU_FP32].fits) best = HW_CPU_FP32;
     return best;
 }
+
+void hwinfo_cpu_name(char *out, size_t n) {
+    HwInfo h;
+    hwinfo_probe(&h, 0);
+    snprintf(out, n, "%s", h.cpu_model[0] ? h.cpu_model : "unknown");
+    for (char *q = out; *q; q++)
+        if (*q == '"' || *q == '\\') *q = ' ';
+}

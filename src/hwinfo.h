@@ -8,6 +8,7 @@
 #ifndef DSOCR_HWINFO_H
 #define DSOCR_HWINFO_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #define HW_MAX_GPUS 16
@@ -44,6 +45,10 @@ typedef struct HwInfo {
  * (tests use a fake one; "none" behaves as if there were no driver). Never fails: what it cannot learn stays 0
  * with a note. */
 void hwinfo_probe(HwInfo *h, int probe_gpus);
+
+/* The CPU's model name ("unknown" when none was found) with quotes and backslashes blanked, to print inside a JSON
+ * string (the benchmarks' "machine"). */
+void hwinfo_cpu_name(char *out, size_t n);
 
 /* What a model needs, in bytes. */
 typedef struct HwModelNeeds {

@@ -212,7 +212,8 @@ d['of_ceilings'][0]['decode_of_read_after_run'])" "$OUT/sweep-$i.json" $q "$e" |
 fi
 if has cpu; then
     full_ckpt
-    timeout 120 .devrun/bench_blas > "$OUT/bench-blas-host.json" 2>&1; echo "bench_blas rc $?"; grep case "$OUT/bench-blas-host.json"
+    timeout 120 .devrun/bench_blas > "$OUT/bench-blas-host.json" 2>&1
+    echo "bench_blas rc $?"; grep case "$OUT/bench-blas-host.json"
     REPEAT=${REPEAT:-3} timeout 540 tools/bench_cpu.sh $M "$OUT/bench-cpu-host.json" "the GPU machine's CPU, $(nproc) cores" \
         2> "$OUT/bench-cpu-host.err"
     echo "bench_cpu rc $?"; tail -3 "$OUT/bench-cpu-host.err"
