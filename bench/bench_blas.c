@@ -8,7 +8,9 @@
  *   main: one 512-cubed sgemm on the calling thread first (what ops_cpu.c did up to session 13)
  *   team: one 512-cubed sgemm on every thread of the team at once, after a barrier (ops_cpu.c's blas_ready
  *         does the same with four calls a thread)
- * and on one thread, sgemm 512 x 256 x 768 repeated before and after one call of 512 x 512 x 512. */
+ * and on one thread, sgemm 512 x 256 x 768 repeated before and after one call of 512 x 512 x 512. Each case runs
+ * twice: with 4 KiB pages under OpenBLAS's buffers (DSOCR_BLAS_HUGEPAGES=0: "_4k") and with ops_cpu.c's mmap hook
+ * hinting them for transparent huge pages (what the engine does), which this program links in. */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -20,8 +22,9 @@
 #include "hwinfo.h"
 #include "util.h"
 
+#include "ops.h"
+
 void openblas_set_num_threads(int num_threads);
-char *openblas_get_corename(void);
 
 enum { M = 4096, K = 768, N = 3072, MB = 512, NB = 256, W = 512 };
 
@@ -50,19 +53,30 @@ static double one_thread(const float *a, const float *b, float *c, int reps) {
     return 2.0 * MB * NB * K * reps / (ds_now() - t0) / 1e9;
 }
 
+/* the process's transparent huge pages in anonymous memory (smaps_rollup), in KiB; -1 where not known */
+static long anon_huge_kib(void) {
+    FILE *f = fopen("/proc/self/smaps_rollup", "r");
+    char line[256];
+    long kib = -1;
+    while (f && fgets(line, sizeof line, f))
+        if (sscanf(line, "AnonHugePages: %ld", &kib) == 1) break;
+    if (f) fclose(f);
+    return kib;
+}
+
 /* one case in this process: its figures as a JSON object on out */
-static void run_case(const char *name, int rounds, FILE *out) {
+static void run_case(const char *name, int small_pages, int rounds, FILE *out) {
     float *a = malloc(sizeof(float) * (size_t)M * K), *b = malloc(sizeof(float) * (size_t)N * K),
           *c = malloc(sizeof(float) * (size_t)M * N);
     if (!a || !b || !c) exit(1);
     for (size_t i = 0; i < (size_t)M * K; i++) a[i] = (float)(i % 13) * 0.1f - 0.6f;
     for (size_t i = 0; i < (size_t)N * K; i++) b[i] = (float)(i % 11) * 0.01f - 0.05f;
     openblas_set_num_threads(1);
-    fprintf(out, "{\"case\": \"%s\", ", name);
+    fprintf(out, "{\"case\": \"%s%s\", ", name, small_pages ? "_4k" : "");
     if (!strcmp(name, "one_thread")) {
         const double before = one_thread(a, b, c, 10);
         square();
-        fprintf(out, "\"gflops_before_square\": %.1f, \"gflops_after_square\": %.1f}", before,
+        fprintf(out, "\"gflops_before_square\": %.1f, \"gflops_after_square\": %.1f", before,
                 one_thread(a, b, c, 10));
     } else {
         if (!strcmp(name, "main")) square();
@@ -75,8 +89,9 @@ static void run_case(const char *name, int rounds, FILE *out) {
         }
         fprintf(out, "\"tiles_gflops\": [");
         for (int r = 0; r < rounds; r++) fprintf(out, "%s%.1f", r ? ", " : "", tiles(a, b, c));
-        fprintf(out, "]}");
+        fprintf(out, "]");
     }
+    fprintf(out, ", \"anon_huge_kib\": %ld}", anon_huge_kib());
     free(a), free(b), free(c);
 }
 
@@ -95,14 +110,18 @@ int main(int argc, char **argv) {
            "process\",\n",
            MB, NB, K, M, N, K);
     printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\"},\n  \"cases\": [",
-           cpu, omp_get_max_threads(), openblas_get_corename());
-    const char *cases[] = {"cold", "main", "team", "one_thread"};
-    for (int k = 0; k < 4; k++) {
+           cpu, omp_get_max_threads(), ops_blas_coretype());
+    const char *cases[] = {"cold_4k", "main_4k", "team_4k", "one_thread_4k", "cold", "main", "team", "one_thread"};
+    for (int k = 0; k < 8; k++) {
         fflush(stdout);
         const pid_t pid = fork();
         if (pid == 0) {
+            char name[32];
+            snprintf(name, sizeof name, "%s", cases[k]);
+            char *small = strstr(name, "_4k");
+            if (small) *small = 0, setenv("DSOCR_BLAS_HUGEPAGES", "0", 1);
             printf("%s\n    ", k ? "," : "");
-            run_case(cases[k], rounds, stdout);
+            run_case(name, small != NULL, rounds, stdout);
             fflush(stdout);
             _exit(0);
         }

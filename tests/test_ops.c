@@ -2,9 +2,11 @@
  * f32 weights; the reference itself against independent computations written here from the formulas (dense
  * rel-pos bias attention, resampling weights, RoPE, routing); the bf16 KV cache through a shuffled block table
  * against contiguous attention; and bit-identical results with 1, 2 and 3 threads. */
+#include <errno.h>
 #include <math.h>
 #include <omp.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 
 #include "backend.h"
 #include "check.h"
@@ -800,6 +802,46 @@ static void test_thread_determinism(void) {
     free(a), free(b), free(c);
 }
 
+/* ops_cpu.c's mmap: OpenBLAS's own buffers (anonymous, 4 MiB or more) come out hinted for transparent huge pages
+ * (VmFlags "hg" in /proc/self/smaps) once a product has run through sgemm; a mapping of ours of the same kind is left
+ * as asked; errors pass through. Skipped where the kernel has no transparent huge pages. */
+static int smaps_hinted(const void *only) { /* hinted mappings of 4 MiB or more; with only, 1 if it is one */
+    FILE *f = fopen("/proc/self/smaps", "r");
+    char line[512];
+    unsigned long lo = 0, hi = 0;
+    int n = 0;
+    while (f && fgets(line, sizeof line, f)) {
+        unsigned long a, b;
+        if (sscanf(line, "%lx-%lx ", &a, &b) == 2 && strchr(line, '-') < strchr(line, ' ')) lo = a, hi = b;
+        else if (!strncmp(line, "VmFlags:", 8) && strstr(line, " hg") && hi - lo >= (4ul << 20) &&
+                 (!only || (unsigned long)only == lo))
+            n++;
+    }
+    if (f) fclose(f);
+    return n;
+}
+static void test_blas_hugepage_hint(void) {
+    FILE *thp = fopen("/sys/kernel/mm/transparent_hugepage/enabled", "r");
+    if (!thp) {
+        printf("  (skipped: no transparent huge pages here)\n");
+        return;
+    }
+    fclose(thp);
+    const int M = 600, K = 256, N = 256;
+    float *x = rnd((size_t)M * K, 1), *w = rnd((size_t)N * K, 1), *y = malloc(sizeof(float) * M * N);
+    ops_linear_cpu(y, N, x, K, M, K, ds_w(w, DS_F32), N, ds_w_none(), 0);
+    CHECK(smaps_hinted(NULL) >= 1);
+    const size_t len = 8u << 20;
+    void *own = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    REQUIRE(own != MAP_FAILED);
+    ((char *)own)[0] = 1;
+    CHECK(smaps_hinted(own) == 0);
+    munmap(own, len);
+    errno = 0;
+    CHECK(mmap(NULL, len, PROT_READ, MAP_PRIVATE, -1, 0) == MAP_FAILED && errno == EBADF);
+    free(x), free(w), free(y);
+}
+
 /* The CPU backend's fused flags: linear with BE_ROUND | BE_GELU / BE_QGELU equals linear, round, act, round; layernorm
  * with BE_ROUND equals layernorm then round (both exactly: the same functions in the same order). */
 static void test_backend_flags(void) {
@@ -893,6 +935,7 @@ int main(void) {
     RUN(test_moe);
     RUN(test_ffn1_many_exact);
     RUN(test_thread_determinism);
+    RUN(test_blas_hugepage_hint);
     RUN(test_backend_flags);
     return check_summary();
 }

@@ -6,6 +6,8 @@
  * blocking below is a fixed constant or a function of the shapes alone. Stack use is bounded (see ops.h). */
 #include <cblas.h>
 #include <cpuid.h>
+#include <dlfcn.h>
+#include <errno.h>
 #include <immintrin.h>
 #include <math.h>
 #include <omp.h>
@@ -47,6 +49,57 @@ void ops_blas_reexec_if_better(char **argv) {
         unsetenv("OPENBLAS_CORETYPE");
     }
 }
+
+/* Transparent huge pages for OpenBLAS's own buffers. OpenBLAS maps its per-call buffers itself (mmap, 128 MiB each
+ * for its "Zen" core), so the engine cannot hint them the usual way. With transparent huge pages on "madvise" only
+ * (Debian's default), those buffers get 4 KiB pages, and on a 2-core AMD EPYC VM (Zen 1) sgemm on the vision
+ * encoder's tiles then ran at 22-25 GFLOPS, or 45-65 after the warm-up below but not in every process, against 62-71
+ * from the first call once the buffers were hinted (bench/results/cpu-issue12-vm-session15.txt). So the engine
+ * defines mmap: it forwards every call to the next definition (the C library's) unchanged, and only when the caller
+ * is OpenBLAS and the mapping is anonymous and 4 MiB or more does it add madvise(MADV_HUGEPAGE), before the first
+ * touch. A hint: where huge pages are off it changes nothing. DSOCR_BLAS_HUGEPAGES=0 turns it off (bench_blas
+ * compares both). Left out under AddressSanitizer, whose runtime intercepts mmap itself. */
+#if defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define DS_NO_MMAP_HOOK 1
+#endif
+#endif
+#if defined(__linux__) && !defined(__SANITIZE_ADDRESS__) && !defined(DS_NO_MMAP_HOOK)
+typedef void *mmap_fn(void *, size_t, int, int, int, off_t);
+static mmap_fn *next_mmap;
+static const void *openblas_base; /* where libopenblas is loaded; (void *)1 when it could not be found */
+
+static int called_from_openblas(const void *ret) {
+    const void *base = __atomic_load_n(&openblas_base, __ATOMIC_ACQUIRE);
+    if (!base) {
+        Dl_info info;
+        void *sym = dlsym(RTLD_DEFAULT, "openblas_get_corename");
+        base = sym && dladdr(sym, &info) && info.dli_fbase ? info.dli_fbase : (const void *)1;
+        __atomic_store_n(&openblas_base, base, __ATOMIC_RELEASE);
+    }
+    Dl_info info;
+    return base != (const void *)1 && dladdr(ret, &info) && info.dli_fbase == base;
+}
+
+void *mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off) {
+    mmap_fn *next = __atomic_load_n(&next_mmap, __ATOMIC_ACQUIRE);
+    if (!next) {
+        next = (mmap_fn *)dlsym(RTLD_NEXT, "mmap");
+        if (!next) {
+            errno = ENOSYS;
+            return MAP_FAILED;
+        }
+        __atomic_store_n(&next_mmap, next, __ATOMIC_RELEASE);
+    }
+    void *p = next(addr, len, prot, flags, fd, off);
+    if (p != MAP_FAILED && (flags & MAP_ANONYMOUS) && len >= ((size_t)4 << 20) &&
+        called_from_openblas(__builtin_return_address(0))) {
+        const char *knob = getenv("DSOCR_BLAS_HUGEPAGES");
+        if (!knob || strcmp(knob, "0")) (void)madvise(p, len, MADV_HUGEPAGE);
+    }
+    return p;
+}
+#endif
 
 /* OpenBLAS with one thread of its own (ours share the tiles out), its per-call buffers warmed for every thread of
  * ours. Its pthread build hands each concurrent sgemm the lowest free buffer of a global pool, so T OpenMP threads use
