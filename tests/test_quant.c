@@ -69,6 +69,36 @@ static void test_q8_0_known(void) {
 }
 
 /* max = −8 makes d = 1: q = trunc(x + 8.5) clamped to 15; byte j holds element j (low) and j + 16 (high). */
+/* quant_q8_0_ref rounds without libm (round_half_away): its bytes equal the formula written with fmaxf and roundf,
+ * on random blocks of several magnitudes and on blocks whose x·id land on and next to halves. */
+static void test_q8_0_matches_libm(void) {
+    uint64_t s = 0x243f6a8885a308d3ull;
+    int bad = 0;
+    for (int blk = 0; blk < 4000; blk++) {
+        float x[QK];
+        const float scale = blk % 4 == 0 ? 1e-3f : blk % 4 == 1 ? 1.0f : blk % 4 == 2 ? 300.0f : 1e-30f;
+        for (int j = 0; j < QK; j++) {
+            s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+            x[j] = scale * (float)((double)(s >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+        }
+        if (blk % 5 == 0) { /* d = 1: halves, and the floats just inside and outside them */
+            x[0] = 127.0f;
+            for (int j = 1; j < QK; j++) {
+                const float h = (float)(j * 4 - 62) + 0.5f;
+                x[j] = j % 3 == 0 ? h : j % 3 == 1 ? nextafterf(h, 0.0f) : nextafterf(h, 1000.0f * h);
+            }
+        }
+        BlockQ8_0 got;
+        quant_q8_0_ref(&got, x, QK);
+        float amax = 0.0f;
+        for (int j = 0; j < QK; j++) amax = fmaxf(amax, fabsf(x[j]));
+        const float d = amax / 127.0f, id = d != 0.0f ? 1.0f / d : 0.0f;
+        bad += got.d != f32_to_fp16(d);
+        for (int j = 0; j < QK; j++) bad += got.q[j] != (int8_t)roundf(x[j] * id);
+    }
+    CHECKF(bad == 0, "%d bytes differ", bad);
+}
+
 static void test_q4_0_known(void) {
     float x[QK] = {0};
     x[0] = -8.0f;  /* max (largest magnitude, negative) → nibble 0 */
@@ -371,6 +401,7 @@ static void test_q_thread_determinism(void) {
 int main(void) {
     RUN(test_row_bytes);
     RUN(test_q8_0_known);
+    RUN(test_q8_0_matches_libm);
     RUN(test_q4_0_known);
     RUN(test_zero_blocks);
     RUN(test_error_bounds);
