@@ -10,7 +10,8 @@
  *         does the same with four calls a thread)
  * and on one thread, sgemm 512 x 256 x 768 repeated before and after one call of 512 x 512 x 512. Each case runs
  * twice: with 4 KiB pages under OpenBLAS's buffers (DSOCR_BLAS_HUGEPAGES=0: "_4k") and with ops_cpu.c's mmap hook
- * hinting them for transparent huge pages (what the engine does), which this program links in. */
+ * hinting them for transparent huge pages (what the engine does), which this program links in. Each case runs in a
+ * program of its own (the driver re-executes itself with --case NAME). */
 #include <cblas.h>
 #include <omp.h>
 #include <stdio.h>
@@ -97,13 +98,23 @@ static void run_case(const char *name, int small_pages, int rounds, FILE *out) {
 
 int main(int argc, char **argv) {
     int rounds = 3;
+    const char *only = NULL; /* --case NAME: run that case alone (the driver re-executes itself for each) */
     for (int i = 1; i < argc; i++)
         if (!strcmp(argv[i], "--rounds") && i + 1 < argc) rounds = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--case") && i + 1 < argc) only = argv[++i];
         else {
             fprintf(stderr, "usage: bench_blas [--rounds R]\n");
             return 2;
         }
     if (rounds < 1) rounds = 1;
+    if (only) {
+        char name[32];
+        snprintf(name, sizeof name, "%s", only);
+        char *small = strstr(name, "_4k");
+        if (small) *small = 0;
+        run_case(name, small != NULL, rounds, stdout);
+        return 0;
+    }
     char cpu[128];
     hwinfo_cpu_name(cpu, sizeof cpu);
     printf("{\n  \"what\": \"bench_blas: sgemm tiles %dx%dx%d of a %dx%dx%d product, GFLOPS, per case a fresh "
@@ -111,19 +122,20 @@ int main(int argc, char **argv) {
            MB, NB, K, M, N, K);
     printf("  \"machine\": {\"cpu\": \"%s\", \"threads\": %d, \"openblas_core\": \"%s\"},\n  \"cases\": [",
            cpu, omp_get_max_threads(), ops_blas_coretype());
+    /* Each case is a new program (fork, exec): OpenBLAS maps a buffer as it loads, from a thread of its own, so the
+     * hint's switch must be in the environment before the library loads. */
     const char *cases[] = {"cold_4k", "main_4k", "team_4k", "one_thread_4k", "cold", "main", "team", "one_thread"};
+    char rounds_s[16];
+    snprintf(rounds_s, sizeof rounds_s, "%d", rounds);
     for (int k = 0; k < 8; k++) {
+        printf("%s\n    ", k ? "," : "");
         fflush(stdout);
         const pid_t pid = fork();
         if (pid == 0) {
-            char name[32];
-            snprintf(name, sizeof name, "%s", cases[k]);
-            char *small = strstr(name, "_4k");
-            if (small) *small = 0, setenv("DSOCR_BLAS_HUGEPAGES", "0", 1);
-            printf("%s\n    ", k ? "," : "");
-            run_case(name, small != NULL, rounds, stdout);
-            fflush(stdout);
-            _exit(0);
+            if (strstr(cases[k], "_4k")) setenv("DSOCR_BLAS_HUGEPAGES", "0", 1);
+            else unsetenv("DSOCR_BLAS_HUGEPAGES");
+            execl("/proc/self/exe", argv[0], "--case", cases[k], "--rounds", rounds_s, (char *)NULL);
+            _exit(127);
         }
         int st = 0;
         if (pid < 0 || waitpid(pid, &st, 0) < 0 || !WIFEXITED(st) || WEXITSTATUS(st)) {
