@@ -68,7 +68,6 @@ static void test_q8_0_known(void) {
     CHECK(y[31] == 127.0f * fp16_to_f32(b.d));
 }
 
-/* max = −8 makes d = 1: q = trunc(x + 8.5) clamped to 15; byte j holds element j (low) and j + 16 (high). */
 /* quant_q8_0_ref rounds without libm (round_half_away): its bytes equal the formula written with fmaxf and roundf,
  * on random blocks of several magnitudes and on blocks whose x·id land on and next to halves. */
 static void test_q8_0_matches_libm(void) {
@@ -99,6 +98,7 @@ static void test_q8_0_matches_libm(void) {
     CHECKF(bad == 0, "%d bytes differ", bad);
 }
 
+/* max = −8 makes d = 1: q = trunc(x + 8.5) clamped to 15; byte j holds element j (low) and j + 16 (high). */
 static void test_q4_0_known(void) {
     float x[QK] = {0};
     x[0] = -8.0f;  /* max (largest magnitude, negative) → nibble 0 */
