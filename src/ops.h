@@ -89,6 +89,10 @@ void ops_linear_cpu(float *y, int ldy, const float *x, int ldx, int M, int K, Ds
 /* For tests: on != 0 makes ops_linear_cpu's GEMV, and ops_attention_kv_cpu's sums of values, use their portable
  * loops instead of the AVX2 ones (not to be toggled while ops run). */
 void ops_cpu_force_scalar(int on);
+/* The Q8_0 GEMV's quantised x (ops_cpu.c): rows [0, M) of x (stride ldx, K a multiple of 32) into q [M·K] and
+ * s [M·K/32], per block of 32 q = rint(x·2^e) with 2^e the power of two that puts the block's largest magnitude
+ * just under 2^15, s = 2^-e. portable != 0: the portable loop (for tests: the AVX2 one gives the same bits). */
+void ops_cpu_xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K, int portable);
 
 /* ---------------------------------------------------------------------------------------------------------
  * Norms. x, y: [M, ld] rows of width n; y may equal x (in place). Weights [n] bf16 or f32.
@@ -205,7 +209,9 @@ void kv_write(KvCache *kv, int layer, const int32_t *table, int pos0, int n, con
  *   row r belongs to sequence seq[r] (seq == NULL: all rows in sequence 0), whose block table is tables[seq[r]],
  *   sits at position pos[r], and sees the cached keys at positions 0 .. pos[r] (causal).
  *   out[r] = Σ_j softmax_j(scale · q[r]·k[j]) · v[j], per head; q: [n, ldq] fp32, out: [n, ldo] fp32.
- * _cpu: threads split over (row, head); streaming softmax per key block; keys widened from bf16 in registers. */
+ * _cpu: streaming softmax per key block within chunks of two blocks, the chunks' sums merged in order (so the bits
+ * depend neither on the thread count nor on the other rows); a decode step's threads share out its chunks, many rows
+ * share out (row, head group); keys and values widened from bf16 in registers. */
 typedef struct OpsAttentionKv {
     float *out;
     const float *q;

@@ -447,6 +447,21 @@ static void kv_case(DsDtype dt, int D) {
     ops_attention_kv_cpu(&a);
     ops_cpu_force_scalar(0);
     CHECKF(!memcmp(os, o1, sizeof(float) * (size_t)R * W), "kv cpu: SIMD and portable loops agree bit for bit");
+    /* one row a call (a decode step: its key chunks spread over the threads when there are more threads than rows),
+     * with 1, 2 and 3 threads: the same bits as the rows above (whichever way they were shared out) */
+    const int saved = omp_get_max_threads();
+    for (int th = 1; th <= 3; th++) {
+        omp_set_num_threads(th);
+        int same = 1;
+        for (int r = 0; r < R; r++) {
+            OpsAttentionKv one = a;
+            one.out = os + (size_t)r * W, one.q = q + (size_t)r * W, one.n = 1, one.pos = pos + r, one.seq = seq + r;
+            ops_attention_kv_cpu(&one);
+            same &= !memcmp(os + (size_t)r * W, o1 + (size_t)r * W, sizeof(float) * W);
+        }
+        CHECKF(same, "kv cpu: one row a call with %d threads = the same rows in one call", th);
+    }
+    omp_set_num_threads(saved);
     free(os);
     /* round_bf16: the same outputs rounded to bf16 (ref and cpu) */
     float *or0 = fill((size_t)R * W, 0), *or1 = fill((size_t)R * W, 0);

@@ -98,6 +98,47 @@ static void test_q8_0_matches_libm(void) {
     CHECKF(bad == 0, "%d bytes differ", bad);
 }
 
+/* The Q8_0 GEMV's quantised x: the AVX2 loop gives the portable loop's bits, on random blocks of several
+ * magnitudes, on blocks whose x·2^e land on halves (nearest even), on the block that rounds up to 2^15 (clamped),
+ * and on blocks of zeros, of an infinity and of a NaN (scale 0, NaN, NaN); and a known block. */
+static void test_xq_simd_matches_portable(void) {
+    enum { M = 3, K = 40 * QK, NB = K / QK };
+    float *x = malloc(sizeof(float) * (M * K + 7));
+    int16_t *qa = malloc(sizeof(int16_t) * M * K), *qb = malloc(sizeof(int16_t) * M * K);
+    float sa[M * NB], sb[M * NB];
+    uint64_t r = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < M * K + 7; i++) {
+        r ^= r << 13, r ^= r >> 7, r ^= r << 17;
+        const int blk = i / QK;
+        const float scale = blk % 4 == 0 ? 1e-3f : blk % 4 == 1 ? 1.0f : blk % 4 == 2 ? 3e4f : 1e-30f;
+        x[i] = scale * (float)((double)(r >> 11) / 9007199254740992.0 * 2.0 - 1.0);
+    }
+    float *b5 = x + 5 * QK; /* largest 1 < 2^1: 2^e = 2^14, and (k + 0.5) / 2^14 lands on halves */
+    b5[0] = 1.0f;
+    for (int j = 1; j < QK; j++) b5[j] = ((float)(j * 37 % 1000) + 0.5f) / 16384.0f * (j % 2 ? 1.0f : -1.0f);
+    float *b6 = x + 6 * QK; /* just under 2^ex: the product rounds up to 2^15 and is clamped to 32767 */
+    b6[0] = nextafterf(1.0f, 0.0f), b6[1] = -nextafterf(1.0f, 0.0f);
+    for (int j = 2; j < QK; j++) b6[j] = 0.25f;
+    memset(x + 7 * QK, 0, sizeof(float) * QK);
+    x[8 * QK + 3] = INFINITY;
+    x[9 * QK + 30] = NAN;
+    x[10 * QK + 1] = -0.0f;
+    ops_cpu_xq_quantize(qa, sa, x + 7, K, 1, K, 1); /* an unaligned row */
+    ops_cpu_xq_quantize(qb, sb, x + 7, K, 1, K, 0);
+    CHECK(!memcmp(qa, qb, sizeof(int16_t) * K) && !memcmp(sa, sb, sizeof(float) * NB));
+    ops_cpu_xq_quantize(qa, sa, x, K, M, K, 1);
+    ops_cpu_xq_quantize(qb, sb, x, K, M, K, 0);
+    CHECK(!memcmp(qa, qb, sizeof(int16_t) * M * K));
+    int same = 1;
+    for (int i = 0; i < M * NB; i++) same &= sa[i] == sb[i] || (isnan(sa[i]) && isnan(sb[i]));
+    CHECK(same);
+    CHECK(qa[6 * QK] == 32767 && qa[6 * QK + 1] == -32767 && sa[6] == 1.0f / 32768.0f);
+    CHECK(sa[7] == 0.0f && qa[7 * QK] == 0);
+    CHECK(isnan(sa[8]) && isnan(sa[9]));
+    CHECK(sa[5] == 1.0f / 16384.0f && qa[5 * QK] == 16384 && qa[5 * QK + 1] == (int16_t)rintf(b5[1] * 16384.0f));
+    free(x), free(qa), free(qb);
+}
+
 /* max = −8 makes d = 1: q = trunc(x + 8.5) clamped to 15; byte j holds element j (low) and j + 16 (high). */
 static void test_q4_0_known(void) {
     float x[QK] = {0};
@@ -402,6 +443,7 @@ int main(void) {
     RUN(test_row_bytes);
     RUN(test_q8_0_known);
     RUN(test_q8_0_matches_libm);
+    RUN(test_xq_simd_matches_portable);
     RUN(test_q4_0_known);
     RUN(test_zero_blocks);
     RUN(test_error_bounds);

@@ -419,36 +419,86 @@ typedef struct {
     const float *s;
     int K;
 } XQ;
-/* Rows [0, M) of x (stride ldx, K a multiple of 32) quantised into q (M·K) and s (M·K/32): per block the power of
- * two 2^-e with max|x| · 2^e < 2^15, q = rint(x · 2^e) (clamped to ±32767 for the value that rounds up to 2^15),
- * s = 2^-e; a block of zeros (or of non-finite values' NaN) gets s = 0 or NaN as x does. */
-static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K) {
+/* One block of 32 (xq_quantize, below): qb and its scale *s */
+static void xq_block(int16_t *qb, float *s, const float *xb) {
+    float amax = 0;
+    int finite = 1;
+    for (int j = 0; j < QK; j++) {
+        float a = fabsf(xb[j]);
+        finite &= isfinite(a);
+        amax = a > amax ? a : amax;
+    }
+    if (!finite || amax == 0) { /* zeros; or NaN through the scale so the output is NaN as x·w would be */
+        for (int j = 0; j < QK; j++) qb[j] = finite ? 0 : 1;
+        *s = finite ? 0.0f : NAN;
+        return;
+    }
+    int ex;
+    frexpf(amax, &ex); /* amax < 2^ex */
+    const float up = ldexpf(1.0f, 15 - ex), down = ldexpf(1.0f, ex - 15);
+    for (int j = 0; j < QK; j++) {
+        float v = rintf(xb[j] * up);
+        qb[j] = (int16_t)(v > 32767.0f ? 32767.0f : v < -32767.0f ? -32767.0f : v);
+    }
+    *s = down;
+}
+/* xq_quantize in eight lanes, the same bits: the same products by the same power of two, rounded to nearest even
+ * (rintf's rounding) and clamped; blocks of zeros or of non-finite values go to xq_block. (Scalar, this was a serial
+ * part of every decode product: rintf is a libm call on a baseline x86-64 build.) */
+__attribute__((target("avx2"))) static void xq_quantize_avx2(int16_t *q, float *s, const float *x, int ldx, int M,
+                                                             int K) {
     const int nb = K / QK;
+    const __m256 sign = _mm256_set1_ps(-0.0f), inf = _mm256_set1_ps(INFINITY), hi = _mm256_set1_ps(32767.0f),
+                 lo = _mm256_set1_ps(-32767.0f);
     for (int m = 0; m < M; m++)
         for (int b = 0; b < nb; b++) {
             const float *xb = x + (size_t)m * ldx + (size_t)b * QK;
             int16_t *qb = q + (size_t)m * K + (size_t)b * QK;
-            float amax = 0;
-            int finite = 1;
-            for (int j = 0; j < QK; j++) {
-                float a = fabsf(xb[j]);
-                finite &= isfinite(a);
-                amax = a > amax ? a : amax;
+            float *sb = s + (size_t)m * nb + b;
+            __m256 v[4], mx = _mm256_setzero_ps();
+            int bad = 0;
+            for (int i = 0; i < 4; i++) {
+                v[i] = _mm256_loadu_ps(xb + 8 * i);
+                const __m256 a = _mm256_andnot_ps(sign, v[i]);
+                bad |= _mm256_movemask_ps(_mm256_cmp_ps(a, inf, _CMP_NLT_UQ)); /* infinite or NaN */
+                mx = _mm256_max_ps(mx, a);
             }
-            if (!finite || amax == 0) { /* zeros; or NaN through the scale so the output is NaN as x·w would be */
-                for (int j = 0; j < QK; j++) qb[j] = finite ? 0 : 1;
-                s[(size_t)m * nb + b] = finite ? 0.0f : NAN;
+            __m128 h = _mm_max_ps(_mm256_castps256_ps128(mx), _mm256_extractf128_ps(mx, 1));
+            h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+            const float amax = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+            if (bad || amax == 0) {
+                xq_block(qb, sb, xb);
                 continue;
             }
             int ex;
-            frexpf(amax, &ex); /* amax < 2^ex */
-            const float up = ldexpf(1.0f, 15 - ex), down = ldexpf(1.0f, ex - 15);
-            for (int j = 0; j < QK; j++) {
-                float v = rintf(xb[j] * up);
-                qb[j] = (int16_t)(v > 32767.0f ? 32767.0f : v < -32767.0f ? -32767.0f : v);
+            frexpf(amax, &ex);
+            const __m256 up = _mm256_set1_ps(ldexpf(1.0f, 15 - ex));
+            __m256i r[4];
+            for (int i = 0; i < 4; i++) {
+                const __m256 t = _mm256_round_ps(_mm256_mul_ps(v[i], up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi));
             }
-            s[(size_t)m * nb + b] = down;
+            /* packs works within 128-bit lanes: [0-3 of a, 0-3 of b, 4-7 of a, 4-7 of b], put back in order */
+            _mm256_storeu_si256((__m256i *)qb, _mm256_permute4x64_epi64(_mm256_packs_epi32(r[0], r[1]), 0xd8));
+            _mm256_storeu_si256((__m256i *)(qb + 16), _mm256_permute4x64_epi64(_mm256_packs_epi32(r[2], r[3]), 0xd8));
+            *sb = ldexpf(1.0f, ex - 15);
         }
+}
+/* Rows [0, M) of x (stride ldx, K a multiple of 32) quantised into q (M·K) and s (M·K/32): per block the power of
+ * two 2^-e with max|x| · 2^e < 2^15, q = rint(x · 2^e) (clamped to ±32767 for the value that rounds up to 2^15),
+ * s = 2^-e; a block of zeros (or of non-finite values' NaN) gets s = 0 or NaN as x does. */
+void ops_cpu_xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K, int portable) {
+    if (cpu_avx2() && !portable) {
+        xq_quantize_avx2(q, s, x, ldx, M, K);
+        return;
+    }
+    const int nb = K / QK;
+    for (int m = 0; m < M; m++)
+        for (int b = 0; b < nb; b++)
+            xq_block(q + (size_t)m * K + (size_t)b * QK, s + (size_t)m * nb + b, x + (size_t)m * ldx + (size_t)b * QK);
+}
+static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K) {
+    ops_cpu_xq_quantize(q, s, x, ldx, M, K, 0);
 }
 /* Bytes of M rows of K quantised (q, then s) */
 static size_t xq_bytes(int M, int K) { return (size_t)M * K * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float); }
@@ -1069,16 +1119,6 @@ void ops_act_bf16_table_cpu(float *y, size_t n, int quick) {
     }
 }
 
-void ops_silu_mul_cpu(float *out, const float *g, const float *u, size_t n, int flags) {
-    if (flags & OPS_BF16) {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-        for (size_t i = 0; i < n; i++) out[i] = bf16_round(bf16_round(g[i] / (1.0f + expf(-g[i]))) * u[i]);
-    } else {
-#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
-        for (size_t i = 0; i < n; i++) out[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
-    }
-}
-
 void ops_add_cpu(float *out, const float *a, const float *b, size_t n) {
 #pragma omp parallel for simd schedule(static) if (n >= 4 * PAR_MIN)
     for (size_t i = 0; i < n; i++) out[i] = a[i] + b[i];
@@ -1090,22 +1130,78 @@ void ops_scale_add_cpu(float *y, float s, const float *x, size_t n) {
 }
 
 /* bf16_round on 8 lanes: u + 0x7fff + (bit 16 of u), the low half cleared; a NaN keeps its top half, made quiet */
-__attribute__((target("avx2"))) static void round_bf16_avx2(float *x, size_t n) {
+__attribute__((target("avx2"))) static inline __m256 bf16_round8(__m256 v) {
     const __m256i abs = _mm256_set1_epi32(0x7fffffff), inf = _mm256_set1_epi32(0x7f800000),
                   one = _mm256_set1_epi32(1), half = _mm256_set1_epi32(0x7fff),
                   top = _mm256_set1_epi32((int)0xffff0000u), quiet = _mm256_set1_epi32(0x00400000);
+    const __m256i u = _mm256_castps_si256(v);
+    const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
+    __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
+    r = _mm256_blendv_epi8(_mm256_and_si256(r, top), _mm256_and_si256(_mm256_or_si256(u, quiet), top), nan);
+    return _mm256_castsi256_ps(r);
+}
+__attribute__((target("avx2"))) static void round_bf16_avx2(float *x, size_t n) {
     size_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const __m256i u = _mm256_loadu_si256((const __m256i *)(x + i));
-        const __m256i nan = _mm256_cmpgt_epi32(_mm256_and_si256(u, abs), inf);
-        __m256i r = _mm256_add_epi32(u, _mm256_add_epi32(half, _mm256_and_si256(_mm256_srli_epi32(u, 16), one)));
-        r = _mm256_blendv_epi8(_mm256_and_si256(r, top), _mm256_and_si256(_mm256_or_si256(u, quiet), top), nan);
-        _mm256_storeu_si256((__m256i *)(x + i), r);
-    }
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(x + i, bf16_round8(_mm256_loadu_ps(x + i)));
     for (; i < n; i++) x[i] = bf16_round(x[i]);
 }
 
 enum { ROUND_CHUNK = 1 << 14 };
+
+/* e^x in eight lanes: Cephes's single-precision exp (x = k·ln2 + r with ln2 split in two, a degree-6 polynomial for
+ * e^r, 2^k by the exponent bits; about 1 ulp). Inputs below −87.3 are clamped there (~1e-38 instead of a denormal
+ * or 0) and above 88 to 88 (~1.7e38 instead of up to infinity); a NaN stays NaN. */
+__attribute__((target("avx2,fma"))) static inline __m256 exp8_avx2(__m256 x) {
+    const __m256 log2e = _mm256_set1_ps(1.44269504088896341f), c1 = _mm256_set1_ps(0.693359375f),
+                 c2 = _mm256_set1_ps(-2.12194440e-4f), one = _mm256_set1_ps(1.f);
+    const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
+                 p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
+                 p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
+    /* max and min return their second operand when either is NaN */
+    x = _mm256_min_ps(_mm256_set1_ps(88.0f), _mm256_max_ps(_mm256_set1_ps(-87.3f), x));
+    const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 r = _mm256_fnmadd_ps(k, c2, _mm256_fnmadd_ps(k, c1, x));
+    __m256 y = _mm256_fmadd_ps(p0, r, p1);
+    y = _mm256_fmadd_ps(y, r, p2);
+    y = _mm256_fmadd_ps(y, r, p3);
+    y = _mm256_fmadd_ps(y, r, p4);
+    y = _mm256_fmadd_ps(y, r, p5);
+    y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), one);
+    const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
+    return _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+}
+/* out = g / (1 + e^−g) · u (bf: each of the two results rounded to bf16), elements [0, n) */
+static void silu_mul_scalar(float *out, const float *g, const float *u, size_t n, int bf) {
+    for (size_t i = 0; i < n; i++)
+        out[i] = bf ? bf16_round(bf16_round(g[i] / (1.0f + expf(-g[i]))) * u[i]) : g[i] / (1.0f + expf(-g[i])) * u[i];
+}
+/* the same in eight lanes with exp8_avx2 for expf (about 1 ulp apart; below −88, ~1e-37 · g where expf's infinity
+ * gave −0). Serial in a decode step (896 elements an expert), where expf one by one took ~60 us a MoE layer. */
+__attribute__((target("avx2,fma"))) static void silu_mul_avx2(float *out, const float *g, const float *u, size_t n,
+                                                              int bf) {
+    const __m256 one = _mm256_set1_ps(1.0f), sign = _mm256_set1_ps(-0.0f);
+    size_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+        const __m256 gv = _mm256_loadu_ps(g + i);
+        __m256 a = _mm256_div_ps(gv, _mm256_add_ps(one, exp8_avx2(_mm256_xor_ps(gv, sign))));
+        if (bf) a = bf16_round8(a);
+        a = _mm256_mul_ps(a, _mm256_loadu_ps(u + i));
+        _mm256_storeu_ps(out + i, bf ? bf16_round8(a) : a);
+    }
+    silu_mul_scalar(out + i, g + i, u + i, n - i, bf);
+}
+void ops_silu_mul_cpu(float *out, const float *g, const float *u, size_t n, int flags) {
+    const int bf = (flags & OPS_BF16) != 0, avx2 = cpu_avx2() && !g_force_scalar;
+    const size_t chunks = (n + ROUND_CHUNK - 1) / ROUND_CHUNK;
+#pragma omp parallel for schedule(static) if (n >= PAR_MIN)
+    for (size_t c = 0; c < chunks; c++) {
+        const size_t o = c * ROUND_CHUNK, m = n - o < ROUND_CHUNK ? n - o : ROUND_CHUNK;
+        if (avx2)
+            silu_mul_avx2(out + o, g + o, u + o, m, bf);
+        else
+            silu_mul_scalar(out + o, g + o, u + o, m, bf);
+    }
+}
 void ops_round_bf16_cpu(float *x, size_t n) {
     const int avx2 = cpu_avx2() && !g_force_scalar;
     const size_t chunks = (n + ROUND_CHUNK - 1) / ROUND_CHUNK;
@@ -1153,30 +1249,14 @@ void ops_softmax_cpu(float *y, int ldy, const float *x, int ldx, int M, int n) {
 
 enum { ATT_QB = 128, ATT_KB = 256, ATT_DMAX = 256, ATT_GMAX = 128 };
 
-/* s[i] = exp(s[i] − m) for i < n (every s[i] − m finite), returning their sum. AVX2: eight lanes of Cephes's
- * single-precision exp (x = k·ln2 + r with ln2 split in two, a degree-6 polynomial for e^r, 2^k by the exponent
- * bits; about 1 ulp, inputs below −87.3 clamped there, i.e. to ~1e-38 instead of a denormal or 0), sums in eight
+/* s[i] = exp(s[i] − m) for i < n (every s[i] − m finite), returning their sum. AVX2: exp8_avx2, sums in eight
  * lanes; elsewhere expf one by one. The scores' exp was the attention's largest cost on the CPU. */
 __attribute__((target("avx2,fma"))) static float exp_shift_sum_avx2(float *s, int n, float m) {
-    const __m256 vm = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.3f), log2e = _mm256_set1_ps(1.44269504088896341f);
-    const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f), one = _mm256_set1_ps(1.f);
-    const __m256 p0 = _mm256_set1_ps(1.9875691500e-4f), p1 = _mm256_set1_ps(1.3981999507e-3f),
-                 p2 = _mm256_set1_ps(8.3334519073e-3f), p3 = _mm256_set1_ps(4.1665795894e-2f),
-                 p4 = _mm256_set1_ps(1.6666665459e-1f), p5 = _mm256_set1_ps(5.0000001201e-1f);
+    const __m256 vm = _mm256_set1_ps(m);
     __m256 acc = _mm256_setzero_ps();
     int i = 0;
     for (; i + 8 <= n; i += 8) {
-        const __m256 x = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm), lo);
-        const __m256 k = _mm256_round_ps(_mm256_mul_ps(x, log2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-        const __m256 r = _mm256_fnmadd_ps(k, c2, _mm256_fnmadd_ps(k, c1, x));
-        __m256 y = _mm256_fmadd_ps(p0, r, p1);
-        y = _mm256_fmadd_ps(y, r, p2);
-        y = _mm256_fmadd_ps(y, r, p3);
-        y = _mm256_fmadd_ps(y, r, p4);
-        y = _mm256_fmadd_ps(y, r, p5);
-        y = _mm256_add_ps(_mm256_fmadd_ps(y, _mm256_mul_ps(r, r), r), one);
-        const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23);
-        y = _mm256_mul_ps(y, _mm256_castsi256_ps(e));
+        const __m256 y = exp8_avx2(_mm256_sub_ps(_mm256_loadu_ps(s + i), vm));
         _mm256_storeu_ps(s + i, y);
         acc = _mm256_add_ps(acc, y);
     }
@@ -1344,38 +1424,104 @@ void ops_attention_cpu(const OpsAttention *a) {
 
 /* ====================================== attention over the KV cache ===================================== */
 
-__attribute__((target("avx2,fma"))) static float dot_f32_bf16_avx2(const float *x, const uint16_t *w, int K) {
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m256 w0, w1;
-        LOAD_BF16(w + k, w0, w1);
-        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
-        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
+/* The bf16 cache's SIMD loops widen keys and values by halves of 32-bit words: a word holds elements 2i (its low
+ * half) and 2i + 1 (its high half); the word masked to its high half is element 2i + 1 as fp32, and the word shifted
+ * left by 16 is element 2i. That is one operation for 8 elements where widening them in order took two (a zero
+ * extension and a shift, both on Zen 1's one shift pipe, which bound these loops). So a head's query and value sums
+ * are held in "split" order, per group of 32 columns (two runs of 16):
+ *     [evens of run 0 (8) | evens of run 1 (8) | odds of run 0 (8) | odds of run 1 (8)],
+ * columns after the last whole group in place. */
+enum { KV_GRP = 32 };
+/* dst[place of c] = src[c] (to split order: to = 1) or dst[c] = src[place of c] (back: to = 0), c < D */
+static void kv_split(float *dst, const float *src, int D, int to) {
+    int c = 0;
+    for (; c + KV_GRP <= D; c += KV_GRP)
+        for (int r = 0; r < 2; r++)
+            for (int i = 0; i < 8; i++)
+                for (int odd = 0; odd < 2; odd++) {
+                    const int n = c + 16 * r + 2 * i + odd, s = c + 16 * odd + 8 * r + i;
+                    if (to)
+                        dst[s] = src[n];
+                    else
+                        dst[n] = src[s];
+                }
+    for (; c < D; c++) dst[c] = src[c];
+}
+
+/* q·k for a query qs in split order and a bf16 key row k: a chain per quarter of a group, then the columns after the
+ * groups in order */
+__attribute__((target("avx2,fma"))) static inline float kv_dot_avx2(const float *qs, const uint16_t *k, int D) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    int c = 0;
+    for (; c + KV_GRP <= D; c += KV_GRP) {
+        const __m256i w0 = _mm256_loadu_si256((const __m256i *)(k + c));
+        const __m256i w1 = _mm256_loadu_si256((const __m256i *)(k + c + 16));
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c), _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c + 8), _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16)), a1);
+        a2 = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c + 16), _mm256_castsi256_ps(_mm256_and_si256(w0, hi)), a2);
+        a3 = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c + 24), _mm256_castsi256_ps(_mm256_and_si256(w1, hi)), a3);
     }
-    float r = hsum8(_mm256_add_ps(a0, a1));
-    for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
+    float r = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a2), _mm256_add_ps(a1, a3)));
+    for (; c < D; c++) r += qs[c] * bf16_to_f32(k[c]);
     return r;
 }
-
-static float dot_f32_bf16(const float *x, const uint16_t *w, int K, int avx2) {
-    if (avx2) return dot_f32_bf16_avx2(x, w, K);
-    float r = 0;
-    for (int k = 0; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
+/* The same in sixteen lanes: lanes 0-7 of e are kv_dot_avx2's a0 and lanes 8-15 its a1, o holds a2 and a3, with the
+ * same FMAs in the same order and the same reduction (hsum16 adds the halves, then hsum8): the same bits. */
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static inline float kv_dot_avx512(const float *qs,
+                                                                                                const uint16_t *k, int D) {
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 e = _mm512_setzero_ps(), o = e;
+    int c = 0;
+    for (; c + KV_GRP <= D; c += KV_GRP) {
+        const __m512i w = _mm512_loadu_si512((const void *)(k + c));
+        e = _mm512_fmadd_ps(_mm512_loadu_ps(qs + c), _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), e);
+        o = _mm512_fmadd_ps(_mm512_loadu_ps(qs + c + 16), _mm512_castsi512_ps(_mm512_and_si512(w, hi)), o);
+    }
+    float r = hsum16(_mm512_add_ps(e, o));
+    for (; c < D; c++) r += qs[c] * bf16_to_f32(k[c]);
     return r;
 }
-
-/* acc[c] = acc[c]·corr + Σ_j p[j]·v_j[c] over n rows of bf16 v. */
-static void kv_accum(float *acc, int D, float corr, const float *p, const uint16_t *v0, size_t vstride, int n) {
-    for (int c = 0; c < D; c++) acc[c] *= corr;
+/* p[j] = scale·(q·k_j) for the n key rows k0 + j·stride; returns the largest */
+#define KV_SCORES_DEFINE(NAME, TARGET, DOT)                                                                           \
+    __attribute__((target(TARGET))) static float NAME(float *p, const float *qs, const uint16_t *k0, size_t stride, \
+                                                      int n, int D, float scale) {                                  \
+        float mx = -INFINITY;                                                                                        \
+        for (int j = 0; j < n; j++) {                                                                                \
+            p[j] = scale * DOT(qs, k0 + (size_t)j * stride, D);                                                     \
+            mx = p[j] > mx ? p[j] : mx;                                                                              \
+        }                                                                                                            \
+        return mx;                                                                                                   \
+    }
+KV_SCORES_DEFINE(kv_scores_avx2, "avx2,fma", kv_dot_avx2)
+KV_SCORES_DEFINE(kv_scores_avx512, "avx512f,avx512vl,avx512bw,avx2,fma", kv_dot_avx512)
+#undef KV_SCORES_DEFINE
+/* the portable scores: queries in order, the products summed in order */
+static float kv_scores(float *p, const float *q, const void *k0, int f32, size_t stride, int n, int D, float scale) {
+    float mx = -INFINITY;
     for (int j = 0; j < n; j++) {
-        const uint16_t *vr = v0 + (size_t)j * vstride;
-        float pj = p[j];
-        for (int c = 0; c < D; c++) acc[c] += pj * bf16_to_f32(vr[c]);
+        float r = 0;
+        if (f32)
+            for (int c = 0; c < D; c++) r += q[c] * ((const float *)k0)[(size_t)j * stride + c];
+        else
+            for (int c = 0; c < D; c++) r += q[c] * bf16_to_f32(((const uint16_t *)k0)[(size_t)j * stride + c]);
+        p[j] = scale * r;
+        mx = p[j] > mx ? p[j] : mx;
     }
+    return mx;
 }
 
-/* The same for an fp32 pool. */
+/* acc[c] = acc[c]·corr + Σ_j p[j]·v_j[c] over n rows of bf16 v, columns [c0, D) in order: for each column a multiply,
+ * then a multiply and an add per row (no FMA), the order every value sum below keeps. */
+static void kv_accum_cols(float *acc, int c0, int D, float corr, const float *p, const uint16_t *v0, size_t vstride,
+                          int n) {
+    for (int c = c0; c < D; c++) {
+        float s = acc[c] * corr;
+        for (int j = 0; j < n; j++) s += p[j] * bf16_to_f32(v0[(size_t)j * vstride + c]);
+        acc[c] = s;
+    }
+}
+/* The same for an fp32 pool (in order). */
 static void kv_accum_f32(float *acc, int D, float corr, const float *p, const float *v0, size_t vstride, int n) {
     for (int c = 0; c < D; c++) acc[c] *= corr;
     for (int j = 0; j < n; j++) {
@@ -1384,176 +1530,273 @@ static void kv_accum_f32(float *acc, int D, float corr, const float *p, const fl
         for (int c = 0; c < D; c++) acc[c] += pj * vr[c];
     }
 }
-
-/* kv_accum and kv_accum_f32 in eight lanes, 32 columns of acc held in registers over the n rows. Every element gets
- * the scalar loops' operations in their order (a multiply, then an add: no FMA, which the "fma" target would let
- * the compiler contract them into), so the results are the same bit for bit. The scalar loops were the decode
- * step's attention cost (about 0.5 ms a layer at a 300-token context on the 2-core VM). */
-#define KV_ACCUM_AVX2(NAME, VT, LOADV)                                                                            \
-    __attribute__((target("avx2"))) static void NAME(float *acc, int D, float corr, const float *p, const VT *v0, \
-                                                     size_t vstride, int n) {                                     \
-        const __m256 cr = _mm256_set1_ps(corr);                                                                   \
-        int c = 0;                                                                                                \
-        for (; c + 32 <= D; c += 32) {                                                                            \
-            __m256 a[4];                                                                                          \
-            for (int i = 0; i < 4; i++) a[i] = _mm256_mul_ps(_mm256_loadu_ps(acc + c + 8 * i), cr);               \
-            for (int j = 0; j < n; j++) {                                                                         \
-                const VT *vr = v0 + (size_t)j * vstride + c;                                                      \
-                const __m256 pj = _mm256_set1_ps(p[j]);                                                           \
-                for (int i = 0; i < 4; i++) a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(pj, LOADV(vr + 8 * i)));     \
-            }                                                                                                     \
-            for (int i = 0; i < 4; i++) _mm256_storeu_ps(acc + c + 8 * i, a[i]);                                  \
-        }                                                                                                         \
-        for (; c < D; c++) {                                                                                      \
-            float s = acc[c] * corr;                                                                              \
-            for (int j = 0; j < n; j++) s += p[j] * LOADS(v0[(size_t)j * vstride + c]);                           \
-            acc[c] = s;                                                                                           \
-        }                                                                                                         \
+/* kv_accum_f32 in eight lanes, 32 columns of acc held in registers over the n rows: each element gets the portable
+ * loop's multiply and add in its order (the "avx2" target has no FMA to contract them into), the same bits. */
+__attribute__((target("avx2"))) static void kv_accum_f32_avx2(float *acc, int D, float corr, const float *p,
+                                                              const float *v0, size_t vstride, int n) {
+    const __m256 cr = _mm256_set1_ps(corr);
+    int c = 0;
+    for (; c + 32 <= D; c += 32) {
+        __m256 a[4];
+        for (int i = 0; i < 4; i++) a[i] = _mm256_mul_ps(_mm256_loadu_ps(acc + c + 8 * i), cr);
+        for (int j = 0; j < n; j++) {
+            const float *vr = v0 + (size_t)j * vstride + c;
+            const __m256 pj = _mm256_set1_ps(p[j]);
+            for (int i = 0; i < 4; i++) a[i] = _mm256_add_ps(a[i], _mm256_mul_ps(pj, _mm256_loadu_ps(vr + 8 * i)));
+        }
+        for (int i = 0; i < 4; i++) _mm256_storeu_ps(acc + c + 8 * i, a[i]);
     }
-#define LOADV_BF16(q) _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)(q))), 16))
-#define LOADS(v) bf16_to_f32(v)
-KV_ACCUM_AVX2(kv_accum_avx2, uint16_t, LOADV_BF16)
-#undef LOADS
-#define LOADS(v) (v)
-KV_ACCUM_AVX2(kv_accum_f32_avx2, float, _mm256_loadu_ps)
-#undef LOADS
-#undef LOADV_BF16
-#undef KV_ACCUM_AVX2
-
-static float dot_f32(const float *x, const float *y, int K) {
-    float r = 0;
-    for (int k = 0; k < K; k++) r += x[k] * y[k];
-    return r;
-}
-
-/* dot_f32_bf16_avx2 and kv_accum_avx2 in sixteen lanes: lanes 0-7 of the one accumulator are the AVX2 dot's a0 and
- * lanes 8-15 its a1, each with the same FMAs in the same order, and the same reduction after; the value sums are
- * kv_accum's multiply-then-add per element. The same bits, from half the instructions. */
-__attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static float dot_f32_bf16_avx512(const float *x,
-                                                                                                const uint16_t *w, int K) {
-    __m512 a = _mm512_setzero_ps();
-    int k = 0;
-    for (; k + 16 <= K; k += 16) {
-        __m512 wv = _mm512_castsi512_ps(
-            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)(w + k))), 16));
-        a = _mm512_fmadd_ps(_mm512_loadu_ps(x + k), wv, a);
+    for (; c < D; c++) {
+        float s = acc[c] * corr;
+        for (int j = 0; j < n; j++) s += p[j] * v0[(size_t)j * vstride + c];
+        acc[c] = s;
     }
-    float r = hsum16(a);
-    for (; k < K; k++) r += x[k] * bf16_to_f32(w[k]);
-    return r;
 }
-
-__attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void kv_accum_avx512(float *acc, int D, float corr,
-                                                                                       const float *p,
-                                                                                       const uint16_t *v0,
-                                                                                       size_t vstride, int n) {
+/* kv_accum_cols over ng whole groups from column c, acc in split order, 4·ng registers of it held over the n rows:
+ * each element gets the same multiply and adds in the same order, so the same bits */
+__attribute__((target("avx2"), always_inline)) static inline void kv_accum_groups_avx2(float *acc, int c, int ng,
+                                                                                      __m256 cr, const float *p,
+                                                                                      const uint16_t *v0,
+                                                                                      size_t vstride, int n) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    __m256 a[8];
+    for (int i = 0; i < 4 * ng; i++) a[i] = _mm256_mul_ps(_mm256_loadu_ps(acc + c + 8 * i), cr);
+    for (int j = 0; j < n; j++) {
+        const uint16_t *vr = v0 + (size_t)j * vstride + c;
+        const __m256 pj = _mm256_set1_ps(p[j]);
+        for (int g = 0; g < ng; g++) {
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(vr + KV_GRP * g));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(vr + KV_GRP * g + 16));
+            __m256 *ag = a + 4 * g;
+            ag[0] = _mm256_add_ps(ag[0], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16))));
+            ag[1] = _mm256_add_ps(ag[1], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16))));
+            ag[2] = _mm256_add_ps(ag[2], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_and_si256(w0, hi))));
+            ag[3] = _mm256_add_ps(ag[3], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_and_si256(w1, hi))));
+        }
+    }
+    for (int i = 0; i < 4 * ng; i++) _mm256_storeu_ps(acc + c + 8 * i, a[i]);
+}
+__attribute__((target("avx2"))) static void kv_accum_split_avx2(float *acc, int D, float corr, const float *p,
+                                                                const uint16_t *v0, size_t vstride, int n) {
+    const __m256 cr = _mm256_set1_ps(corr);
+    int c = 0;
+    for (; c + 2 * KV_GRP <= D; c += 2 * KV_GRP) kv_accum_groups_avx2(acc, c, 2, cr, p, v0, vstride, n);
+    for (; c + KV_GRP <= D; c += KV_GRP) kv_accum_groups_avx2(acc, c, 1, cr, p, v0, vstride, n);
+    kv_accum_cols(acc, c, D, corr, p, v0, vstride, n);
+}
+/* The same in sixteen lanes: a group is one load, its evens one register and its odds another */
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2"), always_inline)) static inline void kv_accum_groups_avx512(
+    float *acc, int c, int ng, __m512 cr, const float *p, const uint16_t *v0, size_t vstride, int n) {
+    const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
+    __m512 a[8];
+    for (int i = 0; i < 2 * ng; i++) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + c + 16 * i), cr);
+    for (int j = 0; j < n; j++) {
+        const uint16_t *vr = v0 + (size_t)j * vstride + c;
+        const __m512 pj = _mm512_set1_ps(p[j]);
+        for (int g = 0; g < ng; g++) {
+            const __m512i w = _mm512_loadu_si512((const void *)(vr + KV_GRP * g));
+            a[2 * g] = _mm512_add_ps(a[2 * g], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16))));
+            a[2 * g + 1] = _mm512_add_ps(a[2 * g + 1], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_and_si512(w, hi))));
+        }
+    }
+    for (int i = 0; i < 2 * ng; i++) _mm512_storeu_ps(acc + c + 16 * i, a[i]);
+}
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void kv_accum_split_avx512(float *acc, int D, float corr,
+                                                                                            const float *p,
+                                                                                            const uint16_t *v0,
+                                                                                            size_t vstride, int n) {
     const __m512 cr = _mm512_set1_ps(corr);
     int c = 0;
-    for (; c + 64 <= D; c += 64) {
-        __m512 a[4];
-        for (int i = 0; i < 4; i++) a[i] = _mm512_mul_ps(_mm512_loadu_ps(acc + c + 16 * i), cr);
-        for (int j = 0; j < n; j++) {
-            const uint16_t *vr = v0 + (size_t)j * vstride + c;
-            const __m512 pj = _mm512_set1_ps(p[j]);
-            for (int i = 0; i < 4; i++)
-                a[i] = _mm512_add_ps(a[i], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_slli_epi32(
-                                                                 _mm512_cvtepu16_epi32(_mm256_loadu_si256(
-                                                                     (const __m256i *)(vr + 16 * i))),
-                                                                 16))));
-        }
-        for (int i = 0; i < 4; i++) _mm512_storeu_ps(acc + c + 16 * i, a[i]);
-    }
-    if (c < D) kv_accum_avx2(acc + c, D - c, corr, p, v0 + c, vstride, n);
+    for (; c + 4 * KV_GRP <= D; c += 4 * KV_GRP) kv_accum_groups_avx512(acc, c, 4, cr, p, v0, vstride, n);
+    for (; c + KV_GRP <= D; c += KV_GRP) kv_accum_groups_avx512(acc, c, 1, cr, p, v0, vstride, n);
+    kv_accum_cols(acc, c, D, corr, p, v0, vstride, n);
 }
 
+/* A call's settings, shared by its tasks. qsplit: the SIMD scores (queries in split order); vsplit: the SIMD value
+ * sums (sums in split order); z: both in sixteen lanes (bf16 pool). ops_cpu_force_scalar turns off z and the SIMD
+ * value sums: the portable sums and the 8-lane scores, which do the same operations. */
+typedef struct {
+    const OpsAttentionKv *a;
+    int D, bs, f32, vsimd, qsplit, vsplit, z;
+} KvJob;
+
+/* Each head's (m, l, acc) from nothing over keys [j0, j1) of row r (j0 a block's first), nh heads from h0: the
+ * streaming softmax block by block; acc [nh·D] in split order when vsplit; qs: the heads' queries D apart (split
+ * order when qsplit). While a block is summed, the next one (before key pf_end) is prefetched. */
+static void kv_chunk(const KvJob *x, int r, int h0, int nh, const float *qs, int j0, int j1, int pf_end, float *m,
+                     float *l, float *acc) {
+    const OpsAttentionKv *a = x->a;
+    const KvCache *kv = a->kv;
+    const int D = x->D, bs = x->bs;
+    const int32_t *table = a->tables[a->seq ? a->seq[r] : 0];
+    const size_t esz = x->f32 ? 4 : 2, gbytes = (size_t)nh * D * esz, row = (size_t)kv->width * esz;
+    float p[1024];
+    memset(acc, 0, sizeof(float) * (size_t)nh * D);
+    for (int i = 0; i < nh; i++) m[i] = -INFINITY, l[i] = 0;
+    for (; j0 < j1; j0 += bs) {
+        const int blk = table[j0 / bs], n = j1 - j0 < bs ? j1 - j0 : bs;
+        DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
+        if (j0 + bs < pf_end) { /* the next block's keys and values of these heads (whole rows when nh is all of
+                                 * them), into L2: the cache is read cold (a step's weights passed through since) */
+            const int nblk = table[(j0 + bs) / bs], nn = pf_end - j0 - bs < bs ? pf_end - j0 - bs : bs;
+            const char *kp = (const char *)kv->data +
+                             (((size_t)(nblk * kv->n_layers + a->layer) * 2) * bs * kv->width + (size_t)h0 * D) * esz;
+            const size_t half = (size_t)bs * row;
+            for (int j = 0; j < nn; j++)
+                for (size_t c = 0; c < gbytes; c += 64) {
+                    _mm_prefetch(kp + (size_t)j * row + c, _MM_HINT_T1);
+                    _mm_prefetch(kp + half + (size_t)j * row + c, _MM_HINT_T1);
+                }
+        }
+        for (int hi = 0; hi < nh; hi++) {
+            const int h = h0 + hi;
+            float *ah = acc + (size_t)hi * D;
+            const size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
+            const size_t vo = ko + (size_t)bs * kv->width;
+            const uint16_t *kb = (const uint16_t *)kv->data + ko, *vb = (const uint16_t *)kv->data + vo;
+            const float *qh = qs + (size_t)hi * D;
+            const float bmax = x->z        ? kv_scores_avx512(p, qh, kb, kv->width, n, D, a->scale)
+                               : x->qsplit ? kv_scores_avx2(p, qh, kb, kv->width, n, D, a->scale)
+                                           : kv_scores(p, qh, (const char *)kv->data + ko * esz, x->f32, kv->width, n,
+                                                       D, a->scale);
+            const float mnew = bmax > m[hi] ? bmax : m[hi], corr = expf(m[hi] - mnew);
+            l[hi] = l[hi] * corr + exp_shift_sum(p, n, mnew);
+            m[hi] = mnew;
+            if (x->f32 && x->vsimd)
+                kv_accum_f32_avx2(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
+            else if (x->f32)
+                kv_accum_f32(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
+            else if (x->z)
+                kv_accum_split_avx512(ah, D, corr, p, vb, kv->width, n);
+            else if (x->vsplit)
+                kv_accum_split_avx2(ah, D, corr, p, vb, kv->width, n);
+            else
+                kv_accum_cols(ah, 0, D, corr, p, vb, kv->width, n);
+        }
+    }
+}
+
+/* A[c] = A[c]·s + b[c]·t: a multiply, a multiply, an add per element (eight lanes: the same operations, the same
+ * bits) */
+__attribute__((target("avx2"))) static void kv_rescale_add_avx2(float *A, float s, const float *b, float t, int D) {
+    const __m256 vs = _mm256_set1_ps(s), vt = _mm256_set1_ps(t);
+    int c = 0;
+    for (; c + 8 <= D; c += 8)
+        _mm256_storeu_ps(A + c, _mm256_add_ps(_mm256_mul_ps(_mm256_loadu_ps(A + c), vs),
+                                              _mm256_mul_ps(_mm256_loadu_ps(b + c), vt)));
+    for (; c < D; c++) A[c] = A[c] * s + b[c] * t;
+}
+/* Running sums (M, L, A) of nh heads merged with a later chunk's (m, l, a): both rescaled to the larger maximum.
+ * From nothing (M = −∞, L = 0, A = 0) the result is the chunk's. */
+static void kv_merge(float *M, float *L, float *A, const float *m, const float *l, const float *a, int nh, int D) {
+    const int avx2 = cpu_avx2();
+    for (int hi = 0; hi < nh; hi++) {
+        const float mn = m[hi] > M[hi] ? m[hi] : M[hi], cr = expf(M[hi] - mn), cp = expf(m[hi] - mn);
+        L[hi] = L[hi] * cr + l[hi] * cp;
+        M[hi] = mn;
+        float *Ah = A + (size_t)hi * D;
+        const float *ah = a + (size_t)hi * D;
+        if (avx2)
+            kv_rescale_add_avx2(Ah, cr, ah, cp, D);
+        else
+            for (int c = 0; c < D; c++) Ah[c] = Ah[c] * cr + ah[c] * cp;
+    }
+}
+
+/* Row r's outputs of nh heads from h0: acc / l, in column order, rounded to bf16 when asked; tmp: D floats */
+static void kv_out(const KvJob *x, int r, int h0, int nh, const float *l, const float *acc, float *tmp) {
+    const OpsAttentionKv *a = x->a;
+    const int D = x->D;
+    for (int hi = 0; hi < nh; hi++) {
+        float *o = a->out + (size_t)r * a->ldo + (size_t)(h0 + hi) * D;
+        const float *ah = acc + (size_t)hi * D;
+        if (x->vsplit) /* back in order */
+            kv_split(tmp, ah, D, 0), ah = tmp;
+        for (int c = 0; c < D; c++) o[c] = ah[c] / l[hi];
+        if (a->round_bf16)
+            for (int c = 0; c < D; c++) o[c] = bf16_round(o[c]);
+    }
+}
+
+/* The keys of a row are taken in chunks of KV_CHUNK blocks: each chunk's sums from nothing (kv_chunk), merged in
+ * order (kv_merge). Which thread sums which chunk changes no bit, so a decode step (few rows) spreads one row's
+ * chunks over the threads, each thread reading whole rows of the cache (all heads of a token: one run), where
+ * splitting the heads between threads had each read every row in pieces (about 10 GB/s where whole blocks stream
+ * at 15-18 on the 2-core VM). Many rows (prefill, batches of many sequences): a task is a row and a group of heads,
+ * its chunks one after the other. */
+enum { KV_CHUNK = 2, KV_ACC = 2048, KV_GMAX = 64 };
 void ops_attention_kv_cpu(const OpsAttentionKv *a) {
     DS_ASSERT(a->n >= 0 && a->n_heads > 0 && a->head_dim > 0 && a->head_dim <= 512);
     DS_ASSERT(a->n_heads * a->head_dim == a->kv->width && a->ldq >= a->kv->width && a->ldo >= a->kv->width);
     DS_ASSERT(a->layer >= 0 && a->layer < a->kv->n_layers && a->pos && a->tables);
     const KvCache *kv = a->kv;
-    /* vsimd: the value sums' SIMD loops; z: the 16-lane dot and value sums (ops_cpu_force_scalar turns both off:
-     * the portable value sums and the 8-lane dot, which do the same operations) */
-    int D = a->head_dim, bs = kv->block_size, avx2 = cpu_avx2(), vsimd = avx2 && !g_force_scalar;
-    int z = vsimd && kv->dtype == DS_BF16 && cpu_avx512();
-    DS_ASSERT(bs <= 1024);
-    /* A task is a row and a group of G adjacent heads, taken one after the other block by block (each head's sums
-     * as if it were alone: grouping changes no result). Decode (one row) gives each thread a group, whose keys and
-     * values of a token are one run of G·head_dim elements: a block's share is G·head_dim·esz bytes of each of
-     * block_size rows, not head_dim's, which the prefetch below asks for in one go. */
-    enum { ACC = 2048, GMAX = 64 };
-    int nth = omp_get_max_threads(), groups = a->n > 0 && a->n < nth ? (nth + a->n - 1) / a->n : 1;
-    groups = groups > a->n_heads ? a->n_heads : groups;
-    int G = (a->n_heads + groups - 1) / groups;
-    G = G > ACC / D ? ACC / D : G;
-    G = G > GMAX ? GMAX : G;
-    const int ng = (a->n_heads + G - 1) / G, ntask = a->n * ng;
+    KvJob x = {.a = a, .D = a->head_dim, .bs = kv->block_size, .f32 = kv->dtype == DS_F32};
+    x.vsimd = cpu_avx2() && !g_force_scalar;
+    x.qsplit = !x.f32 && cpu_avx2(), x.vsplit = !x.f32 && x.vsimd, x.z = x.vsplit && cpu_avx512();
+    const int D = x.D, H = a->n_heads, W = kv->width, CH = KV_CHUNK * x.bs;
+    DS_ASSERT(x.bs <= 1024);
+    /* heads a task holds at once (its sums and queries on the stack) */
+    int G = KV_ACC / D < KV_GMAX ? KV_ACC / D : KV_GMAX;
+    G = G > H ? H : G;
+    const int ng = (H + G - 1) / G, nth = omp_get_max_threads();
+    /* decode: the rows' chunks as tasks, their sums kept (scratch: per row and chunk W sums, then H maxima and H
+     * sums of exponentials), then merged row by row */
+    int nchunk = 0;
+    if (a->n < nth)
+        for (int r = 0; r < a->n; r++) nchunk += (a->pos[r] + CH) / CH;
+    const size_t slot = (size_t)W + 2 * (size_t)H;
+    float *part = nchunk > a->n ? cpu_scratch(SCRATCH_KV, sizeof(float) * slot * (size_t)nchunk) : NULL;
+    if (part) {
+        const int ntask = nchunk * ng;
+#pragma omp parallel
+        {
+#pragma omp for schedule(dynamic, 1)
+            for (int t = 0; t < ntask; t++) {
+                int r = 0, c = t / ng, first = 0; /* chunk c of all: row r's chunk c - first */
+                while (c - first >= (a->pos[r] + CH) / CH) first += (a->pos[r] + CH) / CH, r++;
+                const int g = t % ng, h0 = g * G, nh = H - h0 < G ? H - h0 : G, nk = a->pos[r] + 1;
+                const int j0 = (c - first) * CH, j1 = nk - j0 < CH ? nk : j0 + CH;
+                float qs[KV_ACC];
+                const float *q = a->q + (size_t)r * a->ldq + (size_t)h0 * D;
+                if (x.qsplit)
+                    for (int hi = 0; hi < nh; hi++) kv_split(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
+                float *ps = part + (size_t)c * slot;
+                kv_chunk(&x, r, h0, nh, x.qsplit ? qs : q, j0, j1, j1, ps + W + h0, ps + W + H + h0,
+                         ps + (size_t)h0 * D);
+            }
+#pragma omp for schedule(static)
+            for (int t = 0; t < a->n * ng; t++) {
+                const int r = t / ng, g = t % ng, h0 = g * G, nh = H - h0 < G ? H - h0 : G;
+                int first = 0;
+                for (int i = 0; i < r; i++) first += (a->pos[i] + CH) / CH;
+                float M[KV_GMAX], L[KV_GMAX], A[KV_ACC], tmp[512];
+                for (int i = 0; i < nh; i++) M[i] = -INFINITY, L[i] = 0;
+                memset(A, 0, sizeof(float) * (size_t)nh * D);
+                for (int c = first; c < first + (a->pos[r] + CH) / CH; c++) {
+                    const float *ps = part + (size_t)c * slot;
+                    kv_merge(M, L, A, ps + W + h0, ps + W + H + h0, ps + (size_t)h0 * D, nh, D);
+                }
+                kv_out(&x, r, h0, nh, L, A, tmp);
+            }
+        }
+        return;
+    }
+    const int ntask = a->n * ng;
 #pragma omp parallel for schedule(dynamic, 1) if (ntask > 1)
     for (int t = 0; t < ntask; t++) {
-        int r = t / ng, h0 = (t % ng) * G, nh = a->n_heads - h0 < G ? a->n_heads - h0 : G;
-        const int32_t *table = a->tables[a->seq ? a->seq[r] : 0];
-        int nk = a->pos[r] + 1;
+        const int r = t / ng, g = t % ng, h0 = g * G, nh = H - h0 < G ? H - h0 : G, nk = a->pos[r] + 1;
         DS_ASSERT(nk > 0);
-        float acc[ACC], p[1024], m[GMAX], l[GMAX];
-        memset(acc, 0, sizeof(float) * (size_t)nh * D);
-        for (int i = 0; i < nh; i++) m[i] = -INFINITY, l[i] = 0;
-        const int f32 = kv->dtype == DS_F32;
-        const size_t esz = f32 ? 4 : 2, gbytes = (size_t)nh * D * esz;
-        for (int j0 = 0; j0 < nk; j0 += bs) {
-            int blk = table[j0 / bs], n = nk - j0 < bs ? nk - j0 : bs;
-            DS_ASSERT(blk >= 0 && blk < kv->n_blocks);
-            if (j0 + bs < nk) { /* the next block's keys and values of these heads, while this one is summed: the
-                                 * cache is read cold (a step's weights passed through since), in strided pieces
-                                 * that the hardware prefetchers do not follow; into L2 (into L1, the group's
-                                 * 2 x 16 runs overflowed it) */
-                const int nblk = table[(j0 + bs) / bs], nn = nk - j0 - bs < bs ? nk - j0 - bs : bs;
-                const char *kp = (const char *)kv->data +
-                                 (((size_t)(nblk * kv->n_layers + a->layer) * 2) * bs * kv->width + (size_t)h0 * D) * esz;
-                const size_t half = (size_t)bs * kv->width * esz, row = (size_t)kv->width * esz;
-                for (int j = 0; j < nn; j++)
-                    for (size_t c = 0; c < gbytes; c += 64) {
-                        _mm_prefetch(kp + (size_t)j * row + c, _MM_HINT_T1);
-                        _mm_prefetch(kp + half + (size_t)j * row + c, _MM_HINT_T1);
-                    }
-            }
-            for (int hi = 0; hi < nh; hi++) {
-                const int h = h0 + hi;
-                const float *q = a->q + (size_t)r * a->ldq + h * D;
-                float *ah = acc + (size_t)hi * D;
-                size_t ko = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 0) * bs * kv->width + (size_t)h * D;
-                size_t vo = ((size_t)(blk * kv->n_layers + a->layer) * 2 + 1) * bs * kv->width + (size_t)h * D;
-                float bmax = -INFINITY;
-                for (int j = 0; j < n; j++) {
-                    size_t kj = ko + (size_t)j * kv->width;
-                    p[j] = a->scale * (f32 ? dot_f32(q, (const float *)kv->data + kj, D)
-                                       : z ? dot_f32_bf16_avx512(q, (const uint16_t *)kv->data + kj, D)
-                                           : dot_f32_bf16(q, (const uint16_t *)kv->data + kj, D, avx2));
-                    bmax = p[j] > bmax ? p[j] : bmax;
-                }
-                float mnew = bmax > m[hi] ? bmax : m[hi];
-                float corr = expf(m[hi] - mnew), sum = 0;
-                for (int j = 0; j < n; j++) {
-                    p[j] = expf(p[j] - mnew);
-                    sum += p[j];
-                }
-                l[hi] = l[hi] * corr + sum;
-                m[hi] = mnew;
-                if (f32 && vsimd)
-                    kv_accum_f32_avx2(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
-                else if (f32)
-                    kv_accum_f32(ah, D, corr, p, (const float *)kv->data + vo, kv->width, n);
-                else if (z)
-                    kv_accum_avx512(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
-                else if (vsimd)
-                    kv_accum_avx2(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
-                else
-                    kv_accum(ah, D, corr, p, (const uint16_t *)kv->data + vo, kv->width, n);
-            }
+        float qs[KV_ACC], M[KV_GMAX], L[KV_GMAX], A[KV_ACC], m[KV_GMAX], l[KV_GMAX], acc[KV_ACC];
+        const float *q = a->q + (size_t)r * a->ldq + (size_t)h0 * D;
+        if (x.qsplit)
+            for (int hi = 0; hi < nh; hi++) kv_split(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
+        for (int i = 0; i < nh; i++) M[i] = -INFINITY, L[i] = 0;
+        memset(A, 0, sizeof(float) * (size_t)nh * D);
+        for (int j0 = 0; j0 < nk; j0 += CH) {
+            kv_chunk(&x, r, h0, nh, x.qsplit ? qs : q, j0, nk - j0 < CH ? nk : j0 + CH, nk, m, l, acc);
+            kv_merge(M, L, A, m, l, acc, nh, D);
         }
-        for (int hi = 0; hi < nh; hi++) {
-            float *o = a->out + (size_t)r * a->ldo + (h0 + hi) * D;
-            const float *ah = acc + (size_t)hi * D;
-            for (int c = 0; c < D; c++) o[c] = a->round_bf16 ? bf16_round(ah[c] / l[hi]) : ah[c] / l[hi];
-        }
+        kv_out(&x, r, h0, nh, L, A, qs);
     }
 }
 

@@ -6,7 +6,7 @@
 
 #include <stddef.h>
 
-enum { SCRATCH_WIDE, SCRATCH_FFN, SCRATCH_XQ, SCRATCH_MOE, SCRATCH_SLOTS };
+enum { SCRATCH_WIDE, SCRATCH_FFN, SCRATCH_XQ, SCRATCH_MOE, SCRATCH_KV, SCRATCH_SLOTS };
 
 /* 64-byte aligned memory of at least `bytes` for this thread's slot; NULL when out of memory (the old buffer is
  * freed then). What the slot held before is not kept. */
