@@ -20,6 +20,8 @@
 #   cpu     issue 12 on the machine's CPU: bench_blas (OpenBLAS's tiles on cold and warmed buffers), then
 #           tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0, base and gundam, medians of
 #           REPEAT runs, default 3; the PyTorch reference's stage times beside them)
+#   cputest the CPU ops' unit tests (test_ops, test_quant) on the machine's CPU: its AVX-512 kernels, which must
+#           give the bits of the 8-lane and portable ones, run nowhere else
 #   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and
 #           Q8_0, 64 tokens, all cores), then decode rates at THREADS_SWEEP threads (default "4 8 12")
 #   cpusweep  issue 12's decode knobs on the machine's CPU: base page, 64 tokens, medians of 2, bf16 and Q8_0, each
@@ -175,6 +177,12 @@ if has batchtop; then
     DSOCR_PROFILE=1 timeout 100 .devrun/bench_batch --model $M --device cuda --quant q8_0 --batches 128 --tokens 300 \
         > "$OUT/batch-profile-q8_0.json" 2> "$OUT/batch-profile-q8_0.err"
     grep -E "profile (batch\.|total)" "$OUT/batch-profile-q8_0.err"
+fi
+if has cputest; then
+    for t in test_ops test_quant; do
+        timeout 300 .devrun/$t > "$OUT/$t.log" 2>&1
+        echo "$t rc $?: $(tail -1 "$OUT/$t.log")"; grep -E "FAIL" "$OUT/$t.log" | head -10
+    done
 fi
 if has cpuprof; then
     full_ckpt
