@@ -252,6 +252,29 @@ static void w_widen(float *dst, DsW w, size_t off, int n) {
         }                                                                                                       \
     }
 
+/* bf16 widened by halves of 32-bit words: a word holds elements 2i (its low half) and 2i + 1 (its high half); the
+ * word masked to its high half is element 2i + 1 as fp32, and the word shifted left by 16 is element 2i. That is one
+ * operation for 8 elements where widening them in order took two (a zero extension and a shift, both on Zen 1's one
+ * shift pipe, which bound the bf16 loops there). The fp32 operand they meet is then held in "split" order, per group
+ * of 32 elements (two runs of 16):
+ *     [evens of run 0 (8) | evens of run 1 (8) | odds of run 0 (8) | odds of run 1 (8)],
+ * elements after the last whole group in place. */
+enum { SPLIT_GRP = 32 };
+/* dst[place of c] = src[c] (to split order: to = 1) or dst[c] = src[place of c] (back: to = 0), c < D */
+static void split_order(float *dst, const float *src, int D, int to) {
+    int c = 0;
+    for (; c + SPLIT_GRP <= D; c += SPLIT_GRP)
+        for (int r = 0; r < 2; r++)
+            for (int i = 0; i < 8; i++)
+                for (int odd = 0; odd < 2; odd++) {
+                    const int n = c + 16 * r + 2 * i + odd, s = c + 16 * odd + 8 * r + i;
+                    if (to)
+                        dst[s] = src[n];
+                    else
+                        dst[n] = src[s];
+                }
+    for (; c < D; c++) dst[c] = src[c];
+}
 #define LOAD_BF16(p, w0, w1)                                                                                    \
     do {                                                                                                        \
         __m256i wi_ = _mm256_loadu_si256((const __m256i *)(p));                                                 \
@@ -271,10 +294,10 @@ GEMV_DEFINE(gemv3_f32, 3, float, LOAD_F32)
 GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 #undef WSCALAR
 
-/* One row of x against one bf16 weight row: four 8-lane FMA chains over 32 inputs a step (two chains of 4-cycle
- * FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s on one Zen 4 core: less than its read bandwidth), then
- * a 16-input step into chains 0 and 1, the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs
- * one by one. pf > 0 adds a software prefetch pf bytes ahead into L2 once per cache line (the same sums in the same
+/* One row of x, in split order (split_order), against one bf16 weight row: four 8-lane FMA chains over 32 inputs a
+ * step, one per quarter of the group (two chains of 4-cycle FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s
+ * on one Zen 4 core: less than its read bandwidth), then a 16-input step into chains 0 and 1 (in order: no whole
+ * group there), the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs one by one. pf > 0 adds a software prefetch pf bytes ahead into L2 once per cache line (the same sums in the same
  * order): the decode's rows are adjacent, one sequential stream, which on the Zen 4 VM the hardware prefetchers
  * follow best alone (a 2 KiB L1 prefetch made it slower in 6 of 8 pairs, four interleaved rows slower still:
  * bench/results/cpu-bf16-gemv-prefetch-vm-session11.txt), while on Intel a prefetch 4 KiB ahead helps (decode_pf).
@@ -284,10 +307,13 @@ __attribute__((target("avx2,fma"), always_inline)) static inline float bf16_dot_
                                                                                   int K, int pf) {
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, w0, w1, w2, w3;
     int k = 0;
-    for (; k + 32 <= K; k += 32) {
+    const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
+    for (; k + SPLIT_GRP <= K; k += SPLIT_GRP) {
         if (pf) _mm_prefetch((const char *)(w + k) + pf, _MM_HINT_T1);
-        LOAD_BF16(w + k, w0, w1);
-        LOAD_BF16(w + k + 16, w2, w3);
+        const __m256i u0 = _mm256_loadu_si256((const __m256i *)(w + k));
+        const __m256i u1 = _mm256_loadu_si256((const __m256i *)(w + k + 16));
+        w0 = _mm256_castsi256_ps(_mm256_slli_epi32(u0, 16)), w1 = _mm256_castsi256_ps(_mm256_slli_epi32(u1, 16));
+        w2 = _mm256_castsi256_ps(_mm256_and_si256(u0, hi)), w3 = _mm256_castsi256_ps(_mm256_and_si256(u1, hi));
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k), w0, a0);
         a1 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 8), w1, a1);
         a2 = _mm256_fmadd_ps(_mm256_loadu_ps(x + k + 16), w2, a2);
@@ -413,11 +439,13 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static inline float hsum16(
     const __m256 hi = _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(a), 1));
     return hsum8(_mm256_add_ps(_mm512_castps512_ps256(a), hi));
 }
-/* x quantised for the Q8_0 GEMV: row m's block b is q[m·K + 32b ..] · s[m·K/32 + b] */
+/* x prepared once per product for the SIMD GEMVs: for Q8_0 quantised, row m's block b is q[m·K + 32b ..] ·
+ * s[m·K/32 + b]; for bf16 in split order (split_order), row m at xs + m·K */
 typedef struct {
     const int16_t *q;
     const float *s;
     int K;
+    const float *xs;
 } XQ;
 /* One block of 32 (xq_quantize, below): qb and its scale *s */
 static void xq_block(int16_t *qb, float *s, const float *xb) {
@@ -500,21 +528,30 @@ void ops_cpu_xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, i
 static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K) {
     ops_cpu_xq_quantize(q, s, x, ldx, M, K, 0);
 }
-/* Bytes of M rows of K quantised (q, then s) */
-static size_t xq_bytes(int M, int K) { return (size_t)M * K * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float); }
-/* M rows of x quantised into buf (xq_bytes(M, K) of them), described by *out */
-static void xq_into(XQ *out, uint8_t *buf, const float *x, int ldx, int M, int K) {
+/* Bytes of M rows of K prepared for weights of dtype dt: bf16 split (floats), else quantised (q, then s) */
+static size_t xq_bytes(DsDtype dt, int M, int K) {
+    if (dt == DS_BF16) return (size_t)M * K * sizeof(float);
+    return (size_t)M * K * sizeof(int16_t) + (size_t)M * (K / QK) * sizeof(float);
+}
+/* M rows of x prepared for dtype dt into buf (xq_bytes of them), described by *out */
+static void xq_into(XQ *out, uint8_t *buf, DsDtype dt, const float *x, int ldx, int M, int K) {
+    if (dt == DS_BF16) {
+        float *xs = (float *)buf;
+        for (int m = 0; m < M; m++) split_order(xs + (size_t)m * K, x + (size_t)m * ldx, K, 1);
+        *out = (XQ){NULL, NULL, K, xs};
+        return;
+    }
     int16_t *q = (int16_t *)buf;
     float *s = (float *)(buf + (size_t)M * K * sizeof(int16_t));
     xq_quantize(q, s, x, ldx, M, K);
-    *out = (XQ){q, s, K};
+    *out = (XQ){q, s, K, NULL};
 }
-/* x quantised in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
+/* x prepared in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
  * takes the portable kernels). */
-static const XQ *xq_rows(XQ *out, const float *x, int ldx, int M, int K) {
-    uint8_t *buf = cpu_scratch(SCRATCH_XQ, xq_bytes(M, K));
+static const XQ *xq_rows(XQ *out, DsDtype dt, const float *x, int ldx, int M, int K) {
+    uint8_t *buf = cpu_scratch(SCRATCH_XQ, xq_bytes(dt, M, K));
     if (!buf) return NULL;
-    xq_into(out, buf, x, ldx, M, K);
+    xq_into(out, buf, dt, x, ldx, M, K);
     return out;
 }
 /* One block of a row's sums: acc + d·s · Σ q_j·w_j (lanes: the sums of pairs 2l, 2l + 1) */
@@ -703,9 +740,10 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
         gemvq_rows(out, x, ldx, mr, w, n, K, avx2 && cpu_avx2_f16c(), xq, m0);
         return;
     }
-    if (avx2 && w.dtype == DS_BF16) {
+    if (avx2 && w.dtype == DS_BF16) { /* x in split order (xq->xs) */
         const uint16_t *wr = (const uint16_t *)w.data + (size_t)n * K;
-        for (int m = 0; m < mr; m++) out[m] = bf16_dot(x + (size_t)m * ldx, wr, K);
+        DS_ASSERT(xq && xq->xs);
+        for (int m = 0; m < mr; m++) out[m] = bf16_dot(xq->xs + (size_t)(m0 + m) * K, wr, K);
         return;
     }
     if (avx2 && w.dtype == DS_F32) {
@@ -732,7 +770,7 @@ static void gemv_rows(float *out, const float *x, int ldx, int mr, DsW w, int n,
 static void gemv_r4(float *out, const float *x, DsW w, int n, int K, const XQ *xq) {
     const int nb = K / QK;
     if (w.dtype == DS_BF16)
-        gemv_r4_bf16(out, x, (const uint16_t *)w.data + (size_t)n * K, K);
+        gemv_r4_bf16(out, xq->xs, (const uint16_t *)w.data + (size_t)n * K, K);
     else if (xq && cpu_avx512())
         gemv_r4_q8_0_x(out, xq, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
     else if (xq)
@@ -772,8 +810,9 @@ static void gemv_block(float *y, int ldy, const float *x, int ldx, int M, int K,
     }
 }
 
-/* Whether a product on w quantises x first (the 16-bit Q8_0 kernels, AVX-512 or AVX2) */
-static int wants_xq(DsW w, int avx2) { return avx2 && w.dtype == DS_Q8_0 && cpu_avx2_f16c(); }
+/* Whether a product on w prepares x first (xq_into): quantised for the 16-bit Q8_0 kernels (AVX-512 or AVX2), split
+ * for the bf16 ones */
+static int wants_xq(DsW w, int avx2) { return avx2 && ((w.dtype == DS_Q8_0 && cpu_avx2_f16c()) || w.dtype == DS_BF16); }
 
 /* How the GEMVs' 16-row blocks are shared out among the threads: guided (default: each thread first takes a long
  * run of blocks, then smaller ones as they are left, so a thread that fell behind, such as a vCPU the host
@@ -798,8 +837,8 @@ static void linear_gemv(float *y, int ldy, const float *x, int ldx, int M, int K
     int avx2 = cpu_avx2() && !g_force_scalar;
     int nblk = (N + GEMV_NB - 1) / GEMV_NB;
     XQ xqs;
-    const XQ *xq = wants_xq(w, avx2) ? xq_rows(&xqs, x, ldx, M, K) : NULL;
-    if (!xq && wants_xq(w, avx2)) avx2 = 0; /* no memory for x's quantised copy: the portable kernel */
+    const XQ *xq = wants_xq(w, avx2) ? xq_rows(&xqs, w.dtype, x, ldx, M, K) : NULL;
+    if (!xq && wants_xq(w, avx2)) avx2 = 0; /* no memory for x's prepared copy: the portable kernel */
     gemv_schedule();
 #pragma omp parallel for schedule(runtime) if ((size_t)N * K >= PAR_MIN)
     for (int bi = 0; bi < nblk; bi++) gemv_block(y, ldy, x, ldx, M, K, w, N, bias, flags, avx2, xq, bi);
@@ -824,25 +863,27 @@ static void gemv_jobs(const GemvJob *jobs, int n_jobs) {
     }
     start[n_jobs] = total;
     int avx2 = cpu_avx2() && !g_force_scalar;
-    /* the Q8_0 jobs' x quantised (xq_rows), once for jobs in a row that share it (an expert's gate and up) */
+    /* the jobs' x prepared (xq_into), once for jobs in a row that share it and their dtype (an expert's gate and
+     * up) */
     XQ xq[MAXJ];
     const XQ *xqp[MAXJ] = {0};
     size_t bytes = 0;
+#define SHARES_PREV(j) ((j) && jobs[(j) - 1].x == jobs[j].x && jobs[(j) - 1].w.dtype == jobs[j].w.dtype)
     for (int j = 0; j < n_jobs; j++)
-        if (wants_xq(jobs[j].w, avx2) && !(j && jobs[j - 1].x == jobs[j].x && wants_xq(jobs[j - 1].w, avx2)))
-            bytes += xq_bytes(1, jobs[j].K);
+        if (wants_xq(jobs[j].w, avx2) && !SHARES_PREV(j)) bytes += xq_bytes(jobs[j].w.dtype, 1, jobs[j].K);
     uint8_t *buf = bytes ? cpu_scratch(SCRATCH_XQ, bytes) : NULL;
-    if (bytes && !buf) avx2 = 0; /* no memory for x's quantised copies: the portable kernels */
+    if (bytes && !buf) avx2 = 0; /* no memory for x's prepared copies: the portable kernels */
     for (int j = 0; buf && j < n_jobs; j++) {
         if (!wants_xq(jobs[j].w, avx2)) continue;
-        if (j && xqp[j - 1] && jobs[j - 1].x == jobs[j].x) {
+        if (SHARES_PREV(j)) {
             xqp[j] = xqp[j - 1];
             continue;
         }
-        xq_into(&xq[j], buf, jobs[j].x, jobs[j].K, 1, jobs[j].K);
-        buf += xq_bytes(1, jobs[j].K);
+        xq_into(&xq[j], buf, jobs[j].w.dtype, jobs[j].x, jobs[j].K, 1, jobs[j].K);
+        buf += xq_bytes(jobs[j].w.dtype, 1, jobs[j].K);
         xqp[j] = &xq[j];
     }
+#undef SHARES_PREV
     gemv_schedule();
 #pragma omp parallel for schedule(runtime)
     for (int t = 0; t < total; t++) {
@@ -985,7 +1026,7 @@ static void lin_jobs(const LinJob *jobs, int n) {
         if (b->M <= 0) continue;
         if (b->M < GEMV_MAX_M) {
             total += (b->N + GEMV_NB - 1) / GEMV_NB;
-            if (wants_xq(b->w, avx2)) bytes += xq_bytes(b->M, b->K);
+            if (wants_xq(b->w, avx2)) bytes += xq_bytes(b->w.dtype, b->M, b->K);
         } else {
             pl[j] = gemm_plan(b->M, b->N);
             total += pl[j].mt * pl[j].nt;
@@ -993,11 +1034,11 @@ static void lin_jobs(const LinJob *jobs, int n) {
     }
     start[n] = total;
     uint8_t *buf = bytes ? cpu_scratch(SCRATCH_XQ, bytes) : NULL;
-    if (bytes && !buf) avx2 = 0; /* no memory for x's quantised copies: the portable kernels */
+    if (bytes && !buf) avx2 = 0; /* no memory for x's prepared copies: the portable kernels */
     for (int j = 0; buf && j < n; j++)
         if (jobs[j].M > 0 && jobs[j].M < GEMV_MAX_M && wants_xq(jobs[j].w, avx2)) {
-            xq_into(&xq[j], buf, jobs[j].x, jobs[j].K, jobs[j].M, jobs[j].K);
-            buf += xq_bytes(jobs[j].M, jobs[j].K);
+            xq_into(&xq[j], buf, jobs[j].w.dtype, jobs[j].x, jobs[j].K, jobs[j].M, jobs[j].K);
+            buf += xq_bytes(jobs[j].w.dtype, jobs[j].M, jobs[j].K);
             xqp[j] = &xq[j];
         }
 #pragma omp parallel for schedule(dynamic, 1)
@@ -1424,29 +1465,8 @@ void ops_attention_cpu(const OpsAttention *a) {
 
 /* ====================================== attention over the KV cache ===================================== */
 
-/* The bf16 cache's SIMD loops widen keys and values by halves of 32-bit words: a word holds elements 2i (its low
- * half) and 2i + 1 (its high half); the word masked to its high half is element 2i + 1 as fp32, and the word shifted
- * left by 16 is element 2i. That is one operation for 8 elements where widening them in order took two (a zero
- * extension and a shift, both on Zen 1's one shift pipe, which bound these loops). So a head's query and value sums
- * are held in "split" order, per group of 32 columns (two runs of 16):
- *     [evens of run 0 (8) | evens of run 1 (8) | odds of run 0 (8) | odds of run 1 (8)],
- * columns after the last whole group in place. */
-enum { KV_GRP = 32 };
-/* dst[place of c] = src[c] (to split order: to = 1) or dst[c] = src[place of c] (back: to = 0), c < D */
-static void kv_split(float *dst, const float *src, int D, int to) {
-    int c = 0;
-    for (; c + KV_GRP <= D; c += KV_GRP)
-        for (int r = 0; r < 2; r++)
-            for (int i = 0; i < 8; i++)
-                for (int odd = 0; odd < 2; odd++) {
-                    const int n = c + 16 * r + 2 * i + odd, s = c + 16 * odd + 8 * r + i;
-                    if (to)
-                        dst[s] = src[n];
-                    else
-                        dst[n] = src[s];
-                }
-    for (; c < D; c++) dst[c] = src[c];
-}
+/* The bf16 cache's SIMD loops widen keys and values by word halves (split_order, above): a head's query and value
+ * sums are held in split order. */
 
 /* q·k for a query qs in split order and a bf16 key row k: a chain per quarter of a group, then the columns after the
  * groups in order */
@@ -1454,7 +1474,7 @@ __attribute__((target("avx2,fma"))) static inline float kv_dot_avx2(const float 
     const __m256i hi = _mm256_set1_epi32((int)0xffff0000u);
     __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
     int c = 0;
-    for (; c + KV_GRP <= D; c += KV_GRP) {
+    for (; c + SPLIT_GRP <= D; c += SPLIT_GRP) {
         const __m256i w0 = _mm256_loadu_si256((const __m256i *)(k + c));
         const __m256i w1 = _mm256_loadu_si256((const __m256i *)(k + c + 16));
         a0 = _mm256_fmadd_ps(_mm256_loadu_ps(qs + c), _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16)), a0);
@@ -1473,7 +1493,7 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static inline floa
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     __m512 e = _mm512_setzero_ps(), o = e;
     int c = 0;
-    for (; c + KV_GRP <= D; c += KV_GRP) {
+    for (; c + SPLIT_GRP <= D; c += SPLIT_GRP) {
         const __m512i w = _mm512_loadu_si512((const void *)(k + c));
         e = _mm512_fmadd_ps(_mm512_loadu_ps(qs + c), _mm512_castsi512_ps(_mm512_slli_epi32(w, 16)), e);
         o = _mm512_fmadd_ps(_mm512_loadu_ps(qs + c + 16), _mm512_castsi512_ps(_mm512_and_si512(w, hi)), o);
@@ -1565,8 +1585,8 @@ __attribute__((target("avx2"), always_inline)) static inline void kv_accum_group
         const uint16_t *vr = v0 + (size_t)j * vstride + c;
         const __m256 pj = _mm256_set1_ps(p[j]);
         for (int g = 0; g < ng; g++) {
-            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(vr + KV_GRP * g));
-            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(vr + KV_GRP * g + 16));
+            const __m256i w0 = _mm256_loadu_si256((const __m256i *)(vr + SPLIT_GRP * g));
+            const __m256i w1 = _mm256_loadu_si256((const __m256i *)(vr + SPLIT_GRP * g + 16));
             __m256 *ag = a + 4 * g;
             ag[0] = _mm256_add_ps(ag[0], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_slli_epi32(w0, 16))));
             ag[1] = _mm256_add_ps(ag[1], _mm256_mul_ps(pj, _mm256_castsi256_ps(_mm256_slli_epi32(w1, 16))));
@@ -1580,8 +1600,8 @@ __attribute__((target("avx2"))) static void kv_accum_split_avx2(float *acc, int 
                                                                 const uint16_t *v0, size_t vstride, int n) {
     const __m256 cr = _mm256_set1_ps(corr);
     int c = 0;
-    for (; c + 2 * KV_GRP <= D; c += 2 * KV_GRP) kv_accum_groups_avx2(acc, c, 2, cr, p, v0, vstride, n);
-    for (; c + KV_GRP <= D; c += KV_GRP) kv_accum_groups_avx2(acc, c, 1, cr, p, v0, vstride, n);
+    for (; c + 2 * SPLIT_GRP <= D; c += 2 * SPLIT_GRP) kv_accum_groups_avx2(acc, c, 2, cr, p, v0, vstride, n);
+    for (; c + SPLIT_GRP <= D; c += SPLIT_GRP) kv_accum_groups_avx2(acc, c, 1, cr, p, v0, vstride, n);
     kv_accum_cols(acc, c, D, corr, p, v0, vstride, n);
 }
 /* The same in sixteen lanes: a group is one load, its evens one register and its odds another */
@@ -1594,7 +1614,7 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx2"), always_inline)) static 
         const uint16_t *vr = v0 + (size_t)j * vstride + c;
         const __m512 pj = _mm512_set1_ps(p[j]);
         for (int g = 0; g < ng; g++) {
-            const __m512i w = _mm512_loadu_si512((const void *)(vr + KV_GRP * g));
+            const __m512i w = _mm512_loadu_si512((const void *)(vr + SPLIT_GRP * g));
             a[2 * g] = _mm512_add_ps(a[2 * g], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_slli_epi32(w, 16))));
             a[2 * g + 1] = _mm512_add_ps(a[2 * g + 1], _mm512_mul_ps(pj, _mm512_castsi512_ps(_mm512_and_si512(w, hi))));
         }
@@ -1607,8 +1627,8 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void kv_accum_s
                                                                                             size_t vstride, int n) {
     const __m512 cr = _mm512_set1_ps(corr);
     int c = 0;
-    for (; c + 4 * KV_GRP <= D; c += 4 * KV_GRP) kv_accum_groups_avx512(acc, c, 4, cr, p, v0, vstride, n);
-    for (; c + KV_GRP <= D; c += KV_GRP) kv_accum_groups_avx512(acc, c, 1, cr, p, v0, vstride, n);
+    for (; c + 4 * SPLIT_GRP <= D; c += 4 * SPLIT_GRP) kv_accum_groups_avx512(acc, c, 4, cr, p, v0, vstride, n);
+    for (; c + SPLIT_GRP <= D; c += SPLIT_GRP) kv_accum_groups_avx512(acc, c, 1, cr, p, v0, vstride, n);
     kv_accum_cols(acc, c, D, corr, p, v0, vstride, n);
 }
 
@@ -1711,7 +1731,7 @@ static void kv_out(const KvJob *x, int r, int h0, int nh, const float *l, const 
         float *o = a->out + (size_t)r * a->ldo + (size_t)(h0 + hi) * D;
         const float *ah = acc + (size_t)hi * D;
         if (x->vsplit) /* back in order */
-            kv_split(tmp, ah, D, 0), ah = tmp;
+            split_order(tmp, ah, D, 0), ah = tmp;
         for (int c = 0; c < D; c++) o[c] = ah[c] / l[hi];
         if (a->round_bf16)
             for (int c = 0; c < D; c++) o[c] = bf16_round(o[c]);
@@ -1759,7 +1779,7 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
                 float qs[KV_ACC];
                 const float *q = a->q + (size_t)r * a->ldq + (size_t)h0 * D;
                 if (x.qsplit)
-                    for (int hi = 0; hi < nh; hi++) kv_split(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
+                    for (int hi = 0; hi < nh; hi++) split_order(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
                 float *ps = part + (size_t)c * slot;
                 kv_chunk(&x, r, h0, nh, x.qsplit ? qs : q, j0, j1, j1, ps + W + h0, ps + W + H + h0,
                          ps + (size_t)h0 * D);
@@ -1789,7 +1809,7 @@ void ops_attention_kv_cpu(const OpsAttentionKv *a) {
         float qs[KV_ACC], M[KV_GMAX], L[KV_GMAX], A[KV_ACC], m[KV_GMAX], l[KV_GMAX], acc[KV_ACC];
         const float *q = a->q + (size_t)r * a->ldq + (size_t)h0 * D;
         if (x.qsplit)
-            for (int hi = 0; hi < nh; hi++) kv_split(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
+            for (int hi = 0; hi < nh; hi++) split_order(qs + (size_t)hi * D, q + (size_t)hi * D, D, 1);
         for (int i = 0; i < nh; i++) M[i] = -INFINITY, L[i] = 0;
         memset(A, 0, sizeof(float) * (size_t)nh * D);
         for (int j0 = 0; j0 < nk; j0 += CH) {
