@@ -394,8 +394,8 @@ static void test_expert_ffn_q(void) {
                 ops_expert_ffn_ref(y0, x, rows, d, ff, ds_w(g, dt), ds_w(u, dt), ds_w(dn, dt), fl, s);
                 ops_expert_ffn_cpu(y1, x, rows, d, ff, ds_w(g, dt), ds_w(u, dt), ds_w(dn, dt), fl, s);
                 /* fp32: 1e-5, but the Q8_0 decode kernels (AVX-512 and AVX2) round x to 15 bits of its block's largest
-                 * magnitude first (ops_cpu.c, xq_quantize): up to 2^-15 · 1 per element here, through gate/up and
-                 * down, measured 9e-5 at most */
+                 * magnitude first (ops_cpu.c, ops_cpu_xq_quantize): up to 2^-15 · 1 per element here, through gate/up
+                 * and down, measured 9e-5 at most */
                 const double atol = fl ? 2e-2 : dt == DS_Q8_0 ? 2e-4 : 1e-5;
                 CHECKF(err_ratio(y1, y0, (size_t)rows * d, atol, fl ? 2e-2 : 1e-5) <= 1,
                        "%s ffn rows %d flags %d", ds_dtype_name(dt), rows, fl);

@@ -297,9 +297,10 @@ GEMV_DEFINE(gemv4_f32, 4, float, LOAD_F32)
 /* One row of x, in split order (split_order), against one bf16 weight row: four 8-lane FMA chains over 32 inputs a
  * step, one per quarter of the group (two chains of 4-cycle FMAs stream at most 16 inputs per 4 cycles, about 30 GB/s
  * on one Zen 4 core: less than its read bandwidth), then a 16-input step into chains 0 and 1 (in order: no whole
- * group there), the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs one by one. pf > 0 adds a software prefetch pf bytes ahead into L2 once per cache line (the same sums in the same
- * order): the decode's rows are adjacent, one sequential stream, which on the Zen 4 VM the hardware prefetchers
- * follow best alone (a 2 KiB L1 prefetch made it slower in 6 of 8 pairs, four interleaved rows slower still:
+ * group there), the lanes summed as hsum8((a0 + a1) + (a2 + a3)), the last < 16 inputs one by one. pf > 0 adds a
+ * software prefetch pf bytes ahead into L2 once per cache line (the same sums in the same order): the decode's rows
+ * are adjacent, one sequential stream, which on the Zen 4 VM the hardware prefetchers follow best alone (a 2 KiB L1
+ * prefetch made it slower in 6 of 8 pairs, four interleaved rows slower still:
  * bench/results/cpu-bf16-gemv-prefetch-vm-session11.txt), while on Intel a prefetch 4 KiB ahead helps (decode_pf).
  * Inlined, so that bf16_dot's pf = 0 costs nothing. Every bf16 GEMV output (any M, any grouping of rows) is this
  * function's, so the batch's rows and a page alone get the same bits. */
@@ -447,7 +448,7 @@ typedef struct {
     int K;
     const float *xs;
 } XQ;
-/* One block of 32 (xq_quantize, below): qb and its scale *s */
+/* One block of 32 (ops_cpu_xq_quantize, below): qb and its scale *s */
 static void xq_block(int16_t *qb, float *s, const float *xb) {
     float amax = 0;
     int finite = 1;
@@ -470,9 +471,9 @@ static void xq_block(int16_t *qb, float *s, const float *xb) {
     }
     *s = down;
 }
-/* xq_quantize in eight lanes, the same bits: the same products by the same power of two, rounded to nearest even
- * (rintf's rounding) and clamped; blocks of zeros or of non-finite values go to xq_block. (Scalar, this was a serial
- * part of every decode product: rintf is a libm call on a baseline x86-64 build.) */
+/* ops_cpu_xq_quantize's loop in eight lanes, the same bits: the same products by the same power of two, rounded to
+ * nearest even (rintf's rounding) and clamped; blocks of zeros or of non-finite values go to xq_block. (Scalar, this
+ * was a serial part of every decode product: rintf is a libm call on a baseline x86-64 build.) */
 __attribute__((target("avx2"))) static void xq_quantize_avx2(int16_t *q, float *s, const float *x, int ldx, int M,
                                                              int K) {
     const int nb = K / QK;
@@ -503,7 +504,8 @@ __attribute__((target("avx2"))) static void xq_quantize_avx2(int16_t *q, float *
             const __m256 up = _mm256_set1_ps(ldexpf(1.0f, 15 - ex));
             __m256i r[4];
             for (int i = 0; i < 4; i++) {
-                const __m256 t = _mm256_round_ps(_mm256_mul_ps(v[i], up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+                const __m256 t =
+                    _mm256_round_ps(_mm256_mul_ps(v[i], up), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
                 r[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(t, lo), hi));
             }
             /* packs works within 128-bit lanes: [0-3 of a, 0-3 of b, 4-7 of a, 4-7 of b], put back in order */
@@ -525,9 +527,6 @@ void ops_cpu_xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, i
         for (int b = 0; b < nb; b++)
             xq_block(q + (size_t)m * K + (size_t)b * QK, s + (size_t)m * nb + b, x + (size_t)m * ldx + (size_t)b * QK);
 }
-static void xq_quantize(int16_t *q, float *s, const float *x, int ldx, int M, int K) {
-    ops_cpu_xq_quantize(q, s, x, ldx, M, K, 0);
-}
 /* Bytes of M rows of K prepared for weights of dtype dt: bf16 split (floats), else quantised (q, then s) */
 static size_t xq_bytes(DsDtype dt, int M, int K) {
     if (dt == DS_BF16) return (size_t)M * K * sizeof(float);
@@ -543,7 +542,7 @@ static void xq_into(XQ *out, uint8_t *buf, DsDtype dt, const float *x, int ldx, 
     }
     int16_t *q = (int16_t *)buf;
     float *s = (float *)(buf + (size_t)M * K * sizeof(int16_t));
-    xq_quantize(q, s, x, ldx, M, K);
+    ops_cpu_xq_quantize(q, s, x, ldx, M, K, 0);
     *out = (XQ){q, s, K, NULL};
 }
 /* x prepared in the calling thread's scratch (cpu/scratch.h), or NULL when memory runs out (then the caller
@@ -1488,8 +1487,8 @@ __attribute__((target("avx2,fma"))) static inline float kv_dot_avx2(const float 
 }
 /* The same in sixteen lanes: lanes 0-7 of e are kv_dot_avx2's a0 and lanes 8-15 its a1, o holds a2 and a3, with the
  * same FMAs in the same order and the same reduction (hsum16 adds the halves, then hsum8): the same bits. */
-__attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static inline float kv_dot_avx512(const float *qs,
-                                                                                                const uint16_t *k, int D) {
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2,fma"))) static inline float
+kv_dot_avx512(const float *qs, const uint16_t *k, int D) {
     const __m512i hi = _mm512_set1_epi32((int)0xffff0000u);
     __m512 e = _mm512_setzero_ps(), o = e;
     int c = 0;
@@ -1621,10 +1620,8 @@ __attribute__((target("avx512f,avx512vl,avx512bw,avx2"), always_inline)) static 
     }
     for (int i = 0; i < 2 * ng; i++) _mm512_storeu_ps(acc + c + 16 * i, a[i]);
 }
-__attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void kv_accum_split_avx512(float *acc, int D, float corr,
-                                                                                            const float *p,
-                                                                                            const uint16_t *v0,
-                                                                                            size_t vstride, int n) {
+__attribute__((target("avx512f,avx512vl,avx512bw,avx2"))) static void
+kv_accum_split_avx512(float *acc, int D, float corr, const float *p, const uint16_t *v0, size_t vstride, int n) {
     const __m512 cr = _mm512_set1_ps(corr);
     int c = 0;
     for (; c + 4 * SPLIT_GRP <= D; c += 4 * SPLIT_GRP) kv_accum_groups_avx512(acc, c, 4, cr, p, v0, vstride, n);
