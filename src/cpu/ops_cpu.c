@@ -611,49 +611,59 @@ __attribute__((target("avx512f,avx512vl,avx512bw"))) static void gemv_r4_q8_0_x(
     }
 }
 /* The same 16-bit products in 8 lanes (AVX2: a CPU without AVX-512, or DSOCR_NO_AVX512): a block is two sign
- * extensions, two vpmaddwd, one integer add (each lane the exact sum of 4 products: |sum| < 4·127·2^15 < 2^24, so
- * the conversion is exact too), one conversion and one FMA, where widening to fp32 took 13 operations. The
- * outputs differ in rounding from the 16-lane kernels' (the lanes are summed in another order). */
+ * extensions, two vpmaddwd and one integer add (each lane the exact sum of 4 products), where widening to fp32 took
+ * 13 operations. */
 __attribute__((target("avx2,fma,f16c"))) static inline __m256i q8_0_madd8(const BlockQ8_0 *blk, const int16_t *qb) {
     const __m256i w0 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)blk->q));
     const __m256i w1 = _mm256_cvtepi8_epi16(_mm_loadu_si128((const __m128i *)(blk->q + 16)));
     return _mm256_add_epi32(_mm256_madd_epi16(w0, _mm256_loadu_si256((const __m256i *)qb)),
                             _mm256_madd_epi16(w1, _mm256_loadu_si256((const __m256i *)(qb + 16))));
 }
-#define GEMVQ_X8_DEFINE(NAME, MR)                                                                               \
-    __attribute__((target("avx2,fma,f16c"))) static void NAME(float *out, const XQ *xq, int m0,                \
-                                                              const BlockQ8_0 *w, int nb) {                     \
-        __m256 acc[MR];                                                                                         \
-        for (int m = 0; m < MR; m++) acc[m] = _mm256_setzero_ps();                                              \
-        for (int b = 0; b < nb; b++) {                                                                          \
-            const float d = f16_tab[w[b].d];                                                                    \
-            for (int m = 0; m < MR; m++) {                                                                      \
-                const size_t r = (size_t)(m0 + m);                                                              \
-                const __m256i p = q8_0_madd8(&w[b], xq->q + r * xq->K + (size_t)b * QK);                       \
-                acc[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(d * xq->s[r * nb + b]), acc[m]); \
-            }                                                                                                   \
-        }                                                                                                       \
-        for (int m = 0; m < MR; m++) out[m] = hsum8(acc[m]);                                                   \
+/* One weight row against one row of x quantised (q, its block scales s), in 8 lanes. Four blocks at a time: their
+ * lane sums folded by two rounds of vphaddd into one vector (lanes j and j + 4 hold block j's halves, each the sum
+ * of 16 products, converted to fp32, rounded only past 2^24), then one FMA by the four scales d·s; a conversion,
+ * broadcast and FMA for every block made bench_quant's Q8_0 shapes 8-17 % slower on the 2-core Zen VM
+ * (bench/results/cpu-issue12-vm-session17.txt). The last nb % 4 blocks go one at a time. pf > 0: an L1 prefetch
+ * that far ahead of every 68 bytes of the row (the decode's 4-row kernel). Always inlined: as a call (pf then a
+ * variable) the same loop ran 5 % slower than the per-block one. Every AVX2 Q8_0 GEMV output is this function's,
+ * for any batch shape; the outputs differ in rounding from the 16-lane kernels'. */
+__attribute__((target("avx2,fma,f16c"), always_inline)) static inline float
+q8_0_dot8(const BlockQ8_0 *row, const int16_t *q, const float *s, int nb, int pf) {
+    __m256 acc = _mm256_setzero_ps();
+    int b = 0;
+    for (; b + 4 <= nb; b += 4) {
+        if (pf) {
+            _mm_prefetch((const char *)(row + b) + pf, _MM_HINT_T0);
+            _mm_prefetch((const char *)(row + b + 2) + pf, _MM_HINT_T0);
+        }
+        const __m256i p01 = _mm256_hadd_epi32(q8_0_madd8(row + b, q + (size_t)b * QK),
+                                              q8_0_madd8(row + b + 1, q + (size_t)(b + 1) * QK));
+        const __m256i p23 = _mm256_hadd_epi32(q8_0_madd8(row + b + 2, q + (size_t)(b + 2) * QK),
+                                              q8_0_madd8(row + b + 3, q + (size_t)(b + 3) * QK));
+        const __m128 d = _mm_setr_ps(f16_tab[row[b].d], f16_tab[row[b + 1].d], f16_tab[row[b + 2].d],
+                                     f16_tab[row[b + 3].d]);
+        const __m128 sc = _mm_mul_ps(d, _mm_loadu_ps(s + b));
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_hadd_epi32(p01, p23)), _mm256_set_m128(sc, sc), acc);
     }
-GEMVQ_X8_DEFINE(gemv1_q8_0_x8, 1)
-GEMVQ_X8_DEFINE(gemv2_q8_0_x8, 2)
-GEMVQ_X8_DEFINE(gemv3_q8_0_x8, 3)
-GEMVQ_X8_DEFINE(gemv4_q8_0_x8, 4)
-/* 4 rows against xq's row 0, one after the other, as gemv_r4_q8_0_x (the same prefetch); each row's sums are
- * gemv1_q8_0_x8's */
+    for (; b < nb; b++) {
+        const __m256i p = q8_0_madd8(row + b, q + (size_t)b * QK);
+        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_tab[row[b].d] * s[b]), acc);
+    }
+    return hsum8(acc);
+}
+/* mr rows of x (from row m0) against one weight row */
+__attribute__((target("avx2,fma,f16c"))) static void gemv_q8_0_x8(float *out, const XQ *xq, int m0, int mr,
+                                                                  const BlockQ8_0 *w, int nb) {
+    for (int m = 0; m < mr; m++) {
+        const size_t r = (size_t)(m0 + m);
+        out[m] = q8_0_dot8(w, xq->q + r * xq->K, xq->s + r * nb, nb, 0);
+    }
+}
+/* 4 rows against xq's row 0, one after the other, with gemv_r4_q8_0_x's prefetch distance */
 __attribute__((target("avx2,fma,f16c"))) static void gemv_r4_q8_0_x8(float *out, const XQ *xq, const BlockQ8_0 *w,
                                                                      int nb) {
     enum { PF_L1 = 2048 };
-    for (int r = 0; r < 4; r++) {
-        const BlockQ8_0 *row = w + (size_t)r * nb;
-        __m256 acc = _mm256_setzero_ps();
-        for (int b = 0; b < nb; b++) {
-            if (!(b & 1)) _mm_prefetch((const char *)(row + b) + PF_L1, _MM_HINT_T0);
-            const __m256i p = q8_0_madd8(row + b, xq->q + (size_t)b * QK);
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), _mm256_set1_ps(f16_tab[row[b].d] * xq->s[b]), acc);
-        }
-        out[r] = hsum8(acc);
-    }
+    for (int r = 0; r < 4; r++) out[r] = q8_0_dot8(w + (size_t)r * nb, xq->q, xq->s, nb, PF_L1);
 }
 
 /* The portable block GEMV: each block dequantised to 32 floats on the stack, then the same sums as above
@@ -710,13 +720,8 @@ static void gemvq_rows(float *out, const float *x, int ldx, int mr, DsW w, int n
         }
     }
     if (xq) {
-        const BlockQ8_0 *wr = (const BlockQ8_0 *)w.data + (size_t)n * nb;
-        switch (mr) {
-        case 1: gemv1_q8_0_x8(out, xq, m0, wr, nb); return;
-        case 2: gemv2_q8_0_x8(out, xq, m0, wr, nb); return;
-        case 3: gemv3_q8_0_x8(out, xq, m0, wr, nb); return;
-        default: gemv4_q8_0_x8(out, xq, m0, wr, nb); return;
-        }
+        gemv_q8_0_x8(out, xq, m0, mr, (const BlockQ8_0 *)w.data + (size_t)n * nb, nb);
+        return;
     }
     DS_ASSERT(w.dtype == DS_Q4_0 && "Q8_0 products get x quantised (wants_xq)");
     const BlockQ4_0 *wr = (const BlockQ4_0 *)w.data + (size_t)n * nb;
