@@ -21,7 +21,8 @@
 #           tools/bench_cpu.sh (dsocr bench --device cpu --ceilings, bf16 and Q8_0, base and gundam, medians of
 #           REPEAT runs, default 3; the PyTorch reference's stage times beside them)
 #   cputest the CPU ops' unit tests (test_ops, test_quant) on the machine's CPU: its AVX-512 kernels, which must
-#           give the bits of the 8-lane and portable ones, run nowhere else
+#           give the bits of the 8-lane and portable ones, run nowhere else; then again with DSOCR_NO_AVX512=1 (the
+#           AVX2 kernels on an Intel core)
 #   cpuprof issue 12's decode on the machine's CPU, looked into: DSOCR_PROFILE=1 sections of a base page (bf16 and
 #           Q8_0, 64 tokens, all cores), then decode rates at THREADS_SWEEP threads (default "4 8 12")
 #   cpusweep  issue 12's decode knobs on the machine's CPU: base page, 64 tokens, medians of 2, bf16 and Q8_0, each
@@ -182,6 +183,8 @@ if has cputest; then
     for t in test_ops test_quant; do
         timeout 300 .devrun/$t > "$OUT/$t.log" 2>&1
         echo "$t rc $?: $(tail -1 "$OUT/$t.log")"; grep -E "FAIL" "$OUT/$t.log" | head -10
+        DSOCR_NO_AVX512=1 timeout 300 .devrun/$t > "$OUT/$t-avx2.log" 2>&1
+        echo "$t (DSOCR_NO_AVX512=1) rc $?: $(tail -1 "$OUT/$t-avx2.log")"; grep -E "FAIL" "$OUT/$t-avx2.log" | head -10
     done
 fi
 if has cpuprof; then
