@@ -625,7 +625,7 @@ __attribute__((target("avx2,fma,f16c"))) static inline __m256i q8_0_madd8(const 
  * broadcast and FMA for every block made bench_quant's Q8_0 shapes 8-17 % slower on the 2-core Zen VM
  * (bench/results/cpu-issue12-vm-session17.txt). The last nb % 4 blocks go one at a time. pf > 0: an L1 prefetch
  * that far ahead of every 68 bytes of the row (the decode's 4-row kernel). Always inlined: as a call (pf then a
- * variable) the same loop ran 5 % slower than the per-block one. Every AVX2 Q8_0 GEMV output is this function's,
+ * variable) the same loop ran 4-6 % slower than the per-block one. Every AVX2 Q8_0 GEMV output is this function's,
  * for any batch shape; the outputs differ in rounding from the 16-lane kernels'. */
 __attribute__((target("avx2,fma,f16c"), always_inline)) static inline float
 q8_0_dot8(const BlockQ8_0 *row, const int16_t *q, const float *s, int nb, int pf) {
