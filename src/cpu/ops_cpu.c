@@ -666,8 +666,8 @@ __attribute__((target("avx2,fma,f16c"))) static void gemv_r4_q8_0_x8(float *out,
     for (int r = 0; r < 4; r++) out[r] = q8_0_dot8(w + (size_t)r * nb, xq->q, xq->s, nb, PF_L1);
 }
 
-/* The portable block GEMV: each block dequantised to 32 floats on the stack, then the same sums as above
- * (8 lanes per block, scaled by d, lanes added at the end). */
+/* The portable block GEMV: each block dequantised to 32 floats on the stack, then the Q4_0 kernels' sums (8 lanes
+ * per block, scaled by d, lanes added at the end; the AVX2 Q8_0 one scales four blocks at a time). */
 static void gemvq_scalar(float *out, const float *x, int ldx, int mr, DsW w, int n, int K) {
     int nb = K / QK;
     size_t rb = quant_row_bytes(w.dtype, K);
